@@ -1,0 +1,96 @@
+"""
+Resilience policies for asyncio: retry, circuit breaker, bulkhead, timeout, fallback and
+hedging, composable with `pipeline`, observable through hooks.
+
+    from resilient import CircuitBreaker, Retry, Timeout, pipeline
+
+    policy = pipeline(Timeout(2.0), Retry(attempts=3), CircuitBreaker(name="inventory"))
+
+    @policy
+    async def get_item(item_id: str) -> dict: ...
+
+Integrations live in `resilient.integrations` and are never imported from here.
+"""
+
+from __future__ import annotations
+
+from ._breaker import BreakerStatistics, CircuitBreaker, CircuitState
+from ._budget import RetryBudget, RetryBudgetStatistics
+from ._bulkhead import Bulkhead, BulkheadStatistics
+from ._clock import Clock, SystemClock
+from ._errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    RejectedError,
+    ResilienceError,
+    TimeoutExceeded,
+)
+from ._events import (
+    CallCancelled,
+    CallFailed,
+    CallStarted,
+    CallSucceeded,
+    Event,
+    FallbackUsed,
+    HedgeSent,
+    Hook,
+    Rejected,
+    RejectionReason,
+    RetryScheduled,
+    StateChanged,
+    TimedOut,
+    add_hook,
+    remove_hook,
+)
+from ._fallback import Fallback, FallbackStatistics
+from ._hedge import Hedge, HedgeStatistics
+from ._pipeline import Pipeline, pipeline
+from ._policy import Policy
+from ._retry import Retry, RetryStatistics
+from ._timeout import Timeout, TimeoutStatistics, remaining_time
+
+__all__ = [
+    "BreakerStatistics",
+    "Bulkhead",
+    "BulkheadFullError",
+    "BulkheadStatistics",
+    "CallCancelled",
+    "CallFailed",
+    "CallStarted",
+    "CallSucceeded",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "CircuitState",
+    "Clock",
+    "Event",
+    "Fallback",
+    "FallbackStatistics",
+    "FallbackUsed",
+    "Hedge",
+    "HedgeSent",
+    "HedgeStatistics",
+    "Hook",
+    "Pipeline",
+    "Policy",
+    "Rejected",
+    "RejectedError",
+    "RejectionReason",
+    "ResilienceError",
+    "Retry",
+    "RetryBudget",
+    "RetryBudgetStatistics",
+    "RetryScheduled",
+    "RetryStatistics",
+    "StateChanged",
+    "SystemClock",
+    "TimedOut",
+    "Timeout",
+    "TimeoutExceeded",
+    "TimeoutStatistics",
+    "add_hook",
+    "pipeline",
+    "remaining_time",
+    "remove_hook",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,423 @@
+"""
+Circuit breaker: stop calling a dependency that keeps failing, probe it, recover.
+
+    CLOSED --(failures trip the accounting)--> OPEN --(reset_timeout)--> HALF_OPEN
+    HALF_OPEN --(success_threshold successes)--> CLOSED
+    HALF_OPEN --(a failed probe)--> OPEN
+
+Closed, outcomes are counted by consecutive failures or a sliding window (by count or by
+time, with failure-rate and slow-call-rate thresholds, as resilience4j does). Open, calls
+are rejected with `CircuitOpenError` until `reset_timeout` has passed; the next call then
+moves the breaker to half-open, where at most `half_open_max_calls` probes run at once.
+
+Only outcomes of calls admitted in the current state count: a slow call that started
+before the breaker opened cannot re-open or close it later. Cancellation is never an
+outcome, and a cancelled probe gives its permit back.
+
+With `storage=` (a pybreaker storage, e.g. `CircuitRedisStorage`) state and counters live
+in that storage, shared by every process using it; see `_breaker_shared`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+from ._breaker_window import Accounting, Consecutive, CountWindow, TimeWindow, rate_rule
+from ._clock import Clock
+from ._errors import CircuitOpenError, RejectedError
+from ._events import Hook, Rejected, RejectionReason, StateChanged
+from ._policy import Policy, Thunk
+from ._validate import check_fraction, check_int, check_seconds, error_matcher
+
+if TYPE_CHECKING:
+    import pybreaker
+
+    from ._breaker_shared import SharedState
+
+__all__ = ["BreakerStatistics", "CircuitBreaker", "CircuitState"]
+
+T = TypeVar("T")
+
+
+class CircuitState(enum.Enum):
+    """
+    The three states of a circuit breaker; values match pybreaker's state names.
+    """
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+
+
+_CLOSED = CircuitState.CLOSED
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStatistics:
+    """
+    A snapshot of a `CircuitBreaker`.
+
+    Attributes:
+        state: The current state.
+        calls: Calls admitted.
+        successes: Admitted calls that succeeded.
+        failures: Admitted calls that failed and counted as failures.
+        ignored: Admitted calls that ended in an excluded exception or were cancelled.
+        rejections: Calls refused with `CircuitOpenError`.
+        slow_calls: Admitted calls at least `slow_call_duration` long.
+        window_calls: Calls in the current window (consecutive mode: the failure run).
+        window_failures: Failures in the current window.
+        opened: Times the breaker opened.
+        retry_in: Seconds until an open breaker lets a probe through (0 otherwise).
+    """
+
+    state: CircuitState
+    calls: int
+    successes: int
+    failures: int
+    ignored: int
+    rejections: int
+    slow_calls: int
+    window_calls: int
+    window_failures: int
+    opened: int
+    retry_in: float
+
+
+class CircuitBreaker(Policy):
+    """
+    Reject calls fast while a dependency keeps failing; probe it and recover.
+
+    Consecutive mode (the default): `failure_threshold` failures in a row open it.
+    Window mode (when `failure_rate`, `slow_call_duration` or `window_duration` is
+    given): over the last `window` calls, or the last `window_duration` seconds, once
+    `min_calls` are in, a failure rate >= `failure_rate` or a slow-call rate >=
+    `slow_call_rate` opens it.
+
+    Args:
+        name: A label for errors, events and metrics (default ``"circuit_breaker"``).
+        failure_threshold: Consecutive failures that open the breaker (default 5).
+        failure_rate: Failure share in (0, 1] that opens it (window mode; default 0.5).
+        window: Calls in a count-based window (default 100).
+        window_duration: Seconds in a time-based window instead of a count.
+        min_calls: Calls the window needs before rates are judged (default 10, at most
+            `window` for a count-based window).
+        slow_call_duration: Seconds from which a call counts as slow.
+        slow_call_rate: Slow-call share in (0, 1] that opens the breaker (default 1.0).
+        reset_timeout: Seconds the breaker stays open before a probe is let through.
+        success_threshold: Successful probes needed to close again.
+        half_open_max_calls: Probes allowed in flight at once while half-open.
+        exclude: Exception types, or a predicate, that are neither success nor failure.
+            `RejectedError` (e.g. an inner full bulkhead) is always excluded.
+        storage: A pybreaker storage (`CircuitMemoryStorage`, `CircuitRedisStorage`) to
+            keep state in, shared between processes; consecutive mode only.
+        clock: Time source (default: the system clock).
+        hooks: Event hooks for this policy only.
+
+    Raises:
+        ValueError: A parameter is out of range, or window and consecutive parameters
+            are mixed.
+    """
+
+    kind = "circuit_breaker"
+    __slots__ = (
+        "_accounting",
+        "_calls",
+        "_excluded",
+        "_failures",
+        "_generation",
+        "_ignored",
+        "_opened",
+        "_opened_at",
+        "_probes",
+        "_probe_successes",
+        "_rejections",
+        "_shared",
+        "_slow",
+        "_slow_calls",
+        "_state",
+        "_successes",
+        "failure_threshold",
+        "half_open_max_calls",
+        "reset_timeout",
+        "slow_call_duration",
+        "success_threshold",
+    )
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        failure_threshold: int | None = None,
+        failure_rate: float | None = None,
+        window: int | None = None,
+        window_duration: float | None = None,
+        min_calls: int | None = None,
+        slow_call_duration: float | None = None,
+        slow_call_rate: float | None = None,
+        reset_timeout: float = 30.0,
+        success_threshold: int = 1,
+        half_open_max_calls: int = 1,
+        exclude: Any = (),
+        storage: pybreaker.CircuitBreakerStorage | None = None,
+        clock: Clock | None = None,
+        hooks: Iterable[Hook] | None = None,
+    ) -> None:
+        super().__init__(name=name, clock=clock, hooks=hooks)
+        owner = "CircuitBreaker"
+        windowed = any(v is not None for v in (failure_rate, window, window_duration, min_calls, slow_call_duration, slow_call_rate))
+        if windowed and failure_threshold is not None:
+            raise ValueError(
+                "CircuitBreaker(failure_threshold=...): consecutive mode can't be combined"
+                " with window parameters (failure_rate, window, window_duration, min_calls,"
+                " slow_call_duration, slow_call_rate); pass one or the other"
+            )
+        self.reset_timeout = check_seconds(owner, "reset_timeout", reset_timeout)
+        self.success_threshold = check_int(owner, "success_threshold", success_threshold, minimum=1)
+        self.half_open_max_calls = check_int(owner, "half_open_max_calls", half_open_max_calls, minimum=1)
+        self.slow_call_duration = (
+            None if slow_call_duration is None else check_seconds(owner, "slow_call_duration", slow_call_duration)
+        )
+        self._slow = self.slow_call_duration is not None
+        self.failure_threshold: int | None = None
+        if windowed:
+            self._accounting: Accounting = _window(
+                owner, failure_rate, window, window_duration, min_calls, slow_call_rate, self._clock
+            )
+        else:
+            self.failure_threshold = check_int(
+                owner, "failure_threshold", 5 if failure_threshold is None else failure_threshold, minimum=1
+            )
+            self._accounting = Consecutive(self.failure_threshold)
+        user_excluded = error_matcher(owner, "exclude", exclude)
+        self._excluded: Callable[[BaseException], bool] = lambda error: isinstance(
+            error, RejectedError
+        ) or user_excluded(error)
+        self._state = _CLOSED
+        self._generation = 0
+        self._opened_at = 0.0
+        self._probes = self._probe_successes = 0
+        self._calls = self._successes = self._failures = self._ignored = 0
+        self._rejections = self._slow_calls = self._opened = 0
+        self._shared: SharedState | None = None
+        if storage is not None:
+            from ._breaker_shared import SharedState
+
+            if windowed:
+                raise ValueError(
+                    "CircuitBreaker(storage=...): shared storage holds consecutive-failure"
+                    " counters only; drop the window parameters"
+                )
+            self._shared = SharedState(self, storage)
+
+    @classmethod
+    def from_pybreaker(
+        cls,
+        breaker: pybreaker.CircuitBreaker,
+        *,
+        clock: Clock | None = None,
+        hooks: Iterable[Hook] | None = None,
+    ) -> CircuitBreaker:
+        """
+        Use an existing `pybreaker.CircuitBreaker` as an asyncio policy.
+
+        The new breaker takes `breaker`'s settings (fail_max, reset_timeout,
+        success_threshold, excluded exceptions) and shares its storage, so synchronous
+        code calling `breaker` and async code calling this policy see one state. State
+        changes, successes and failures are reported to `breaker`'s listeners.
+        """
+        from ._breaker_shared import pybreaker_listener_hook
+
+        return cls(
+            breaker.name or None,
+            failure_threshold=breaker.fail_max,
+            reset_timeout=breaker.reset_timeout,
+            success_threshold=breaker.success_threshold,
+            exclude=lambda error: not breaker.is_system_error(error),
+            storage=breaker._state_storage,  # noqa: SLF001  # pybreaker exposes no accessor
+            clock=clock,
+            hooks=(*(hooks or ()), pybreaker_listener_hook(breaker)),
+        )
+
+    @property
+    def state(self) -> CircuitState:
+        """
+        The current state (an open breaker turns half-open on the first call after
+        `reset_timeout`, not by itself).
+        """
+        return self._state
+
+    async def _run(self, thunk: Thunk[T]) -> T:
+        if self._shared is not None:
+            return await self._shared.run(thunk)
+        probe = False if self._state is _CLOSED else self._admit()
+        generation = self._generation
+        started = self._clock.monotonic() if self._slow else 0.0
+        try:
+            result = await thunk()
+        except Exception as error:
+            self._finish(generation, probe, started, error)
+            raise
+        except BaseException:
+            self._finish(generation, probe, started, None, cancelled=True)
+            raise
+        self._finish(generation, probe, started, None)
+        return result
+
+    def _admit(self) -> bool:
+        """
+        Decide on a call while not closed; True when it runs as a half-open probe.
+        """
+        if self._state is CircuitState.OPEN:
+            wait = self._opened_at + self.reset_timeout - self._clock.monotonic()
+            if wait > 0:
+                self._reject(wait)
+            self._transition(CircuitState.HALF_OPEN)
+        if self._probes >= self.half_open_max_calls:
+            self._reject(0.0)
+        self._probes += 1
+        return True
+
+    def _reject(self, retry_in: float) -> NoReturn:
+        self._rejections += 1
+        if self._listening():
+            self._emit(Rejected, reason=RejectionReason.CIRCUIT_OPEN)
+        raise CircuitOpenError(self.name, retry_in)
+
+    def _finish(
+        self,
+        generation: int,
+        probe: bool,
+        started: float,
+        error: BaseException | None,
+        *,
+        cancelled: bool = False,
+    ) -> None:
+        current = generation == self._generation
+        if probe and current:
+            self._probes -= 1
+        self._calls += 1
+        if cancelled or (error is not None and self._excluded(error)):
+            self._ignored += 1
+            return
+        slow = self._slow and self._clock.monotonic() - started >= self.slow_call_duration  # type: ignore[operator]  # set when _slow
+        failed = error is not None
+        self._count(failed, slow)
+        if current:
+            self._judge(probe, failed or slow, slow, failed)
+
+    def _count(self, failed: bool, slow: bool) -> None:
+        if failed:
+            self._failures += 1
+        else:
+            self._successes += 1
+        if slow:
+            self._slow_calls += 1
+
+    def _judge(self, probe: bool, bad_probe: bool, slow: bool, failed: bool) -> None:
+        if not probe:
+            if self._accounting.record(failed, slow):
+                self._transition(CircuitState.OPEN)
+        elif bad_probe:
+            self._transition(CircuitState.OPEN)
+        else:
+            self._probe_successes += 1
+            if self._probe_successes >= self.success_threshold:
+                self._transition(_CLOSED)
+
+    def _transition(self, new: CircuitState) -> None:
+        old = self._state
+        if old is new:
+            return
+        self._state = new
+        self._generation += 1
+        self._probes = self._probe_successes = 0
+        if new is CircuitState.OPEN:
+            self._opened += 1
+            self._opened_at = self._clock.monotonic()
+        elif new is _CLOSED:
+            self._accounting.reset()
+        if self._listening():
+            self._emit(StateChanged, old=old, new=new)
+
+    def retry_in(self) -> float:
+        """
+        Seconds until an open breaker lets a probe through; 0 when not open.
+        """
+        if self._shared is not None:
+            return self._shared.retry_in()
+        if self._state is not CircuitState.OPEN:
+            return 0.0
+        return max(0.0, self._opened_at + self.reset_timeout - self._clock.monotonic())
+
+    def trip(self) -> None:
+        """
+        Open the breaker now, whatever the counts say (e.g. from an operator's switch).
+        """
+        if self._shared is not None:
+            self._shared.force(CircuitState.OPEN)
+        self._transition(CircuitState.OPEN)
+
+    def reset(self) -> None:
+        """
+        Close the breaker now and forget the counted failures.
+        """
+        if self._shared is not None:
+            self._shared.force(_CLOSED)
+        self._transition(_CLOSED)
+        self._accounting.reset()
+
+    def statistics(self) -> BreakerStatistics:
+        """
+        Return a snapshot of this breaker's state and counters.
+        """
+        totals = self._accounting.totals()
+        return BreakerStatistics(
+            state=self._state,
+            calls=self._calls,
+            successes=self._successes,
+            failures=self._failures,
+            ignored=self._ignored,
+            rejections=self._rejections,
+            slow_calls=self._slow_calls,
+            window_calls=totals.calls,
+            window_failures=totals.failures,
+            opened=self._opened,
+            retry_in=self.retry_in(),
+        )
+
+    def __repr__(self) -> str:
+        totals = self._accounting.totals()
+        if self.failure_threshold is not None:
+            counts = f"failures={totals.failures}/{self.failure_threshold}"
+        else:
+            counts = f"window={totals.failures}/{totals.calls} failed"
+        shared = " shared" if self._shared is not None else ""
+        return f"<CircuitBreaker {self.name!r} {self._state.value}{shared} {counts}>"
+
+
+def _window(
+    owner: str,
+    failure_rate: float | None,
+    window: int | None,
+    window_duration: float | None,
+    min_calls: int | None,
+    slow_call_rate: float | None,
+    clock: Clock,
+) -> Accounting:
+    rate = check_fraction(owner, "failure_rate", 0.5 if failure_rate is None else failure_rate)
+    slow_rate = check_fraction(owner, "slow_call_rate", 1.0 if slow_call_rate is None else slow_call_rate)
+    if window is not None and window_duration is not None:
+        raise ValueError(f"{owner}(window=..., window_duration=...): choose a count or a duration")
+    if window_duration is not None:
+        duration = check_seconds(owner, "window_duration", window_duration)
+        least = check_int(owner, "min_calls", 10 if min_calls is None else min_calls, minimum=1)
+        return TimeWindow(duration, rate_rule(rate, slow_rate, least), clock.monotonic)
+    size = check_int(owner, "window", 100 if window is None else window, minimum=1)
+    least = check_int(owner, "min_calls", min(10, size) if min_calls is None else min_calls, minimum=1)
+    if least > size:
+        raise ValueError(f"{owner}(min_calls={least}): min_calls can't exceed window={size}")
+    return CountWindow(size, rate_rule(rate, slow_rate, least))

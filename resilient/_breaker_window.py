@@ -1,0 +1,189 @@
+"""
+How a circuit breaker counts outcomes while closed.
+
+Three accountings share one small interface (`record`, `reset`, `tripped`):
+
+- `Consecutive`: trips after N failures in a row (pybreaker's model).
+- `CountWindow`: the last N calls, in a ring buffer with running totals (resilience4j's
+  COUNT_BASED sliding window): O(1) per call.
+- `TimeWindow`: the calls of the last T seconds, in ten buckets with running totals
+  (resilience4j's TIME_BASED window, which aggregates per epoch the same way).
+
+The windowed ones trip on a failure rate or a slow-call rate once `min_calls` is reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Accounting", "Consecutive", "CountWindow", "TimeWindow", "WindowTotals"]
+
+_BUCKETS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class WindowTotals:
+    """
+    What the accounting holds now: calls, failures and slow calls.
+    """
+
+    calls: int
+    failures: int
+    slow_calls: int
+
+
+class Accounting:
+    """
+    The interface the breaker uses; subclasses decide when to trip.
+    """
+
+    __slots__ = ()
+
+    def record(self, failed: bool, slow: bool) -> bool:
+        """
+        Count one finished call; True when the breaker should open.
+        """
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """
+        Forget every recorded call (on closing the breaker).
+        """
+        raise NotImplementedError
+
+    def totals(self) -> WindowTotals:
+        """
+        Return the counts currently held.
+        """
+        raise NotImplementedError
+
+
+class Consecutive(Accounting):
+    """
+    Open after `threshold` failures in a row; a success resets the run.
+    """
+
+    __slots__ = ("failures", "threshold")
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.failures = 0
+
+    def record(self, failed: bool, slow: bool) -> bool:
+        if failed:
+            self.failures += 1
+            return self.failures >= self.threshold
+        self.failures = 0
+        return False
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    def totals(self) -> WindowTotals:
+        return WindowTotals(calls=self.failures, failures=self.failures, slow_calls=0)
+
+
+class _RateRule:
+    """
+    The thresholds a window is judged by.
+    """
+
+    __slots__ = ("failure_rate", "min_calls", "slow_call_rate")
+
+    def __init__(self, failure_rate: float, slow_call_rate: float, min_calls: int) -> None:
+        self.failure_rate = failure_rate
+        self.slow_call_rate = slow_call_rate
+        self.min_calls = min_calls
+
+    def exceeded(self, calls: int, failures: int, slow: int) -> bool:
+        if calls < self.min_calls:
+            return False
+        return failures >= self.failure_rate * calls or slow >= self.slow_call_rate * calls
+
+
+class CountWindow(Accounting):
+    """
+    The outcomes of the last `size` calls.
+    """
+
+    __slots__ = ("_failures", "_filled", "_index", "_outcomes", "_rule", "_slow")
+
+    def __init__(self, size: int, rule: _RateRule) -> None:
+        self._rule = rule
+        self._outcomes = bytearray(size)  # bit 0: failed, bit 1: slow
+        self._index = 0
+        self._filled = 0
+        self._failures = 0
+        self._slow = 0
+
+    def record(self, failed: bool, slow: bool) -> bool:
+        size = len(self._outcomes)
+        old = self._outcomes[self._index]
+        new = failed | (slow << 1)
+        self._outcomes[self._index] = new
+        self._index = (self._index + 1) % size
+        if self._filled < size:
+            self._filled += 1
+        self._failures += (new & 1) - (old & 1)
+        self._slow += (new >> 1) - (old >> 1)
+        return self._rule.exceeded(self._filled, self._failures, self._slow)
+
+    def reset(self) -> None:
+        self._outcomes[:] = bytes(len(self._outcomes))
+        self._index = self._filled = self._failures = self._slow = 0
+
+    def totals(self) -> WindowTotals:
+        return WindowTotals(calls=self._filled, failures=self._failures, slow_calls=self._slow)
+
+
+class TimeWindow(Accounting):
+    """
+    The outcomes of the calls that finished in the last `duration` seconds.
+    """
+
+    __slots__ = ("_buckets", "_epoch", "_now", "_rule", "_sums", "_width")
+
+    def __init__(self, duration: float, rule: _RateRule, now: Callable[[], float]) -> None:
+        self._rule = rule
+        self._now = now
+        self._width = duration / _BUCKETS
+        self._buckets = [[0, 0, 0] for _ in range(_BUCKETS)]  # calls, failures, slow
+        self._sums = [0, 0, 0]
+        self._epoch = int(now() / self._width)
+
+    def _current(self) -> list[int]:
+        epoch = int(self._now() / self._width)
+        if epoch != self._epoch:
+            for stale in range(self._epoch + 1, min(epoch, self._epoch + _BUCKETS) + 1):
+                bucket = self._buckets[stale % _BUCKETS]
+                for i in range(3):
+                    self._sums[i] -= bucket[i]
+                    bucket[i] = 0
+            self._epoch = epoch
+        return self._buckets[epoch % _BUCKETS]
+
+    def record(self, failed: bool, slow: bool) -> bool:
+        bucket = self._current()
+        for i, count in enumerate((1, int(failed), int(slow))):
+            bucket[i] += count
+            self._sums[i] += count
+        calls, failures, slow_calls = self._sums
+        return self._rule.exceeded(calls, failures, slow_calls)
+
+    def reset(self) -> None:
+        for bucket in self._buckets:
+            bucket[:] = [0, 0, 0]
+        self._sums = [0, 0, 0]
+
+    def totals(self) -> WindowTotals:
+        self._current()
+        calls, failures, slow_calls = self._sums
+        return WindowTotals(calls=calls, failures=failures, slow_calls=slow_calls)
+
+
+def rate_rule(failure_rate: float, slow_call_rate: float, min_calls: int) -> _RateRule:
+    """
+    Build the thresholds a window trips on.
+    """
+    return _RateRule(failure_rate, slow_call_rate, min_calls)

@@ -1,0 +1,205 @@
+"""
+Bulkhead: cap the calls in flight to a dependency, with an optional bounded queue.
+
+A free slot is taken without awaiting. When none is free, up to `max_queue` callers wait
+in FIFO order (for at most `max_wait` seconds); the rest are rejected at once with
+`BulkheadFullError`. A released slot is handed straight to the first waiter, so a
+newcomer can't overtake the queue.
+
+Cancellation never leaks a slot: a waiter cancelled after it was handed a slot passes it
+on, and a running call's slot is released however the call ends. The hand-over logic is
+the one trio's `CapacityLimiter` and `asyncio.Semaphore` (3.11.1+) use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import NoReturn, TypeVar
+
+from ._clock import Clock
+from ._errors import BulkheadFullError
+from ._events import Hook, Rejected, RejectionReason
+from ._policy import Policy, Thunk
+from ._validate import check_int, check_seconds
+
+__all__ = ["Bulkhead", "BulkheadStatistics"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class BulkheadStatistics:
+    """
+    A snapshot of a `Bulkhead`.
+
+    Attributes:
+        max_concurrent: Slots in all.
+        max_queue: Callers allowed to wait.
+        in_flight: Slots taken now.
+        queued: Callers waiting now.
+        accepted: Calls that got a slot.
+        rejected: Calls refused with `BulkheadFullError`.
+    """
+
+    max_concurrent: int
+    max_queue: int
+    in_flight: int
+    queued: int
+    accepted: int
+    rejected: int
+
+
+class Bulkhead(Policy):
+    """
+    Allow at most `max_concurrent` calls at once; queue or reject the rest.
+
+    Usable as a decorator, with `.call(fn, ...)`, or as ``async with bulkhead:``.
+
+    Args:
+        max_concurrent: Calls allowed in flight, >= 1.
+        max_queue: Callers allowed to wait for a slot (default 0: reject at once).
+        max_wait: Longest wait in the queue, in seconds (default: no limit).
+        name: A label for errors, events and metrics (default ``"bulkhead"``).
+        clock: Time source (default: the system clock).
+        hooks: Event hooks for this policy only.
+
+    Raises:
+        ValueError: A parameter is out of range.
+    """
+
+    kind = "bulkhead"
+    __slots__ = ("_accepted", "_in_flight", "_rejected", "_waiters", "max_concurrent", "max_queue", "max_wait")
+
+    def __init__(
+        self,
+        max_concurrent: int,
+        *,
+        max_queue: int = 0,
+        max_wait: float | None = None,
+        name: str | None = None,
+        clock: Clock | None = None,
+        hooks: Iterable[Hook] | None = None,
+    ) -> None:
+        super().__init__(name=name, clock=clock, hooks=hooks)
+        self.max_concurrent = check_int("Bulkhead", "max_concurrent", max_concurrent, minimum=1)
+        self.max_queue = check_int("Bulkhead", "max_queue", max_queue, minimum=0)
+        self.max_wait = None if max_wait is None else check_seconds("Bulkhead", "max_wait", max_wait, allow_zero=True)
+        self._in_flight = 0
+        self._waiters: deque[asyncio.Future[bool]] = deque()
+        self._accepted = 0
+        self._rejected = 0
+
+    @property
+    def in_flight(self) -> int:
+        """
+        Calls holding a slot now.
+        """
+        return self._in_flight
+
+    @property
+    def queued(self) -> int:
+        """
+        Callers waiting for a slot now.
+        """
+        return len(self._waiters)
+
+    async def _run(self, thunk: Thunk[T]) -> T:
+        if not self._take_free_slot():
+            await self._wait_for_slot()
+        try:
+            return await thunk()
+        finally:
+            self._release()
+
+    def _take_free_slot(self) -> bool:
+        # The common case: no await, no future.
+        if self._in_flight < self.max_concurrent and not self._waiters:
+            self._in_flight += 1
+            self._accepted += 1
+            return True
+        return False
+
+    async def _wait_for_slot(self) -> None:
+        if len(self._waiters) >= self.max_queue:
+            self._reject("no free slot and the queue is full")
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        timer = None
+        if self.max_wait is not None:
+            timer = self._clock.call_at(self._clock.monotonic() + self.max_wait, lambda: _expire(waiter))
+        try:
+            granted = await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                self._release()  # we were handed a slot but won't use it: pass it on
+            else:
+                self._forget(waiter)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if not granted:
+            self._forget(waiter)
+            self._reject(f"waited {self.max_wait:g}s in the queue")
+        self._accepted += 1
+
+    def _forget(self, waiter: asyncio.Future[bool]) -> None:
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)  # the slot moves to the waiter; in_flight unchanged
+                return
+        self._in_flight -= 1
+
+    def _reject(self, why: str) -> NoReturn:
+        self._rejected += 1
+        if self._listening():
+            self._emit(Rejected, reason=RejectionReason.BULKHEAD_FULL)
+        raise BulkheadFullError(self.name, self.max_concurrent, self.max_queue, why)
+
+    async def __aenter__(self) -> Bulkhead:
+        if not self._take_free_slot():
+            await self._wait_for_slot()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._release()
+
+    def statistics(self) -> BulkheadStatistics:
+        """
+        Return a snapshot of this bulkhead's slots and counters.
+        """
+        return BulkheadStatistics(
+            max_concurrent=self.max_concurrent,
+            max_queue=self.max_queue,
+            in_flight=self._in_flight,
+            queued=len(self._waiters),
+            accepted=self._accepted,
+            rejected=self._rejected,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<Bulkhead {self.name!r} {self._in_flight}/{self.max_concurrent} in flight,"
+            f" {len(self._waiters)}/{self.max_queue} queued>"
+        )
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)

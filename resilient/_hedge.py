@@ -1,0 +1,171 @@
+"""
+Hedging: when an attempt is slow, start another; the first success wins.
+
+The first attempt starts at once; each `delay` without a success starts one more, up to
+`max_hedged` extra attempts. An attempt that fails starts the next one at once instead
+of waiting out the delay (Polly's hedging does the same). The first success is returned
+and the other attempts are cancelled; when every attempt fails, the last error is raised.
+
+Attempts run as tasks, which copy the caller's context, so trace context and the
+remaining deadline reach every attempt. Cancelling the caller cancels them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ._clock import Clock, TimerHandle
+from ._events import HedgeSent, Hook
+from ._policy import Policy, Thunk
+from ._validate import check_int, check_seconds, error_matcher, retryable_by_default
+
+__all__ = ["Hedge", "HedgeStatistics"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class HedgeStatistics:
+    """
+    A snapshot of a `Hedge`.
+
+    Attributes:
+        calls: Calls made.
+        hedges: Extra attempts started.
+        hedge_wins: Calls answered by an extra attempt rather than the first.
+    """
+
+    calls: int
+    hedges: int
+    hedge_wins: int
+
+
+async def _attempt(thunk: Thunk[T]) -> T:
+    return await thunk()
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    # Losers are cancelled and not awaited; read their outcome so asyncio doesn't log
+    # "exception was never retrieved".
+    if not task.cancelled():
+        task.exception()
+
+
+class _Race:
+    """
+    The attempts of one hedged call and the signal that something changed.
+    """
+
+    __slots__ = ("changed", "errors", "tasks", "timer")
+
+    def __init__(self) -> None:
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.changed = asyncio.Event()
+        self.timer: TimerHandle | None = None
+        self.errors = 0
+
+    def cancel_all(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        for task in self.tasks:
+            task.cancel()
+
+
+class Hedge(Policy):
+    """
+    Start another attempt when the current ones are slow; take the first success.
+
+    Args:
+        delay: Seconds to wait for a success before starting another attempt, > 0.
+        max_hedged: Extra attempts allowed, >= 1.
+        on: Which attempt errors start the next attempt at once: exception types or a
+            predicate (default: any `Exception` but a `RejectedError`). Other errors
+            end the call.
+        name: A label for events and metrics (default ``"hedge"``).
+        clock: Time source (default: the system clock).
+        hooks: Event hooks for this policy only.
+
+    Raises:
+        ValueError: A parameter is out of range.
+    """
+
+    kind = "hedge"
+    __slots__ = ("_calls", "_hedges", "_on", "_wins", "delay", "max_hedged")
+
+    def __init__(
+        self,
+        delay: float,
+        *,
+        max_hedged: int = 1,
+        on: Any = None,
+        name: str | None = None,
+        clock: Clock | None = None,
+        hooks: Iterable[Hook] | None = None,
+    ) -> None:
+        super().__init__(name=name, clock=clock, hooks=hooks)
+        self.delay = check_seconds("Hedge", "delay", delay)
+        self.max_hedged = check_int("Hedge", "max_hedged", max_hedged, minimum=1)
+        self._on = retryable_by_default if on is None else error_matcher("Hedge", "on", on)
+        self._calls = self._hedges = self._wins = 0
+
+    async def _run(self, thunk: Thunk[T]) -> T:
+        self._calls += 1
+        race = _Race()
+        try:
+            self._launch(race, thunk)
+            return await self._settle(race, thunk)
+        finally:
+            race.cancel_all()
+
+    def _launch(self, race: _Race, thunk: Thunk[T]) -> None:
+        task = asyncio.get_running_loop().create_task(_attempt(thunk))
+        task.add_done_callback(lambda _: race.changed.set())
+        task.add_done_callback(_retrieve)
+        race.tasks.append(task)
+        if len(race.tasks) > 1:
+            self._hedges += 1
+            if self._listening():
+                self._emit(HedgeSent, attempt=len(race.tasks))
+        if len(race.tasks) <= self.max_hedged:
+            if race.timer is not None:
+                race.timer.cancel()
+            at = self._clock.monotonic() + self.delay
+            race.timer = self._clock.call_at(at, lambda: self._launch(race, thunk))
+
+    async def _settle(self, race: _Race, thunk: Thunk[T]) -> T:
+        seen = 0
+        while True:
+            race.changed.clear()
+            for index, task in enumerate(race.tasks):
+                if not task.done() or task.cancelled():
+                    continue
+                error = task.exception()
+                if error is None:
+                    self._wins += index > 0
+                    return task.result()  # type: ignore[no-any-return]  # the attempt's T
+                if not self._on(error):
+                    raise error
+            failed = sum(1 for t in race.tasks if t.done())
+            if failed > seen:
+                seen = failed
+                if failed == len(race.tasks):
+                    if len(race.tasks) > self.max_hedged:
+                        raise race.tasks[-1].exception()  # type: ignore[misc]  # all failed
+                    self._launch(race, thunk)  # everything failed: don't wait out the delay
+                    continue
+            await race.changed.wait()
+
+    def statistics(self) -> HedgeStatistics:
+        """
+        Return a snapshot of this policy's counters.
+        """
+        return HedgeStatistics(calls=self._calls, hedges=self._hedges, hedge_wins=self._wins)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Hedge {self.name!r} delay={self.delay:g}s max_hedged={self.max_hedged}"
+            f" calls={self._calls} hedges={self._hedges} wins={self._wins}>"
+        )

@@ -1,0 +1,150 @@
+"""
+The contract every policy shares: a decorator, `.call(fn, *args, **kwargs)`, hooks.
+
+A policy implements one method, `_run(thunk)`, which awaits `thunk()` (a zero-argument
+callable returning a fresh awaitable each time) as often as its logic says. Everything
+else (decorating, call events, hooks) lives here once. Call events are only built while
+someone listens, so the unobserved happy path is one `_run` frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, ClassVar, ParamSpec, TypeAlias, TypeVar
+
+from ._clock import Clock
+from ._events import (
+    CallCancelled,
+    CallFailed,
+    CallStarted,
+    CallSucceeded,
+    Event,
+    Hook,
+    dispatch,
+    global_hooks,
+)
+from ._validate import check_clock, check_hooks, check_name
+
+__all__ = ["Policy", "Thunk"]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+Thunk: TypeAlias = Callable[[], Awaitable[T]]
+
+_GLOBAL_HOOKS = global_hooks()
+
+
+class Policy(ABC):
+    """
+    Base of every policy: decorate an async function with it, or `await policy.call(...)`.
+
+    Subclasses implement `_run`; they get `name`, `clock`, hooks and call events from here.
+    """
+
+    kind: ClassVar[str] = "policy"
+    __slots__ = ("_clock", "_hooks", "name")
+
+    def __init__(
+        self,
+        *,
+        name: str | None,
+        clock: Clock | None,
+        hooks: Iterable[Hook] | None,
+    ) -> None:
+        owner = type(self).__name__
+        self.name: str = check_name(owner, name, self.kind)
+        self._clock: Clock = check_clock(owner, clock)
+        self._hooks: tuple[Hook, ...] = check_hooks(owner, hooks)
+
+    @property
+    def clock(self) -> Clock:
+        """
+        The clock this policy reads time from.
+        """
+        return self._clock
+
+    def __call__(
+        self, fn: Callable[P, Awaitable[T]]
+    ) -> Callable[P, Coroutine[Any, Any, T]]:
+        """
+        Decorate an async function so that every call goes through this policy.
+
+        Raises:
+            TypeError: `fn` is a plain (non-async) function.
+        """
+        if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"{type(self).__name__} decorates async functions; {fn.__qualname__} is"
+                " not 'async def'"
+            )
+        invoke = self._invoke
+
+        @functools.wraps(fn)
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await invoke(functools.partial(fn, *args, **kwargs))
+
+        return guarded
+
+    async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """
+        Run `fn(*args, **kwargs)` through this policy and return its result.
+        """
+        return await self._invoke(functools.partial(fn, *args, **kwargs))
+
+    def add_hook(self, hook: Hook) -> Callable[[], None]:
+        """
+        Send this policy's events to `hook` as well.
+
+        Returns:
+            A function that removes the hook again.
+        """
+        (checked,) = check_hooks(type(self).__name__, (hook,))
+        self._hooks = (*self._hooks, checked)
+        return lambda: self.remove_hook(checked)
+
+    def remove_hook(self, hook: Hook) -> None:
+        """
+        Stop sending this policy's events to `hook`; a no-op if it was not added.
+        """
+        self._hooks = tuple(h for h in self._hooks if h is not hook)
+
+    def _invoke(self, thunk: Thunk[T]) -> Awaitable[T]:
+        # The only per-call check for observers: one tuple and one list truth test.
+        if self._hooks or _GLOBAL_HOOKS:
+            return self._observe(thunk)
+        return self._run(thunk)
+
+    @abstractmethod
+    def _run(self, thunk: Thunk[T]) -> Awaitable[T]:
+        """
+        Apply the policy to `thunk`: await `thunk()` as the policy's logic says.
+        """
+
+    def _listening(self) -> bool:
+        return bool(self._hooks or _GLOBAL_HOOKS)
+
+    def _emit(self, event_type: Callable[..., Event], /, **fields: Any) -> None:
+        # Callers on hot paths check _listening() first; building the event is the cost.
+        dispatch(
+            self._hooks,
+            event_type(kind=self.kind, name=self.name, time=self._clock.monotonic(), **fields),
+        )
+
+    async def _observe(self, thunk: Thunk[T]) -> T:
+        clock = self._clock
+        started = clock.monotonic()
+        self._emit(CallStarted)
+        try:
+            result = await self._run(thunk)
+        except asyncio.CancelledError:
+            self._emit(CallCancelled, duration=clock.monotonic() - started)
+            raise
+        except BaseException as error:
+            self._emit(CallFailed, duration=clock.monotonic() - started, error=error)
+            raise
+        self._emit(CallSucceeded, duration=clock.monotonic() - started)
+        return result

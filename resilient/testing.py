@@ -1,0 +1,170 @@
+"""
+Aids for testing code that uses `resilient`, without real waiting.
+
+- `FakeClock`: pass it as ``clock=`` to any policy; time moves only when you (or a
+  sleeping policy) say so.
+- `instant_retries()`: every `Retry` skips its sleeps while it is in force.
+- `capture_events()`: collect the events policies emit.
+
+    clock = FakeClock()
+    breaker = CircuitBreaker(name="db", failure_threshold=2, reset_timeout=30, clock=clock)
+    ...
+    clock.advance(30)          # the breaker is ready to probe, no sleep taken
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from ._clock import TimerHandle
+from ._events import Event, add_hook
+from ._retry import instant_retries_enabled, set_instant_retries
+
+__all__ = ["FakeClock", "capture_events", "instant_retries", "set_instant_retries"]
+
+
+
+class _FakeTimer:
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[], object]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeClock:
+    """
+    A clock whose time only moves when told to; implements `resilient.Clock`.
+
+    Args:
+        start: The initial monotonic time.
+        wall_start: The wall-clock (epoch) time matching `start`.
+        auto_advance: When True (the default) `sleep(s)` moves time forward by `s` at
+            once, so retries and backoffs take no real time. When False, `sleep` waits
+            until `advance()` moves time past its end, for tests that step time by hand.
+
+    Attributes:
+        sleeps: Every positive duration passed to `sleep`, in order.
+    """
+
+    def __init__(self, start: float = 0.0, *, wall_start: float = 1_700_000_000.0, auto_advance: bool = True) -> None:
+        self._now = float(start)
+        self._wall_offset = float(wall_start) - float(start)
+        self.auto_advance = auto_advance
+        self.sleeps: list[float] = []
+        self._timers: list[tuple[float, int, _FakeTimer]] = []
+        self._order = itertools.count()
+
+    def monotonic(self) -> float:
+        """
+        Return the fake monotonic time.
+        """
+        return self._now
+
+    def wall(self) -> float:
+        """
+        Return the fake epoch time (moves with `monotonic`).
+        """
+        return self._now + self._wall_offset
+
+    async def sleep(self, seconds: float) -> None:
+        """
+        Sleep in fake time; always yields to the event loop once.
+        """
+        if seconds > 0:
+            self.sleeps.append(seconds)
+            if self.auto_advance:
+                self.advance(seconds)
+            else:
+                woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self.call_at(self._now + seconds, lambda: woken.done() or woken.set_result(None))
+                await woken
+                return
+        await asyncio.sleep(0)
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandle:
+        """
+        Run `callback` from the event loop once fake time reaches `when`.
+        """
+        timer = _FakeTimer(when, callback)
+        heapq.heappush(self._timers, (when, next(self._order), timer))
+        if when <= self._now:
+            self._fire_due()
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        """
+        Move time forward and run every timer that came due, in order, from the loop.
+        """
+        if seconds < 0:
+            raise ValueError(f"FakeClock.advance({seconds!r}): time can't go backwards")
+        self._now += seconds
+        self._fire_due()
+
+    def _fire_due(self) -> None:
+        while self._timers and self._timers[0][0] <= self._now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                # Through the loop, as real timers run: never inside the caller's frame.
+                asyncio.get_running_loop().call_soon(_run_timer, timer)
+
+    @property
+    def pending_timers(self) -> int:
+        """
+        Timers scheduled and neither fired nor cancelled.
+        """
+        return sum(1 for _, _, timer in self._timers if not timer.cancelled)
+
+    def __repr__(self) -> str:
+        return f"<FakeClock t={self._now:g} pending_timers={self.pending_timers}>"
+
+
+def _run_timer(timer: _FakeTimer) -> None:
+    if not timer.cancelled:
+        timer.callback()
+
+
+@contextmanager
+def instant_retries() -> Iterator[None]:
+    """
+    Within the block, every `Retry` skips its sleeps (delays are still computed and
+    reported in events). Restores the previous setting on exit.
+    """
+    before = instant_retries_enabled()
+    set_instant_retries(True)
+    try:
+        yield
+    finally:
+        set_instant_retries(before)
+
+
+@contextmanager
+def capture_events(kind: type[Event] = Event) -> Iterator[list[Event]]:
+    """
+    Collect the events every policy emits within the block.
+
+    Args:
+        kind: Only keep events of this type (default: all).
+
+    Yields:
+        The list the events are appended to, in the order emitted.
+    """
+    captured: list[Event] = []
+
+    def keep(event: Event) -> None:
+        if isinstance(event, kind):
+            captured.append(event)
+
+    remove = add_hook(keep)
+    try:
+        yield captured
+    finally:
+        remove()
