@@ -125,7 +125,6 @@ class CircuitBreaker(Policy):
     kind = "circuit_breaker"
     __slots__ = (
         "_accounting",
-        "_calls",
         "_excluded",
         "_failures",
         "_generation",
@@ -200,7 +199,7 @@ class CircuitBreaker(Policy):
         self._generation = 0
         self._opened_at = 0.0
         self._probes = self._probe_successes = 0
-        self._calls = self._successes = self._failures = self._ignored = 0
+        self._successes = self._failures = self._ignored = 0
         self._rejections = self._slow_calls = self._opened = 0
         self._shared: SharedState | None = None
         if storage is not None:
@@ -264,7 +263,13 @@ class CircuitBreaker(Policy):
         except BaseException:
             self._finish(generation, probe, started, None, cancelled=True)
             raise
-        self._finish(generation, probe, started, None)
+        if probe or self._slow or generation != self._generation:
+            self._finish(generation, probe, started, None)
+        else:
+            # The closed-state success, inlined: it is nearly every call.
+            self._successes += 1
+            if self._accounting.record(False, False):
+                self._transition(CircuitState.OPEN)
         return result
 
     def _admit(self) -> bool:
@@ -299,7 +304,6 @@ class CircuitBreaker(Policy):
         current = generation == self._generation
         if probe and current:
             self._probes -= 1
-        self._calls += 1
         if cancelled or (error is not None and self._excluded(error)):
             self._ignored += 1
             return
@@ -377,7 +381,7 @@ class CircuitBreaker(Policy):
         totals = self._accounting.totals()
         return BreakerStatistics(
             state=self._state,
-            calls=self._calls,
+            calls=self._successes + self._failures + self._ignored,
             successes=self._successes,
             failures=self._failures,
             ignored=self._ignored,

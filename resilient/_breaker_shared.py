@@ -88,7 +88,6 @@ class SharedState:
         breaker = self._breaker
         if probe:
             breaker._probes = max(0, breaker._probes - 1)  # noqa: SLF001
-        breaker._calls += 1  # noqa: SLF001
         if cancelled or (error is not None and breaker._excluded(error)):  # noqa: SLF001
             breaker._ignored += 1  # noqa: SLF001
             return

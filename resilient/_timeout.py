@@ -27,6 +27,7 @@ from ._errors import TimeoutExceeded
 from ._events import Hook, TimedOut
 from ._policy import Policy, Thunk
 from ._validate import check_seconds
+from ._watchdog import Watchdog
 
 __all__ = ["Timeout", "TimeoutStatistics", "current_deadline", "remaining_time"]
 
@@ -71,17 +72,17 @@ class TimeoutStatistics:
 
 class _Scope:
     """
-    One guarded call: its timer, its context token and whether our timer fired.
+    One guarded call: its deadline, its context token and whether it expired.
     """
 
-    __slots__ = ("budget", "cancelling", "fired", "handle", "task", "token")
+    __slots__ = ("budget", "cancelling", "deadline", "fired", "task", "token")
 
-    def __init__(self, task: asyncio.Task[object], budget: float) -> None:
+    def __init__(self, task: asyncio.Task[object], deadline: float, budget: float) -> None:
         self.task = task
+        self.deadline = deadline
         self.budget = budget
         self.cancelling = task.cancelling()
         self.fired = False
-        self.handle: object = None
         self.token: Token[tuple[float, Clock] | None] | None = None
 
     def expire(self) -> None:
@@ -106,7 +107,7 @@ class Timeout(Policy):
     """
 
     kind = "timeout"
-    __slots__ = ("_calls", "_scopes", "_timeouts", "seconds")
+    __slots__ = ("_calls", "_scopes", "_timeouts", "_watchdog", "seconds")
 
     def __init__(
         self,
@@ -121,6 +122,7 @@ class Timeout(Policy):
         self._calls = 0
         self._timeouts = 0
         self._scopes: dict[asyncio.Task[object], list[_Scope]] = {}
+        self._watchdog = Watchdog(self._clock)
 
     async def _run(self, thunk: Thunk[T]) -> T:
         scope = self._enter()
@@ -154,8 +156,8 @@ class Timeout(Policy):
             outer_here = outer_at if outer_clock is clock else now + outer_at - outer_clock.monotonic()
             deadline = min(deadline, outer_here)
         self._calls += 1
-        scope = _Scope(task, max(0.0, deadline - now))
-        scope.handle = clock.call_at(deadline, scope.expire)
+        scope = _Scope(task, deadline, max(0.0, deadline - now))
+        self._watchdog.watch(scope)
         scope.token = _DEADLINE.set((deadline, clock))
         return scope
 
@@ -163,7 +165,7 @@ class Timeout(Policy):
         """
         Leave the scope; True when our own timer is why the task was cancelled.
         """
-        scope.handle.cancel()  # type: ignore[attr-defined]  # a TimerHandle
+        self._watchdog.unwatch(scope)
         if scope.token is not None:
             _DEADLINE.reset(scope.token)
         # Withdraw our cancel request whatever happened, as asyncio.timeout does, so a
