@@ -151,7 +151,7 @@ async def verify(contender: Contender) -> str | None:
     """Call the contender once; return a reason if it misbehaves, else None."""
     try:
         result = await contender.fn()
-    except Exception as exc:  # noqa: BLE001 -- any failure disqualifies
+    except Exception as exc:  # any failure disqualifies
         return f"call raised {type(exc).__name__}: {exc}"
     if result != NOOP_RESULT:
         return f"returned {result!r} instead of {NOOP_RESULT!r}"
@@ -195,9 +195,7 @@ def summarise(all_samples: Sequence[Samples]) -> list[Summary]:
     bare = next(s for s in all_samples if s.contender.key == BARE_KEY)
     summaries = []
     for s in all_samples:
-        overheads = [
-            c - b for c, b in zip(s.ns_per_call, bare.ns_per_call, strict=True)
-        ]
+        overheads = [c - b for c, b in zip(s.ns_per_call, bare.ns_per_call, strict=True)]
         summaries.append(
             Summary(
                 contender=s.contender,

@@ -92,8 +92,7 @@ def build_tenacity_async_for() -> Contender:
         "tenacity",
         "tenacity async for AsyncRetrying",
         fn,
-        "async for attempt in AsyncRetrying(stop=..., wait=..., reraise=True):"
-        " with attempt:",
+        "async for attempt in AsyncRetrying(stop=..., wait=..., reraise=True): with attempt:",
         note="variant; builds a new AsyncRetrying per call",
         primary=False,
     )
@@ -141,8 +140,7 @@ def build_backoff_retry() -> Contender:
         "backoff",
         "backoff @on_exception",
         fn,
-        "@backoff.on_exception(backoff.expo, Exception, max_tries=3, factor=0.1,"
-        " max_value=5)",
+        "@backoff.on_exception(backoff.expo, Exception, max_tries=3, factor=0.1, max_value=5)",
         note="calls datetime.now() twice and builds a details dict per call",
     )
 
@@ -157,9 +155,7 @@ def build_hyx_retry() -> Contender:
         base=p.BACKOFF_BASE,
         max_delay_secs=p.BACKOFF_MAX_S,
     )
-    fn: AsyncFn = retry(on=Exception, attempts=p.RETRY_ATTEMPTS - 1, backoff=backoff)(
-        noop
-    )
+    fn: AsyncFn = retry(on=Exception, attempts=p.RETRY_ATTEMPTS - 1, backoff=backoff)(noop)
     return _contender(
         "retry",
         "hyx",
@@ -167,8 +163,7 @@ def build_hyx_retry() -> Contender:
         fn,
         "@hyx.retry.retry(on=Exception, attempts=2,"
         " backoff=expo(min_delay_secs=0.1, max_delay_secs=5))",
-        note="hyx counts attempts as *retries*: attempts=2 gives 3 calls"
-        " (attempts=3 would give 4)",
+        note="hyx counts attempts as *retries*: attempts=2 gives 3 calls (attempts=3 would give 4)",
     )
 
 
@@ -189,8 +184,7 @@ def build_pyresilience_retry() -> Contender:
         "pyresilience",
         "pyresilience @resilient(retry)",
         fn,
-        "@pyresilience.resilient(retry=RetryConfig(max_attempts=3, delay=0.1,"
-        " max_delay=5))",
+        "@pyresilience.resilient(retry=RetryConfig(max_attempts=3, delay=0.1, max_delay=5))",
         note="sets a ContextVar (call id) on every call",
     )
 
@@ -200,7 +194,7 @@ def build_pyresilience_retry() -> Contender:
 
 def build_aiobreaker() -> Contender:
     """aiobreaker's ``CircuitBreaker`` used as a decorator."""
-    import aiobreaker  # type: ignore[import-untyped]
+    import aiobreaker  # type: ignore[import-untyped, unused-ignore]
 
     breaker = aiobreaker.CircuitBreaker(
         fail_max=p.FAILURE_THRESHOLD,
@@ -229,8 +223,7 @@ def build_purgatory() -> Contender:
         "purgatory",
         "purgatory AsyncCircuitBreakerFactory",
         fn,
-        "@AsyncCircuitBreakerFactory(default_threshold=5, default_ttl=30)"
-        "('bench-breaker')",
+        "@AsyncCircuitBreakerFactory(default_threshold=5, default_ttl=30)('bench-breaker')",
         note="looks the breaker up in its (in-memory) unit of work on every call",
     )
 
@@ -250,8 +243,7 @@ def build_hyx_breaker() -> Contender:
         "hyx consecutive_breaker",
         fn,
         "@consecutive_breaker(failure_threshold=5, recovery_time_secs=30)",
-        note="wraps the call in functools.partial;"
-        " two awaited state transitions per call",
+        note="wraps the call in functools.partial; two awaited state transitions per call",
     )
 
 
@@ -301,9 +293,7 @@ def build_hyx_bulkhead() -> Contender:
     """hyx's ``bulkhead`` used as a decorator."""
     from hyx.bulkhead import bulkhead
 
-    fn: AsyncFn = bulkhead(
-        max_concurrency=p.MAX_CONCURRENT, max_capacity=p.MAX_CONCURRENT
-    )(noop)
+    fn: AsyncFn = bulkhead(max_concurrency=p.MAX_CONCURRENT, max_capacity=p.MAX_CONCURRENT)(noop)
     return _contender(
         "bulkhead",
         "hyx",
@@ -388,9 +378,7 @@ def build_pyresilience_timeout() -> Contender:
     """pyresilience ``@resilient`` with only the timeout enabled."""
     import pyresilience
 
-    fn = pyresilience.resilient(
-        timeout=pyresilience.TimeoutConfig(seconds=p.TIMEOUT_S)
-    )(noop)
+    fn = pyresilience.resilient(timeout=pyresilience.TimeoutConfig(seconds=p.TIMEOUT_S))(noop)
     return _contender(
         "timeout",
         "pyresilience",
@@ -411,7 +399,7 @@ def build_try_except_floor() -> Contender:
     async def fn() -> int | None:
         try:
             return await noop()
-        except Exception:  # noqa: BLE001 -- this *is* the fallback
+        except Exception:  # this *is* the fallback
             return None
 
     return _contender(
@@ -428,7 +416,7 @@ def build_hyx_fallback() -> Contender:
     """hyx's ``fallback`` decorator with an async handler returning None."""
     from hyx.fallback import fallback
 
-    async def handler(result: object, *args: object, **kwargs: object) -> None:
+    async def handler(result: object, *args: object, **kwargs: object) -> None:  # noqa: ARG001
         return None
 
     fn: AsyncFn = fallback(handler, on=Exception)(noop)
@@ -446,12 +434,10 @@ def build_pyresilience_fallback() -> Contender:
     """pyresilience ``@resilient`` with only the fallback enabled."""
     import pyresilience
 
-    def handler(exc: BaseException) -> None:
+    def handler(_exc: BaseException) -> None:
         return None
 
-    fn = pyresilience.resilient(fallback=pyresilience.FallbackConfig(handler=handler))(
-        noop
-    )
+    fn = pyresilience.resilient(fallback=pyresilience.FallbackConfig(handler=handler))(noop)
     return _contender(
         "fallback",
         "pyresilience",
@@ -498,9 +484,7 @@ def build_hyx_stack() -> Contender:
     from hyx.retry.backoffs import expo
     from hyx.timeout import timeout
 
-    limited = bulkhead(max_concurrency=p.MAX_CONCURRENT, max_capacity=p.MAX_CONCURRENT)(
-        noop
-    )
+    limited = bulkhead(max_concurrency=p.MAX_CONCURRENT, max_capacity=p.MAX_CONCURRENT)(noop)
     guarded = consecutive_breaker(
         failure_threshold=p.FAILURE_THRESHOLD, recovery_time_secs=p.RESET_TIMEOUT_S
     )(limited)
@@ -516,8 +500,7 @@ def build_hyx_stack() -> Contender:
         "hyx",
         "hyx stacked decorators",
         fn,
-        "@timeout(2) @retry(attempts=2, expo) @consecutive_breaker(5, 30)"
-        " @bulkhead(10, 10)",
+        "@timeout(2) @retry(attempts=2, expo) @consecutive_breaker(5, 30) @bulkhead(10, 10)",
     )
 
 
@@ -675,9 +658,7 @@ LACKS: tuple[Unavailable, ...] = (
         for lib in ("aiobreaker", "purgatory")
         for cat in ("retry", "bulkhead", "timeout", "fallback", "hedge")
     ),
-    Unavailable(
-        "hedge", "hyx", "no hedging in hyx 0.0.2 (the only release on PyPI here)"
-    ),
+    Unavailable("hedge", "hyx", "no hedging in hyx 0.0.2 (the only release on PyPI here)"),
     Unavailable("hedge", "pyresilience", "no hedging in pyresilience 0.4.1"),
     Unavailable(
         "breaker",

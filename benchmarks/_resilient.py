@@ -47,7 +47,7 @@ def import_resilient() -> tuple[ModuleType | None, str]:
     """Return (module, "") or (None, why it could not be imported)."""
     try:
         return importlib.import_module(LIBRARY), ""
-    except Exception as exc:  # noqa: BLE001 -- any import failure means "missing"
+    except Exception as exc:  # any import failure means "missing"
         return None, f"`import resilient` failed: {type(exc).__name__}: {exc}"
 
 
@@ -57,7 +57,7 @@ def version(module: ModuleType) -> str:
         from importlib.metadata import version as dist_version
 
         return dist_version(LIBRARY)
-    except Exception:  # noqa: BLE001 -- not installed as a distribution
+    except Exception:  # not installed as a distribution
         if getattr(module, "__file__", None) is None:
             return "namespace package (no __init__.py yet)"
         return str(getattr(module, "__version__", "source tree (not installed)"))
@@ -114,9 +114,7 @@ def _timeout(mod: ModuleType) -> Policy:
 
 def build_retry(mod: ModuleType) -> Contender:
     """``@Retry(attempts=3)``."""
-    return _contender(
-        "retry", "resilient Retry", _decorate(_retry(mod)), "@Retry(attempts=3)"
-    )
+    return _contender("retry", "resilient Retry", _decorate(_retry(mod)), "@Retry(attempts=3)")
 
 
 def build_retry_call(mod: ModuleType) -> Contender:
@@ -137,8 +135,7 @@ def build_breaker(mod: ModuleType) -> Contender:
         "breaker",
         "resilient CircuitBreaker",
         _decorate(_breaker(mod, "bench-breaker")),
-        "@CircuitBreaker(name='bench-breaker', failure_threshold=5,"
-        " reset_timeout=30.0)",
+        "@CircuitBreaker(name='bench-breaker', failure_threshold=5, reset_timeout=30.0)",
     )
 
 
@@ -154,9 +151,7 @@ def build_bulkhead(mod: ModuleType) -> Contender:
 
 def build_timeout(mod: ModuleType) -> Contender:
     """``@Timeout(2.0)``."""
-    return _contender(
-        "timeout", "resilient Timeout", _decorate(_timeout(mod)), "@Timeout(2.0)"
-    )
+    return _contender("timeout", "resilient Timeout", _decorate(_timeout(mod)), "@Timeout(2.0)")
 
 
 def build_fallback(mod: ModuleType) -> Contender:
@@ -182,9 +177,7 @@ def build_hedge(mod: ModuleType) -> Contender:
 
 def build_pipeline(mod: ModuleType) -> Contender:
     """``@pipeline(Timeout, Retry, CircuitBreaker, Bulkhead)``."""
-    policy = mod.pipeline(
-        _timeout(mod), _retry(mod), _breaker(mod, "bench-stack"), _bulkhead(mod)
-    )
+    policy = mod.pipeline(_timeout(mod), _retry(mod), _breaker(mod, "bench-stack"), _bulkhead(mod))
     return _contender(
         "stack",
         "resilient pipeline",

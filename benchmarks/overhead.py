@@ -68,9 +68,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         help="CI smoke run: few rounds and calls; outputs go to a temp dir "
         "unless --md/--png are given",
     )
-    parser.add_argument(
-        "--rounds", type=int, help=f"recorded rounds (default {FULL['rounds']})"
-    )
+    parser.add_argument("--rounds", type=int, help=f"recorded rounds (default {FULL['rounds']})")
     parser.add_argument(
         "--calls",
         type=int,
@@ -82,9 +80,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         help=f"discarded warm-up rounds (default {FULL['warmup']})",
     )
     parser.add_argument("--seed", type=int, default=1, help="shuffle seed (default 1)")
-    parser.add_argument(
-        "--md", type=Path, help=f"markdown report (default {DEFAULT_MD})"
-    )
+    parser.add_argument("--md", type=Path, help=f"markdown report (default {DEFAULT_MD})")
     parser.add_argument("--png", type=Path, help=f"bar chart (default {DEFAULT_PNG})")
     parser.add_argument("--json", type=Path, help="also dump raw results as JSON here")
     ns = parser.parse_args(argv)
@@ -143,10 +139,8 @@ def build_contenders() -> tuple[list[Contender], list[Unavailable]]:
     for category, library, builder in _peers.BUILDERS:
         try:
             built.append(builder())
-        except Exception as exc:  # noqa: BLE001 -- a broken peer only loses its row
-            missing.append(
-                Unavailable(category, library, f"{type(exc).__name__}: {exc}")
-            )
+        except Exception as exc:  # a broken peer only loses its row
+            missing.append(Unavailable(category, library, f"{type(exc).__name__}: {exc}"))
     module, why = _resilient.import_resilient()
     for category, rbuilder in _resilient.BUILDERS:
         if module is None:
@@ -154,11 +148,9 @@ def build_contenders() -> tuple[list[Contender], list[Unavailable]]:
             continue
         try:
             built.append(rbuilder(module))
-        except Exception as exc:  # noqa: BLE001 -- API may be half-written
+        except Exception as exc:  # API may be half-written
             missing.append(
-                Unavailable(
-                    category, _resilient.LIBRARY, f"{type(exc).__name__}: {exc}"
-                )
+                Unavailable(category, _resilient.LIBRARY, f"{type(exc).__name__}: {exc}")
             )
     return _dedupe_missing(built, missing)
 
@@ -221,16 +213,12 @@ async def measure(opts: Options) -> tuple[list[Summary], list[Unavailable]]:
     return summarise(samples), missing + broken
 
 
-def write_outputs(
-    opts: Options, summaries: list[Summary], unavailable: list[Unavailable]
-) -> None:
+def write_outputs(opts: Options, summaries: list[Summary], unavailable: list[Unavailable]) -> None:
     """Print the summary and write markdown, chart and (optionally) JSON."""
     module, _ = _resilient.import_resilient()
     versions = _report.package_versions(_peers.PEER_LIBRARIES)
     versions["resilient"] = _resilient.version(module) if module else "not importable"
-    versions["matplotlib (chart only)"] = _report.package_versions(["matplotlib"])[
-        "matplotlib"
-    ]
+    versions["matplotlib (chart only)"] = _report.package_versions(["matplotlib"])["matplotlib"]
     info = _report.RunInfo(
         command=_report.command_line(opts.argv),
         rounds=opts.rounds,
