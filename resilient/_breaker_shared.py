@@ -12,8 +12,12 @@ in a worker thread: the event loop never waits on Redis. Each call costs one hop
 across processes: two processes may both see the threshold and both open the circuit,
 which is harmless.
 
-The in-process mirror (`CircuitBreaker.state`, events, statistics) follows what this
-process reads and writes.
+As in the native breaker, an outcome counts only in the state its call was admitted in:
+a call that was still running when the circuit opened (seen by this process, or found in
+the storage when recording) cannot re-open it, push its reopening back, or close it.
+
+The in-process mirror (`CircuitBreaker.state`, events, statistics, the failure run in
+`repr`) follows what this process reads and writes.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import TYPE_CHECKING, TypeVar
 import pybreaker
 
 from ._breaker import CircuitState
+from ._breaker_window import Consecutive
 from ._errors import RejectedError
 from ._events import CallFailed, CallSucceeded, Event, Hook, StateChanged
 from ._policy import Thunk
@@ -40,21 +45,37 @@ R = TypeVar("R")
 
 _STATES = {state.value: state for state in CircuitState}
 
+# `opened_at` is stored as a datetime (microseconds): read back, an epoch float may be a
+# fraction of a microsecond late, which must not hold the circuit open once
+# reset_timeout has passed.
+_ROUND_TRIP_ERROR = 1e-6
+
 
 class SharedState:
     """
     Drives one `CircuitBreaker` from a pybreaker storage.
     """
 
-    __slots__ = ("_breaker", "_inline", "_opened_wall", "_storage")
+    __slots__ = ("_breaker", "_inline", "_opened_wall", "_run_length", "_storage")
 
     def __init__(self, breaker: CircuitBreaker, storage: pybreaker.CircuitBreakerStorage) -> None:
         if not isinstance(storage, pybreaker.CircuitBreakerStorage):
+            hint = (
+                "; to use a pybreaker.CircuitBreaker, call CircuitBreaker.from_pybreaker()"
+                if isinstance(storage, pybreaker.CircuitBreaker)
+                else ""
+            )
             raise TypeError(
-                f"CircuitBreaker(storage=...): expected a pybreaker storage, got {storage!r}"
+                "CircuitBreaker(storage=...): expected a pybreaker storage"
+                f" (CircuitMemoryStorage, CircuitRedisStorage), got {storage!r}{hint}"
             )
         self._breaker = breaker
         self._storage = storage
+        # Shared storage is consecutive mode only (the breaker checks before calling us).
+        accounting = breaker._accounting  # noqa: SLF001
+        if not isinstance(accounting, Consecutive):
+            raise TypeError("SharedState needs a consecutive-mode CircuitBreaker")
+        self._run_length = accounting
         # In-memory storage does no I/O: a thread hop would only cost time.
         self._inline = isinstance(storage, pybreaker.CircuitMemoryStorage)
         self._opened_wall = 0.0
@@ -73,27 +94,46 @@ class SharedState:
             breaker._reject(retry_in or 0.0)  # noqa: SLF001
         if probe:
             breaker._probes += 1  # noqa: SLF001
+        generation = breaker._generation  # noqa: SLF001
         try:
             result = await thunk()
         except Exception as error:
-            await self._finish(probe, error)
+            await self._finish(generation, probe, error)
             raise
         except BaseException:
-            await self._finish(probe, None, cancelled=True)
+            self._settle(generation, probe)
+            breaker._ignored += 1  # noqa: SLF001
             raise
-        await self._finish(probe, None)
+        await self._finish(generation, probe, None)
         return result
 
-    async def _finish(self, probe: bool, error: BaseException | None, *, cancelled: bool = False) -> None:
+    def _settle(self, generation: int, probe: bool) -> bool:
+        """
+        Give a probe permit back; True when the call was admitted in the current state.
+        """
         breaker = self._breaker
-        if probe:
-            breaker._probes = max(0, breaker._probes - 1)  # noqa: SLF001
-        if cancelled or (error is not None and breaker._excluded(error)):  # noqa: SLF001
+        current = generation == breaker._generation  # noqa: SLF001
+        if probe and current:
+            breaker._probes -= 1  # noqa: SLF001
+        return current
+
+    async def _finish(self, generation: int, probe: bool, error: BaseException | None) -> None:
+        breaker = self._breaker
+        current = self._settle(generation, probe)
+        if error is not None and breaker._excluded(error):  # noqa: SLF001
             breaker._ignored += 1  # noqa: SLF001
             return
         breaker._count(error is not None, False)  # noqa: SLF001
+        if not current:
+            # Admitted before this process saw the breaker move on (as in the native
+            # breaker): a stale outcome must not re-open, extend or close the circuit.
+            return
         record = self._record_failure if error is not None else self._record_success
-        self._mirror(await self._io(record, probe))
+        state, failures = await self._io(record, probe)
+        self._mirror(state)
+        if failures is not None:
+            # Keep repr() and statistics() showing the shared failure run.
+            self._run_length.failures = failures
 
     def _mirror(self, state: CircuitState) -> None:
         self._breaker._transition(state)  # noqa: SLF001
@@ -104,38 +144,69 @@ class SharedState:
         """
         Return the state and, when the call must be rejected, the seconds to wait.
         """
-        state = _STATES.get(self._storage.state, CircuitState.CLOSED)
+        state = self._state()
         if state is not CircuitState.OPEN:
             return state, None
-        opened = self._storage.opened_at
-        self._opened_wall = opened.timestamp() if opened is not None else 0.0
+        self._read_opened()
         wait = self._opened_wall + self._breaker.reset_timeout - self._breaker.clock.wall()
-        if wait > 0:
+        if wait > _ROUND_TRIP_ERROR:
             return state, wait
         self._storage.state = CircuitState.HALF_OPEN.value
         self._storage.reset_success_counter()
         return CircuitState.HALF_OPEN, None
 
-    def _record_failure(self, probe: bool) -> CircuitState:
-        storage = self._storage
-        if not probe:
-            storage.increment_counter()
-            if storage.counter < (self._breaker.failure_threshold or 1):
-                return _STATES.get(storage.state, CircuitState.CLOSED)
-        self._open()
-        return CircuitState.OPEN
+    def _state(self) -> CircuitState:
+        return _STATES.get(self._storage.state, CircuitState.CLOSED)
 
-    def _record_success(self, probe: bool) -> CircuitState:
+    def _read_opened(self) -> None:
+        opened = self._storage.opened_at
+        self._opened_wall = opened.timestamp() if opened is not None else 0.0
+
+    def _stale(self, state: CircuitState) -> CircuitState:
+        # The circuit moved on elsewhere while the call ran: record nothing, but learn
+        # when it opened so `retry_in()` is right for the mirror.
+        if state is CircuitState.OPEN:
+            self._read_opened()
+        return state
+
+    def _record_failure(self, probe: bool) -> tuple[CircuitState, int | None]:
+        """
+        Count a failure; return the state and the failure run (None when not read).
+
+        An outcome counts only in the state it was admitted in: another process may
+        have opened (or probed and closed) the circuit while this call ran.
+        """
         storage = self._storage
+        state = self._state()
+        if state is not (CircuitState.HALF_OPEN if probe else CircuitState.CLOSED):
+            return self._stale(state), None
+        if probe:
+            self._open()
+            return CircuitState.OPEN, None
+        storage.increment_counter()
+        failures = storage.counter
+        if failures < (self._breaker.failure_threshold or 1):
+            return state, failures
+        self._open()
+        return CircuitState.OPEN, failures
+
+    def _record_success(self, probe: bool) -> tuple[CircuitState, int | None]:
+        """
+        Count a success; return the state and the failure run (None when not read).
+        """
+        storage = self._storage
+        state = self._state()
+        if state is not (CircuitState.HALF_OPEN if probe else CircuitState.CLOSED):
+            return self._stale(state), None
         if not probe:
             storage.reset_counter()
-            return _STATES.get(storage.state, CircuitState.CLOSED)
+            return state, 0
         storage.increment_success_counter()
-        if storage.success_counter >= self._breaker.success_threshold:
-            storage.state = CircuitState.CLOSED.value
-            storage.reset_counter()
-            return CircuitState.CLOSED
-        return CircuitState.HALF_OPEN
+        if storage.success_counter < self._breaker.success_threshold:
+            return state, None
+        storage.state = CircuitState.CLOSED.value
+        storage.reset_counter()
+        return CircuitState.CLOSED, 0
 
     def _open(self) -> None:
         now = self._breaker.clock.wall()
@@ -189,4 +260,3 @@ def _counts(breaker: pybreaker.CircuitBreaker, error: BaseException) -> bool:
         and not isinstance(error, RejectedError)
         and breaker.is_system_error(error)
     )
-

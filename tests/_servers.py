@@ -1,0 +1,285 @@
+"""
+Real server processes for integration tests (Redis today; etcd and Prometheus later).
+
+    binary = require_binary("redis-server", package="redis-server")
+    server = start_server(
+        "redis-server",
+        lambda port, data_dir: [binary, "--port", str(port), "--dir", str(data_dir)],
+        data_dir=tmp_path,
+    )
+    try:
+        ...  # talk to 127.0.0.1:server.port
+    finally:
+        server.stop()
+
+A missing binary skips the test with the package to install, except when
+``RESILIENT_REQUIRE_SERVERS=1`` (CI sets it): then it fails, so a server test can never
+be skipped silently where the server is supposed to exist.
+
+Ports come from the kernel (bind to port 0, read the port, close), so two test runs on
+one machine don't collide; the small window in which another process could take the
+port is covered by retrying the start on a fresh port when the server dies early.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+__all__ = [
+    "REQUIRE_SERVERS_ENV",
+    "ServerExitedError",
+    "ServerProcess",
+    "ServerStartError",
+    "free_port",
+    "require_binary",
+    "running_server",
+    "servers_required",
+    "start_server",
+    "wait_for_port",
+]
+
+REQUIRE_SERVERS_ENV = "RESILIENT_REQUIRE_SERVERS"
+"""The environment variable that turns "server missing" from a skip into a failure."""
+
+LOCALHOST = "127.0.0.1"
+
+CommandFactory = Callable[[int, Path], Sequence[str]]
+"""Builds a server's argv from the port it must listen on and its data directory."""
+
+
+class ServerStartError(RuntimeError):
+    """
+    A server process exited, or never listened, within its startup bound.
+    """
+
+
+class ServerExitedError(ServerStartError):
+    """
+    A server process exited before it listened (bad config, or its port was taken).
+    """
+
+
+def servers_required() -> bool:
+    """
+    Whether this run must not skip server tests (``RESILIENT_REQUIRE_SERVERS=1``).
+    """
+    return os.environ.get(REQUIRE_SERVERS_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+def require_binary(name: str, *, package: str | None = None) -> str:
+    """
+    Return the path of executable `name`, or skip the test when it is not installed.
+
+    Args:
+        name: The executable to look up on ``PATH`` (then in ``/usr/sbin``, ``/sbin``).
+        package: The Debian package providing it, for the message (default: `name`).
+
+    Returns:
+        The absolute path of the executable.
+
+    Raises:
+        pytest.skip.Exception: It is missing (the test is skipped).
+        pytest.fail.Exception: It is missing and ``RESILIENT_REQUIRE_SERVERS=1``.
+    """
+    search_path = os.pathsep.join((os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"))
+    found = shutil.which(name, path=search_path)
+    if found is not None:
+        return found
+    message = f"{name} not installed: apt-get install {package or name}"
+    if servers_required():
+        pytest.fail(f"{message} ({REQUIRE_SERVERS_ENV}=1: server tests may not skip)")
+    pytest.skip(message)
+
+
+def free_port(host: str = LOCALHOST) -> int:
+    """
+    Return a TCP port on `host` that was free a moment ago (the kernel's choice).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True, slots=True)
+class ServerProcess:
+    """
+    A server started by `start_server`; `stop()` it when done.
+
+    Attributes:
+        name: A label for messages (usually the binary's name).
+        host: The address it listens on.
+        port: The TCP port it listens on.
+        data_dir: Its data directory (also holds `log_path`).
+        log_path: Where its stdout and stderr go, interleaved.
+        process: The running process.
+    """
+
+    name: str
+    host: str
+    port: int
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def address(self) -> str:
+        """
+        ``host:port``.
+        """
+        return f"{self.host}:{self.port}"
+
+    def output_tail(self, lines: int = 20) -> str:
+        """
+        Return the last `lines` lines the process wrote to stdout or stderr.
+        """
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as error:
+            return f"<no output: {error}>"
+        tail = text.splitlines()[-lines:]
+        return "\n".join(tail) if tail else "<no output>"
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """
+        Stop the process: SIGTERM, then SIGKILL if it is still running after `timeout`.
+
+        Returns:
+            Its exit status (negative for a signal, as `subprocess` reports it).
+        """
+        process = self.process
+        if process.poll() is None:
+            with suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with suppress(ProcessLookupError):
+                    process.kill()
+                process.wait(timeout)
+        return process.returncode
+
+
+def wait_for_port(server: ServerProcess, timeout: float) -> None:
+    """
+    Return once `server` accepts TCP connections on its port.
+
+    Raises:
+        ServerExitedError: The process exited first; the message carries the tail of
+            its output.
+        ServerStartError: It did not listen within `timeout` seconds (it is left
+            running: stop it); the message carries the tail of its output.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        status = server.process.poll()
+        if status is not None:
+            raise ServerExitedError(
+                f"{server.name} exited with status {status} before listening on"
+                f" {server.address}; its last output:\n{server.output_tail()}"
+            )
+        try:
+            with socket.create_connection((server.host, server.port), timeout=0.25):
+                return
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            raise ServerStartError(
+                f"{server.name} did not listen on {server.address} within {timeout:g}s;"
+                f" its last output:\n{server.output_tail()}"
+            )
+        time.sleep(0.02)
+
+
+def start_server(
+    name: str,
+    command: CommandFactory,
+    *,
+    data_dir: Path,
+    host: str = LOCALHOST,
+    startup_timeout: float = 10.0,
+    attempts: int = 3,
+    env: Mapping[str, str] | None = None,
+) -> ServerProcess:
+    """
+    Start a server on a free port of `host` and wait until it accepts connections.
+
+    Args:
+        name: A label for messages and the log file.
+        command: Builds the argv from the chosen port and `data_dir`.
+        data_dir: An existing (temporary) directory the server may write to.
+        host: The address it must listen on.
+        startup_timeout: Seconds each attempt may take to start listening.
+        attempts: Fresh ports to try when the server exits before listening (another
+            process may grab a free port between our check and the server's bind).
+        env: Extra environment variables for the process.
+
+    Returns:
+        The running server.
+
+    Raises:
+        ServerStartError: It never listened (it is stopped first), or every attempt
+            exited early; the last attempt's output is in the message.
+    """
+    if attempts < 1:
+        raise ValueError(f"start_server(attempts={attempts!r}): attempts must be >= 1")
+    environment = {**os.environ, **(env or {})}
+    for attempt in range(1, attempts + 1):
+        port = free_port(host)
+        log_path = data_dir / f"{name}-{port}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(  # noqa: S603  # argv built by the test, no shell
+                list(command(port, data_dir)),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=data_dir,
+                env=environment,
+                # Same process group as pytest: when a runner kills the group (Ctrl-C, a
+                # CI timeout), the server goes too instead of outliving the run.
+            )
+        server = ServerProcess(name, host, port, data_dir, log_path, process)
+        try:
+            wait_for_port(server, startup_timeout)
+        except ServerExitedError:
+            server.stop()
+            if attempt == attempts:
+                raise
+        except BaseException:
+            server.stop()
+            raise
+        else:
+            return server
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextmanager
+def running_server(
+    name: str,
+    command: CommandFactory,
+    *,
+    data_dir: Path,
+    host: str = LOCALHOST,
+    startup_timeout: float = 10.0,
+) -> Iterator[ServerProcess]:
+    """
+    `start_server` as a context manager: the server is stopped on exit, always.
+    """
+    server = start_server(
+        name, command, data_dir=data_dir, host=host, startup_timeout=startup_timeout
+    )
+    try:
+        yield server
+    finally:
+        server.stop()

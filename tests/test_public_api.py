@@ -1,0 +1,263 @@
+"""
+The public surface of `resilient`: what `__all__` exports, the error tree, what
+``import resilient`` loads, the import paths of integrations, and the typing marker.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.resources
+import json
+import pickle
+import pkgutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import resilient
+import resilient.testing
+from resilient import (
+    BulkheadFullError,
+    CircuitOpenError,
+    RejectedError,
+    ResilienceError,
+    TimeoutExceeded,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# The names DESIGN.md's core API contract promises. HealthMonitor and HealthStatus are
+# in the contract too but not built yet: add them here when they land.
+CONTRACT = (
+    "Bulkhead",
+    "BulkheadFullError",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "CircuitState",
+    "Fallback",
+    "Hedge",
+    "ResilienceError",
+    "Retry",
+    "Timeout",
+    "TimeoutExceeded",
+    "pipeline",
+)
+
+# Names in a private module's `__all__` that deliberately stay out of `resilient.__all__`,
+# with the reason. A new public name must be exported or listed here.
+INTERNAL = {
+    "_breaker_shared": {"SharedState", "pybreaker_listener_hook"},  # behind storage=
+    "_breaker_window": {"Accounting", "Consecutive", "CountWindow", "TimeWindow", "WindowTotals"},
+    "_clock": {"TimerHandle"},  # the return type of Clock.call_at; any .cancel() will do
+    "_policy": {"Thunk"},  # the shape of `_run`'s argument, for policy authors inside
+    "_retry": {"set_instant_retries"},  # public as resilient.testing.set_instant_retries
+    "_timeout": {"current_deadline"},  # for the integrations that forward deadlines
+    "_validate": {
+        "check_clock",
+        "check_exception_types",
+        "check_fraction",
+        "check_hooks",
+        "check_int",
+        "check_name",
+        "check_seconds",
+        "error_matcher",
+        "retryable_by_default",
+    },
+    "_watchdog": {"Watched", "Watchdog"},
+}
+
+# ``import resilient`` must not load these: integrations' libraries (DESIGN.md), and
+# the shared-breaker stack (pybreaker pulls in redis-py when it is installed).
+HEAVY_MODULES = ("aiohttp", "prometheus_client", "opentelemetry", "pybreaker", "redis")
+
+
+def private_modules() -> list[ModuleType]:
+    """
+    Every ``resilient._name`` module, imported.
+    """
+    return [
+        importlib.import_module(f"resilient.{info.name}")
+        for info in pkgutil.iter_modules(resilient.__path__)
+        if info.name.startswith("_")
+    ]
+
+
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """
+    Run `code` in a fresh, isolated interpreter (no cwd or PYTHONPATH on sys.path).
+    """
+    return subprocess.run(  # noqa: S603  # our own interpreter and code
+        [sys.executable, "-I", "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_all_is_sorted_without_duplicates() -> None:
+    """
+    `resilient.__all__` is sorted and lists each name once.
+    """
+    names = list(resilient.__all__)
+    assert names == sorted(names)
+    assert len(names) == len(set(names))
+
+
+def test_every_name_in_all_exists() -> None:
+    """
+    Every name in `__all__` is an attribute of the package.
+    """
+    missing = [name for name in resilient.__all__ if not hasattr(resilient, name)]
+    assert missing == []
+
+
+def test_contract_names_are_exported() -> None:
+    """
+    The names DESIGN.md's API contract promises (those built so far) are exported.
+    """
+    assert set(CONTRACT) <= set(resilient.__all__)
+
+
+def test_public_names_of_private_modules_are_exported() -> None:
+    """
+    Every name a private module lists in its `__all__` is exported from `resilient`
+    as the same object, unless it is declared internal (with a reason) above.
+    """
+    unexported = []
+    for module in private_modules():
+        short = module.__name__.rpartition(".")[2]
+        declared = getattr(module, "__all__", None)
+        assert declared is not None, f"{module.__name__} has no __all__"
+        internal = INTERNAL.get(short, set())
+        assert internal <= set(declared), f"stale INTERNAL entries for {short}"
+        for name in declared:
+            if name in internal:
+                continue
+            if name not in resilient.__all__:
+                unexported.append(f"{short}.{name}")
+            else:
+                assert getattr(resilient, name) is getattr(module, name), name
+    assert unexported == []
+
+
+def test_testing_module_exports_exist() -> None:
+    """
+    `resilient.testing.__all__` is sorted and every name in it exists.
+    """
+    names = list(resilient.testing.__all__)
+    assert names == sorted(names)
+    assert [name for name in names if not hasattr(resilient.testing, name)] == []
+
+
+def test_error_tree() -> None:
+    """
+    Every policy error is a `ResilienceError`; rejections share `RejectedError`.
+    """
+    assert issubclass(RejectedError, ResilienceError)
+    assert issubclass(CircuitOpenError, RejectedError)
+    assert issubclass(BulkheadFullError, RejectedError)
+    assert issubclass(TimeoutExceeded, ResilienceError)
+    assert not issubclass(TimeoutExceeded, RejectedError)
+
+
+def test_timeout_exceeded_is_a_builtin_timeout_error() -> None:
+    """
+    `TimeoutExceeded` is caught by ``except TimeoutError`` (and so by
+    ``except asyncio.TimeoutError``, the same class since Python 3.11).
+    """
+    assert issubclass(TimeoutExceeded, TimeoutError)
+    error = TimeoutExceeded("fetch", 2.0)
+    with pytest.raises(TimeoutError) as caught:
+        raise error
+    assert caught.value is error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ResilienceError("base"),
+        RejectedError("refused"),
+        CircuitOpenError("inventory", 12.5),
+        BulkheadFullError("db", 4, 8, "queue full"),
+        TimeoutExceeded("fetch", 2.0),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_errors_pickle_round_trip(error: ResilienceError) -> None:
+    """
+    Errors survive pickling (process pools, multiprocessing queues) with their type,
+    message and attributes.
+    """
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301  # our own bytes
+    assert type(copy) is type(error)
+    assert str(copy) == str(error)
+    assert copy.args == error.args
+    assert vars(copy) == vars(error)
+
+
+def test_import_loads_no_optional_dependencies(tmp_path: Path) -> None:
+    """
+    In a fresh interpreter, ``import resilient`` and ``import resilient.testing`` load
+    none of aiohttp, prometheus_client, opentelemetry (nor pybreaker, redis-py or
+    `resilient.integrations`).
+    """
+    code = (
+        "import json, sys\n"
+        "import resilient, resilient.testing\n"
+        f"heavy = {HEAVY_MODULES!r}\n"
+        "loaded = sorted(m for m in sys.modules\n"
+        "                if m.split('.')[0] in heavy or m.startswith('resilient.integrations'))\n"
+        "print(json.dumps(loaded))\n"
+    )
+    completed = run_python(code, tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout) == []
+
+
+def test_detection_of_loaded_modules_works(tmp_path: Path) -> None:
+    """
+    The check above sees a module once it is imported (so an empty answer means
+    something): importing `resilient.integrations` shows up.
+    """
+    code = (
+        "import json, sys\n"
+        "import resilient.integrations\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('resilient.'))))\n"
+    )
+    completed = run_python(code, tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    assert "resilient.integrations" in json.loads(completed.stdout)
+
+
+def test_integrations_install_no_top_level_module(tmp_path: Path) -> None:
+    """
+    Outside the source tree, ``import integrations`` fails while
+    ``import resilient.integrations`` works and comes from the `integrations/` folder.
+    """
+    completed = run_python("import integrations", tmp_path)
+    assert completed.returncode != 0
+    assert "ModuleNotFoundError: No module named 'integrations'" in completed.stderr
+    completed = run_python(
+        "import resilient.integrations as i; print(i.__name__, i.__file__)", tmp_path
+    )
+    assert completed.returncode == 0, completed.stderr
+    name, path = completed.stdout.split()
+    assert name == "resilient.integrations"
+    assert Path(path).parent.name == "integrations"
+
+
+def test_py_typed_ships() -> None:
+    """
+    The PEP 561 marker `py.typed` is in the package and declared as package data, so
+    wheels carry it too.
+    """
+    assert importlib.resources.files("resilient").joinpath("py.typed").is_file()
+    with (REPO_ROOT / "pyproject.toml").open("rb") as file:
+        setuptools = tomllib.load(file)["tool"]["setuptools"]
+    assert "py.typed" in setuptools["package-data"]["resilient"]
