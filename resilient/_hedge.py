@@ -6,13 +6,15 @@ The first attempt starts at once; each `delay` without a success starts one more
 of waiting out the delay (Polly's hedging does the same). The first success is returned
 and the other attempts are cancelled; when every attempt fails, the last error is raised.
 
-Attempts run as tasks, which copy the caller's context, so trace context and the
-remaining deadline reach every attempt. Cancelling the caller cancels them all.
+Attempts run as tasks, each in its own copy of the caller's context (taken when the call
+starts, not when a timer fires), so trace context and the remaining deadline reach every
+attempt. Cancelling the caller cancels them all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -59,9 +61,12 @@ class _Race:
     The attempts of one hedged call and the signal that something changed.
     """
 
-    __slots__ = ("changed", "errors", "tasks", "timer")
+    __slots__ = ("changed", "context", "errors", "tasks", "timer")
 
     def __init__(self) -> None:
+        # The caller's context: a hedge launched from a clock timer runs in whatever
+        # context the clock fires it in (a FakeClock's is the advancing task's).
+        self.context = contextvars.copy_context()
         self.tasks: list[asyncio.Task[Any]] = []
         self.changed = asyncio.Event()
         self.timer: TimerHandle | None = None
@@ -121,7 +126,9 @@ class Hedge(Policy):
             race.cancel_all()
 
     def _launch(self, race: _Race, thunk: Thunk[T]) -> None:
-        task = asyncio.get_running_loop().create_task(_attempt(thunk))
+        task = asyncio.get_running_loop().create_task(
+            _attempt(thunk), context=race.context.copy()
+        )
         task.add_done_callback(lambda _: race.changed.set())
         task.add_done_callback(_retrieve)
         race.tasks.append(task)

@@ -110,7 +110,8 @@ class Policy(ABC):
         """
         Stop sending this policy's events to `hook`; a no-op if it was not added.
         """
-        self._hooks = tuple(h for h in self._hooks if h is not hook)
+        # Equality, not identity: `obj.method` is a new bound method on every access.
+        self._hooks = tuple(h for h in self._hooks if h != hook)
 
     def _invoke(self, thunk: Thunk[T]) -> Awaitable[T]:
         # The only per-call check for observers: one tuple and one list truth test.

@@ -172,10 +172,10 @@ class Retry(Policy):
         while True:
             _record(state, attempt, error, result, self._clock.monotonic())
             if not self._should_retry(state, error, result):
-                return _outcome(error, result)
+                return _outcome(error, result)  # type: ignore[no-any-return]  # the attempt's T
             if not await self._pause(state, error):
                 self._gave_up += 1
-                return _outcome(error, result)
+                return _outcome(error, result)  # type: ignore[no-any-return]  # the attempt's T
             attempt += 1
             self._retries += 1
             state.prepare_for_next_attempt()

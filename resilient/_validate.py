@@ -126,7 +126,7 @@ def error_matcher(owner: str, param: str, value: object) -> ErrorPredicate:
     `asyncio.CancelledError` never matches: cancellation is not a dependency failure.
     """
     if callable(value) and not isinstance(value, type):
-        predicate: ErrorPredicate = value  # type: ignore[assignment]  # checked callable
+        predicate: ErrorPredicate = value
 
         def matches(error: BaseException) -> bool:
             return isinstance(error, Exception) and bool(predicate(error))

@@ -85,7 +85,12 @@ class FakeClock:
                 self.advance(seconds)
             else:
                 woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                self.call_at(self._now + seconds, lambda: woken.done() or woken.set_result(None))
+
+                def wake() -> None:
+                    if not woken.done():  # the sleeper may have been cancelled
+                        woken.set_result(None)
+
+                self.call_at(self._now + seconds, wake)
                 await woken
                 return
         await asyncio.sleep(0)

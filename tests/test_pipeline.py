@@ -1,0 +1,300 @@
+"""
+Tests for `pipeline()`: ordering, flattening, hooks and what each position guards.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, TypeVar
+
+import pytest
+import tenacity
+
+from resilient import (
+    CallStarted,
+    CallSucceeded,
+    Event,
+    Fallback,
+    Pipeline,
+    Policy,
+    Retry,
+    Timeout,
+    TimeoutExceeded,
+    pipeline,
+)
+from resilient._policy import Thunk
+from resilient.testing import FakeClock, capture_events
+
+T = TypeVar("T")
+
+
+class Recording(Policy):
+    """
+    A policy that logs when a call enters and leaves it.
+    """
+
+    kind = "recording"
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        super().__init__(name=name, clock=None, hooks=None)
+        self.log = log
+
+    async def _run(self, thunk: Thunk[T]) -> T:
+        self.log.append(f"{self.name}>")
+        try:
+            return await thunk()
+        finally:
+            self.log.append(f"<{self.name}")
+
+
+def recorders(log: list[str], *names: str) -> list[Recording]:
+    return [Recording(name, log) for name in names]
+
+
+# -- ordering ------------------------------------------------------------------------
+
+
+async def test_first_policy_is_outermost() -> None:
+    """`pipeline(a, b, c)` runs a call through a, then b, then c, and back out."""
+    log: list[str] = []
+    a, b, c = recorders(log, "a", "b", "c")
+
+    async def fn() -> str:
+        log.append("fn")
+        return "ok"
+
+    assert await pipeline(a, b, c).call(fn) == "ok"
+    assert log == ["a>", "b>", "c>", "fn", "<c", "<b", "<a"]
+
+
+async def test_events_show_ordering() -> None:
+    """Call events from a real pipeline start outermost first and finish innermost first."""
+    clock = FakeClock()
+    policy = pipeline(
+        Fallback("fb", clock=clock), Timeout(5.0, clock=clock), Retry(attempts=2, clock=clock)
+    )
+
+    async def fn() -> str:
+        return "ok"
+
+    with capture_events() as events:
+        assert await policy.call(fn) == "ok"
+    assert [(type(e).__name__, e.kind) for e in events] == [
+        ("CallStarted", "fallback"),
+        ("CallStarted", "timeout"),
+        ("CallStarted", "retry"),
+        ("CallSucceeded", "retry"),
+        ("CallSucceeded", "timeout"),
+        ("CallSucceeded", "fallback"),
+    ]
+
+
+async def test_pipeline_emits_no_events_of_its_own() -> None:
+    """Only the member policies emit events; the pipeline itself is silent."""
+    policy = pipeline(Timeout(1.0), Fallback(0))
+
+    async def fn() -> int:
+        return 1
+
+    with capture_events() as events:
+        await policy.call(fn)
+    assert events
+    assert all(e.kind != "pipeline" for e in events)
+    assert {e.kind for e in events} == {"timeout", "fallback"}
+
+
+async def test_fallback_outermost_sees_every_failure() -> None:
+    """A Fallback outside a Retry answers only after the retries are spent."""
+    clock = FakeClock()
+    retry = Retry(attempts=3, wait=tenacity.wait_none(), clock=clock)
+    calls: list[int] = []
+
+    async def down() -> str:
+        calls.append(1)
+        raise ConnectionError("down")
+
+    assert await pipeline(Fallback("cached"), retry).call(down) == "cached"
+    assert len(calls) == 3
+    # The other way round, the fallback answers the first failure and nothing is retried.
+    calls.clear()
+    assert await pipeline(retry, Fallback("cached")).call(down) == "cached"
+    assert len(calls) == 1
+
+
+# -- timeout position -----------------------------------------------------------------
+
+
+def slow_then_ok(clock: FakeClock, calls: list[float]) -> Any:
+    """
+    Each attempt takes 0.6 s; the first two fail, the third succeeds.
+    """
+
+    async def fn() -> str:
+        calls.append(clock.monotonic())
+        await clock.sleep(0.6)
+        if len(calls) < 3:
+            raise ConnectionError(f"attempt {len(calls)}")
+        return "ok"
+
+    return fn
+
+
+async def test_timeout_outside_retry_bounds_whole_call() -> None:
+    """A Timeout outside Retry bounds all attempts together."""
+    clock = FakeClock()
+    calls: list[float] = []
+    timeout = Timeout(1.0, clock=clock)
+    retry = Retry(attempts=3, wait=tenacity.wait_none(), clock=clock)
+    with pytest.raises(TimeoutExceeded):
+        await pipeline(timeout, retry).call(slow_then_ok(clock, calls))
+    assert calls == [0.0, 0.6]  # the second attempt was cut off at t=1.0
+    assert timeout.statistics().timeouts == 1
+
+
+async def test_timeout_inside_retry_bounds_each_attempt() -> None:
+    """A Timeout inside Retry bounds each attempt, so 3 x 0.6 s may take 1.8 s in all."""
+    clock = FakeClock()
+    calls: list[float] = []
+    timeout = Timeout(1.0, clock=clock)
+    retry = Retry(attempts=3, wait=tenacity.wait_none(), clock=clock)
+    assert await pipeline(retry, timeout).call(slow_then_ok(clock, calls)) == "ok"
+    assert calls == pytest.approx([0.0, 0.6, 1.2])
+    assert timeout.statistics().calls == 3
+    assert timeout.statistics().timeouts == 0
+
+
+async def test_per_attempt_timeouts_are_retried() -> None:
+    """An attempt cut off by an inner Timeout is retried; the last TimeoutExceeded is raised."""
+    clock = FakeClock()
+    timeout = Timeout(1.0, clock=clock)
+    retry = Retry(attempts=3, wait=tenacity.wait_none(), clock=clock)
+    with pytest.raises(TimeoutExceeded):
+        await pipeline(retry, timeout).call(clock.sleep, 5)
+    assert timeout.statistics().timeouts == 3
+    assert retry.statistics().retries == 2
+
+
+# -- construction ---------------------------------------------------------------------
+
+
+async def test_nested_pipelines_are_flattened() -> None:
+    """A pipeline given to pipeline() is flattened into its members, order kept."""
+    log: list[str] = []
+    a, b, c, d = recorders(log, "a", "b", "c", "d")
+    inner = pipeline(b, c)
+    outer = pipeline(a, inner, d)
+    assert outer.policies == (a, b, c, d)
+    assert all(not isinstance(p, Pipeline) for p in outer.policies)
+
+    async def fn() -> None:
+        log.append("fn")
+
+    await outer.call(fn)
+    assert log == ["a>", "b>", "c>", "d>", "fn", "<d", "<c", "<b", "<a"]
+
+
+def test_empty_pipeline_is_value_error() -> None:
+    """`pipeline()` with no policies raises ValueError."""
+    with pytest.raises(ValueError, match="at least one"):
+        pipeline()
+
+
+@pytest.mark.parametrize("bad", [None, "retry", Retry, print])
+def test_non_policy_is_type_error(bad: object) -> None:
+    """A non-policy argument raises TypeError naming its position."""
+    with pytest.raises(TypeError, match="argument 1"):
+        pipeline(Timeout(1.0), bad)  # type: ignore[arg-type]  # the mistake under test
+
+
+async def test_single_policy_pipeline() -> None:
+    """A one-policy pipeline behaves like the policy itself."""
+    log: list[str] = []
+    (only,) = recorders(log, "only")
+
+    async def fn(x: int, *, y: int) -> int:
+        return x + y
+
+    assert await pipeline(only).call(fn, 1, y=2) == 3
+    assert log == ["only>", "<only"]
+
+
+async def test_pipeline_as_decorator() -> None:
+    """A pipeline decorates an async function, keeping its metadata."""
+    log: list[str] = []
+    a, b = recorders(log, "a", "b")
+
+    @pipeline(a, b)
+    async def handler(x: int) -> int:
+        """Handle x."""
+        log.append(f"handler {x}")
+        return x + 1
+
+    assert handler.__name__ == "handler"
+    assert handler.__doc__ == "Handle x."
+    assert inspect.iscoroutinefunction(handler)
+    assert await handler(1) == 2
+    assert log == ["a>", "b>", "handler 1", "<b", "<a"]
+
+
+def test_repr_lists_members() -> None:
+    """The repr lists the member policies in order."""
+    policy = pipeline(Timeout(1.0, name="t"), Fallback(0, name="f"))
+    assert repr(policy) == (
+        "pipeline(<Timeout 't' 1s calls=0 timeouts=0>, <Fallback 'f' value=0 calls=0 fallbacks=0>)"
+    )
+
+
+# -- hooks -----------------------------------------------------------------------------
+
+
+async def test_add_hook_reaches_all_members_and_remover_removes() -> None:
+    """`add_hook` on a pipeline hooks every member; the returned function unhooks them all."""
+    clock = FakeClock()
+    timeout, retry = Timeout(1.0, clock=clock), Retry(attempts=2, clock=clock)
+    policy = pipeline(timeout, retry)
+    seen: list[Event] = []
+
+    async def fn() -> str:
+        return "ok"
+
+    remove = policy.add_hook(seen.append)
+    await policy.call(fn)
+    assert [(type(e), e.kind) for e in seen if isinstance(e, CallStarted)] == [
+        (CallStarted, "timeout"),
+        (CallStarted, "retry"),
+    ]
+    assert sum(isinstance(e, CallSucceeded) for e in seen) == 2
+
+    remove()
+    seen.clear()
+    await policy.call(fn)
+    await timeout.call(fn)
+    assert seen == []
+
+
+async def test_remove_hook_on_pipeline() -> None:
+    """`remove_hook` on a pipeline removes the hook from every member."""
+    timeout, fallback = Timeout(1.0), Fallback(0)
+    policy = pipeline(timeout, fallback)
+    seen: list[Event] = []
+
+    async def fn() -> int:
+        return 1
+
+    policy.add_hook(seen.append)
+    policy.remove_hook(seen.append)
+    await policy.call(fn)
+    await fallback.call(fn)
+    assert seen == []
+
+
+async def test_member_hooks_still_work_in_pipeline() -> None:
+    """Hooks added to a member policy keep receiving its events inside a pipeline."""
+    seen: list[Event] = []
+    timeout = Timeout(1.0, hooks=[seen.append])
+
+    async def fn() -> int:
+        return 1
+
+    await pipeline(Fallback(0), timeout).call(fn)
+    assert [e.kind for e in seen] == ["timeout", "timeout"]

@@ -1,0 +1,592 @@
+"""
+Tests for `Timeout`, `remaining_time()` and the watchdog that enforces deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import time
+from typing import Any, TypeVar
+
+import pytest
+
+from resilient import (
+    ResilienceError,
+    TimedOut,
+    Timeout,
+    TimeoutExceeded,
+    TimeoutStatistics,
+    remaining_time,
+)
+from resilient.testing import FakeClock, capture_events
+
+T = TypeVar("T")
+
+
+async def settle(rounds: int = 5) -> None:
+    """
+    Let the event loop run the callbacks and task steps that are ready.
+    """
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+async def result_of(task: asyncio.Task[T]) -> T:
+    """
+    Let the loop settle, then return (or raise) the task's outcome; fail, not hang, if
+    the task is still waiting (e.g. on a fake clock nobody will advance).
+    """
+    await settle()
+    assert task.done(), f"{task!r} is still running"
+    return await task
+
+
+def current_task() -> asyncio.Task[Any]:
+    task = asyncio.current_task()
+    assert task is not None
+    return task
+
+
+# -- basic behaviour ---------------------------------------------------------------
+
+
+async def test_overrun_raises_timeout_exceeded() -> None:
+    """A call still running when the budget runs out raises TimeoutExceeded, not before."""
+    clock = FakeClock(auto_advance=False)
+    timeout = Timeout(1.0, name="db", clock=clock)
+    task = asyncio.create_task(timeout.call(clock.sleep, 5))
+    await settle()
+    clock.advance(0.75)
+    await settle()
+    assert not task.done()
+    clock.advance(0.25)
+    await settle()
+    assert task.done()
+    with pytest.raises(TimeoutExceeded) as info:
+        await result_of(task)
+    error = info.value
+    assert isinstance(error, TimeoutError)
+    assert isinstance(error, ResilienceError)
+    assert (error.name, error.timeout) == ("db", 1.0)
+    assert isinstance(error.__cause__, asyncio.CancelledError)
+
+
+async def test_real_short_timeout() -> None:
+    """On the real clock, a 0.05 s timeout cuts a 0.2 s call short."""
+    started = time.monotonic()
+    with pytest.raises(TimeoutExceeded):
+        await Timeout(0.05).call(asyncio.sleep, 0.2)
+    elapsed = time.monotonic() - started
+    assert 0.04 <= elapsed < 0.15
+
+
+async def test_call_in_time_returns_result() -> None:
+    """A call that finishes in time returns its result and leaves no pending cancel."""
+    clock = FakeClock()
+    timeout = Timeout(1.0, clock=clock)
+
+    async def quick(x: int) -> int:
+        await clock.sleep(0.5)
+        return x * 2
+
+    assert await timeout.call(quick, 21) == 42
+    assert current_task().cancelling() == 0
+    clock.advance(5)  # well past the deadline: nothing may fire at us now
+    await settle()
+    assert current_task().cancelling() == 0
+    assert timeout.statistics() == TimeoutStatistics(seconds=1.0, calls=1, timeouts=0)
+
+
+async def test_errors_pass_through_unchanged() -> None:
+    """An exception from the call propagates as is and the deadline is dropped."""
+    clock = FakeClock(auto_advance=False)
+    timeout = Timeout(1.0, clock=clock)
+    error = KeyError("missing")
+
+    async def broken() -> None:
+        raise error
+
+    with pytest.raises(KeyError) as info:
+        await timeout.call(broken)
+    assert info.value is error
+    assert timeout._watchdog._active == {}
+    clock.advance(2)
+    await settle()
+    assert current_task().cancelling() == 0
+    assert timeout.statistics().timeouts == 0
+
+
+async def test_swallowed_timeout_leaves_no_pending_cancel() -> None:
+    """When the call swallows the timeout's cancellation, the task isn't left cancelling."""
+    clock = FakeClock(auto_advance=False)
+    timeout = Timeout(1.0, clock=clock)
+
+    async def stubborn() -> str:
+        try:
+            await clock.sleep(5)
+        except asyncio.CancelledError:
+            return "swallowed"
+        return "finished"
+
+    async def caller() -> tuple[str, int]:
+        result = await timeout.call(stubborn)
+        await asyncio.sleep(0)  # would raise if a cancel request were still pending
+        return result, current_task().cancelling()
+
+    task = asyncio.create_task(caller())
+    await settle()
+    clock.advance(1.0)
+    await settle()
+    assert await result_of(task) == ("swallowed", 0)
+
+
+async def test_task_usable_after_timeout() -> None:
+    """After a TimeoutExceeded, the task can carry on awaiting normally."""
+    clock = FakeClock(auto_advance=False)
+
+    async def caller() -> str:
+        with pytest.raises(TimeoutExceeded):
+            await Timeout(1.0, clock=clock).call(clock.sleep, 5)
+        assert current_task().cancelling() == 0
+        await asyncio.sleep(0)
+        return "carried on"
+
+    task = asyncio.create_task(caller())
+    await settle()
+    clock.advance(1.0)
+    await settle()
+    assert await result_of(task) == "carried on"
+
+
+async def test_decorator_form() -> None:
+    """As a decorator, Timeout keeps the function's metadata and bounds each call."""
+    clock = FakeClock()
+
+    @Timeout(1.0, clock=clock)
+    async def work(seconds: float) -> str:
+        """Do some work."""
+        await clock.sleep(seconds)
+        return "done"
+
+    assert work.__name__ == "work"
+    assert work.__doc__ == "Do some work."
+    assert inspect.iscoroutinefunction(work)
+    assert await work(0.5) == "done"
+    with pytest.raises(TimeoutExceeded):
+        await work(2.0)
+
+
+# -- deadlines and nesting -------------------------------------------------------------
+
+
+async def test_remaining_time() -> None:
+    """`remaining_time()` is None outside a timeout and counts down (never below 0) inside."""
+    clock = FakeClock(auto_advance=False)
+    assert remaining_time() is None
+    seen: list[float | None] = []
+
+    async def probe() -> None:
+        seen.append(remaining_time())
+        clock.advance(0.5)
+        seen.append(remaining_time())
+        clock.advance(5)
+        seen.append(remaining_time())
+
+    await Timeout(2.0, clock=clock).call(probe)
+    assert seen == [2.0, 1.5, 0.0]
+    assert remaining_time() is None
+
+
+async def test_remaining_time_is_per_task() -> None:
+    """A deadline is visible only to the task (and context) that set it."""
+    clock = FakeClock(auto_advance=False)
+    inside = asyncio.Event()
+    seen: dict[str, float | None] = {}
+
+    async def guarded() -> None:
+        seen["guarded"] = remaining_time()
+        inside.set()
+        await clock.sleep(1)
+
+    async def bystander() -> None:
+        await inside.wait()
+        seen["bystander"] = remaining_time()
+
+    task = asyncio.create_task(Timeout(3.0, clock=clock).call(guarded))
+    await bystander()
+    clock.advance(1)
+    await result_of(task)
+    assert seen == {"guarded": 3.0, "bystander": None}
+
+
+async def test_inner_timeout_capped_by_outer() -> None:
+    """A nested timeout never outlives the budget the outer one has left."""
+    clock = FakeClock(auto_advance=False)
+    outer = Timeout(1.0, name="outer", clock=clock)
+    inner = Timeout(5.0, name="inner", clock=clock)
+    seen: list[float | None] = []
+
+    async def deep() -> None:
+        seen.append(remaining_time())
+        await clock.sleep(10)
+
+    async def middle() -> None:
+        clock.advance(0.25)
+        await inner.call(deep)
+
+    task = asyncio.create_task(outer.call(middle))
+    await settle()
+    assert seen == [0.75]
+    clock.advance(0.75)
+    await settle()
+    assert task.done()
+    with pytest.raises(TimeoutExceeded):
+        await result_of(task)
+    assert clock.monotonic() == 1.0  # not 5.25
+
+
+async def test_inner_shorter_timeout_wins() -> None:
+    """A shorter inner timeout raises its own TimeoutExceeded through the outer one."""
+    clock = FakeClock(auto_advance=False)
+    outer = Timeout(5.0, name="outer", clock=clock)
+    inner = Timeout(0.5, name="inner", clock=clock)
+
+    async def middle() -> None:
+        await inner.call(clock.sleep, 10)
+
+    task = asyncio.create_task(outer.call(middle))
+    await settle()
+    clock.advance(0.5)
+    await settle()
+    with pytest.raises(TimeoutExceeded) as info:
+        await result_of(task)
+    assert info.value.name == "inner"
+    assert (inner.statistics().timeouts, outer.statistics().timeouts) == (1, 0)
+
+
+async def test_spent_outer_deadline_raises_without_calling() -> None:
+    """When the enclosing deadline is already spent, the call is not started at all."""
+    clock = FakeClock(auto_advance=False)
+    outer = Timeout(1.0, name="outer", clock=clock)
+    inner = Timeout(5.0, name="inner", clock=clock)
+    called: list[str] = []
+
+    async def fn() -> None:
+        called.append("called")
+
+    async with outer:
+        clock.advance(1.0)  # the outer deadline passes; its timer hasn't run yet
+        with capture_events(TimedOut) as events, pytest.raises(TimeoutExceeded) as info:
+            await inner.call(fn)
+    assert called == []
+    assert (info.value.name, info.value.timeout) == ("inner", 0.0)
+    assert [(e.name, e.timeout) for e in events if isinstance(e, TimedOut)] == [("inner", 0.0)]
+    await settle()
+    assert current_task().cancelling() == 0
+
+
+async def test_deadline_from_another_clock_is_converted() -> None:
+    """An outer deadline on another clock caps the inner one by its time left."""
+    outer_clock = FakeClock(start=100.0, auto_advance=False)
+    clock = FakeClock(auto_advance=False)
+    shared = Timeout(10.0, name="shared", clock=clock)
+
+    async def under_outer() -> None:
+        async with Timeout(1.0, clock=outer_clock):
+            await shared.call(clock.sleep, 20)
+
+    unbounded = asyncio.create_task(shared.call(clock.sleep, 20))
+    await settle()
+    bounded = asyncio.create_task(under_outer())
+    await settle()
+    # The bounded call's deadline (t=1) is earlier than the armed one (t=10): re-armed.
+    clock.advance(1.0)
+    await settle()
+    assert bounded.done()
+    assert not unbounded.done()
+    with pytest.raises(TimeoutExceeded) as info:
+        await result_of(bounded)
+    assert (info.value.name, info.value.timeout) == ("shared", 1.0)
+    clock.advance(9.0)
+    await settle()
+    with pytest.raises(TimeoutExceeded) as info:
+        await result_of(unbounded)
+    assert info.value.timeout == 10.0
+
+
+# -- cancellation from outside ----------------------------------------------------------
+
+
+async def test_external_cancel_propagates_as_cancelled() -> None:
+    """Cancelling the task from outside raises CancelledError, not TimeoutExceeded."""
+    clock = FakeClock(auto_advance=False)
+    timeout = Timeout(1.0, clock=clock)
+    with capture_events(TimedOut) as events:
+        task = asyncio.create_task(timeout.call(clock.sleep, 5))
+        await settle()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await result_of(task)
+        clock.advance(2)
+        await settle()
+    assert events == []
+    assert timeout.statistics().timeouts == 0
+    assert timeout._watchdog._active == {}
+
+
+async def test_external_cancel_wins_over_simultaneous_timeout() -> None:
+    """An outside cancel arriving with the timeout still propagates as CancelledError."""
+    clock = FakeClock(auto_advance=False)
+    timeout = Timeout(1.0, clock=clock)
+    task = asyncio.create_task(timeout.call(clock.sleep, 5))
+    await settle()
+    clock.advance(1.0)  # the timeout's timer is now due ...
+    task.cancel()  # ... and so is a cancellation from outside
+    with pytest.raises(asyncio.CancelledError):
+        await result_of(task)
+    assert task.cancelled()
+
+
+async def test_external_cancel_in_async_with() -> None:
+    """Inside `async with Timeout(...)`, an outside cancel propagates as CancelledError."""
+    clock = FakeClock(auto_advance=False)
+    timeout = Timeout(1.0, clock=clock)
+
+    async def body() -> None:
+        async with timeout:
+            await clock.sleep(5)
+
+    task = asyncio.create_task(body())
+    await settle()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await result_of(task)
+    assert timeout.statistics().timeouts == 0
+    assert timeout._scopes == {}
+
+
+async def test_foreign_timeout_passes_through() -> None:
+    """An enclosing `asyncio.timeout` expiring is its TimeoutError, not TimeoutExceeded."""
+    with pytest.raises(TimeoutError) as info:
+        async with asyncio.timeout(0.01):
+            await Timeout(5.0).call(asyncio.sleep, 0.2)
+    assert not isinstance(info.value, TimeoutExceeded)
+
+
+# -- async with --------------------------------------------------------------------------
+
+
+async def test_async_with_overrun_and_in_time() -> None:
+    """`async with Timeout(...)` raises TimeoutExceeded on overrun and is silent otherwise."""
+    clock = FakeClock()
+    timeout = Timeout(1.0, name="block", clock=clock)
+    async with timeout as entered:
+        assert entered is timeout
+        assert remaining_time() == 1.0
+        await clock.sleep(0.5)
+    with pytest.raises(TimeoutExceeded) as info:
+        async with timeout:
+            await clock.sleep(2)
+    assert info.value.name == "block"
+    assert timeout.statistics() == TimeoutStatistics(seconds=1.0, calls=2, timeouts=1)
+    assert timeout._scopes == {}
+    assert remaining_time() is None
+
+
+async def test_async_with_nested() -> None:
+    """Nested `async with` blocks (same or different instances) stack their deadlines."""
+    clock = FakeClock(auto_advance=False)
+    timeout = Timeout(2.0, clock=clock)
+    async with timeout:
+        assert remaining_time() == 2.0
+        clock.advance(0.5)
+        async with timeout:  # the same instance again: capped by its own outer scope
+            assert remaining_time() == 1.5
+            async with Timeout(0.25, clock=clock):
+                assert remaining_time() == 0.25
+            assert remaining_time() == 1.5
+        async with Timeout(10.0, clock=clock):
+            assert remaining_time() == 1.5
+    assert remaining_time() is None
+    assert timeout._scopes == {}
+
+
+async def test_async_with_nested_overrun() -> None:
+    """When a nested block overruns the outer deadline, TimeoutExceeded comes out."""
+    clock = FakeClock(auto_advance=False)
+
+    async def body() -> None:
+        async with Timeout(1.0, clock=clock), Timeout(5.0, clock=clock):
+            await clock.sleep(10)
+
+    task = asyncio.create_task(body())
+    await settle()
+    clock.advance(1.0)
+    await settle()
+    with pytest.raises(TimeoutExceeded):
+        await result_of(task)
+
+
+async def test_async_with_shared_by_many_tasks() -> None:
+    """One instance guards concurrent `async with` blocks in many tasks independently."""
+    clock = FakeClock(auto_advance=False)
+    timeout = Timeout(1.0, clock=clock)
+    durations = [0.5 if i % 2 else 1.5 for i in range(20)]
+
+    async def body(seconds: float) -> str:
+        async with timeout:
+            await clock.sleep(seconds)
+        return "done"
+
+    tasks = [asyncio.create_task(body(d)) for d in durations]
+    await settle()
+    clock.advance(0.75)  # the short blocks finish ...
+    await settle()
+    clock.advance(1.25)  # ... the long ones time out
+    await settle()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    for seconds, outcome in zip(durations, outcomes, strict=True):
+        if seconds > 1.0:
+            assert isinstance(outcome, TimeoutExceeded)
+        else:
+            assert outcome == "done"
+    assert timeout.statistics().timeouts == 10
+    assert timeout._scopes == {}
+
+
+async def test_aexit_without_aenter_raises() -> None:
+    """Leaving a block never entered in this task is a RuntimeError."""
+    with pytest.raises(RuntimeError, match="__aenter__"):
+        await Timeout(1.0).__aexit__(None, None, None)
+
+
+# -- the watchdog ------------------------------------------------------------------------
+
+
+async def test_watchdog_many_staggered_scopes() -> None:
+    """With 200 calls started at different times, exactly those that overrun time out."""
+    clock = FakeClock(auto_advance=False)
+    timeout = Timeout(1.0, clock=clock)
+    # 0.005 s to 1.995 s in a scrambled order; none lands on the 1 s budget itself.
+    durations = [0.005 + (i * 37 % 200) / 100 for i in range(200)]
+    outcomes: dict[int, tuple[str, float]] = {}
+
+    async def worker(i: int) -> None:
+        started = clock.monotonic()
+        try:
+            await timeout.call(clock.sleep, durations[i])
+        except TimeoutExceeded:
+            outcomes[i] = ("timeout", clock.monotonic() - started)
+        else:
+            outcomes[i] = ("done", clock.monotonic() - started)
+
+    tasks = []
+    for i in range(200):
+        tasks.append(asyncio.create_task(worker(i)))
+        await settle()
+        clock.advance(0.01)
+    for _ in range(300):
+        if all(task.done() for task in tasks):
+            break
+        await settle()
+        clock.advance(0.01)
+    assert all(task.done() for task in tasks)
+    await asyncio.gather(*tasks)
+
+    overran = {i for i, d in enumerate(durations) if d > 1.0}
+    assert {i for i, (what, _) in outcomes.items() if what == "timeout"} == overran
+    assert len(overran) == 100
+    for i, (what, took) in outcomes.items():
+        expected = 1.0 if what == "timeout" else durations[i]
+        assert expected <= took + 1e-9
+        assert took <= expected + 0.01 + 1e-9  # fired on the first step past it
+    assert timeout.statistics() == TimeoutStatistics(seconds=1.0, calls=200, timeouts=100)
+    assert timeout._watchdog._active == {}
+
+
+async def test_watchdog_real_clock_many_scopes() -> None:
+    """On the real clock, one Timeout shared by many tasks times out just the slow ones."""
+    timeout = Timeout(0.05)
+    durations = [0.002 if i % 2 else 0.15 for i in range(40)]
+    outcomes = await asyncio.gather(
+        *(timeout.call(asyncio.sleep, d, "done") for d in durations), return_exceptions=True
+    )
+    for seconds, outcome in zip(durations, outcomes, strict=True):
+        if seconds > 0.05:
+            assert isinstance(outcome, TimeoutExceeded)
+        else:
+            assert outcome == "done"
+
+
+def test_works_across_event_loops() -> None:
+    """A Timeout built once keeps timing out calls in a second `asyncio.run()` loop."""
+    timeout = Timeout(0.05)
+
+    async def in_time() -> str:
+        return await timeout.call(asyncio.sleep, 0, "first loop")
+
+    async def overrun() -> float:
+        started = time.monotonic()
+        with pytest.raises(TimeoutExceeded):
+            await timeout.call(asyncio.sleep, 0.2)
+        return time.monotonic() - started
+
+    assert asyncio.run(in_time()) == "first loop"
+    # The first loop's timer is still armed on a closed loop; the policy must re-arm.
+    assert asyncio.run(overrun()) < 0.15
+    assert asyncio.run(overrun()) < 0.15
+
+
+# -- events, statistics, repr -------------------------------------------------------------
+
+
+async def test_timed_out_event() -> None:
+    """A timeout emits TimedOut with the budget that ran out and the clock's time."""
+    clock = FakeClock(auto_advance=False)
+    timeout = Timeout(1.5, name="db", clock=clock)
+    with capture_events(TimedOut) as events:
+        task = asyncio.create_task(timeout.call(clock.sleep, 2))
+        await settle()
+        clock.advance(1.5)
+        with pytest.raises(TimeoutExceeded):
+            await result_of(task)
+    assert events == [TimedOut(kind="timeout", name="db", time=1.5, timeout=1.5)]
+
+
+async def test_statistics_and_repr() -> None:
+    """`statistics()` counts calls and timeouts; `repr` shows them."""
+    clock = FakeClock()
+    timeout = Timeout(0.5, name="db", clock=clock)
+    await timeout.call(clock.sleep, 0.25)
+    with pytest.raises(TimeoutExceeded):
+        await timeout.call(clock.sleep, 1)
+    assert timeout.statistics() == TimeoutStatistics(seconds=0.5, calls=2, timeouts=1)
+    assert repr(timeout) == "<Timeout 'db' 0.5s calls=2 timeouts=1>"
+
+
+# -- misconfiguration -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "param"),
+    [
+        ((0,), {}, ValueError, "seconds"),
+        ((-1,), {}, ValueError, "seconds"),
+        ((math.nan,), {}, ValueError, "seconds"),
+        ((math.inf,), {}, ValueError, "seconds"),
+        (("1",), {}, TypeError, "seconds"),
+        ((None,), {}, TypeError, "seconds"),
+        ((True,), {}, TypeError, "seconds"),
+        ((1,), {"name": ""}, ValueError, "name"),
+        ((1,), {"clock": 3}, TypeError, "clock"),
+        ((1,), {"hooks": [None]}, TypeError, "hooks"),
+    ],
+)
+def test_misconfiguration_names_parameter(
+    args: tuple[Any, ...], kwargs: dict[str, Any], error: type[Exception], param: str
+) -> None:
+    """A bad parameter fails at construction with an error naming it."""
+    with pytest.raises(error, match=rf"\b{param}\b"):
+        Timeout(*args, **kwargs)
