@@ -62,7 +62,7 @@ class BreakerStatistics:
 
     Attributes:
         state: The current state.
-        calls: Calls admitted.
+        calls: Admitted calls that have finished: successes + failures + ignored.
         successes: Admitted calls that succeeded.
         failures: Admitted calls that failed and counted as failures.
         ignored: Admitted calls that ended in an excluded exception or were cancelled.

@@ -99,7 +99,9 @@ class _RateRule:
     def exceeded(self, calls: int, failures: int, slow: int) -> bool:
         if calls < self.min_calls:
             return False
-        return failures >= self.failure_rate * calls or slow >= self.slow_call_rate * calls
+        # Compare rates, not products: 0.07 * 100 is 7.000000000000001, so 7 failures in
+        # 100 calls would miss a 0.07 threshold; the quotient rounds as the literal does.
+        return failures / calls >= self.failure_rate or slow / calls >= self.slow_call_rate
 
 
 class CountWindow(Accounting):
