@@ -29,7 +29,7 @@ from ._breaker_window import Accounting, Consecutive, CountWindow, TimeWindow, r
 from ._clock import Clock
 from ._errors import CircuitOpenError, RejectedError
 from ._events import Hook, Rejected, RejectionReason, StateChanged
-from ._policy import Policy, Thunk
+from ._policy import Args, AsyncFn, Kwargs, Policy
 from ._validate import check_fraction, check_int, check_seconds, error_matcher
 
 if TYPE_CHECKING:
@@ -249,14 +249,14 @@ class CircuitBreaker(Policy):
         """
         return self._state
 
-    async def _run(self, thunk: Thunk[T]) -> T:
+    async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         if self._shared is not None:
-            return await self._shared.run(thunk)
+            return await self._shared.run(fn, args, kwargs)
         probe = False if self._state is _CLOSED else self._admit()
         generation = self._generation
         started = self._clock.monotonic() if self._slow else 0.0
         try:
-            result = await thunk()
+            result = await fn(*args, **kwargs)
         except Exception as error:
             self._finish(generation, probe, started, error)
             raise

@@ -33,7 +33,7 @@ from ._breaker import CircuitState
 from ._breaker_window import Consecutive
 from ._errors import RejectedError
 from ._events import CallFailed, CallSucceeded, Event, Hook, StateChanged
-from ._policy import Thunk
+from ._policy import Args, AsyncFn, Kwargs
 
 if TYPE_CHECKING:
     from ._breaker import CircuitBreaker
@@ -85,7 +85,7 @@ class SharedState:
             return fn(*args)
         return await asyncio.to_thread(fn, *args)
 
-    async def run(self, thunk: Thunk[T]) -> T:
+    async def run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         breaker = self._breaker
         state, retry_in = await self._io(self._admit)
         self._mirror(state)
@@ -96,7 +96,7 @@ class SharedState:
             breaker._probes += 1  # noqa: SLF001
         generation = breaker._generation  # noqa: SLF001
         try:
-            result = await thunk()
+            result = await fn(*args, **kwargs)
         except Exception as error:
             await self._finish(generation, probe, error)
             raise

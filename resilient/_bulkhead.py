@@ -23,7 +23,7 @@ from typing import NoReturn, TypeVar
 from ._clock import Clock
 from ._errors import BulkheadFullError
 from ._events import Hook, Rejected, RejectionReason
-from ._policy import Policy, Thunk
+from ._policy import Args, AsyncFn, Kwargs, Policy
 from ._validate import check_int, check_seconds
 
 __all__ = ["Bulkhead", "BulkheadStatistics"]
@@ -107,11 +107,11 @@ class Bulkhead(Policy):
         """
         return len(self._waiters)
 
-    async def _run(self, thunk: Thunk[T]) -> T:
+    async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         if not self._take_free_slot():
             await self._wait_for_slot()
         try:
-            return await thunk()
+            return await fn(*args, **kwargs)
         finally:
             self._release()
 

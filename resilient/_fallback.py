@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from ._clock import Clock
 from ._events import FallbackUsed, Hook
-from ._policy import Policy, Thunk
+from ._policy import Args, AsyncFn, Kwargs, Policy
 from ._validate import error_matcher
 
 __all__ = ["Fallback", "FallbackStatistics"]
@@ -73,10 +73,10 @@ class Fallback(Policy):
         self._calls = 0
         self._fallbacks = 0
 
-    async def _run(self, thunk: Thunk[T]) -> T:
+    async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         self._calls += 1
         try:
-            return await thunk()
+            return await fn(*args, **kwargs)
         except Exception as error:
             if not self._on(error):
                 raise

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from ._clock import Clock, TimerHandle
 from ._events import HedgeSent, Hook
-from ._policy import Policy, Thunk
+from ._policy import Args, AsyncFn, Kwargs, Policy
 from ._validate import check_int, check_seconds, error_matcher, retryable_by_default
 
 __all__ = ["Hedge", "HedgeStatistics"]
@@ -45,8 +45,8 @@ class HedgeStatistics:
     hedge_wins: int
 
 
-async def _attempt(thunk: Thunk[T]) -> T:
-    return await thunk()
+async def _attempt(fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
+    return await fn(*args, **kwargs)
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
@@ -116,18 +116,18 @@ class Hedge(Policy):
         self._on = retryable_by_default if on is None else error_matcher("Hedge", "on", on)
         self._calls = self._hedges = self._wins = 0
 
-    async def _run(self, thunk: Thunk[T]) -> T:
+    async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         self._calls += 1
         race = _Race()
         try:
-            self._launch(race, thunk)
-            return await self._settle(race, thunk)
+            self._launch(race, fn, args, kwargs)
+            return await self._settle(race, fn, args, kwargs)
         finally:
             race.cancel_all()
 
-    def _launch(self, race: _Race, thunk: Thunk[T]) -> None:
+    def _launch(self, race: _Race, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> None:
         task = asyncio.get_running_loop().create_task(
-            _attempt(thunk), context=race.context.copy()
+            _attempt(fn, args, kwargs), context=race.context.copy()
         )
         task.add_done_callback(lambda _: race.changed.set())
         task.add_done_callback(_retrieve)
@@ -140,9 +140,9 @@ class Hedge(Policy):
             if race.timer is not None:
                 race.timer.cancel()
             at = self._clock.monotonic() + self.delay
-            race.timer = self._clock.call_at(at, lambda: self._launch(race, thunk))
+            race.timer = self._clock.call_at(at, lambda: self._launch(race, fn, args, kwargs))
 
-    async def _settle(self, race: _Race, thunk: Thunk[T]) -> T:
+    async def _settle(self, race: _Race, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         seen = 0
         while True:
             race.changed.clear()
@@ -161,7 +161,7 @@ class Hedge(Policy):
                 if failed == len(race.tasks):
                     if len(race.tasks) > self.max_hedged:
                         raise race.tasks[-1].exception()  # type: ignore[misc]  # all failed
-                    self._launch(race, thunk)  # everything failed: don't wait out the delay
+                    self._launch(race, fn, args, kwargs)  # everything failed: don't wait out the delay
                     continue
             await race.changed.wait()
 

@@ -22,15 +22,16 @@ tail latency matters more than load.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, ParamSpec, TypeVar
 
 from ._events import Hook
-from ._policy import Policy, Thunk
+from ._policy import Args, AsyncFn, Kwargs, Policy, _check_async
 
 __all__ = ["Pipeline", "pipeline"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class Pipeline(Policy):
@@ -47,18 +48,36 @@ class Pipeline(Policy):
         flat = _flatten(policies)
         super().__init__(name="pipeline", clock=None, hooks=None)
         self.policies: tuple[Policy, ...] = flat
-        self._outer: Callable[[Thunk[object]], Awaitable[object]] = flat[0]._invoke
-        # Bound once here so a call only allocates one partial per inner layer.
-        self._inner: tuple[Callable[[Thunk[object]], Awaitable[object]], ...] = tuple(
-            p._invoke for p in reversed(flat[1:])
-        )
+        self._outer = flat[0]
+        self._inner = tuple(reversed(flat[1:]))
 
-    def _invoke(self, thunk: Thunk[T]) -> Awaitable[T]:
-        for invoke in self._inner:
-            thunk = functools.partial(invoke, thunk)  # type: ignore[assignment]  # same shape
-        return self._outer(thunk)  # type: ignore[return-value]  # T flows through
+    def __call__(
+        self, fn: Callable[P, Awaitable[T]]
+    ) -> Callable[P, Coroutine[Any, Any, T]]:
+        """
+        Decorate an async function so that every call goes through the whole pipeline.
 
-    _run = _invoke
+        The layers are chained once, here, so a call allocates nothing per layer.
+
+        Raises:
+            TypeError: `fn` is a plain (non-async) function.
+        """
+        _check_async(self, fn)
+        return functools.wraps(fn)(self._outer._guard(self._chain(fn)))
+
+    async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """
+        Run `fn(*args, **kwargs)` through every policy, outermost first.
+        """
+        return await self._run(fn, args, kwargs)
+
+    def _chain(self, fn: AsyncFn[T]) -> AsyncFn[T]:
+        for policy in self._inner:
+            fn = policy._bind(fn)  # noqa: SLF001  # Policy's own protocol
+        return fn
+
+    def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> Awaitable[T]:
+        return self._outer._bind(self._chain(fn))(*args, **kwargs)  # noqa: SLF001
 
     def add_hook(self, hook: Hook) -> Callable[[], None]:
         """

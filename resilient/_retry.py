@@ -23,7 +23,7 @@ from tenacity.wait import wait_base
 from ._budget import RetryBudget
 from ._clock import Clock
 from ._events import Hook, Rejected, RejectionReason, RetryScheduled
-from ._policy import Policy, Thunk
+from ._policy import Args, AsyncFn, Kwargs, Policy
 from ._timeout import remaining_time
 from ._validate import check_int, check_seconds, error_matcher, retryable_by_default
 
@@ -150,22 +150,22 @@ class Retry(Policy):
         )
         self._calls = self._retries = self._gave_up = self._budget_rejections = 0
 
-    async def _run(self, thunk: Thunk[T]) -> T:
+    async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         self._calls += 1
         if self._budget is not None:
             self._budget.deposit()
         started = self._clock.monotonic()
         try:
-            result = await thunk()
+            result = await fn(*args, **kwargs)
         except Exception as error:
             if self._strategy is None and not self._on(error):
                 raise
-            return await self._retry(thunk, started, error, None)
+            return await self._retry(fn, args, kwargs, started, error, None)
         if self._strategy is None and (self._on_result is None or not self._on_result(result)):
             return result
-        return await self._retry(thunk, started, None, result)
+        return await self._retry(fn, args, kwargs, started, None, result)
 
-    async def _retry(self, thunk: Thunk[T], started: float, error: Exception | None, result: Any) -> T:
+    async def _retry(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs, started: float, error: Exception | None, result: Any) -> T:
         state = tenacity.RetryCallState(self._retrying, fn=None, args=(), kwargs={})
         state.start_time = started
         attempt = 1
@@ -180,7 +180,7 @@ class Retry(Policy):
             self._retries += 1
             state.prepare_for_next_attempt()
             try:
-                result, error = await thunk(), None
+                result, error = await fn(*args, **kwargs), None
             except Exception as exc:
                 result, error = None, exc
 

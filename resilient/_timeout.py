@@ -25,7 +25,7 @@ from typing import TypeVar
 from ._clock import Clock
 from ._errors import TimeoutExceeded
 from ._events import Hook, TimedOut
-from ._policy import Policy, Thunk
+from ._policy import Args, AsyncFn, Kwargs, Policy
 from ._validate import check_seconds
 from ._watchdog import Watchdog
 
@@ -124,14 +124,14 @@ class Timeout(Policy):
         self._scopes: dict[asyncio.Task[object], list[_Scope]] = {}
         self._watchdog = Watchdog(self._clock)
 
-    async def _run(self, thunk: Thunk[T]) -> T:
+    async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         scope = self._enter()
         if scope.budget <= 0.0:
             # An enclosing deadline is already spent: don't start work that can't finish.
             self._exit(scope)
             raise self._expired(scope)
         try:
-            result = await thunk()
+            result = await fn(*args, **kwargs)
         except asyncio.CancelledError as cancelled:
             if self._exit(scope):
                 raise self._expired(scope) from cancelled

@@ -244,9 +244,9 @@ async def test_no_events_built_without_listeners(monkeypatch: pytest.MonkeyPatch
     def spy_dispatch(hooks: Any, event: Event) -> None:
         built.append(f"dispatch {type(event).__name__}")
 
-    async def spy_observe(self: Policy, thunk: Any) -> Any:
+    async def spy_observe(self: Policy, fn: Any, args: Any, kwargs: Any) -> Any:
         built.append("observe")
-        return await self._run(thunk)
+        return await self._run(fn, args, kwargs)
 
     monkeypatch.setattr(Policy, "_emit", spy_emit)
     monkeypatch.setattr(resilient._policy, "dispatch", spy_dispatch)

@@ -22,7 +22,7 @@ from resilient import (
     TimeoutExceeded,
     pipeline,
 )
-from resilient._policy import Thunk
+from resilient._policy import Args, AsyncFn, Kwargs
 from resilient.testing import FakeClock, capture_events
 
 T = TypeVar("T")
@@ -39,10 +39,10 @@ class Recording(Policy):
         super().__init__(name=name, clock=None, hooks=None)
         self.log = log
 
-    async def _run(self, thunk: Thunk[T]) -> T:
+    async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         self.log.append(f"{self.name}>")
         try:
-            return await thunk()
+            return await fn(*args, **kwargs)
         finally:
             self.log.append(f"<{self.name}")
 
