@@ -61,7 +61,7 @@ class _Race:
     The attempts of one hedged call and the signal that something changed.
     """
 
-    __slots__ = ("changed", "context", "errors", "tasks", "timer")
+    __slots__ = ("changed", "context", "failed", "last_error", "tasks", "timer")
 
     def __init__(self) -> None:
         # The caller's context: a hedge launched from a clock timer runs in whatever
@@ -70,7 +70,8 @@ class _Race:
         self.tasks: list[asyncio.Task[Any]] = []
         self.changed = asyncio.Event()
         self.timer: TimerHandle | None = None
-        self.errors = 0
+        self.failed = 0
+        self.last_error: BaseException | None = None
 
     def cancel_all(self) -> None:
         if self.timer is not None:
@@ -143,26 +144,27 @@ class Hedge(Policy):
             race.timer = self._clock.call_at(at, lambda: self._launch(race, fn, args, kwargs))
 
     async def _settle(self, race: _Race, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
-        seen = 0
         while True:
             race.changed.clear()
+            failed = 0
             for index, task in enumerate(race.tasks):
-                if not task.done() or task.cancelled():
+                if not task.done():
                     continue
-                error = task.exception()
-                if error is None:
+                error = None if task.cancelled() else task.exception()
+                if error is None and not task.cancelled():
                     self._wins += index > 0
                     return task.result()  # type: ignore[no-any-return]  # the attempt's T
-                if not self._on(error):
+                if error is not None and not self._on(error):
                     raise error
-            failed = sum(1 for t in race.tasks if t.done())
-            if failed > seen:
-                seen = failed
-                if failed == len(race.tasks):
-                    if len(race.tasks) > self.max_hedged:
-                        raise race.tasks[-1].exception()  # type: ignore[misc]  # all failed
-                    self._launch(race, fn, args, kwargs)  # everything failed: don't wait out the delay
+                failed += 1
+                race.last_error = error or race.last_error
+            if failed > race.failed:
+                race.failed = failed
+                if len(race.tasks) <= self.max_hedged:
+                    self._launch(race, fn, args, kwargs)  # don't wait out the delay
                     continue
+                if failed == len(race.tasks):
+                    raise race.last_error or asyncio.CancelledError()
             await race.changed.wait()
 
     def statistics(self) -> HedgeStatistics:

@@ -189,6 +189,23 @@ async def test_failed_attempt_starts_next_at_once() -> None:
     assert hedge.statistics() == HedgeStatistics(calls=1, hedges=1, hedge_wins=1)
 
 
+async def test_failed_hedge_starts_next_while_first_is_still_slow() -> None:
+    """A failing hedge starts the next attempt at once even while an earlier one runs."""
+    clock = FakeClock(auto_advance=False)
+    hedge = Hedge(1.0, max_hedged=2, clock=clock)
+    attempts = Attempts(clock, (10, "slow"), (0, ValueError("hedge failed")), (0.5, "third"))
+    task = asyncio.create_task(hedge.call(attempts))
+    await settle()
+    clock.advance(1.0)  # the first hedge starts and fails at once
+    await settle(20)
+    assert attempts.started == [1, 2, 3]  # no second delay waited out
+    clock.advance(0.5)
+    assert await result_of(task) == "third"
+    await settle()
+    assert attempts.cancelled == [1]
+    assert hedge.statistics() == HedgeStatistics(calls=1, hedges=2, hedge_wins=1)
+
+
 async def test_all_attempts_failing_raises_last_error() -> None:
     """When every attempt fails, the last attempt's error is raised."""
     clock = FakeClock(auto_advance=False)
