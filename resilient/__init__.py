@@ -17,7 +17,7 @@ from __future__ import annotations
 from ._breaker import BreakerStatistics, CircuitBreaker, CircuitState
 from ._budget import RetryBudget, RetryBudgetStatistics
 from ._bulkhead import Bulkhead, BulkheadStatistics
-from ._clock import Clock, SystemClock
+from ._clock import Clock, SystemClock, TimerHandle
 from ._errors import (
     BulkheadFullError,
     CircuitOpenError,
@@ -87,6 +87,7 @@ __all__ = [
     "Timeout",
     "TimeoutExceeded",
     "TimeoutStatistics",
+    "TimerHandle",
     "add_hook",
     "pipeline",
     "remaining_time",

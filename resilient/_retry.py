@@ -119,8 +119,8 @@ class Retry(Policy):
         *,
         on: Any = None,
         on_result: Callable[[Any], bool] | None = None,
-        wait: wait_base | None = None,
-        stop: stop_base | None = None,
+        wait: wait_base | Callable[[tenacity.RetryCallState], float] | None = None,
+        stop: stop_base | Callable[[tenacity.RetryCallState], bool] | None = None,
         budget: RetryBudget | None = None,
         retry_after_cap: float = 60.0,
         name: str | None = None,
@@ -133,6 +133,11 @@ class Retry(Policy):
         self.attempts = None if attempts is None else check_int("Retry", "attempts", attempts, minimum=1)
         self._strategy: retry_base | None = on if isinstance(on, retry_base) else None
         self._on = retryable_by_default if on is None or self._strategy else error_matcher("Retry", "on", on)
+        if on_result is not None and self._strategy is not None:
+            raise ValueError(
+                "Retry(on_result=...): a tenacity retry_* strategy in on= already decides on"
+                " results; use retry_if_result there or drop one of them"
+            )
         if on_result is not None and not callable(on_result):
             raise TypeError(f"Retry(on_result=...): expected a predicate, got {on_result!r}")
         self._on_result = on_result

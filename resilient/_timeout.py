@@ -180,6 +180,9 @@ class Timeout(Policy):
 
     async def __aenter__(self) -> Timeout:
         scope = self._enter()
+        if scope.budget <= 0.0:
+            self._exit(scope)  # as in _run: a spent outer deadline fails before the body
+            raise self._expired(scope)
         self._scopes.setdefault(scope.task, []).append(scope)
         return self
 

@@ -68,7 +68,9 @@ def check_name(owner: str, value: object, default: str) -> str:
     """
     if value is None:
         return default
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str):
+        raise TypeError(f"{owner}(name=...): expected a string, got {value!r}")
+    if not value:
         raise ValueError(f"{owner}(name={value!r}): name must be a non-empty string")
     return value
 

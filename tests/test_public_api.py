@@ -52,7 +52,6 @@ CONTRACT = (
 INTERNAL = {
     "_breaker_shared": {"SharedState", "pybreaker_listener_hook"},  # behind storage=
     "_breaker_window": {"Accounting", "Consecutive", "CountWindow", "TimeWindow", "WindowTotals"},
-    "_clock": {"TimerHandle"},  # the return type of Clock.call_at; any .cancel() will do
     "_policy": {"Args", "AsyncFn", "Kwargs"},  # the shape of `_run`'s arguments, internal
     "_retry": {"set_instant_retries"},  # public as resilient.testing.set_instant_retries
     "_timeout": {"current_deadline"},  # for the integrations that forward deadlines

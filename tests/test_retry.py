@@ -208,6 +208,12 @@ async def test_tenacity_strategy_exhausted_on_result_returns_last_result() -> No
     assert retry.statistics().gave_up == 1
 
 
+def test_on_result_with_tenacity_strategy_is_rejected() -> None:
+    """`on_result=` next to a tenacity strategy in `on=` is ambiguous: ValueError naming it."""
+    with pytest.raises(ValueError, match="on_result"):
+        Retry(on=tenacity.retry_if_exception_type(ValueError), on_result=lambda r: r is None)
+
+
 async def test_on_result_retries_then_returns_last_result() -> None:
     """`on_result=` retries bad results and returns the last one after the final attempt."""
     retry = Retry(attempts=3, on_result=lambda r: r == "busy", clock=FakeClock())
@@ -613,7 +619,7 @@ async def test_statistics_and_repr() -> None:
         ({"retry_after_cap": math.nan}, ValueError, "retry_after_cap"),
         ({"retry_after_cap": "60"}, TypeError, "retry_after_cap"),
         ({"name": ""}, ValueError, "name"),
-        ({"name": 7}, ValueError, "name"),
+        ({"name": 7}, TypeError, "name"),
         ({"clock": object()}, TypeError, "clock"),
         ({"hooks": [print, "not callable"]}, TypeError, "hooks"),
     ],

@@ -287,6 +287,24 @@ async def test_spent_outer_deadline_raises_without_calling() -> None:
     assert current_task().cancelling() == 0
 
 
+async def test_spent_outer_deadline_fails_async_with_before_the_body() -> None:
+    """`async with` on a spent outer deadline raises at once, like `.call`: no body runs."""
+    clock = FakeClock(auto_advance=False)
+    outer = Timeout(1.0, name="outer", clock=clock)
+    inner = Timeout(5.0, name="inner", clock=clock)
+    ran: list[str] = []
+    async with outer:
+        clock.advance(1.0)
+        with pytest.raises(TimeoutExceeded) as info:
+            async with inner:
+                ran.append("body")
+    assert ran == []
+    assert (info.value.name, info.value.timeout) == ("inner", 0.0)
+    assert inner._scopes == {}
+    await settle()
+    assert current_task().cancelling() == 0
+
+
 async def test_deadline_from_another_clock_is_converted() -> None:
     """An outer deadline on another clock caps the inner one by its time left."""
     outer_clock = FakeClock(start=100.0, auto_advance=False)
