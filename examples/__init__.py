@@ -1,0 +1,3 @@
+"""
+Runnable examples; run each with ``python -m examples.<name>``.
+"""

@@ -37,6 +37,8 @@ from resilient import (
     pipeline,
 )
 
+NOISE_FAILURE_RATE = 0.02  # a little background noise outside the outage
+
 
 class ServiceDown(ConnectionError):
     """
@@ -57,17 +59,23 @@ class FlakyInventory:
     calls: int = 0
 
     def phase(self) -> str:
+        """
+        Return "outage" while the dependency is down, else "healthy".
+        """
         elapsed = time.monotonic() - self.started
         if self.outage_start <= elapsed < self.outage_start + self.outage:
             return "outage"
         return "healthy"
 
     async def get_stock(self, item: str) -> int:
+        """
+        Return the stock of `item` after a few milliseconds, or fail during the outage.
+        """
         self.calls += 1
         await asyncio.sleep(self.rng.uniform(0.001, 0.004))
         if self.phase() == "outage":
             raise ServiceDown(f"inventory unavailable for {item}")
-        if self.rng.random() < 0.02:  # a little background noise
+        if self.rng.random() < NOISE_FAILURE_RATE:
             raise ServiceDown("connection reset")
         return len(item)
 
@@ -77,7 +85,10 @@ async def run(seconds: float, workers: int, seed: int, *, live: bool) -> Counter
     Drive the simulation; return what happened, by outcome and by policy decision.
     """
     inventory = FlakyInventory(
-        outage_start=seconds * 0.3, outage=seconds * 0.3, started=time.monotonic(), rng=random.Random(seed)
+        outage_start=seconds * 0.3,
+        outage=seconds * 0.3,
+        started=time.monotonic(),
+        rng=random.Random(seed),  # noqa: S311  # a simulation, not cryptography,
     )
     breaker = CircuitBreaker(
         name="inventory", failure_rate=0.5, window=20, min_calls=10, reset_timeout=seconds * 0.1
@@ -138,7 +149,9 @@ def main() -> None:
     """
     Parse the command line and run the simulation.
     """
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=6.0, help="how long to run (default 6)")
     parser.add_argument("--workers", type=int, default=20, help="concurrent callers (default 20)")
     parser.add_argument("--seed", type=int, default=7, help="random seed")

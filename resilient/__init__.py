@@ -1,6 +1,8 @@
 """
-Resilience policies for asyncio: retry, circuit breaker, bulkhead, timeout, fallback and
-hedging, composable with `pipeline`, observable through hooks.
+Resilience policies for asyncio.
+
+Retry, circuit breaker, bulkhead, timeout, fallback and hedging, composable with
+`pipeline` and observable through hooks.
 
     from resilient import CircuitBreaker, Retry, Timeout, pipeline
 

@@ -131,8 +131,8 @@ class CircuitBreaker(Policy):
         "_ignored",
         "_opened",
         "_opened_at",
-        "_probes",
         "_probe_successes",
+        "_probes",
         "_rejections",
         "_shared",
         "_slow",
@@ -167,7 +167,17 @@ class CircuitBreaker(Policy):
     ) -> None:
         super().__init__(name=name, clock=clock, hooks=hooks)
         owner = "CircuitBreaker"
-        windowed = any(v is not None for v in (failure_rate, window, window_duration, min_calls, slow_call_duration, slow_call_rate))
+        windowed = any(
+            v is not None
+            for v in (
+                failure_rate,
+                window,
+                window_duration,
+                min_calls,
+                slow_call_duration,
+                slow_call_rate,
+            )
+        )
         if windowed and failure_threshold is not None:
             raise ValueError(
                 "CircuitBreaker(failure_threshold=...): consecutive mode can't be combined"
@@ -176,25 +186,38 @@ class CircuitBreaker(Policy):
             )
         self.reset_timeout = check_seconds(owner, "reset_timeout", reset_timeout)
         self.success_threshold = check_int(owner, "success_threshold", success_threshold, minimum=1)
-        self.half_open_max_calls = check_int(owner, "half_open_max_calls", half_open_max_calls, minimum=1)
+        self.half_open_max_calls = check_int(
+            owner, "half_open_max_calls", half_open_max_calls, minimum=1
+        )
         self.slow_call_duration = (
-            None if slow_call_duration is None else check_seconds(owner, "slow_call_duration", slow_call_duration)
+            None
+            if slow_call_duration is None
+            else check_seconds(owner, "slow_call_duration", slow_call_duration)
         )
         self._slow = self.slow_call_duration is not None
         self.failure_threshold: int | None = None
         if windowed:
             self._accounting: Accounting = _window(
-                owner, failure_rate, window, window_duration, min_calls, slow_call_rate, self._clock
+                owner,
+                failure_rate=failure_rate,
+                window=window,
+                window_duration=window_duration,
+                min_calls=min_calls,
+                slow_call_rate=slow_call_rate,
+                clock=self._clock,
             )
         else:
             self.failure_threshold = check_int(
-                owner, "failure_threshold", 5 if failure_threshold is None else failure_threshold, minimum=1
+                owner,
+                "failure_threshold",
+                5 if failure_threshold is None else failure_threshold,
+                minimum=1,
             )
             self._accounting = Consecutive(self.failure_threshold)
         user_excluded = error_matcher(owner, "exclude", exclude)
-        self._excluded: Callable[[BaseException], bool] = lambda error: isinstance(
-            error, RejectedError
-        ) or user_excluded(error)
+        self._excluded: Callable[[BaseException], bool] = lambda error: (
+            isinstance(error, RejectedError) or user_excluded(error)
+        )
         self._state = _CLOSED
         self._generation = 0
         self._opened_at = 0.0
@@ -244,8 +267,10 @@ class CircuitBreaker(Policy):
     @property
     def state(self) -> CircuitState:
         """
-        The current state (an open breaker turns half-open on the first call after
-        `reset_timeout`, not by itself).
+        The current state.
+
+        An open breaker turns half-open on the first call after `reset_timeout`, not by
+        itself.
         """
         return self._state
 
@@ -405,6 +430,7 @@ class CircuitBreaker(Policy):
 
 def _window(
     owner: str,
+    *,
     failure_rate: float | None,
     window: int | None,
     window_duration: float | None,
@@ -413,7 +439,9 @@ def _window(
     clock: Clock,
 ) -> Accounting:
     rate = check_fraction(owner, "failure_rate", 0.5 if failure_rate is None else failure_rate)
-    slow_rate = check_fraction(owner, "slow_call_rate", 1.0 if slow_call_rate is None else slow_call_rate)
+    slow_rate = check_fraction(
+        owner, "slow_call_rate", 1.0 if slow_call_rate is None else slow_call_rate
+    )
     if window is not None and window_duration is not None:
         raise ValueError(f"{owner}(window=..., window_duration=...): choose a count or a duration")
     if window_duration is not None:
@@ -421,7 +449,9 @@ def _window(
         least = check_int(owner, "min_calls", 10 if min_calls is None else min_calls, minimum=1)
         return TimeWindow(duration, rate_rule(rate, slow_rate, least), clock.monotonic)
     size = check_int(owner, "window", 100 if window is None else window, minimum=1)
-    least = check_int(owner, "min_calls", min(10, size) if min_calls is None else min_calls, minimum=1)
+    least = check_int(
+        owner, "min_calls", min(10, size) if min_calls is None else min_calls, minimum=1
+    )
     if least > size:
         raise ValueError(f"{owner}(min_calls={least}): min_calls can't exceed window={size}")
     return CountWindow(size, rate_rule(rate, slow_rate, least))

@@ -70,7 +70,7 @@ class Consecutive(Accounting):
         self.threshold = threshold
         self.failures = 0
 
-    def record(self, failed: bool, slow: bool) -> bool:
+    def record(self, failed: bool, slow: bool) -> bool:  # noqa: ARG002  # no slow calls here
         if failed:
             self.failures += 1
             return self.failures >= self.threshold

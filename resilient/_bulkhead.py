@@ -14,6 +14,7 @@ the one trio's `CapacityLimiter` and `asyncio.Semaphore` (3.11.1+) use.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -72,7 +73,15 @@ class Bulkhead(Policy):
     """
 
     kind = "bulkhead"
-    __slots__ = ("_accepted", "_in_flight", "_rejected", "_waiters", "max_concurrent", "max_queue", "max_wait")
+    __slots__ = (
+        "_accepted",
+        "_in_flight",
+        "_rejected",
+        "_waiters",
+        "max_concurrent",
+        "max_queue",
+        "max_wait",
+    )
 
     def __init__(
         self,
@@ -87,7 +96,11 @@ class Bulkhead(Policy):
         super().__init__(name=name, clock=clock, hooks=hooks)
         self.max_concurrent = check_int("Bulkhead", "max_concurrent", max_concurrent, minimum=1)
         self.max_queue = check_int("Bulkhead", "max_queue", max_queue, minimum=0)
-        self.max_wait = None if max_wait is None else check_seconds("Bulkhead", "max_wait", max_wait, allow_zero=True)
+        self.max_wait = (
+            None
+            if max_wait is None
+            else check_seconds("Bulkhead", "max_wait", max_wait, allow_zero=True)
+        )
         self._in_flight = 0
         self._waiters: deque[asyncio.Future[bool]] = deque()
         self._accepted = 0
@@ -130,7 +143,9 @@ class Bulkhead(Policy):
         self._waiters.append(waiter)
         timer = None
         if self.max_wait is not None:
-            timer = self._clock.call_at(self._clock.monotonic() + self.max_wait, lambda: _expire(waiter))
+            timer = self._clock.call_at(
+                self._clock.monotonic() + self.max_wait, lambda: _expire(waiter)
+            )
         try:
             granted = await waiter
         except BaseException:
@@ -148,10 +163,8 @@ class Bulkhead(Policy):
         self._accepted += 1
 
     def _forget(self, waiter: asyncio.Future[bool]) -> None:
-        try:
+        with contextlib.suppress(ValueError):  # already handed over or expired
             self._waiters.remove(waiter)
-        except ValueError:
-            pass
 
     def _release(self) -> None:
         while self._waiters:

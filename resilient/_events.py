@@ -11,6 +11,7 @@ The Prometheus and OpenTelemetry integrations are hook consumers.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 from collections.abc import Callable
@@ -215,10 +216,8 @@ def remove_hook(hook: Hook) -> None:
     """
     Stop sending events to a hook added with `add_hook`; a no-op if it is not there.
     """
-    try:
+    with contextlib.suppress(ValueError):
         _GLOBAL_HOOKS.remove(hook)
-    except ValueError:
-        pass
 
 
 def global_hooks() -> list[Hook]:
@@ -235,6 +234,5 @@ def dispatch(hooks: tuple[Hook, ...], event: Event) -> None:
     for hook in (*hooks, *_GLOBAL_HOOKS):
         try:
             hook(event)
-        except Exception:
-            # A broken hook must not break the call it observes.
+        except Exception:  # noqa: BLE001  # a broken hook must not break the call it observes
             _log.exception("resilient: hook %r failed on %r", hook, event)

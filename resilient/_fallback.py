@@ -100,5 +100,7 @@ class Fallback(Policy):
         return FallbackStatistics(calls=self._calls, fallbacks=self._fallbacks)
 
     def __repr__(self) -> str:
-        answer = f"handler={self._handler!r}" if self._handler is not None else f"value={self._value!r}"
+        answer = (
+            f"handler={self._handler!r}" if self._handler is not None else f"value={self._value!r}"
+        )
         return f"<Fallback {self.name!r} {answer} calls={self._calls} fallbacks={self._fallbacks}>"

@@ -51,9 +51,7 @@ class Pipeline(Policy):
         self._outer = flat[0]
         self._inner = tuple(reversed(flat[1:]))
 
-    def __call__(
-        self, fn: Callable[P, Awaitable[T]]
-    ) -> Callable[P, Coroutine[Any, Any, T]]:
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """
         Decorate an async function so that every call goes through the whole pipeline.
 
@@ -63,7 +61,8 @@ class Pipeline(Policy):
             TypeError: `fn` is a plain (non-async) function.
         """
         _check_async(self, fn)
-        return functools.wraps(fn)(self._outer._guard(self._chain(fn)))
+        guarded = self._outer._guard(self._chain(fn))  # noqa: SLF001  # Policy's own protocol
+        return functools.wraps(fn)(guarded)
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """

@@ -70,9 +70,7 @@ class Policy(ABC):
         """
         return self._clock
 
-    def __call__(
-        self, fn: Callable[P, Awaitable[T]]
-    ) -> Callable[P, Coroutine[Any, Any, T]]:
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """
         Decorate an async function so that every call goes through this policy.
 
@@ -97,7 +95,7 @@ class Policy(ABC):
         run, observe, policy = self._run, self._observe, self
 
         async def guarded(*args: Any, **kwargs: Any) -> T:
-            if policy._hooks or _GLOBAL_HOOKS:  # noqa: SLF001  # our own instance
+            if policy._hooks or _GLOBAL_HOOKS:  # our own instance
                 return await observe(fn, args, kwargs)
             return await run(fn, args, kwargs)
 
@@ -105,13 +103,14 @@ class Policy(ABC):
 
     def _bind(self, inner: AsyncFn[T]) -> AsyncFn[T]:
         """
-        Return `inner` wrapped in this policy, as a plain function returning the
-        awaitable: one layer of a pipeline.
+        Wrap `inner` in this policy as one layer of a pipeline.
+
+        The layer is a plain function returning the policy's awaitable.
         """
         run, observe, policy = self._run, self._observe, self
 
         def layer(*args: Any, **kwargs: Any) -> Awaitable[T]:
-            if policy._hooks or _GLOBAL_HOOKS:  # noqa: SLF001  # our own instance
+            if policy._hooks or _GLOBAL_HOOKS:  # our own instance
                 return observe(inner, args, kwargs)
             return run(inner, args, kwargs)
 

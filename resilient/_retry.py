@@ -36,8 +36,10 @@ _instant = False
 
 def set_instant_retries(enabled: bool) -> None:
     """
-    Make every `Retry` skip its sleeps (for test suites); the delays are still computed
-    and reported in events. Prefer `resilient.testing.instant_retries()`.
+    Make every `Retry` skip its sleeps, for test suites.
+
+    The delays are still computed and reported in events. Prefer
+    `resilient.testing.instant_retries()`.
     """
     global _instant  # noqa: PLW0603  # one process-wide switch, like stamina.set_testing
     _instant = bool(enabled)
@@ -130,9 +132,15 @@ class Retry(Policy):
         super().__init__(name=name, clock=clock, hooks=hooks)
         if attempts is None and stop is None:
             raise ValueError("Retry(attempts=None): give stop=... or a number of attempts")
-        self.attempts = None if attempts is None else check_int("Retry", "attempts", attempts, minimum=1)
+        self.attempts = (
+            None if attempts is None else check_int("Retry", "attempts", attempts, minimum=1)
+        )
         self._strategy: retry_base | None = on if isinstance(on, retry_base) else None
-        self._on = retryable_by_default if on is None or self._strategy else error_matcher("Retry", "on", on)
+        self._on = (
+            retryable_by_default
+            if on is None or self._strategy
+            else error_matcher("Retry", "on", on)
+        )
         if on_result is not None and self._strategy is not None:
             raise ValueError(
                 "Retry(on_result=...): a tenacity retry_* strategy in on= already decides on"
@@ -148,7 +156,9 @@ class Retry(Policy):
         if budget is not None and not isinstance(budget, RetryBudget):
             raise TypeError(f"Retry(budget=...): expected a RetryBudget, got {budget!r}")
         self._budget = budget
-        self.retry_after_cap = check_seconds("Retry", "retry_after_cap", retry_after_cap, allow_zero=True)
+        self.retry_after_cap = check_seconds(
+            "Retry", "retry_after_cap", retry_after_cap, allow_zero=True
+        )
         # Handed to strategies as retry_state.retry_object, for those that look at it.
         self._retrying = tenacity.AsyncRetrying(
             stop=self._stop or tenacity.stop_never, wait=self._wait, sleep=self._clock.sleep
@@ -170,7 +180,15 @@ class Retry(Policy):
             return result
         return await self._retry(fn, args, kwargs, started, None, result)
 
-    async def _retry(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs, started: float, error: Exception | None, result: Any) -> T:
+    async def _retry(  # noqa: PLR0917  # the call plus the first attempt's outcome
+        self,
+        fn: AsyncFn[T],
+        args: Args,
+        kwargs: Kwargs,
+        started: float,
+        error: Exception | None,
+        result: Any,
+    ) -> T:
         state = tenacity.RetryCallState(self._retrying, fn=None, args=(), kwargs={})
         state.start_time = started
         attempt = 1
@@ -186,10 +204,12 @@ class Retry(Policy):
             state.prepare_for_next_attempt()
             try:
                 result, error = await fn(*args, **kwargs), None
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  # any attempt error is judged by `on`
                 result, error = None, exc
 
-    def _should_retry(self, state: tenacity.RetryCallState, error: Exception | None, result: Any) -> bool:
+    def _should_retry(
+        self, state: tenacity.RetryCallState, error: Exception | None, result: Any
+    ) -> bool:
         if self._strategy is not None:
             return bool(self._strategy(state))
         if error is not None:
@@ -224,7 +244,11 @@ class Retry(Policy):
     def _delay(self, state: tenacity.RetryCallState, error: Exception | None) -> float:
         delay = float(self._wait(state))
         hinted = getattr(error, "retry_after", None)
-        if isinstance(hinted, int | float) and not isinstance(hinted, bool) and math.isfinite(hinted):
+        if (
+            isinstance(hinted, int | float)
+            and not isinstance(hinted, bool)
+            and math.isfinite(hinted)
+        ):
             delay = max(delay, min(max(0.0, float(hinted)), self.retry_after_cap))
         return max(0.0, delay)
 

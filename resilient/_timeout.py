@@ -34,9 +34,7 @@ __all__ = ["Timeout", "TimeoutStatistics", "current_deadline", "remaining_time"]
 T = TypeVar("T")
 
 # (absolute deadline, the clock it is measured on); None outside every timeout.
-_DEADLINE: ContextVar[tuple[float, Clock] | None] = ContextVar(
-    "resilient_deadline", default=None
-)
+_DEADLINE: ContextVar[tuple[float, Clock] | None] = ContextVar("resilient_deadline", default=None)
 
 
 def remaining_time() -> float | None:
@@ -153,7 +151,9 @@ class Timeout(Policy):
         if outer is not None:
             outer_at, outer_clock = outer
             # Compare on our clock: an outer deadline set on another clock is converted.
-            outer_here = outer_at if outer_clock is clock else now + outer_at - outer_clock.monotonic()
+            outer_here = (
+                outer_at if outer_clock is clock else now + outer_at - outer_clock.monotonic()
+            )
             deadline = min(deadline, outer_here)
         self._calls += 1
         scope = _Scope(task, deadline, max(0.0, deadline - now))
@@ -209,4 +209,7 @@ class Timeout(Policy):
         return TimeoutStatistics(seconds=self.seconds, calls=self._calls, timeouts=self._timeouts)
 
     def __repr__(self) -> str:
-        return f"<Timeout {self.name!r} {self.seconds:g}s calls={self._calls} timeouts={self._timeouts}>"
+        return (
+            f"<Timeout {self.name!r} {self.seconds:g}s calls={self._calls}"
+            f" timeouts={self._timeouts}>"
+        )

@@ -83,8 +83,7 @@ def check_clock(owner: str, value: object) -> Clock:
         return SYSTEM_CLOCK
     if not isinstance(value, Clock):
         raise TypeError(
-            f"{owner}(clock=...): expected a Clock (monotonic, wall, sleep, call_at),"
-            f" got {value!r}"
+            f"{owner}(clock=...): expected a Clock (monotonic, wall, sleep, call_at), got {value!r}"
         )
     return value
 
@@ -102,9 +101,7 @@ def check_hooks(owner: str, value: Iterable[Hook] | None) -> tuple[Hook, ...]:
     return hooks
 
 
-def check_exception_types(
-    owner: str, param: str, value: object
-) -> tuple[type[BaseException], ...]:
+def check_exception_types(owner: str, param: str, value: object) -> tuple[type[BaseException], ...]:
     """
     Return `value` as a tuple of exception classes (one class or an iterable of them).
     """

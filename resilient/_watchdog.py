@@ -17,7 +17,7 @@ from typing import Protocol
 
 from ._clock import Clock, TimerHandle
 
-__all__ = ["Watched", "Watchdog"]
+__all__ = ["Watchdog", "Watched"]
 
 
 class Watched(Protocol):

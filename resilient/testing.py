@@ -27,7 +27,6 @@ from ._retry import instant_retries_enabled, set_instant_retries
 __all__ = ["FakeClock", "capture_events", "instant_retries", "set_instant_retries"]
 
 
-
 class _FakeTimer:
     __slots__ = ("callback", "cancelled", "when")
 
@@ -55,7 +54,9 @@ class FakeClock:
         sleeps: Every positive duration passed to `sleep`, in order.
     """
 
-    def __init__(self, start: float = 0.0, *, wall_start: float = 1_700_000_000.0, auto_advance: bool = True) -> None:
+    def __init__(
+        self, start: float = 0.0, *, wall_start: float = 1_700_000_000.0, auto_advance: bool = True
+    ) -> None:
         self._now = float(start)
         self._wall_offset = float(wall_start) - float(start)
         self.auto_advance = auto_advance
@@ -140,8 +141,10 @@ def _run_timer(timer: _FakeTimer) -> None:
 @contextmanager
 def instant_retries() -> Iterator[None]:
     """
-    Within the block, every `Retry` skips its sleeps (delays are still computed and
-    reported in events). Restores the previous setting on exit.
+    Make every `Retry` skip its sleeps within the block.
+
+    Delays are still computed and reported in events. The previous setting is restored
+    on exit.
     """
     before = instant_retries_enabled()
     set_instant_retries(True)

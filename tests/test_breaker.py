@@ -497,16 +497,34 @@ async def test_statistics_snapshot() -> None:
     with pytest.raises(Ignorable):
         await breaker.call(ignorable)
     assert breaker.statistics() == BreakerStatistics(
-        state=CLOSED, calls=3, successes=1, failures=1, ignored=1, rejections=0,
-        slow_calls=0, window_calls=1, window_failures=1, opened=0, retry_in=0.0,
+        state=CLOSED,
+        calls=3,
+        successes=1,
+        failures=1,
+        ignored=1,
+        rejections=0,
+        slow_calls=0,
+        window_calls=1,
+        window_failures=1,
+        opened=0,
+        retry_in=0.0,
     )
     await fail(breaker)
     clock.advance(3.0)
     await rejection(breaker)
     stats = breaker.statistics()
     assert stats == BreakerStatistics(
-        state=OPEN, calls=4, successes=1, failures=2, ignored=1, rejections=1,
-        slow_calls=0, window_calls=2, window_failures=2, opened=1, retry_in=7.0,
+        state=OPEN,
+        calls=4,
+        successes=1,
+        failures=2,
+        ignored=1,
+        rejections=1,
+        slow_calls=0,
+        window_calls=2,
+        window_failures=2,
+        opened=1,
+        retry_in=7.0,
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats.calls = 0  # type: ignore[misc]  # proving the snapshot is frozen

@@ -351,7 +351,9 @@ class BreakerMachine(RuleBasedStateMachine):
         assert stats.state is model.state
         assert stats.calls == stats.successes + stats.failures + stats.ignored
         assert (stats.successes, stats.failures, stats.ignored) == (
-            model.successes, model.failures, model.ignored,
+            model.successes,
+            model.failures,
+            model.ignored,
         )
         assert (stats.rejections, stats.opened) == (model.rejections, model.opened)
         assert stats.window_failures == model.run

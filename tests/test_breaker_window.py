@@ -205,7 +205,11 @@ async def test_slow_call_rate_opens_with_successful_slow_calls() -> None:
     """Calls at least slow_call_duration long count as slow and trip slow_call_rate."""
     clock = FakeClock()
     breaker = CircuitBreaker(
-        slow_call_duration=1.0, slow_call_rate=0.5, failure_rate=1.0, window=4, min_calls=4,
+        slow_call_duration=1.0,
+        slow_call_rate=0.5,
+        failure_rate=1.0,
+        window=4,
+        min_calls=4,
         clock=clock,
     )
     await timed(breaker, clock, 0.25)
@@ -253,7 +257,11 @@ async def test_slow_probe_counts_as_a_failed_probe() -> None:
     """A successful but slow probe reopens the breaker; a fast one closes it."""
     clock = FakeClock()
     breaker = CircuitBreaker(
-        slow_call_duration=1.0, failure_rate=0.5, window=2, min_calls=2, reset_timeout=10,
+        slow_call_duration=1.0,
+        failure_rate=0.5,
+        window=2,
+        min_calls=2,
+        reset_timeout=10,
         clock=clock,
     )
     await run(breaker, "FF")
@@ -342,7 +350,10 @@ async def test_time_window_with_slow_calls() -> None:
     """Slow calls count in a time window, and expire with it."""
     clock = FakeClock()
     breaker = CircuitBreaker(
-        slow_call_duration=1.0, slow_call_rate=1.0, window_duration=10.0, min_calls=2,
+        slow_call_duration=1.0,
+        slow_call_rate=1.0,
+        window_duration=10.0,
+        min_calls=2,
         clock=clock,
     )
     await timed(breaker, clock, 2.0)
