@@ -17,9 +17,12 @@ import gc
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import resilient as r
 from resilient._policy import Args, AsyncFn, Kwargs, Policy
+
+T = TypeVar("T")
 
 ROUNDS = 9
 CALLS = 20_000
@@ -37,7 +40,7 @@ class PassThrough(Policy):
     def __init__(self) -> None:
         super().__init__(name=None, clock=None, hooks=None)
 
-    def _run(self, fn: AsyncFn[int], args: Args, kwargs: Kwargs) -> Awaitable[int]:
+    def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> Awaitable[T]:
         return fn(*args, **kwargs)
 
 

@@ -239,7 +239,7 @@ def start_server(
         port = free_port(host)
         log_path = data_dir / f"{name}-{port}.log"
         with log_path.open("wb") as log:
-            process = subprocess.Popen(  # noqa: S603  # argv built by the test, no shell
+            process = subprocess.Popen(  # argv built by the test, no shell
                 list(command(port, data_dir)),
                 stdin=subprocess.DEVNULL,
                 stdout=log,

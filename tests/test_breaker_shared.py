@@ -676,7 +676,7 @@ def run_worker(server: RedisServer, namespace: str, ops: str) -> dict[str, Any]:
     code = (
         "import sys; from tests.test_breaker_shared import worker_main as main; main(sys.argv[1:])"
     )
-    completed = subprocess.run(  # noqa: S603  # our own interpreter and arguments
+    completed = subprocess.run(  # our own interpreter and arguments
         [sys.executable, "-c", code, server.url, namespace, ops],
         cwd=REPO_ROOT,
         capture_output=True,

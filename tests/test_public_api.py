@@ -89,7 +89,7 @@ def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """
     Run `code` in a fresh, isolated interpreter (no cwd or PYTHONPATH on sys.path).
     """
-    return subprocess.run(  # noqa: S603  # our own interpreter and code
+    return subprocess.run(  # our own interpreter and code
         [sys.executable, "-I", "-c", code],
         cwd=cwd,
         capture_output=True,
