@@ -20,6 +20,14 @@ from ._breaker import BreakerStatistics, CircuitBreaker, CircuitState
 from ._budget import RetryBudget, RetryBudgetStatistics
 from ._bulkhead import Bulkhead, BulkheadStatistics
 from ._clock import Clock, SystemClock, TimerHandle
+from ._discovery import (
+    InMemoryRegistry,
+    Instance,
+    Registry,
+    RegistryStatus,
+    ServiceView,
+    StaticRegistry,
+)
 from ._errors import (
     BulkheadFullError,
     CircuitOpenError,
@@ -72,8 +80,12 @@ __all__ = [
     "HedgeSent",
     "HedgeStatistics",
     "Hook",
+    "InMemoryRegistry",
+    "Instance",
     "Pipeline",
     "Policy",
+    "Registry",
+    "RegistryStatus",
     "Rejected",
     "RejectedError",
     "RejectionReason",
@@ -83,7 +95,9 @@ __all__ = [
     "RetryBudgetStatistics",
     "RetryScheduled",
     "RetryStatistics",
+    "ServiceView",
     "StateChanged",
+    "StaticRegistry",
     "SystemClock",
     "TimedOut",
     "Timeout",
