@@ -54,6 +54,7 @@ from ._events import (
 )
 from ._fallback import Fallback, FallbackStatistics
 from ._hedge import Hedge, HedgeStatistics
+from ._no_retries import no_retries
 from ._pipeline import Pipeline, pipeline
 from ._policy import Policy
 from ._retry import Retry, RetryStatistics
@@ -105,6 +106,7 @@ __all__ = [
     "TimeoutStatistics",
     "TimerHandle",
     "add_hook",
+    "no_retries",
     "pipeline",
     "remaining_time",
     "remove_hook",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol, runtime_checkable
@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger("resilient.discovery")
+_MAX_PORT = 65535
 
 
 def _frozen(metadata: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -69,8 +70,8 @@ class Instance:
         if (
             isinstance(self.port, bool)
             or not isinstance(self.port, int)
-            or not 0 < self.port < 65536
-        ):  # noqa: PLR2004
+            or not 0 < self.port <= _MAX_PORT
+        ):
             raise ValueError(f"Instance(port={self.port!r}): must be an int in 1..65535")
         if self.scheme not in {"http", "https"}:
             raise ValueError(f"Instance(scheme={self.scheme!r}): must be 'http' or 'https'")
@@ -134,8 +135,9 @@ class Registry(Protocol):
 
     async def close(self) -> None:
         """
-        Release connections and background tasks; registered instances of a backend
-        with leases are deregistered.
+        Release connections and background tasks.
+
+        A backend with leases deregisters the instances it registered.
         """
 
 
@@ -320,14 +322,17 @@ class ServiceView:
         """
         return self._status
 
-    async def wait_for(self, predicate: object = None, *, timeout: float = 5.0) -> list[Instance]:
+    async def wait_for(
+        self, predicate: Callable[[list[Instance]], bool], *, within: float = 5.0
+    ) -> list[Instance]:
         """
-        Wait until `predicate(instances)` holds (any change when None); return them.
+        Wait until `predicate(instances)` holds; return the instances then.
+
+        Raises:
+            TimeoutError: It did not hold within `within` seconds.
         """
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(
-                lambda: predicate(self.instances) if callable(predicate) else True  # type: ignore[no-any-return]
-            )
+        async with asyncio.timeout(within), self._changed:
+            await self._changed.wait_for(lambda: predicate(self.instances))
             return list(self.instances)
 
     async def _follow(self) -> None:

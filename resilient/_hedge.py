@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from ._clock import Clock, TimerHandle
 from ._events import HedgeSent, Hook
+from ._no_retries import retries_allowed
 from ._policy import Args, AsyncFn, Kwargs, Policy
 from ._validate import check_int, check_seconds, error_matcher, retryable_by_default
 
@@ -119,6 +120,8 @@ class Hedge(Policy):
 
     async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         self._calls += 1
+        if not retries_allowed():
+            return await fn(*args, **kwargs)  # inside no_retries(): one attempt, no task
         race = _Race()
         try:
             self._launch(race, fn, args, kwargs)

@@ -23,6 +23,7 @@ from tenacity.wait import wait_base
 from ._budget import RetryBudget
 from ._clock import Clock
 from ._events import Hook, Rejected, RejectionReason, RetryScheduled
+from ._no_retries import retries_allowed
 from ._policy import Args, AsyncFn, Kwargs, Policy
 from ._timeout import remaining_time
 from ._validate import check_int, check_seconds, error_matcher, retryable_by_default
@@ -221,6 +222,8 @@ class Retry(Policy):
         Wait before the next attempt; False when no next attempt may be made.
         """
         attempt = state.attempt_number
+        if not retries_allowed():
+            return False  # inside no_retries(): this call runs once
         if (self.attempts is not None and attempt >= self.attempts) or (
             self._stop is not None and self._stop(state)
         ):

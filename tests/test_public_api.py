@@ -50,6 +50,7 @@ CONTRACT = (
 # Names in a private module's `__all__` that deliberately stay out of `resilient.__all__`,
 # with the reason. A new public name must be exported or listed here.
 INTERNAL = {
+    "_no_retries": {"retries_allowed"},  # read by Retry and Hedge; users call no_retries()
     "_breaker_shared": {"SharedState", "pybreaker_listener_hook"},  # behind storage=
     "_breaker_window": {"Accounting", "Consecutive", "CountWindow", "TimeWindow", "WindowTotals"},
     "_policy": {"Args", "AsyncFn", "Kwargs"},  # the shape of `_run`'s arguments, internal
