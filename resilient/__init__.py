@@ -58,7 +58,7 @@ from ._no_retries import no_retries
 from ._pipeline import Pipeline, pipeline
 from ._policy import Policy
 from ._retry import Retry, RetryStatistics
-from ._timeout import Timeout, TimeoutStatistics, remaining_time
+from ._timeout import Timeout, TimeoutStatistics, deadline, remaining_time
 
 __all__ = [
     "BreakerStatistics",
@@ -106,6 +106,7 @@ __all__ = [
     "TimeoutStatistics",
     "TimerHandle",
     "add_hook",
+    "deadline",
     "no_retries",
     "pipeline",
     "remaining_time",

@@ -16,7 +16,8 @@ cancellation from outside is never swallowed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from types import TracebackType
@@ -26,10 +27,10 @@ from ._clock import Clock
 from ._errors import TimeoutExceeded
 from ._events import Hook, TimedOut
 from ._policy import Args, AsyncFn, Kwargs, Policy
-from ._validate import check_seconds
+from ._validate import check_clock, check_seconds
 from ._watchdog import Watchdog
 
-__all__ = ["Timeout", "TimeoutStatistics", "current_deadline", "remaining_time"]
+__all__ = ["Timeout", "TimeoutStatistics", "current_deadline", "deadline", "remaining_time"]
 
 T = TypeVar("T")
 
@@ -55,6 +56,32 @@ def current_deadline() -> tuple[float, Clock] | None:
     The innermost deadline as (monotonic time, clock), or None; for integrations.
     """
     return _DEADLINE.get()
+
+
+@contextmanager
+def deadline(seconds: float, *, clock: Clock | None = None) -> Iterator[None]:
+    """
+    Make a deadline visible without enforcing it.
+
+    Inside the block `remaining_time()` counts down from `seconds` (or from less, when
+    an enclosing deadline leaves less), nested `Timeout`s are capped by it, `Retry`
+    won't sleep past it and integrations send it on; but nothing is cancelled when it
+    passes. A server uses this to honour a caller's deadline it chose not to enforce.
+
+    Raises:
+        ValueError: `seconds` is negative or not finite.
+    """
+    budget = check_seconds("deadline", "seconds", seconds, allow_zero=True)
+    clock = check_clock("deadline", clock)
+    at = clock.monotonic() + budget
+    outer = _DEADLINE.get()
+    if outer is not None:
+        at = min(at, clock.monotonic() + outer[0] - outer[1].monotonic())
+    token = _DEADLINE.set((at, clock))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
 
 
 @dataclass(frozen=True, slots=True)

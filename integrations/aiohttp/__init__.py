@@ -1,17 +1,43 @@
 """
-aiohttp integration: resilient client middleware, server middleware, health and metrics
-routes, and a discovery-aware client.
+aiohttp integration.
+
+Resilient client middleware, server middleware, health and metrics routes.
+
+    session = aiohttp.ClientSession(middlewares=[ResilienceMiddleware()])
+    app = web.Application(middlewares=[resilience_middleware()])
 
 Needs the ``aiohttp`` extra: ``pip install "resilient[aiohttp]"``.
 """
 
 from __future__ import annotations
 
-try:
-    import aiohttp as _aiohttp
-except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+import importlib.util
+
+if importlib.util.find_spec("aiohttp") is None:  # pragma: no cover - needs an env without it
     raise ImportError(
         "resilient.integrations.aiohttp needs aiohttp >= 3.12: pip install 'resilient[aiohttp]'"
-    ) from exc
+    )
 
-__all__: list[str] = []
+from ._client import (
+    IDEMPOTENT_METHODS,
+    ResilienceMiddleware,
+    UnhealthyResponse,
+    default_policy,
+    is_failure_status,
+    parse_retry_after,
+)
+from ._propagation import DEADLINE_HEADER, parse_deadline
+from ._server import add_metrics_route, resilience_middleware
+
+__all__ = [
+    "DEADLINE_HEADER",
+    "IDEMPOTENT_METHODS",
+    "ResilienceMiddleware",
+    "UnhealthyResponse",
+    "add_metrics_route",
+    "default_policy",
+    "is_failure_status",
+    "parse_deadline",
+    "parse_retry_after",
+    "resilience_middleware",
+]

@@ -1,0 +1,92 @@
+"""
+What travels from hop to hop: the remaining deadline and the trace context.
+
+The deadline goes as a relative budget in milliseconds (``X-Request-Timeout-Ms``), not
+as an absolute time, so the two hosts' clocks need not agree (gRPC's ``grpc-timeout``
+works the same way). Trace context (``traceparent``, ``tracestate``, ``baggage``) goes
+through `opentelemetry.propagate`, so the user's configured propagators apply; without
+the ``otel`` extra installed, nothing is injected or extracted.
+
+Incoming values are untrusted: anything malformed is ignored (no deadline, a fresh
+trace), never an error.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
+
+from resilient import remaining_time
+
+__all__ = [
+    "DEADLINE_HEADER",
+    "MAX_DEADLINE_MS",
+    "extract_trace_context",
+    "inject_trace_context",
+    "parse_deadline",
+    "set_deadline_header",
+]
+
+DEADLINE_HEADER = "X-Request-Timeout-Ms"
+MAX_DEADLINE_MS = 24 * 3600 * 1000  # a day: anything longer is not a deadline
+_DIGITS = re.compile(r"[0-9]{1,9}")
+
+
+def set_deadline_header(headers: MutableMapping[str, str], name: str = DEADLINE_HEADER) -> None:
+    """
+    Send the caller's remaining deadline, if any, as whole milliseconds (at least 1).
+    """
+    left = remaining_time()
+    if left is not None:
+        headers[name] = str(max(1, math.floor(left * 1000)))
+
+
+def parse_deadline(value: str | None) -> float | None:
+    """
+    Turn a received deadline header into seconds; None when absent or malformed.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not _DIGITS.fullmatch(value):
+        return None
+    millis = int(value)
+    if not 0 < millis <= MAX_DEADLINE_MS:
+        return None
+    return millis / 1000
+
+
+def _load_otel() -> tuple[Callable[..., None], Callable[..., Any]] | None:
+    try:
+        from opentelemetry import propagate
+    except ImportError:  # the otel extra is optional
+        return None
+    return propagate.inject, propagate.extract
+
+
+_OTEL = _load_otel()
+
+
+def inject_trace_context(headers: MutableMapping[str, str]) -> None:
+    """
+    Write the current trace context into `headers` (no-op without opentelemetry).
+    """
+    if _OTEL is not None:
+        _OTEL[0](headers)
+
+
+def extract_trace_context(headers: Mapping[str, str]) -> object | None:
+    """
+    Read a trace context from `headers`; None without opentelemetry.
+
+    Malformed headers yield an empty context (a fresh trace), never an error.
+    """
+    if _OTEL is None:
+        return None
+    try:
+        context: object = _OTEL[1](headers)
+    except Exception:  # noqa: BLE001  # a hostile header must never fail the request
+        return None
+    return context

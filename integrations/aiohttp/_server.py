@@ -1,0 +1,126 @@
+"""
+The server side of a hop: take the caller's deadline and trace context, serve metrics.
+
+`resilience_middleware()` is an aiohttp server middleware that, for each request:
+
+- reads the remaining deadline the caller sent (``X-Request-Timeout-Ms``) and runs the
+  handler under it, so `resilient.remaining_time()` works in handlers, calls made from
+  them inherit the budget, and a handler still running when the caller has given up is
+  cancelled and answered with 504;
+- makes the caller's trace context current for the handler (with the ``otel`` extra).
+
+Malformed or hostile headers are ignored (no deadline, a fresh trace), never a 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from resilient import Timeout, TimeoutExceeded, deadline
+
+from ._propagation import DEADLINE_HEADER, extract_trace_context, parse_deadline
+
+__all__ = ["add_metrics_route", "resilience_middleware"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def resilience_middleware(
+    *,
+    deadline_header: str = DEADLINE_HEADER,
+    enforce_deadline: bool = True,
+    max_deadline: float | None = None,
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """
+    Build the server middleware; add it with ``web.Application(middlewares=[...])``.
+
+    Args:
+        deadline_header: The header the caller's remaining milliseconds arrive in.
+        enforce_deadline: Cancel a handler that outlives the caller's deadline and answer
+            504; with False the deadline is only made visible (`remaining_time()`).
+        max_deadline: Cap, in seconds, on the deadline a caller may ask for.
+
+    Returns:
+        The middleware.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        with _trace_context(request):
+            budget = parse_deadline(request.headers.get(deadline_header))
+            if budget is None:
+                return await handler(request)
+            if max_deadline is not None:
+                budget = min(budget, max_deadline)
+            if not enforce_deadline:
+                with deadline(budget):
+                    return await handler(request)
+            try:
+                return await Timeout(budget, name="request").call(handler, request)
+            except TimeoutExceeded:
+                return web.json_response(
+                    {"error": "deadline_exceeded", "detail": "the caller's deadline passed"},
+                    status=504,
+                )
+
+    return middleware
+
+
+class _trace_context:  # noqa: N801  # used like a function: `with _trace_context(request):`
+    """
+    Attach the request's trace context for the handler, detach afterwards.
+    """
+
+    __slots__ = ("_headers", "_token")
+
+    def __init__(self, request: web.Request) -> None:
+        self._headers = request.headers
+        self._token: object = None
+
+    def __enter__(self) -> None:
+        context = extract_trace_context(self._headers)
+        if context is not None:
+            from opentelemetry import context as otel_context
+
+            self._token = otel_context.attach(context)  # type: ignore[arg-type]
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            from opentelemetry import context as otel_context
+
+            otel_context.detach(self._token)  # type: ignore[arg-type]
+
+
+def add_metrics_route(
+    app: web.Application, registry: Any = None, *, path: str = "/metrics"
+) -> None:
+    """
+    Serve a Prometheus registry in the text exposition format at `path`.
+
+    Args:
+        app: The application to add the route to.
+        registry: A `prometheus_client.CollectorRegistry` (default: the global one).
+        path: Where to serve it.
+
+    Raises:
+        ImportError: The ``prometheus`` extra is not installed.
+    """
+    try:
+        import prometheus_client
+    except ImportError as exc:
+        raise ImportError(
+            "add_metrics_route needs prometheus-client: pip install 'resilient[prometheus]'"
+        ) from exc
+    source = registry if registry is not None else prometheus_client.REGISTRY
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = prometheus_client.generate_latest(source)
+        response = web.Response(body=body)
+        response.content_type = prometheus_client.CONTENT_TYPE_LATEST.split(";")[0]
+        response.charset = "utf-8"
+        return response
+
+    app.router.add_get(path, metrics)
