@@ -16,6 +16,7 @@ Integrations live in `resilient.integrations` and are never imported from here.
 
 from __future__ import annotations
 
+from ._balance import Balancer, LeastInFlight, PowerOfTwoChoices, RandomChoice, RoundRobin
 from ._breaker import BreakerStatistics, CircuitBreaker, CircuitState
 from ._budget import RetryBudget, RetryBudgetStatistics
 from ._bulkhead import Bulkhead, BulkheadStatistics
@@ -31,6 +32,7 @@ from ._discovery import (
 from ._errors import (
     BulkheadFullError,
     CircuitOpenError,
+    NoHealthyInstanceError,
     RejectedError,
     ResilienceError,
     TimeoutExceeded,
@@ -53,14 +55,18 @@ from ._events import (
     remove_hook,
 )
 from ._fallback import Fallback, FallbackStatistics
+from ._health import HealthMonitor
+from ._health_check import CheckReport, CheckResult, HealthReport, HealthStatus
 from ._hedge import Hedge, HedgeStatistics
 from ._no_retries import no_retries
 from ._pipeline import Pipeline, pipeline
 from ._policy import Policy
+from ._pool import EndpointPool, PoolStatistics
 from ._retry import Retry, RetryStatistics
 from ._timeout import Timeout, TimeoutStatistics, deadline, remaining_time
 
 __all__ = [
+    "Balancer",
     "BreakerStatistics",
     "Bulkhead",
     "BulkheadFullError",
@@ -69,22 +75,33 @@ __all__ = [
     "CallFailed",
     "CallStarted",
     "CallSucceeded",
+    "CheckReport",
+    "CheckResult",
     "CircuitBreaker",
     "CircuitOpenError",
     "CircuitState",
     "Clock",
+    "EndpointPool",
     "Event",
     "Fallback",
     "FallbackStatistics",
     "FallbackUsed",
+    "HealthMonitor",
+    "HealthReport",
+    "HealthStatus",
     "Hedge",
     "HedgeSent",
     "HedgeStatistics",
     "Hook",
     "InMemoryRegistry",
     "Instance",
+    "LeastInFlight",
+    "NoHealthyInstanceError",
     "Pipeline",
     "Policy",
+    "PoolStatistics",
+    "PowerOfTwoChoices",
+    "RandomChoice",
     "Registry",
     "RegistryStatus",
     "Rejected",
@@ -96,6 +113,7 @@ __all__ = [
     "RetryBudgetStatistics",
     "RetryScheduled",
     "RetryStatistics",
+    "RoundRobin",
     "ServiceView",
     "StateChanged",
     "StaticRegistry",

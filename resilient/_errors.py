@@ -8,7 +8,8 @@ wrapped: `Retry` re-raises the last one unchanged and the other policies let the
     ResilienceError
     ├── RejectedError                 a policy refused to start the call
     │   ├── CircuitOpenError          the breaker is open (or its probes are all taken)
-    │   └── BulkheadFullError         no free slot and no room (or time) to queue
+    │   ├── BulkheadFullError         no free slot and no room (or time) to queue
+    │   └── NoHealthyInstanceError    discovery knows no instance, or all are ejected
     └── TimeoutExceeded               also a builtin TimeoutError
 
 `asyncio.CancelledError` is never raised, swallowed or translated by a policy other
@@ -20,6 +21,7 @@ from __future__ import annotations
 __all__ = [
     "BulkheadFullError",
     "CircuitOpenError",
+    "NoHealthyInstanceError",
     "RejectedError",
     "ResilienceError",
     "TimeoutExceeded",
@@ -79,6 +81,26 @@ class BulkheadFullError(RejectedError):
 
     def __reduce__(self) -> tuple[type[BulkheadFullError], tuple[str, int, int, str]]:
         return (type(self), (self.name, self.max_concurrent, self.max_queue, self.why))
+
+
+class NoHealthyInstanceError(RejectedError):
+    """
+    No instance of the service could take the call: none known, or all ejected.
+
+    Attributes:
+        service: The service name.
+        known: Instances known.
+        ejected: Of those, how many were ejected (breaker open).
+    """
+
+    def __init__(self, service: str, known: int, ejected: int) -> None:
+        self.service = service
+        self.known = known
+        self.ejected = ejected
+        super().__init__(f"no healthy instance of {service!r}: {known} known, {ejected} ejected")
+
+    def __reduce__(self) -> tuple[type[NoHealthyInstanceError], tuple[str, int, int]]:
+        return (type(self), (self.service, self.known, self.ejected))
 
 
 class TimeoutExceeded(ResilienceError, TimeoutError):

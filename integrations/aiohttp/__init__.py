@@ -26,12 +26,14 @@ from ._client import (
     is_failure_status,
     parse_retry_after,
 )
+from ._discovery import DiscoveryClient
 from ._propagation import DEADLINE_HEADER, parse_deadline
 from ._server import add_metrics_route, resilience_middleware
 
 __all__ = [
     "DEADLINE_HEADER",
     "IDEMPOTENT_METHODS",
+    "DiscoveryClient",
     "ResilienceMiddleware",
     "UnhealthyResponse",
     "add_metrics_route",

@@ -1,0 +1,201 @@
+"""
+Tests for `DiscoveryClient` against real aiohttp servers on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from resilient import (
+    CircuitBreaker,
+    CircuitState,
+    InMemoryRegistry,
+    Instance,
+    NoHealthyInstanceError,
+    PowerOfTwoChoices,
+)
+from resilient.integrations.aiohttp import DiscoveryClient
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Server:
+    instance: Instance
+    runner: web.AppRunner
+    handler: Handler
+    hits: list[str] = field(default_factory=list)
+
+
+async def start_server(service: str, name: str, handler: Handler) -> Server:
+    app = web.Application()
+    runner = web.AppRunner(app)
+    holder: list[Server] = []
+
+    async def counted(request: web.Request) -> web.StreamResponse:
+        holder[0].hits.append(request.method)
+        return await holder[0].handler(request)
+
+    app.router.add_route("*", "/{tail:.*}", counted)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    server = Server(Instance(service, name, "127.0.0.1", port), runner, handler)
+    holder.append(server)
+    return server
+
+
+async def ok(request: web.Request) -> web.Response:
+    return web.json_response({"path": request.path})
+
+
+async def broken(_: web.Request) -> web.Response:
+    return web.json_response({"error": "boom"}, status=500)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client_session:
+        yield client_session
+
+
+async def test_one_failing_instance_of_three_is_ejected(
+    session: aiohttp.ClientSession,
+) -> None:
+    """With 1 of 3 instances failing, >= 99% of 1,000 requests succeed, and the failing
+    instance gets no traffic while its breaker is open."""
+    registry = InMemoryRegistry()
+    servers = [
+        await start_server("kv", "kv-1", ok),
+        await start_server("kv", "kv-2", broken),
+        await start_server("kv", "kv-3", ok),
+    ]
+    for server in servers:
+        await registry.register(server.instance)
+    client = DiscoveryClient(
+        session,
+        registry,
+        balancer=PowerOfTwoChoices,
+        breaker=lambda i: CircuitBreaker(name=i.id, failure_threshold=3, reset_timeout=60),
+    )
+    bad = servers[1]
+    pool = await client.pool("kv")
+    hits_while_open = 0
+
+    async def watch_bad(request: web.Request) -> web.Response:
+        nonlocal hits_while_open
+        if pool.breaker_for(bad.instance).state is CircuitState.OPEN:
+            hits_while_open += 1
+        return await broken(request)
+
+    bad.handler = watch_bad
+    outcomes: Counter[int] = Counter()
+    limit = asyncio.Semaphore(20)
+
+    async def one(n: int) -> None:
+        async with limit, await client.get("kv", f"/keys/{n}") as response:
+            outcomes[response.status] += 1
+
+    try:
+        await asyncio.gather(*(one(n) for n in range(1000)))
+    finally:
+        await client.close()
+        for server in servers:
+            await server.runner.cleanup()
+    assert outcomes[200] >= 990, outcomes
+    assert hits_while_open == 0
+    assert pool.breaker_for(bad.instance).state is CircuitState.OPEN
+    assert len(servers[0].hits) + len(servers[2].hits) >= 990
+    assert pool.statistics().ejected == ("kv-2",)
+
+
+async def test_all_failing_returns_the_last_response(session: aiohttp.ClientSession) -> None:
+    """When every attempt fails, the caller gets the last 5xx response, body readable."""
+    registry = InMemoryRegistry()
+    servers = [await start_server("kv", f"kv-{n}", broken) for n in range(2)]
+    for server in servers:
+        await registry.register(server.instance)
+    async with (
+        DiscoveryClient(session, registry) as client,
+        await client.get("kv", "/x") as response,
+    ):
+        assert response.status == 500
+        assert await response.json() == {"error": "boom"}
+    assert [len(s.hits) for s in servers] == [1, 1]  # each tried once, then gave up
+    for server in servers:
+        await server.runner.cleanup()
+
+
+async def test_post_goes_to_one_instance_only(session: aiohttp.ClientSession) -> None:
+    """A non-idempotent request is not failed over to another instance."""
+    registry = InMemoryRegistry()
+    servers = [await start_server("kv", f"kv-{n}", broken) for n in range(3)]
+    for server in servers:
+        await registry.register(server.instance)
+    async with (
+        DiscoveryClient(session, registry) as client,
+        await client.post("kv", "/x", json={"v": 1}) as response,
+    ):
+        assert response.status == 500
+    assert sum(len(s.hits) for s in servers) == 1
+    for server in servers:
+        await server.runner.cleanup()
+
+
+async def test_deregistered_instance_gets_no_traffic(session: aiohttp.ClientSession) -> None:
+    """After an instance is deregistered, requests only reach the others."""
+    registry = InMemoryRegistry()
+    servers = [await start_server("kv", f"kv-{n}", ok) for n in range(2)]
+    for server in servers:
+        await registry.register(server.instance)
+    async with DiscoveryClient(session, registry) as client:
+        pool = await client.pool("kv")
+        await registry.deregister(servers[0].instance)
+        view = client._views["kv"]
+        await view.wait_for(lambda xs: [i.id for i in xs] == ["kv-1"])
+        before = len(servers[0].hits)
+        for _ in range(10):
+            async with await client.get("kv", "/") as response:
+                assert response.status == 200
+        assert len(servers[0].hits) == before
+        assert pool.statistics().instances == 1
+    for server in servers:
+        await server.runner.cleanup()
+
+
+async def test_unknown_service_fails_fast(session: aiohttp.ClientSession) -> None:
+    """A service with no instances raises NoHealthyInstanceError, nothing is sent."""
+    async with DiscoveryClient(session, InMemoryRegistry()) as client:
+        with pytest.raises(NoHealthyInstanceError, match="'ghost'"):
+            await client.get("ghost", "/")
+
+
+async def test_connection_refused_fails_over(session: aiohttp.ClientSession) -> None:
+    """An instance that refuses connections is failed over to a live one."""
+    registry = InMemoryRegistry()
+    live = await start_server("kv", "kv-live", ok)
+    dead = await start_server("kv", "kv-dead", ok)
+    await dead.runner.cleanup()  # the port now refuses connections
+    await registry.register(dead.instance)
+    await registry.register(live.instance)
+    async with DiscoveryClient(session, registry) as client:
+        for _ in range(4):
+            async with await client.get("kv", "/") as response:
+                assert response.status == 200
+    assert len(live.hits) == 4
+    await live.runner.cleanup()
+
+
+async def test_path_must_be_absolute(session: aiohttp.ClientSession) -> None:
+    """A relative path is a ValueError naming it."""
+    async with DiscoveryClient(session, InMemoryRegistry()) as client:
+        with pytest.raises(ValueError, match="path"):
+            await client.get("kv", "keys")
