@@ -30,8 +30,7 @@ from resilient import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# The names DESIGN.md's core API contract promises. HealthMonitor and HealthStatus are
-# in the contract too but not built yet: add them here when they land.
+# The names DESIGN.md's core API contract promises.
 CONTRACT = (
     "Bulkhead",
     "BulkheadFullError",
@@ -39,6 +38,8 @@ CONTRACT = (
     "CircuitOpenError",
     "CircuitState",
     "Fallback",
+    "HealthMonitor",
+    "HealthStatus",
     "Hedge",
     "ResilienceError",
     "Retry",

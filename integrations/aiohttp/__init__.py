@@ -27,6 +27,7 @@ from ._client import (
     parse_retry_after,
 )
 from ._discovery import DiscoveryClient
+from ._health import add_health_routes, health_routes, report_json
 from ._propagation import DEADLINE_HEADER, parse_deadline
 from ._server import add_metrics_route, resilience_middleware
 
@@ -36,10 +37,13 @@ __all__ = [
     "DiscoveryClient",
     "ResilienceMiddleware",
     "UnhealthyResponse",
+    "add_health_routes",
     "add_metrics_route",
     "default_policy",
+    "health_routes",
     "is_failure_status",
     "parse_deadline",
     "parse_retry_after",
+    "report_json",
     "resilience_middleware",
 ]

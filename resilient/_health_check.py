@@ -1,0 +1,273 @@
+"""
+The parts of a health verdict: statuses, reports, one check's tally, a watched breaker.
+
+`HealthMonitor` (in `_health`) owns the checks; this module knows how a single check
+runs, how its outcomes add up (the thresholds), how a breaker's state counts, and what
+a report holds.
+
+A check starts failing ("not checked yet") and flips only after
+`successes_before_healthy` passes or `failures_before_unhealthy` failures in a row, as
+Kubernetes probes and Consul checks do, so one slow answer doesn't flap the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+from ._breaker import CircuitBreaker, CircuitState
+from ._clock import TimerHandle
+from ._errors import TimeoutExceeded
+from ._timeout import Timeout
+
+# Internal names (CheckState, run_check, worst, ...) stay out of __all__: they are
+# shared with `_health` only.
+__all__ = ["CheckReport", "CheckResult", "HealthReport", "HealthStatus"]
+
+_log = logging.getLogger("resilient.health")
+
+
+class HealthStatus(enum.Enum):
+    """
+    The verdict on a service, or on one of its checks.
+    """
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNHEALTHY = "unhealthy"
+
+
+HEALTHY, DEGRADED, UNHEALTHY = HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY
+SEVERITY = {HEALTHY: 0, DEGRADED: 1, UNHEALTHY: 2}
+
+
+def worst(statuses: Iterable[HealthStatus]) -> HealthStatus:
+    """
+    Return the most severe of `statuses`; HEALTHY when there are none.
+    """
+    return max(statuses, key=SEVERITY.__getitem__, default=HEALTHY)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """
+    What a check may return to say more than True or False.
+
+    Attributes:
+        healthy: Whether the check passed.
+        detail: A short, secret-free explanation, shown in reports.
+    """
+
+    healthy: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    """
+    One check, as of its last run.
+
+    Attributes:
+        status: HEALTHY when passing; when failing, UNHEALTHY if critical, else DEGRADED.
+        detail: The last run's explanation (for an exception, only its type's name).
+        critical: Whether a failure makes the service UNHEALTHY.
+        liveness: Whether the check counts for liveness.
+        last_checked: The monitor clock's monotonic time of the last run, or None.
+        duration: Seconds the last run took, or None.
+        consecutive_failures: Failed runs in a row, up to the last one.
+        consecutive_successes: Passed runs in a row, up to the last one.
+    """
+
+    status: HealthStatus
+    detail: str
+    critical: bool
+    liveness: bool
+    last_checked: float | None
+    duration: float | None
+    consecutive_failures: int
+    consecutive_successes: int
+
+    @property
+    def healthy(self) -> bool:
+        """
+        Whether the check counts as passing (after the thresholds).
+        """
+        return self.status is HEALTHY
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """
+    The service's health at one moment.
+
+    Attributes:
+        status: The aggregate verdict.
+        checks: Each check's report by name (liveness reports hold liveness checks only).
+        breakers: Each watched breaker's state value by name (empty for liveness).
+        time: The monitor clock's monotonic time the report was made.
+    """
+
+    status: HealthStatus
+    checks: Mapping[str, CheckReport]
+    breakers: Mapping[str, str]
+    time: float
+
+
+HealthCheck: TypeAlias = Callable[[], Awaitable[bool | CheckResult | None]]
+TransitionHook: TypeAlias = Callable[[HealthStatus, HealthStatus, HealthReport], object]
+ReportKind: TypeAlias = Literal["readiness", "liveness"]
+
+
+class CheckState:
+    """
+    One registered check, its settings and its running tally (internal).
+    """
+
+    __slots__ = (
+        "critical",
+        "detail",
+        "duration",
+        "fail_after",
+        "failures",
+        "fn",
+        "healthy",
+        "interval",
+        "last_checked",
+        "liveness",
+        "name",
+        "pass_after",
+        "successes",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        fn: HealthCheck,
+        *,
+        interval: float,
+        timeout: Timeout,
+        critical: bool,
+        liveness: bool,
+        fail_after: int,
+        pass_after: int,
+    ) -> None:
+        self.name, self.fn, self.interval, self.timeout = name, fn, interval, timeout
+        self.critical, self.liveness = critical, liveness
+        self.fail_after, self.pass_after = fail_after, pass_after
+        self.healthy = False  # not ready until checked, as a Kubernetes readiness probe
+        self.detail = "not checked yet"
+        self.last_checked: float | None = None
+        self.duration: float | None = None
+        self.failures = self.successes = 0
+
+    def record(self, passed: bool, detail: str, finished: float, duration: float) -> bool:
+        """
+        Count one run; True when the check flipped between passing and failing.
+        """
+        before = self.healthy
+        if passed:
+            self.successes, self.failures = self.successes + 1, 0
+            self.healthy = self.healthy or self.successes >= self.pass_after
+        else:
+            self.failures, self.successes = self.failures + 1, 0
+            self.healthy = self.healthy and self.failures < self.fail_after
+        self.detail, self.last_checked, self.duration = detail, finished, duration
+        return before is not self.healthy
+
+    def snapshot(self) -> CheckReport:
+        """
+        Return the check as of its last run.
+        """
+        status = HEALTHY if self.healthy else UNHEALTHY if self.critical else DEGRADED
+        return CheckReport(
+            status,
+            self.detail,
+            self.critical,
+            self.liveness,
+            self.last_checked,
+            self.duration,
+            self.failures,
+            self.successes,
+        )
+
+
+async def run_check(check: CheckState) -> tuple[bool, str]:
+    """
+    Run `check` once under its timeout; return (passed, detail).
+
+    Of an exception only the type's name is kept: messages and tracebacks can carry a
+    DSN's password or a token, and reports are served over HTTP.
+    """
+    try:
+        result = await check.timeout.call(check.fn)
+    except TimeoutExceeded as error:
+        return False, f"timed out after {error.timeout:g}s"
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise  # we are being cancelled: never swallowed
+        return False, "CancelledError"  # the check's own business, as any other error
+    except Exception as error:  # noqa: BLE001  # any failure of the check is its verdict
+        _log.debug("health check %r raised", check.name, exc_info=True)
+        return False, type(error).__name__
+    return _verdict(result)
+
+
+def _verdict(result: object) -> tuple[bool, str]:
+    if result is None or result is True:
+        return True, ""
+    if result is False:
+        return False, "check returned False"
+    if isinstance(result, CheckResult):
+        return bool(result.healthy), result.detail
+    return False, f"check returned a {type(result).__name__}, not a bool or CheckResult"
+
+
+class WatchedBreaker:
+    """
+    A breaker whose state counts towards readiness (internal).
+    """
+
+    __slots__ = ("breaker", "critical", "timer", "unhook")
+
+    def __init__(self, breaker: CircuitBreaker, critical: bool) -> None:
+        self.breaker, self.critical = breaker, critical
+        self.unhook: Callable[[], None] = lambda: None
+        self.timer: TimerHandle | None = None
+
+    def status(self) -> HealthStatus:
+        """
+        Return what the breaker's current state means for readiness.
+        """
+        state = self.breaker.state
+        if state is CircuitState.CLOSED:
+            return HEALTHY
+        # Past reset_timeout an open breaker lets the next call probe; an instance taken
+        # out of rotation would never make that call, so from then on it only degrades.
+        if state is CircuitState.OPEN and self.critical and self.breaker.retry_in() > 0:
+            return UNHEALTHY
+        return DEGRADED
+
+    def arm(self, evaluate: Callable[[], None]) -> None:
+        """
+        Call `evaluate` once the open breaker is due a probe (it then only degrades).
+        """
+        clock = self.breaker.clock
+        # Without a running loop (tripped from synchronous code) no timer can be set;
+        # the check loops' next evaluation catches up instead.
+        with contextlib.suppress(RuntimeError):
+            self.timer = clock.call_at(clock.monotonic() + self.breaker.retry_in(), evaluate)
+
+    def cancel_timer(self) -> None:
+        """
+        Call off a pending `arm` timer.
+        """
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
