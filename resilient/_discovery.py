@@ -19,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol, runtime_checkable
+
+from ._clock import Clock
+from ._validate import check_clock, check_seconds
 
 __all__ = [
     "InMemoryRegistry",
@@ -236,7 +239,7 @@ class InMemoryRegistry:
         """
         return self._snapshot(service)
 
-    async def watch(self, service: str) -> AsyncIterator[list[Instance]]:
+    async def watch(self, service: str) -> AsyncGenerator[list[Instance], None]:
         """
         Yield the instances now and after every change, until the consumer stops.
         """
@@ -276,13 +279,25 @@ class ServiceView:
         service: The service to follow.
         retry_delay: Seconds between attempts to restart a failed watch (doubling up to
             10 s).
+        clock: Time source for the backoff and `stale_since` (default: system clock).
+
+    Raises:
+        ValueError: `retry_delay` is not a positive number of seconds.
     """
 
-    def __init__(self, registry: Registry, service: str, *, retry_delay: float = 0.5) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        service: str,
+        *,
+        retry_delay: float = 0.5,
+        clock: Clock | None = None,
+    ) -> None:
         self.registry = registry
         self.service = service
         self.instances: list[Instance] = []
-        self._retry_delay = retry_delay
+        self._retry_delay = check_seconds("ServiceView", "retry_delay", retry_delay)
+        self._clock = check_clock("ServiceView", clock)
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._status = RegistryStatus(connected=False, detail="not started")
@@ -337,7 +352,6 @@ class ServiceView:
 
     async def _follow(self) -> None:
         delay = self._retry_delay
-        loop = asyncio.get_running_loop()
         while True:
             try:
                 async for snapshot in self.registry.watch(self.service):
@@ -348,20 +362,23 @@ class ServiceView:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001  # any backend failure: keep the last view
-                since = self._status.stale_since if not self._status.connected else loop.time()
+                since = self._status.stale_since
+                if self._status.connected or since is None:
+                    since = self._clock.monotonic()
                 self._status = RegistryStatus(
                     connected=False,
                     detail=f"watch failed: {type(error).__name__}",
                     stale_since=since,
                 )
+                # The type only: a message may carry a registry URL with credentials.
                 _log.warning(
                     "discovery watch for %r failed (%s); keeping %d known instances",
                     self.service,
-                    error,
+                    type(error).__name__,
                     len(self.instances),
                 )
                 self._ready.set()
-                await asyncio.sleep(delay)
+                await self._clock.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
     async def _update(self, snapshot: list[Instance]) -> None:

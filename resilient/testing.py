@@ -91,8 +91,11 @@ class FakeClock:
                     if not woken.done():  # the sleeper may have been cancelled
                         woken.set_result(None)
 
-                self.call_at(self._now + seconds, wake)
-                await woken
+                timer = self.call_at(self._now + seconds, wake)
+                try:
+                    await woken
+                finally:
+                    timer.cancel()  # a cancelled sleeper leaves no pending timer behind
                 return
         await asyncio.sleep(0)
 

@@ -1,0 +1,177 @@
+"""
+Tests for the discovery core: `Instance`, the static and in-memory registries, and
+`ServiceView` serving the last known instances while its registry is unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import pytest
+
+from resilient import (
+    InMemoryRegistry,
+    Instance,
+    Registry,
+    RegistryStatus,
+    ServiceView,
+    StaticRegistry,
+)
+from resilient.testing import FakeClock
+
+A = Instance("svc", "svc-1", "127.0.0.1", 9001, metadata={"zone": "a"})
+B = Instance("svc", "svc-2", "::1", 9002, scheme="https")
+
+
+def test_instance_url_and_frozen_metadata() -> None:
+    """An instance builds its URL (IPv6 bracketed) and its metadata is read-only."""
+    assert A.url == "http://127.0.0.1:9001"
+    assert B.url == "https://[::1]:9002"
+    with pytest.raises(TypeError):
+        A.metadata["zone"] = "b"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"service": ""}, "service"),
+        ({"id": ""}, "id"),
+        ({"host": ""}, "host"),
+        ({"port": 0}, "port"),
+        ({"port": 70000}, "port"),
+        ({"port": True}, "port"),
+        ({"scheme": "ftp"}, "scheme"),
+    ],
+)
+def test_instance_rejects_bad_fields(fields: dict[str, Any], named: str) -> None:
+    """A bad field is a ValueError naming it."""
+    values: dict[str, Any] = {"service": "s", "id": "i", "host": "h", "port": 80, **fields}
+    with pytest.raises(ValueError, match=named):
+        Instance(**values)
+
+
+@pytest.mark.parametrize("make", [InMemoryRegistry, StaticRegistry])
+async def test_registry_register_list_deregister(make: type[Registry]) -> None:
+    """Registries list instances by id, ignore a repeated register and absent deregister."""
+    registry = make()
+    assert isinstance(registry, Registry)
+    await registry.register(B)
+    await registry.register(A)
+    await registry.register(A)
+    assert await registry.instances("svc") == [A, B]
+    await registry.deregister(A)
+    await registry.deregister(A)
+    assert await registry.instances("svc") == [B]
+    assert await registry.instances("other") == []
+    assert registry.status() == RegistryStatus(connected=True)
+    await registry.close()
+
+
+def test_static_registry_starts_with_its_instances() -> None:
+    """A static registry serves the instances it was given."""
+    registry = StaticRegistry([B, A])
+    assert asyncio.run(registry.instances("svc")) == [A, B]
+
+
+async def test_watch_yields_snapshots_on_change() -> None:
+    """A watch yields the current snapshot, then a fresh one after each change."""
+    registry = InMemoryRegistry()
+    await registry.register(A)
+    watch = registry.watch("svc")
+    assert await anext(watch) == [A]
+    await registry.register(B)
+    assert await anext(watch) == [A, B]
+    await registry.deregister(A)
+    assert await anext(watch) == [B]
+    await watch.aclose()
+
+
+async def test_register_rejects_non_instances() -> None:
+    """Registering something other than an Instance is a TypeError."""
+    with pytest.raises(TypeError, match="Instance"):
+        await InMemoryRegistry().register("svc-1")  # type: ignore[arg-type]
+
+
+class FlakyRegistry(InMemoryRegistry):
+    """An in-memory registry whose watches can be made to fail, like a lost backend."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.broken = asyncio.Event()
+
+    async def watch(self, service: str) -> AsyncGenerator[list[Instance], None]:
+        if self.down:
+            raise ConnectionError("secret://user:password@registry is down")
+        async for snapshot in super().watch(service):
+            if self.down:
+                raise ConnectionError("secret://user:password@registry is down")
+            yield snapshot
+
+    def status(self) -> RegistryStatus:
+        return RegistryStatus(connected=not self.down)
+
+
+async def test_view_keeps_last_instances_while_registry_is_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """When the watch fails the view keeps serving the last instances, says it is stale,
+    never logs the error's message, and heals when the registry is back."""
+    clock = FakeClock(start=100.0)
+    registry = FlakyRegistry()
+    await registry.register(A)
+    view = ServiceView(registry, "svc", retry_delay=0.5, clock=clock)
+    await view.start()
+    assert view.instances == [A]
+    assert view.status().connected
+    registry.down = True
+    with caplog.at_level(logging.WARNING, logger="resilient.discovery"):
+        await registry.register(B)  # wakes the watch, which now fails
+        for _ in range(20):
+            await asyncio.sleep(0)
+    status = view.status()
+    assert not status.connected
+    assert status.detail == "watch failed: ConnectionError"
+    assert status.stale_since is not None
+    assert status.stale_since >= 100.0
+    assert view.instances == [A]  # the last known view, not nothing
+    assert "password" not in caplog.text
+    assert "ConnectionError" in caplog.text
+    registry.down = False
+    healed = await view.wait_for(lambda xs: xs == [A, B])
+    assert healed == [A, B]
+    assert view.status().connected
+    assert clock.sleeps  # backoff slept on the injected clock, not in real time
+    await view.stop()
+
+
+async def test_view_stop_leaves_no_task() -> None:
+    """Stopping a view ends its watch task; the instances stay readable."""
+    registry = InMemoryRegistry()
+    await registry.register(A)
+    async with ServiceView(registry, "svc") as view:
+        assert view.instances == [A]
+    assert view.instances == [A]
+    await asyncio.sleep(0)
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+def test_view_rejects_bad_retry_delay() -> None:
+    """retry_delay must be a positive number of seconds."""
+    with pytest.raises(ValueError, match="retry_delay"):
+        ServiceView(InMemoryRegistry(), "svc", retry_delay=0)
+
+
+async def test_fake_clock_sleep_cancelled_leaves_no_timer() -> None:
+    """A cancelled manual-mode sleep withdraws its timer."""
+    clock = FakeClock(auto_advance=False)
+    task = asyncio.create_task(clock.sleep(5))
+    await asyncio.sleep(0)
+    assert clock.pending_timers == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert clock.pending_timers == 0
