@@ -56,7 +56,13 @@ from ._events import (
 )
 from ._fallback import Fallback, FallbackStatistics
 from ._health import HealthMonitor
-from ._health_check import CheckReport, CheckResult, HealthReport, HealthStatus
+from ._health_check import (
+    CheckReport,
+    CheckResult,
+    HealthReport,
+    HealthStatus,
+    discovery_check,
+)
 from ._hedge import Hedge, HedgeStatistics
 from ._no_retries import no_retries
 from ._pipeline import Pipeline, pipeline
@@ -125,6 +131,7 @@ __all__ = [
     "TimerHandle",
     "add_hook",
     "deadline",
+    "discovery_check",
     "no_retries",
     "pipeline",
     "remaining_time",

@@ -331,6 +331,13 @@ class ServiceView:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    @property
+    def clock(self) -> Clock:
+        """
+        The clock `status().stale_since` is measured on.
+        """
+        return self._clock
+
     def status(self) -> RegistryStatus:
         """
         Whether the view is current, or serving the last known instances.

@@ -18,16 +18,17 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Literal, Protocol, TypeAlias
 
 from ._breaker import CircuitBreaker, CircuitState
 from ._clock import TimerHandle
+from ._discovery import RegistryStatus
 from ._errors import TimeoutExceeded
 from ._timeout import Timeout
 
 # Internal names (CheckState, run_check, worst, ...) stay out of __all__: they are
 # shared with `_health` only.
-__all__ = ["CheckReport", "CheckResult", "HealthReport", "HealthStatus"]
+__all__ = ["CheckReport", "CheckResult", "HealthReport", "HealthStatus", "discovery_check"]
 
 _log = logging.getLogger("resilient.health")
 
@@ -271,3 +272,28 @@ class WatchedBreaker:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+
+class _HasStatus(Protocol):
+    def status(self) -> RegistryStatus: ...
+
+
+def discovery_check(source: _HasStatus) -> Callable[[], Awaitable[CheckResult]]:
+    """
+    A health check that fails while a registry (or a `ServiceView`) is out of touch.
+
+    Add it as a non-critical check so the service reports DEGRADED, not UNHEALTHY, while
+    it serves from the last known instances:
+    ``monitor.add_check("discovery", discovery_check(view), critical=False)``.
+    """
+
+    async def check() -> CheckResult:
+        status = source.status()
+        if status.connected:
+            return CheckResult(healthy=True)
+        return CheckResult(
+            healthy=False,
+            detail=status.detail or "registry unreachable: serving the last known instances",
+        )
+
+    return check

@@ -11,15 +11,20 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from resilient import (
+    HealthMonitor,
+    HealthStatus,
     InMemoryRegistry,
     Instance,
     Registry,
     RegistryStatus,
     ServiceView,
     StaticRegistry,
+    discovery_check,
 )
+from resilient.integrations.prometheus import track_discovery
 from resilient.testing import FakeClock
 
 A = Instance("svc", "svc-1", "127.0.0.1", 9001, metadata={"zone": "a"})
@@ -175,3 +180,44 @@ async def test_fake_clock_sleep_cancelled_leaves_no_timer() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert clock.pending_timers == 0
+
+
+async def test_discovery_check_degrades_health_while_stale() -> None:
+    """discovery_check fails (as a non-critical check: DEGRADED) while the view is stale."""
+    clock = FakeClock()
+    registry = FlakyRegistry()
+    await registry.register(A)
+    view = await ServiceView(registry, "svc", clock=clock).start()
+    monitor = HealthMonitor(clock=clock)
+    monitor.add_check("discovery", discovery_check(view), critical=False)
+    assert (await monitor.check_now()).status is HealthStatus.HEALTHY
+    registry.down = True
+    await registry.register(B)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    report = await monitor.check_now()
+    assert report.status is HealthStatus.DEGRADED
+    assert report.checks["discovery"].detail == "watch failed: ConnectionError"
+    await view.stop()
+
+
+async def test_prometheus_exports_discovery_state() -> None:
+    """track_discovery exports connected, stale seconds and instance count per service."""
+    clock = FakeClock(start=50.0)
+    registry = FlakyRegistry()
+    await registry.register(A)
+    view = await ServiceView(registry, "svc", clock=clock).start()
+    metrics = CollectorRegistry()
+    track_discovery(view, registry=metrics)
+    assert metrics.get_sample_value("resilient_discovery_connected", {"service": "svc"}) == 1.0
+    assert metrics.get_sample_value("resilient_discovery_instances", {"service": "svc"}) == 1.0
+    registry.down = True
+    await registry.register(B)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    clock.advance(7.0)
+    assert metrics.get_sample_value("resilient_discovery_connected", {"service": "svc"}) == 0.0
+    stale = metrics.get_sample_value("resilient_discovery_stale_seconds", {"service": "svc"})
+    assert stale is not None
+    assert stale >= 7.0
+    await view.stop()
