@@ -2,8 +2,10 @@
 Typed events for every decision a policy makes, and the hooks that receive them.
 
 A hook is any callable taking one `Event`. Hooks are registered globally with
-`add_hook` or per policy (`hooks=` or `policy.add_hook`). Events are only built when at
-least one hook would receive them, so an unobserved policy pays nothing for them. A hook
+`add_hook` or per policy (`hooks=` or `policy.add_hook`). A hook may narrow what it
+receives with an ``event_types`` attribute (the `Event` classes it wants). An event is
+only built when some hook wants it, so an unobserved policy pays nothing for events, and
+a metrics hook that ignores `CallStarted` doesn't pay for building it. A hook
 that raises is logged and skipped: observing a call must never break it.
 
 The Prometheus and OpenTelemetry integrations are hook consumers.
@@ -12,11 +14,12 @@ The Prometheus and OpenTelemetry integrations are hook consumers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
 __all__ = [
     "CallCancelled",
@@ -37,6 +40,32 @@ __all__ = [
 ]
 
 _log = logging.getLogger("resilient")
+
+_E = TypeVar("_E")
+
+
+def _fast_init(cls: type[_E]) -> type[_E]:
+    """
+    Give a frozen, slotted event dataclass a faster ``__init__``, same signature.
+
+    A frozen dataclass's generated ``__init__`` sets each field through
+    ``object.__setattr__``, which is most of an event's cost (~700 ns for four fields
+    on CPython 3.11); writing through the slots' own descriptors halves it, and the
+    instance stays frozen. Events are built on every observed call, so it matters.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    setters = {
+        f"_set_{name}": next(k.__dict__[name] for k in cls.__mro__ if name in k.__dict__).__set__
+        for name in names
+    }
+    params = ", ".join(names)
+    body = "\n".join(f"    _set_{name}(self, {name})" for name in names)
+    # Generated code, as dataclasses itself generates __init__: names are field names.
+    exec(f"def __init__(self, *, {params}):\n{body}\n", setters)  # noqa: S102
+    init = setters["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init  # type: ignore[method-assign]
+    return cls
 
 
 class RejectionReason(enum.Enum):
@@ -66,6 +95,7 @@ class Event:
     time: float
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallStarted(Event):
     """
@@ -73,6 +103,7 @@ class CallStarted(Event):
     """
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallSucceeded(Event):
     """
@@ -85,6 +116,7 @@ class CallSucceeded(Event):
     duration: float
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallFailed(Event):
     """
@@ -99,6 +131,7 @@ class CallFailed(Event):
     error: BaseException
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallCancelled(Event):
     """
@@ -111,6 +144,7 @@ class CallCancelled(Event):
     duration: float
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryScheduled(Event):
     """
@@ -127,6 +161,7 @@ class RetryScheduled(Event):
     error: BaseException | None
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rejected(Event):
     """
@@ -139,6 +174,7 @@ class Rejected(Event):
     reason: RejectionReason
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StateChanged(Event):
     """
@@ -153,6 +189,7 @@ class StateChanged(Event):
     new: enum.Enum
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TimedOut(Event):
     """
@@ -165,6 +202,7 @@ class TimedOut(Event):
     timeout: float
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HedgeSent(Event):
     """
@@ -177,6 +215,7 @@ class HedgeSent(Event):
     attempt: int
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FallbackUsed(Event):
     """
@@ -194,6 +233,35 @@ Hook: TypeAlias = Callable[[Event], object]
 # A list, not a tuple, mutated in place: policies hold no copy, so a hook added after a
 # policy was built still sees its events.
 _GLOBAL_HOOKS: list[Hook] = []
+# The event types some global hook wants: None for "every type"; kept in step with
+# _GLOBAL_HOOKS so a policy can skip building events nobody asked for.
+_GLOBAL_INTEREST: list[frozenset[type[Event]] | None] = [frozenset()]
+
+
+def interest(hooks: Iterable[Hook]) -> frozenset[type[Event]] | None:
+    """
+    The event types `hooks` want together: None when one of them wants every type.
+
+    A hook narrows what it receives with an ``event_types`` attribute (a collection of
+    `Event` subclasses, matched exactly); a hook without one receives every event.
+    """
+    wanted: set[type[Event]] = set()
+    for hook in hooks:
+        types = getattr(hook, "event_types", None)
+        if types is None:
+            return None
+        wanted.update(types)
+    return frozenset(wanted)
+
+
+def globally_wanted(event_type: type[Event]) -> bool:
+    """
+    Whether some global hook wants events of `event_type`.
+    """
+    if not _GLOBAL_HOOKS:
+        return False
+    wanted = _GLOBAL_INTEREST[0]
+    return wanted is None or event_type in wanted
 
 
 def add_hook(hook: Hook) -> Callable[[], None]:
@@ -209,6 +277,7 @@ def add_hook(hook: Hook) -> Callable[[], None]:
     if not callable(hook):
         raise TypeError(f"add_hook(hook=...): expected a callable, got {hook!r}")
     _GLOBAL_HOOKS.append(hook)
+    _GLOBAL_INTEREST[0] = interest(_GLOBAL_HOOKS)
     return lambda: remove_hook(hook)
 
 
@@ -218,6 +287,7 @@ def remove_hook(hook: Hook) -> None:
     """
     with contextlib.suppress(ValueError):
         _GLOBAL_HOOKS.remove(hook)
+    _GLOBAL_INTEREST[0] = interest(_GLOBAL_HOOKS)
 
 
 def global_hooks() -> list[Hook]:
@@ -230,8 +300,14 @@ def global_hooks() -> list[Hook]:
 def dispatch(hooks: tuple[Hook, ...], event: Event) -> None:
     """
     Deliver `event` to the policy's own hooks, then to the global ones.
+
+    A hook with ``event_types`` only gets the events of those types.
     """
+    kind = type(event)
     for hook in (*hooks, *_GLOBAL_HOOKS):
+        types = getattr(hook, "event_types", None)
+        if types is not None and kind not in types:
+            continue
         try:
             hook(event)
         except Exception:  # noqa: BLE001  # a broken hook must not break the call it observes

@@ -27,6 +27,8 @@ from ._events import (
     Hook,
     dispatch,
     global_hooks,
+    globally_wanted,
+    interest,
 )
 from ._validate import check_clock, check_hooks, check_name
 
@@ -49,7 +51,7 @@ class Policy(ABC):
     """
 
     kind: ClassVar[str] = "policy"
-    __slots__ = ("_clock", "_hooks", "name")
+    __slots__ = ("_clock", "_hooks", "_interest", "name")
 
     def __init__(
         self,
@@ -62,6 +64,7 @@ class Policy(ABC):
         self.name: str = check_name(owner, name, self.kind)
         self._clock: Clock = check_clock(owner, clock)
         self._hooks: tuple[Hook, ...] = check_hooks(owner, hooks)
+        self._interest = interest(self._hooks)
 
     @property
     def clock(self) -> Clock:
@@ -125,6 +128,7 @@ class Policy(ABC):
         """
         (checked,) = check_hooks(type(self).__name__, (hook,))
         self._hooks = (*self._hooks, checked)
+        self._interest = interest(self._hooks)
         return lambda: self.remove_hook(checked)
 
     def remove_hook(self, hook: Hook) -> None:
@@ -133,6 +137,7 @@ class Policy(ABC):
         """
         # Equality, not identity: `obj.method` is a new bound method on every access.
         self._hooks = tuple(h for h in self._hooks if h != hook)
+        self._interest = interest(self._hooks)
 
     @abstractmethod
     def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> Awaitable[T]:
@@ -143,8 +148,17 @@ class Policy(ABC):
     def _listening(self) -> bool:
         return bool(self._hooks or _GLOBAL_HOOKS)
 
-    def _emit(self, event_type: Callable[..., Event], /, **fields: Any) -> None:
-        # Callers on hot paths check _listening() first; building the event is the cost.
+    def _wants(self, event_type: type[Event]) -> bool:
+        if self._hooks:
+            mine = self._interest
+            if mine is None or event_type in mine:
+                return True
+        return globally_wanted(event_type)
+
+    def _emit(self, event_type: type[Event], /, **fields: Any) -> None:
+        # Building the event is the cost: only when some hook wants this type.
+        if not self._wants(event_type):
+            return
         dispatch(
             self._hooks,
             event_type(kind=self.kind, name=self.name, time=self._clock.monotonic(), **fields),
