@@ -1,5 +1,5 @@
 """
-Real server processes for integration tests (Redis today; etcd and Prometheus later).
+Real server processes for integration tests (Redis and etcd today; Prometheus later).
 
     binary = require_binary("redis-server", package="redis-server")
     server = start_server(
@@ -211,6 +211,7 @@ def start_server(
     startup_timeout: float = 10.0,
     attempts: int = 3,
     env: Mapping[str, str] | None = None,
+    port: int | None = None,
 ) -> ServerProcess:
     """
     Start a server on a free port of `host` and wait until it accepts connections.
@@ -224,6 +225,8 @@ def start_server(
         attempts: Fresh ports to try when the server exits before listening (another
             process may grab a free port between our check and the server's bind).
         env: Extra environment variables for the process.
+        port: Listen on this port rather than a free one (to restart a server where
+            its clients expect it); then there is one attempt only.
 
     Returns:
         The running server.
@@ -235,12 +238,14 @@ def start_server(
     if attempts < 1:
         raise ValueError(f"start_server(attempts={attempts!r}): attempts must be >= 1")
     environment = {**os.environ, **(env or {})}
+    if port is not None:
+        attempts = 1
     for attempt in range(1, attempts + 1):
-        port = free_port(host)
-        log_path = data_dir / f"{name}-{port}.log"
+        listen = free_port(host) if port is None else port
+        log_path = data_dir / f"{name}-{listen}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(  # argv built by the test, no shell
-                list(command(port, data_dir)),
+                list(command(listen, data_dir)),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -249,7 +254,7 @@ def start_server(
                 # Same process group as pytest: when a runner kills the group (Ctrl-C, a
                 # CI timeout), the server goes too instead of outliving the run.
             )
-        server = ServerProcess(name, host, port, data_dir, log_path, process)
+        server = ServerProcess(name, host, listen, data_dir, log_path, process)
         try:
             wait_for_port(server, startup_timeout)
         except ServerExitedError:

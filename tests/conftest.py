@@ -1,5 +1,5 @@
 """
-Shared fixtures: a real Redis server for the session, and a flushed client per test.
+Shared fixtures: real Redis and etcd servers, and a flushed Redis client per test.
 
 Tests that use a server fixture get the `server` marker automatically (as well as any
 they set themselves), so ``pytest -m "not server"`` runs the rest without one.
@@ -7,6 +7,9 @@ they set themselves), so ``pytest -m "not server"`` runs the rest without one.
 
 from __future__ import annotations
 
+import json
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +17,17 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests._servers import LOCALHOST, ServerProcess, require_binary, running_server
+from tests._servers import (
+    LOCALHOST,
+    ServerProcess,
+    ServerStartError,
+    free_port,
+    require_binary,
+    running_server,
+    start_server,
+)
 
-SERVER_FIXTURES = frozenset({"redis_server", "redis_client"})
+SERVER_FIXTURES = frozenset({"redis_server", "redis_client", "etcd_server", "etcd_private"})
 """Fixtures that need a real server process; their tests are marked `server`."""
 
 
@@ -96,3 +107,132 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+@dataclass(slots=True)
+class EtcdServer:
+    """
+    A single-member etcd cluster on loopback that a test may stop and start again.
+
+    It keeps its client and peer ports across restarts, so clients reconnect to the
+    same endpoint; `start(wipe=True)` starts it on a fresh, empty data directory (a new
+    cluster: every lease and key is gone).
+
+    Attributes:
+        binary: The ``etcd`` executable.
+        root: A temporary directory for its data directories and logs.
+        port: The client port (fixed after the first start).
+        peer_port: The peer port (fixed after the first start).
+        process: The running server, or None while stopped.
+        generation: Which data directory it uses (`start(wipe=True)` moves on).
+        starts: How many times it was started.
+    """
+
+    binary: str
+    root: Path
+    port: int | None = None
+    peer_port: int | None = None
+    process: ServerProcess | None = None
+    generation: int = 0
+    starts: int = 0
+
+    @property
+    def endpoint(self) -> str:
+        """
+        ``http://127.0.0.1:<client port>``.
+        """
+        return f"http://{LOCALHOST}:{self.port}"
+
+    def _command(self, port: int, _root: Path) -> list[str]:
+        if self.peer_port is None or self.port is None:
+            # First start: a fresh peer port on every attempt start_server makes.
+            self.peer_port = free_port()
+        client, peer = f"http://{LOCALHOST}:{port}", f"http://{LOCALHOST}:{self.peer_port}"
+        return [
+            self.binary,
+            "--name", "t",
+            "--data-dir", str(self.root / f"data-{self.generation}"),
+            "--listen-client-urls", client,
+            "--advertise-client-urls", client,
+            "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"t={peer}",
+        ]  # fmt: skip
+
+    def start(self, *, wipe: bool = False) -> None:
+        """
+        Start it (on its previous ports, if any) and wait until it serves requests.
+        """
+        assert self.process is None, "etcd is already running"
+        if wipe:
+            self.generation += 1
+        self.starts += 1
+        name = f"etcd-start{self.starts}"
+        self.process = start_server(name, self._command, data_dir=self.root, port=self.port)
+        self.port = self.process.port
+        self._wait_healthy(10.0)
+
+    def _wait_healthy(self, timeout: float) -> None:
+        # Listening comes before a leader is elected; until then requests stall or fail.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                # Our own http:// URL, never a file: or custom scheme.
+                url = f"{self.endpoint}/health"
+                with urllib.request.urlopen(url, timeout=1.0) as answer:  # noqa: S310
+                    if json.load(answer).get("health") == "true":
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        assert self.process is not None
+        raise ServerStartError(
+            f"etcd not healthy within {timeout:g}s:\n{self.process.output_tail()}"
+        )
+
+    def stop(self) -> None:
+        """
+        Stop it gracefully (SIGTERM); its data directory stays.
+        """
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+    def kill(self) -> None:
+        """
+        Kill it (SIGKILL): a crash; its data directory stays.
+        """
+        if self.process is not None:
+            self.process.process.kill()
+            self.process.process.wait(5.0)
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """
+    An etcd on 127.0.0.1 for the whole session; tests must not stop it.
+
+    Skips when ``etcd`` is missing (fails instead under ``RESILIENT_REQUIRE_SERVERS=1``).
+    """
+    server = EtcdServer(
+        require_binary("etcd", package="etcd-server"), tmp_path_factory.mktemp("etcd")
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def etcd_private(tmp_path: Path) -> Iterator[EtcdServer]:
+    """
+    An etcd of this test's own, which it may stop, kill and start again.
+    """
+    server = EtcdServer(require_binary("etcd", package="etcd-server"), tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
