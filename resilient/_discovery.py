@@ -320,10 +320,11 @@ class ServiceView:
         Stop following; the last instances stay readable.
         """
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            task, self._task = self._task, None
+            task.cancel()
+            # wait(), not `await task`: a cancellation aimed at our caller must still
+            # reach it, and the task's own CancelledError must not.
+            await asyncio.wait([task])
 
     async def __aenter__(self) -> ServiceView:
         return await self.start()
@@ -360,8 +361,9 @@ class ServiceView:
     async def _follow(self) -> None:
         delay = self._retry_delay
         while True:
+            watch = self.registry.watch(self.service)
             try:
-                async for snapshot in self.registry.watch(self.service):
+                async for snapshot in watch:
                     delay = self._retry_delay
                     self._status = RegistryStatus(connected=True)
                     await self._update(snapshot)
@@ -369,24 +371,31 @@ class ServiceView:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001  # any backend failure: keep the last view
-                since = self._status.stale_since
-                if self._status.connected or since is None:
-                    since = self._clock.monotonic()
-                self._status = RegistryStatus(
-                    connected=False,
-                    detail=f"watch failed: {type(error).__name__}",
-                    stale_since=since,
-                )
-                # The type only: a message may carry a registry URL with credentials.
-                _log.warning(
-                    "discovery watch for %r failed (%s); keeping %d known instances",
-                    self.service,
-                    type(error).__name__,
-                    len(self.instances),
-                )
-                self._ready.set()
-                await self._clock.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                self._mark_stale(error)
+            finally:
+                # Close the watch now (its HTTP stream, say), not when it is collected.
+                close = getattr(watch, "aclose", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        await close()
+            await self._clock.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def _mark_stale(self, error: Exception) -> None:
+        since = self._status.stale_since
+        if self._status.connected or since is None:
+            since = self._clock.monotonic()
+        self._status = RegistryStatus(
+            connected=False, detail=f"watch failed: {type(error).__name__}", stale_since=since
+        )
+        # The type only: a message may carry a registry URL with credentials.
+        _log.warning(
+            "discovery watch for %r failed (%s); keeping %d known instances",
+            self.service,
+            type(error).__name__,
+            len(self.instances),
+        )
+        self._ready.set()
 
     async def _update(self, snapshot: list[Instance]) -> None:
         async with self._changed:
