@@ -11,26 +11,9 @@ import pytest
 
 from resilient import Fallback, FallbackStatistics, FallbackUsed, TimeoutExceeded
 from resilient.testing import FakeClock, capture_events
+from tests._aio import result_of
 
 T = TypeVar("T")
-
-
-async def settle(rounds: int = 5) -> None:
-    """
-    Let the event loop run the callbacks and task steps that are ready.
-    """
-    for _ in range(rounds):
-        await asyncio.sleep(0)
-
-
-async def result_of(task: asyncio.Task[T]) -> T:
-    """
-    Let the loop settle, then return (or raise) the task's outcome; fail, not hang, if
-    the task is still waiting (e.g. on a fake clock nobody will advance).
-    """
-    await settle()
-    assert task.done(), f"{task!r} is still running"
-    return await task
 
 
 async def ok() -> str:

@@ -8,7 +8,6 @@ import asyncio
 import contextvars
 import math
 import time
-from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import pytest
@@ -23,37 +22,11 @@ from resilient import (
     remaining_time,
 )
 from resilient.testing import FakeClock, capture_events
+from tests._aio import promptly, result_of, settle
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
 
 T = TypeVar("T")
-
-
-async def settle(rounds: int = 5) -> None:
-    """
-    Let the event loop run the callbacks and task steps that are ready.
-    """
-    for _ in range(rounds):
-        await asyncio.sleep(0)
-
-
-async def result_of(task: asyncio.Task[T]) -> T:
-    """
-    Let the loop settle, then return (or raise) the task's outcome; fail, not hang, if
-    the task is still waiting (e.g. on a fake clock nobody will advance).
-    """
-    await settle()
-    assert task.done(), f"{task!r} is still running"
-    return await task
-
-
-async def promptly(awaitable: Awaitable[T]) -> T:
-    """
-    Await a call that should finish without the fake clock moving; fail, not hang, if
-    it waits for the clock after all.
-    """
-    async with asyncio.timeout(1.0):
-        return await awaitable
 
 
 def others() -> set[asyncio.Task[Any]]:

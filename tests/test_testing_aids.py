@@ -23,6 +23,7 @@ from resilient import (
 from resilient._events import global_hooks
 from resilient._retry import instant_retries_enabled
 from resilient.testing import FakeClock, capture_events, instant_retries, set_instant_retries
+from tests._aio import result_of
 
 T = TypeVar("T")
 
@@ -33,16 +34,6 @@ async def settle(rounds: int = 3) -> None:
     """
     for _ in range(rounds):
         await asyncio.sleep(0)
-
-
-async def result_of(task: asyncio.Task[T]) -> T:
-    """
-    Let the loop settle, then return (or raise) the task's outcome; fail, not hang, if
-    the task is still waiting (e.g. on a fake clock nobody will advance).
-    """
-    await settle()
-    assert task.done(), f"{task!r} is still running"
-    return await task
 
 
 async def fail() -> None:
