@@ -30,10 +30,19 @@ from collections.abc import Callable, Collection, Mapping
 from contextlib import nullcontext
 from typing import Literal
 
-from aiohttp import ClientRequest, ClientResponse
+from aiohttp import ClientError, ClientRequest, ClientResponse
 from aiohttp.client_middlewares import ClientHandlerType
 
-from resilient import CircuitBreaker, Policy, Retry, RetryBudget, no_retries, pipeline
+from resilient import (
+    CircuitBreaker,
+    Policy,
+    RejectedError,
+    ResilienceError,
+    Retry,
+    RetryBudget,
+    no_retries,
+    pipeline,
+)
 
 from ._propagation import DEADLINE_HEADER, inject_trace_context, set_deadline_header
 
@@ -67,15 +76,16 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():  # str.isdigit() also takes "²", which float() refuses
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            return None  # HTTP dates are GMT; a zone-less one is not well formed
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    except (TypeError, ValueError, IndexError, OverflowError):  # a hostile year overflows
         return None
-    if when.tzinfo is None:
-        return None  # HTTP dates are GMT; a zone-less one is not well formed
-    seconds = when.timestamp() - (time.time() if now is None else now)
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
@@ -97,6 +107,20 @@ class UnhealthyResponse(Exception):
         self.status = response.status
         self.retry_after = parse_retry_after(response.headers.get("Retry-After"))
         super().__init__(f"{response.method} {response.url} answered {response.status}")
+
+
+class _NotSent(RejectedError):
+    """
+    The request failed before reaching the dependency, by the caller's own error.
+
+    Say a header aiohttp refuses to send. As a `RejectedError` it is neither retried
+    nor counted by breakers, like a 4xx; the middleware re-raises the original
+    exception to the caller.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        super().__init__(f"request not sent: {error!r}")
 
 
 def default_policy(key: str) -> Policy:
@@ -193,6 +217,9 @@ class ResilienceMiddleware:
                 response = await policy.call(attempt.send)
         except UnhealthyResponse as failed:
             response = failed.response  # no attempt left: the caller gets the response
+        except _NotSent as not_sent:
+            attempt.release_all()
+            raise not_sent.error from not_sent.error.__cause__  # as if no middleware
         except BaseException:
             attempt.release_all()
             raise
@@ -232,7 +259,12 @@ class _Attempts:
         # connection goes back to the pool instead of waiting for garbage collection.
         self.release_discarded()
         self._middleware._stamp(self._request)  # noqa: SLF001  # a fresh deadline per attempt
-        response = await self._handler(self._request)
+        try:
+            response = await self._handler(self._request)
+        except (ClientError, OSError, ResilienceError):
+            raise  # the network, the server, or an inner policy: judged by the policies
+        except Exception as error:
+            raise _NotSent(error) from error
         self._responses.append(response)
         if self._middleware._failure_status(response.status):  # noqa: SLF001
             raise UnhealthyResponse(response)

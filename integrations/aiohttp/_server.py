@@ -18,8 +18,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from resilient import Timeout, TimeoutExceeded, deadline
+from resilient._validate import check_seconds
 
 from ._propagation import DEADLINE_HEADER, extract_trace_context, parse_deadline
 
@@ -33,7 +35,7 @@ def resilience_middleware(
     deadline_header: str = DEADLINE_HEADER,
     enforce_deadline: bool = True,
     max_deadline: float | None = None,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """
     Build the server middleware; add it with ``web.Application(middlewares=[...])``.
 
@@ -45,7 +47,13 @@ def resilience_middleware(
 
     Returns:
         The middleware.
+
+    Raises:
+        ValueError: `max_deadline` is not a finite number of seconds > 0.
     """
+    if max_deadline is not None:
+        # Checked now: a bad cap would otherwise fail every request that has a deadline.
+        max_deadline = check_seconds("resilience_middleware", "max_deadline", max_deadline)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
