@@ -273,9 +273,9 @@ class OpenTelemetryHooks:
         if named is None:
             named = self._name(event.kind, event.name)
         parent = otel_context.get_current()
-        # The happy path's end attributes (1 attempt, success) are set now, with the
-        # others: the SDK validates attributes per call, so one batch is ~2 us cheaper
-        # than two. They are only read once the span has ended, and fixed before that.
+        # Only kind and name here: the SDK validates every attribute on every call, so
+        # outcome and attempts are written at the end, and only when they aren't the
+        # plain success of one attempt (their absence says that).
         span = self._tracer.start_span(named[0], parent, attributes=named[1])
         if not span.is_recording():
             call = _Call(self, span, parent)  # no SDK, or sampled out: nothing to attach
@@ -287,8 +287,7 @@ class OpenTelemetryHooks:
 
     def _name(self, kind: str, name: str) -> tuple[str, dict[str, str | int]]:
         title = f"resilient {kind}" if name == kind else f"resilient {kind} {name}"
-        attributes: dict[str, str | int] = {KIND: kind, NAME: name, ATTEMPTS: 1}
-        attributes[OUTCOME] = "success"
+        attributes: dict[str, str | int] = {KIND: kind, NAME: name}
         named = self._names[kind, name] = (title, attributes)
         return named
 
@@ -307,7 +306,8 @@ def _succeeded(_: CallSucceeded) -> None:
         if call.fallback:
             span.set_attributes({ATTEMPTS: call.attempts, OUTCOME: "fallback"})
         elif call.attempts != 1:
-            span.set_attribute(ATTEMPTS, call.attempts)
+            # A success after retries says so; the plain success stays attribute-free.
+            span.set_attributes({ATTEMPTS: call.attempts, OUTCOME: "success"})
         span.end()
 
 

@@ -19,7 +19,7 @@ import enum
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 __all__ = [
     "CallCancelled",
@@ -61,11 +61,29 @@ def _fast_init(cls: type[_E]) -> type[_E]:
     params = ", ".join(names)
     body = "\n".join(f"    _set_{name}(self, {name})" for name in names)
     # Generated code, as dataclasses itself generates __init__: names are field names.
-    exec(f"def __init__(self, *, {params}):\n{body}\n", setters)  # noqa: S102
-    init = setters["__init__"]
+    # `_new` is the same with positional arguments and no type.__call__, for the hot
+    # path in _policy (internal).
+    source = (
+        f"def __init__(self, *, {params}):\n{body}\n"
+        f"def _new({params}):\n    self = _alloc(_cls)\n{body}\n    return self\n"
+    )
+    namespace: dict[str, Any] = {**setters, "_alloc": object.__new__, "_cls": cls}
+    exec(source, namespace)  # noqa: S102
+    init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     cls.__init__ = init  # type: ignore[method-assign]
+    _MAKERS[cls] = namespace["_new"]  # type: ignore[index]  # event classes only
     return cls
+
+
+_MAKERS: dict[type[Event], Callable[..., Event]] = {}
+
+
+def maker(event_type: type[_E]) -> Callable[..., _E]:
+    """
+    The positional constructor of an event class, fields in declaration order (internal).
+    """
+    return _MAKERS[event_type]  # type: ignore[index, return-value]
 
 
 class RejectionReason(enum.Enum):
@@ -236,6 +254,9 @@ _GLOBAL_HOOKS: list[Hook] = []
 # The event types some global hook wants: None for "every type"; kept in step with
 # _GLOBAL_HOOKS so a policy can skip building events nobody asked for.
 _GLOBAL_INTEREST: list[frozenset[type[Event]] | None] = [frozenset()]
+# Bumped on every change to the global hooks: policies cache, per event type, the hooks
+# that want it, and rebuild that cache when this moves.
+_GLOBAL_VERSION: list[int] = [0]
 
 
 def interest(hooks: Iterable[Hook]) -> frozenset[type[Event]] | None:
@@ -254,16 +275,6 @@ def interest(hooks: Iterable[Hook]) -> frozenset[type[Event]] | None:
     return frozenset(wanted)
 
 
-def globally_wanted(event_type: type[Event]) -> bool:
-    """
-    Whether some global hook wants events of `event_type`.
-    """
-    if not _GLOBAL_HOOKS:
-        return False
-    wanted = _GLOBAL_INTEREST[0]
-    return wanted is None or event_type in wanted
-
-
 def add_hook(hook: Hook) -> Callable[[], None]:
     """
     Send every policy's events to `hook`.
@@ -278,6 +289,7 @@ def add_hook(hook: Hook) -> Callable[[], None]:
         raise TypeError(f"add_hook(hook=...): expected a callable, got {hook!r}")
     _GLOBAL_HOOKS.append(hook)
     _GLOBAL_INTEREST[0] = interest(_GLOBAL_HOOKS)
+    _GLOBAL_VERSION[0] += 1
     return lambda: remove_hook(hook)
 
 
@@ -288,6 +300,7 @@ def remove_hook(hook: Hook) -> None:
     with contextlib.suppress(ValueError):
         _GLOBAL_HOOKS.remove(hook)
     _GLOBAL_INTEREST[0] = interest(_GLOBAL_HOOKS)
+    _GLOBAL_VERSION[0] += 1
 
 
 def global_hooks() -> list[Hook]:
@@ -295,6 +308,35 @@ def global_hooks() -> list[Hook]:
     Return the live list of global hooks (internal; do not mutate).
     """
     return _GLOBAL_HOOKS
+
+
+def global_version() -> int:
+    """
+    A number that changes whenever a global hook is added or removed (internal).
+    """
+    return _GLOBAL_VERSION[0]
+
+
+def hooks_wanting(hooks: tuple[Hook, ...], event_type: type[Event]) -> tuple[Hook, ...]:
+    """
+    Of the policy's own hooks and the global ones, those that want `event_type`.
+    """
+    return tuple(
+        hook
+        for hook in (*hooks, *_GLOBAL_HOOKS)
+        if (types := getattr(hook, "event_types", None)) is None or event_type in types
+    )
+
+
+def deliver(hooks: tuple[Hook, ...], event: Event) -> None:
+    """
+    Call each hook with `event`; a hook that raises is logged and skipped.
+    """
+    for hook in hooks:
+        try:
+            hook(event)
+        except Exception:  # noqa: BLE001  # a broken hook must not break the call it observes
+            _log.exception("resilient: hook %r failed on %r", hook, event)
 
 
 def dispatch(hooks: tuple[Hook, ...], event: Event) -> None:

@@ -25,10 +25,12 @@ from ._events import (
     CallSucceeded,
     Event,
     Hook,
-    dispatch,
+    deliver,
     global_hooks,
-    globally_wanted,
+    global_version,
+    hooks_wanting,
     interest,
+    maker,
 )
 from ._validate import check_clock, check_hooks, check_name
 
@@ -41,6 +43,10 @@ Args: TypeAlias = tuple[Any, ...]
 Kwargs: TypeAlias = dict[str, Any]
 
 _GLOBAL_HOOKS = global_hooks()
+_new_started = maker(CallStarted)
+_new_succeeded = maker(CallSucceeded)
+_new_failed = maker(CallFailed)
+_new_cancelled = maker(CallCancelled)
 
 
 class Policy(ABC):
@@ -51,7 +57,7 @@ class Policy(ABC):
     """
 
     kind: ClassVar[str] = "policy"
-    __slots__ = ("_clock", "_hooks", "_interest", "name")
+    __slots__ = ("_clock", "_hooks", "_interest", "_plan_version", "_plans", "name")
 
     def __init__(
         self,
@@ -65,6 +71,9 @@ class Policy(ABC):
         self._clock: Clock = check_clock(owner, clock)
         self._hooks: tuple[Hook, ...] = check_hooks(owner, hooks)
         self._interest = interest(self._hooks)
+        # Per event type, the hooks that want it; rebuilt when any hook set changes.
+        self._plans: dict[type[Event], tuple[Hook, ...]] = {}
+        self._plan_version = -1
 
     @property
     def clock(self) -> Clock:
@@ -129,6 +138,7 @@ class Policy(ABC):
         (checked,) = check_hooks(type(self).__name__, (hook,))
         self._hooks = (*self._hooks, checked)
         self._interest = interest(self._hooks)
+        self._plans.clear()
         return lambda: self.remove_hook(checked)
 
     def remove_hook(self, hook: Hook) -> None:
@@ -138,6 +148,7 @@ class Policy(ABC):
         # Equality, not identity: `obj.method` is a new bound method on every access.
         self._hooks = tuple(h for h in self._hooks if h != hook)
         self._interest = interest(self._hooks)
+        self._plans.clear()
 
     @abstractmethod
     def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> Awaitable[T]:
@@ -148,35 +159,61 @@ class Policy(ABC):
     def _listening(self) -> bool:
         return bool(self._hooks or _GLOBAL_HOOKS)
 
+    def _hooks_for(self, event_type: type[Event]) -> tuple[Hook, ...]:
+        version = global_version()
+        if version != self._plan_version:
+            self._plans.clear()
+            self._plan_version = version
+        hooks = self._plans.get(event_type)
+        if hooks is None:
+            hooks = self._plans[event_type] = hooks_wanting(self._hooks, event_type)
+        return hooks
+
     def _wants(self, event_type: type[Event]) -> bool:
-        if self._hooks:
-            mine = self._interest
-            if mine is None or event_type in mine:
-                return True
-        return globally_wanted(event_type)
+        return bool(self._hooks_for(event_type))
 
     def _emit(self, event_type: type[Event], /, **fields: Any) -> None:
         # Building the event is the cost: only when some hook wants this type.
-        if not self._wants(event_type):
-            return
-        dispatch(
-            self._hooks,
-            event_type(kind=self.kind, name=self.name, time=self._clock.monotonic(), **fields),
-        )
+        hooks = self._hooks_for(event_type)
+        if hooks:
+            deliver(
+                hooks,
+                event_type(kind=self.kind, name=self.name, time=self._clock.monotonic(), **fields),
+            )
 
     async def _observe(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
-        clock = self._clock
+        # Every observed call runs this, so the call events are built with their
+        # positional constructors and the hook plans are read inline (each saved call
+        # shows in a metrics or tracing hook's overhead).
+        clock, kind, name = self._clock, self.kind, self.name
+        if self._plan_version != global_version():
+            self._plans.clear()
+            self._plan_version = global_version()
+        plans = self._plans
         started = clock.monotonic()
-        self._emit(CallStarted)
+        hooks = plans.get(CallStarted)
+        if hooks is None:
+            hooks = self._hooks_for(CallStarted)
+        if hooks:
+            deliver(hooks, _new_started(kind, name, started))
         try:
             result = await self._run(fn, args, kwargs)
         except asyncio.CancelledError:
-            self._emit(CallCancelled, duration=clock.monotonic() - started)
+            if hooks := self._hooks_for(CallCancelled):
+                now = clock.monotonic()
+                deliver(hooks, _new_cancelled(kind, name, now, now - started))
             raise
         except BaseException as error:
-            self._emit(CallFailed, duration=clock.monotonic() - started, error=error)
+            if hooks := self._hooks_for(CallFailed):
+                now = clock.monotonic()
+                deliver(hooks, _new_failed(kind, name, now, now - started, error))
             raise
-        self._emit(CallSucceeded, duration=clock.monotonic() - started)
+        hooks = plans.get(CallSucceeded)
+        if hooks is None:
+            hooks = self._hooks_for(CallSucceeded)
+        if hooks:
+            now = clock.monotonic()
+            deliver(hooks, _new_succeeded(kind, name, now, now - started))
         return result
 
 

@@ -52,14 +52,14 @@ async def test_unwanted_events_are_never_built() -> None:
     hook = Narrow(CallSucceeded)
     remove = add_hook(hook)
     built: list[str] = []
-    original = resilient._events.dispatch
+    original = resilient._events.deliver
 
     def spy(hooks: tuple[object, ...], event: Event) -> None:
         built.append(type(event).__name__)
         original(hooks, event)  # type: ignore[arg-type]
 
     try:
-        with patch.object(resilient._policy, "dispatch", spy):
+        with patch.object(resilient._policy, "deliver", spy):
             await Retry(3).call(ok)
     finally:
         remove()

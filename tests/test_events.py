@@ -232,7 +232,7 @@ async def test_no_events_built_without_listeners(monkeypatch: pytest.MonkeyPatch
         return await self._run(fn, args, kwargs)
 
     monkeypatch.setattr(Policy, "_emit", spy_emit)
-    monkeypatch.setattr(resilient._policy, "dispatch", spy_dispatch)
+    monkeypatch.setattr(resilient._policy, "deliver", spy_dispatch)
     monkeypatch.setattr(Policy, "_observe", spy_observe)
 
     clock = FakeClock()

@@ -192,11 +192,11 @@ async def test_a_successful_call_is_one_internal_span_under_the_caller(
     assert span.name == "resilient retry"
     assert span.kind is SpanKind.INTERNAL
     assert parent_id(span) == span_id(caller)
+    # The happy path carries kind and name only: no outcome means success, no attempts
+    # means one (every attribute costs the SDK a validation on every call).
     assert dict(span.attributes or {}) == {
         "resilient.policy.kind": "retry",
         "resilient.policy.name": "retry",
-        "resilient.attempts": 1,
-        "resilient.outcome": "success",
     }
     assert span.status.status_code is StatusCode.UNSET
     assert span.events == ()
@@ -702,7 +702,9 @@ async def test_removing_during_a_call_still_ends_its_span(
     await task
     assert context.get_current() is before
     assert hooks not in global_hooks()
-    assert only(exporter).attributes["resilient.outcome"] == "success"  # type: ignore[index]
+    ended = only(exporter)
+    assert ended.end_time is not None
+    assert "resilient.outcome" not in (ended.attributes or {})  # a plain success
     await Retry(3, hooks=[hooks]).call(succeed)  # given as hooks=, still works after
     assert len(ours(exporter)) == 2
 
@@ -762,7 +764,9 @@ async def test_a_failing_sdk_never_breaks_the_call_or_the_nesting(
     assert await retry(hooks).call(outer_work) == "ok"
     assert "broken SDK" in caplog.text
     assert current_after == [True]
-    assert only(exporter).attributes["resilient.outcome"] == "success"  # type: ignore[index]
+    ended = only(exporter)
+    assert ended.end_time is not None
+    assert "resilient.outcome" not in (ended.attributes or {})  # a plain success
     assert context.get_current() is before
 
 
