@@ -1,5 +1,5 @@
 """
-Shared fixtures: real Redis and etcd servers, and a flushed Redis client per test.
+Shared fixtures: real Redis, etcd and Prometheus servers, and a flushed Redis client.
 
 Tests that use a server fixture get the `server` marker automatically (as well as any
 they set themselves), so ``pytest -m "not server"`` runs the rest without one.
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,9 @@ from tests._servers import (
     start_server,
 )
 
-SERVER_FIXTURES = frozenset({"redis_server", "redis_client", "etcd_server", "etcd_private"})
+SERVER_FIXTURES = frozenset(
+    {"redis_server", "redis_client", "etcd_server", "etcd_private", "prometheus_server"}
+)
 """Fixtures that need a real server process; their tests are marked `server`."""
 
 
@@ -236,3 +239,116 @@ def etcd_private(tmp_path: Path) -> Iterator[EtcdServer]:
         yield server
     finally:
         server.kill()
+
+
+@dataclass(frozen=True, slots=True)
+class PrometheusServer:
+    """
+    A real Prometheus scraping one target every second (loopback only, temporary storage).
+
+    Attributes:
+        target: The ``host:port`` it scrapes (``/metrics``).
+        process: The server process.
+    """
+
+    target: str
+    process: ServerProcess
+
+    @property
+    def url(self) -> str:
+        """
+        ``http://127.0.0.1:<port>``.
+        """
+        return f"http://{self.process.address}"
+
+    def query(self, promql: str) -> list[dict[str, object]]:
+        """
+        Evaluate an instant query through the HTTP API; return the result vector.
+
+        Raises:
+            AssertionError: Prometheus answered with an error.
+        """
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        # Our own http:// URL on loopback, never a file: or custom scheme.
+        with urllib.request.urlopen(url, timeout=5.0) as answer:  # noqa: S310
+            body = json.load(answer)
+        assert body.get("status") == "success", f"query {promql!r} failed: {body}"
+        result: list[dict[str, object]] = body["data"]["result"]
+        return result
+
+    def wait_ready(self, timeout: float) -> None:
+        """
+        Return once ``/-/ready`` answers 200 (the TSDB is open and queries work).
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1.0):  # noqa: S310
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise ServerStartError(
+            f"prometheus not ready within {timeout:g}s:\n{self.process.output_tail()}"
+        )
+
+
+def prometheus_config(target: str) -> str:
+    """
+    A config with one job scraping `target` every second, and nothing else.
+
+    No alerting, rule files, remote write or service discovery: Prometheus reaches
+    nothing but `target`.
+    """
+    return (
+        "global:\n"
+        "  scrape_interval: 1s\n"
+        "  scrape_timeout: 1s\n"
+        "  evaluation_interval: 1s\n"
+        "scrape_configs:\n"
+        "  - job_name: resilient\n"
+        "    static_configs:\n"
+        f"      - targets: [{json.dumps(target)}]\n"
+    )
+
+
+@pytest.fixture
+def prometheus_server(tmp_path: Path) -> Iterator[Callable[[str], PrometheusServer]]:
+    """
+    Start a Prometheus that scrapes ``http://<target>/metrics``: ``prometheus_server(target)``.
+
+    Each server gets its own config, storage and port under the test's temp dir, and is
+    stopped after the test. Skips when ``prometheus`` is missing (fails instead under
+    ``RESILIENT_REQUIRE_SERVERS=1``).
+    """
+    binary = require_binary("prometheus", package="prometheus")
+    started: list[ServerProcess] = []
+
+    def start(target: str) -> PrometheusServer:
+        root = tmp_path / f"prometheus-{len(started)}"
+        root.mkdir()
+        config = root / "prometheus.yml"
+        config.write_text(prometheus_config(target))
+
+        def command(port: int, data_dir: Path) -> list[str]:
+            return [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={data_dir / 'tsdb'}",
+                f"--web.listen-address={LOCALHOST}:{port}",
+                # The Debian defaults point at /etc/prometheus; keep the run self-contained.
+                f"--web.console.templates={data_dir}",
+                f"--web.console.libraries={data_dir}",
+                "--log.level=warn",
+            ]
+
+        process = start_server("prometheus", command, data_dir=root, startup_timeout=20.0)
+        started.append(process)
+        server = PrometheusServer(target, process)
+        server.wait_ready(20.0)
+        return server
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()

@@ -1,0 +1,373 @@
+"""What observing a policy costs per call: bare policies against observed ones.
+
+Usage (from the repository root)::
+
+    python -m benchmarks.observability            # full run (~1 min), updates docs/benchmarks.md
+    python -m benchmarks.observability --quick    # smoke run (seconds), report to a temp dir
+    python -m benchmarks.observability --rounds 40 --calls 20000 --json /tmp/obs.json
+
+Every contender is a *workload* (one policy, or the Timeout + Retry + CircuitBreaker +
+Bulkhead pipeline, around the harness's no-op coroutine) seen by one *observer*:
+
+* ``bare``: nobody listens, so policies build no events at all;
+* ``no-op hook``: a global hook wanting the same event types as `ResilienceMetrics` but
+  doing nothing: what the events themselves cost (built, dispatched), the floor any
+  hook-based integration pays;
+* ``prometheus``: `ResilienceMetrics` installed globally (``metrics.install()``);
+* ``prometheus hooks=``: the same, passed to the policies as their own hook.
+
+All contenders are timed in one process and one event loop, in interleaved rounds
+shuffled afresh each round (``_harness.time_batch``). A global hook is installed just
+before its contender's batch and removed right after, outside the timed region, so it
+never observes another contender. Per round, an observer's *added cost* is its ns/call
+minus the bare workload's ns/call **in the same round**; the report gives medians and
+quartiles over rounds.
+
+Adding a contender (e.g. OpenTelemetry): append an `Observer` to `OBSERVERS`. Its
+``build(workload)`` returns an `Observed`: the coroutine function to time, an optional
+``activate()`` run before each batch (returning the undo, for global hooks) and an
+optional ``check()`` run once after a test call (to prove it really observed the call).
+``otel hooks`` would install the otel integration's hook; ``one SDK span directly``
+would ignore hooks and wrap the bare policy's call in ``tracer.start_as_current_span``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import random
+import statistics
+import sys
+import tempfile
+import timeit
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from benchmarks import _params
+from benchmarks._harness import NOOP_RESULT, AsyncFn, noop, time_batch
+from benchmarks._observability_report import Row, Run, command_line, merge_region, render
+from benchmarks._report import now_utc
+from resilient import (
+    Bulkhead,
+    CallSucceeded,
+    CircuitBreaker,
+    Event,
+    Policy,
+    Retry,
+    Timeout,
+    add_hook,
+    pipeline,
+)
+from resilient._events import dispatch
+from resilient.integrations.prometheus import ResilienceMetrics
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MD = REPO_ROOT / "docs" / "benchmarks.md"
+FULL = {"rounds": 30, "calls": 20_000, "warmup": 2}
+QUICK = {"rounds": 4, "calls": 2_000, "warmup": 1}
+
+
+# ------------------------------------------------------------------ contenders
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What is called: a fresh policy from `make`, around the no-op coroutine."""
+
+    key: str
+    label: str
+    events: int  # events one happy call emits to a hook that ignores CallStarted
+    make: Callable[[], Policy]
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A built contender: the function to time, and how to switch its observer on."""
+
+    fn: AsyncFn
+    activate: Callable[[], Callable[[], None]] | None = None
+    check: Callable[[], str | None] | None = None
+
+
+@dataclass(frozen=True)
+class Observer:
+    """Who watches the workload; ``build`` wires it to a fresh policy."""
+
+    key: str
+    label: str
+    note: str
+    build: Callable[[Workload], Observed]
+
+
+def _pipeline() -> Policy:
+    return pipeline(
+        Timeout(_params.TIMEOUT_S),
+        Retry(_params.RETRY_ATTEMPTS),
+        CircuitBreaker(
+            name="bench-stack",
+            failure_threshold=_params.FAILURE_THRESHOLD,
+            reset_timeout=_params.RESET_TIMEOUT_S,
+        ),
+        Bulkhead(_params.MAX_CONCURRENT),
+    )
+
+
+WORKLOADS = (
+    Workload("retry", f"Retry(attempts={_params.RETRY_ATTEMPTS})", 1, lambda: Retry(3)),
+    Workload("pipeline", "Timeout + Retry + CircuitBreaker + Bulkhead", 4, _pipeline),
+)
+
+
+class NoopHook:
+    """Wants what `ResilienceMetrics` wants, does nothing: the events' own cost."""
+
+    event_types = ResilienceMetrics.event_types
+
+    def __call__(self, _event: Event) -> None:
+        return None
+
+
+def _bare(workload: Workload) -> Observed:
+    return Observed(workload.make()(noop))
+
+
+def _noop_hook(workload: Workload) -> Observed:
+    hook = NoopHook()
+    return Observed(workload.make()(noop), activate=lambda: add_hook(hook))
+
+
+def _counted(registry: CollectorRegistry, workload: Workload) -> Callable[[], str | None]:
+    def check() -> str | None:
+        labels = {"kind": "retry", "policy": "retry", "outcome": "success"}
+        seen = registry.get_sample_value("resilient_calls_total", labels)
+        return None if seen else f"{workload.key}: the test call was not counted"
+
+    return check
+
+
+def _prometheus(workload: Workload) -> Observed:
+    registry = CollectorRegistry()
+    metrics = ResilienceMetrics(registry)
+    return Observed(
+        workload.make()(noop), activate=metrics.install, check=_counted(registry, workload)
+    )
+
+
+def _prometheus_hooks(workload: Workload) -> Observed:
+    registry = CollectorRegistry()
+    policy = workload.make()
+    policy.add_hook(ResilienceMetrics(registry))  # a pipeline adds it to every member
+    return Observed(policy(noop), check=_counted(registry, workload))
+
+
+OBSERVERS: list[Observer] = [
+    Observer("bare", "bare", "no hook: policies build no events", _bare),
+    Observer(
+        "noop",
+        "no-op hook",
+        "global hook with ResilienceMetrics.event_types that does nothing",
+        _noop_hook,
+    ),
+    Observer("prometheus", "prometheus", "ResilienceMetrics, metrics.install()", _prometheus),
+    Observer(
+        "prometheus-hooks",
+        "prometheus hooks=",
+        "ResilienceMetrics as the policies' own hook",
+        _prometheus_hooks,
+    ),
+]
+
+
+# ----------------------------------------------------------------- measurement
+
+
+@dataclass
+class Contender:
+    """One workload under one observer, and its per-round ns/call."""
+
+    workload: Workload
+    observer: Observer
+    observed: Observed
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.workload.key}/{self.observer.key}"
+
+
+async def build(observers: Sequence[Observer]) -> list[Contender]:
+    """Build every contender and prove each one works (returns 42, really observes)."""
+    contenders = []
+    for workload in WORKLOADS:
+        for observer in observers:
+            observed = observer.build(workload)
+            undo = observed.activate() if observed.activate else None
+            try:
+                result = await observed.fn()
+            finally:
+                if undo is not None:
+                    undo()
+            problem = observed.check() if observed.check else None
+            if result != NOOP_RESULT or problem:
+                raise RuntimeError(f"{workload.key}/{observer.key}: {problem or result!r}")
+            contenders.append(Contender(workload, observer, observed))
+    return contenders
+
+
+async def measure(opts: Options, observers: Sequence[Observer]) -> list[Contender]:
+    """Time every contender once per round, in an order shuffled afresh each round."""
+    contenders = await build(observers)
+    gc.collect()
+    gc.freeze()  # setup objects stay out of every later collection
+    rng = random.Random(opts.seed)
+    order = list(contenders)
+    for round_no in range(opts.warmup + opts.rounds):
+        rng.shuffle(order)
+        for contender in order:
+            activate = contender.observed.activate
+            undo = activate() if activate else None
+            try:
+                ns = await time_batch(contender.observed.fn, opts.calls)
+            finally:
+                if undo is not None:
+                    undo()
+            if round_no >= opts.warmup:
+                contender.samples.append(ns)
+        print(f"\r  round {round_no + 1}/{opts.warmup + opts.rounds}", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    return contenders
+
+
+def rows(contenders: Sequence[Contender]) -> list[Row]:
+    """Medians and quartiles of each contender's cost over its workload's bare run."""
+    bare = {c.workload.key: c.samples for c in contenders if c.observer.key == "bare"}
+    out = []
+    for c in contenders:
+        added = [a - b for a, b in zip(c.samples, bare[c.workload.key], strict=True)]
+        q1, _, q3 = statistics.quantiles(added, n=4) if len(added) > 1 else (added * 3)
+        out.append(
+            Row(
+                workload=c.workload.label,
+                observer=c.observer.label,
+                events=c.workload.events,
+                ns_per_call=statistics.median(c.samples),
+                added_ns=statistics.median(added),
+                added_q1=q1,
+                added_q3=q3,
+                samples=tuple(c.samples),
+            )
+        )
+    return out
+
+
+# ------------------------------------------------------------------- breakdown
+
+
+def components(number: int) -> dict[str, float]:
+    """ns per operation of the pieces one observed layer pays for (best of 5 repeats).
+
+    Explains the rows above: events built and dispatched by the core, the hook's own
+    work, and what prometheus_client's own metric objects would cost instead.
+    """
+    event = CallSucceeded(kind="retry", name="retry", time=0.0, duration=0.001)
+    noop_hook, metrics = NoopHook(), ResilienceMetrics(CollectorRegistry())
+    registry = CollectorRegistry()
+    counter = Counter("c", "c", ("kind", "policy", "outcome"), registry=registry)
+    histogram = Histogram("h", "h", ("kind", "policy"), registry=registry)
+    child, observe = counter.labels("retry", "retry", "success"), histogram.labels("r", "r")
+    pieces: dict[str, Callable[[], object]] = {
+        "build one CallSucceeded event": lambda: CallSucceeded(
+            kind="retry", name="retry", time=0.0, duration=0.001
+        ),
+        "dispatch it to a no-op hook (core `dispatch`)": lambda: dispatch((noop_hook,), event),
+        "ResilienceMetrics handles it (called directly)": lambda: metrics(event),
+        "prometheus_client instead: cached Counter child inc()": child.inc,
+        "prometheus_client instead: cached Histogram child observe()": lambda: observe.observe(
+            0.001
+        ),
+        "prometheus_client: Counter.labels(...) lookup": lambda: counter.labels(
+            "retry", "retry", "success"
+        ),
+    }
+    return {
+        name: min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e9
+        for name, fn in pieces.items()
+    }
+
+
+# ------------------------------------------------------------------------- cli
+
+
+@dataclass(frozen=True)
+class Options:
+    """Parsed command line."""
+
+    rounds: int
+    calls: int
+    warmup: int
+    seed: int
+    md: Path
+    json: Path | None
+    argv: tuple[str, ...]
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+    """Parse `argv` (without the program name)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.observability",
+        description="Per-call cost of observing policies (Prometheus hooks) vs bare policies.",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run; report to a temp dir")
+    parser.add_argument("--rounds", type=int, help=f"recorded rounds (default {FULL['rounds']})")
+    parser.add_argument("--calls", type=int, help=f"calls per batch (default {FULL['calls']})")
+    parser.add_argument("--warmup", type=int, help=f"warm-up rounds (default {FULL['warmup']})")
+    parser.add_argument("--seed", type=int, default=1, help="shuffle seed (default 1)")
+    parser.add_argument("--md", type=Path, help=f"markdown report (default {DEFAULT_MD})")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    ns = parser.parse_args(argv)
+    base = QUICK if ns.quick else FULL
+    md = ns.md or (
+        Path(tempfile.mkdtemp(prefix="resilient-obs-")) / "benchmarks.md"
+        if ns.quick
+        else DEFAULT_MD
+    )
+    opts = Options(
+        rounds=base["rounds"] if ns.rounds is None else ns.rounds,
+        calls=base["calls"] if ns.calls is None else ns.calls,
+        warmup=base["warmup"] if ns.warmup is None else ns.warmup,
+        seed=ns.seed,
+        md=md,
+        json=ns.json,
+        argv=tuple(argv),
+    )
+    if opts.rounds < 1 or opts.calls < 1 or opts.warmup < 0:
+        parser.error("--rounds and --calls must be >= 1, --warmup >= 0")
+    return opts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    started = now_utc()
+    table = rows(asyncio.run(measure(opts, OBSERVERS)))
+    parts = components(max(1_000, opts.calls * 5))
+    for r in table:
+        print(f"{r.workload:<45} {r.observer:<18} {r.ns_per_call:>8.0f} ns  +{r.added_ns:>7.0f}")
+    existing = opts.md.read_text() if opts.md.exists() else None
+    opts.md.parent.mkdir(parents=True, exist_ok=True)
+    run = Run(command_line(opts.argv), started, opts.rounds, opts.calls, opts.warmup, opts.seed)
+    opts.md.write_text(merge_region(existing, render(run, table, parts)))
+    print(f"wrote {opts.md}", file=sys.stderr)
+    if opts.json is not None:
+        dump = {"rows": [asdict(r) for r in table], "components_ns": parts}
+        opts.json.write_text(json.dumps(dump, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
