@@ -1,5 +1,5 @@
 """
-Real server processes for integration tests (Redis and etcd today; Prometheus).
+Real server processes for integration tests: Redis, etcd and Prometheus.
 
     binary = require_binary("redis-server", package="redis-server")
     server = start_server(
