@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -132,20 +131,3 @@ def render(run: Run, table: Sequence[Row], parts: dict[str, float]) -> str:
     lines += [f"| {name} | {ns:,.0f} |" for name, ns in parts.items()]
     lines += ["", CORE_NOTE, ""]
     return "\n".join([*lines, END_MARKER, ""])
-
-
-def merge_region(existing: str | None, region: str) -> str:
-    """Replace the marked region of `existing`, or append it; keep everything else."""
-    if existing is None:
-        return "# Benchmarks\n\n" + region
-    begin, end = existing.find(BEGIN_MARKER), existing.find(END_MARKER)
-    if begin == -1 and end == -1:
-        return existing.rstrip("\n") + "\n\n" + region
-    if begin == -1 or end == -1 or end < begin:
-        raise ValueError(f"unbalanced {BEGIN_MARKER} / {END_MARKER} markers")
-    return existing[:begin] + region.rstrip("\n") + existing[end + len(END_MARKER) :]
-
-
-def command_line(argv: Sequence[str]) -> str:
-    """The command as typed from the repository root."""
-    return shlex.join(["python", "-m", "benchmarks.observability", *argv])

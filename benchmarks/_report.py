@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmarks import _docs
 from benchmarks._harness import BARE_KEY, Kind, Summary, Unavailable
 from benchmarks._params import CATEGORIES, CATEGORY_TITLES
 
@@ -352,23 +353,15 @@ def render_markdown(
 
 
 def merge_region(existing: str | None, region: str) -> str:
-    """Replace the marked region of ``existing``; keep everything else.
-
-    A missing file gets a short preamble; a file without markers gets the
-    region appended.  Unbalanced markers are an error, so nothing is lost.
-    """
-    if existing is None:
-        return (
-            "# Benchmarks\n\n"
-            "Text outside the `overhead` markers below is kept when "
-            "`python -m benchmarks.overhead` regenerates this file.\n\n" + region
-        )
-    begin, end = existing.find(BEGIN_MARKER), existing.find(END_MARKER)
-    if begin == -1 and end == -1:
-        return existing.rstrip("\n") + "\n\n" + region
-    if begin == -1 or end == -1 or end < begin:
-        raise ValueError(f"unbalanced {BEGIN_MARKER} / {END_MARKER} markers")
-    return existing[:begin] + region.rstrip("\n") + existing[end + len(END_MARKER) :]
+    """Replace the overhead region of ``existing``, or append it; keep everything else."""
+    preamble = (
+        "# Benchmarks\n\n"
+        "Text outside the `overhead` markers below is kept when "
+        "`python -m benchmarks.overhead` regenerates this file.\n\n"
+    )
+    return _docs.merge_region(
+        existing, region, begin=BEGIN_MARKER, end=END_MARKER, preamble=preamble
+    )
 
 
 def write_markdown(path: Path, region: str) -> None:
@@ -543,9 +536,7 @@ def text_summary(summaries: Sequence[Summary], ratios: Sequence[Ratio]) -> str:
 
 def command_line(argv: Sequence[str]) -> str:
     """The command as a user would type it from the repository root."""
-    import shlex
-
-    return shlex.join(["python", "-m", "benchmarks.overhead", *argv])
+    return _docs.command_line("benchmarks.overhead", argv)
 
 
 def python_info() -> str:

@@ -34,7 +34,6 @@ import gc
 import json
 import os
 import random
-import shlex
 import socket
 import statistics
 import subprocess
@@ -50,6 +49,7 @@ from typing import IO
 import aiohttp
 from aiohttp import web
 
+from benchmarks._docs import command_line, merge_region
 from benchmarks._report import machine_info, now_utc, package_versions
 from resilient import Bulkhead, CircuitBreaker, Policy, Retry, RetryBudget, Timeout, pipeline
 from resilient.integrations.aiohttp import ResilienceMiddleware
@@ -350,7 +350,8 @@ def render(
         "",
         "## aiohttp client middleware over loopback",
         "",
-        f"- **Command:** `{command_line(opts.argv)}` (from the repository root)",
+        f"- **Command:** `{command_line('benchmarks.middleware', opts.argv)}`"
+        " (from the repository root)",
         f"- **When:** {started}",
         f"- **Machine:** {info['python']} on {info['platform']}, {info['cpu_count']} CPUs"
         f" ({info.get('cpus_usable', '?')} usable), {info['cpu_model']}",
@@ -401,23 +402,6 @@ def render(
         END_MARKER,
     ]
     return "\n".join(lines) + "\n"
-
-
-def merge_region(existing: str | None, region: str) -> str:
-    """Replace the marked region of `existing`, or append it; keep everything else."""
-    if existing is None:
-        return "# Benchmarks\n\n" + region
-    begin, end = existing.find(BEGIN_MARKER), existing.find(END_MARKER)
-    if begin == -1 and end == -1:
-        return existing.rstrip("\n") + "\n\n" + region
-    if begin == -1 or end == -1 or end < begin:
-        raise ValueError(f"unbalanced {BEGIN_MARKER} / {END_MARKER} markers")
-    return existing[:begin] + region.rstrip("\n") + existing[end + len(END_MARKER) :]
-
-
-def command_line(argv: Sequence[str]) -> str:
-    """The command as typed from the repository root."""
-    return shlex.join(["python", "-m", "benchmarks.middleware", *argv])
 
 
 def text_summary(rows: list[Figures]) -> str:
@@ -536,7 +520,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = markdown_path(opts)
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = path.read_text() if path.exists() else None
-    path.write_text(merge_region(existing, render(opts, rows, started, info, placement)))
+    path.write_text(
+        merge_region(
+            existing,
+            begin=BEGIN_MARKER,
+            end=END_MARKER,
+            region=render(opts, rows, started, info, placement),
+        )
+    )
     print(f"wrote {path}", file=sys.stderr)
     if opts.json is not None:
         raw = {key: asdict(value) for key, value in samples.items()}

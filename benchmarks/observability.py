@@ -49,8 +49,9 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from benchmarks import _params
+from benchmarks._docs import command_line, merge_region
 from benchmarks._harness import NOOP_RESULT, AsyncFn, noop, time_batch
-from benchmarks._observability_report import Row, Run, command_line, merge_region, render
+from benchmarks._observability_report import BEGIN_MARKER, END_MARKER, Row, Run, render
 from benchmarks._report import now_utc
 from resilient import (
     Bulkhead,
@@ -360,8 +361,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{r.workload:<45} {r.observer:<18} {r.ns_per_call:>8.0f} ns  +{r.added_ns:>7.0f}")
     existing = opts.md.read_text() if opts.md.exists() else None
     opts.md.parent.mkdir(parents=True, exist_ok=True)
-    run = Run(command_line(opts.argv), started, opts.rounds, opts.calls, opts.warmup, opts.seed)
-    opts.md.write_text(merge_region(existing, render(run, table, parts)))
+    run = Run(
+        command_line("benchmarks.observability", opts.argv),
+        started,
+        opts.rounds,
+        opts.calls,
+        opts.warmup,
+        opts.seed,
+    )
+    opts.md.write_text(
+        merge_region(existing, render(run, table, parts), begin=BEGIN_MARKER, end=END_MARKER)
+    )
     print(f"wrote {opts.md}", file=sys.stderr)
     if opts.json is not None:
         dump = {"rows": [asdict(r) for r in table], "components_ns": parts}

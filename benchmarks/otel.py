@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import gc
 import json
-import shlex
 import statistics
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from pathlib import Path
 
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
+from benchmarks._docs import command_line, merge_region
 from benchmarks._harness import Contender, Samples, noop, run_rounds, summarise, verify
 from benchmarks._report import machine_info, now_utc, package_versions
 from resilient import Bulkhead, CircuitBreaker, Policy, Retry, Timeout, pipeline
@@ -205,7 +205,7 @@ def render(opts: Options, rows: list[Contender], fig: Figures, started: str) -> 
         "",
         "## OpenTelemetry hooks",
         "",
-        f"- **Command:** `{command_line(opts.argv)}` (from the repository root)",
+        f"- **Command:** `{command_line('benchmarks.otel', opts.argv)}` (from the repository root)",
         f"- **When:** {started}",
         f"- **Machine:** {info['python']} on {info['platform']}, {info['cpu_count']} CPUs"
         f" ({info.get('cpus_usable', '?')} usable), {info['cpu_model']}",
@@ -282,23 +282,6 @@ def bounds(fig: Figures) -> list[str]:
         " `start_as_current_span`'s two context managers; the core builds call events with"
         " positional constructors and caches which hooks want which event type.",
     ]
-
-
-def merge_region(existing: str | None, region: str) -> str:
-    """Replace the marked region of `existing`, or append it; keep everything else."""
-    if existing is None:
-        return "# Benchmarks\n\n" + region
-    begin, end = existing.find(BEGIN_MARKER), existing.find(END_MARKER)
-    if begin == -1 and end == -1:
-        return existing.rstrip("\n") + "\n\n" + region
-    if begin == -1 or end == -1 or end < begin:
-        raise ValueError(f"unbalanced {BEGIN_MARKER} / {END_MARKER} markers")
-    return existing[:begin] + region.rstrip("\n") + existing[end + len(END_MARKER) :]
-
-
-def command_line(argv: Sequence[str]) -> str:
-    """The command as typed from the repository root."""
-    return shlex.join(["python", "-m", "benchmarks.otel", *argv])
 
 
 @dataclass(frozen=True)
@@ -396,7 +379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = markdown_path(opts)
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = path.read_text() if path.exists() else None
-    path.write_text(merge_region(existing, render(opts, rows, fig, started)))
+    path.write_text(
+        merge_region(
+            existing, begin=BEGIN_MARKER, end=END_MARKER, region=render(opts, rows, fig, started)
+        )
+    )
     print(f"wrote {path}", file=sys.stderr)
     if opts.json is not None:
         raw = {s.contender.key: s.ns_per_call for s in samples}
