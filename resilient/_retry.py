@@ -171,15 +171,20 @@ class Retry(Policy):
         if self._budget is not None:
             self._budget.deposit()
         started = self._clock.monotonic()
+        error: Exception | None = None
+        result: Any = None
         try:
             result = await fn(*args, **kwargs)
-        except Exception as error:
-            if self._strategy is None and not self._on(error):
+        except Exception as exc:
+            if self._strategy is None and not self._on(exc):
                 raise
-            return await self._retry(fn, args, kwargs, started, error, None)
-        if self._strategy is None and (self._on_result is None or not self._on_result(result)):
-            return result
-        return await self._retry(fn, args, kwargs, started, None, result)
+            error = exc
+        else:
+            if self._strategy is None and (self._on_result is None or not self._on_result(result)):
+                return result  # type: ignore[no-any-return]  # the call's T
+        # Retried outside the except block: later attempts must not run "during the
+        # handling" of this error, or the error re-raised at the end gets it as context.
+        return await self._retry(fn, args, kwargs, started, error, result)
 
     async def _retry(  # noqa: PLR0917  # the call plus the first attempt's outcome
         self,
@@ -224,11 +229,13 @@ class Retry(Policy):
         attempt = state.attempt_number
         if not retries_allowed():
             return False  # inside no_retries(): this call runs once
-        if (self.attempts is not None and attempt >= self.attempts) or (
-            self._stop is not None and self._stop(state)
-        ):
+        if self.attempts is not None and attempt >= self.attempts:
             return False
+        # The wait before the stop strategy, as tenacity does: stop_before_delay reads it.
         delay = self._delay(state, error)
+        state.upcoming_sleep = delay
+        if self._stop is not None and self._stop(state):
+            return False
         left = remaining_time()
         if left is not None and delay >= left:
             return False  # the next attempt could not start before the deadline
@@ -239,7 +246,6 @@ class Retry(Policy):
             return False
         if self._listening():
             self._emit(RetryScheduled, attempt=attempt, delay=delay, error=error)
-        state.upcoming_sleep = delay
         state.idle_for += delay
         await self._clock.sleep(0.0 if _instant else delay)
         return True

@@ -613,3 +613,34 @@ def test_misconfiguration_names_parameter(
     """A bad parameter fails at construction with an error naming it."""
     with pytest.raises(error, match=rf"\b{param}\b"):
         Retry(**kwargs)
+
+
+async def test_reraised_error_carries_no_earlier_attempt_as_context() -> None:
+    """The last error is re-raised as raised: no earlier attempt's error as __context__."""
+    errors: list[ValueError] = []
+
+    async def flaky() -> None:
+        errors.append(ValueError(f"attempt {len(errors) + 1}"))
+        raise errors[-1]
+
+    with instant_retries(), pytest.raises(ValueError) as info:
+        await Retry(attempts=3).call(flaky)
+    assert info.value is errors[-1]
+    assert info.value.__context__ is None
+
+
+async def test_stop_before_delay_sees_the_coming_wait() -> None:
+    """tenacity's stop_before_delay sees the upcoming wait, as in tenacity itself."""
+    clock = FakeClock()
+    waits = iter([1.0, 11.0, 11.0])
+
+    def wait(_: tenacity.RetryCallState) -> float:
+        return next(waits)
+
+    async def failing() -> None:
+        raise ConnectionError("down")
+
+    retry = Retry(attempts=None, wait=wait, stop=tenacity.stop_before_delay(7), clock=clock)
+    with pytest.raises(ConnectionError):
+        await retry.call(failing)
+    assert clock.sleeps == [1.0]  # the 11 s wait would end past 7 s: stop instead
