@@ -74,9 +74,13 @@ class _Race:
         self.failed = 0
         self.last_error: BaseException | None = None
 
-    def cancel_all(self) -> None:
+    def stop_hedging(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
+            self.timer = None
+
+    def cancel_all(self) -> None:
+        self.stop_hedging()
         for task in self.tasks:
             task.cancel()
 
@@ -128,6 +132,11 @@ class Hedge(Policy):
             return await self._settle(race, fn, args, kwargs)
         finally:
             race.cancel_all()
+            # Wait for the losers to unwind, so their cleanup (an inner bulkhead's slot,
+            # say) is done when the call returns, as a TaskGroup would.
+            pending = [task for task in race.tasks if not task.done()]
+            if pending:
+                await asyncio.wait(pending)
 
     def _launch(self, race: _Race, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> None:
         task = asyncio.get_running_loop().create_task(
@@ -149,25 +158,34 @@ class Hedge(Policy):
     async def _settle(self, race: _Race, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         while True:
             race.changed.clear()
-            failed = 0
+            failed, retryable, fatal = 0, 0, None
             for index, task in enumerate(race.tasks):
                 if not task.done():
                     continue
+                failed += 1
                 error = None if task.cancelled() else task.exception()
                 if error is None and not task.cancelled():
                     self._wins += index > 0
                     return task.result()  # type: ignore[no-any-return]  # the attempt's T
-                if error is not None and not self._on(error):
-                    raise error
-                failed += 1
-                race.last_error = error or race.last_error
-            if failed > race.failed:
-                race.failed = failed
+                if error is not None and self._on(error):
+                    retryable += 1
+                    race.last_error = error
+                elif error is not None:
+                    fatal = fatal or error
+            if fatal is not None:
+                # A refused or non-retryable attempt stops new ones, but an attempt still
+                # running may yet succeed (a hedge refused by an inner bulkhead or a
+                # half-open breaker's taken probe must not cancel the primary).
+                race.stop_hedging()
+                if failed == len(race.tasks):
+                    raise race.last_error or fatal
+            elif retryable > race.failed:
+                race.failed = retryable
                 if len(race.tasks) <= self.max_hedged:
                     self._launch(race, fn, args, kwargs)  # don't wait out the delay
                     continue
-                if failed == len(race.tasks):
-                    raise race.last_error or asyncio.CancelledError()
+            if failed == len(race.tasks):
+                raise race.last_error or asyncio.CancelledError()
             await race.changed.wait()
 
     def statistics(self) -> HedgeStatistics:

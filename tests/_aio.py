@@ -24,7 +24,7 @@ async def result_of(task: asyncio.Task[T]) -> T:
     Let the loop settle, then return (or raise) the task's outcome; fail, not hang, if
     the task is still waiting (e.g. on a fake clock nobody will advance).
     """
-    await settle()
+    await settle(20)  # enough for a call to unwind the tasks it cancelled
     assert task.done(), f"{task!r} is still running"
     return await task
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import pytest
 
 from resilient import (
+    Bulkhead,
     CircuitOpenError,
     Hedge,
     HedgeSent,
@@ -217,18 +218,68 @@ async def test_non_matching_error_ends_call() -> None:
     assert attempts.started == [1]
 
 
-async def test_non_matching_error_from_hedge_cancels_the_rest() -> None:
-    """A non-matching error from any attempt ends the call and cancels the others."""
+async def test_non_matching_error_from_hedge_lets_the_others_finish() -> None:
+    """A non-matching error from a hedge stops new hedges, but an attempt still running
+    may yet answer: the call waits for it instead of cancelling it."""
     clock = FakeClock(auto_advance=False)
-    attempts = Attempts(clock, (10, "slow"), (0, KeyError("fatal")))
-    task = asyncio.create_task(Hedge(1.0, on=ValueError, clock=clock).call(attempts))
+    attempts = Attempts(clock, (10, "slow"), (0, KeyError("fatal")), (0, "never"))
+    task = asyncio.create_task(Hedge(1.0, max_hedged=2, on=ValueError, clock=clock).call(attempts))
     await settle()
     clock.advance(1.0)
-    with pytest.raises(KeyError, match="fatal"):
-        await result_of(task)
-    await settle()
-    assert attempts.cancelled == [1]
+    await settle(20)
+    assert not task.done()
+    clock.advance(9.0)
+    assert await result_of(task) == "slow"
+    assert attempts.started == [1, 2]  # no third attempt after the fatal error
+    assert attempts.cancelled == []
     assert others() == set()
+
+
+async def test_non_matching_error_is_raised_once_nothing_else_runs() -> None:
+    """When the attempts still running fail too, the retryable error is raised."""
+    clock = FakeClock(auto_advance=False)
+    primary = ConnectionError("primary")
+    attempts = Attempts(clock, (2, primary), (0, KeyError("fatal")))
+    task = asyncio.create_task(Hedge(1.0, on=ConnectionError, clock=clock).call(attempts))
+    await settle()
+    clock.advance(1.0)
+    await settle(20)
+    clock.advance(1.0)
+    with pytest.raises(ConnectionError) as info:
+        await result_of(task)
+    assert info.value is primary  # the real failure, not the refusal
+
+
+async def test_refused_hedge_does_not_cancel_the_primary() -> None:
+    """A hedge refused by an inner bulkhead leaves the primary running; it answers."""
+    hedged = pipeline(Hedge(0.01), Bulkhead(1))
+
+    async def answer() -> str:
+        await asyncio.sleep(0.05)
+        return "ok"
+
+    assert await hedged.call(answer) == "ok"
+
+
+async def test_losers_have_unwound_when_the_call_returns() -> None:
+    """The cancelled attempts' cleanup has run by the time the call returns."""
+    bulkhead = Bulkhead(5)
+    cleaned: list[int] = []
+    calls = 0
+
+    async def attempt() -> int:
+        nonlocal calls
+        calls += 1
+        number = calls
+        try:
+            await asyncio.sleep(0.2 if number == 1 else 0.01)
+            return number
+        finally:
+            cleaned.append(number)
+
+    assert await pipeline(Hedge(0.02), bulkhead).call(attempt) == 2
+    assert sorted(cleaned) == [1, 2]
+    assert bulkhead.in_flight == 0
 
 
 async def test_rejection_ends_call_by_default() -> None:
