@@ -308,6 +308,11 @@ class ServiceView:
         Start following the service; wait up to `wait` seconds for the first snapshot.
         """
         if self._task is None:
+            # Fresh primitives per start: asyncio's bind to the loop that first waits on
+            # them, and a view may be started again under another loop (asyncio.run).
+            self._ready = asyncio.Event()
+            self._changed = asyncio.Condition()
+            self._status = RegistryStatus(connected=False, detail="starting")
             self._task = asyncio.get_running_loop().create_task(self._follow())
         if wait is not None:
             with contextlib.suppress(TimeoutError):
@@ -361,8 +366,10 @@ class ServiceView:
     async def _follow(self) -> None:
         delay = self._retry_delay
         while True:
-            watch = self.registry.watch(self.service)
+            watch: AsyncIterator[list[Instance]] | None = None
             try:
+                # Inside the try: a registry may open its stream eagerly and fail here.
+                watch = self.registry.watch(self.service)
                 async for snapshot in watch:
                     delay = self._retry_delay
                     self._status = RegistryStatus(connected=True)
@@ -374,7 +381,7 @@ class ServiceView:
                 self._mark_stale(error)
             finally:
                 # Close the watch now (its HTTP stream, say), not when it is collected.
-                close = getattr(watch, "aclose", None)
+                close = getattr(watch, "aclose", None) if watch is not None else None
                 if close is not None:
                     with contextlib.suppress(Exception):
                         await close()

@@ -221,3 +221,45 @@ async def test_prometheus_exports_discovery_state() -> None:
     assert stale is not None
     assert stale >= 7.0
     await view.stop()
+
+
+class EagerlyFailingRegistry(InMemoryRegistry):
+    """A registry whose watch() raises when called (it opens its stream eagerly)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    def watch(self, service: str) -> AsyncGenerator[list[Instance], None]:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("registry unreachable")
+        return super().watch(service)
+
+
+async def test_view_survives_a_watch_that_fails_when_called() -> None:
+    """A watch() raising on call is retried like one failing while iterated."""
+    clock = FakeClock()
+    registry = EagerlyFailingRegistry()
+    await registry.register(A)
+    view = await ServiceView(registry, "svc", clock=clock).start()
+    healed = await view.wait_for(lambda xs: xs == [A])
+    assert healed == [A]
+    assert view.status().connected
+    await view.stop()
+
+
+def test_view_can_be_restarted_under_another_loop() -> None:
+    """A view stopped in one asyncio.run can be started again in the next one."""
+    registry = InMemoryRegistry()
+    view = ServiceView(registry, "svc")
+
+    async def once(instance: Instance) -> list[Instance]:
+        await registry.register(instance)
+        await view.start()
+        seen = await view.wait_for(lambda xs: instance in xs)
+        await view.stop()
+        return seen
+
+    assert asyncio.run(once(A)) == [A]
+    assert asyncio.run(once(B)) == [A, B]
