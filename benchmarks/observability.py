@@ -64,7 +64,7 @@ from resilient import (
     add_hook,
     pipeline,
 )
-from resilient._events import dispatch
+from resilient._events import deliver
 from resilient.integrations.prometheus import ResilienceMetrics
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -285,7 +285,7 @@ def components(number: int) -> dict[str, float]:
         "build one CallSucceeded event": lambda: CallSucceeded(
             kind="retry", name="retry", time=0.0, duration=0.001
         ),
-        "dispatch it to a no-op hook (core `dispatch`)": lambda: dispatch((noop_hook,), event),
+        "deliver it to a no-op hook (core `deliver`)": lambda: deliver((noop_hook,), event),
         "ResilienceMetrics handles it (called directly)": lambda: metrics(event),
         "prometheus_client instead: cached Counter child inc()": child.inc,
         "prometheus_client instead: cached Histogram child observe()": lambda: observe.observe(

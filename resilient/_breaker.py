@@ -184,6 +184,11 @@ class CircuitBreaker(Policy):
                 " with window parameters (failure_rate, window, window_duration, min_calls,"
                 " slow_call_duration, slow_call_rate); pass one or the other"
             )
+        if slow_call_rate is not None and slow_call_duration is None and storage is None:
+            raise ValueError(
+                "CircuitBreaker(slow_call_rate=...): needs slow_call_duration= to say which"
+                " calls are slow"
+            )
         self.reset_timeout = check_seconds(owner, "reset_timeout", reset_timeout)
         self.success_threshold = check_int(owner, "success_threshold", success_threshold, minimum=1)
         self.half_open_max_calls = check_int(
@@ -214,7 +219,7 @@ class CircuitBreaker(Policy):
                 minimum=1,
             )
             self._accounting = Consecutive(self.failure_threshold)
-        user_excluded = error_matcher(owner, "exclude", exclude)
+        user_excluded = error_matcher(owner, "exclude", exclude, allow_empty=True)
         self._excluded: Callable[[BaseException], bool] = lambda error: (
             isinstance(error, RejectedError) or user_excluded(error)
         )

@@ -101,6 +101,10 @@ class Bulkhead(Policy):
             if max_wait is None
             else check_seconds("Bulkhead", "max_wait", max_wait, allow_zero=True)
         )
+        if self.max_wait and self.max_queue == 0:
+            raise ValueError(
+                "Bulkhead(max_wait=...): with max_queue=0 nobody waits; give max_queue= too"
+            )
         self._in_flight = 0
         self._waiters: deque[asyncio.Future[bool]] = deque()
         self._accepted = 0

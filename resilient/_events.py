@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
@@ -251,28 +251,9 @@ Hook: TypeAlias = Callable[[Event], object]
 # A list, not a tuple, mutated in place: policies hold no copy, so a hook added after a
 # policy was built still sees its events.
 _GLOBAL_HOOKS: list[Hook] = []
-# The event types some global hook wants: None for "every type"; kept in step with
-# _GLOBAL_HOOKS so a policy can skip building events nobody asked for.
-_GLOBAL_INTEREST: list[frozenset[type[Event]] | None] = [frozenset()]
 # Bumped on every change to the global hooks: policies cache, per event type, the hooks
 # that want it, and rebuild that cache when this moves.
 _GLOBAL_VERSION: list[int] = [0]
-
-
-def interest(hooks: Iterable[Hook]) -> frozenset[type[Event]] | None:
-    """
-    The event types `hooks` want together: None when one of them wants every type.
-
-    A hook narrows what it receives with an ``event_types`` attribute (a collection of
-    `Event` subclasses, matched exactly); a hook without one receives every event.
-    """
-    wanted: set[type[Event]] = set()
-    for hook in hooks:
-        types = getattr(hook, "event_types", None)
-        if types is None:
-            return None
-        wanted.update(types)
-    return frozenset(wanted)
 
 
 def add_hook(hook: Hook) -> Callable[[], None]:
@@ -288,7 +269,6 @@ def add_hook(hook: Hook) -> Callable[[], None]:
     if not callable(hook):
         raise TypeError(f"add_hook(hook=...): expected a callable, got {hook!r}")
     _GLOBAL_HOOKS.append(hook)
-    _GLOBAL_INTEREST[0] = interest(_GLOBAL_HOOKS)
     _GLOBAL_VERSION[0] += 1
     return lambda: remove_hook(hook)
 
@@ -299,7 +279,6 @@ def remove_hook(hook: Hook) -> None:
     """
     with contextlib.suppress(ValueError):
         _GLOBAL_HOOKS.remove(hook)
-    _GLOBAL_INTEREST[0] = interest(_GLOBAL_HOOKS)
     _GLOBAL_VERSION[0] += 1
 
 
@@ -333,23 +312,6 @@ def deliver(hooks: tuple[Hook, ...], event: Event) -> None:
     Call each hook with `event`; a hook that raises is logged and skipped.
     """
     for hook in hooks:
-        try:
-            hook(event)
-        except Exception:  # noqa: BLE001  # a broken hook must not break the call it observes
-            _log.exception("resilient: hook %r failed on %r", hook, event)
-
-
-def dispatch(hooks: tuple[Hook, ...], event: Event) -> None:
-    """
-    Deliver `event` to the policy's own hooks, then to the global ones.
-
-    A hook with ``event_types`` only gets the events of those types.
-    """
-    kind = type(event)
-    for hook in (*hooks, *_GLOBAL_HOOKS):
-        types = getattr(hook, "event_types", None)
-        if types is not None and kind not in types:
-            continue
         try:
             hook(event)
         except Exception:  # noqa: BLE001  # a broken hook must not break the call it observes

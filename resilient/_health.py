@@ -116,6 +116,7 @@ class HealthMonitor:
         self._registrations: list[_Registration] = []
         self._status = UNHEALTHY  # not ready until the first evaluation says otherwise
         self._running = False
+        self._stopped = False  # stop() was called: remediation is off until start()
         self._loops: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -262,6 +263,7 @@ class HealthMonitor:
         if self._running:
             return
         self._running = True
+        self._stopped = False
         try:
             await self.check_now()
         except BaseException:
@@ -281,6 +283,7 @@ class HealthMonitor:
         Cancel and await the check tasks and callbacks in flight; deregister instances.
         """
         self._running = False
+        self._stopped = True
         for watched in self._breakers.values():
             watched.cancel_timer()
         current = asyncio.current_task()
@@ -389,6 +392,8 @@ class HealthMonitor:
     def _call_hook(
         self, hook: TransitionHook, old: HealthStatus, new: HealthStatus, report: HealthReport
     ) -> None:
+        if self._stopped:
+            return  # a stopped monitor remediates nothing (its breakers may still change)
         try:
             outcome = hook(old, new, report)
         except Exception:  # noqa: BLE001  # a broken remediation must not break monitoring

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -206,7 +207,9 @@ async def run_check(check: CheckState) -> tuple[bool, str]:
     DSN's password or a token, and reports are served over HTTP.
     """
     try:
-        result = await check.timeout.call(check.fn)
+        result = await check.timeout.call(_invoke, check.fn)
+    except _NotAwaitable as error:
+        return False, f"check is not async (it returned {error})"
     except TimeoutExceeded as error:
         return False, f"timed out after {error.timeout:g}s"
     except asyncio.CancelledError:
@@ -218,6 +221,17 @@ async def run_check(check: CheckState) -> tuple[bool, str]:
         _log.debug("health check %r raised", check.name, exc_info=True)
         return False, type(error).__name__
     return _verdict(result)
+
+
+class _NotAwaitable(TypeError):
+    """A check returned a plain value: it was written without `async`."""
+
+
+async def _invoke(fn: Callable[[], object]) -> object:
+    outcome = fn()
+    if not inspect.isawaitable(outcome):
+        raise _NotAwaitable(type(outcome).__name__)
+    return await outcome
 
 
 def _verdict(result: object) -> tuple[bool, str]:

@@ -29,7 +29,6 @@ from ._events import (
     global_hooks,
     global_version,
     hooks_wanting,
-    interest,
     maker,
 )
 from ._validate import check_clock, check_hooks, check_name
@@ -57,7 +56,7 @@ class Policy(ABC):
     """
 
     kind: ClassVar[str] = "policy"
-    __slots__ = ("_clock", "_hooks", "_interest", "_plan_version", "_plans", "name")
+    __slots__ = ("_clock", "_hooks", "_plan_version", "_plans", "name")
 
     def __init__(
         self,
@@ -70,7 +69,6 @@ class Policy(ABC):
         self.name: str = check_name(owner, name, self.kind)
         self._clock: Clock = check_clock(owner, clock)
         self._hooks: tuple[Hook, ...] = check_hooks(owner, hooks)
-        self._interest = interest(self._hooks)
         # Per event type, the hooks that want it; rebuilt when any hook set changes.
         self._plans: dict[type[Event], tuple[Hook, ...]] = {}
         self._plan_version = -1
@@ -137,7 +135,6 @@ class Policy(ABC):
         """
         (checked,) = check_hooks(type(self).__name__, (hook,))
         self._hooks = (*self._hooks, checked)
-        self._interest = interest(self._hooks)
         self._plans.clear()
         return lambda: self.remove_hook(checked)
 
@@ -147,7 +144,6 @@ class Policy(ABC):
         """
         # Equality, not identity: `obj.method` is a new bound method on every access.
         self._hooks = tuple(h for h in self._hooks if h != hook)
-        self._interest = interest(self._hooks)
         self._plans.clear()
 
     @abstractmethod
@@ -168,9 +164,6 @@ class Policy(ABC):
         if hooks is None:
             hooks = self._plans[event_type] = hooks_wanting(self._hooks, event_type)
         return hooks
-
-    def _wants(self, event_type: type[Event]) -> bool:
-        return bool(self._hooks_for(event_type))
 
     def _emit(self, event_type: type[Event], /, **fields: Any) -> None:
         # Building the event is the cost: only when some hook wants this type.

@@ -48,6 +48,10 @@ class PoolStatistics:
     failovers: int
 
 
+def _key(instance: Instance) -> tuple[str, str, int]:
+    return (instance.id, instance.host, instance.port)
+
+
 def _default_breaker(instance: Instance) -> CircuitBreaker:
     return CircuitBreaker(
         name=f"{instance.service}/{instance.id}", failure_threshold=5, reset_timeout=10.0
@@ -84,6 +88,10 @@ class EndpointPool:
         failover_on: Any = None,
         service: str | None = None,
     ) -> None:
+        if balancer is not None and not isinstance(balancer, Balancer):
+            raise TypeError(f"EndpointPool(balancer=...): expected a Balancer, got {balancer!r}")
+        if breaker is not None and not callable(breaker):
+            raise TypeError(f"EndpointPool(breaker=...): expected a factory, got {breaker!r}")
         self._source = instances
         self._service = service
         self._balancer = balancer or RoundRobin()
@@ -94,8 +102,9 @@ class EndpointPool:
             if failover_on is None
             else error_matcher("EndpointPool", "failover_on", failover_on)
         )
-        self._breakers: dict[str, CircuitBreaker] = {}
-        self._in_flight: dict[str, int] = {}
+        # Keyed by id and address: an id reused at a new address starts afresh.
+        self._breakers: dict[tuple[str, str, int], CircuitBreaker] = {}
+        self._in_flight: dict[tuple[str, str, int], int] = {}
         self._calls = 0
         self._failovers = 0
 
@@ -114,16 +123,17 @@ class EndpointPool:
         """
         The breaker guarding `instance`, built on first use.
         """
-        breaker = self._breakers.get(instance.id)
+        key = _key(instance)
+        breaker = self._breakers.get(key)
         if breaker is None:
-            breaker = self._breakers[instance.id] = self._make_breaker(instance)
+            breaker = self._breakers[key] = self._make_breaker(instance)
         return breaker
 
     def in_flight(self, instance: Instance) -> int:
         """
         Calls to `instance` in flight now.
         """
-        return self._in_flight.get(instance.id, 0)
+        return self._in_flight.get(_key(instance), 0)
 
     def is_ejected(self, instance: Instance) -> bool:
         """
@@ -136,7 +146,19 @@ class EndpointPool:
         """
         The instances the balancer may pick from now.
         """
-        return [i for i in self.instances() if not self.is_ejected(i)]
+        known = self.instances()
+        if len(self._breakers) > 2 * len(known) + 8:
+            self._forget_departed(known)
+        return [i for i in known if not self.is_ejected(i)]
+
+    def _forget_departed(self, known: list[Instance]) -> None:
+        # Instances come and go (rolling deploys): drop the breakers and counters of the
+        # ones gone, unless a call to them is still in flight.
+        present = {_key(i) for i in known}
+        for key in [k for k in self._breakers if k not in present]:
+            if not self._in_flight.get(key):
+                del self._breakers[key]
+                self._in_flight.pop(key, None)
 
     async def call(self, fn: Callable[[Instance], Awaitable[T]]) -> T:
         """
@@ -171,11 +193,12 @@ class EndpointPool:
         raise last
 
     async def _attempt(self, instance: Instance, fn: Callable[[Instance], Awaitable[T]]) -> T:
-        self._in_flight[instance.id] = self._in_flight.get(instance.id, 0) + 1
+        key = _key(instance)
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
         try:
             return await self.breaker_for(instance).call(fn, instance)
         finally:
-            self._in_flight[instance.id] -= 1
+            self._in_flight[key] -= 1
 
     def _no_instance(self) -> NoHealthyInstanceError:
         known = self.instances()

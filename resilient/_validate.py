@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
+from tenacity.retry import retry_base
+
 from ._clock import SYSTEM_CLOCK, Clock
 from ._errors import RejectedError
 from ._events import Hook
@@ -118,12 +120,24 @@ def check_exception_types(owner: str, param: str, value: object) -> tuple[type[B
 ErrorPredicate = Callable[[BaseException], bool]
 
 
-def error_matcher(owner: str, param: str, value: object) -> ErrorPredicate:
+def error_matcher(
+    owner: str, param: str, value: object, *, allow_empty: bool = False
+) -> ErrorPredicate:
     """
     Turn exception types or a predicate into one predicate over exceptions.
 
     `asyncio.CancelledError` never matches: cancellation is not a dependency failure.
+
+    Raises:
+        TypeError: `value` is a tenacity ``retry_*`` strategy (only `Retry(on=...)`
+            understands those), or neither types nor a callable.
+        ValueError: No exception type was given (the policy would match nothing).
     """
+    if isinstance(value, retry_base):
+        raise TypeError(
+            f"{owner}({param}=...): tenacity retry_* strategies are only understood by"
+            " Retry(on=...); pass exception types or a predicate over the exception"
+        )
     if callable(value) and not isinstance(value, type):
         predicate: ErrorPredicate = value
 
@@ -132,6 +146,8 @@ def error_matcher(owner: str, param: str, value: object) -> ErrorPredicate:
 
         return matches
     types = check_exception_types(owner, param, value)
+    if not types and not allow_empty:
+        raise ValueError(f"{owner}({param}=()): give at least one exception type")
 
     def is_instance(error: BaseException) -> bool:
         return isinstance(error, types) and isinstance(error, Exception)

@@ -913,7 +913,13 @@ def test_bad_parameter_raises_naming_it(
         {"failure_threshold": 1, "success_threshold": 1, "half_open_max_calls": 1},
         {"reset_timeout": 0.001},
         {"reset_timeout": 5},
-        {"failure_rate": 1, "slow_call_rate": 1.0, "window": 1, "min_calls": 1},
+        {
+            "failure_rate": 1,
+            "slow_call_rate": 1.0,
+            "slow_call_duration": 1.0,
+            "window": 1,
+            "min_calls": 1,
+        },
         {"window_duration": 0.5, "min_calls": 1},
         {"exclude": lambda error: False},
     ],
@@ -923,3 +929,9 @@ def test_edge_values_are_accepted(kwargs: dict[str, Any]) -> None:
     breaker = CircuitBreaker(**kwargs)
     assert breaker.state is CLOSED
     assert breaker.statistics().calls == 0
+
+
+def test_slow_call_rate_needs_slow_call_duration() -> None:
+    """slow_call_rate without slow_call_duration is a ValueError, not a silent mode switch."""
+    with pytest.raises(ValueError, match="slow_call_rate"):
+        CircuitBreaker(slow_call_rate=0.2)

@@ -552,3 +552,9 @@ def test_edge_values_are_accepted() -> None:
     """max_concurrent=1, max_queue=0 and max_wait=0 are valid."""
     bulkhead = Bulkhead(1, max_queue=0, max_wait=0)
     assert (bulkhead.max_concurrent, bulkhead.max_queue, bulkhead.max_wait) == (1, 0, 0.0)
+
+
+def test_max_wait_needs_a_queue() -> None:
+    """max_wait with max_queue=0 would never apply: ValueError naming it."""
+    with pytest.raises(ValueError, match="max_wait"):
+        Bulkhead(2, max_wait=5.0)

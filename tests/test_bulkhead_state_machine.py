@@ -91,8 +91,10 @@ class BulkheadMachine(RuleBasedStateMachine):
         max_wait=st.sampled_from([None, 0, 2, 5]),
     )
     def build(self, max_concurrent: int, max_queue: int, max_wait: int | None) -> None:
+        # A wait limit only means something with a queue (Bulkhead rejects it otherwise).
+        wait = max_wait if max_queue else None
         self._bulkhead = Bulkhead(
-            max_concurrent, max_queue=max_queue, max_wait=max_wait, clock=self.clock
+            max_concurrent, max_queue=max_queue, max_wait=wait, clock=self.clock
         )
 
     # --- the model's moves ---

@@ -199,10 +199,10 @@ async def test_a_lambda_returning_a_coroutine_is_a_check() -> None:
 
 
 async def test_a_sync_check_fails_rather_than_breaking_the_monitor() -> None:
-    """A callable that returns no awaitable fails with a TypeError detail."""
+    """A callable that returns no awaitable fails with a detail saying it is not async."""
     monitor = monitor_with(("db", lambda: True, {}))
     report = await monitor.check_now()
-    assert report.checks["db"].detail == "TypeError"
+    assert report.checks["db"].detail == "check is not async (it returned bool)"
 
 
 async def test_slow_check_times_out() -> None:
@@ -829,3 +829,18 @@ async def test_status_change_during_a_registry_call_is_followed() -> None:
         assert await registered(registry) == []
         breaker.reset()
         assert await registered(registry) == ["orders-1"]
+
+
+async def test_stopped_monitor_runs_no_remediation_on_breaker_changes() -> None:
+    """After stop(), a watched breaker's transitions call no transition hooks."""
+    breaker = CircuitBreaker(name="db", failure_threshold=1)
+    monitor = HealthMonitor()
+    monitor.watch_breaker(breaker, critical=True)
+    seen: list[tuple[HealthStatus, HealthStatus]] = []
+    monitor.on_transition(lambda old, new, report: seen.append((old, new)))
+    await monitor.start()
+    await monitor.stop()
+    seen.clear()
+    breaker.trip()
+    breaker.reset()
+    assert seen == []

@@ -226,3 +226,23 @@ def test_bad_max_attempts_is_named() -> None:
     """max_attempts=0 raises ValueError naming the parameter."""
     with pytest.raises(ValueError, match="max_attempts"):
         EndpointPool([A], max_attempts=0)
+
+
+async def test_departed_instances_are_forgotten() -> None:
+    """Breakers of instances that left are dropped: churn does not grow the pool."""
+    generation: list[Instance] = []
+    pool = EndpointPool(lambda: generation)
+
+    async def call(instance: Instance) -> str:
+        return instance.id
+
+    for n in range(300):
+        generation[:] = [Instance("svc", f"pod-{n}-{k}", "127.0.0.1", 9000 + k) for k in range(3)]
+        await pool.call(call)
+    assert len(pool._breakers) <= 2 * 3 + 8 + 3  # the prune bound, plus one generation
+
+
+def test_pool_rejects_a_non_balancer() -> None:
+    """A balancer that is not a Balancer is a TypeError at construction."""
+    with pytest.raises(TypeError, match="balancer"):
+        EndpointPool([A], balancer=object())  # type: ignore[arg-type]
