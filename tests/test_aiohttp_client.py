@@ -1037,3 +1037,58 @@ def test_middleware_benchmark_quick_run(tmp_path: Path) -> None:
     assert "<!-- middleware:begin -->" in text
     assert "<!-- middleware:end -->" in text
     assert "full pipeline" in text
+
+
+# -- review fixes --------------------------------------------------------------------------
+
+
+async def test_one_shot_body_is_never_resent(backend: Backend, clock: FakeClock) -> None:
+    """A PUT whose body is an async generator is sent once: a retry would send it empty.
+    The caller gets the failed response, as without the middleware."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"important "
+        yield b"value"
+
+    backend.answer(503)
+    async with (
+        session(ResilienceMiddleware(retrying(clock))) as client,
+        client.put(backend.url("/k"), data=chunks()) as response,
+    ):
+        assert response.status == 503
+    assert backend.attempts == 1
+    assert clock.sleeps == []
+
+
+async def test_bytes_body_is_still_retried(backend: Backend, clock: FakeClock) -> None:
+    """A PUT with a bytes body can be sent again whole, so it is retried."""
+    backend.answer(503)
+    async with (
+        session(ResilienceMiddleware(retrying(clock))) as client,
+        client.put(backend.url("/k"), data=b"value") as response,
+    ):
+        assert response.status == 200
+    assert backend.attempts == 2
+
+
+async def test_unhealthy_response_text_has_no_query_string(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """The failure's text names the path, not the query (tokens travel there)."""
+    backend.forever(503)
+    seen: list[BaseException] = []
+    policy = Retry(1, clock=clock, hooks=[lambda e: seen.append(getattr(e, "error", None))])  # type: ignore[arg-type]
+    async with (
+        session(ResilienceMiddleware({backend.origin: policy})) as client,
+        client.get(backend.url("/charge"), params={"api_key": "sk_live_SECRET"}) as response,
+    ):
+        assert response.status == 503
+    errors = [e for e in seen if e is not None]
+    assert errors
+    assert all("SECRET" not in str(e) and "/charge" in str(e) for e in errors)
+
+
+def test_a_policy_is_not_a_factory() -> None:
+    """Passing a policy where a factory belongs is a TypeError at construction."""
+    with pytest.raises(TypeError, match="factory"):
+        ResilienceMiddleware(Retry(2))  # type: ignore[arg-type]

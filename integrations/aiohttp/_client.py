@@ -32,6 +32,7 @@ from typing import Literal
 
 from aiohttp import ClientError, ClientRequest, ClientResponse
 from aiohttp.client_middlewares import ClientHandlerType
+from aiohttp.payload import AsyncIterablePayload
 
 from resilient import (
     CircuitBreaker,
@@ -106,7 +107,28 @@ class UnhealthyResponse(Exception):
         self.response = response
         self.status = response.status
         self.retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        super().__init__(f"{response.method} {response.url} answered {response.status}")
+        # No query string: it may carry tokens, and this text reaches logs and traces.
+        where = response.url.with_query(None)
+        super().__init__(f"{response.method} {where} answered {response.status}")
+
+
+class _CannotResend(RejectedError):
+    """
+    The request's body was a one-shot stream, already sent.
+
+    Another attempt would send an empty body; the caller gets the last attempt's
+    outcome instead.
+    """
+
+
+def _one_shot_body(request: ClientRequest) -> bool:
+    # An async iterable (a generator, a stream) can be read once; bytes, str, JSON and
+    # seekable files are re-sent whole by aiohttp.
+    return isinstance(request.body, AsyncIterablePayload)
+
+
+def _body_spent(request: ClientRequest) -> bool:
+    return bool(getattr(request.body, "consumed", False))
 
 
 class _NotSent(RejectedError):
@@ -177,6 +199,11 @@ class ResilienceMiddleware:
         deadline_header: str = DEADLINE_HEADER,
     ) -> None:
         self._factory: Callable[[str], Policy] | None
+        if isinstance(policies, Policy):
+            raise TypeError(
+                "ResilienceMiddleware(policies=...): got a policy; pass a factory such as"
+                " `lambda key: pipeline(...)` (one policy per key) or a mapping"
+            )
         if policies is None or callable(policies):
             self._factory, self._policies = policies or default_policy, {}
         elif isinstance(policies, Mapping):
@@ -211,12 +238,18 @@ class ResilienceMiddleware:
             self._stamp(request)
             return await handler(request)
         attempt = _Attempts(self, request, handler)
-        once = no_retries() if request.method not in self._retry_methods else nullcontext()
+        once = (
+            no_retries()
+            if request.method not in self._retry_methods or _one_shot_body(request)
+            else nullcontext()
+        )
         try:
             with once:
                 response = await policy.call(attempt.send)
         except UnhealthyResponse as failed:
             response = failed.response  # no attempt left: the caller gets the response
+        except _CannotResend:
+            response = attempt.last_outcome()
         except _NotSent as not_sent:
             attempt.release_all()
             raise not_sent.error from not_sent.error.__cause__  # as if no middleware
@@ -243,7 +276,7 @@ class _Attempts:
     The attempts of one request: sends each, remembers responses to release.
     """
 
-    __slots__ = ("_handler", "_kept", "_middleware", "_request", "_responses")
+    __slots__ = ("_handler", "_kept", "_last_error", "_middleware", "_request", "_responses")
 
     def __init__(
         self, middleware: ResilienceMiddleware, request: ClientRequest, handler: ClientHandlerType
@@ -253,15 +286,19 @@ class _Attempts:
         self._handler = handler
         self._responses: list[ClientResponse] = []
         self._kept: ClientResponse | None = None
+        self._last_error: BaseException | None = None
 
     async def send(self) -> ClientResponse:
+        if (self._responses or self._last_error) and _body_spent(self._request):
+            raise _CannotResend  # checked before releasing: the caller may get that response
         # Release the response of the failed attempt before sending again: its
         # connection goes back to the pool instead of waiting for garbage collection.
         self.release_discarded()
         self._middleware._stamp(self._request)  # noqa: SLF001  # a fresh deadline per attempt
         try:
             response = await self._handler(self._request)
-        except (ClientError, OSError, ResilienceError):
+        except (ClientError, OSError, ResilienceError) as error:
+            self._last_error = error
             raise  # the network, the server, or an inner policy: judged by the policies
         except Exception as error:
             raise _NotSent(error) from error
@@ -269,6 +306,16 @@ class _Attempts:
         if self._middleware._failure_status(response.status):  # noqa: SLF001
             raise UnhealthyResponse(response)
         return response
+
+    def last_outcome(self) -> ClientResponse:
+        """
+        The last attempt's response, or raise its error (when it can't be resent).
+        """
+        if self._responses:
+            return self._responses[-1]
+        self.release_all()
+        assert self._last_error is not None  # noqa: S101  # _CannotResend needs an attempt
+        raise self._last_error
 
     def keep(self, response: object) -> None:
         """
