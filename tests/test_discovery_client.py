@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -20,6 +20,8 @@ from resilient import (
     Instance,
     NoHealthyInstanceError,
     PowerOfTwoChoices,
+    Timeout,
+    TimeoutExceeded,
 )
 from resilient.integrations.aiohttp import DiscoveryClient
 
@@ -199,3 +201,64 @@ async def test_path_must_be_absolute(session: aiohttp.ClientSession) -> None:
     async with DiscoveryClient(session, InMemoryRegistry()) as client:
         with pytest.raises(ValueError, match="path"):
             await client.get("kv", "keys")
+
+
+async def test_callers_mistakes_eject_no_instance(session: aiohttp.ClientSession) -> None:
+    """A request aiohttp refuses to send (a bad header) fails as is, and counts against
+    no instance: later good requests still reach them all."""
+    registry = InMemoryRegistry()
+    servers = [await start_server("kv", f"kv-{n}", ok) for n in range(2)]
+    for server in servers:
+        await registry.register(server.instance)
+    async with DiscoveryClient(session, registry) as client:
+        for _ in range(6):
+            with pytest.raises(ValueError, match="control character"):
+                await client.get("kv", "/", headers={"X-Bad": "a\nb"})
+        async with await client.get("kv", "/") as response:
+            assert response.status == 200
+        assert (await client.pool("kv")).statistics().ejected == ()
+    assert sum(len(s.hits) for s in servers) == 1
+    for server in servers:
+        await server.runner.cleanup()
+
+
+async def test_one_shot_body_is_not_failed_over(session: aiohttp.ClientSession) -> None:
+    """A PUT whose body is a generator goes to one instance only: it can't be resent."""
+    registry = InMemoryRegistry()
+    servers = [await start_server("kv", f"kv-{n}", broken) for n in range(2)]
+    for server in servers:
+        await registry.register(server.instance)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"value"
+
+    async with (
+        DiscoveryClient(session, registry) as client,
+        await client.request("PUT", "kv", "/k", data=body()) as response,
+    ):
+        assert response.status == 500
+    assert sum(len(s.hits) for s in servers) == 1
+    for server in servers:
+        await server.runner.cleanup()
+
+
+class SilentRegistry(InMemoryRegistry):
+    """A registry whose watch never answers, like an unreachable backend."""
+
+    async def watch(self, service: str) -> AsyncGenerator[list[Instance], None]:
+        await asyncio.Event().wait()
+        yield []
+
+
+async def test_cancelled_first_call_leaves_no_view_running(
+    session: aiohttp.ClientSession,
+) -> None:
+    """A first call cancelled while the service view starts leaves nothing behind close()."""
+    client = DiscoveryClient(session, SilentRegistry())
+    with pytest.raises(TimeoutExceeded):
+        async with Timeout(0.05):
+            await client.get("kv", "/")
+    await client.close()
+    await asyncio.sleep(0)
+    names = [t.get_coro().__qualname__ for t in asyncio.all_tasks()]  # type: ignore[union-attr]
+    assert not [n for n in names if "ServiceView" in n]

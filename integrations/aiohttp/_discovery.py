@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection
 from contextlib import nullcontext
 from typing import Any
 
-from aiohttp import ClientResponse, ClientSession
+from aiohttp import ClientError, ClientResponse, ClientSession
 
 from resilient import (
     Balancer,
@@ -28,13 +28,21 @@ from resilient import (
     EndpointPool,
     Instance,
     Registry,
+    ResilienceError,
     ServiceView,
     no_retries,
 )
 
-from ._client import IDEMPOTENT_METHODS, UnhealthyResponse, is_failure_status
+from ._client import IDEMPOTENT_METHODS, UnhealthyResponse, _NotSent, is_failure_status
 
 __all__ = ["DiscoveryClient"]
+
+
+def _resendable(kwargs: dict[str, Any]) -> bool:
+    # A body that can be sent again whole: none, bytes, text, a form dict or JSON.
+    # Anything else (a generator, a stream, a file) may be read only once.
+    data = kwargs.get("data")
+    return data is None or isinstance(data, bytes | bytearray | str | dict)
 
 
 class DiscoveryClient:
@@ -72,27 +80,31 @@ class DiscoveryClient:
         self._failure_status = failure_status
         self._views: dict[str, ServiceView] = {}
         self._pools: dict[str, EndpointPool] = {}
-        self._lock = asyncio.Lock()
+        self._starting: dict[str, asyncio.Future[ServiceView]] = {}
 
     async def pool(self, service: str) -> EndpointPool:
         """
         The endpoint pool of `service`, following the registry from first use.
         """
         pool = self._pools.get(service)
-        if pool is not None:
-            return pool
-        async with self._lock:
-            if service not in self._pools:
-                view = await ServiceView(self._registry, service).start()
-                self._views[service] = view
-                self._pools[service] = EndpointPool(
-                    view,
-                    balancer=self._balancer() if self._balancer else None,
-                    breaker=self._breaker,
-                    max_attempts=self._max_attempts,
-                    service=service,
-                )
-        return self._pools[service]
+        if pool is None:
+            # Built and stored before any await, so close() can always stop the view,
+            # even when this first caller is cancelled while the view starts.
+            view = self._views[service] = ServiceView(self._registry, service)
+            pool = self._pools[service] = EndpointPool(
+                view,
+                balancer=self._balancer() if self._balancer else None,
+                breaker=self._breaker,
+                max_attempts=self._max_attempts,
+                service=service,
+            )
+            self._starting[service] = asyncio.ensure_future(view.start())
+        starting = self._starting.get(service)
+        if starting is not None:
+            # Shielded: a cancelled caller must not cancel the start the others await.
+            await asyncio.shield(starting)
+            self._starting.pop(service, None)
+        return pool
 
     async def request(self, method: str, service: str, path: str, **kwargs: Any) -> ClientResponse:
         """
@@ -111,18 +123,35 @@ class DiscoveryClient:
         async def send(instance: Instance) -> ClientResponse:
             for earlier in responses:
                 earlier.release()  # a failed attempt's connection goes back to the pool
-            response = await self._session.request(method, instance.url + path, **kwargs)
+            try:
+                response = await self._session.request(method, instance.url + path, **kwargs)
+            except (ClientError, OSError, ResilienceError):
+                raise  # the network, the instance, or a policy: judged by the pool
+            except Exception as error:
+                raise _NotSent(error) from error  # the caller's mistake: no instance's fault
             responses.append(response)
             if self._failure_status(response.status):
                 raise UnhealthyResponse(response)
             return response
 
-        once = no_retries() if method not in self._retry_methods else nullcontext()
+        once = (
+            no_retries()
+            if method not in self._retry_methods or not _resendable(kwargs)
+            else nullcontext()
+        )
+        kept: ClientResponse | None = None
         try:
             with once:
-                return await pool.call(send)
+                kept = await pool.call(send)
         except UnhealthyResponse as failed:
-            return failed.response
+            kept = failed.response
+        except _NotSent as not_sent:
+            raise not_sent.error from not_sent.error.__cause__
+        finally:
+            for response in responses:
+                if response is not kept:
+                    response.release()
+        return kept
 
     async def get(self, service: str, path: str, **kwargs: Any) -> ClientResponse:
         """
@@ -140,6 +169,9 @@ class DiscoveryClient:
         """
         Stop following the registry (the session is the caller's to close).
         """
+        for starting in self._starting.values():
+            starting.cancel()
+        self._starting.clear()
         for view in self._views.values():
             await view.stop()
         self._views.clear()
