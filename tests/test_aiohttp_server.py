@@ -538,3 +538,67 @@ async def test_metrics_route_at_a_custom_path(serve: Serve, client: aiohttp.Clie
     assert status == 200
     assert "hits_total 1.0" in text
     assert (await fetch(client, root / "metrics"))[0] == 404
+
+
+# -- review fixes --------------------------------------------------------------------------
+
+
+async def test_handler_own_timeout_is_not_reported_as_the_callers_deadline(
+    serve: Serve,
+) -> None:
+    """A handler's own Timeout firing with the caller's budget left is not reported as
+    the caller's deadline: the middleware lets it through (aiohttp answers a bare 504
+    for any TimeoutError), with no "deadline_exceeded" body."""
+
+    async def own_timeout(_: web.Request) -> web.Response:
+        async with Timeout(0.01):
+            await asyncio.sleep(1)
+        return web.Response(text="unreachable")
+
+    app = web.Application(middlewares=[resilience_middleware()])
+    app.router.add_get("/own", own_timeout)
+    url = await serve(app)
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(url / "own", headers={DEADLINE_HEADER: "10000"}) as response,
+    ):
+        assert response.status == 504
+        assert response.content_type == "text/plain"
+        assert "deadline_exceeded" not in await response.text()
+
+
+async def test_deadline_after_streaming_started_writes_no_second_status(serve: Serve) -> None:
+    """When the deadline passes after a streamed response started, no 504 is written
+    into its body: the client sees a cut-off response, never a second status line."""
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"part1")
+        await asyncio.sleep(1)
+        return response
+
+    app = web.Application(middlewares=[resilience_middleware()])
+    app.router.add_get("/stream", stream)
+    url = await serve(app)
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(url / "stream", headers={DEADLINE_HEADER: "100"}) as response,
+    ):
+        assert response.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+
+
+def test_extracted_context_keeps_the_current_span_without_headers() -> None:
+    """With no trace headers, extraction keeps the current context (an outer server
+    span stays the parent) instead of replacing it with an empty one."""
+    from resilient.integrations.aiohttp._propagation import extract_trace_context
+
+    provider = TracerProvider()
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("outer") as outer:
+        extracted = extract_trace_context({})
+        assert extracted is not None
+        span = trace.get_current_span(extracted)  # type: ignore[arg-type]
+        assert span.get_span_context().span_id == outer.get_span_context().span_id

@@ -58,12 +58,12 @@ def parse_deadline(value: str | None) -> float | None:
     return millis / 1000
 
 
-def _load_otel() -> tuple[Callable[..., None], Callable[..., Any]] | None:
+def _load_otel() -> tuple[Callable[..., None], Callable[..., Any], Callable[[], Any]] | None:
     try:
-        from opentelemetry import propagate
+        from opentelemetry import context, propagate
     except ImportError:  # the otel extra is optional
         return None
-    return propagate.inject, propagate.extract
+    return propagate.inject, propagate.extract, context.get_current
 
 
 _OTEL = _load_otel()
@@ -86,7 +86,9 @@ def extract_trace_context(headers: Mapping[str, str]) -> object | None:
     if _OTEL is None:
         return None
     try:
-        context: object = _OTEL[1](headers)
+        # On top of the current context, not instead of it: an outer server
+        # instrumentation's span stays the parent when no trace header came in.
+        context: object = _OTEL[1](headers, context=_OTEL[2]())
     except Exception:  # noqa: BLE001  # a hostile header must never fail the request
         return None
     return context

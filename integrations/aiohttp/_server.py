@@ -14,6 +14,7 @@ Malformed or hostile headers are ignored (no deadline, a fresh trace), never a 5
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -66,15 +67,26 @@ def resilience_middleware(
             if not enforce_deadline:
                 with deadline(budget):
                     return await handler(request)
+            started = time.monotonic()
             try:
                 return await Timeout(budget, name="request").call(handler, request)
             except TimeoutExceeded:
+                if time.monotonic() - started < budget or _response_started(request):
+                    # The handler's own timeout with budget left (its bug, not the
+                    # caller's deadline), or a streamed response already on the wire
+                    # (no second status line can follow): let aiohttp handle it.
+                    raise
                 return web.json_response(
                     {"error": "deadline_exceeded", "detail": "the caller's deadline passed"},
                     status=504,
                 )
 
     return middleware
+
+
+def _response_started(request: web.Request) -> bool:
+    writer = request.writer  # aiohttp's own test for "headers already sent"
+    return bool(getattr(writer, "output_size", 0))
 
 
 class _trace_context:  # noqa: N801  # used like a function: `with _trace_context(request):`
