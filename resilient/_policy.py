@@ -176,37 +176,31 @@ class Policy(ABC):
 
     async def _observe(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         # Every observed call runs this, so the call events are built with their
-        # positional constructors and the hook plans are read inline (each saved call
-        # shows in a metrics or tracing hook's overhead).
+        # positional constructors and the hook plans are read once, up front. Up front
+        # also means a call's end event goes to the hooks that were there when it
+        # started: a hook added or removed mid-call never sees half a call.
         clock, kind, name = self._clock, self.kind, self.name
-        if self._plan_version != global_version():
-            self._plans.clear()
-            self._plan_version = global_version()
-        plans = self._plans
+        hooks_for = self._hooks_for
+        on_start, on_success = hooks_for(CallStarted), hooks_for(CallSucceeded)
+        on_failure, on_cancel = hooks_for(CallFailed), hooks_for(CallCancelled)
         started = clock.monotonic()
-        hooks = plans.get(CallStarted)
-        if hooks is None:
-            hooks = self._hooks_for(CallStarted)
-        if hooks:
-            deliver(hooks, _new_started(kind, name, started))
+        if on_start:
+            deliver(on_start, _new_started(kind, name, started))
         try:
             result = await self._run(fn, args, kwargs)
         except asyncio.CancelledError:
-            if hooks := self._hooks_for(CallCancelled):
+            if on_cancel:
                 now = clock.monotonic()
-                deliver(hooks, _new_cancelled(kind, name, now, now - started))
+                deliver(on_cancel, _new_cancelled(kind, name, now, now - started))
             raise
         except BaseException as error:
-            if hooks := self._hooks_for(CallFailed):
+            if on_failure:
                 now = clock.monotonic()
-                deliver(hooks, _new_failed(kind, name, now, now - started, error))
+                deliver(on_failure, _new_failed(kind, name, now, now - started, error))
             raise
-        hooks = plans.get(CallSucceeded)
-        if hooks is None:
-            hooks = self._hooks_for(CallSucceeded)
-        if hooks:
+        if on_success:
             now = clock.monotonic()
-            deliver(hooks, _new_succeeded(kind, name, now, now - started))
+            deliver(on_success, _new_succeeded(kind, name, now, now - started))
         return result
 
 

@@ -5,6 +5,7 @@ fast constructors events are built with.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from unittest.mock import patch
 
@@ -103,3 +104,25 @@ def test_fast_constructor_keeps_events_frozen_and_equal() -> None:
         CallSucceeded("retry", "x", 1.0, 0.5)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         CallSucceeded(kind="retry", name="x", time=1.0)  # type: ignore[call-arg]
+
+
+async def test_a_call_ends_with_the_hooks_it_started_with() -> None:
+    """A hook added mid-call gets no end event for it; one removed mid-call still does."""
+    early: list[Event] = []
+    late: list[Event] = []
+    gate = asyncio.Event()
+
+    async def wait() -> str:
+        await gate.wait()
+        return "ok"
+
+    policy = Retry(3)
+    remove_early = policy.add_hook(early.append)
+    task = asyncio.create_task(policy.call(wait))
+    await asyncio.sleep(0)
+    remove_early()
+    policy.add_hook(late.append)
+    gate.set()
+    assert await task == "ok"
+    assert [type(e) for e in early] == [CallStarted, CallSucceeded]
+    assert late == []
