@@ -347,13 +347,10 @@ class EtcdRegistry:
             interval = registration.ttl / 3
             await asyncio.sleep(interval)
             try:
-                if await self._gateway.keepalive(registration.lease, within=interval) <= 0:
-                    _log.warning("lease of %r is gone; registering again", registration.instance)
-                    await self._attach(registration)
-                elif outage:
-                    # etcd is back and the lease survived: put the key again in case
-                    # the key (not the lease) was lost or deleted meanwhile.
-                    await self._put(registration)
+                lease = registration.lease
+                alive = await self._gateway.keepalive(lease, within=interval) > 0
+                if not alive or outage:
+                    await self._repair(registration, lease, lost=not alive)
                 outage = False
             except EtcdError as error:
                 if not outage:
@@ -364,6 +361,26 @@ class EtcdRegistry:
                 # instance would silently expire. Log it and try again next round.
                 _log.exception("keepalive of %r failed", registration.instance)
                 outage = True
+
+    async def _repair(self, registration: _Registration, lease: int, *, lost: bool) -> None:
+        """
+        After a lost lease (or an outage), register the instance again.
+
+        Under the registry's lock, and only if nothing changed meanwhile: a register()
+        or deregister() in flight may already have moved the key to a new lease (or
+        removed it), and writing the old registration back would orphan it.
+        """
+        async with self._lock:
+            current = self._registrations.get(self._key(registration.instance))
+            if current is not registration or registration.lease != lease:
+                return
+            if lost:
+                _log.warning("lease of %r is gone; registering again", registration.instance)
+                await self._attach(registration)
+            else:
+                # etcd is back and the lease survived: put the key again in case the
+                # key (not the lease) was lost or deleted meanwhile.
+                await self._put(registration)
 
     async def close(self) -> None:
         """

@@ -642,3 +642,25 @@ async def test_views_serve_stale_through_an_outage_and_heal_after_restart(
         await asyncio.sleep(ttl + 0.5)
         assert ids(await watcher.instances("orders")) == ["orders-1", "orders-2"]
         assert ids(view.instances) == ["orders-1", "orders-2"]
+
+
+async def test_keepalive_repair_leaves_a_moved_registration_alone() -> None:
+    """A keepalive that saw its lease lost does not re-register when register() or
+    deregister() already changed the registration: writing the old one back would leave
+    the key on a lease nobody refreshes."""
+    from resilient.integrations.etcd import _Registration
+
+    # Nothing listens on port 9: any attempt to write would fail loudly.
+    registry = EtcdRegistry("http://127.0.0.1:9", ttl=5)
+    instance = Instance("svc", "svc-1", "127.0.0.1", 9001)
+    registration = _Registration(instance, lease=7, ttl=5)
+    registry._registrations[registry._key(instance)] = registration
+    try:
+        await registry._repair(registration, 6, lost=True)  # the lease moved on: skip
+        stale = _Registration(instance, lease=7, ttl=5)
+        await registry._repair(stale, 7, lost=True)  # not the current registration: skip
+        with pytest.raises(EtcdError):
+            await registry._repair(registration, 7, lost=True)  # current: it does act
+    finally:
+        registry._registrations.clear()
+        await registry.close()
