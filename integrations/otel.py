@@ -55,7 +55,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar, Token
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 try:
     from opentelemetry import context as otel_context
@@ -96,9 +96,6 @@ from ._otel_common import (
     fail,
     tracer_for,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["OpenTelemetryHooks", "aiohttp_server_span_middleware"]
 

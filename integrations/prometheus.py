@@ -230,18 +230,41 @@ class DiscoveryCollector(Collector):
     """
 
     def __init__(self, views: Iterable[ServiceView]) -> None:
-        self._views = list(views)
+        self._views: list[ServiceView] = []
+        for view in views:
+            self.add(view)
 
     def add(self, view: ServiceView) -> None:
         """
-        Export `view` too.
+        Export `view` too (once, however often it is added).
         """
-        self._views.append(view)
+        if all(view is not known for known in self._views):
+            self._views.append(view)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """
+        Name the families (empty) so a second collector of them is refused on register.
+        """
+        return iter(self._families())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """
         Yield the discovery gauges (called by the registry on each scrape).
         """
+        connected, stale, size = self._families()
+        for view in self._views:
+            status = view.status()
+            connected.add_metric([view.service], 1.0 if status.connected else 0.0)
+            since = status.stale_since
+            age = 0.0 if status.connected or since is None else view.clock.monotonic() - since
+            stale.add_metric([view.service], max(0.0, age))
+            size.add_metric([view.service], float(len(view.instances)))
+        yield connected
+        yield stale
+        yield size
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         connected = GaugeMetricFamily(
             "resilient_discovery_connected",
             "1 while the service view is in touch with its registry, 0 while stale.",
@@ -257,16 +280,7 @@ class DiscoveryCollector(Collector):
             "Instances in the service view.",
             labels=["service"],
         )
-        for view in self._views:
-            status = view.status()
-            connected.add_metric([view.service], 1.0 if status.connected else 0.0)
-            since = status.stale_since
-            age = 0.0 if status.connected or since is None else view.clock.monotonic() - since
-            stale.add_metric([view.service], max(0.0, age))
-            size.add_metric([view.service], float(len(view.instances)))
-        yield connected
-        yield stale
-        yield size
+        return connected, stale, size
 
 
 def track_discovery(*views: ServiceView, registry: CollectorRegistry) -> DiscoveryCollector:

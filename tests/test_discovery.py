@@ -263,3 +263,20 @@ def test_view_can_be_restarted_under_another_loop() -> None:
 
     assert asyncio.run(once(A)) == [A]
     assert asyncio.run(once(B)) == [A, B]
+
+
+async def test_discovery_collector_refuses_a_second_registration() -> None:
+    """Two discovery collectors on one registry are refused, not exported twice;
+    adding a view twice exports it once."""
+    registry = InMemoryRegistry()
+    await registry.register(A)
+    view = await ServiceView(registry, "svc").start()
+    metrics = CollectorRegistry()
+    collector = track_discovery(view, view, registry=metrics)
+    collector.add(view)
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        track_discovery(view, registry=metrics)
+    families = [f for f in metrics.collect() if f.name == "resilient_discovery_connected"]
+    assert len(families) == 1
+    assert len(families[0].samples) == 1
+    await view.stop()
