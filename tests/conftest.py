@@ -11,12 +11,21 @@ import json
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
+from aiohttp import test_utils, web
+from opentelemetry import propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from yarl import URL
 
 from tests._servers import (
     LOCALHOST,
@@ -27,6 +36,7 @@ from tests._servers import (
     running_server,
     start_server,
 )
+from tests._web import Serve
 
 SERVER_FIXTURES = frozenset(
     {"redis_server", "redis_client", "etcd_server", "etcd_private", "prometheus_server"}
@@ -352,3 +362,47 @@ def prometheus_server(tmp_path: Path) -> Iterator[Callable[[str], PrometheusServ
     finally:
         for process in started:
             process.stop()
+
+
+# -- aiohttp applications and tracing, shared by the integration tests -----------------
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """
+    Serve applications on 127.0.0.1 and ephemeral ports; stop them afterwards.
+    """
+    servers: list[test_utils.TestServer] = []
+
+    async def start(app: web.Application) -> URL:
+        server = test_utils.TestServer(app, host=LOCALHOST)
+        servers.append(server)
+        await server.start_server()
+        return server.make_url("/")
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+def tracer() -> Iterator[tuple[trace.Tracer, InMemorySpanExporter]]:
+    """
+    A tracer of an SDK `TracerProvider` recording into memory, and W3C propagation.
+
+    The provider is not installed globally (a span made current with its tracer is all
+    injection needs), so there is nothing global to undo but the propagator, which is
+    pinned to tracecontext + baggage for the test and restored afterwards.
+    """
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    before = propagate.get_global_textmap()
+    propagate.set_global_textmap(
+        CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+    )
+    try:
+        yield provider.get_tracer(__name__), exporter
+    finally:
+        propagate.set_global_textmap(before)
+        provider.shutdown()

@@ -26,13 +26,8 @@ import pytest
 import tenacity
 from aiohttp import test_utils, web
 from multidict import CIMultiDictProxy
-from opentelemetry import propagate, trace
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.propagators.composite import CompositePropagator
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from yarl import URL
 
 from resilient import (
@@ -249,29 +244,6 @@ def clock() -> FakeClock:
     A fake clock for the policies: retries wait in fake time only.
     """
     return FakeClock()
-
-
-@pytest.fixture
-def tracer() -> Iterator[tuple[trace.Tracer, InMemorySpanExporter]]:
-    """
-    A tracer of an SDK `TracerProvider` recording into memory, and W3C propagation.
-
-    The provider is not installed globally (a span made current with its tracer is all
-    injection needs), so there is nothing global to undo but the propagator, which is
-    pinned to tracecontext + baggage for the test and restored afterwards.
-    """
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    before = propagate.get_global_textmap()
-    propagate.set_global_textmap(
-        CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
-    )
-    try:
-        yield provider.get_tracer(__name__), exporter
-    finally:
-        propagate.set_global_textmap(before)
-        provider.shutdown()
 
 
 def session(middleware: ResilienceMiddleware, **kwargs: object) -> aiohttp.ClientSession:

@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -23,13 +23,9 @@ from aiohttp import test_utils, web
 from aiohttp.typedefs import Middleware
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from opentelemetry import baggage, context, propagate, trace
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry import baggage, context, trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
@@ -43,6 +39,7 @@ from resilient.integrations.aiohttp import (
     resilience_middleware,
 )
 from tests._servers import LOCALHOST
+from tests._web import Serve
 
 MAX_DEADLINE_MS = 24 * 3600 * 1000
 Json = dict[str, Any]
@@ -96,27 +93,6 @@ def probe_app(
     return app, fates
 
 
-Serve = Callable[[web.Application], Awaitable[URL]]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """
-    Serve applications on 127.0.0.1 and ephemeral ports; stop them afterwards.
-    """
-    servers: list[test_utils.TestServer] = []
-
-    async def start(app: web.Application) -> URL:
-        server = test_utils.TestServer(app, host=LOCALHOST)
-        servers.append(server)
-        await server.start_server()
-        return server.make_url("/")
-
-    yield start
-    for server in servers:
-        await server.close()
-
-
 @pytest.fixture
 async def client() -> AsyncIterator[aiohttp.ClientSession]:
     """
@@ -139,29 +115,6 @@ async def fetch(
         except ValueError:
             body = {}
         return response.status, body if isinstance(body, dict) else {}, text
-
-
-@pytest.fixture
-def tracer() -> Iterator[tuple[trace.Tracer, InMemorySpanExporter]]:
-    """
-    A tracer of an SDK `TracerProvider` recording into memory, and W3C propagation.
-
-    The provider is not installed globally (a span made current with its tracer is all
-    injection needs), so there is nothing global to undo but the propagator, which is
-    pinned to tracecontext + baggage for the test and restored afterwards.
-    """
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    before = propagate.get_global_textmap()
-    propagate.set_global_textmap(
-        CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
-    )
-    try:
-        yield provider.get_tracer(__name__), exporter
-    finally:
-        propagate.set_global_textmap(before)
-        provider.shutdown()
 
 
 # -- the deadline --------------------------------------------------------------------------

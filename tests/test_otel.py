@@ -13,20 +13,19 @@ import asyncio
 import contextlib
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import tenacity
-from aiohttp import test_utils, web
+from aiohttp import web
 from opentelemetry import context, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from yarl import URL
 
 from resilient import (
     Bulkhead,
@@ -47,7 +46,7 @@ from resilient.integrations.aiohttp import (
 )
 from resilient.integrations.otel import OpenTelemetryHooks, aiohttp_server_span_middleware
 from resilient.testing import FakeClock
-from tests._servers import LOCALHOST
+from tests._web import Serve
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -815,26 +814,6 @@ def test_importing_the_module_does_not_import_aiohttp() -> None:
 
 
 # -- the aiohttp server span ---------------------------------------------------------------
-
-Serve = Callable[[web.Application], Awaitable[URL]]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """
-    Serve applications on 127.0.0.1 and ephemeral ports; stop them afterwards.
-    """
-    servers: list[test_utils.TestServer] = []
-
-    async def start(app: web.Application) -> URL:
-        server = test_utils.TestServer(app, host=LOCALHOST)
-        servers.append(server)
-        await server.start_server()
-        return server.make_url("/")
-
-    yield start
-    for server in servers:
-        await server.close()
 
 
 def traced_app(provider: TracerProvider, routes: Sequence[web.RouteDef]) -> web.Application:
