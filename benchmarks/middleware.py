@@ -49,6 +49,7 @@ from typing import IO
 import aiohttp
 from aiohttp import web
 
+from benchmarks._cli import add_run_options, run_size
 from benchmarks._docs import command_line, merge_region
 from benchmarks._report import machine_info, now_utc, package_versions
 from resilient import Bulkhead, CircuitBreaker, Policy, Retry, RetryBudget, Timeout, pipeline
@@ -444,15 +445,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Options, bool]:
         prog="python -m benchmarks.middleware",
         description="Overhead of resilient's aiohttp client middleware over loopback.",
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run; report to a temp dir")
-    parser.add_argument("--rounds", type=int, help=f"recorded rounds (default {FULL['rounds']})")
-    parser.add_argument(
-        "--requests", type=int, help=f"GETs per client per round (default {FULL['requests']})"
-    )
-    parser.add_argument("--warmup", type=int, help=f"discarded rounds (default {FULL['warmup']})")
-    parser.add_argument("--seed", type=int, default=1, help="shuffle seed (default 1)")
-    parser.add_argument("--md", type=Path, help=f"markdown report (default {DEFAULT_MD})")
-    parser.add_argument("--json", type=Path, help="also write raw samples and figures here")
+    add_run_options(parser, FULL, count="requests", default_md=DEFAULT_MD)
     parser.add_argument(
         "--server-lifetime",
         type=float,
@@ -467,11 +460,11 @@ def parse_args(argv: Sequence[str]) -> tuple[Options, bool]:
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--server-cpu", type=int, help=argparse.SUPPRESS)
     ns = parser.parse_args(argv)
-    base = QUICK if ns.quick else FULL
+    rounds, requests, warmup = run_size(parser, ns, FULL, QUICK, count="requests")
     opts = Options(
-        rounds=ns.rounds if ns.rounds is not None else base["rounds"],
-        requests=ns.requests if ns.requests is not None else base["requests"],
-        warmup=ns.warmup if ns.warmup is not None else base["warmup"],
+        rounds=rounds,
+        requests=requests,
+        warmup=warmup,
         seed=ns.seed,
         quick=ns.quick,
         md=ns.md,
@@ -481,8 +474,6 @@ def parse_args(argv: Sequence[str]) -> tuple[Options, bool]:
         server_cpu=ns.server_cpu,
         argv=tuple(argv),
     )
-    if opts.rounds < 1 or opts.requests < 1 or opts.warmup < 0:
-        parser.error("--rounds and --requests must be >= 1, --warmup >= 0")
     return opts, ns.serve
 
 

@@ -49,6 +49,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from benchmarks import _params
+from benchmarks._cli import add_run_options, run_size
 from benchmarks._docs import command_line, merge_region
 from benchmarks._harness import NOOP_RESULT, AsyncFn, noop, time_batch
 from benchmarks._observability_report import BEGIN_MARKER, END_MARKER, Row, Run, render
@@ -323,32 +324,23 @@ def parse_args(argv: Sequence[str]) -> Options:
         prog="python -m benchmarks.observability",
         description="Per-call cost of observing policies (Prometheus hooks) vs bare policies.",
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run; report to a temp dir")
-    parser.add_argument("--rounds", type=int, help=f"recorded rounds (default {FULL['rounds']})")
-    parser.add_argument("--calls", type=int, help=f"calls per batch (default {FULL['calls']})")
-    parser.add_argument("--warmup", type=int, help=f"warm-up rounds (default {FULL['warmup']})")
-    parser.add_argument("--seed", type=int, default=1, help="shuffle seed (default 1)")
-    parser.add_argument("--md", type=Path, help=f"markdown report (default {DEFAULT_MD})")
-    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    add_run_options(parser, FULL, default_md=DEFAULT_MD)
     ns = parser.parse_args(argv)
-    base = QUICK if ns.quick else FULL
+    rounds, calls, warmup = run_size(parser, ns, FULL, QUICK)
     md = ns.md or (
         Path(tempfile.mkdtemp(prefix="resilient-obs-")) / "benchmarks.md"
         if ns.quick
         else DEFAULT_MD
     )
-    opts = Options(
-        rounds=base["rounds"] if ns.rounds is None else ns.rounds,
-        calls=base["calls"] if ns.calls is None else ns.calls,
-        warmup=base["warmup"] if ns.warmup is None else ns.warmup,
+    return Options(
+        rounds=rounds,
+        calls=calls,
+        warmup=warmup,
         seed=ns.seed,
         md=md,
         json=ns.json,
         argv=tuple(argv),
     )
-    if opts.rounds < 1 or opts.calls < 1 or opts.warmup < 0:
-        parser.error("--rounds and --calls must be >= 1, --warmup >= 0")
-    return opts
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
+from benchmarks._cli import add_run_options, run_size
 from benchmarks._docs import command_line, merge_region
 from benchmarks._harness import Contender, Samples, noop, run_rounds, summarise, verify
 from benchmarks._report import machine_info, now_utc, package_versions
@@ -304,28 +305,19 @@ def parse_args(argv: Sequence[str]) -> Options:
         prog="python -m benchmarks.otel",
         description="Per-call cost of OpenTelemetryHooks next to one SDK span.",
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run; report to a temp dir")
-    parser.add_argument("--rounds", type=int, help=f"recorded rounds (default {FULL['rounds']})")
-    parser.add_argument("--calls", type=int, help=f"calls per batch (default {FULL['calls']})")
-    parser.add_argument("--warmup", type=int, help=f"discarded rounds (default {FULL['warmup']})")
-    parser.add_argument("--seed", type=int, default=1, help="shuffle seed (default 1)")
-    parser.add_argument("--md", type=Path, help=f"markdown report (default {DEFAULT_MD})")
-    parser.add_argument("--json", type=Path, help="also write raw samples and figures here")
+    add_run_options(parser, FULL, default_md=DEFAULT_MD)
     ns = parser.parse_args(argv)
-    base = QUICK if ns.quick else FULL
-    opts = Options(
-        rounds=ns.rounds if ns.rounds is not None else base["rounds"],
-        calls=ns.calls if ns.calls is not None else base["calls"],
-        warmup=ns.warmup if ns.warmup is not None else base["warmup"],
+    rounds, calls, warmup = run_size(parser, ns, FULL, QUICK)
+    return Options(
+        rounds=rounds,
+        calls=calls,
+        warmup=warmup,
         seed=ns.seed,
         quick=ns.quick,
         md=ns.md,
         json=ns.json,
         argv=tuple(argv),
     )
-    if opts.rounds < 1 or opts.calls < 1 or opts.warmup < 0:
-        parser.error("--rounds and --calls must be >= 1, --warmup >= 0")
-    return opts
 
 
 async def measure(opts: Options) -> tuple[list[Contender], list[Samples]]:

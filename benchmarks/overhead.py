@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import _peers, _report, _resilient
+from benchmarks._cli import add_run_options, run_size
 from benchmarks._harness import (
     BARE_KEY,
     Contender,
@@ -62,33 +63,14 @@ def parse_args(argv: Sequence[str]) -> Options:
         prog="python -m benchmarks.overhead",
         description="Happy-path per-call overhead of resilient vs peer libraries.",
     )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="CI smoke run: few rounds and calls; outputs go to a temp dir "
-        "unless --md/--png are given",
-    )
-    parser.add_argument("--rounds", type=int, help=f"recorded rounds (default {FULL['rounds']})")
-    parser.add_argument(
-        "--calls",
-        type=int,
-        help=f"awaited calls per contender per round (default {FULL['calls']})",
-    )
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        help=f"discarded warm-up rounds (default {FULL['warmup']})",
-    )
-    parser.add_argument("--seed", type=int, default=1, help="shuffle seed (default 1)")
-    parser.add_argument("--md", type=Path, help=f"markdown report (default {DEFAULT_MD})")
+    add_run_options(parser, FULL, default_md=DEFAULT_MD)
     parser.add_argument("--png", type=Path, help=f"bar chart (default {DEFAULT_PNG})")
-    parser.add_argument("--json", type=Path, help="also dump raw results as JSON here")
     ns = parser.parse_args(argv)
-    base = QUICK if ns.quick else FULL
-    opts = Options(
-        rounds=ns.rounds if ns.rounds is not None else base["rounds"],
-        calls=ns.calls if ns.calls is not None else base["calls"],
-        warmup=ns.warmup if ns.warmup is not None else base["warmup"],
+    rounds, calls, warmup = run_size(parser, ns, FULL, QUICK)
+    return Options(
+        rounds=rounds,
+        calls=calls,
+        warmup=warmup,
         seed=ns.seed,
         quick=ns.quick,
         md=ns.md,
@@ -96,9 +78,6 @@ def parse_args(argv: Sequence[str]) -> Options:
         json=ns.json,
         argv=tuple(argv),
     )
-    if opts.rounds < 1 or opts.calls < 1 or opts.warmup < 0:
-        parser.error("--rounds and --calls must be >= 1, --warmup >= 0")
-    return opts
 
 
 def output_paths(opts: Options) -> tuple[Path, Path]:
