@@ -5,10 +5,11 @@ The command-line options every benchmark shares: run size, seed and report paths
 from __future__ import annotations
 
 import argparse
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["add_run_options", "run_size"]
+__all__ = ["add_run_options", "report_path", "run_size"]
 
 
 def add_run_options(
@@ -50,3 +51,15 @@ def run_size(
     if rounds < 1 or size < 1 or warmup < 0:
         parser.error(f"--rounds and --{count} must be >= 1, --warmup >= 0")
     return rounds, size, warmup
+
+
+def report_path(given: Path | None, *, quick: bool, default: Path) -> Path:
+    """
+    Where the report goes: as given, else a temp dir for a quick run (so a smoke run
+    never overwrites the committed figures), else `default`.
+    """
+    if given is not None:
+        return given
+    if quick:
+        return Path(tempfile.mkdtemp(prefix="resilient-bench-")) / "benchmarks.md"
+    return default

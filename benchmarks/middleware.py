@@ -38,7 +38,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -49,7 +48,7 @@ from typing import IO
 import aiohttp
 from aiohttp import web
 
-from benchmarks._cli import add_run_options, run_size
+from benchmarks._cli import add_run_options, report_path, run_size
 from benchmarks._docs import command_line, merge_region
 from benchmarks._report import machine_info, now_utc, package_versions
 from resilient import Bulkhead, CircuitBreaker, Policy, Retry, RetryBudget, Timeout, pipeline
@@ -477,15 +476,6 @@ def parse_args(argv: Sequence[str]) -> tuple[Options, bool]:
     return opts, ns.serve
 
 
-def markdown_path(opts: Options) -> Path:
-    """Where the report goes; a quick run never overwrites the committed figures."""
-    if opts.md is not None:
-        return opts.md
-    if opts.quick:
-        return Path(tempfile.mkdtemp(prefix="resilient-bench-")) / "benchmarks.md"
-    return DEFAULT_MD
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     opts, as_server = parse_args(sys.argv[1:] if argv is None else argv)
@@ -508,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples = asyncio.run(measure(server.port, opts))
     rows = figures(samples)
     print(text_summary(rows))
-    path = markdown_path(opts)
+    path = report_path(opts.md, quick=opts.quick, default=DEFAULT_MD)
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = path.read_text() if path.exists() else None
     path.write_text(

@@ -40,7 +40,6 @@ import json
 import random
 import statistics
 import sys
-import tempfile
 import timeit
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -49,7 +48,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from benchmarks import _params
-from benchmarks._cli import add_run_options, run_size
+from benchmarks._cli import add_run_options, report_path, run_size
 from benchmarks._docs import command_line, merge_region
 from benchmarks._harness import NOOP_RESULT, AsyncFn, noop, time_batch
 from benchmarks._observability_report import BEGIN_MARKER, END_MARKER, Row, Run, render
@@ -327,11 +326,7 @@ def parse_args(argv: Sequence[str]) -> Options:
     add_run_options(parser, FULL, default_md=DEFAULT_MD)
     ns = parser.parse_args(argv)
     rounds, calls, warmup = run_size(parser, ns, FULL, QUICK)
-    md = ns.md or (
-        Path(tempfile.mkdtemp(prefix="resilient-obs-")) / "benchmarks.md"
-        if ns.quick
-        else DEFAULT_MD
-    )
+    md = report_path(ns.md, quick=ns.quick, default=DEFAULT_MD)
     return Options(
         rounds=rounds,
         calls=calls,

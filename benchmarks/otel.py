@@ -30,14 +30,13 @@ import gc
 import json
 import statistics
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
-from benchmarks._cli import add_run_options, run_size
+from benchmarks._cli import add_run_options, report_path, run_size
 from benchmarks._docs import command_line, merge_region
 from benchmarks._harness import Contender, Samples, noop, run_rounds, summarise, verify
 from benchmarks._report import machine_info, now_utc, package_versions
@@ -346,15 +345,6 @@ async def measure(opts: Options) -> tuple[list[Contender], list[Samples]]:
     return rows, samples
 
 
-def markdown_path(opts: Options) -> Path:
-    """Where the report goes; a quick run never overwrites the committed figures."""
-    if opts.md is not None:
-        return opts.md
-    if opts.quick:
-        return Path(tempfile.mkdtemp(prefix="resilient-bench-")) / "benchmarks.md"
-    return DEFAULT_MD
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     opts = parse_args(sys.argv[1:] if argv is None else argv)
@@ -368,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" ({fig.ratio:.2f}x, target <= {TARGET:g}x); pipeline hooks"
         f" {fig.stack_hooks_cost:,.0f} ns; no SDK {fig.nosdk_cost:,.0f} ns"
     )
-    path = markdown_path(opts)
+    path = report_path(opts.md, quick=opts.quick, default=DEFAULT_MD)
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = path.read_text() if path.exists() else None
     path.write_text(
