@@ -51,8 +51,6 @@ from ._events import (
     RetryScheduled,
     StateChanged,
     TimedOut,
-    add_hook,
-    remove_hook,
 )
 from ._fallback import Fallback, FallbackStatistics
 from ._health import HealthMonitor
@@ -66,6 +64,7 @@ from ._health_check import (
 from ._hedge import Hedge, HedgeStatistics
 from ._no_retries import no_retries
 from ._pipeline import Pipeline, pipeline
+from ._plan import CallListener, add_hook, remove_hook
 from ._policy import Policy
 from ._pool import EndpointPool, PoolStatistics
 from ._retry import Retry, RetryStatistics
@@ -79,6 +78,7 @@ __all__ = [
     "BulkheadStatistics",
     "CallCancelled",
     "CallFailed",
+    "CallListener",
     "CallStarted",
     "CallSucceeded",
     "CheckReport",

@@ -2,18 +2,19 @@
 Typed events for every decision a policy makes, and the hooks that receive them.
 
 A hook is any callable taking one `Event`. Hooks are registered globally with
-`add_hook` or per policy (`hooks=` or `policy.add_hook`). A hook may narrow what it
-receives with an ``event_types`` attribute (the `Event` classes it wants). An event is
-only built when some hook wants it, so an unobserved policy pays nothing for events, and
-a metrics hook that ignores `CallStarted` doesn't pay for building it. A hook
-that raises is logged and skipped: observing a call must never break it.
+`add_hook` or per policy (`hooks=` or `policy.add_hook`); `_plan` keeps track of who
+hears whom. A hook may narrow what it receives with an ``event_types`` attribute (the
+`Event` classes it wants). An event is only built when some hook wants it, so an
+unobserved policy pays nothing for events, and a metrics hook that ignores `CallStarted`
+doesn't pay for building it. A hook that raises is logged and skipped: observing a call
+must never break it.
 
-The Prometheus and OpenTelemetry integrations are hook consumers.
+The Prometheus and OpenTelemetry integrations are hook consumers; they hear calls as
+`CallListener`s (see `_plan`) and decisions as events.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import logging
@@ -35,8 +36,6 @@ __all__ = [
     "RetryScheduled",
     "StateChanged",
     "TimedOut",
-    "add_hook",
-    "remove_hook",
 ]
 
 _log = logging.getLogger("resilient")
@@ -247,64 +246,6 @@ class FallbackUsed(Event):
 
 
 Hook: TypeAlias = Callable[[Event], object]
-
-# A list, not a tuple, mutated in place: policies hold no copy, so a hook added after a
-# policy was built still sees its events.
-_GLOBAL_HOOKS: list[Hook] = []
-# Bumped on every change to the global hooks: policies cache, per event type, the hooks
-# that want it, and rebuild that cache when this moves.
-_GLOBAL_VERSION: list[int] = [0]
-
-
-def add_hook(hook: Hook) -> Callable[[], None]:
-    """
-    Send every policy's events to `hook`.
-
-    Args:
-        hook: A callable taking one `Event`; its return value is ignored.
-
-    Returns:
-        A function that removes the hook again.
-    """
-    if not callable(hook):
-        raise TypeError(f"add_hook(hook=...): expected a callable, got {hook!r}")
-    _GLOBAL_HOOKS.append(hook)
-    _GLOBAL_VERSION[0] += 1
-    return lambda: remove_hook(hook)
-
-
-def remove_hook(hook: Hook) -> None:
-    """
-    Stop sending events to a hook added with `add_hook`; a no-op if it is not there.
-    """
-    with contextlib.suppress(ValueError):
-        _GLOBAL_HOOKS.remove(hook)
-    _GLOBAL_VERSION[0] += 1
-
-
-def global_hooks() -> list[Hook]:
-    """
-    Return the live list of global hooks (internal; do not mutate).
-    """
-    return _GLOBAL_HOOKS
-
-
-def global_version() -> int:
-    """
-    A number that changes whenever a global hook is added or removed (internal).
-    """
-    return _GLOBAL_VERSION[0]
-
-
-def hooks_wanting(hooks: tuple[Hook, ...], event_type: type[Event]) -> tuple[Hook, ...]:
-    """
-    Of the policy's own hooks and the global ones, those that want `event_type`.
-    """
-    return tuple(
-        hook
-        for hook in (*hooks, *_GLOBAL_HOOKS)
-        if (types := getattr(hook, "event_types", None)) is None or event_type in types
-    )
 
 
 def deliver(hooks: tuple[Hook, ...], event: Event) -> None:

@@ -26,11 +26,9 @@ from ._events import (
     Event,
     Hook,
     deliver,
-    global_hooks,
-    global_version,
-    hooks_wanting,
     maker,
 )
+from ._plan import NOT_STARTED, STALE, Plan, global_hooks, log_listener_failure, plan_of
 from ._validate import check_clock, check_hooks, check_name
 
 __all__ = ["Args", "AsyncFn", "Kwargs", "Policy"]
@@ -56,7 +54,7 @@ class Policy(ABC):
     """
 
     kind: ClassVar[str] = "policy"
-    __slots__ = ("_clock", "_hooks", "_plan_version", "_plans", "name")
+    __slots__ = ("__weakref__", "_clock", "_hooks", "_monotonic", "_plan", "name")
 
     def __init__(
         self,
@@ -68,10 +66,10 @@ class Policy(ABC):
         owner = type(self).__name__
         self.name: str = check_name(owner, name, self.kind)
         self._clock: Clock = check_clock(owner, clock)
+        self._monotonic = self._clock.monotonic  # looked up once: read twice per call
         self._hooks: tuple[Hook, ...] = check_hooks(owner, hooks)
-        # Per event type, the hooks that want it; rebuilt when any hook set changes.
-        self._plans: dict[type[Event], tuple[Hook, ...]] = {}
-        self._plan_version = -1
+        # Who hears this policy, and how; rebuilt when any hook set changes.
+        self._plan: Plan = STALE
 
     @property
     def clock(self) -> Clock:
@@ -135,7 +133,7 @@ class Policy(ABC):
         """
         (checked,) = check_hooks(type(self).__name__, (hook,))
         self._hooks = (*self._hooks, checked)
-        self._plans.clear()
+        self._plan = STALE
         return lambda: self.remove_hook(checked)
 
     def remove_hook(self, hook: Hook) -> None:
@@ -144,7 +142,7 @@ class Policy(ABC):
         """
         # Equality, not identity: `obj.method` is a new bound method on every access.
         self._hooks = tuple(h for h in self._hooks if h != hook)
-        self._plans.clear()
+        self._plan = STALE
 
     @abstractmethod
     def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> Awaitable[T]:
@@ -155,19 +153,15 @@ class Policy(ABC):
     def _listening(self) -> bool:
         return bool(self._hooks or _GLOBAL_HOOKS)
 
-    def _hooks_for(self, event_type: type[Event]) -> tuple[Hook, ...]:
-        version = global_version()
-        if version != self._plan_version:
-            self._plans.clear()
-            self._plan_version = version
-        hooks = self._plans.get(event_type)
-        if hooks is None:
-            hooks = self._plans[event_type] = hooks_wanting(self._hooks, event_type)
-        return hooks
+    def _current_plan(self) -> Plan:
+        plan = self._plan
+        if plan is STALE:
+            plan = self._plan = plan_of(self, self._hooks)
+        return plan
 
     def _emit(self, event_type: type[Event], /, **fields: Any) -> None:
         # Building the event is the cost: only when some hook wants this type.
-        hooks = self._hooks_for(event_type)
+        hooks = self._current_plan().wanting(event_type)
         if hooks:
             deliver(
                 hooks,
@@ -175,33 +169,100 @@ class Policy(ABC):
             )
 
     async def _observe(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
-        # Every observed call runs this, so the call events are built with their
-        # positional constructors and the hook plans are read once, up front. Up front
-        # also means a call's end event goes to the hooks that were there when it
-        # started: a hook added or removed mid-call never sees half a call.
-        clock, kind, name = self._clock, self.kind, self.name
-        hooks_for = self._hooks_for
-        on_start, on_success = hooks_for(CallStarted), hooks_for(CallSucceeded)
-        on_failure, on_cancel = hooks_for(CallFailed), hooks_for(CallCancelled)
-        started = clock.monotonic()
-        if on_start:
-            deliver(on_start, _new_started(kind, name, started))
+        # Every observed call of every layer runs this, so the common case (one hook
+        # hearing calls, as a listener: Prometheus or OpenTelemetry) is written out:
+        # two clock reads, one or two method calls, no event objects, no checks (a stale
+        # plan has no sole listener). The plan is read once, up front, so a call's end
+        # goes to whoever heard its start: a hook added or removed mid-call never sees
+        # half a call.
+        plan = self._plan
+        ended = plan.sole_end
+        if ended is None:
+            return await self._observe_all(fn, args, kwargs)
+        start = plan.sole_start
+        token = None
+        if start is not None:
+            try:
+                token = start()
+            except Exception:  # noqa: BLE001  # observing a call must never break it
+                log_listener_failure(start, "call_started")
+                token = NOT_STARTED
+        monotonic = self._monotonic
+        began = monotonic()
         try:
             result = await self._run(fn, args, kwargs)
-        except asyncio.CancelledError:
-            if on_cancel:
-                now = clock.monotonic()
-                deliver(on_cancel, _new_cancelled(kind, name, now, now - started))
+        except BaseException as error:
+            if token is not NOT_STARTED:
+                try:
+                    ended(token, monotonic() - began, error)
+                except Exception:  # noqa: BLE001  # see above
+                    log_listener_failure(ended, "call_ended")
+            raise
+        if token is not NOT_STARTED:
+            try:
+                ended(token, monotonic() - began, None)
+            except Exception:  # noqa: BLE001  # see above
+                log_listener_failure(ended, "call_ended")
+        return result
+
+    async def _observe_all(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
+        # Everything but the fast path: a stale plan, several listeners, hooks that want
+        # call events, or nobody hearing calls. Listeners start in hook order and end in
+        # reverse, as nested context managers would; events use positional constructors.
+        plan = self._plan
+        if plan is STALE:
+            plan = self._current_plan()
+            if plan.sole_end is not None:
+                return await self._observe(fn, args, kwargs)
+        if not plan.any_call:
+            return await self._run(fn, args, kwargs)
+        clock, kind, name = self._clock, self.kind, self.name
+        began = clock.monotonic()
+        if plan.on_start:
+            deliver(plan.on_start, _new_started(kind, name, began))
+        tokens = [_start(start) for start, _ in plan.listeners] if plan.listeners else None
+        try:
+            result = await self._run(fn, args, kwargs)
+        except asyncio.CancelledError as error:
+            now = clock.monotonic()
+            _end(plan, tokens, now - began, error)
+            if plan.on_cancel:
+                deliver(plan.on_cancel, _new_cancelled(kind, name, now, now - began))
             raise
         except BaseException as error:
-            if on_failure:
-                now = clock.monotonic()
-                deliver(on_failure, _new_failed(kind, name, now, now - started, error))
-            raise
-        if on_success:
             now = clock.monotonic()
-            deliver(on_success, _new_succeeded(kind, name, now, now - started))
+            _end(plan, tokens, now - began, error)
+            if plan.on_failure:
+                deliver(plan.on_failure, _new_failed(kind, name, now, now - began, error))
+            raise
+        now = clock.monotonic()
+        _end(plan, tokens, now - began, None)
+        if plan.on_success:
+            deliver(plan.on_success, _new_succeeded(kind, name, now, now - began))
         return result
+
+
+def _start(start: Any) -> Any:
+    if start is None:
+        return None
+    try:
+        return start()
+    except Exception:  # noqa: BLE001  # observing a call must never break it
+        log_listener_failure(start, "call_started")
+        return NOT_STARTED
+
+
+def _end(
+    plan: Plan, tokens: list[Any] | None, duration: float, error: BaseException | None
+) -> None:
+    if tokens is None:
+        return
+    for (_, ended), token in zip(reversed(plan.listeners), reversed(tokens), strict=True):
+        if token is not NOT_STARTED:
+            try:
+                ended(token, duration, error)
+            except Exception:  # noqa: BLE001  # see above
+                log_listener_failure(ended, "call_ended")
 
 
 def _check_async(policy: Policy, fn: object) -> None:

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ._clock import TimerHandle
-from ._events import Event, add_hook
+from ._events import Event
+from ._plan import add_hook
 from ._retry import instant_retries_enabled, set_instant_retries
 
 __all__ = ["FakeClock", "capture_events", "instant_retries", "set_instant_retries"]

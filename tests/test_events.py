@@ -32,7 +32,7 @@ from resilient import (
     add_hook,
     remove_hook,
 )
-from resilient._events import global_hooks
+from resilient._plan import global_hooks
 from resilient.testing import FakeClock
 from tests._aio import result_of
 

@@ -20,7 +20,7 @@ from resilient import (
     RetryScheduled,
     Timeout,
 )
-from resilient._events import global_hooks
+from resilient._plan import global_hooks
 from resilient._retry import instant_retries_enabled
 from resilient.testing import FakeClock, capture_events, instant_retries, set_instant_retries
 from tests._aio import result_of
