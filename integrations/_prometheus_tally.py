@@ -20,6 +20,7 @@ rejections, transitions...) share one lock.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import threading
 from bisect import bisect_left
@@ -34,6 +35,7 @@ from resilient import (
     Event,
     FallbackUsed,
     HedgeSent,
+    Policy,
     Rejected,
     RejectedError,
     RetryScheduled,
@@ -42,12 +44,12 @@ from resilient import (
     TimeoutExceeded,
 )
 
-__all__ = ["OUTCOMES", "CallCell", "Snapshot", "Tally", "state_label"]
+__all__ = ["OUTCOMES", "CallCell", "PolicyCalls", "Snapshot", "Tally", "count_call", "state_label"]
 
 OUTCOMES: Final = ("success", "failure", "rejected", "timeout", "cancelled")
 """Values of the ``outcome`` label, in the order of `CallCell.outcomes`."""
 
-_FAILURE, _REJECTED, _TIMEOUT, _CANCELLED = 1, 2, 3, 4
+_SUCCESS, _FAILURE, _REJECTED, _TIMEOUT, _CANCELLED = range(5)
 
 Labels = tuple[str, ...]
 
@@ -105,20 +107,10 @@ class Tally:
         bounds: The duration histogram's finite upper bounds, ascending, in seconds.
     """
 
-    # CallStarted is left out on purpose: nothing here needs it, and a policy only
-    # builds an event some hook wants.
+    # Calls are heard through `listen_calls` (no event objects); only decisions arrive
+    # as events.
     event_types: ClassVar[frozenset[type[Event]]] = frozenset(
-        {
-            CallSucceeded,
-            CallFailed,
-            CallCancelled,
-            RetryScheduled,
-            Rejected,
-            StateChanged,
-            TimedOut,
-            HedgeSent,
-            FallbackUsed,
-        }
+        {RetryScheduled, Rejected, StateChanged, TimedOut, HedgeSent, FallbackUsed}
     )
 
     __slots__ = (
@@ -151,6 +143,7 @@ class Tally:
         self._states: dict[str, str] = {}
         # Any: each handler takes its own event type; the dict is keyed by that type.
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
+            CallSucceeded: self._succeeded,
             CallFailed: self._failed,
             CallCancelled: self._cancelled,
             RetryScheduled: lambda e: self._bump(self._retries, (e.name,)),
@@ -163,24 +156,33 @@ class Tally:
 
     def __call__(self, event: Event) -> None:
         """
-        Count `event` (policies call this; so may tests).
+        Count `event`.
+
+        Policies send decisions here and report calls to `listen_calls`; call events
+        are counted too, for events fed by hand.
         """
-        # A success is nearly every event (one per layer per call): inlined, no
-        # handler lookup, no extra frame, no lock (the shard is this thread's).
-        if type(event) is CallSucceeded:
-            try:
-                cells = self._local.cells
-            except AttributeError:
-                cells = self._new_shard()
-            cell = cells.get((event.kind, event.name)) or self._new_cell(cells, event)
-            seconds = event.duration
-            cell.outcomes[0] += 1
-            cell.buckets[bisect_left(self._bounds, seconds)] += 1
-            cell.seconds += seconds
-            return
         handler = self._handlers.get(type(event))
         if handler is not None:  # an event type added to resilient after this module
             handler(event)
+
+    def listen_calls(self, policy: Policy) -> PolicyCalls:
+        """
+        Count `policy`'s calls: what the policy reports each call's end to.
+        """
+        return PolicyCalls(self, policy.kind, policy.name)
+
+    def cell(self, kind: str, name: str) -> CallCell:
+        """
+        This thread's cell for (kind, name), made on first use.
+        """
+        try:
+            cells: dict[tuple[str, str], CallCell] = self._local.cells
+        except AttributeError:
+            cells = self._new_shard()
+        cell = cells.get((kind, name))
+        if cell is None:
+            cell = cells[kind, name] = CallCell(len(self._bounds) + 1)
+        return cell
 
     def _new_shard(self) -> dict[tuple[str, str], CallCell]:
         cells: dict[tuple[str, str], CallCell] = {}
@@ -189,33 +191,15 @@ class Tally:
             self._shards.append(cells)
         return cells
 
-    def _new_cell(self, cells: dict[tuple[str, str], CallCell], event: Event) -> CallCell:
-        cell = cells[event.kind, event.name] = CallCell(len(self._bounds) + 1)
-        return cell
+    def _succeeded(self, event: CallSucceeded) -> None:
+        count_call(self.cell(event.kind, event.name), self._bounds, event.duration, None)
 
     def _failed(self, event: CallFailed) -> None:
-        error = event.error
-        if isinstance(error, RejectedError):
-            self._count_call(event, _REJECTED, None)  # never ran: no duration to observe
-        elif isinstance(error, TimeoutExceeded):
-            self._count_call(event, _TIMEOUT, event.duration)
-        else:
-            self._count_call(event, _FAILURE, event.duration)
+        count_call(self.cell(event.kind, event.name), self._bounds, event.duration, event.error)
 
     def _cancelled(self, event: CallCancelled) -> None:
         # The caller gave up, so the duration says nothing about the dependency.
-        self._count_call(event, _CANCELLED, None)
-
-    def _count_call(self, event: Event, outcome: int, seconds: float | None) -> None:
-        try:
-            cells = self._local.cells
-        except AttributeError:
-            cells = self._new_shard()
-        cell = cells.get((event.kind, event.name)) or self._new_cell(cells, event)
-        cell.outcomes[outcome] += 1
-        if seconds is not None:
-            cell.buckets[bisect_left(self._bounds, seconds)] += 1
-            cell.seconds += seconds
+        self.cell(event.kind, event.name).outcomes[_CANCELLED] += 1
 
     def _rejected(self, event: Rejected) -> None:
         self._bump(self._rejections, (event.kind, event.name, event.reason.value))
@@ -246,6 +230,65 @@ class Tally:
             }
             states = dict(self._states)
         return Snapshot(calls=_merged(shards), counters=counters, states=states)
+
+
+class PolicyCalls:
+    """
+    The call listener `Tally.listen_calls` binds to one policy.
+
+    It keeps the cell of the thread that uses it (nearly always the only one), so a call
+    costs an attribute read, not a dict lookup keyed by a fresh tuple.
+    """
+
+    __slots__ = ("_bounds", "_kind", "_local", "_name", "_tally")
+
+    def __init__(self, tally: Tally, kind: str, name: str) -> None:
+        self._tally = tally
+        self._bounds = tally._bounds  # noqa: SLF001  # same module's class
+        self._kind = kind
+        self._name = name
+        self._local = threading.local()  # .cell: this thread's cell for the policy
+
+    def call_ended(self, _token: None, duration: float, error: BaseException | None) -> None:
+        """
+        Count one call that left the policy.
+        """
+        try:
+            cell = self._local.cell
+        except AttributeError:
+            cell = self._local.cell = self._tally.cell(self._kind, self._name)
+        if error is None:  # nearly every call: inlined
+            cell.outcomes[0] += 1
+            cell.buckets[bisect_left(self._bounds, duration)] += 1
+            cell.seconds += duration
+        else:
+            count_call(cell, self._bounds, duration, error)
+
+
+def count_call(
+    cell: CallCell, bounds: tuple[float, ...], duration: float, error: BaseException | None
+) -> None:
+    """
+    Count one call in `cell`: its outcome, and its duration if it ran to an end.
+
+    Rejected calls never ran and cancelled ones were given up by the caller: their
+    durations say nothing about the dependency.
+    """
+    if error is None:
+        outcome = _SUCCESS
+    elif isinstance(error, asyncio.CancelledError):
+        cell.outcomes[_CANCELLED] += 1
+        return
+    elif isinstance(error, RejectedError):
+        cell.outcomes[_REJECTED] += 1
+        return
+    elif isinstance(error, TimeoutExceeded):
+        outcome = _TIMEOUT
+    else:
+        outcome = _FAILURE
+    cell.outcomes[outcome] += 1
+    cell.buckets[bisect_left(bounds, duration)] += 1
+    cell.seconds += duration
 
 
 def _merged(

@@ -76,9 +76,9 @@ class ResilienceMetrics(Tally):
 
     Pass it where hooks go (``hooks=[metrics]``, ``policy.add_hook(metrics)``) or make
     it global with `install`; either way, not both, or a policy's events count twice.
-    It declares ``event_types``, so policies don't build events it ignores
-    (`CallStarted`). Counts are kept in plain numbers and become metric families when
-    the registry is scraped.
+    Policies report calls to it as a `resilient.CallListener` (no event objects) and
+    decisions as events. Counts are kept in plain numbers and become metric families
+    when the registry is scraped.
 
     Args:
         registry: Where to register; required, so nothing lands on the global

@@ -10,6 +10,7 @@ import json
 import re
 import threading
 from collections.abc import Iterator
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given
@@ -17,15 +18,21 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+import resilient._events
+import resilient._policy
 from resilient import (
     Bulkhead,
     BulkheadFullError,
+    CallCancelled,
+    CallFailed,
     CallStarted,
     CallSucceeded,
     CircuitBreaker,
     CircuitOpenError,
+    Event,
     Fallback,
     Hedge,
+    Hook,
     Retry,
     RetryBudget,
     Timeout,
@@ -328,10 +335,24 @@ def test_events_it_does_not_count_are_ignored(
     assert generate_latest(registry) == before
 
 
-def test_ignores_call_started() -> None:
-    """CallStarted is not wanted, so policies never build it for this hook."""
+async def test_calls_are_counted_without_building_events(
+    registry: CollectorRegistry, metrics: ResilienceMetrics
+) -> None:
+    """Policies report calls to the hook's listener: no call event is built or delivered."""
+    delivered: list[object] = []
+    original = resilient._events.deliver
+
+    def spy(hooks: tuple[Hook, ...], event: Event) -> None:
+        delivered.append(event)
+        original(hooks, event)
+
+    with patch.object(resilient._policy, "deliver", spy):
+        await Retry(3, name="quiet", hooks=[metrics]).call(ok)
+    assert delivered == []
+    labels = {"kind": "retry", "policy": "quiet", "outcome": "success"}
+    assert sample(registry, "resilient_calls_total", **labels) == 1
     assert CallStarted not in ResilienceMetrics.event_types
-    assert CallSucceeded in ResilienceMetrics.event_types
+    assert CallSucceeded not in ResilienceMetrics.event_types
 
 
 async def test_track_pipeline_exports_members_at_zero(
@@ -429,6 +450,21 @@ async def test_calls_from_other_threads_add_up(
         thread.join()
     assert calls(registry, "retry", "shared", "success") == 110
     assert observed(registry, "retry", "shared") == 110
+
+
+def test_call_events_fed_by_hand_count_like_reported_calls(
+    registry: CollectorRegistry, metrics: ResilienceMetrics
+) -> None:
+    """CallFailed and CallCancelled handed to the hook count as failure/timeout/cancelled."""
+    metrics(CallFailed(kind="retry", name="p", time=0.0, duration=0.2, error=OSError()))
+    metrics(
+        CallFailed(kind="retry", name="p", time=0.0, duration=0.3, error=TimeoutExceeded("p", 1.0))
+    )
+    metrics(CallCancelled(kind="retry", name="p", time=0.0, duration=9.0))
+    assert calls(registry, "retry", "p", "failure") == 1
+    assert calls(registry, "retry", "p", "timeout") == 1
+    assert calls(registry, "retry", "p", "cancelled") == 1
+    assert observed(registry, "retry", "p") == 2  # the cancelled call's duration is not
 
 
 def durations() -> st.SearchStrategy[list[float]]:
