@@ -35,24 +35,26 @@ Why it is built this way:
   CircuitBreaker, Bulkhead)`` is one decision about one call; four nested spans of
   identical extent would bury the trace. The outermost policy opens the span; an inner
   policy whose call starts while that span is still the current context folds into it
-  (its decisions become events of the same span). A context variable holds the stack of
-  open calls, so folding is per task: concurrent calls never share a span, and a hedged
+  (its decisions become events of the same span). A context variable holds the innermost
+  traced call, so folding is per task: concurrent calls never share a span, and a hedged
   attempt (a task in a copy of the caller's context) folds into its caller's span. A
   policy called under a span the user opened inside the call (say around a database
   query) gets its own span, a child of the user's. Limitation: the events don't say
   which policies form one pipeline, so a protected call made directly inside another
   one, under no span of the user's, is folded into it too.
-- **Current for the whole call, restored exactly.** The span is attached on
-  `CallStarted` and detached on the call's end event, which the policy emits in the
-  same task; both are LIFO per task because policy calls nest. The context is detached
-  before the span is touched, so even a span method that fails leaves nothing attached.
-  Tasks the call starts (hedged attempts, the user's background tasks) copy the context
-  with our span in it. OpenTelemetry's ``start_as_current_span`` is not usable here: the
-  start and the end arrive as two separate events.
+- **Current for the whole call, restored exactly.** Policies report a call's start and
+  end to a `resilient.CallListener` (`PolicySpans`, one per policy), in the task of the
+  call, handing back what the start returned: the span is attached at the start and
+  detached at the end, LIFO because policy calls nest. The context is detached before
+  the span is touched, so even a span method that fails leaves nothing attached. Tasks
+  the call starts (hedged attempts, the user's background tasks) copy the context with
+  our span in it. No event object is built for a call, which keeps the hooks within
+  1.2x of one bare SDK span (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any, Final
@@ -67,13 +69,10 @@ except ImportError as exc:  # pragma: no cover - needs an environment without th
     ) from exc
 
 from resilient import (
-    CallCancelled,
-    CallFailed,
-    CallStarted,
-    CallSucceeded,
     Event,
     FallbackUsed,
     HedgeSent,
+    Policy,
     Rejected,
     RejectedError,
     RetryScheduled,
@@ -83,7 +82,7 @@ from resilient import (
     add_hook,
     remove_hook,
 )
-from resilient._events import global_hooks
+from resilient._plan import global_hooks
 
 from ._otel_common import (
     ATTEMPT,
@@ -97,14 +96,12 @@ from ._otel_common import (
     tracer_for,
 )
 
-__all__ = ["OpenTelemetryHooks", "aiohttp_server_span_middleware"]
+__all__ = ["OpenTelemetryHooks", "PolicySpans", "aiohttp_server_span_middleware"]
 
 
 class _Call:
     """
     The span of one logical call, shared by its pipeline layers and hedged attempts.
-
-    It is also the outermost layer's entry on the stack of open layers (`_LAYER`).
     """
 
     __slots__ = ("attempts", "context", "done", "fallback", "otel_token", "owner", "span", "token")
@@ -119,56 +116,17 @@ class _Call:
         self.fallback = False
         self.done = False
         self.otel_token: Token[otel_context.Context] | None = None
-        self.token: Token[_Call | _Fold | None] | None = None
+        self.token: Token[_Call | None] | None = None
 
 
-class _Fold:
-    """
-    An inner policy's layer, folded into the call's span.
-
-    Its call is None when the hooks were being removed or the span failed to start.
-    """
-
-    __slots__ = ("call", "token")
-
-    def __init__(self, call: _Call | None) -> None:
-        self.call = call
-        self.token: Token[_Call | _Fold | None] | None = None
-
-
-# The open layers of this task, innermost on top; each end event pops one. One stack for
-# every OpenTelemetryHooks instance, so two instances on one policy still unwind LIFO
-# (the first to see a call opens its span, the other folds into it).
-_LAYER: ContextVar[_Call | _Fold | None] = ContextVar("resilient_otel_layer", default=None)
-
-
-def _pop() -> _Call | None:
-    """
-    Undo the innermost layer of this task; return its call when that call now ends.
-    """
-    layer = _LAYER.get()
-    if layer is None or layer.token is None:
-        return None  # the call started before the hooks were installed
-    try:
-        _LAYER.reset(layer.token)
-    except (ValueError, RuntimeError):
-        return None  # not the context the call started in: a coroutine closed by the GC
-    if isinstance(layer, _Fold):
-        return None
-    layer.done = True
-    if layer.otel_token is not None:
-        otel_context.detach(layer.otel_token)  # before anything that could fail
-    owner = layer.owner  # maybe another instance than the one popping
-    owner._open -= 1  # noqa: SLF001  # see above
-    if owner._draining and owner._open <= 0:  # noqa: SLF001
-        owner._draining = False  # noqa: SLF001  # hooks= given to policies work on
-        remove_hook(owner)
-    return layer
+# The innermost traced call of this task. One variable for every OpenTelemetryHooks
+# instance, so two instances on one policy share a span (the first to hear the call
+# opens it, the other folds into it).
+_CALL: ContextVar[_Call | None] = ContextVar("resilient_otel_call", default=None)
 
 
 def _live_call() -> _Call | None:
-    layer = _LAYER.get()
-    call = layer.call if isinstance(layer, _Fold) else layer
+    call = _CALL.get()
     return None if call is None or call.done else call
 
 
@@ -185,33 +143,18 @@ class OpenTelemetryHooks:
             API's proxy (a no-op until an SDK is configured).
     """
 
-    __slots__ = ("_draining", "_handlers", "_names", "_open", "_tracer")
+    __slots__ = ("__weakref__", "_draining", "_handlers", "_open", "_tracer")
 
+    # Calls are heard through `listen_calls`; only decisions arrive as events.
     event_types: Final = frozenset(
-        {
-            CallStarted,
-            CallSucceeded,
-            CallFailed,
-            CallCancelled,
-            RetryScheduled,
-            Rejected,
-            TimedOut,
-            HedgeSent,
-            FallbackUsed,
-            StateChanged,
-        }
+        {RetryScheduled, Rejected, TimedOut, HedgeSent, FallbackUsed, StateChanged}
     )
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         self._tracer = tracer_for(tracer_provider)
-        self._names: dict[tuple[str, str], tuple[str, dict[str, str | int]]] = {}
         self._open = 0
         self._draining = False
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
-            CallStarted: self._started,
-            CallSucceeded: _succeeded,
-            CallFailed: _failed,
-            CallCancelled: _cancelled,
             RetryScheduled: _retry_scheduled,
             Rejected: _rejected,
             TimedOut: _timed_out,
@@ -222,11 +165,17 @@ class OpenTelemetryHooks:
 
     def __call__(self, event: Event) -> None:
         """
-        Receive one event (policies call this).
+        Receive one decision event (policies call this).
         """
         handler = self._handlers.get(type(event))
         if handler is not None:
             handler(event)
+
+    def listen_calls(self, policy: Policy) -> PolicySpans:
+        """
+        Trace `policy`'s calls: what the policy reports each call's start and end to.
+        """
+        return PolicySpans(self, policy.kind, policy.name)
 
     def install(self) -> Callable[[], None]:
         """
@@ -243,101 +192,113 @@ class OpenTelemetryHooks:
         return self._uninstall
 
     def _uninstall(self) -> None:
-        # Removing at once would leave the spans of calls in flight open, and current in
-        # their tasks for good: their end events would no longer reach us. Drain them.
+        # Calls in flight end their spans whatever happens (a call's end goes to whoever
+        # heard its start), but their decisions would no longer be heard: drain them.
         if self._open > 0:
-            self._draining = True  # _pop removes the hook after the last one
+            self._draining = True  # the last call to end removes the hook
         else:
             remove_hook(self)
 
-    def _started(self, event: CallStarted) -> None:
-        top = _LAYER.get()
-        if top is not None:
-            call = top.call if isinstance(top, _Fold) else top
-            if call is not None and not call.done and otel_context.get_current() is call.context:
-                fold = _Fold(call)  # an inner layer of the same call
-                fold.token = _LAYER.set(fold)
-                return
-        layer: _Call | _Fold = _Fold(None)
-        try:
-            if not self._draining:
-                layer = self._open_span(event)
-        finally:
-            layer.token = _LAYER.set(layer)  # even if the SDK failed: the end event pops it
-
-    def _open_span(self, event: CallStarted) -> _Call:
-        named = self._names.get((event.kind, event.name))
-        if named is None:
-            named = self._name(event.kind, event.name)
-        parent = otel_context.get_current()
-        # Only kind and name here: the SDK validates every attribute on every call, so
-        # outcome and attempts are written at the end, and only when they aren't the
-        # plain success of one attempt (their absence says that).
-        span = self._tracer.start_span(named[0], parent, attributes=named[1])
-        if not span.is_recording():
-            call = _Call(self, span, parent)  # no SDK, or sampled out: nothing to attach
-        else:
-            call = _Call(self, span, trace.set_span_in_context(span, parent))
-            call.otel_token = otel_context.attach(call.context)
-        self._open += 1
-        return call
-
-    def _name(self, kind: str, name: str) -> tuple[str, dict[str, str | int]]:
-        title = f"resilient {kind}" if name == kind else f"resilient {kind} {name}"
-        attributes: dict[str, str | int] = {KIND: kind, NAME: name}
-        named = self._names[kind, name] = (title, attributes)
-        return named
+    def _closed(self) -> None:
+        self._open -= 1
+        if self._draining and self._open <= 0:
+            self._draining = False  # hooks= given to policies work on
+            remove_hook(self)
 
     def __repr__(self) -> str:
         state = " draining" if self._draining else ""
         return f"<OpenTelemetryHooks {self._open} open{state}>"
 
 
-# -- end events ----------------------------------------------------------------------------
+class PolicySpans:
+    """
+    The call listener `OpenTelemetryHooks.listen_calls` binds to one policy.
 
+    `call_started` opens the call's span and makes it current (or folds the call into the
+    span of the call it is a layer of); `call_ended` restores the context, then ends the
+    span with the call's outcome. The policy calls both in the task of the call.
+    """
 
-def _succeeded(_: CallSucceeded) -> None:
-    call = _pop()
-    if call is not None:
-        span = call.span
-        if call.fallback:
-            span.set_attributes({ATTEMPTS: call.attempts, OUTCOME: "fallback"})
-        elif call.attempts != 1:
-            # A success after retries says so; the plain success stays attribute-free.
-            span.set_attributes({ATTEMPTS: call.attempts, OUTCOME: "success"})
-        span.end()
+    __slots__ = ("_attributes", "_owner", "_title")
 
+    def __init__(self, owner: OpenTelemetryHooks, kind: str, name: str) -> None:
+        self._owner = owner
+        self._title = f"resilient {kind}" if name == kind else f"resilient {kind} {name}"
+        # Only kind and name at the start: the SDK validates every attribute on every
+        # call, so outcome and attempts are written at the end, and only when they
+        # aren't the plain success of one attempt (their absence says that).
+        self._attributes: dict[str, str | int] = {KIND: kind, NAME: name}
 
-def _failed(event: CallFailed) -> None:
-    call = _pop()
-    if call is None:
-        return
-    span = call.span
-    try:
-        error = event.error
-        if isinstance(error, TimeoutExceeded):
-            outcome = "timeout"
-        elif isinstance(error, RejectedError):
-            outcome = "rejected"
+    def call_started(self) -> _Call | None:
+        """
+        Open the span of a call, or return None to fold it into the current one.
+        """
+        parent = otel_context.get_current()
+        current = _CALL.get()
+        if current is not None and not current.done and parent is current.context:
+            return None  # an inner layer of a traced call: its decisions go to that span
+        owner = self._owner
+        if owner._draining:  # noqa: SLF001  # the owner's state, read by its own listener
+            return None
+        span = owner._tracer.start_span(self._title, parent, attributes=self._attributes)  # noqa: SLF001
+        if span.is_recording():
+            call = _Call(owner, span, trace.set_span_in_context(span, parent))
+            call.otel_token = otel_context.attach(call.context)
         else:
-            outcome = "failure"
-        span.set_attributes(
-            {ATTEMPTS: call.attempts, OUTCOME: outcome, ERROR_TYPE: error_type(error)}
-        )
-        fail(span, error)
-    finally:
-        span.end()
+            call = _Call(owner, span, parent)  # no SDK, or sampled out: nothing to attach
+        call.token = _CALL.set(call)
+        owner._open += 1  # noqa: SLF001  # see above
+        return call
 
-
-def _cancelled(_: CallCancelled) -> None:
-    call = _pop()
-    if call is not None:
-        # Cancellation is the caller's decision, not an error of the call (as asyncio
-        # and the OpenTelemetry HTTP instrumentations treat it): status stays unset.
+    def call_ended(self, call: _Call | None, _duration: float, error: BaseException | None) -> None:
+        """
+        Restore the context the call started in and end its span with its outcome.
+        """
+        if call is None:
+            return
+        call.done = True
+        try:
+            # Before anything that could fail, so nothing stays attached.
+            _CALL.reset(call.token)  # type: ignore[arg-type]  # set in call_started
+            if call.otel_token is not None:
+                otel_context.detach(call.otel_token)
+        except (ValueError, RuntimeError):
+            pass  # not the context the call started in: a coroutine closed by the GC
+        finally:
+            call.owner._closed()  # noqa: SLF001  # see above
         span = call.span
-        span.add_event("resilient.cancelled")
-        span.set_attributes({ATTEMPTS: call.attempts, OUTCOME: "cancelled"})
-        span.end()
+        try:
+            if error is None:
+                if call.fallback:
+                    span.set_attributes({ATTEMPTS: call.attempts, OUTCOME: "fallback"})
+                elif call.attempts != 1:
+                    # A success after retries says so; the plain success stays bare.
+                    span.set_attributes({ATTEMPTS: call.attempts, OUTCOME: "success"})
+            elif isinstance(error, asyncio.CancelledError):
+                # Cancellation is the caller's decision, not an error of the call (as
+                # asyncio and the OpenTelemetry HTTP instrumentations treat it): status
+                # stays unset.
+                span.add_event("resilient.cancelled")
+                span.set_attributes({ATTEMPTS: call.attempts, OUTCOME: "cancelled"})
+            else:
+                span.set_attributes(
+                    {
+                        ATTEMPTS: call.attempts,
+                        OUTCOME: _outcome(error),
+                        ERROR_TYPE: error_type(error),
+                    }
+                )
+                fail(span, error)
+        finally:
+            span.end()
+
+
+def _outcome(error: BaseException) -> str:
+    if isinstance(error, TimeoutExceeded):
+        return "timeout"
+    if isinstance(error, RejectedError):
+        return "rejected"
+    return "failure"
 
 
 # -- decisions -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -38,7 +39,7 @@ from resilient import (
     TimeoutExceeded,
     pipeline,
 )
-from resilient._events import global_hooks
+from resilient._plan import global_hooks
 from resilient.integrations.aiohttp import (
     DEADLINE_HEADER,
     ResilienceMiddleware,
@@ -706,6 +707,40 @@ async def test_removing_during_a_call_still_ends_its_span(
     assert "resilient.outcome" not in (ended.attributes or {})  # a plain success
     await Retry(3, hooks=[hooks]).call(succeed)  # given as hooks=, still works after
     assert len(ours(exporter)) == 2
+
+
+def test_repr_says_how_many_spans_are_open_and_whether_draining(
+    hooks: OpenTelemetryHooks,
+) -> None:
+    """The repr names open spans and says draining while an uninstall waits for them."""
+    assert repr(hooks) == "<OpenTelemetryHooks 0 open>"
+    remove = hooks.install()
+    listener = hooks.listen_calls(Retry(3))
+    call = listener.call_started()
+    remove()
+    assert repr(hooks) == "<OpenTelemetryHooks 1 open draining>"
+    listener.call_ended(call, 0.0, None)
+    assert repr(hooks) == "<OpenTelemetryHooks 0 open>"
+    assert hooks not in global_hooks()
+
+
+async def test_a_call_closed_by_the_gc_still_ends_its_span(
+    hooks: OpenTelemetryHooks, exporter: InMemorySpanExporter
+) -> None:
+    """
+    A call coroutine closed outside the context it started in (as the GC closes an
+    abandoned one) still ends its span, and leaves the closing context untouched.
+    """
+    coro = Retry(3, hooks=[hooks]).call(asyncio.sleep, 60)
+    started_in = contextvars.copy_context()
+    future = started_in.run(coro.send, None)  # suspended in asyncio.sleep, span open
+    assert ours(exporter) == []
+    before = context.get_current()
+    coro.close()  # GeneratorExit, in this context: the span's tokens are not for it
+    del future
+    assert context.get_current() is before
+    assert only(exporter).end_time is not None
+    assert repr(hooks) == "<OpenTelemetryHooks 0 open>"
 
 
 async def test_without_an_sdk_the_hooks_do_nothing() -> None:
