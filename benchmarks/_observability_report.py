@@ -36,7 +36,7 @@ class Row:
 
     workload: str
     observer: str
-    events: int
+    layers: int
     ns_per_call: float
     added_ns: float
     added_q1: float
@@ -44,8 +44,8 @@ class Row:
     samples: tuple[float, ...]  # ns/call, one per recorded round
 
     @property
-    def per_event_ns(self) -> float:
-        return self.added_ns / self.events
+    def per_layer_ns(self) -> float:
+        return self.added_ns / self.layers
 
 
 def _us(ns: float) -> str:
@@ -53,43 +53,44 @@ def _us(ns: float) -> str:
 
 
 def verdict(
-    table: Sequence[Row], measured: str = "prometheus", floor: str = "no-op hook"
+    table: Sequence[Row], measured: str = "prometheus", floor: str = "no-op listener"
 ) -> list[str]:
     """The target, checked per workload, and where the added time goes."""
     by = {(r.workload, r.observer): r for r in table}
     lines = []
-    for workload, events in dict.fromkeys((r.workload, r.events) for r in table):
+    for workload, layers in dict.fromkeys((r.workload, r.layers) for r in table):
         mine, base = by[workload, measured], by[workload, floor]
         met = "**met**" if mine.added_ns <= TARGET_NS else "**not met**"
         # Paired per round, like every other figure: robust to a noisy round.
-        hook = statistics.median(m - b for m, b in zip(mine.samples, base.samples, strict=True))
+        own = statistics.median(m - b for m, b in zip(mine.samples, base.samples, strict=True))
         lines.append(
             f"- {workload}: Prometheus adds {_us(mine.added_ns)} us per call"
-            f" ({events} {'event' if events == 1 else 'events'}), target {met}. Of it,"
-            f" {_us(base.added_ns)} us is the events themselves (the {floor} row) and"
-            f" {_us(hook)} us the Prometheus hook ({_us(hook / events)} us per event)."
+            f" ({layers} {'layer' if layers == 1 else 'layers'}), target {met}. Of it,"
+            f" {_us(base.added_ns)} us is the core reporting the call (the {floor} row)"
+            f" and {_us(own)} us the Prometheus listener ({_us(own / layers)} us per layer)."
         )
     return lines
 
 
 BOUNDS = """\
 What bounds it: every observed layer wraps the call in one more coroutine frame
-(`Policy._observe`), reads the clock twice, builds a frozen `CallSucceeded` and
-dispatches it; that is the no-op hook row, and it is paid per layer, so the four-layer
-pipeline pays it four times. The Prometheus hook's own share is small because it does
-not use prometheus_client's metric objects on the hot path (a cached child's `inc()` plus
-a histogram `observe()` would cost more than the event itself, see below, each taking
-a lock): it adds to plain per-thread counters and builds metric families only when
-scraped. Getting the pipeline under 3 us needs core changes (see the note below)."""
+(`Policy._observe`), reads the clock twice and calls the listener's `call_ended` once;
+that is the no-op listener row, paid per layer, so the four-layer pipeline pays it four
+times. No event object is built for a call: hooks that define `listen_calls` (a
+`resilient.CallListener` per policy) hear calls through plain method calls. The no-op
+event hook row shows what hearing the same calls as `CallSucceeded` events costs. The
+Prometheus listener's own share is small because it does not use prometheus_client's
+metric objects on the hot path (a cached child's `inc()` plus a histogram `observe()`
+would cost more than the whole layer, see below, each taking a lock): it adds to plain
+per-thread counters, found through the listener it bound to the policy, and builds
+metric families only when scraped."""
 
 CORE_NOTE = """\
-The core already builds call events with positional constructors in `_observe` and
-keeps, per policy and event type, the tuple of hooks that want it (the figures above
-include that: the pipeline with Prometheus went from 8.96 to 5.79 us). What is left is
-the event itself, paid per layer. Only an event-free path for call outcomes (a hook
-method such as `record_call(kind, name, outcome, seconds)`, called instead of building an
-event) brought the pipeline with Prometheus near the target in a scratch prototype:
-about 3.9 us (Retry about 0.8 us). That is the next step."""
+History: with call events (a frozen `CallSucceeded` per layer, delivered to the hooks
+that want it) the pipeline with Prometheus cost 8.96 us, then 5.79 us once events were
+built positionally and each policy cached the hooks per event type. Call listeners took
+the event out of the hot path, and each policy's plan (who hears it, and how) is now
+thrown away when hooks change instead of being checked on every call."""
 
 
 def render(run: Run, table: Sequence[Row], parts: dict[str, float]) -> str:
@@ -112,7 +113,7 @@ def render(run: Run, table: Sequence[Row], parts: dict[str, float]) -> str:
         " added = contender - the bare workload, same round; median (IQR) over rounds.",
         f"- **Target:** Prometheus hooks add at most {_us(TARGET_NS)} us per call.",
         "",
-        "| workload | observer | events/call | us/call | added us/call (IQR) | added us/event |",
+        "| workload | observer | layers | us/call | added us/call (IQR) | added us/layer |",
         "|---|---|--:|--:|--:|--:|",
     ]
     for r in table:
@@ -121,10 +122,10 @@ def render(run: Run, table: Sequence[Row], parts: dict[str, float]) -> str:
             if r.observer == "bare"
             else f"{_us(r.added_ns)} ({_us(r.added_q1)}-{_us(r.added_q3)})"
         )
-        per_event = "-" if r.observer == "bare" else _us(r.per_event_ns)
+        per_layer = "-" if r.observer == "bare" else _us(r.per_layer_ns)
         lines.append(
-            f"| {r.workload} | {r.observer} | {r.events} | {_us(r.ns_per_call)} | {added}"
-            f" | {per_event} |"
+            f"| {r.workload} | {r.observer} | {r.layers} | {_us(r.ns_per_call)} | {added}"
+            f" | {per_layer} |"
         )
     lines += ["", *verdict(table), "", BOUNDS, ""]
     lines += ["| one operation | ns |", "|---|--:|"]

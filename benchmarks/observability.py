@@ -9,10 +9,12 @@ Usage (from the repository root)::
 Every contender is a *workload* (one policy, or the Timeout + Retry + CircuitBreaker +
 Bulkhead pipeline, around the harness's no-op coroutine) seen by one *observer*:
 
-* ``bare``: nobody listens, so policies build no events at all;
-* ``no-op hook``: a global hook wanting the same event types as `ResilienceMetrics` but
-  doing nothing: what the events themselves cost (built, dispatched), the floor any
-  hook-based integration pays;
+* ``bare``: nobody listens, so policies report nothing;
+* ``no-op listener``: a global hook that hears calls as a `resilient.CallListener`, as
+  `ResilienceMetrics` does, and does nothing: what the core's reporting of a call costs,
+  the floor any listener-based integration pays;
+* ``no-op event hook``: a global hook that wants the call events (`CallSucceeded`...)
+  and does nothing: what hearing calls as event objects would cost instead;
 * ``prometheus``: `ResilienceMetrics` installed globally (``metrics.install()``);
 * ``prometheus hooks=``: the same, passed to the policies as their own hook.
 
@@ -40,6 +42,7 @@ import json
 import random
 import statistics
 import sys
+import time
 import timeit
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -55,6 +58,8 @@ from benchmarks._observability_report import BEGIN_MARKER, END_MARKER, Row, Run,
 from benchmarks._report import now_utc
 from resilient import (
     Bulkhead,
+    CallCancelled,
+    CallFailed,
     CallSucceeded,
     CircuitBreaker,
     Event,
@@ -82,7 +87,7 @@ class Workload:
 
     key: str
     label: str
-    events: int  # events one happy call emits to a hook that ignores CallStarted
+    layers: int  # policies a call passes, each reporting it once
     make: Callable[[], Policy]
 
 
@@ -124,10 +129,25 @@ WORKLOADS = (
 )
 
 
-class NoopHook:
-    """Wants what `ResilienceMetrics` wants, does nothing: the events' own cost."""
+class NoopListener:
+    """Hears what `ResilienceMetrics` hears, the same way, and does nothing."""
 
     event_types = ResilienceMetrics.event_types
+
+    def __call__(self, _event: Event) -> None:
+        return None
+
+    def listen_calls(self, _policy: Policy) -> NoopListener:
+        return self
+
+    def call_ended(self, _token: None, _duration: float, _error: BaseException | None) -> None:
+        return None
+
+
+class NoopEventHook:
+    """Wants the call events (not CallStarted) and does nothing: their own cost."""
+
+    event_types = frozenset({CallSucceeded, CallFailed, CallCancelled})
 
     def __call__(self, _event: Event) -> None:
         return None
@@ -137,8 +157,13 @@ def _bare(workload: Workload) -> Observed:
     return Observed(workload.make()(noop))
 
 
-def _noop_hook(workload: Workload) -> Observed:
-    hook = NoopHook()
+def _noop_listener(workload: Workload) -> Observed:
+    hook = NoopListener()
+    return Observed(workload.make()(noop), activate=lambda: add_hook(hook))
+
+
+def _noop_event_hook(workload: Workload) -> Observed:
+    hook = NoopEventHook()
     return Observed(workload.make()(noop), activate=lambda: add_hook(hook))
 
 
@@ -167,12 +192,18 @@ def _prometheus_hooks(workload: Workload) -> Observed:
 
 
 OBSERVERS: list[Observer] = [
-    Observer("bare", "bare", "no hook: policies build no events", _bare),
+    Observer("bare", "bare", "no hook: policies report nothing", _bare),
     Observer(
         "noop",
-        "no-op hook",
-        "global hook with ResilienceMetrics.event_types that does nothing",
-        _noop_hook,
+        "no-op listener",
+        "global hook hearing calls as a CallListener, doing nothing",
+        _noop_listener,
+    ),
+    Observer(
+        "noop-events",
+        "no-op event hook",
+        "global hook wanting the call events, doing nothing",
+        _noop_event_hook,
     ),
     Observer("prometheus", "prometheus", "ResilienceMetrics, metrics.install()", _prometheus),
     Observer(
@@ -255,7 +286,7 @@ def rows(contenders: Sequence[Contender]) -> list[Row]:
             Row(
                 workload=c.workload.label,
                 observer=c.observer.label,
-                events=c.workload.events,
+                layers=c.workload.layers,
                 ns_per_call=statistics.median(c.samples),
                 added_ns=statistics.median(added),
                 added_q1=q1,
@@ -272,21 +303,26 @@ def rows(contenders: Sequence[Contender]) -> list[Row]:
 def components(number: int) -> dict[str, float]:
     """ns per operation of the pieces one observed layer pays for (best of 5 repeats).
 
-    Explains the rows above: events built and dispatched by the core, the hook's own
-    work, and what prometheus_client's own metric objects would cost instead.
+    Explains the rows above: the Prometheus listener's own work, what an event would
+    cost instead, and what prometheus_client's own metric objects would cost.
     """
     event = CallSucceeded(kind="retry", name="retry", time=0.0, duration=0.001)
-    noop_hook, metrics = NoopHook(), ResilienceMetrics(CollectorRegistry())
+    noop_hook, metrics = NoopEventHook(), ResilienceMetrics(CollectorRegistry())
+    listener = metrics.listen_calls(Retry(3))
     registry = CollectorRegistry()
     counter = Counter("c", "c", ("kind", "policy", "outcome"), registry=registry)
     histogram = Histogram("h", "h", ("kind", "policy"), registry=registry)
     child, observe = counter.labels("retry", "retry", "success"), histogram.labels("r", "r")
     pieces: dict[str, Callable[[], object]] = {
-        "build one CallSucceeded event": lambda: CallSucceeded(
+        "ResilienceMetrics' listener counts one success (`call_ended`)": lambda: (
+            listener.call_ended(None, 0.001, None)
+        ),
+        "a clock read (`time.monotonic()`, twice per layer)": time.monotonic,
+        "instead, build one CallSucceeded event": lambda: CallSucceeded(
             kind="retry", name="retry", time=0.0, duration=0.001
         ),
-        "deliver it to a no-op hook (core `deliver`)": lambda: deliver((noop_hook,), event),
-        "ResilienceMetrics handles it (called directly)": lambda: metrics(event),
+        "and deliver it to a no-op hook (core `deliver`)": lambda: deliver((noop_hook,), event),
+        "and ResilienceMetrics counts it (called directly)": lambda: metrics(event),
         "prometheus_client instead: cached Counter child inc()": child.inc,
         "prometheus_client instead: cached Histogram child observe()": lambda: observe.observe(
             0.001
