@@ -13,9 +13,9 @@ Needs the ``otel`` extra, ``pip install 'resilient[otel]'``: the OpenTelemetry A
 as OpenTelemetry asks of libraries. Without an SDK configured every span is a no-op.
 
 What a call looks like: a span ``resilient <kind> <name>`` (kind INTERNAL) with
-``resilient.policy.kind``, ``resilient.policy.name``, ``resilient.attempts`` and
-``resilient.outcome`` (success, fallback, failure, rejected, timeout, cancelled); the
-policies' decisions as span events (``resilient.retry_scheduled``, ``resilient.rejected``,
+``resilient.policy.name``, plus ``resilient.attempts`` and ``resilient.outcome`` (success,
+fallback, failure, rejected, timeout, cancelled) unless it was a plain success; the policies'
+decisions as span events (``resilient.retry_scheduled``, ``resilient.rejected``,
 ``resilient.timed_out``, ``resilient.hedge_sent``, ``resilient.fallback_used``,
 ``resilient.state_changed``, ``resilient.cancelled``), each naming the policy that made
 it; a failure recorded with ``record_exception`` and status ERROR. docs/tracing.md has
@@ -104,12 +104,9 @@ class _Call:
     The span of one logical call, shared by its pipeline layers and hedged attempts.
     """
 
-    __slots__ = ("attempts", "context", "done", "fallback", "otel_token", "owner", "span", "token")
+    __slots__ = ("attempts", "context", "done", "fallback", "otel_token", "span", "token")
 
-    def __init__(
-        self, owner: OpenTelemetryHooks, span: Span, context: otel_context.Context
-    ) -> None:
-        self.owner = owner
+    def __init__(self, span: Span, context: otel_context.Context) -> None:
         self.span = span
         self.context = context  # current while the call runs: ours, or the caller's
         self.attempts = 1
@@ -143,7 +140,7 @@ class OpenTelemetryHooks:
             API's proxy (a no-op until an SDK is configured).
     """
 
-    __slots__ = ("__weakref__", "_draining", "_handlers", "_open", "_tracer")
+    __slots__ = ("__weakref__", "_handlers", "_tracer")
 
     # Calls are heard through `listen_calls`; only decisions arrive as events.
     event_types: Final = frozenset(
@@ -152,8 +149,6 @@ class OpenTelemetryHooks:
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         self._tracer = tracer_for(tracer_provider)
-        self._open = 0
-        self._draining = False
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
             RetryScheduled: _retry_scheduled,
             Rejected: _rejected,
@@ -183,31 +178,18 @@ class OpenTelemetryHooks:
 
         Returns:
             A function that uninstalls the hooks. Calls in flight at that moment still
-            end their spans and restore their context; until the last of them has
-            ended, calls that start get no span.
+            end their spans and restore their context (a call's end goes to whoever
+            heard its start); decisions they make afterwards are not recorded.
         """
-        self._draining = False
         if self not in global_hooks():  # installing twice would deliver every event twice
             add_hook(self)
         return self._uninstall
 
     def _uninstall(self) -> None:
-        # Calls in flight end their spans whatever happens (a call's end goes to whoever
-        # heard its start), but their decisions would no longer be heard: drain them.
-        if self._open > 0:
-            self._draining = True  # the last call to end removes the hook
-        else:
-            remove_hook(self)
-
-    def _closed(self) -> None:
-        self._open -= 1
-        if self._draining and self._open <= 0:
-            self._draining = False  # hooks= given to policies work on
-            remove_hook(self)
+        remove_hook(self)
 
     def __repr__(self) -> str:
-        state = " draining" if self._draining else ""
-        return f"<OpenTelemetryHooks {self._open} open{state}>"
+        return f"<OpenTelemetryHooks tracer={self._tracer!r}>"
 
 
 class PolicySpans:
@@ -224,38 +206,36 @@ class PolicySpans:
     def __init__(self, owner: OpenTelemetryHooks, kind: str, name: str) -> None:
         self._owner = owner
         self._title = f"resilient {kind}" if name == kind else f"resilient {kind} {name}"
-        # Only kind and name at the start: the SDK validates every attribute on every
-        # call, so outcome and attempts are written at the end, and only when they
-        # aren't the plain success of one attempt (their absence says that).
-        self._attributes: dict[str, str | int] = {KIND: kind, NAME: name}
+        # One attribute at the start, the name (the span's name says the kind too): the
+        # SDK validates every attribute of every span, ~1 us each. Outcome and attempts
+        # are written at the end, and only when they aren't the plain success of one
+        # attempt (their absence says that).
+        self._attributes: dict[str, str | int] = {NAME: name}
 
     def call_started(self) -> _Call | None:
         """
-        Open the span of a call, or return None to fold it into the current one.
+        Open the span of a call and make it current.
+
+        Returns None (no end wanted) for a call folded into the current call's span.
         """
         parent = otel_context.get_current()
         current = _CALL.get()
         if current is not None and not current.done and parent is current.context:
             return None  # an inner layer of a traced call: its decisions go to that span
-        owner = self._owner
-        if owner._draining:  # noqa: SLF001  # the owner's state, read by its own listener
-            return None
-        span = owner._tracer.start_span(self._title, parent, attributes=self._attributes)  # noqa: SLF001
+        tracer = self._owner._tracer  # noqa: SLF001  # the owner's, read by its own listener
+        span = tracer.start_span(self._title, parent, attributes=self._attributes)
         if span.is_recording():
-            call = _Call(owner, span, trace.set_span_in_context(span, parent))
+            call = _Call(span, trace.set_span_in_context(span, parent))
             call.otel_token = otel_context.attach(call.context)
         else:
-            call = _Call(owner, span, parent)  # no SDK, or sampled out: nothing to attach
+            call = _Call(span, parent)  # no SDK, or sampled out: nothing to attach
         call.token = _CALL.set(call)
-        owner._open += 1  # noqa: SLF001  # see above
         return call
 
-    def call_ended(self, call: _Call | None, _duration: float, error: BaseException | None) -> None:
+    def call_ended(self, call: _Call, _duration: float, error: BaseException | None) -> None:
         """
         Restore the context the call started in and end its span with its outcome.
         """
-        if call is None:
-            return
         call.done = True
         try:
             # Before anything that could fail, so nothing stays attached.
@@ -264,8 +244,6 @@ class PolicySpans:
                 otel_context.detach(call.otel_token)
         except (ValueError, RuntimeError):
             pass  # not the context the call started in: a coroutine closed by the GC
-        finally:
-            call.owner._closed()  # noqa: SLF001  # see above
         span = call.span
         try:
             if error is None:

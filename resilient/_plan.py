@@ -36,7 +36,7 @@ _log = logging.getLogger("resilient")
 _CALL_EVENTS: Final = (CallStarted, CallSucceeded, CallFailed, CallCancelled)
 
 NOT_STARTED: Final = object()
-"""The token of a listener whose `call_started` raised: its `call_ended` is skipped."""
+"""The token of a listener whose `call_started` raised or returned None: no end for it."""
 
 
 @runtime_checkable
@@ -49,10 +49,12 @@ class CallListener(Protocol):
     policy (again after hooks change) and may return None to ignore the policy.
 
     `call_ended` is required. `call_started` is optional: define it to get a token
-    (e.g. a span) back in `call_ended`; without it the token is None and the start costs
-    nothing. Both run in the task of the call, `call_started` right before the call
-    and `call_ended` right after it. Either may raise: the error is logged and the call
-    goes on (a raising `call_started` skips its `call_ended`).
+    (e.g. a span) back in `call_ended`, or to return None when this call is of no
+    interest (its end is then not reported, and the call costs the policy one method
+    call); without it the token is None and the start costs nothing. Both run in the
+    task of the call, `call_started` right before the call and `call_ended` right after
+    it. Either may raise: the error is logged and the call goes on (a raising
+    `call_started` skips its `call_ended`).
     """
 
     def call_ended(self, token: Any, duration: float, error: BaseException | None) -> None:
@@ -60,7 +62,7 @@ class CallListener(Protocol):
         A call left the policy.
 
         Args:
-            token: What `call_started` returned, or None without one.
+            token: What `call_started` returned (never None), or None without one.
             duration: Seconds spent inside the policy (the policy clock's).
             error: None on success; an `asyncio.CancelledError` when the call was
                 cancelled; else the exception that left the policy (its own

@@ -172,37 +172,37 @@ class Policy(ABC):
         # Every observed call of every layer runs this, so the common case (one hook
         # hearing calls, as a listener: Prometheus or OpenTelemetry) is written out:
         # two clock reads, one or two method calls, no event objects, no checks (a stale
-        # plan has no sole listener). The plan is read once, up front, so a call's end
-        # goes to whoever heard its start: a hook added or removed mid-call never sees
-        # half a call.
+        # plan has no sole listener). A call_started that returns None wants no end:
+        # the inner layers of a traced pipeline cost one method call. The plan is read
+        # once, up front, so a call's end goes to whoever heard its start: a hook added
+        # or removed mid-call never sees half a call.
         plan = self._plan
         ended = plan.sole_end
         if ended is None:
             return await self._observe_all(fn, args, kwargs)
-        start = plan.sole_start
         token = None
+        start = plan.sole_start
         if start is not None:
             try:
                 token = start()
             except Exception:  # noqa: BLE001  # observing a call must never break it
                 log_listener_failure(start, "call_started")
-                token = NOT_STARTED
+            if token is None:  # this call is of no interest to it (or it broke)
+                return await self._run(fn, args, kwargs)
         monotonic = self._monotonic
         began = monotonic()
         try:
             result = await self._run(fn, args, kwargs)
         except BaseException as error:
-            if token is not NOT_STARTED:
-                try:
-                    ended(token, monotonic() - began, error)
-                except Exception:  # noqa: BLE001  # see above
-                    log_listener_failure(ended, "call_ended")
-            raise
-        if token is not NOT_STARTED:
             try:
-                ended(token, monotonic() - began, None)
+                ended(token, monotonic() - began, error)
             except Exception:  # noqa: BLE001  # see above
                 log_listener_failure(ended, "call_ended")
+            raise
+        try:
+            ended(token, monotonic() - began, None)
+        except Exception:  # noqa: BLE001  # see above
+            log_listener_failure(ended, "call_ended")
         return result
 
     async def _observe_all(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
@@ -244,12 +244,13 @@ class Policy(ABC):
 
 def _start(start: Any) -> Any:
     if start is None:
-        return None
+        return None  # a listener without call_started hears every end, token None
     try:
-        return start()
+        token = start()
     except Exception:  # noqa: BLE001  # observing a call must never break it
         log_listener_failure(start, "call_started")
         return NOT_STARTED
+    return NOT_STARTED if token is None else token
 
 
 def _end(

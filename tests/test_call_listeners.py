@@ -273,15 +273,53 @@ async def test_several_listeners_end_in_reverse_order() -> None:
             del policy
             return self
 
-        def call_started(self) -> None:
+        def call_started(self) -> str:
             log.append(f"start {self.label}")
+            return self.label
 
-        def call_ended(self, token: None, duration: float, error: BaseException | None) -> None:
-            del token, duration, error
-            log.append(f"end {self.label}")
+        def call_ended(self, token: str, duration: float, error: BaseException | None) -> None:
+            del duration, error
+            log.append(f"end {token}")
 
     await Retry(3, hooks=[Nested("a"), Nested("b")]).call(ok)
     assert log == ["start a", "start b", "end b", "end a"]
+
+
+class Choosy(Recorder):
+    """A listener hook whose call_started returns None for calls it doesn't want to end."""
+
+    def __init__(self, label: str, wanted: set[int]) -> None:
+        super().__init__(label)
+        self.wanted = wanted
+        self.started = 0
+
+    def listen_calls(self, policy: Policy) -> EndOnly:
+        outer = self
+
+        class Pick(Listener):
+            def call_started(self) -> str | None:  # type: ignore[override]
+                outer.started += 1
+                return f"call{outer.started}" if outer.started in outer.wanted else None
+
+        return Pick(self, policy)
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["one listener", "with another"])
+async def test_call_started_returning_none_skips_the_end(alone: bool) -> None:
+    """A call whose call_started says None gets no call_ended; the others do, and results stand."""
+    choosy = Choosy("c", wanted={2})
+    hooks: list[Hook] = [choosy] if alone else [choosy, Recorder("other")]
+    policy = Retry(1, hooks=hooks)
+    assert await policy.call(ok) == "ok"
+
+    async def fail() -> None:
+        raise ValueError("second")
+
+    with pytest.raises(ValueError, match="second"):
+        await policy.call(fail)
+    assert await policy.call(ok) == "ok"
+    assert choosy.started == 3
+    assert [(e[3], type(e[5])) for e in choosy.heard] == [("call2", ValueError)]
 
 
 async def test_a_call_ends_with_the_listener_it_started_with() -> None:
