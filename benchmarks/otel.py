@@ -16,10 +16,10 @@ of ``benchmarks.overhead``), each batch ``calls`` sequential ``await fn()``:
 * **Retry + hooks, no SDK**: the hooks on the global provider with no SDK configured;
 * **pipeline** and **pipeline + hooks**: Timeout + Retry + CircuitBreaker + Bulkhead.
 
-Per round, the hooks' cost is ``Retry + hooks`` minus ``Retry`` and a span's cost is
-``span`` minus ``bare``; the target is hooks cost <= 1.2 x span cost (medians over
-rounds). The processor does nothing so that export, which is the same for every span
-however it was started, is not measured.
+Per round, the hooks' cost is ``Retry + hooks`` minus ``Retry`` (and ``pipeline + hooks``
+minus ``pipeline``) and a span's cost is ``span`` minus ``bare``; the target is hooks
+cost <= 1.2 x span cost for both (medians over rounds). The processor does nothing so
+that export, which is the same for every span however it was started, is not measured.
 """
 
 from __future__ import annotations
@@ -184,6 +184,11 @@ class Figures:
         """Hooks cost over span cost: the target is <= `TARGET`."""
         return self.hooks_cost / self.span_cost
 
+    @property
+    def stack_ratio(self) -> float:
+        """The same for the four-policy pipeline (one span): also <= `TARGET`."""
+        return self.stack_hooks_cost / self.span_cost
+
 
 def _paired(samples: dict[str, list[float]], key: str, base: str) -> float:
     return statistics.median(a - b for a, b in zip(samples[key], samples[base], strict=True))
@@ -209,7 +214,7 @@ def render(opts: Options, rows: list[Contender], fig: Figures, started: str) -> 
     """The markdown section, markers included."""
     info = machine_info()
     versions = package_versions(["resilient", "opentelemetry-api", "opentelemetry-sdk"])
-    verdict = "met" if fig.ratio <= TARGET else "**missed**"
+    verdict = "met" if max(fig.ratio, fig.stack_ratio) <= TARGET else "**missed**"
     lines = [
         BEGIN_MARKER,
         GENERATED_NOTE,
@@ -228,8 +233,9 @@ def render(opts: Options, rows: list[Contender], fig: Figures, started: str) -> 
         " and a span processor that does nothing, shared by the span and the hooks."
         " Costs are per-round differences (same round), median over rounds.",
         f"- **Target:** hooks cost (Retry + hooks - Retry) at most {TARGET:g} x the cost of"
-        f" one SDK span (span - bare): {verdict}, **{fig.ratio:.2f}x**"
-        f" ({fig.hooks_cost:,.0f} ns vs {fig.span_cost:,.0f} ns).",
+        f" one SDK span (span - bare), and the same on the pipeline: {verdict},"
+        f" **{fig.ratio:.2f}x** on Retry ({fig.hooks_cost:,.0f} ns vs {fig.span_cost:,.0f} ns)"
+        f" and **{fig.stack_ratio:.2f}x** on the pipeline ({fig.stack_hooks_cost:,.0f} ns).",
         "",
         "| variant | ns/call (median) | IQR |",
         "|---|--:|--:|",
@@ -242,7 +248,7 @@ def render(opts: Options, rows: list[Contender], fig: Figures, started: str) -> 
         "| cost | ns/call | x one SDK span |",
         "|---|--:|--:|",
         f"| one SDK span, `start_as_current_span` (span - bare) | {fig.span_cost:,.0f} | 1.00 |",
-        f"| one SDK span with the hooks' 4 attributes | {fig.span_attributes_cost:,.0f} |"
+        f"| one SDK span with 4 attributes (a failed call's) | {fig.span_attributes_cost:,.0f} |"
         f" {fig.span_attributes_cost / fig.span_cost:.2f} |",
         f"| hooks on Retry (Retry + hooks - Retry) | {fig.hooks_cost:,.0f} | {fig.ratio:.2f} |",
         f"| of which: the core reporting the call's start and end |"
@@ -260,10 +266,11 @@ def render(opts: Options, rows: list[Contender], fig: Figures, started: str) -> 
         "",
         "Happy path: every call succeeds at once. Per call the policy reports the start and"
         " the end to the hooks' `CallListener` (two method calls, no event objects); they"
-        " start a span with two attributes (kind and name; outcome and attempts are only"
+        " start a span with one attribute (the policy's name; outcome and attempts are only"
         " written when they aren't a plain success), make it current, then restore the"
         " context and end the span. On the pipeline the three inner policies fold into the"
-        " outer policy's span: three more start/end pairs, no span.",
+        " outer policy's span: their `call_started` returns None, so each costs one method"
+        " call and no end.",
         "",
         *bounds(fig),
         "",
@@ -286,8 +293,8 @@ def bounds(fig: Figures) -> list[str]:
         f"- **The span's attributes**: the SDK validates attributes on every span; four"
         f" attributes cost {attributes:,.0f} ns ({attributes / fig.span_cost:.2f}x a bare"
         " span) even on a span started directly, so the plain success carries only"
-        " `resilient.policy.kind` and `.name`.",
-        f"- **The rest**, {rest:,.0f} ns, is the span itself with those two attributes, made"
+        " `resilient.policy.name` (the span's name says the kind).",
+        f"- **The rest**, {rest:,.0f} ns, is the span itself with that one attribute, made"
         " current and restored, and the hooks' bookkeeping. Against an SDK span carrying"
         f" four attributes the hooks cost {fig.hooks_cost / fig.span_attributes_cost:.2f}x.",
         "- Applied after profiling: outcome and attempts are written only when they say"
@@ -371,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"span cost {fig.span_cost:,.0f} ns; hooks cost {fig.hooks_cost:,.0f} ns"
         f" ({fig.ratio:.2f}x, target <= {TARGET:g}x); pipeline hooks"
-        f" {fig.stack_hooks_cost:,.0f} ns; no SDK {fig.nosdk_cost:,.0f} ns"
+        f" {fig.stack_hooks_cost:,.0f} ns ({fig.stack_ratio:.2f}x); no SDK {fig.nosdk_cost:,.0f} ns"
     )
     path = report_path(opts.md, quick=opts.quick, default=DEFAULT_MD)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -390,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "hooks_cost": fig.hooks_cost,
             "report_cost": fig.report_cost,
             "ratio": fig.ratio,
+            "stack_ratio": fig.stack_ratio,
             "stack_hooks_cost": fig.stack_hooks_cost,
             "nosdk_cost": fig.nosdk_cost,
         }
