@@ -224,11 +224,15 @@ class PolicySpans:
             return None  # an inner layer of a traced call: its decisions go to that span
         tracer = self._owner._tracer  # noqa: SLF001  # the owner's, read by its own listener
         span = tracer.start_span(self._title, parent, attributes=self._attributes)
-        if span.is_recording():
-            call = _Call(span, trace.set_span_in_context(span, parent))
-            call.otel_token = otel_context.attach(call.context)
-        else:
-            call = _Call(span, parent)  # no SDK, or sampled out: nothing to attach
+        try:
+            if span.is_recording():
+                call = _Call(span, trace.set_span_in_context(span, parent))
+                call.otel_token = otel_context.attach(call.context)
+            else:
+                call = _Call(span, parent)  # no SDK, or sampled out: nothing to attach
+        except Exception:
+            span.end()  # the policy logs the error and won't call call_ended for it
+            raise
         call.token = _CALL.set(call)
         return call
 

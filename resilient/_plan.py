@@ -105,11 +105,12 @@ class Plan:
         listeners: list[tuple[Any, Any]] = []
         event_hooks: list[Hook] = []
         for hook in hooks:
-            listen = getattr(hook, "listen_calls", None)
-            if listen is None:
+            # Looked up on the class: a Mock or proxy hook answers any attribute, and
+            # must not be taken for a listener and lose its call events.
+            if getattr(type(hook), "listen_calls", None) is None:
                 event_hooks.append(hook)
             elif policy is not None:
-                listener = _bind(hook, listen, policy)
+                listener = _bind(hook, hook.listen_calls, policy)  # type: ignore[attr-defined]
                 if listener is not None:
                     listeners.append((getattr(listener, "call_started", None), listener.call_ended))
         self.listeners: tuple[tuple[Any, Any], ...] = tuple(listeners)
@@ -168,24 +169,45 @@ _GLOBAL_HOOKS: list[Hook] = []
 # Every policy holding a plan, so a change to the global hooks can throw the plans away.
 _PLANNED: weakref.WeakSet[Policy] = weakref.WeakSet()
 _LOCK = threading.Lock()  # policies on several threads' loops may plan at once
+# Bumped under the lock by every change to any hooks: a plan built across a change is
+# not kept.
+_GENERATION: list[int] = [0]
 
 
-def plan_of(policy: Policy, hooks: tuple[Hook, ...]) -> Plan:
+def plan_of(policy: Policy) -> Plan:
     """
-    Build the plan of `policy`, whose own hooks are `hooks` (internal).
+    Build the plan of `policy` and keep it there, unless hooks changed meanwhile (internal).
+
+    A hook added or removed on another thread while the plan is built must not be
+    overwritten by it: the plan is kept only if no change happened since its hooks were
+    read. Otherwise it serves this one call and the next one builds afresh.
     """
-    plan = Plan((*hooks, *_GLOBAL_HOOKS), policy)
     with _LOCK:
+        generation = _GENERATION[0]
         _PLANNED.add(policy)
+    plan = Plan((*policy._hooks, *_GLOBAL_HOOKS), policy)  # noqa: SLF001  # see STALE
+    with _LOCK:
+        if generation == _GENERATION[0]:
+            policy._plan = plan  # noqa: SLF001
     return plan
+
+
+def forget_plan(policy: Policy) -> None:
+    """
+    Make `policy` build its plan afresh: its own hooks changed (internal).
+    """
+    with _LOCK:
+        _GENERATION[0] += 1
+        policy._plan = STALE  # noqa: SLF001  # the policy's plan is this module's business
 
 
 def _forget_plans() -> None:
     with _LOCK:
+        _GENERATION[0] += 1
         planned = list(_PLANNED)
         _PLANNED.clear()
-    for policy in planned:
-        policy._plan = STALE  # noqa: SLF001  # the policy's plan is this module's business
+        for policy in planned:
+            policy._plan = STALE  # noqa: SLF001  # see forget_plan
 
 
 def add_hook(hook: Hook) -> Callable[[], None]:

@@ -28,7 +28,15 @@ from ._events import (
     deliver,
     maker,
 )
-from ._plan import NOT_STARTED, STALE, Plan, global_hooks, log_listener_failure, plan_of
+from ._plan import (
+    NOT_STARTED,
+    STALE,
+    Plan,
+    forget_plan,
+    global_hooks,
+    log_listener_failure,
+    plan_of,
+)
 from ._validate import check_clock, check_hooks, check_name
 
 __all__ = ["Args", "AsyncFn", "Kwargs", "Policy"]
@@ -133,7 +141,7 @@ class Policy(ABC):
         """
         (checked,) = check_hooks(type(self).__name__, (hook,))
         self._hooks = (*self._hooks, checked)
-        self._plan = STALE
+        forget_plan(self)
         return lambda: self.remove_hook(checked)
 
     def remove_hook(self, hook: Hook) -> None:
@@ -142,7 +150,7 @@ class Policy(ABC):
         """
         # Equality, not identity: `obj.method` is a new bound method on every access.
         self._hooks = tuple(h for h in self._hooks if h != hook)
-        self._plan = STALE
+        forget_plan(self)
 
     @abstractmethod
     def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> Awaitable[T]:
@@ -156,7 +164,7 @@ class Policy(ABC):
     def _current_plan(self) -> Plan:
         plan = self._plan
         if plan is STALE:
-            plan = self._plan = plan_of(self, self._hooks)
+            plan = plan_of(self)
         return plan
 
     def _emit(self, event_type: type[Event], /, **fields: Any) -> None:
@@ -207,38 +215,37 @@ class Policy(ABC):
 
     async def _observe_all(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         # Everything but the fast path: a stale plan, several listeners, hooks that want
-        # call events, or nobody hearing calls. Listeners start in hook order and end in
-        # reverse, as nested context managers would; events use positional constructors.
+        # call events, or nobody hearing calls. Event hooks hear the start before the
+        # listeners and the end after them, and listeners end in reverse: nested like
+        # context managers, so an event hook still sees a listener's span current.
         plan = self._plan
         if plan is STALE:
             plan = self._current_plan()
-            if plan.sole_end is not None:
-                return await self._observe(fn, args, kwargs)
         if not plan.any_call:
             return await self._run(fn, args, kwargs)
-        clock, kind, name = self._clock, self.kind, self.name
-        began = clock.monotonic()
+        monotonic, kind, name = self._monotonic, self.kind, self.name
         if plan.on_start:
-            deliver(plan.on_start, _new_started(kind, name, began))
+            deliver(plan.on_start, _new_started(kind, name, monotonic()))
         tokens = [_start(start) for start, _ in plan.listeners] if plan.listeners else None
+        began = monotonic()  # after the listeners' starts, as on the fast path
         try:
             result = await self._run(fn, args, kwargs)
         except asyncio.CancelledError as error:
-            now = clock.monotonic()
-            _end(plan, tokens, now - began, error)
+            now = monotonic()
             if plan.on_cancel:
                 deliver(plan.on_cancel, _new_cancelled(kind, name, now, now - began))
+            _end(plan, tokens, now - began, error)
             raise
         except BaseException as error:
-            now = clock.monotonic()
-            _end(plan, tokens, now - began, error)
+            now = monotonic()
             if plan.on_failure:
                 deliver(plan.on_failure, _new_failed(kind, name, now, now - began, error))
+            _end(plan, tokens, now - began, error)
             raise
-        now = clock.monotonic()
-        _end(plan, tokens, now - began, None)
+        now = monotonic()
         if plan.on_success:
             deliver(plan.on_success, _new_succeeded(kind, name, now, now - began))
+        _end(plan, tokens, now - began, None)
         return result
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar, Token
 from typing import Any
-from unittest.mock import patch
+from unittest.mock import Mock, patch
 
 import pytest
 
@@ -408,3 +409,60 @@ async def test_broken_listen_calls_is_logged_and_ignored(
     messages = [r.getMessage() for r in caplog.records if r.name == "resilient"]
     assert any("failed to listen" in m for m in messages)
     assert any("has no call_ended" in m for m in messages)
+
+
+async def test_a_mock_hook_is_not_taken_for_a_listener() -> None:
+    """Hooks answering any attribute (Mock, proxies) still get call events."""
+    hook = Mock(event_types=None)  # listen_calls would be made up on demand
+    await Retry(3, hooks=[hook]).call(ok)
+    assert [type(c.args[0]) for c in hook.call_args_list] == [CallStarted, CallSucceeded]
+
+
+async def test_a_hook_change_while_a_plan_is_built_is_not_lost() -> None:
+    """A global hook added while a policy builds its plan is heard from the next call."""
+    late = Recorder("late")
+    removers: list[Callable[[], None]] = []
+
+    class AddsAHook(Recorder):
+        def listen_calls(self, policy: Policy) -> EndOnly:
+            if late not in global_hooks():  # as if another thread added it right now
+                removers.append(add_hook(late))
+            return super().listen_calls(policy)
+
+    removers.append(add_hook(AddsAHook("first")))
+    policy = Retry(3)
+    try:
+        await policy.call(ok)  # its plan was built across a change: not kept
+        await policy.call(ok)
+    finally:
+        for remove in removers:
+            remove()
+    assert [entry[0] for entry in late.heard] == ["start", "end"]
+
+
+async def test_event_hooks_see_the_listeners_context_at_both_ends() -> None:
+    """Event hooks hear the start before listeners start and the end before they end."""
+    current: ContextVar[str] = ContextVar("current", default="outside")
+    seen: list[tuple[str, str]] = []
+
+    class Attaches:
+        def __call__(self, event: Event) -> None:
+            del event
+
+        def listen_calls(self, policy: Policy) -> Attaches:
+            del policy
+            return self
+
+        def call_started(self) -> Token[str]:
+            return current.set("inside")
+
+        def call_ended(self, token: Token[str], duration: float, error: object) -> None:
+            del duration, error
+            current.reset(token)
+
+    def event_hook(event: Event) -> None:
+        seen.append((type(event).__name__, current.get()))
+
+    await Retry(3, hooks=[Attaches(), event_hook]).call(ok)
+    assert seen == [("CallStarted", "outside"), ("CallSucceeded", "inside")]
+    assert current.get() == "outside"
