@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from yarl import URL
 
+from resilient._plan import global_hooks
 from tests._servers import (
     LOCALHOST,
     ServerProcess,
@@ -80,6 +81,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.server)
+
+
+@pytest.fixture
+def no_global_hooks() -> Iterator[None]:
+    """
+    Run a test with no global hooks, and fail it if it leaves one behind.
+    """
+    hooks = global_hooks()
+    saved = hooks[:]
+    hooks.clear()
+    yield
+    leaked = hooks[:]
+    hooks[:] = saved
+    assert leaked == [], f"test left global hooks behind: {leaked}"
 
 
 @pytest.fixture(scope="session")

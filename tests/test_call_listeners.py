@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any
 from unittest.mock import Mock, patch
@@ -34,19 +34,7 @@ from resilient import (
 from resilient._plan import global_hooks
 from resilient.testing import FakeClock, instant_retries
 
-
-@pytest.fixture(autouse=True)
-def no_global_hooks() -> Iterator[None]:
-    """
-    Run each test with no global hooks, and fail it if it leaves one behind.
-    """
-    hooks = global_hooks()
-    saved = hooks[:]
-    hooks.clear()
-    yield
-    leaked = hooks[:]
-    hooks[:] = saved
-    assert leaked == [], f"test left global hooks behind: {leaked}"
+pytestmark = pytest.mark.usefixtures("no_global_hooks")
 
 
 class Recorder:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -39,18 +38,7 @@ from tests._aio import result_of
 T = TypeVar("T")
 
 
-@pytest.fixture(autouse=True)
-def no_global_hooks() -> Iterator[None]:
-    """
-    Run each test with no global hooks, and fail it if it leaves one behind.
-    """
-    hooks = global_hooks()
-    saved = hooks[:]
-    hooks.clear()
-    yield
-    leaked = hooks[:]
-    hooks[:] = saved
-    assert leaked == [], f"test left global hooks behind: {leaked}"
+pytestmark = pytest.mark.usefixtures("no_global_hooks")
 
 
 async def succeed() -> str:
