@@ -5,9 +5,13 @@ Tests for `DiscoveryClient` against real aiohttp servers on loopback.
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,6 +30,8 @@ from resilient import (
     TimeoutExceeded,
 )
 from resilient.integrations.aiohttp import DiscoveryClient
+
+ROOT = Path(__file__).resolve().parent.parent
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -381,3 +387,25 @@ async def test_repr_shows_services_instances_and_balancer(
     finally:
         for server in servers:
             await server.runner.cleanup()
+
+
+def test_the_docs_example_runs_and_prints_what_the_docs_say() -> None:
+    """
+    docs/discovery.md's DiscoveryClient program runs as written, in a fresh interpreter,
+    and prints exactly the output the page shows.
+    """
+    page = (ROOT / "docs" / "discovery.md").read_text()
+    section = page.split("## Calling a service: `DiscoveryClient`", 1)[1]
+    blocks = re.findall(r"```(python|text)\n(.*?)```", section, flags=re.DOTALL)
+    program = next(code for kind, code in blocks if kind == "python" and "asyncio.run" in code)
+    expected = next(code for kind, code in blocks if kind == "text")
+    done = subprocess.run(  # our own interpreter, running the page's program
+        [sys.executable, "-c", program],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == expected
