@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from resilient import (
     TimeoutExceeded,
 )
 from resilient.integrations.aiohttp import DiscoveryClient
+from tests.test_examples import run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -399,13 +398,4 @@ def test_the_docs_example_runs_and_prints_what_the_docs_say() -> None:
     blocks = re.findall(r"```(python|text)\n(.*?)```", section, flags=re.DOTALL)
     program = next(code for kind, code in blocks if kind == "python" and "asyncio.run" in code)
     expected = next(code for kind, code in blocks if kind == "text")
-    done = subprocess.run(  # our own interpreter, running the page's program
-        [sys.executable, "-c", program],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout == expected
+    assert run_python("-c", program) == expected

@@ -152,17 +152,18 @@ async def test_checks_are_added_before_start() -> None:
 # -- check results -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("answer", "healthy", "detail"),
-    [
-        (None, True, ""),
-        (True, True, ""),
-        (False, False, "check returned False"),
-        (CheckResult(True, "3 replicas"), True, "3 replicas"),
-        (CheckResult(False, "replica lag 12s"), False, "replica lag 12s"),
-        ("ok", False, "check returned a str, not a bool or CheckResult"),
-    ],
-)
+ANSWERS = [
+    (None, True, ""),
+    (True, True, ""),
+    (False, False, "check returned False"),
+    (CheckResult(True, "3 replicas"), True, "3 replicas"),
+    (CheckResult(False, "replica lag 12s"), False, "replica lag 12s"),
+    ("ok", False, "check returned a str, not a bool or CheckResult"),
+]
+"""What a check returns, and the verdict and detail it gets."""
+
+
+@pytest.mark.parametrize(("answer", "healthy", "detail"), ANSWERS)
 async def test_check_results_are_interpreted(answer: object, healthy: bool, detail: str) -> None:
     """None/True pass, False fails, a CheckResult decides with its detail, others fail."""
     monitor = monitor_with(("db", Switch(answer), {}))
@@ -200,14 +201,7 @@ async def test_a_lambda_returning_a_coroutine_is_a_check() -> None:
 
 
 @pytest.mark.parametrize(
-    ("answer", "healthy", "detail"),
-    [
-        (True, True, ""),
-        (None, True, ""),
-        (False, False, "check returned False"),
-        (CheckResult(False, "read-only"), False, "read-only"),
-        (Secret("hunter2"), False, "Secret"),
-    ],
+    ("answer", "healthy", "detail"), [*ANSWERS, (Secret("hunter2"), False, "Secret")]
 )
 async def test_a_sync_check_runs_in_a_thread_of_its_own(
     answer: object, healthy: bool, detail: str
