@@ -253,9 +253,9 @@ class SharedState:
         return (state, wait) if wait > _ROUND_TRIP_ERROR else (CircuitState.HALF_OPEN, None)
 
     def _record_locally(self, probe: bool, *, failed: bool) -> tuple[CircuitState, int | None]:
+        # `_finish` only records outcomes admitted in the current state (generation),
+        # so the state is still the one the call was admitted in.
         state = self._breaker.state
-        if state is not (CircuitState.HALF_OPEN if probe else CircuitState.CLOSED):
-            return state, None
         if not failed:
             if probe and self._breaker._probe_successes + 1 < self._breaker.success_threshold:  # noqa: SLF001
                 self._breaker._probe_successes += 1  # noqa: SLF001

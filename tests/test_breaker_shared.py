@@ -923,11 +923,12 @@ class BrokenStorage(pybreaker.CircuitBreakerStorage):
     A storage whose every read and write fails, as an unreachable one does.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, error: type[Exception] = OSError) -> None:
         super().__init__("broken")
+        self.error = error
 
     def _fail(self, *_: object) -> Any:
-        raise OSError("storage unreachable")
+        raise self.error("storage unreachable")
 
     state = property(_fail, _fail)
     counter = property(_fail)
@@ -977,3 +978,40 @@ def test_storage_timeout_is_validated_at_construction(
     settings = {"storage": pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED), **options}
     with pytest.raises(ValueError, match=message):
         CircuitBreaker(failure_threshold=3, **settings)
+
+
+@pytest.mark.parametrize("error", [OSError, TimeoutError])
+async def test_the_local_state_probes_and_closes_while_the_storage_is_unreachable(
+    error: type[Exception],
+) -> None:
+    """
+    With the storage failing (also with its own timeout), the local state follows the
+    native rules: open after 3 failures, half-open after reset_timeout, a failed probe
+    re-opens, `success_threshold` successful probes close; a call admitted before the
+    opening doesn't count.
+    """
+    clock = FakeClock(wall_start=1_000.0)
+    events: list[Event] = []
+    breaker = CircuitBreaker(
+        storage=BrokenStorage(error), failure_threshold=3, reset_timeout=10,
+        success_threshold=2, clock=clock, hooks=[events.append],
+    )  # fmt: skip
+    gate = asyncio.Event()
+    late = asyncio.create_task(breaker.call(held, gate, fail=True))
+    for _ in range(3):
+        assert await outcome(breaker, Dependency(), fail=True) == "failed"
+    gate.set()
+    with pytest.raises(ConnectionError):
+        await late  # admitted while closed: no effect on the open breaker
+    assert await outcome(breaker, Dependency(), fail=False) == "rejected 10"
+    clock.advance(10)
+    assert await outcome(breaker, Dependency(), fail=True) == "failed"  # the probe
+    assert await outcome(breaker, Dependency(), fail=False) == "rejected 10"
+    clock.advance(10)
+    assert await outcome(breaker, Dependency(), fail=False) == "ok"
+    assert breaker.state is HALF_OPEN
+    assert await outcome(breaker, Dependency(), fail=False) == "ok"
+    assert transitions(events) == [
+        ("closed", "open"), ("open", "half-open"), ("half-open", "open"),
+        ("open", "half-open"), ("half-open", "closed"),
+    ]  # fmt: skip
