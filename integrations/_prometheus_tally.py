@@ -203,7 +203,7 @@ class Tally:
         # Only this thread's local storage holds `owner`: it dies with the thread, and
         # then the shard is folded (a weak reference, so the tally itself can go).
         owner = _ShardOwner()
-        weakref.finalize(owner, _retire, weakref.ref(self), cells)
+        weakref.finalize(owner, _retire, weakref.ref(self), cells).atexit = False  # moot then
         self._local.owner = owner
         self._local.cells = cells
         return cells

@@ -870,52 +870,11 @@ async def test_frozen_redis_bounds_calls_and_threads_and_spares_the_default_exec
     """
     client = redis.Redis(host=redis_private.host, port=redis_private.port)
     admin = redis_private.client()
-    keys = namespace()
-    storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client, namespace=keys)
-    breaker = CircuitBreaker(
-        "frozen", storage=storage, failure_threshold=3, reset_timeout=60,
-        storage_timeout=STORAGE_TIMEOUT,
-    )  # fmt: skip
-    dependency = Dependency()
-    loop = asyncio.get_running_loop()
-    assert await outcome(breaker, dependency, fail=False) == "ok"
-    threads_before = threading.active_count()
-    redis_private.process.process.send_signal(signal.SIGSTOP)
     try:
-        async with asyncio.timeout(15):  # the old code never ends; fail, don't hang
-            together = await asyncio.gather(
-                *(timed(outcome(breaker, dependency, fail=False)) for _ in range(40))
-            )
-            alone = [await timed(outcome(breaker, dependency, fail=op == "f")) for op in "offfo"]
-            resolved = await timed(loop.getaddrinfo("localhost", 80))
-        assert "stalled, deciding locally" in repr(breaker)
-        parked = threading.active_count() - threads_before
+        await frozen_then_thawed(redis_private, client, admin)
     finally:
-        redis_private.process.process.send_signal(signal.SIGCONT)
-    assert [result for result, _ in together] == ["ok"] * 40
-    assert [result.split()[0] for result, _ in alone] == [
-        "ok",
-        "failed",
-        "failed",
-        "failed",
-        "rejected",
-    ]
-    assert max(elapsed for _, elapsed in together + alone) < CALL_BOUND
-    assert resolved[1] < 1.0
-    assert parked <= STORAGE_WORKERS
-    assert dependency.calls == 1 + 40 + 4
-
-    shared = breaker._shared
-    assert shared is not None
-    for future in list(shared._parked):  # the frozen round trips end once Redis wakes
-        await asyncio.wrap_future(future)
-    assert await outcome(breaker, dependency, fail=True) == "failed"
-    assert breaker.state is CLOSED  # Redis said closed: the local opening is forgotten
-    assert await outcome(breaker, dependency, fail=True) == "failed"
-    assert admin.get(f"{keys}:pybreaker:fail_counter") == b"2"
-    assert "storage: closed failures=2" in repr(breaker)
-    client.close()
-    admin.close()
+        client.close()
+        admin.close()
 
 
 class BrokenStorage(pybreaker.CircuitBreakerStorage):
@@ -1015,3 +974,57 @@ async def test_the_local_state_probes_and_closes_while_the_storage_is_unreachabl
         ("closed", "open"), ("open", "half-open"), ("half-open", "open"),
         ("open", "half-open"), ("half-open", "closed"),
     ]  # fmt: skip
+
+
+async def frozen_then_thawed(server: RedisServer, client: redis.Redis, admin: redis.Redis) -> None:
+    """
+    The body of the frozen-Redis test: `client` has no socket timeout, `admin` has one.
+    """
+    keys = namespace()
+    storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client, namespace=keys)
+    breaker = CircuitBreaker(
+        "frozen", storage=storage, failure_threshold=3, reset_timeout=60,
+        storage_timeout=STORAGE_TIMEOUT,
+    )  # fmt: skip
+    dependency = Dependency()
+    loop = asyncio.get_running_loop()
+    assert await outcome(breaker, dependency, fail=False) == "ok"
+    threads_before = threading.active_count()
+    server.process.process.send_signal(signal.SIGSTOP)
+    try:
+        async with asyncio.timeout(15):  # the old code never ends; fail, don't hang
+            together = await asyncio.gather(
+                *(timed(outcome(breaker, dependency, fail=False)) for _ in range(40))
+            )
+            alone = [await timed(outcome(breaker, dependency, fail=op == "f")) for op in "offfo"]
+            resolved = await timed(loop.getaddrinfo("localhost", 80))
+        assert "stalled, deciding locally" in repr(breaker)
+        added = threading.active_count() - threads_before
+        storage_threads = [
+            t for t in threading.enumerate() if t.name.startswith("resilient-breaker-frozen")
+        ]
+    finally:
+        server.process.process.send_signal(signal.SIGCONT)
+    assert [result for result, _ in together] == ["ok"] * 40
+    assert [result.split()[0] for result, _ in alone] == [
+        "ok",
+        "failed",
+        "failed",
+        "failed",
+        "rejected",
+    ]
+    assert max(elapsed for _, elapsed in together + alone) < CALL_BOUND
+    assert resolved[1] < 1.0
+    assert len(storage_threads) <= STORAGE_WORKERS
+    assert added <= STORAGE_WORKERS + 1  # + the default executor's, for getaddrinfo
+    assert dependency.calls == 1 + 40 + 4
+
+    shared = breaker._shared
+    assert shared is not None
+    for future in list(shared._parked):  # the frozen round trips end once Redis wakes
+        await asyncio.wrap_future(future)
+    assert await outcome(breaker, dependency, fail=True) == "failed"
+    assert breaker.state is CLOSED  # Redis said closed: the local opening is forgotten
+    assert await outcome(breaker, dependency, fail=True) == "failed"
+    assert admin.get(f"{keys}:pybreaker:fail_counter") == b"2"
+    assert "storage: closed failures=2" in repr(breaker)
