@@ -119,7 +119,7 @@ class SharedState:
         # Round trips overdue but still holding a thread (added from the loop's thread,
         # discarded from the worker's when done: set operations are atomic).
         self._parked: set[Future[object]] = set()
-        # What the storage last said: (state, failure run or None, wall time).
+        # What the storage last said: (state, failure run or None, clock.monotonic()).
         self._seen: tuple[CircuitState, int | None, float] | None = None
 
     async def _io(self, fn: Callable[..., R], *args: object) -> R:
@@ -166,8 +166,8 @@ class SharedState:
         try:
             state, retry_in = await self._io(self._admit)
             self._note(state, None)
-            if self._seen is not None and self._seen[1] is not None:
-                self._run_length.failures = self._seen[1]
+            if retry_in is not None and self._seen is not None and self._seen[1] is not None:
+                self._run_length.failures = self._seen[1]  # the run `_admit` read to reject
         except _Unavailable:
             state, retry_in = self._admit_locally()
         self._mirror(state)
