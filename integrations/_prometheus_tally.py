@@ -16,6 +16,14 @@ own thread only, so no lock on the hot path and no lost update even without a GI
 a scrape copies every shard and adds them up. A copy may catch a call half counted (its
 outcome but not yet its bucket); the next scrape is exact. Rare events (retries,
 rejections, transitions...) share one lock.
+
+A thread that ends can write no more, so its shard is folded, under the lock, into one
+``retired`` shard and dropped: short-lived threads (5,000 ``asyncio.run`` threads held
+3-4 MiB and slowed a scrape from 1 ms to 115-240 ms) leave one shard per live thread.
+The fold runs when the thread's `threading.local` storage is released at its end (a
+`weakref.finalize` on an object only that storage holds), so memory stays bounded
+even if nobody scrapes. Fold and scrape take the same lock: a call is counted exactly
+once, in the live shard or in the retired one.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import threading
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,6 +131,7 @@ class Tally:
         "_local",
         "_lock",
         "_rejections",
+        "_retired",
         "_retries",
         "_shards",
         "_states",
@@ -132,8 +142,10 @@ class Tally:
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self._bounds = bounds
         self._lock = threading.Lock()
-        self._local = threading.local()  # .cells: this thread's shard
-        self._shards: list[dict[tuple[str, str], CallCell]] = []
+        self._local = threading.local()  # .cells: this thread's shard; .owner: see below
+        # Live threads' shards, by id(); dead threads' counts live on in `_retired`.
+        self._shards: dict[int, dict[tuple[str, str], CallCell]] = {}
+        self._retired: dict[tuple[str, str], CallCell] = {}
         self._retries: dict[Labels, int] = {}
         self._rejections: dict[Labels, int] = {}
         self._timeouts: dict[Labels, int] = {}
@@ -186,10 +198,30 @@ class Tally:
 
     def _new_shard(self) -> dict[tuple[str, str], CallCell]:
         cells: dict[tuple[str, str], CallCell] = {}
-        self._local.cells = cells
         with self._lock:
-            self._shards.append(cells)
+            self._shards[id(cells)] = cells
+        # Only this thread's local storage holds `owner`: it dies with the thread, and
+        # then the shard is folded (a weak reference, so the tally itself can go).
+        owner = _ShardOwner()
+        weakref.finalize(owner, _retire, weakref.ref(self), cells).atexit = False  # moot then
+        self._local.owner = owner
+        self._local.cells = cells
         return cells
+
+    def retire(self, cells: dict[tuple[str, str], CallCell]) -> None:
+        """
+        Fold a dead thread's shard into the retired totals and forget it.
+        """
+        with self._lock:
+            if self._shards.pop(id(cells), None) is not None:
+                _accumulate(self._retired, cells)
+
+    @property
+    def shard_count(self) -> int:
+        """
+        How many per-thread shards are kept (one per live thread that counted calls).
+        """
+        return len(self._shards)
 
     def _succeeded(self, event: CallSucceeded) -> None:
         count_call(self.cell(event.kind, event.name), self._bounds, event.duration, None)
@@ -219,7 +251,9 @@ class Tally:
         Add up every thread's call tallies and copy the other counters.
         """
         with self._lock:
-            shards = list(self._shards)
+            # The retired cells change only under the lock: copy them now.
+            shards = [_accumulate({}, self._retired)]
+            shards.extend(self._shards.values())
             counters = {
                 "retries": dict(self._retries),
                 "rejections": dict(self._rejections),
@@ -294,16 +328,38 @@ def count_call(
 def _merged(
     shards: list[dict[tuple[str, str], CallCell]],
 ) -> dict[tuple[str, str], tuple[list[int], list[int], float]]:
-    calls: dict[tuple[str, str], tuple[list[int], list[int], float]] = {}
+    totals: dict[tuple[str, str], CallCell] = {}
     for shard in shards:
         # dict(shard): one C-level copy, so the owner thread may add cells meanwhile.
-        for key, cell in dict(shard).items():
-            outcomes, buckets = list(cell.outcomes), list(cell.buckets)
-            if key in calls:
-                total_outcomes, total_buckets, seconds = calls[key]
-                outcomes = [a + b for a, b in zip(total_outcomes, outcomes, strict=True)]
-                buckets = [a + b for a, b in zip(total_buckets, buckets, strict=True)]
-                calls[key] = (outcomes, buckets, seconds + cell.seconds)
-            else:
-                calls[key] = (outcomes, buckets, cell.seconds)
-    return calls
+        _accumulate(totals, dict(shard))
+    return {key: (cell.outcomes, cell.buckets, cell.seconds) for key, cell in totals.items()}
+
+
+def _accumulate(
+    totals: dict[tuple[str, str], CallCell], cells: dict[tuple[str, str], CallCell]
+) -> dict[tuple[str, str], CallCell]:
+    """
+    Add `cells` into `totals` (new lists: a copy never shares a list with a shard).
+    """
+    for key, cell in cells.items():
+        total = totals.get(key)
+        if total is None:
+            total = totals[key] = CallCell(len(cell.buckets))
+        total.outcomes = [a + b for a, b in zip(total.outcomes, cell.outcomes, strict=True)]
+        total.buckets = [a + b for a, b in zip(total.buckets, cell.buckets, strict=True)]
+        total.seconds += cell.seconds
+    return totals
+
+
+class _ShardOwner:
+    """
+    Held only by one thread's local storage: its collection marks the thread's end.
+    """
+
+    __slots__ = ("__weakref__",)
+
+
+def _retire(tally: weakref.ref[Tally], cells: dict[tuple[str, str], CallCell]) -> None:
+    owner = tally()
+    if owner is not None:
+        owner.retire(cells)

@@ -192,7 +192,7 @@ class ResilienceMetrics(Tally):
         installed = " installed" if self._remove is not None else ""
         return (
             f"<ResilienceMetrics namespace={self.namespace!r} tracked={len(self._tracked)}"
-            f"{installed}>"
+            f" shards={self.shard_count}{installed}>"
         )
 
 

@@ -114,6 +114,9 @@ class CircuitBreaker(Policy):
             `RejectedError` (e.g. an inner full bulkhead) is always excluded.
         storage: A pybreaker storage (`CircuitMemoryStorage`, `CircuitRedisStorage`) to
             keep state in, shared between processes; consecutive mode only.
+        storage_timeout: Seconds a storage round trip may take (default 1.0; only with
+            `storage=`). Past it, or when the storage fails, this process's own view
+            of the state decides the call (see `_breaker_shared`).
         clock: Time source (default: the system clock).
         hooks: Event hooks for this policy only.
 
@@ -162,6 +165,7 @@ class CircuitBreaker(Policy):
         half_open_max_calls: int = 1,
         exclude: Any = (),
         storage: pybreaker.CircuitBreakerStorage | None = None,
+        storage_timeout: float | None = None,
         clock: Clock | None = None,
         hooks: Iterable[Hook] | None = None,
     ) -> None:
@@ -238,7 +242,15 @@ class CircuitBreaker(Policy):
                     "CircuitBreaker(storage=...): shared storage holds consecutive-failure"
                     " counters only; drop the window parameters"
                 )
-            self._shared = SharedState(self, storage)
+            timeout = 1.0 if storage_timeout is None else storage_timeout
+            self._shared = SharedState(
+                self, storage, check_seconds(owner, "storage_timeout", timeout)
+            )
+        elif storage_timeout is not None:
+            raise ValueError(
+                f"CircuitBreaker(storage_timeout={storage_timeout!r}): storage_timeout"
+                " applies only with storage="
+            )
 
     @classmethod
     def from_pybreaker(
@@ -429,8 +441,8 @@ class CircuitBreaker(Policy):
             counts = f"failures={totals.failures}/{self.failure_threshold}"
         else:
             counts = f"window={totals.failures}/{totals.calls} failed"
-        shared = " shared" if self._shared is not None else ""
-        return f"<CircuitBreaker {self.name!r} {self._state.value}{shared} {counts}>"
+        shared = "" if self._shared is None else f" shared, {self._shared.describe()}"
+        return f"<CircuitBreaker {self.name!r} {self._state.value} {counts}{shared}>"
 
 
 def _window(

@@ -12,6 +12,15 @@ in a worker thread: the event loop never waits on Redis. Each call costs one hop
 across processes: two processes may both see the threshold and both open the circuit,
 which is harmless.
 
+A stalled storage must not stall the application (redis-py has no socket timeout by
+default, so a round trip to a frozen server blocks its thread until the server wakes).
+Round trips therefore run on a small executor of the breaker's own, never the loop's
+default one (which `getaddrinfo` and `to_thread` need), and each is bounded by
+`storage_timeout`. When a round trip fails or is overdue, the local state decides: the
+mirror below, continued from what the storage last said. While an overdue round trip
+still holds its thread, no new one is started, so at most `STORAGE_WORKERS` threads are
+ever parked on a stalled storage; once they come back, the storage decides again.
+
 As in the native breaker, an outcome counts only in the state its call was admitted in:
 a call that was still running when the circuit opened (seen by this process, or found in
 the storage when recording) cannot re-open it, push its reopening back, or close it.
@@ -24,8 +33,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pybreaker
 
@@ -50,15 +60,39 @@ _STATES = {state.value: state for state in CircuitState}
 # reset_timeout has passed.
 _ROUND_TRIP_ERROR = 1e-6
 
+STORAGE_WORKERS = 4
+"""Threads a shared breaker's storage round trips may use at once (its own executor)."""
+
+
+class _Unavailable(Exception):  # a signal, not an error users see
+    """
+    The storage failed or did not answer within `storage_timeout`.
+    """
+
 
 class SharedState:
     """
     Drives one `CircuitBreaker` from a pybreaker storage.
     """
 
-    __slots__ = ("_breaker", "_inline", "_opened_wall", "_run_length", "_storage")
+    __slots__ = (
+        "_breaker",
+        "_executor",
+        "_inline",
+        "_opened_wall",
+        "_parked",
+        "_run_length",
+        "_seen",
+        "_storage",
+        "timeout",
+    )
 
-    def __init__(self, breaker: CircuitBreaker, storage: pybreaker.CircuitBreakerStorage) -> None:
+    def __init__(
+        self,
+        breaker: CircuitBreaker,
+        storage: pybreaker.CircuitBreakerStorage,
+        timeout: float = 1.0,
+    ) -> None:
         if not isinstance(storage, pybreaker.CircuitBreakerStorage):
             hint = (
                 "; to use a pybreaker.CircuitBreaker, call CircuitBreaker.from_pybreaker()"
@@ -79,15 +113,63 @@ class SharedState:
         # In-memory storage does no I/O: a thread hop would only cost time.
         self._inline = isinstance(storage, pybreaker.CircuitMemoryStorage)
         self._opened_wall = 0.0
+        self.timeout = timeout
+        # Created on first use; its threads start lazily, up to STORAGE_WORKERS.
+        self._executor: ThreadPoolExecutor | None = None
+        # Round trips overdue but still holding a thread (added from the loop's thread,
+        # discarded from the worker's when done: set operations are atomic).
+        self._parked: set[Future[object]] = set()
+        # What the storage last said: (state, failure run or None, clock.monotonic()).
+        self._seen: tuple[CircuitState, int | None, float] | None = None
 
     async def _io(self, fn: Callable[..., R], *args: object) -> R:
+        """
+        Run a storage round trip; raise `_Unavailable` when it fails or is overdue.
+        """
         if self._inline:
             return fn(*args)
-        return await asyncio.to_thread(fn, *args)
+        if self.stalled():
+            raise _Unavailable
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                STORAGE_WORKERS, thread_name_prefix=f"resilient-breaker-{self._breaker.name}"
+            )
+        future = self._executor.submit(fn, *args)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await asyncio.wrap_future(future)
+        except TimeoutError as error:
+            if future.done() and not future.cancelled():
+                raise _Unavailable from error  # the storage itself timed out
+            # Overdue. If it was still queued, the timeout cancelled it; if a thread
+            # runs it, that thread stays parked until the storage answers.
+            self._park(future)
+            raise _Unavailable from None
+        except Exception as error:
+            raise _Unavailable from error
+
+    def stalled(self) -> bool:
+        """
+        Whether a round trip is overdue and still holds its thread.
+        """
+        # A finished one may not be discarded yet: its worker runs the callbacks.
+        return any(not future.done() for future in list(self._parked))
+
+    def _park(self, future: Future[Any]) -> None:
+        if future.cancel():
+            return
+        self._parked.add(future)
+        future.add_done_callback(self._parked.discard)
 
     async def run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         breaker = self._breaker
-        state, retry_in = await self._io(self._admit)
+        try:
+            state, retry_in = await self._io(self._admit)
+            self._note(state, None)
+            if retry_in is not None and self._seen is not None and self._seen[1] is not None:
+                self._run_length.failures = self._seen[1]  # the run `_admit` read to reject
+        except _Unavailable:
+            state, retry_in = self._admit_locally()
         self._mirror(state)
         probe = state is CircuitState.HALF_OPEN
         if retry_in is not None or (probe and breaker._probes >= breaker.half_open_max_calls):  # noqa: SLF001
@@ -129,11 +211,61 @@ class SharedState:
             # breaker): a stale outcome must not re-open, extend or close the circuit.
             return
         record = self._record_failure if error is not None else self._record_success
-        state, failures = await self._io(record, probe)
+        try:
+            state, failures = await self._io(record, probe)
+            self._note(state, failures)
+        except _Unavailable:
+            state, failures = self._record_locally(probe, failed=error is not None)
         self._mirror(state)
         if failures is not None:
-            # Keep repr() and statistics() showing the shared failure run.
+            # Keep repr() and statistics() showing the (shared, or local) failure run.
             self._run_length.failures = failures
+
+    def _note(self, state: CircuitState, failures: int | None) -> None:
+        if failures is None and self._seen is not None:
+            failures = self._seen[1]
+        self._seen = (state, failures, self._breaker.clock.monotonic())
+
+    def describe(self) -> str:
+        """
+        What the storage said last, for the breaker's repr.
+
+        Returns:
+            E.g. ``storage: closed failures=2 (0.4s ago)``, with ``stalled, deciding
+            locally`` while a round trip is overdue.
+        """
+        if self._seen is None:
+            text = "storage: not read yet"
+        else:
+            state, failures, when = self._seen
+            run = "" if failures is None else f" failures={failures}"
+            ago = self._breaker.clock.monotonic() - when
+            text = f"storage: {state.value}{run} ({ago:.1f}s ago)"
+        return f"{text}, stalled, deciding locally" if self.stalled() else text
+
+    # --- local decisions, while the storage is unreachable or overdue ---
+
+    def _admit_locally(self) -> tuple[CircuitState, float | None]:
+        state = self._breaker.state
+        if state is not CircuitState.OPEN:
+            return state, None
+        wait = self.retry_in()
+        return (state, wait) if wait > _ROUND_TRIP_ERROR else (CircuitState.HALF_OPEN, None)
+
+    def _record_locally(self, probe: bool, *, failed: bool) -> tuple[CircuitState, int | None]:
+        # `_finish` only records outcomes admitted in the current state (generation),
+        # so the state is still the one the call was admitted in.
+        state = self._breaker.state
+        if not failed:
+            if probe and self._breaker._probe_successes + 1 < self._breaker.success_threshold:  # noqa: SLF001
+                self._breaker._probe_successes += 1  # noqa: SLF001
+                return state, None
+            return CircuitState.CLOSED, 0
+        failures = self._run_length.failures + 1
+        if probe or failures >= (self._breaker.failure_threshold or 1):
+            self._opened_wall = self._breaker.clock.wall()
+            return CircuitState.OPEN, failures
+        return state, failures
 
     def _mirror(self, state: CircuitState) -> None:
         self._breaker._transition(state)  # noqa: SLF001
@@ -150,6 +282,8 @@ class SharedState:
         self._read_opened()
         wait = self._opened_wall + self._breaker.reset_timeout - self._breaker.clock.wall()
         if wait > _ROUND_TRIP_ERROR:
+            # Rejections are rare and cheap: learn the run that opened it, for repr().
+            self._note(state, self._storage.counter)
             return state, wait
         self._storage.state = CircuitState.HALF_OPEN.value
         self._storage.reset_success_counter()

@@ -144,9 +144,12 @@ class HealthMonitor:
 
         Args:
             name: A unique, stable name (shown in reports and logs).
-            check: An async callable (or any callable returning an awaitable, such as
-                ``lambda: db.ping()``). None or True pass, False fails, a `CheckResult`
-                says which with a detail; an exception fails with its type's name.
+            check: An async callable, or a plain one: that runs in a thread of its
+                own (at most one at a time; a run while the previous one is still
+                blocked fails at once), and may return an awaitable to be awaited,
+                such as ``lambda: db.ping()``. None or True pass, False fails, a
+                `CheckResult` says which with a detail; an exception fails with its
+                type's name.
             interval: Seconds between the end of one run and the start of the next.
             timeout: Seconds a run may take; a slower run fails.
             critical: A failure makes the service UNHEALTHY (else DEGRADED).

@@ -17,6 +17,7 @@ import contextlib
 import enum
 import inspect
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeAlias
@@ -120,7 +121,9 @@ class HealthReport:
     time: float
 
 
-HealthCheck: TypeAlias = Callable[[], Awaitable[bool | CheckResult | None]]
+HealthCheck: TypeAlias = Callable[
+    [], Awaitable[bool | CheckResult | None] | bool | CheckResult | None
+]
 TransitionHook: TypeAlias = Callable[[HealthStatus, HealthStatus, HealthReport], object]
 ReportKind: TypeAlias = Literal["readiness", "liveness"]
 
@@ -144,7 +147,9 @@ class CheckState:
         "name",
         "pass_after",
         "successes",
+        "threaded",
         "timeout",
+        "worker",
     )
 
     def __init__(
@@ -167,6 +172,10 @@ class CheckState:
         self.last_checked: float | None = None
         self.duration: float | None = None
         self.failures = self.successes = 0
+        # A plain (not async) callable runs in a thread of its own, so a blocking check
+        # can't stall the event loop; `worker` is its last run's thread.
+        self.threaded = not is_async_callable(fn)
+        self.worker: threading.Thread | None = None
 
     def record(self, passed: bool, detail: str, finished: float, duration: float) -> bool:
         """
@@ -207,9 +216,12 @@ async def run_check(check: CheckState) -> tuple[bool, str]:
     DSN's password or a token, and reports are served over HTTP.
     """
     try:
-        result = await check.timeout.call(_invoke, check.fn)
-    except _NotAwaitable as error:
-        return False, f"check is not async (it returned {error})"
+        if check.threaded:
+            result = await check.timeout.call(_in_thread, check)
+        else:
+            result = await check.timeout.call(_invoke, check.fn)
+    except _StillRunning:
+        return False, "previous run still running"
     except TimeoutExceeded as error:
         return False, f"timed out after {error.timeout:g}s"
     except asyncio.CancelledError:
@@ -223,15 +235,60 @@ async def run_check(check: CheckState) -> tuple[bool, str]:
     return _verdict(result)
 
 
-class _NotAwaitable(TypeError):
-    """A check returned a plain value: it was written without `async`."""
+async def _invoke(fn: HealthCheck) -> object:
+    return await fn()  # type: ignore[misc]  # an async callable: is_async_callable said so
 
 
-async def _invoke(fn: Callable[[], object]) -> object:
-    outcome = fn()
-    if not inspect.isawaitable(outcome):
-        raise _NotAwaitable(type(outcome).__name__)
-    return await outcome
+def is_async_callable(fn: object) -> bool:
+    """
+    Whether calling `fn` returns a coroutine.
+
+    True for an ``async def``, an object whose ``__call__`` is one, and a
+    `functools.partial` of either.
+    """
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004  # the method itself, not callable()
+    )
+
+
+class _StillRunning(Exception):  # a verdict, not an error users see
+    """The previous run of a sync check has not returned yet (it timed out)."""
+
+
+async def _in_thread(check: CheckState) -> object:
+    """
+    Run a sync check in a daemon thread; await what it returns if that is awaitable.
+
+    A daemon thread, not an executor: a check that never returns must neither hold a
+    pool's worker (the loop's default executor serves `getaddrinfo`) nor block the
+    interpreter's exit. At most one thread per check: while it is still running the
+    next run fails at once instead of starting another.
+    """
+    if check.worker is not None and check.worker.is_alive():
+        raise _StillRunning
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[object] = loop.create_future()
+
+    def settle(result: object, error: BaseException | None) -> None:
+        if done.done():  # timed out meanwhile
+            return
+        if error is None:
+            done.set_result(result)
+        else:
+            done.set_exception(error)
+
+    def work() -> None:
+        try:
+            answer: tuple[object, BaseException | None] = (check.fn(), None)
+        except BaseException as error:  # noqa: BLE001  # handed to the loop, not swallowed
+            answer = (None, error)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, *answer)
+
+    check.worker = threading.Thread(target=work, name=f"health-check:{check.name}", daemon=True)
+    check.worker.start()
+    result = await done
+    return await result if inspect.isawaitable(result) else result
 
 
 def _verdict(result: object) -> tuple[bool, str]:

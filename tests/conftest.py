@@ -8,6 +8,7 @@ they set themselves), so ``pytest -m "not server"`` runs the rest without one.
 from __future__ import annotations
 
 import json
+import signal
 import time
 import urllib.parse
 import urllib.request
@@ -40,7 +41,14 @@ from tests._servers import (
 from tests._web import Serve
 
 SERVER_FIXTURES = frozenset(
-    {"redis_server", "redis_client", "etcd_server", "etcd_private", "prometheus_server"}
+    {
+        "redis_server",
+        "redis_client",
+        "redis_private",
+        "etcd_server",
+        "etcd_private",
+        "prometheus_server",
+    }
 )
 """Fixtures that need a real server process; their tests are marked `server`."""
 
@@ -105,6 +113,25 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     Skips when ``redis-server`` is missing (fails instead under
     ``RESILIENT_REQUIRE_SERVERS=1``).
     """
+    with running_server(
+        "redis-server", _redis_command(), data_dir=tmp_path_factory.mktemp("redis")
+    ) as process:
+        yield RedisServer(process.host, process.port, process)
+
+
+@pytest.fixture
+def redis_private(tmp_path: Path) -> Iterator[RedisServer]:
+    """
+    A ``redis-server`` of this test's own, which it may freeze (SIGSTOP) and thaw.
+    """
+    with running_server("redis-server", _redis_command(), data_dir=tmp_path) as process:
+        try:
+            yield RedisServer(process.host, process.port, process)
+        finally:
+            process.process.send_signal(signal.SIGCONT)  # a frozen server can't stop
+
+
+def _redis_command() -> Callable[[int, Path], list[str]]:
     binary = require_binary("redis-server", package="redis-server")
 
     def command(port: int, data_dir: Path) -> list[str]:
@@ -118,10 +145,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
             "--daemonize", "no",
         ]  # fmt: skip
 
-    with running_server(
-        "redis-server", command, data_dir=tmp_path_factory.mktemp("redis")
-    ) as process:
-        yield RedisServer(process.host, process.port, process)
+    return command
 
 
 @pytest.fixture

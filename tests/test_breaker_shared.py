@@ -13,15 +13,16 @@ import asyncio
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pybreaker
 import pytest
@@ -35,8 +36,11 @@ from resilient import (
     Event,
     StateChanged,
 )
+from resilient._breaker_shared import STORAGE_WORKERS
 from resilient.testing import FakeClock
 from tests.conftest import RedisServer
+
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -348,7 +352,8 @@ def breakers_over_one_storage(
 async def test_breakers_over_one_storage_share_state() -> None:
     """
     Two breakers over one storage add up their failures, and when one opens it the
-    other rejects without calling.
+    other rejects without calling; the rejecting one's statistics and repr show the
+    shared failure run it found in the storage, not only its own failure.
     """
     clock = FakeClock()
     (first, second), storage = breakers_over_one_storage(clock, 2)
@@ -361,7 +366,8 @@ async def test_breakers_over_one_storage_share_state() -> None:
     dependency = Dependency()
     assert await outcome(second, dependency, fail=False) == "rejected 6"
     assert (second.state, dependency.calls) == (OPEN, 0)
-    assert second.statistics().window_failures == 1  # its own; it has not read since
+    assert second.statistics().window_failures == 3
+    assert "open failures=3/3 shared, storage: open failures=3 (0.0s ago)" in repr(second)
 
 
 async def test_outcomes_in_flight_when_another_breaker_opened_are_stale() -> None:
@@ -831,3 +837,194 @@ async def test_event_loop_keeps_running_while_redis_is_slow(
     assert elapsed >= delay * len(client.threads) >= 4 * delay
     longest_stall = max(later - earlier for earlier, later in itertools.pairwise(ticks))
     assert longest_stall < 0.75 * delay
+
+
+# --- a frozen Redis: bounded calls, bounded threads, the local state decides -------------
+
+STORAGE_TIMEOUT = 0.25
+# A call makes at most two round trips (admission, recording); the rest is slack for a
+# loaded machine. On a frozen Redis without the bound a call never ends.
+CALL_BOUND = 2 * STORAGE_TIMEOUT + 2.0
+
+
+async def timed(call: Awaitable[T]) -> tuple[T, float]:
+    """
+    Await `call`; return its outcome and how long it took.
+    """
+    started = time.monotonic()
+    result = await call
+    return result, time.monotonic() - started
+
+
+@pytest.mark.server
+async def test_frozen_redis_bounds_calls_and_threads_and_spares_the_default_executor(
+    redis_private: RedisServer,
+) -> None:
+    """
+    With redis-server frozen (SIGSTOP) and a client without a socket timeout (redis-py's
+    default), 40 concurrent calls and then sequential ones each end within the storage
+    timeout plus slack, at most `STORAGE_WORKERS` threads are parked, and the loop's
+    default executor still resolves a name at once. The local state decides: three
+    failures open the breaker and it rejects. After SIGCONT the storage decides again:
+    the breaker follows Redis (closed), and its failures are counted there.
+    """
+    client = redis.Redis(host=redis_private.host, port=redis_private.port)
+    admin = redis_private.client()
+    try:
+        await frozen_then_thawed(redis_private, client, admin)
+    finally:
+        client.close()
+        admin.close()
+
+
+class BrokenStorage(pybreaker.CircuitBreakerStorage):
+    """
+    A storage whose every read and write fails, as an unreachable one does.
+    """
+
+    def __init__(self, error: type[Exception] = OSError) -> None:
+        super().__init__("broken")
+        self.error = error
+
+    def _fail(self, *_: object) -> Any:
+        raise self.error("storage unreachable")
+
+    state = property(_fail, _fail)
+    counter = property(_fail)
+    success_counter = property(_fail)
+    opened_at = property(_fail, _fail)
+    increment_counter = reset_counter = _fail
+    increment_success_counter = reset_success_counter = _fail
+
+
+async def test_unreachable_storage_leaves_the_decision_to_the_local_state() -> None:
+    """
+    When every storage round trip fails, calls still run and the local state decides:
+    three failures open the breaker, which then rejects without calling.
+    """
+    breaker = CircuitBreaker(storage=BrokenStorage(), failure_threshold=3, reset_timeout=60)
+    dependency = Dependency()
+    outcomes = [await outcome(breaker, dependency, fail=op == "f") for op in "offff"]
+    assert [entry.split()[0] for entry in outcomes] == [
+        "ok",
+        "failed",
+        "failed",
+        "failed",
+        "rejected",
+    ]
+    assert (breaker.state, dependency.calls) == (OPEN, 4)
+    assert "storage: not read yet" in repr(breaker)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"storage_timeout": 0}, r"storage_timeout=0\): storage_timeout must be finite and > 0"),
+        ({"storage_timeout": -1.0}, r"storage_timeout=-1.0\)"),
+        ({"storage_timeout": float("nan")}, r"storage_timeout=nan\)"),
+        (
+            {"storage": None, "storage_timeout": 2.0},
+            r"storage_timeout=2.0\): .* only with storage=",
+        ),
+    ],
+)
+def test_storage_timeout_is_validated_at_construction(
+    options: dict[str, Any], message: str
+) -> None:
+    """
+    `storage_timeout` must be a finite number of seconds > 0, and needs `storage=`.
+    """
+    settings = {"storage": pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED), **options}
+    with pytest.raises(ValueError, match=message):
+        CircuitBreaker(failure_threshold=3, **settings)
+
+
+@pytest.mark.parametrize("error", [OSError, TimeoutError])
+async def test_the_local_state_probes_and_closes_while_the_storage_is_unreachable(
+    error: type[Exception],
+) -> None:
+    """
+    With the storage failing (also with its own timeout), the local state follows the
+    native rules: open after 3 failures, half-open after reset_timeout, a failed probe
+    re-opens, `success_threshold` successful probes close; a call admitted before the
+    opening doesn't count.
+    """
+    clock = FakeClock(wall_start=1_000.0)
+    events: list[Event] = []
+    breaker = CircuitBreaker(
+        storage=BrokenStorage(error), failure_threshold=3, reset_timeout=10,
+        success_threshold=2, clock=clock, hooks=[events.append],
+    )  # fmt: skip
+    gate = asyncio.Event()
+    late = asyncio.create_task(breaker.call(held, gate, fail=True))
+    for _ in range(3):
+        assert await outcome(breaker, Dependency(), fail=True) == "failed"
+    gate.set()
+    with pytest.raises(ConnectionError):
+        await late  # admitted while closed: no effect on the open breaker
+    assert await outcome(breaker, Dependency(), fail=False) == "rejected 10"
+    clock.advance(10)
+    assert await outcome(breaker, Dependency(), fail=True) == "failed"  # the probe
+    assert await outcome(breaker, Dependency(), fail=False) == "rejected 10"
+    clock.advance(10)
+    assert await outcome(breaker, Dependency(), fail=False) == "ok"
+    assert breaker.state is HALF_OPEN
+    assert await outcome(breaker, Dependency(), fail=False) == "ok"
+    assert transitions(events) == [
+        ("closed", "open"), ("open", "half-open"), ("half-open", "open"),
+        ("open", "half-open"), ("half-open", "closed"),
+    ]  # fmt: skip
+
+
+async def frozen_then_thawed(server: RedisServer, client: redis.Redis, admin: redis.Redis) -> None:
+    """
+    The body of the frozen-Redis test: `client` has no socket timeout, `admin` has one.
+    """
+    keys = namespace()
+    storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client, namespace=keys)
+    breaker = CircuitBreaker(
+        "frozen", storage=storage, failure_threshold=3, reset_timeout=60,
+        storage_timeout=STORAGE_TIMEOUT,
+    )  # fmt: skip
+    dependency = Dependency()
+    loop = asyncio.get_running_loop()
+    assert await outcome(breaker, dependency, fail=False) == "ok"
+    threads_before = threading.active_count()
+    server.process.process.send_signal(signal.SIGSTOP)
+    try:
+        async with asyncio.timeout(15):  # the old code never ends; fail, don't hang
+            together = await asyncio.gather(
+                *(timed(outcome(breaker, dependency, fail=False)) for _ in range(40))
+            )
+            alone = [await timed(outcome(breaker, dependency, fail=op == "f")) for op in "offfo"]
+            resolved = await timed(loop.getaddrinfo("localhost", 80))
+        assert "stalled, deciding locally" in repr(breaker)
+        added = threading.active_count() - threads_before
+        storage_threads = [
+            t for t in threading.enumerate() if t.name.startswith("resilient-breaker-frozen")
+        ]
+    finally:
+        server.process.process.send_signal(signal.SIGCONT)
+    assert [result for result, _ in together] == ["ok"] * 40
+    assert [result.split()[0] for result, _ in alone] == [
+        "ok",
+        "failed",
+        "failed",
+        "failed",
+        "rejected",
+    ]
+    assert max(elapsed for _, elapsed in together + alone) < CALL_BOUND
+    assert resolved[1] < 1.0
+    assert len(storage_threads) <= STORAGE_WORKERS
+    assert added <= STORAGE_WORKERS + 1  # + the default executor's, for getaddrinfo
+    assert dependency.calls == 1 + 40 + 4
+
+    shared = breaker._shared
+    assert shared is not None
+    for future in list(shared._parked):  # the frozen round trips end once Redis wakes
+        await asyncio.wrap_future(future)
+    assert await outcome(breaker, dependency, fail=True) == "failed"
+    assert breaker.state is CLOSED  # Redis said closed: the local opening is forgotten
+    assert await outcome(breaker, dependency, fail=True) == "failed"
+    assert admin.get(f"{keys}:pybreaker:fail_counter") == b"2"
+    assert "storage: closed failures=2" in repr(breaker)

@@ -5,9 +5,12 @@ Tests for `DiscoveryClient` against real aiohttp servers on loopback.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -20,10 +23,14 @@ from resilient import (
     Instance,
     NoHealthyInstanceError,
     PowerOfTwoChoices,
+    RoundRobin,
     Timeout,
     TimeoutExceeded,
 )
 from resilient.integrations.aiohttp import DiscoveryClient
+from tests.test_examples import run_python
+
+ROOT = Path(__file__).resolve().parent.parent
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -262,3 +269,133 @@ async def test_cancelled_first_call_leaves_no_view_running(
     await asyncio.sleep(0)
     names = [t.get_coro().__qualname__ for t in asyncio.all_tasks()]  # type: ignore[union-attr]
     assert not [n for n in names if "ServiceView" in n]
+
+
+# --- construction, the request context manager, repr ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"registry": None}, TypeError, r"DiscoveryClient\(registry=\.\.\.\): expected a Registry"),
+        ({"session": None}, TypeError, r"DiscoveryClient\(session=\.\.\.\): expected a Client"),
+        ({"max_attempts": 0}, ValueError, r"DiscoveryClient\(max_attempts=0\)"),
+        ({"balancer": object()}, TypeError, r"DiscoveryClient\(balancer=\.\.\.\)"),
+        ({"balancer": lambda: "round robin"}, TypeError, r"DiscoveryClient\(balancer=\.\.\.\)"),
+        ({"breaker": "strict"}, TypeError, r"DiscoveryClient\(breaker=\.\.\.\)"),
+        ({"failure_status": 500}, TypeError, r"DiscoveryClient\(failure_status=\.\.\.\)"),
+        ({"retry_methods": "GET"}, TypeError, r"DiscoveryClient\(retry_methods='GET'\)"),
+    ],
+)
+async def test_bad_arguments_fail_at_construction(
+    session: aiohttp.ClientSession,
+    options: dict[str, object],
+    error: type[Exception],
+    message: str,
+) -> None:
+    """Each bad argument raises at once, naming the parameter, before any request."""
+    arguments: dict[str, Any] = {"session": session, "registry": InMemoryRegistry(), **options}
+    with pytest.raises(error, match=message):
+        DiscoveryClient(**arguments)
+
+
+async def test_balancer_takes_an_instance_or_a_factory(session: aiohttp.ClientSession) -> None:
+    """
+    A `Balancer` instance (what `EndpointPool` takes) serves every service; a class
+    (a factory) gives each service a balancer of its own.
+    """
+    registry = InMemoryRegistry()
+    servers = [await start_server(name, f"{name}-1", ok) for name in ("a", "b")]
+    for server in servers:
+        await registry.register(server.instance)
+    shared = RoundRobin()
+    try:
+        async with DiscoveryClient(session, registry, balancer=shared) as client:
+            for name in ("a", "b"):
+                async with client.get(name, "/") as response:
+                    assert response.status == 200
+            assert (await client.pool("a"))._balancer is shared
+            assert (await client.pool("b"))._balancer is shared
+        async with DiscoveryClient(session, registry, balancer=RoundRobin) as client:
+            pools = [await client.pool(name) for name in ("a", "b")]
+            assert pools[0]._balancer is not pools[1]._balancer
+            assert all(isinstance(pool._balancer, RoundRobin) for pool in pools)
+    finally:
+        for server in servers:
+            await server.runner.cleanup()
+
+
+async def test_async_with_get_releases_the_response_on_exit(
+    session: aiohttp.ClientSession,
+) -> None:
+    """
+    ``async with client.get(...) as response`` works as with aiohttp: a response still
+    streaming holds its connection inside the block and gives it up on exit.
+    ``await client.get(...)`` still hands the response over.
+    """
+    gate = asyncio.Event()
+
+    async def streaming(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"first part")
+        await gate.wait()  # the rest never comes while the client reads
+        return response
+
+    registry = InMemoryRegistry()
+    server = await start_server("kv", "kv-1", streaming)
+    await registry.register(server.instance)
+    try:
+        async with DiscoveryClient(session, registry) as client:
+            async with client.get("kv", "/items/1") as response:
+                assert await response.content.readexactly(10) == b"first part"
+                assert response.connection is not None
+            assert response.connection is None
+            server.handler = ok
+            awaited = await client.get("kv", "/items/2")
+            try:
+                assert await awaited.json() == {"path": "/items/2"}
+            finally:
+                awaited.release()
+            with pytest.raises(ValueError, match="must start with '/'"):
+                client.get("kv", "items")  # at once, not when awaited
+    finally:
+        gate.set()
+        await server.runner.cleanup()
+
+
+async def test_repr_shows_services_instances_and_balancer(
+    session: aiohttp.ClientSession,
+) -> None:
+    """The repr names each service called with its known instances, and the balancer."""
+    registry = InMemoryRegistry()
+    servers = [await start_server("kv", f"kv-{n}", ok) for n in range(2)]
+    for server in servers:
+        await registry.register(server.instance)
+    try:
+        async with DiscoveryClient(session, registry, balancer=PowerOfTwoChoices) as client:
+            assert repr(client) == (
+                "<DiscoveryClient no service called yet; balancer=PowerOfTwoChoices max_attempts=3>"
+            )
+            await client.pool("kv")
+            assert repr(client) == (
+                "<DiscoveryClient kv: 2 instances; balancer=PowerOfTwoChoices max_attempts=3>"
+            )
+        shared = DiscoveryClient(session, registry, balancer=RoundRobin(), max_attempts=1)
+        assert "balancer=RoundRobin (shared) max_attempts=1" in repr(shared)
+    finally:
+        for server in servers:
+            await server.runner.cleanup()
+
+
+def test_the_docs_example_runs_and_prints_what_the_docs_say() -> None:
+    """
+    docs/discovery.md's DiscoveryClient program runs as written, in a fresh interpreter,
+    and prints exactly the output the page shows.
+    """
+    page = (ROOT / "docs" / "discovery.md").read_text()
+    section = page.split("## Calling a service: `DiscoveryClient`", 1)[1]
+    blocks = re.findall(r"```(python|text)\n(.*?)```", section, flags=re.DOTALL)
+    program = next(code for kind, code in blocks if kind == "python" and "asyncio.run" in code)
+    expected = next(code for kind, code in blocks if kind == "text")
+    assert run_python("-c", program) == expected

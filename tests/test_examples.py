@@ -12,8 +12,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_module(*args: str, timeout: float = 60.0) -> str:
+    return run_python("-m", *args, timeout=timeout)
+
+
+def run_python(*args: str, timeout: float = 60.0) -> str:
+    """
+    Run this interpreter with `args` from the repository root; return what it printed.
+    """
     done = subprocess.run(
-        [sys.executable, "-m", *args],
+        [sys.executable, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

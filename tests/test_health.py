@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 from collections.abc import Awaitable
 from typing import Any
 
@@ -151,17 +152,18 @@ async def test_checks_are_added_before_start() -> None:
 # -- check results -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("answer", "healthy", "detail"),
-    [
-        (None, True, ""),
-        (True, True, ""),
-        (False, False, "check returned False"),
-        (CheckResult(True, "3 replicas"), True, "3 replicas"),
-        (CheckResult(False, "replica lag 12s"), False, "replica lag 12s"),
-        ("ok", False, "check returned a str, not a bool or CheckResult"),
-    ],
-)
+ANSWERS = [
+    (None, True, ""),
+    (True, True, ""),
+    (False, False, "check returned False"),
+    (CheckResult(True, "3 replicas"), True, "3 replicas"),
+    (CheckResult(False, "replica lag 12s"), False, "replica lag 12s"),
+    ("ok", False, "check returned a str, not a bool or CheckResult"),
+]
+"""What a check returns, and the verdict and detail it gets."""
+
+
+@pytest.mark.parametrize(("answer", "healthy", "detail"), ANSWERS)
 async def test_check_results_are_interpreted(answer: object, healthy: bool, detail: str) -> None:
     """None/True pass, False fails, a CheckResult decides with its detail, others fail."""
     monitor = monitor_with(("db", Switch(answer), {}))
@@ -198,11 +200,57 @@ async def test_a_lambda_returning_a_coroutine_is_a_check() -> None:
     assert (switch.calls, report.checks["db"].detail) == (1, "read-only")
 
 
-async def test_a_sync_check_fails_rather_than_breaking_the_monitor() -> None:
-    """A callable that returns no awaitable fails with a detail saying it is not async."""
-    monitor = monitor_with(("db", lambda: True, {}))
+@pytest.mark.parametrize(
+    ("answer", "healthy", "detail"), [*ANSWERS, (Secret("hunter2"), False, "Secret")]
+)
+async def test_a_sync_check_runs_in_a_thread_of_its_own(
+    answer: object, healthy: bool, detail: str
+) -> None:
+    """
+    A plain (not async) check is supported: it runs off the event loop's thread, and
+    its answer or exception is judged as an async check's would be.
+    """
+    threads: list[threading.Thread] = []
+
+    def check() -> object:
+        threads.append(threading.current_thread())
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    monitor = monitor_with(("db", check, {}))
     report = await monitor.check_now()
-    assert report.checks["db"].detail == "check is not async (it returned bool)"
+    assert (report.checks["db"].healthy, report.checks["db"].detail) == (healthy, detail)
+    assert threads[0] is not threading.current_thread()
+    assert threads[0].daemon
+
+
+async def test_a_blocking_sync_check_times_out_and_parks_one_thread_at_most() -> None:
+    """
+    A sync check that blocks fails after its timeout; while its thread is still blocked
+    the next runs fail at once ("previous run still running") without starting another
+    thread, and once it returns the check runs and passes again.
+    """
+    release = threading.Event()
+    started: list[int] = []
+
+    def blocking() -> bool:
+        started.append(threading.get_ident())
+        return release.wait(30)  # bounded, should the test fail before releasing it
+
+    monitor = monitor_with(("db", blocking, {"timeout": 0.05}))
+    first = await monitor.check_now()
+    assert first.checks["db"].detail == "timed out after 0.05s"
+    for _ in range(3):
+        again = await monitor.check_now()
+        assert again.checks["db"].detail == "previous run still running"
+    assert len(started) == 1
+    worker = monitor._checks["db"].worker
+    assert worker is not None
+    release.set()
+    await asyncio.to_thread(worker.join, 10)
+    report = await monitor.check_now()
+    assert (report.checks["db"].healthy, len(started)) == (True, 2)
 
 
 async def test_slow_check_times_out() -> None:

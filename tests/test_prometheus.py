@@ -452,6 +452,52 @@ async def test_calls_from_other_threads_add_up(
     assert observed(registry, "retry", "shared") == 110
 
 
+def test_short_lived_threads_leave_no_shards_and_lose_no_calls(
+    registry: CollectorRegistry, metrics: ResilienceMetrics
+) -> None:
+    """
+    5,000 threads that each count two calls and end leave no per-thread shard behind
+    (each is folded into the retired totals as its thread ends), and every call is
+    counted exactly once: after every batch the totals are exact, and a scraper
+    running meanwhile never sees them fall or overshoot.
+    """
+    listener = metrics.listen_calls(Retry(2, name="short"))
+    failed = CallFailed(kind="retry", name="short", time=0.0, duration=0.2, error=OSError())
+    batches, per_batch = 100, 50
+    done = threading.Event()
+    seen: list[int] = []
+
+    def worker() -> None:
+        listener.call_ended(None, 0.001, None)  # reported like a policy's call
+        metrics(failed)  # and as an event fed by hand
+
+    def scraper() -> None:
+        while not done.wait(0.001):  # pacing, not synchronisation: leave the GIL to them
+            seen.append(sum(metrics.snapshot().calls["retry", "short"][0]))
+
+    metrics(failed)  # the series exists before the scraper reads it
+    watching = threading.Thread(target=scraper)
+    watching.start()
+    try:
+        for batch in range(1, batches + 1):
+            threads = [threading.Thread(target=worker) for _ in range(per_batch)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert calls(registry, "retry", "short", "success") == batch * per_batch
+            assert calls(registry, "retry", "short", "failure") == batch * per_batch + 1
+    finally:
+        done.set()
+        watching.join()
+    assert observed(registry, "retry", "short") == 2 * batches * per_batch + 1
+    assert len(metrics._shards) <= 1  # this thread's (it fed an event); none of theirs
+    assert "shards=1" in repr(metrics)
+    assert seen == sorted(seen)
+    assert len(seen) > 1
+    assert seen[-1] <= 2 * batches * per_batch + 1
+
+
 def test_call_events_fed_by_hand_count_like_reported_calls(
     registry: CollectorRegistry, metrics: ResilienceMetrics
 ) -> None:

@@ -26,7 +26,7 @@ from ._client import (
     is_failure_status,
     parse_retry_after,
 )
-from ._discovery import DiscoveryClient
+from ._discovery import DiscoveryClient, DiscoveryRequest
 from ._health import add_health_routes, health_routes, report_json
 from ._propagation import DEADLINE_HEADER, parse_deadline
 from ._server import add_metrics_route, resilience_middleware
@@ -35,6 +35,7 @@ __all__ = [
     "DEADLINE_HEADER",
     "IDEMPOTENT_METHODS",
     "DiscoveryClient",
+    "DiscoveryRequest",
     "ResilienceMiddleware",
     "UnhealthyResponse",
     "add_health_routes",

@@ -3,7 +3,7 @@ A discovery-aware HTTP client: call a service by name, not by address.
 
     client = DiscoveryClient(session, registry)
     async with client:
-        async with await client.get("inventory", "/items/42") as response: ...
+        async with client.get("inventory", "/items/42") as response: ...
 
 For each service it follows the registry through a `ServiceView` and sends requests
 through an `EndpointPool`: balanced across the healthy instances, with a breaker per
@@ -16,8 +16,9 @@ last response. Non-idempotent methods are sent to one instance only.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Coroutine, Generator
 from contextlib import nullcontext
+from types import TracebackType
 from typing import Any
 
 from aiohttp import ClientError, ClientResponse, ClientSession
@@ -32,10 +33,11 @@ from resilient import (
     ServiceView,
     no_retries,
 )
+from resilient._validate import check_int
 
 from ._client import IDEMPOTENT_METHODS, UnhealthyResponse, _NotSent, is_failure_status
 
-__all__ = ["DiscoveryClient"]
+__all__ = ["DiscoveryClient", "DiscoveryRequest"]
 
 
 def _resendable(kwargs: dict[str, Any]) -> bool:
@@ -45,6 +47,38 @@ def _resendable(kwargs: dict[str, Any]) -> bool:
     return data is None or isinstance(data, bytes | bytearray | str | dict)
 
 
+class DiscoveryRequest:
+    """
+    What `DiscoveryClient.request` returns: await it, or use it with ``async with``.
+
+    As aiohttp's ``session.get(...)``: ``response = await client.get(...)`` hands the
+    response over (the caller releases it), ``async with client.get(...) as response:``
+    releases it on exit.
+    """
+
+    __slots__ = ("_coro", "_response")
+
+    def __init__(self, coro: Coroutine[Any, Any, ClientResponse]) -> None:
+        self._coro = coro
+        self._response: ClientResponse | None = None
+
+    def __await__(self) -> Generator[Any, None, ClientResponse]:
+        return self._coro.__await__()
+
+    async def __aenter__(self) -> ClientResponse:
+        self._response = await self._coro
+        return await self._response.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._response is not None:
+            await self._response.__aexit__(exc_type, exc, traceback)
+
+
 class DiscoveryClient:
     """
     Send HTTP requests to a service by name through a registry.
@@ -52,12 +86,20 @@ class DiscoveryClient:
     Args:
         session: The aiohttp session to send with (its middlewares still apply).
         registry: Where instances are found.
-        balancer: How an instance is chosen (default: round robin).
+        balancer: How an instance is chosen (default: a `RoundRobin` per service). A
+            `Balancer`, as `EndpointPool` takes it, is shared by every service this
+            client calls; a class or factory (``balancer=PowerOfTwoChoices``) gives
+            each service its own.
         breaker: Builds each instance's breaker (default: 5 consecutive failures open
             it for 10 s).
-        max_attempts: Instances tried per request.
+        max_attempts: Instances tried per request, >= 1.
         retry_methods: Methods that may fail over to another instance.
         failure_status: Statuses that count as the instance's failure (5xx and 429).
+
+    Raises:
+        TypeError: `session`, `registry`, `balancer`, `breaker` or `failure_status`
+            is not what it should be (e.g. None).
+        ValueError: `max_attempts` < 1.
     """
 
     def __init__(
@@ -65,17 +107,30 @@ class DiscoveryClient:
         session: ClientSession,
         registry: Registry,
         *,
-        balancer: Callable[[], Balancer] | None = None,
+        balancer: Balancer | Callable[[], Balancer] | None = None,
         breaker: Callable[[Instance], CircuitBreaker] | None = None,
         max_attempts: int = 3,
         retry_methods: Collection[str] = IDEMPOTENT_METHODS,
         failure_status: Callable[[int], bool] = is_failure_status,
     ) -> None:
+        owner = "DiscoveryClient"
+        if not isinstance(session, ClientSession):
+            raise TypeError(f"{owner}(session=...): expected a ClientSession, got {session!r}")
+        if not isinstance(registry, Registry):
+            raise TypeError(f"{owner}(registry=...): expected a Registry, got {registry!r}")
+        for param, value in (("breaker", breaker), ("failure_status", failure_status)):
+            if value is not None and not callable(value):
+                raise TypeError(f"{owner}({param}=...): expected a callable, got {value!r}")
+        if isinstance(retry_methods, str) or not all(isinstance(m, str) for m in retry_methods):
+            raise TypeError(
+                f"{owner}(retry_methods={retry_methods!r}): expected a collection of"
+                " method names, e.g. {'GET', 'PUT'}"
+            )
         self._session = session
         self._registry = registry
-        self._balancer = balancer
+        self._balancer = _balancer_factory(balancer)
         self._breaker = breaker
-        self._max_attempts = max_attempts
+        self._max_attempts = check_int(owner, "max_attempts", max_attempts, minimum=1)
         self._retry_methods = frozenset(m.upper() for m in retry_methods)
         self._failure_status = failure_status
         self._views: dict[str, ServiceView] = {}
@@ -93,7 +148,7 @@ class DiscoveryClient:
             view = self._views[service] = ServiceView(self._registry, service)
             pool = self._pools[service] = EndpointPool(
                 view,
-                balancer=self._balancer() if self._balancer else None,
+                balancer=self._balancer(),
                 breaker=self._breaker,
                 max_attempts=self._max_attempts,
                 service=service,
@@ -106,16 +161,33 @@ class DiscoveryClient:
             self._starting.pop(service, None)
         return pool
 
-    async def request(self, method: str, service: str, path: str, **kwargs: Any) -> ClientResponse:
+    def request(self, method: str, service: str, path: str, **kwargs: Any) -> DiscoveryRequest:
         """
         Send `method path` to an instance of `service`; failing over when allowed.
 
+        Returns:
+            An awaitable of the response that is also an async context manager
+            releasing it on exit, as aiohttp's ``session.request``.
+
         Raises:
+            ValueError: `path` does not start with ``/`` (at once).
             resilient.NoHealthyInstanceError: No instance known, or all ejected.
             aiohttp.ClientError: The last attempt's connection error.
         """
         if not path.startswith("/"):
             raise ValueError(f"DiscoveryClient.request(path={path!r}): must start with '/'")
+        return DiscoveryRequest(self._request(method, service, path, kwargs))
+
+    async def _request(
+        self, method: str, service: str, path: str, kwargs: dict[str, Any]
+    ) -> ClientResponse:
+        """
+        The request itself.
+
+        Raises:
+            resilient.NoHealthyInstanceError: No instance known, or all ejected.
+            aiohttp.ClientError: The last attempt's connection error.
+        """
         pool = await self.pool(service)
         method = method.upper()
         responses: list[ClientResponse] = []
@@ -153,17 +225,17 @@ class DiscoveryClient:
                     response.release()
         return kept
 
-    async def get(self, service: str, path: str, **kwargs: Any) -> ClientResponse:
+    def get(self, service: str, path: str, **kwargs: Any) -> DiscoveryRequest:
         """
         ``request("GET", service, path, ...)``.
         """
-        return await self.request("GET", service, path, **kwargs)
+        return self.request("GET", service, path, **kwargs)
 
-    async def post(self, service: str, path: str, **kwargs: Any) -> ClientResponse:
+    def post(self, service: str, path: str, **kwargs: Any) -> DiscoveryRequest:
         """
         ``request("POST", service, path, ...)``: sent to one instance only by default.
         """
-        return await self.request("POST", service, path, **kwargs)
+        return self.request("POST", service, path, **kwargs)
 
     async def close(self) -> None:
         """
@@ -182,3 +254,52 @@ class DiscoveryClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    def __repr__(self) -> str:
+        services = ", ".join(
+            f"{name}: {_plural(len(view.instances), 'instance')}"
+            for name, view in self._views.items()
+        )
+        return (
+            f"<DiscoveryClient {services or 'no service called yet'};"
+            f" balancer={self._balancer.label} max_attempts={self._max_attempts}>"
+        )
+
+
+class _Balancers:
+    """
+    Hands each service's pool its balancer: a shared one, or one from a factory.
+    """
+
+    __slots__ = ("_factory", "_shared", "label")
+
+    def __init__(
+        self, shared: Balancer | None, factory: Callable[[], Balancer] | None, label: str
+    ) -> None:
+        self._shared, self._factory, self.label = shared, factory, label
+
+    def __call__(self) -> Balancer | None:
+        return self._factory() if self._factory is not None else self._shared
+
+
+def _balancer_factory(balancer: object) -> _Balancers:
+    if balancer is None:
+        return _Balancers(None, None, "RoundRobin")  # the pool's default, one per service
+    # A class has a `pick` attribute too: tell it apart before the protocol check.
+    if isinstance(balancer, Balancer) and not isinstance(balancer, type):
+        return _Balancers(balancer, None, f"{type(balancer).__name__} (shared)")
+    if callable(balancer):
+        # Built once now, so a factory that doesn't make a Balancer fails here, not at
+        # the first request.
+        sample = balancer()
+        if isinstance(sample, Balancer) and not isinstance(sample, type):
+            label = getattr(balancer, "__name__", type(sample).__name__)
+            return _Balancers(None, balancer, label)
+    raise TypeError(
+        "DiscoveryClient(balancer=...): expected a Balancer (e.g. RoundRobin()) or a"
+        f" factory of one (e.g. PowerOfTwoChoices), got {balancer!r}"
+    )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
