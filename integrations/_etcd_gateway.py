@@ -27,7 +27,7 @@ import base64
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,6 +200,17 @@ class WatchStream:
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._content = response.content
         self._buffer = bytearray()
+        self._pending: WatchBatch | None = None
+
+    async def confirm(self) -> None:
+        """
+        Wait for etcd's first message, which confirms the watch; `next` returns it.
+
+        Raises:
+            EtcdUnavailableError: The stream ended or broke.
+            EtcdResponseError: etcd sent an error on the stream.
+        """
+        self._pending = _batch(await self._message())
 
     async def next(self, *, idle: float) -> WatchBatch | None:
         """
@@ -209,22 +220,29 @@ class WatchStream:
             EtcdUnavailableError: The stream ended or broke.
             EtcdResponseError: etcd sent an error on the stream.
         """
+        if self._pending is not None:
+            batch, self._pending = self._pending, None
+            return batch
         try:
             async with asyncio.timeout(idle):
-                line = await self._line()
+                message = await self._message()
         except TimeoutError:
             # Only the wait for bytes was interrupted: the buffer is intact and the
             # stream can be read again (aiohttp's StreamReader is cancellation-safe).
             return None
+        return _batch(message)
+
+    async def _message(self) -> object:
+        try:
+            line = await self._line()
         except (aiohttp.ClientError, RuntimeError) as error:
             # aiohttp raises RuntimeError("Connection closed.") when asked to wait on a
             # connection already gone; the other errors are ClientError subclasses.
             raise EtcdUnavailableError(f"etcd watch stream broke: {error!r}") from error
         try:
-            message = json.loads(line)
+            return json.loads(line)
         except ValueError as error:
             raise EtcdUnavailableError("etcd sent a watch message that is not JSON") from error
-        return _batch(message)
 
     async def _line(self) -> bytes:
         while (end := self._buffer.find(b"\n")) < 0:
@@ -255,7 +273,7 @@ class EtcdGateway:
         self._session = session
         self._owns_session = session is None
         self._closed = False
-        self._timeout = request_timeout
+        self.request_timeout = request_timeout
         self._status = RegistryStatus(connected=False, detail="etcd not contacted yet")
 
     def status(self) -> RegistryStatus:
@@ -297,7 +315,7 @@ class EtcdGateway:
 
     async def _call(self, method: str, body: _Json, *, within: float | None = None) -> _Json:
         url = self._endpoint / "v3" / method
-        limit = aiohttp.ClientTimeout(total=within or self._timeout)
+        limit = aiohttp.ClientTimeout(total=within or self.request_timeout)
         try:
             async with self._session_now().post(url, json=body, timeout=limit) as response:
                 raw = await response.read()
@@ -308,11 +326,19 @@ class EtcdGateway:
         self._ok()
         return _decode_answer(method, status, raw)
 
-    async def range_prefix(self, prefix: str) -> tuple[int, list[KeyValue]]:
+    async def range_prefix(
+        self, prefix: str, *, keys_only: bool = False
+    ) -> tuple[int, list[KeyValue]]:
         """
         Return the store revision and every key starting with `prefix`, in key order.
+
+        Args:
+            prefix: The key prefix.
+            keys_only: Leave the values out (each `KeyValue.value` is empty).
         """
-        body = {"key": encode(prefix), "range_end": prefix_end(prefix)}
+        body: _Json = {"key": encode(prefix), "range_end": prefix_end(prefix)}
+        if keys_only:
+            body["keys_only"] = True
         answer = await self._call("kv/range", body)
         return _revision(answer), [_kv(raw) for raw in answer.get("kvs", ())]
 
@@ -364,26 +390,42 @@ class EtcdGateway:
         """
         Open a watch on every key starting with `prefix`, from `start_revision` on.
 
+        The watch is open once etcd confirmed it (its first message), within
+        `request_timeout` seconds.
+
         Raises:
-            EtcdUnavailableError: etcd could not be reached.
+            EtcdUnavailableError: etcd could not be reached, or did not confirm in time.
             EtcdResponseError: etcd refused the watch.
         """
         create = {
             "key": encode(prefix),
             "range_end": prefix_end(prefix),
             "start_revision": str(start_revision),
+            # Idle watches get a message now and then (every 10 min by default, set by
+            # etcd's --experimental-watch-progress-notify-interval): each one proves the
+            # stream alive and spares the reader a probe.
+            "progress_notify": True,
         }
-        # No total or read timeout: a quiet watch is normal. The reader probes etcd
-        # when the stream has been idle for a while instead.
-        limit = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout)
+        # Once open, no total or read timeout: a quiet watch is normal, and the reader
+        # probes etcd when the stream has been idle for a while instead.
+        limit = aiohttp.ClientTimeout(total=None, sock_connect=self.request_timeout)
         url = self._endpoint / "v3" / "watch"
         try:
-            request = self._session_now().post(url, json={"create_request": create}, timeout=limit)
-            async with request as response:
-                if response.status != 200:  # noqa: PLR2004  # HTTP OK
-                    _decode_answer("watch", response.status, await response.read())
+            async with AsyncExitStack() as stack:
+                # Opening is bounded as a whole: a frozen etcd (SIGSTOP, a hung gateway)
+                # accepts the connection in its kernel backlog and never answers, and
+                # sock_connect alone would wait for the headers forever.
+                async with asyncio.timeout(self.request_timeout):
+                    request = self._session_now().post(
+                        url, json={"create_request": create}, timeout=limit
+                    )
+                    response = await stack.enter_async_context(request)
+                    if response.status != 200:  # noqa: PLR2004  # HTTP OK
+                        _decode_answer("watch", response.status, await response.read())
+                    stream = WatchStream(response)
+                    await stream.confirm()
                 self._ok()
-                yield WatchStream(response)
+                yield stream
         except (aiohttp.ClientError, TimeoutError) as error:
             self._failed("watch", error)
             raise EtcdUnavailableError(f"etcd watch failed: {error!r}") from error

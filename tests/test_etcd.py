@@ -428,7 +428,7 @@ async def test_compacted_watch_resynchronises(
         assert ids(await next_snapshot(watch)) == ["orders-2"]
 
 
-async def test_quiet_watch_is_probed_and_resynchronised(
+async def test_watch_silent_while_etcd_changes_raises(
     etcd_server: EtcdServer,
     prefix: str,
     registries: MakeRegistry,
@@ -436,9 +436,13 @@ async def test_quiet_watch_is_probed_and_resynchronised(
 ) -> None:
     """
     A watch stream that goes quiet while etcd changes (lost events) is caught by the
-    idle probe, which reads afresh: the view cannot freeze on a silently dead stream.
+    idle probe: once the stream has not delivered the change within request_timeout
+    either, the watch raises `EtcdUnavailableError` (a view then goes stale and
+    restarts it) instead of freezing.
     """
-    registry = registries(etcd_server.endpoint, prefix=prefix, ttl=5, watch_probe_interval=0.2)
+    registry = registries(
+        etcd_server.endpoint, prefix=prefix, ttl=5, watch_probe_interval=0.2, request_timeout=0.5
+    )
     real_next = _etcd_gateway.WatchStream.next
 
     async def deaf(self: _etcd_gateway.WatchStream, *, idle: float) -> Any:
@@ -449,7 +453,50 @@ async def test_quiet_watch_is_probed_and_resynchronised(
     async with contextlib.aclosing(registry.watch("orders")) as watch:
         assert await next_snapshot(watch) == []
         await registry.register(instance("orders", "orders-1"))
+        with pytest.raises(EtcdUnavailableError, match="silent"):
+            await next_snapshot(watch)
+
+
+async def test_probe_racing_an_event_waits_for_it(
+    etcd_server: EtcdServer,
+    prefix: str,
+    registries: MakeRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    When the probe's read sees a change whose event is still on its way, the watch
+    waits for the event (up to request_timeout) and goes on following the stream.
+    """
+    registry = registries(etcd_server.endpoint, prefix=prefix, ttl=5, watch_probe_interval=0.2)
+    real_next = _etcd_gateway.WatchStream.next
+    held: list[Any] = []
+
+    async def late(self: _etcd_gateway.WatchStream, *, idle: float) -> Any:
+        if held:  # the probe read has run: deliver the event now
+            return held.pop()
+        batch = await real_next(self, idle=idle)
+        if batch is not None and batch.events:
+            held.append(batch)  # as if it arrived just after the probe's read
+            return None
+        return batch
+
+    monkeypatch.setattr(_etcd_gateway.WatchStream, "next", late)
+    probes = 0
+    real_in_step = registry._in_step
+
+    async def counted(*args: Any) -> bool:
+        nonlocal probes
+        probes += 1
+        return await real_in_step(*args)
+
+    monkeypatch.setattr(registry, "_in_step", counted)
+    async with contextlib.aclosing(registry.watch("orders")) as watch:
+        assert await next_snapshot(watch) == []
+        await registry.register(instance("orders", "orders-1"))
         assert ids(await next_snapshot(watch)) == ["orders-1"]
+        assert probes >= 1
+        await registry.register(instance("orders", "orders-2"))
+        assert ids(await next_snapshot(watch)) == ["orders-1", "orders-2"]
 
 
 async def test_watch_cancelled_by_etcd_raises(
