@@ -2,22 +2,7 @@
 A minimal asyncio client for etcd's v3 JSON gateway (grpc-gateway over HTTP/1.1).
 
 Only what discovery needs: range over a prefix, put, delete, lease grant / keepalive /
-revoke, and a prefix watch. Wire format (checked against etcd 3.4.23): every call is a
-``POST /v3/<service>/<method>`` with a JSON body; keys and values are base64; int64
-fields (revisions, lease IDs, TTLs) travel as strings and fields equal to zero are
-omitted. Errors come back as ``{"error": ..., "message": ..., "code": <gRPC code>}`` with
-a matching HTTP status. ``/v3/watch`` and ``/v3/lease/keepalive`` are streams of
-newline-delimited ``{"result": {...}}`` objects. etcd 3.3 served this under
-``/v3beta``, 3.2 under ``/v3alpha``; 3.4 serves ``/v3`` and ``/v3beta``, 3.5 only
-``/v3``, so ``/v3`` is the one path that works from 3.4 on.
-
-Errors (re-exported by `resilient.integrations.etcd`):
-
-    ResilienceError
-    └── EtcdError                      anything that went wrong talking to etcd
-        ├── EtcdUnavailableError       no answer: refused, timed out, stream broken
-        │                              (also a builtin ConnectionError)
-        └── EtcdResponseError          etcd answered with an error (.code, .message)
+revoke, and a prefix watch. The wire format and the errors are in `._etcd_wire`.
 """
 
 from __future__ import annotations
@@ -28,168 +13,30 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from yarl import URL
 
-from resilient import RegistryStatus, ResilienceError
+from resilient import RegistryStatus
 
-__all__ = [
-    "GRPC_NOT_FOUND",
-    "EtcdError",
-    "EtcdGateway",
-    "EtcdResponseError",
-    "EtcdUnavailableError",
-    "KeyValue",
-    "WatchBatch",
-    "WatchStream",
-    "check_endpoint",
-]
+from ._etcd_wire import (
+    GRPC_NOT_FOUND,
+    EtcdResponseError,
+    EtcdUnavailableError,
+    Json,
+    KeyValue,
+    WatchBatch,
+    decode_answer,
+    encode,
+    key_value,
+    prefix_end,
+    revision_of,
+    watch_batch,
+)
+
+__all__ = ["EtcdGateway", "WatchStream"]
 
 _log = logging.getLogger("resilient.discovery.etcd")
-_Json = dict[str, Any]
-_GRPC_UNKNOWN = 2
-GRPC_NOT_FOUND = 5
-"""The gRPC status etcd answers with for a lease it does not have."""
-
-
-class EtcdError(ResilienceError):
-    """
-    Talking to etcd failed.
-    """
-
-
-class EtcdUnavailableError(EtcdError, ConnectionError):
-    """
-    etcd did not answer: connection refused or reset, timeout, or a watch stream ended.
-    """
-
-
-class EtcdResponseError(EtcdError):
-    """
-    etcd (or its gateway) answered with an error.
-
-    Attributes:
-        code: The gRPC status code (e.g. 5 not found, 11 out of range), or the HTTP
-            status when the answer was not etcd's JSON.
-        message: etcd's message.
-    """
-
-    def __init__(self, code: int, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(f"etcd error {code}: {message}")
-
-
-@dataclass(frozen=True, slots=True)
-class KeyValue:
-    """
-    One key as etcd returns it (``value`` is empty for a delete event).
-    """
-
-    key: str
-    value: bytes
-    mod_revision: int
-
-
-@dataclass(frozen=True, slots=True)
-class WatchBatch:
-    """
-    One message of a watch stream.
-
-    Attributes:
-        revision: The store revision the message was sent at.
-        events: ``(is_delete, kv)`` pairs, in the order etcd applied them.
-        canceled: etcd ended the watch.
-        compact_revision: Non-zero when it ended because the start revision was
-            compacted away.
-        cancel_reason: etcd's reason otherwise, if it gave one.
-    """
-
-    revision: int
-    events: tuple[tuple[bool, KeyValue], ...]
-    canceled: bool = False
-    compact_revision: int = 0
-    cancel_reason: str = ""
-
-
-def check_endpoint(owner: str, value: object) -> URL:
-    """
-    Return `value` as the base URL of an etcd endpoint, or raise naming `owner`.
-    """
-    if not isinstance(value, str):
-        raise TypeError(f"{owner}(endpoint=...): expected a URL string, got {value!r}")
-    try:
-        url = URL(value)
-    except ValueError:
-        url = URL()
-    if url.scheme not in {"http", "https"} or not url.host:
-        raise ValueError(f"{owner}(endpoint={value!r}): must be an http(s)://host:port URL")
-    if url.user or url.password or url.query_string or url.fragment:
-        # Credentials in the URL would end up in logs and reprs; etcd auth is not
-        # supported here (put TLS/auth in front, or use a session that adds headers).
-        raise ValueError(f"{owner}(endpoint=...): must not carry credentials or a query")
-    return url.with_path(url.path.rstrip("/"))
-
-
-def encode(text: str) -> str:
-    """
-    Return `text` as etcd's base64.
-    """
-    return base64.b64encode(text.encode()).decode("ascii")
-
-
-def prefix_end(prefix: str) -> str:
-    """
-    Return the exclusive end of the key range starting with `prefix` (etcd's rule).
-    """
-    raw = bytearray(prefix.encode())
-    # The prefix is non-empty text ending in "/", so the last byte is never 0xff.
-    raw[-1] += 1
-    return base64.b64encode(bytes(raw)).decode("ascii")
-
-
-def _kv(raw: _Json) -> KeyValue:
-    return KeyValue(
-        key=base64.b64decode(raw.get("key", "")).decode(errors="replace"),
-        value=base64.b64decode(raw.get("value", "")),
-        mod_revision=int(raw.get("mod_revision", 0)),
-    )
-
-
-def _revision(message: _Json) -> int:
-    return int(message.get("header", {}).get("revision", 0))
-
-
-def _raise_for_error(message: _Json) -> None:
-    error = message.get("error")
-    if error is None:
-        return
-    # etcd 3.4 sends {"error": text, "message": text, "code": n}; other grpc-gateway
-    # versions nest an object with "grpc_code" under "error" on streams.
-    details: _Json = error if isinstance(error, dict) else message
-    code = details.get("grpc_code") or details.get("code") or _GRPC_UNKNOWN
-    raise EtcdResponseError(int(code), str(details.get("message") or error))
-
-
-def _batch(message: object) -> WatchBatch:
-    if not isinstance(message, dict):
-        raise EtcdUnavailableError("etcd sent a watch message that is not a JSON object")
-    _raise_for_error(message)
-    result: _Json = message.get("result", {})
-    events = tuple(
-        (event.get("type") == "DELETE", _kv(event.get("kv", {})))
-        for event in result.get("events", ())
-    )
-    return WatchBatch(
-        revision=_revision(result),
-        events=events,
-        canceled=bool(result.get("canceled", False)),
-        compact_revision=int(result.get("compact_revision", 0)),
-        cancel_reason=str(result.get("cancel_reason", "")),
-    )
 
 
 class WatchStream:
@@ -210,7 +57,7 @@ class WatchStream:
             EtcdUnavailableError: The stream ended or broke.
             EtcdResponseError: etcd sent an error on the stream.
         """
-        self._pending = _batch(await self._message())
+        self._pending = watch_batch(await self._message())
 
     async def next(self, *, idle: float) -> WatchBatch | None:
         """
@@ -230,7 +77,7 @@ class WatchStream:
             # Only the wait for bytes was interrupted: the buffer is intact and the
             # stream can be read again (aiohttp's StreamReader is cancellation-safe).
             return None
-        return _batch(message)
+        return watch_batch(message)
 
     async def _message(self) -> object:
         try:
@@ -313,7 +160,7 @@ class EtcdGateway:
         detail = f"etcd unreachable: {type(error).__name__} on {method}"
         self._status = RegistryStatus(connected=False, detail=detail, stale_since=since)
 
-    async def _call(self, method: str, body: _Json, *, within: float | None = None) -> _Json:
+    async def _call(self, method: str, body: Json, *, within: float | None = None) -> Json:
         url = self._endpoint / "v3" / method
         limit = aiohttp.ClientTimeout(total=within or self.request_timeout)
         try:
@@ -324,7 +171,7 @@ class EtcdGateway:
             self._failed(method, error)
             raise EtcdUnavailableError(f"etcd {method} failed: {error!r}") from error
         self._ok()
-        return _decode_answer(method, status, raw)
+        return decode_answer(method, status, raw)
 
     async def range_prefix(
         self, prefix: str, *, keys_only: bool = False
@@ -336,11 +183,11 @@ class EtcdGateway:
             prefix: The key prefix.
             keys_only: Leave the values out (each `KeyValue.value` is empty).
         """
-        body: _Json = {"key": encode(prefix), "range_end": prefix_end(prefix)}
+        body: Json = {"key": encode(prefix), "range_end": prefix_end(prefix)}
         if keys_only:
             body["keys_only"] = True
         answer = await self._call("kv/range", body)
-        return _revision(answer), [_kv(raw) for raw in answer.get("kvs", ())]
+        return revision_of(answer), [key_value(raw) for raw in answer.get("kvs", ())]
 
     async def put(self, key: str, value: bytes, *, lease: int) -> None:
         """
@@ -421,7 +268,7 @@ class EtcdGateway:
                     )
                     response = await stack.enter_async_context(request)
                     if response.status != 200:  # noqa: PLR2004  # HTTP OK
-                        _decode_answer("watch", response.status, await response.read())
+                        decode_answer("watch", response.status, await response.read())
                     stream = WatchStream(response)
                     await stream.confirm()
                 self._ok()
@@ -433,17 +280,3 @@ class EtcdGateway:
             if self._status.connected:  # else keep the first, more precise, reason
                 self._failed("watch", error)
             raise
-
-
-def _decode_answer(method: str, status: int, raw: bytes) -> _Json:
-    try:
-        answer = json.loads(raw)
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict):
-        # Not the gateway's JSON: a wrong path (etcd < 3.4) or something else listening.
-        raise EtcdResponseError(status, f"{method}: HTTP {status}, not an etcd v3 gateway answer")
-    _raise_for_error(answer)
-    if status != 200:  # noqa: PLR2004  # HTTP OK
-        raise EtcdResponseError(status, f"{method}: HTTP {status}")
-    return answer

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 from collections.abc import AsyncGenerator, Iterable
@@ -58,15 +57,16 @@ import aiohttp
 from resilient import Instance, RegistryStatus
 from resilient._validate import check_seconds
 
-from ._etcd_gateway import (
+from ._etcd_gateway import EtcdGateway, WatchStream
+from ._etcd_wire import (
     GRPC_NOT_FOUND,
     EtcdError,
-    EtcdGateway,
     EtcdResponseError,
     EtcdUnavailableError,
     KeyValue,
-    WatchStream,
     check_endpoint,
+    decode_instance,
+    encode_instance,
 )
 
 __all__ = [
@@ -90,38 +90,6 @@ class _Registration:
     lease: int = 0
     ttl: int = 0
     task: asyncio.Task[None] | None = None
-
-
-def _encode(instance: Instance) -> bytes:
-    fields = {
-        "service": instance.service,
-        "id": instance.id,
-        "host": instance.host,
-        "port": instance.port,
-        "scheme": instance.scheme,
-        "metadata": dict(instance.metadata),
-    }
-    return json.dumps(fields, sort_keys=True).encode()
-
-
-def _decode(value: bytes) -> Instance:
-    fields = json.loads(value)
-    if not isinstance(fields, dict):
-        raise TypeError("not a JSON object")
-    metadata = fields.get("metadata", {})
-    if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        raise TypeError("metadata must map strings to strings")
-    # Known fields only: a newer writer may add some, and an older reader ignores them.
-    return Instance(
-        service=fields["service"],
-        id=fields["id"],
-        host=fields["host"],
-        port=fields["port"],
-        scheme=fields.get("scheme", "http"),
-        metadata=metadata,
-    )
 
 
 class EtcdRegistry:
@@ -338,7 +306,7 @@ class EtcdRegistry:
         found: list[Instance] = []
         for kv in kvs:
             try:
-                instance = _decode(kv.value)
+                instance = decode_instance(kv.value)
                 if instance.service != service or self._key(instance) != kv.key:
                     raise ValueError(f"its key does not match {instance!r}")  # noqa: TRY301
             except (ValueError, TypeError, KeyError) as error:
@@ -366,7 +334,7 @@ class EtcdRegistry:
 
     async def _put(self, registration: _Registration) -> None:
         key = self._key(registration.instance)
-        value = _encode(registration.instance)
+        value = encode_instance(registration.instance)
         await self._gateway.put(key, value, lease=registration.lease)
 
     async def _keep_alive(self, registration: _Registration) -> None:

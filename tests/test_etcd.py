@@ -27,7 +27,7 @@ import aiohttp
 import pytest
 
 from resilient import Instance, Registry, ServiceView
-from resilient.integrations import _etcd_gateway
+from resilient.integrations import _etcd_gateway, _etcd_wire
 from resilient.integrations.etcd import (
     EtcdError,
     EtcdRegistry,
@@ -88,7 +88,7 @@ async def put_raw(endpoint: str, key: str, value: bytes) -> None:
     Put `value` at `key` without a lease.
     """
     encoded = base64.b64encode(value).decode()
-    await etcd_call(endpoint, "kv/put", {"key": _etcd_gateway.encode(key), "value": encoded})
+    await etcd_call(endpoint, "kv/put", {"key": _etcd_wire.encode(key), "value": encoded})
 
 
 async def next_snapshot(watch: AsyncIterator[list[Instance]]) -> list[Instance]:
@@ -406,12 +406,12 @@ async def test_compacted_watch_resynchronises(
     registry = registries(endpoint, prefix=prefix, ttl=5)
     await registry.register(instance("orders", "orders-1"))
     await registry.register(instance("orders", "orders-2"))
-    answer = await etcd_call(endpoint, "kv/range", {"key": _etcd_gateway.encode(prefix)})
+    answer = await etcd_call(endpoint, "kv/range", {"key": _etcd_wire.encode(prefix)})
     await etcd_call(endpoint, "kv/compaction", {"revision": answer["header"]["revision"]})
     real_range = registry._gateway.range_prefix
     calls = 0
 
-    async def stale_first(key: str) -> tuple[int, list[_etcd_gateway.KeyValue]]:
+    async def stale_first(key: str) -> tuple[int, list[_etcd_wire.KeyValue]]:
         # The first read claims revision 1: the watch then starts long before the
         # compaction, as it would after a slow read racing a compaction.
         nonlocal calls
@@ -510,7 +510,7 @@ async def test_watch_cancelled_by_etcd_raises(
     (a view then restarts it with backoff) instead of spinning.
     """
     registry = registries(etcd_server.endpoint, prefix=prefix)
-    cancelled = _etcd_gateway.WatchBatch(revision=5, events=(), canceled=True, cancel_reason="x")
+    cancelled = _etcd_wire.WatchBatch(revision=5, events=(), canceled=True, cancel_reason="x")
 
     async def cancel(self: _etcd_gateway.WatchStream, *, idle: float) -> Any:
         return cancelled

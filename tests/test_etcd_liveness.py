@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from yarl import URL
 
 from resilient import ServiceView
 from resilient.integrations.etcd import EtcdRegistry
@@ -132,6 +131,22 @@ def watcher(made: list[EtcdRegistry], endpoint: str, prefix: str) -> EtcdRegistr
     return make(made, endpoint, prefix, request_timeout=TIMEOUT, watch_probe_interval=PROBE)
 
 
+def follow(made: list[EtcdRegistry], endpoint: str, prefix: str) -> ServiceView:
+    """
+    A view of ``orders`` through a `watcher` registry, retrying every 0.2 s at first.
+    """
+    return ServiceView(watcher(made, endpoint, prefix), "orders", retry_delay=0.2)
+
+
+async def join_two(made: list[EtcdRegistry], endpoint: str, prefix: str) -> None:
+    """
+    Register ``orders-1`` and ``orders-2`` through a registry of their own.
+    """
+    owner = make(made, endpoint, prefix)
+    await owner.register(instance("orders", "orders-1"))
+    await owner.register(instance("orders", "orders-2"))
+
+
 async def stale_after(view: ServiceView, since: float) -> float:
     """
     Wait until `view` reports stale; return the seconds since `since`.
@@ -154,9 +169,7 @@ async def test_frozen_etcd_turns_the_view_stale_and_it_catches_up_after(
     endpoint, prefix = etcd_private.endpoint, f"/liveness/{uuid.uuid4().hex}/"
     owner = make(registries, endpoint, prefix)
     await owner.register(instance("orders", "orders-1"))
-    async with ServiceView(
-        watcher(registries, endpoint, prefix), "orders", retry_delay=0.2
-    ) as view:
+    async with follow(registries, endpoint, prefix) as view:
         await view.wait_for(lambda found: ids(found) == ["orders-1"])
         assert view.status().connected
         frozen = freezer.freeze()
@@ -192,6 +205,7 @@ async def test_etcd_frozen_between_read_and_watch_never_reports_connected(
     owner = make(registries, endpoint, prefix)
     await owner.register(instance("orders", "orders-1"))
     registry = watcher(registries, endpoint, prefix)
+    view = ServiceView(registry, "orders", retry_delay=0.2)
     gateway = registry._gateway
     real_range = gateway.range_prefix
     frozen: list[float] = []
@@ -203,7 +217,6 @@ async def test_etcd_frozen_between_read_and_watch_never_reports_connected(
         return answer
 
     monkeypatch.setattr(gateway, "range_prefix", read_then_freeze)
-    view = ServiceView(registry, "orders", retry_delay=0.2)
     seen: set[bool] = set()
 
     def stale() -> bool:
@@ -305,35 +318,31 @@ class StandIn:
 @pytest.fixture
 async def stand_in(
     serve: Serve, request: pytest.FixtureRequest
-) -> AsyncIterator[tuple[StandIn, URL]]:
+) -> AsyncIterator[tuple[StandIn, str]]:
     """
-    A `StandIn` (mode from the test's parameter) served on loopback, and its URL.
+    A `StandIn` (mode from the test's parameter) served on loopback, and its endpoint.
     """
     fake = StandIn(request.param)
     url = await serve(fake.app())
-    yield fake, url
+    yield fake, str(url).rstrip("/")
     fake.release.set()  # let its waiting handlers return before the server closes
 
 
 @pytest.mark.parametrize("stand_in", ["hang"], indirect=True)
 async def test_watch_never_answered_leaves_the_view_stale(
-    stand_in: tuple[StandIn, URL], registries: list[EtcdRegistry]
+    stand_in: tuple[StandIn, str], registries: list[EtcdRegistry]
 ) -> None:
     """
     A gateway that answers reads and leases but never the watch: the view reports stale
     within request timeout, never connected, however often it retries while instances
     join.
     """
-    fake, url = stand_in
-    endpoint, prefix = str(url).rstrip("/"), "/services/"
+    fake, endpoint = stand_in
+    prefix = "/services/"
     started = time.monotonic()
-    async with ServiceView(
-        watcher(registries, endpoint, prefix), "orders", retry_delay=0.2
-    ) as view:
+    async with follow(registries, endpoint, prefix) as view:
         elapsed = await stale_after(view, started)
-        owner = make(registries, endpoint, prefix)
-        await owner.register(instance("orders", "orders-1"))
-        await owner.register(instance("orders", "orders-2"))
+        await join_two(registries, endpoint, prefix)
         before = fake.watches
         connected: set[bool] = set()
 
@@ -351,22 +360,18 @@ async def test_watch_never_answered_leaves_the_view_stale(
 
 @pytest.mark.parametrize("stand_in", ["silent"], indirect=True)
 async def test_silent_watch_turns_the_view_stale_then_it_catches_up(
-    stand_in: tuple[StandIn, URL], registries: list[EtcdRegistry]
+    stand_in: tuple[StandIn, str], registries: list[EtcdRegistry]
 ) -> None:
     """
     A watch etcd confirmed but that then never delivers events: after two instances
     join, the view reports stale within probe interval + request timeout, then reads
     afresh and is connected again with both instances.
     """
-    _, url = stand_in
-    endpoint, prefix = str(url).rstrip("/"), "/services/"
-    async with ServiceView(
-        watcher(registries, endpoint, prefix), "orders", retry_delay=0.2
-    ) as view:
+    _, endpoint = stand_in
+    prefix = "/services/"
+    async with follow(registries, endpoint, prefix) as view:
         await eventually(lambda: view.status().connected)
-        owner = make(registries, endpoint, prefix)
-        await owner.register(instance("orders", "orders-1"))
-        await owner.register(instance("orders", "orders-2"))
+        await join_two(registries, endpoint, prefix)
         joined = time.monotonic()
         elapsed = await stale_after(view, joined)
         await view.wait_for(lambda found: ids(found) == ["orders-1", "orders-2"], within=10.0)
@@ -377,14 +382,14 @@ async def test_silent_watch_turns_the_view_stale_then_it_catches_up(
 
 @pytest.mark.parametrize("stand_in", ["hang"], indirect=True)
 async def test_stop_during_a_hung_watch_is_prompt_and_leaves_no_task(
-    stand_in: tuple[StandIn, URL], registries: list[EtcdRegistry]
+    stand_in: tuple[StandIn, str], registries: list[EtcdRegistry]
 ) -> None:
     """
     `stop()` while the watch request hangs returns at once and leaves none of the
     view's or the registry's tasks behind.
     """
-    fake, url = stand_in
-    view = ServiceView(watcher(registries, str(url).rstrip("/"), "/services/"), "orders")
+    fake, endpoint = stand_in
+    view = follow(registries, endpoint, "/services/")
     await view.start(wait=None)
     await eventually(lambda: fake.watches >= 1)
     async with asyncio.timeout(1.0):
