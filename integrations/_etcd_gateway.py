@@ -152,7 +152,9 @@ class EtcdGateway:
 
     def _failed(self, method: str, error: BaseException) -> None:
         if self._status.connected:
-            _log.warning("etcd at %s unreachable (%s)", self._endpoint.host, error)
+            # The type and method: a timeout's text is empty, and others may carry URLs.
+            kind = type(error).__name__
+            _log.warning("etcd at %s unreachable (%s on %s)", self._endpoint.host, kind, method)
         since = self._status.stale_since
         if since is None:
             since = asyncio.get_running_loop().time()

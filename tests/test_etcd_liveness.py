@@ -159,18 +159,33 @@ async def stale_after(view: ServiceView, since: float) -> float:
 
 
 async def test_frozen_etcd_turns_the_view_stale_and_it_catches_up_after(
-    etcd_private: EtcdServer, freezer: Freezer, registries: list[EtcdRegistry]
+    etcd_private: EtcdServer,
+    freezer: Freezer,
+    registries: list[EtcdRegistry],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """
-    etcd frozen while the view follows an open watch: the view reports stale within
-    probe interval + request timeout, keeping the last instances; after etcd resumes
-    the view is connected again and holds the instance that joined meanwhile.
+    A quiet watch on a live etcd stays connected through its probes. etcd frozen while
+    the view follows the watch: the view reports stale within probe interval + request
+    timeout, keeping the last instances; after etcd resumes the view is connected again
+    and holds the instance that joined meanwhile.
     """
     endpoint, prefix = etcd_private.endpoint, f"/liveness/{uuid.uuid4().hex}/"
     owner = make(registries, endpoint, prefix)
     await owner.register(instance("orders", "orders-1"))
-    async with follow(registries, endpoint, prefix) as view:
+    registry = watcher(registries, endpoint, prefix)
+    probed: list[bool] = []
+    probe = registry._in_step
+
+    async def counted(*args: Any) -> bool:
+        probed.append(await probe(*args))
+        return probed[-1]
+
+    monkeypatch.setattr(registry, "_in_step", counted)
+    async with ServiceView(registry, "orders", retry_delay=0.2) as view:
         await view.wait_for(lambda found: ids(found) == ["orders-1"])
+        await eventually(lambda: len(probed) >= 2)
+        assert probed[:2] == [True, True]
         assert view.status().connected
         frozen = freezer.freeze()
         elapsed = await stale_after(view, frozen)
