@@ -25,7 +25,7 @@ import pytest
 from aiohttp import web
 
 from resilient import ServiceView
-from resilient.integrations.etcd import EtcdRegistry
+from resilient.integrations.etcd import EtcdRegistry, EtcdResponseError, EtcdUnavailableError
 from tests._web import Serve
 from tests.conftest import EtcdServer
 from tests.test_etcd import eventually, ids, instance
@@ -259,8 +259,9 @@ class StandIn:
     A stand-in for etcd's v3 JSON gateway: reads, writes and leases from a dict.
 
     The watch, as `mode` says: ``"hang"`` never answers the request; ``"silent"``
-    confirms it (headers and etcd's ``created`` message) and then sends nothing.
-    Handlers left waiting return when `release` is set.
+    confirms it (headers and etcd's ``created`` message) and then sends nothing;
+    ``"refuse"`` answers with etcd's error; ``"garble"`` streams a line that is not
+    JSON. Handlers left waiting return when `release` is set.
     """
 
     def __init__(self, mode: str) -> None:
@@ -322,10 +323,14 @@ class StandIn:
         if self.mode == "hang":
             await self.release.wait()
             return web.Response(status=503)
+        if self.mode == "refuse":
+            error = {"error": "etcdserver: no leader", "message": "no leader", "code": 14}
+            return web.json_response(error, status=503)
         response = web.StreamResponse()
         await response.prepare(request)
         created = {"result": {"header": self._header(), "created": True}}
-        await response.write(json.dumps(created).encode() + b"\n")
+        line = b"<html>" if self.mode == "garble" else json.dumps(created).encode()
+        await response.write(line + b"\n")
         await self.release.wait()
         return response
 
@@ -415,3 +420,27 @@ async def test_stop_during_a_hung_watch_is_prompt_and_leaves_no_task(
         return name.startswith(("ServiceView", "EtcdRegistry", "EtcdGateway"))
 
     assert not [task for task in asyncio.all_tasks() if ours(task)]
+
+
+@pytest.mark.parametrize(
+    ("stand_in", "error", "match"),
+    [
+        ("refuse", EtcdResponseError, "no leader"),
+        ("garble", EtcdUnavailableError, "not JSON"),
+    ],
+    indirect=["stand_in"],
+)
+async def test_a_refused_or_garbled_watch_raises_before_any_snapshot(
+    stand_in: tuple[StandIn, str],
+    registries: list[EtcdRegistry],
+    error: type[Exception],
+    match: str,
+) -> None:
+    """
+    A watch etcd refuses, or one whose first message is not JSON, raises from the
+    registry's watch before it yields a snapshot.
+    """
+    _, endpoint = stand_in
+    registry = watcher(registries, endpoint, "/services/")
+    with pytest.raises(error, match=match):
+        await anext(registry.watch("orders"))
