@@ -2,22 +2,7 @@
 A minimal asyncio client for etcd's v3 JSON gateway (grpc-gateway over HTTP/1.1).
 
 Only what discovery needs: range over a prefix, put, delete, lease grant / keepalive /
-revoke, and a prefix watch. Wire format (checked against etcd 3.4.23): every call is a
-``POST /v3/<service>/<method>`` with a JSON body; keys and values are base64; int64
-fields (revisions, lease IDs, TTLs) travel as strings and fields equal to zero are
-omitted. Errors come back as ``{"error": ..., "message": ..., "code": <gRPC code>}`` with
-a matching HTTP status. ``/v3/watch`` and ``/v3/lease/keepalive`` are streams of
-newline-delimited ``{"result": {...}}`` objects. etcd 3.3 served this under
-``/v3beta``, 3.2 under ``/v3alpha``; 3.4 serves ``/v3`` and ``/v3beta``, 3.5 only
-``/v3``, so ``/v3`` is the one path that works from 3.4 on.
-
-Errors (re-exported by `resilient.integrations.etcd`):
-
-    ResilienceError
-    └── EtcdError                      anything that went wrong talking to etcd
-        ├── EtcdUnavailableError       no answer: refused, timed out, stream broken
-        │                              (also a builtin ConnectionError)
-        └── EtcdResponseError          etcd answered with an error (.code, .message)
+revoke, and a prefix watch. The wire format and the errors are in `._etcd_wire`.
 """
 
 from __future__ import annotations
@@ -27,169 +12,31 @@ import base64
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import aiohttp
 from yarl import URL
 
-from resilient import RegistryStatus, ResilienceError
+from resilient import RegistryStatus
 
-__all__ = [
-    "GRPC_NOT_FOUND",
-    "EtcdError",
-    "EtcdGateway",
-    "EtcdResponseError",
-    "EtcdUnavailableError",
-    "KeyValue",
-    "WatchBatch",
-    "WatchStream",
-    "check_endpoint",
-]
+from ._etcd_wire import (
+    GRPC_NOT_FOUND,
+    EtcdResponseError,
+    EtcdUnavailableError,
+    Json,
+    KeyValue,
+    WatchBatch,
+    decode_answer,
+    encode,
+    key_value,
+    prefix_end,
+    revision_of,
+    watch_batch,
+)
+
+__all__ = ["EtcdGateway", "WatchStream"]
 
 _log = logging.getLogger("resilient.discovery.etcd")
-_Json = dict[str, Any]
-_GRPC_UNKNOWN = 2
-GRPC_NOT_FOUND = 5
-"""The gRPC status etcd answers with for a lease it does not have."""
-
-
-class EtcdError(ResilienceError):
-    """
-    Talking to etcd failed.
-    """
-
-
-class EtcdUnavailableError(EtcdError, ConnectionError):
-    """
-    etcd did not answer: connection refused or reset, timeout, or a watch stream ended.
-    """
-
-
-class EtcdResponseError(EtcdError):
-    """
-    etcd (or its gateway) answered with an error.
-
-    Attributes:
-        code: The gRPC status code (e.g. 5 not found, 11 out of range), or the HTTP
-            status when the answer was not etcd's JSON.
-        message: etcd's message.
-    """
-
-    def __init__(self, code: int, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(f"etcd error {code}: {message}")
-
-
-@dataclass(frozen=True, slots=True)
-class KeyValue:
-    """
-    One key as etcd returns it (``value`` is empty for a delete event).
-    """
-
-    key: str
-    value: bytes
-    mod_revision: int
-
-
-@dataclass(frozen=True, slots=True)
-class WatchBatch:
-    """
-    One message of a watch stream.
-
-    Attributes:
-        revision: The store revision the message was sent at.
-        events: ``(is_delete, kv)`` pairs, in the order etcd applied them.
-        canceled: etcd ended the watch.
-        compact_revision: Non-zero when it ended because the start revision was
-            compacted away.
-        cancel_reason: etcd's reason otherwise, if it gave one.
-    """
-
-    revision: int
-    events: tuple[tuple[bool, KeyValue], ...]
-    canceled: bool = False
-    compact_revision: int = 0
-    cancel_reason: str = ""
-
-
-def check_endpoint(owner: str, value: object) -> URL:
-    """
-    Return `value` as the base URL of an etcd endpoint, or raise naming `owner`.
-    """
-    if not isinstance(value, str):
-        raise TypeError(f"{owner}(endpoint=...): expected a URL string, got {value!r}")
-    try:
-        url = URL(value)
-    except ValueError:
-        url = URL()
-    if url.scheme not in {"http", "https"} or not url.host:
-        raise ValueError(f"{owner}(endpoint={value!r}): must be an http(s)://host:port URL")
-    if url.user or url.password or url.query_string or url.fragment:
-        # Credentials in the URL would end up in logs and reprs; etcd auth is not
-        # supported here (put TLS/auth in front, or use a session that adds headers).
-        raise ValueError(f"{owner}(endpoint=...): must not carry credentials or a query")
-    return url.with_path(url.path.rstrip("/"))
-
-
-def encode(text: str) -> str:
-    """
-    Return `text` as etcd's base64.
-    """
-    return base64.b64encode(text.encode()).decode("ascii")
-
-
-def prefix_end(prefix: str) -> str:
-    """
-    Return the exclusive end of the key range starting with `prefix` (etcd's rule).
-    """
-    raw = bytearray(prefix.encode())
-    # The prefix is non-empty text ending in "/", so the last byte is never 0xff.
-    raw[-1] += 1
-    return base64.b64encode(bytes(raw)).decode("ascii")
-
-
-def _kv(raw: _Json) -> KeyValue:
-    return KeyValue(
-        key=base64.b64decode(raw.get("key", "")).decode(errors="replace"),
-        value=base64.b64decode(raw.get("value", "")),
-        mod_revision=int(raw.get("mod_revision", 0)),
-    )
-
-
-def _revision(message: _Json) -> int:
-    return int(message.get("header", {}).get("revision", 0))
-
-
-def _raise_for_error(message: _Json) -> None:
-    error = message.get("error")
-    if error is None:
-        return
-    # etcd 3.4 sends {"error": text, "message": text, "code": n}; other grpc-gateway
-    # versions nest an object with "grpc_code" under "error" on streams.
-    details: _Json = error if isinstance(error, dict) else message
-    code = details.get("grpc_code") or details.get("code") or _GRPC_UNKNOWN
-    raise EtcdResponseError(int(code), str(details.get("message") or error))
-
-
-def _batch(message: object) -> WatchBatch:
-    if not isinstance(message, dict):
-        raise EtcdUnavailableError("etcd sent a watch message that is not a JSON object")
-    _raise_for_error(message)
-    result: _Json = message.get("result", {})
-    events = tuple(
-        (event.get("type") == "DELETE", _kv(event.get("kv", {})))
-        for event in result.get("events", ())
-    )
-    return WatchBatch(
-        revision=_revision(result),
-        events=events,
-        canceled=bool(result.get("canceled", False)),
-        compact_revision=int(result.get("compact_revision", 0)),
-        cancel_reason=str(result.get("cancel_reason", "")),
-    )
 
 
 class WatchStream:
@@ -200,6 +47,17 @@ class WatchStream:
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._content = response.content
         self._buffer = bytearray()
+        self._pending: WatchBatch | None = None
+
+    async def confirm(self) -> None:
+        """
+        Wait for etcd's first message, which confirms the watch; `next` returns it.
+
+        Raises:
+            EtcdUnavailableError: The stream ended or broke.
+            EtcdResponseError: etcd sent an error on the stream.
+        """
+        self._pending = watch_batch(await self._message())
 
     async def next(self, *, idle: float) -> WatchBatch | None:
         """
@@ -209,22 +67,29 @@ class WatchStream:
             EtcdUnavailableError: The stream ended or broke.
             EtcdResponseError: etcd sent an error on the stream.
         """
+        if self._pending is not None:
+            batch, self._pending = self._pending, None
+            return batch
         try:
             async with asyncio.timeout(idle):
-                line = await self._line()
+                message = await self._message()
         except TimeoutError:
             # Only the wait for bytes was interrupted: the buffer is intact and the
             # stream can be read again (aiohttp's StreamReader is cancellation-safe).
             return None
+        return watch_batch(message)
+
+    async def _message(self) -> object:
+        try:
+            line = await self._line()
         except (aiohttp.ClientError, RuntimeError) as error:
             # aiohttp raises RuntimeError("Connection closed.") when asked to wait on a
             # connection already gone; the other errors are ClientError subclasses.
             raise EtcdUnavailableError(f"etcd watch stream broke: {error!r}") from error
         try:
-            message = json.loads(line)
+            return json.loads(line)
         except ValueError as error:
             raise EtcdUnavailableError("etcd sent a watch message that is not JSON") from error
-        return _batch(message)
 
     async def _line(self) -> bytes:
         while (end := self._buffer.find(b"\n")) < 0:
@@ -255,7 +120,7 @@ class EtcdGateway:
         self._session = session
         self._owns_session = session is None
         self._closed = False
-        self._timeout = request_timeout
+        self.request_timeout = request_timeout
         self._status = RegistryStatus(connected=False, detail="etcd not contacted yet")
 
     def status(self) -> RegistryStatus:
@@ -287,7 +152,9 @@ class EtcdGateway:
 
     def _failed(self, method: str, error: BaseException) -> None:
         if self._status.connected:
-            _log.warning("etcd at %s unreachable (%s)", self._endpoint.host, error)
+            # The type and method: a timeout's text is empty, and others may carry URLs.
+            kind = type(error).__name__
+            _log.warning("etcd at %s unreachable (%s on %s)", self._endpoint.host, kind, method)
         since = self._status.stale_since
         if since is None:
             since = asyncio.get_running_loop().time()
@@ -295,9 +162,9 @@ class EtcdGateway:
         detail = f"etcd unreachable: {type(error).__name__} on {method}"
         self._status = RegistryStatus(connected=False, detail=detail, stale_since=since)
 
-    async def _call(self, method: str, body: _Json, *, within: float | None = None) -> _Json:
+    async def _call(self, method: str, body: Json, *, within: float | None = None) -> Json:
         url = self._endpoint / "v3" / method
-        limit = aiohttp.ClientTimeout(total=within or self._timeout)
+        limit = aiohttp.ClientTimeout(total=within or self.request_timeout)
         try:
             async with self._session_now().post(url, json=body, timeout=limit) as response:
                 raw = await response.read()
@@ -306,15 +173,23 @@ class EtcdGateway:
             self._failed(method, error)
             raise EtcdUnavailableError(f"etcd {method} failed: {error!r}") from error
         self._ok()
-        return _decode_answer(method, status, raw)
+        return decode_answer(method, status, raw)
 
-    async def range_prefix(self, prefix: str) -> tuple[int, list[KeyValue]]:
+    async def range_prefix(
+        self, prefix: str, *, keys_only: bool = False
+    ) -> tuple[int, list[KeyValue]]:
         """
         Return the store revision and every key starting with `prefix`, in key order.
+
+        Args:
+            prefix: The key prefix.
+            keys_only: Leave the values out (each `KeyValue.value` is empty).
         """
-        body = {"key": encode(prefix), "range_end": prefix_end(prefix)}
+        body: Json = {"key": encode(prefix), "range_end": prefix_end(prefix)}
+        if keys_only:
+            body["keys_only"] = True
         answer = await self._call("kv/range", body)
-        return _revision(answer), [_kv(raw) for raw in answer.get("kvs", ())]
+        return revision_of(answer), [key_value(raw) for raw in answer.get("kvs", ())]
 
     async def put(self, key: str, value: bytes, *, lease: int) -> None:
         """
@@ -364,26 +239,42 @@ class EtcdGateway:
         """
         Open a watch on every key starting with `prefix`, from `start_revision` on.
 
+        The watch is open once etcd confirmed it (its first message), within
+        `request_timeout` seconds.
+
         Raises:
-            EtcdUnavailableError: etcd could not be reached.
+            EtcdUnavailableError: etcd could not be reached, or did not confirm in time.
             EtcdResponseError: etcd refused the watch.
         """
         create = {
             "key": encode(prefix),
             "range_end": prefix_end(prefix),
             "start_revision": str(start_revision),
+            # Idle watches get a message now and then (every 10 min by default, set by
+            # etcd's --experimental-watch-progress-notify-interval): each one proves the
+            # stream alive and spares the reader a probe.
+            "progress_notify": True,
         }
-        # No total or read timeout: a quiet watch is normal. The reader probes etcd
-        # when the stream has been idle for a while instead.
-        limit = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout)
+        # Once open, no total or read timeout: a quiet watch is normal, and the reader
+        # probes etcd when the stream has been idle for a while instead.
+        limit = aiohttp.ClientTimeout(total=None, sock_connect=self.request_timeout)
         url = self._endpoint / "v3" / "watch"
         try:
-            request = self._session_now().post(url, json={"create_request": create}, timeout=limit)
-            async with request as response:
-                if response.status != 200:  # noqa: PLR2004  # HTTP OK
-                    _decode_answer("watch", response.status, await response.read())
+            async with AsyncExitStack() as stack:
+                # Opening is bounded as a whole: a frozen etcd (SIGSTOP, a hung gateway)
+                # accepts the connection in its kernel backlog and never answers, and
+                # sock_connect alone would wait for the headers forever.
+                async with asyncio.timeout(self.request_timeout):
+                    request = self._session_now().post(
+                        url, json={"create_request": create}, timeout=limit
+                    )
+                    response = await stack.enter_async_context(request)
+                    if response.status != 200:  # noqa: PLR2004  # HTTP OK
+                        decode_answer("watch", response.status, await response.read())
+                    stream = WatchStream(response)
+                    await stream.confirm()
                 self._ok()
-                yield WatchStream(response)
+                yield stream
         except (aiohttp.ClientError, TimeoutError) as error:
             self._failed("watch", error)
             raise EtcdUnavailableError(f"etcd watch failed: {error!r}") from error
@@ -391,17 +282,3 @@ class EtcdGateway:
             if self._status.connected:  # else keep the first, more precise, reason
                 self._failed("watch", error)
             raise
-
-
-def _decode_answer(method: str, status: int, raw: bytes) -> _Json:
-    try:
-        answer = json.loads(raw)
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict):
-        # Not the gateway's JSON: a wrong path (etcd < 3.4) or something else listening.
-        raise EtcdResponseError(status, f"{method}: HTTP {status}, not an etcd v3 gateway answer")
-    _raise_for_error(answer)
-    if status != 200:  # noqa: PLR2004  # HTTP OK
-        raise EtcdResponseError(status, f"{method}: HTTP {status}")
-    return answer

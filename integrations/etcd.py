@@ -19,12 +19,15 @@ at once. When a keepalive finds the lease gone (it expired during a pause, or et
 back with an empty data directory) the instance registers again under a new lease; after
 an outage it puts its key again under its lease, so the key is there whatever etcd lost.
 
-Watches read the prefix (a snapshot at revision R), then follow ``/v3/watch`` from R + 1
-and yield a fresh snapshot after every batch of events. A start revision lost to
-compaction resynchronises (read again, watch again); a watch quiet for
-`watch_probe_interval` seconds is checked against a fresh read, so a silently dead
-connection cannot freeze the view. A broken stream raises `EtcdUnavailableError`:
-`ServiceView` keeps the last instances, says it is stale, and restarts the watch.
+Watches read the prefix (a snapshot at revision R), open ``/v3/watch`` from R + 1, yield
+that snapshot once etcd confirmed the watch, then a fresh snapshot after every batch of
+events. A start revision lost to compaction resynchronises (read again, watch again).
+Liveness: every call, the watch's opening included, answers within `request_timeout`;
+a watch quiet for `watch_probe_interval` seconds is checked with a read (keys only). A
+read that fails, or one that shows changes the stream then does not deliver within
+`request_timeout`, ends the watch with `EtcdUnavailableError`: a frozen etcd or a silent
+stream turns a `ServiceView` stale within ``watch_probe_interval + request_timeout``, and
+the view keeps the last instances and restarts the watch with backoff.
 
 Why etcd's JSON gateway over aiohttp rather than a client library: the gateway ships in
 every etcd server (``/v3`` from 3.4 on) and needs nothing beyond aiohttp, which this extra
@@ -44,7 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 from collections.abc import AsyncGenerator, Iterable
@@ -55,15 +57,16 @@ import aiohttp
 from resilient import Instance, RegistryStatus
 from resilient._validate import check_seconds
 
-from ._etcd_gateway import (
+from ._etcd_gateway import EtcdGateway, WatchStream
+from ._etcd_wire import (
     GRPC_NOT_FOUND,
     EtcdError,
-    EtcdGateway,
     EtcdResponseError,
     EtcdUnavailableError,
     KeyValue,
-    WatchStream,
     check_endpoint,
+    decode_instance,
+    encode_instance,
 )
 
 __all__ = [
@@ -89,38 +92,6 @@ class _Registration:
     task: asyncio.Task[None] | None = None
 
 
-def _encode(instance: Instance) -> bytes:
-    fields = {
-        "service": instance.service,
-        "id": instance.id,
-        "host": instance.host,
-        "port": instance.port,
-        "scheme": instance.scheme,
-        "metadata": dict(instance.metadata),
-    }
-    return json.dumps(fields, sort_keys=True).encode()
-
-
-def _decode(value: bytes) -> Instance:
-    fields = json.loads(value)
-    if not isinstance(fields, dict):
-        raise TypeError("not a JSON object")
-    metadata = fields.get("metadata", {})
-    if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        raise TypeError("metadata must map strings to strings")
-    # Known fields only: a newer writer may add some, and an older reader ignores them.
-    return Instance(
-        service=fields["service"],
-        id=fields["id"],
-        host=fields["host"],
-        port=fields["port"],
-        scheme=fields.get("scheme", "http"),
-        metadata=metadata,
-    )
-
-
 class EtcdRegistry:
     """
     A `resilient.Registry` on etcd v3: leases, keepalive and watches over the JSON gateway.
@@ -131,9 +102,10 @@ class EtcdRegistry:
         ttl: Lease time-to-live in seconds (whole seconds, rounded up; etcd grants at
             least its minimum, 2 s by default). A dead process disappears within it.
         session: An aiohttp session to use (left open by `close`); None creates one.
-        request_timeout: Seconds each call to etcd may take.
+        request_timeout: Seconds each call to etcd may take, opening a watch included.
         watch_probe_interval: Seconds a watch may stay quiet before it is checked
-            against a fresh read.
+            against a fresh read. A frozen etcd or a silent watch stream is noticed
+            within ``watch_probe_interval + request_timeout``.
 
     Raises:
         ValueError: A parameter is malformed (the message names it).
@@ -159,6 +131,7 @@ class EtcdRegistry:
             raise ValueError(f"EtcdRegistry(ttl={ttl!r}): ttl must be >= 1 second")
         self._probe = check_seconds(_OWNER, "watch_probe_interval", watch_probe_interval)
         timeout = check_seconds(_OWNER, "request_timeout", request_timeout)
+        self._timeout = timeout
         self._gateway = EtcdGateway(self.endpoint, session=session, request_timeout=timeout)
         self._registrations: dict[str, _Registration] = {}
         self._lock = asyncio.Lock()
@@ -260,8 +233,12 @@ class EtcdRegistry:
         """
         Yield the service's instances now and after every change (sorted by id).
 
+        Each snapshot comes from a watch etcd confirmed: a consumer may take one as
+        proof that the instances are being followed.
+
         Raises:
-            EtcdUnavailableError: etcd became unreachable or the stream broke.
+            EtcdUnavailableError: etcd became unreachable, the stream broke, or it fell
+                silent while etcd changed.
             EtcdResponseError: etcd refused the watch.
         """
         prefix = self._service_prefix(service)
@@ -269,11 +246,13 @@ class EtcdRegistry:
             self._check_open()
             revision, kvs = await self._gateway.range_prefix(prefix)
             state = {kv.key: kv for kv in kvs}
-            yield self._snapshot(service, state.values())
             async with (
                 self._gateway.watch(prefix, start_revision=revision + 1) as stream,
                 contextlib.aclosing(self._follow(service, prefix, stream, state)) as snapshots,
             ):
+                # The read's snapshot only now: a view reports connected on each one,
+                # and before the watch is confirmed nothing would keep it current.
+                yield self._snapshot(service, state.values())
                 # A snapshot after each batch of events; when they end, resynchronise.
                 async for snapshot in snapshots:
                     yield snapshot
@@ -284,13 +263,21 @@ class EtcdRegistry:
         while True:
             batch = await stream.next(idle=self._probe)
             if batch is None:
-                _, kvs = await self._gateway.range_prefix(prefix)
-                if {kv.key: kv.mod_revision for kv in kvs} != {
-                    key: kv.mod_revision for key, kv in state.items()
-                }:
-                    _log.warning("etcd watch on %r missed changes; resynchronising", prefix)
-                    return
-                continue
+                # Quiet for a whole probe interval: a read tells a quiet prefix from a
+                # frozen etcd or a stream gone silent, all within one request_timeout.
+                deadline = asyncio.get_running_loop().time() + self._timeout
+                if await self._in_step(prefix, state):
+                    continue
+                # etcd has changes the stream has not delivered. They may be on their
+                # way (the read raced them): the stream gets what is left of the time.
+                left = deadline - asyncio.get_running_loop().time()
+                batch = await stream.next(idle=max(left, 0.0))
+                if batch is None:
+                    _log.warning("etcd watch on %r fell silent while etcd changed", prefix)
+                    raise EtcdUnavailableError(
+                        f"etcd watch stream silent for {self._probe + self._timeout:g}s"
+                        " while the store changed"
+                    )
             if batch.canceled:
                 if not batch.compact_revision:
                     reason = batch.cancel_reason or "no reason given"
@@ -306,11 +293,20 @@ class EtcdRegistry:
             if batch.events:
                 yield self._snapshot(service, state.values())
 
+    async def _in_step(self, prefix: str, state: dict[str, KeyValue]) -> bool:
+        """
+        Whether a fresh read of `prefix` holds the keys and revisions `state` holds.
+        """
+        _, kvs = await self._gateway.range_prefix(prefix, keys_only=True)
+        return {kv.key: kv.mod_revision for kv in kvs} == {
+            key: kv.mod_revision for key, kv in state.items()
+        }
+
     def _snapshot(self, service: str, kvs: Iterable[KeyValue]) -> list[Instance]:
         found: list[Instance] = []
         for kv in kvs:
             try:
-                instance = _decode(kv.value)
+                instance = decode_instance(kv.value)
                 if instance.service != service or self._key(instance) != kv.key:
                     raise ValueError(f"its key does not match {instance!r}")  # noqa: TRY301
             except (ValueError, TypeError, KeyError) as error:
@@ -338,7 +334,7 @@ class EtcdRegistry:
 
     async def _put(self, registration: _Registration) -> None:
         key = self._key(registration.instance)
-        value = _encode(registration.instance)
+        value = encode_instance(registration.instance)
         await self._gateway.put(key, value, lease=registration.lease)
 
     async def _keep_alive(self, registration: _Registration) -> None:

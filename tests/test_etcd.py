@@ -27,7 +27,7 @@ import aiohttp
 import pytest
 
 from resilient import Instance, Registry, ServiceView
-from resilient.integrations import _etcd_gateway
+from resilient.integrations import _etcd_gateway, _etcd_wire
 from resilient.integrations.etcd import (
     EtcdError,
     EtcdRegistry,
@@ -88,7 +88,7 @@ async def put_raw(endpoint: str, key: str, value: bytes) -> None:
     Put `value` at `key` without a lease.
     """
     encoded = base64.b64encode(value).decode()
-    await etcd_call(endpoint, "kv/put", {"key": _etcd_gateway.encode(key), "value": encoded})
+    await etcd_call(endpoint, "kv/put", {"key": _etcd_wire.encode(key), "value": encoded})
 
 
 async def next_snapshot(watch: AsyncIterator[list[Instance]]) -> list[Instance]:
@@ -406,12 +406,12 @@ async def test_compacted_watch_resynchronises(
     registry = registries(endpoint, prefix=prefix, ttl=5)
     await registry.register(instance("orders", "orders-1"))
     await registry.register(instance("orders", "orders-2"))
-    answer = await etcd_call(endpoint, "kv/range", {"key": _etcd_gateway.encode(prefix)})
+    answer = await etcd_call(endpoint, "kv/range", {"key": _etcd_wire.encode(prefix)})
     await etcd_call(endpoint, "kv/compaction", {"revision": answer["header"]["revision"]})
     real_range = registry._gateway.range_prefix
     calls = 0
 
-    async def stale_first(key: str) -> tuple[int, list[_etcd_gateway.KeyValue]]:
+    async def stale_first(key: str) -> tuple[int, list[_etcd_wire.KeyValue]]:
         # The first read claims revision 1: the watch then starts long before the
         # compaction, as it would after a slow read racing a compaction.
         nonlocal calls
@@ -428,7 +428,7 @@ async def test_compacted_watch_resynchronises(
         assert ids(await next_snapshot(watch)) == ["orders-2"]
 
 
-async def test_quiet_watch_is_probed_and_resynchronised(
+async def test_watch_silent_while_etcd_changes_raises(
     etcd_server: EtcdServer,
     prefix: str,
     registries: MakeRegistry,
@@ -436,9 +436,13 @@ async def test_quiet_watch_is_probed_and_resynchronised(
 ) -> None:
     """
     A watch stream that goes quiet while etcd changes (lost events) is caught by the
-    idle probe, which reads afresh: the view cannot freeze on a silently dead stream.
+    idle probe: once the stream has not delivered the change within request_timeout
+    either, the watch raises `EtcdUnavailableError` (a view then goes stale and
+    restarts it) instead of freezing.
     """
-    registry = registries(etcd_server.endpoint, prefix=prefix, ttl=5, watch_probe_interval=0.2)
+    registry = registries(
+        etcd_server.endpoint, prefix=prefix, ttl=5, watch_probe_interval=0.2, request_timeout=0.5
+    )
     real_next = _etcd_gateway.WatchStream.next
 
     async def deaf(self: _etcd_gateway.WatchStream, *, idle: float) -> Any:
@@ -449,7 +453,50 @@ async def test_quiet_watch_is_probed_and_resynchronised(
     async with contextlib.aclosing(registry.watch("orders")) as watch:
         assert await next_snapshot(watch) == []
         await registry.register(instance("orders", "orders-1"))
+        with pytest.raises(EtcdUnavailableError, match="silent"):
+            await next_snapshot(watch)
+
+
+async def test_probe_racing_an_event_waits_for_it(
+    etcd_server: EtcdServer,
+    prefix: str,
+    registries: MakeRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    When the probe's read sees a change whose event is still on its way, the watch
+    waits for the event (up to request_timeout) and goes on following the stream.
+    """
+    registry = registries(etcd_server.endpoint, prefix=prefix, ttl=5, watch_probe_interval=0.2)
+    real_next = _etcd_gateway.WatchStream.next
+    held: list[Any] = []
+
+    async def late(self: _etcd_gateway.WatchStream, *, idle: float) -> Any:
+        if held:  # the probe read has run: deliver the event now
+            return held.pop()
+        batch = await real_next(self, idle=idle)
+        if batch is not None and batch.events:
+            held.append(batch)  # as if it arrived just after the probe's read
+            return None
+        return batch
+
+    monkeypatch.setattr(_etcd_gateway.WatchStream, "next", late)
+    probes = 0
+    real_in_step = registry._in_step
+
+    async def counted(*args: Any) -> bool:
+        nonlocal probes
+        probes += 1
+        return await real_in_step(*args)
+
+    monkeypatch.setattr(registry, "_in_step", counted)
+    async with contextlib.aclosing(registry.watch("orders")) as watch:
+        assert await next_snapshot(watch) == []
+        await registry.register(instance("orders", "orders-1"))
         assert ids(await next_snapshot(watch)) == ["orders-1"]
+        assert probes >= 1
+        await registry.register(instance("orders", "orders-2"))
+        assert ids(await next_snapshot(watch)) == ["orders-1", "orders-2"]
 
 
 async def test_watch_cancelled_by_etcd_raises(
@@ -463,7 +510,7 @@ async def test_watch_cancelled_by_etcd_raises(
     (a view then restarts it with backoff) instead of spinning.
     """
     registry = registries(etcd_server.endpoint, prefix=prefix)
-    cancelled = _etcd_gateway.WatchBatch(revision=5, events=(), canceled=True, cancel_reason="x")
+    cancelled = _etcd_wire.WatchBatch(revision=5, events=(), canceled=True, cancel_reason="x")
 
     async def cancel(self: _etcd_gateway.WatchStream, *, idle: float) -> Any:
         return cancelled

@@ -236,14 +236,13 @@ def test_detection_of_loaded_modules_works(tmp_path: Path) -> None:
     assert "resilient.integrations" in json.loads(completed.stdout)
 
 
-def test_integrations_install_no_top_level_module(tmp_path: Path) -> None:
+def test_integrations_import_as_resilient_integrations(tmp_path: Path) -> None:
     """
-    Outside the source tree, ``import integrations`` fails while
-    ``import resilient.integrations`` works and comes from the `integrations/` folder.
+    Outside the source tree, ``import resilient.integrations`` works and comes from the
+    `integrations/` folder. (That an installed wheel has no top-level ``integrations``
+    is checked in tests/test_packaging.py; the editable install is the project root on
+    sys.path, which shows every top-level folder.)
     """
-    completed = run_python("import integrations", tmp_path)
-    assert completed.returncode != 0
-    assert "ModuleNotFoundError: No module named 'integrations'" in completed.stderr
     completed = run_python(
         "import resilient.integrations as i; print(i.__name__, i.__file__)", tmp_path
     )
