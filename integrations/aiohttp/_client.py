@@ -31,6 +31,7 @@ from aiohttp import ClientRequest, ClientResponse
 from aiohttp.client_middlewares import ClientHandlerType
 
 from resilient import CircuitBreaker, Policy, Retry, RetryBudget, Timeout, no_retries, pipeline
+from resilient._validate import check_seconds
 
 from ._attempts import (
     Attempts,
@@ -83,6 +84,8 @@ def default_policy(key: str, *, total: float = 30.0, per_attempt: float = 10.0) 
     Raises:
         ValueError: A timeout is not a finite number of seconds > 0.
     """
+    total = check_seconds("default_policy", "total", total)
+    per_attempt = check_seconds("default_policy", "per_attempt", per_attempt)
     return pipeline(
         Timeout(total, name=key),
         Retry(attempts=3, budget=RetryBudget(0.1), name=key),
