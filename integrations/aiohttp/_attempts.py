@@ -154,7 +154,8 @@ class Attempts:
         """
         if self._sent and _body_spent(self._request):
             raise CannotResend  # checked before releasing: the caller may get that response
-        self._release(self._failed)
+        if self._failed:
+            self._release(self._failed)
         self._sent += 1
         try:
             # Stamped inside the try: a header that can't be written is the caller's
@@ -198,7 +199,9 @@ class Attempts:
         """
         Hand `response` to the caller; release every other one.
         """
-        self._release([held for held in self._held if held is not response])
+        doomed = [held for held in self._held if held is not response]
+        if doomed:
+            self._release(doomed)
 
     def release_all(self) -> None:
         """

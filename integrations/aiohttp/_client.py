@@ -184,14 +184,6 @@ class ResilienceMiddleware:
         if entry is None:
             self._stamp(request)
             return await handler(request)
-        try:
-            return await self._through(entry.policy, request, handler)
-        finally:
-            self._policies.leave(entry)
-
-    async def _through(
-        self, policy: Policy, request: ClientRequest, handler: ClientHandlerType
-    ) -> ClientResponse:
         attempts = Attempts(
             request, handler, stamp=self._stamp, failure_status=self._failure_status
         )
@@ -202,7 +194,7 @@ class ResilienceMiddleware:
         )
         try:
             with once:
-                response = await policy.call(attempts.send)
+                response = await entry.policy.call(attempts.send)
         except UnhealthyResponse as failed:
             response = attempts.outcome_of(failed)  # no attempt left: the caller gets it
         except CannotResend:
@@ -213,6 +205,8 @@ class ResilienceMiddleware:
         except BaseException:
             attempts.release_all()
             raise
+        finally:
+            self._policies.leave(entry)
         attempts.keep(response)
         if not isinstance(response, ClientResponse):
             raise TypeError(
