@@ -1,10 +1,12 @@
 """
 `ResilienceMiddleware`: resilience policies for every request of an aiohttp session.
 
-    session = aiohttp.ClientSession(middlewares=[ResilienceMiddleware()])
+    async with aiohttp.ClientSession(middlewares=[ResilienceMiddleware()]) as session: ...
 
 Each request is run through a policy chosen by its key (the origin by default, so one
-breaker per host), built once per key by a factory or looked up in a mapping. Outcomes
+breaker per host), built on the key's first use by a factory (at most `max_keys` kept:
+see `_policies`) or looked up in a mapping. The default policy has a total and a
+per-attempt timeout, so a hung server is not waited on for aiohttp's 300 s. Outcomes
 are classified the way a dependency's health should be judged:
 
 - connection errors, timeouts, 5xx and 429 are failures: retried (for idempotent
@@ -14,11 +16,12 @@ are classified the way a dependency's health should be judged:
 
 A failed *response* travels through the policies as `UnhealthyResponse` so retries and
 breakers see it; when no attempt is left the caller gets the last response itself, as
-without the middleware. Bodies of responses that are retried over are released, so no
-connection leaks. Non-idempotent methods run once (`resilient.no_retries()`) unless
-`retry_methods` says otherwise; breakers still count them. A ``Retry-After`` header
-(seconds or an HTTP date) reaches `Retry` as the error's ``retry_after``, where it is
-capped. Every attempt carries the remaining deadline and the trace context.
+without the middleware. Every response but the caller's is released, and never the
+caller's, even when hedged attempts overlap (see `_attempts`), so no connection leaks.
+Non-idempotent methods run once (`resilient.no_retries()`) unless `retry_methods` says
+otherwise; breakers still count them. A ``Retry-After`` header (seconds or an HTTP
+date) reaches `Retry` as the error's ``retry_after``, where it is capped. Every attempt
+carries the remaining deadline and the trace context.
 """
 
 from __future__ import annotations
