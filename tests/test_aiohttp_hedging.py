@@ -8,13 +8,15 @@ middleware *inside* `ResilienceMiddleware` lets a test act at an exact point of 
 attempt (after its response arrived, before the hedge has seen it).
 """
 
+# ruff: noqa: F811  # test parameters named after the fixtures imported below
+
 from __future__ import annotations
 
 import asyncio
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -23,22 +25,21 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, web
 from resilient import Hedge
 from resilient.integrations.aiohttp import ResilienceMiddleware, UnhealthyResponse
 from resilient.testing import FakeClock
-from tests.test_aiohttp_client import GUARD, ROOT, Backend, abort, acquired, reply, stall
+from tests.test_aiohttp_client import (  # noqa: F401  # backend, backends: fixtures
+    GUARD,
+    ROOT,
+    Backend,
+    abort,
+    acquired,
+    backend,
+    backends,
+    reply,
+    stall,
+)
 
 BIG = "x" * 2**20  # more than aiohttp buffers: only release() frees the connection
 
 Inner = Callable[[ClientRequest, ClientHandlerType], Awaitable[ClientResponse]]
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[Backend]:
-    """
-    One scripted real server.
-    """
-    started = Backend()
-    await started.start()
-    yield started
-    await started.close()
 
 
 async def test_winner_is_not_released_when_a_hedge_starts_before_it_settles(

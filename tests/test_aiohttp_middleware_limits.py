@@ -3,13 +3,14 @@
 on the wire, and its repr. Real aiohttp servers on loopback where a request is sent.
 """
 
+# ruff: noqa: F811  # test parameters named after the fixtures imported below
+
 from __future__ import annotations
 
 import asyncio
 import functools
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -33,18 +34,15 @@ from resilient.integrations.aiohttp import (
 from resilient.integrations.aiohttp import _client as client_module
 from resilient.integrations.aiohttp._propagation import MAX_DEADLINE_MS
 from resilient.testing import FakeClock, instant_retries
-from tests.test_aiohttp_client import GUARD, Backend, get, reply, stall
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[Backend]:
-    """
-    One scripted real server.
-    """
-    started = Backend()
-    await started.start()
-    yield started
-    await started.close()
+from tests.test_aiohttp_client import (  # noqa: F401  # backend, backends: fixtures
+    GUARD,
+    Backend,
+    backend,
+    backends,
+    get,
+    reply,
+    stall,
+)
 
 
 def held(middleware: ResilienceMiddleware) -> int:
