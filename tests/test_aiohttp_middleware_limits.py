@@ -11,6 +11,8 @@ import asyncio
 import functools
 import time
 import tracemalloc
+from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import aiohttp
 import pytest
@@ -20,11 +22,13 @@ from resilient import (
     CircuitBreaker,
     CircuitState,
     Pipeline,
+    Policy,
     Retry,
     Timeout,
     TimeoutExceeded,
     pipeline,
 )
+from resilient._policy import Args, AsyncFn, Kwargs
 from resilient.integrations.aiohttp import (
     DEADLINE_HEADER,
     DEFAULT_MAX_KEYS,
@@ -43,6 +47,8 @@ from tests.test_aiohttp_client import (  # noqa: F401  # backend, backends: fixt
     reply,
     stall,
 )
+
+T = TypeVar("T")
 
 
 def held(middleware: ResilienceMiddleware) -> int:
@@ -250,3 +256,36 @@ async def test_stamping_error_is_not_an_attempt(
     assert clock.sleeps == []  # no retry
     assert breaker.statistics().failures == 0
     assert breaker.state is CircuitState.CLOSED
+
+
+class _Twice(Policy):
+    """
+    A policy that ignores `no_retries()`: it tries once more after any failure.
+    """
+
+    kind = "twice"
+
+    async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except Exception:  # the point: a second try, whatever happened
+            return await fn(*args, **kwargs)
+
+
+async def test_a_spent_one_shot_body_is_never_resent_even_by_a_policy_that_insists(
+    backend: Backend,
+) -> None:
+    """A policy retrying a request whose streamed body was sent gets the first attempt's
+    response back (readable), and nothing is sent again."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"once"
+
+    backend.answer(reply(503, "first"))
+    middleware = ResilienceMiddleware({backend.origin: _Twice(name=None, clock=None, hooks=None)})
+    async with (
+        aiohttp.ClientSession(middlewares=[middleware]) as client,
+        client.put(backend.url(), data=chunks()) as response,
+    ):
+        assert (response.status, await response.text()) == (503, "first")
+    assert backend.attempts == 1
