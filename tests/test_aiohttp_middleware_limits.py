@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -40,6 +42,7 @@ from resilient.integrations.aiohttp._propagation import MAX_DEADLINE_MS
 from resilient.testing import FakeClock, instant_retries
 from tests.test_aiohttp_client import (  # noqa: F401  # backend, backends: fixtures
     GUARD,
+    ROOT,
     Backend,
     backend,
     backends,
@@ -289,3 +292,18 @@ async def test_a_spent_one_shot_body_is_never_resent_even_by_a_policy_that_insis
     ):
         assert (response.status, await response.text()) == (503, "first")
     assert backend.attempts == 1
+
+
+def test_middleware_keys_benchmark_quick_run() -> None:
+    """`benchmarks.middleware_keys` runs and reports the cap it was given."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.middleware_keys", "--keys", "500", "--max-keys", "50"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "after 500 origins" in done.stdout
+    assert "keys=50/50 in_flight=0" in done.stdout
