@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -36,6 +34,7 @@ from tests.test_aiohttp_client import (  # noqa: F401  # backend, backends: fixt
     reply,
     stall,
 )
+from tests.test_examples import run_module
 
 BIG = "x" * 2**20  # more than aiohttp buffers: only release() frees the connection
 
@@ -193,13 +192,5 @@ async def test_hedged_reads_under_load_and_cancellation_leak_nothing(backend: Ba
 
 def test_hedged_reads_benchmark_quick_run() -> None:
     """`benchmarks.hedged_reads` (the issue's repro, scaled down) finds 0 unreadable."""
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.hedged_reads", "--requests", "300"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
-    assert "unreadable hedged responses 0 of 300" in done.stdout
+    output = run_module("benchmarks.hedged_reads", "--requests", "300", timeout=120)
+    assert "unreadable hedged responses 0 of 300" in output

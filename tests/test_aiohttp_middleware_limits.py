@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import subprocess
-import sys
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -50,6 +48,7 @@ from tests.test_aiohttp_client import (  # noqa: F401  # backend, backends: fixt
     reply,
     stall,
 )
+from tests.test_examples import run_module
 
 T = TypeVar("T")
 
@@ -296,14 +295,8 @@ async def test_a_spent_one_shot_body_is_never_resent_even_by_a_policy_that_insis
 
 def test_middleware_keys_benchmark_quick_run() -> None:
     """`benchmarks.middleware_keys` runs and reports the cap it was given."""
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.middleware_keys", "--keys", "500", "--max-keys", "50"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    output = run_module(
+        "benchmarks.middleware_keys", "--keys", "500", "--max-keys", "50", timeout=120
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "after 500 origins" in done.stdout
-    assert "keys=50/50 in_flight=0" in done.stdout
+    assert "after 500 origins" in output
+    assert "keys=50/50 in_flight=0" in output
