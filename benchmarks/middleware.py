@@ -13,7 +13,8 @@ interleaved rounds: per round, in an order shuffled afresh (seeded), each client
 
 * **bare**: ``aiohttp.ClientSession()``;
 * **default**: ``ClientSession(middlewares=[ResilienceMiddleware()])`` (the default
-  policy: Retry with a retry budget, then a breaker, one per host);
+  policy, one per host: a total Timeout, Retry with a retry budget, a breaker, and a
+  per-attempt Timeout);
 * **full pipeline**: ``ResilienceMiddleware`` with Timeout + Retry + CircuitBreaker +
   Bulkhead per host.
 

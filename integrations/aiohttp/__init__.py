@@ -19,6 +19,7 @@ if importlib.util.find_spec("aiohttp") is None:  # pragma: no cover - needs an e
     )
 
 from ._client import (
+    DEFAULT_MAX_KEYS,
     IDEMPOTENT_METHODS,
     ResilienceMiddleware,
     UnhealthyResponse,
@@ -33,6 +34,7 @@ from ._server import add_metrics_route, resilience_middleware
 
 __all__ = [
     "DEADLINE_HEADER",
+    "DEFAULT_MAX_KEYS",
     "IDEMPOTENT_METHODS",
     "DiscoveryClient",
     "DiscoveryRequest",

@@ -35,7 +35,8 @@ from resilient import (
 )
 from resilient._validate import check_int
 
-from ._client import IDEMPOTENT_METHODS, UnhealthyResponse, _NotSent, is_failure_status
+from ._attempts import NotSent as _NotSent
+from ._client import IDEMPOTENT_METHODS, UnhealthyResponse, is_failure_status
 
 __all__ = ["DiscoveryClient", "DiscoveryRequest"]
 

@@ -36,11 +36,16 @@ _DIGITS = re.compile(r"[0-9]{1,9}")
 
 def set_deadline_header(headers: MutableMapping[str, str], name: str = DEADLINE_HEADER) -> None:
     """
-    Send the caller's remaining deadline, if any, as whole milliseconds (at least 1).
+    Send the caller's remaining deadline, if any, as whole milliseconds.
+
+    At least 1 and at most `MAX_DEADLINE_MS` (a day), the range `parse_deadline`
+    accepts: a longer deadline, ``Timeout(1e306)`` say, goes on the wire as a day.
     """
     left = remaining_time()
     if left is not None:
-        headers[name] = str(max(1, math.floor(left * 1000)))
+        # Capped before the multiplication: 1e306 s is an infinite number of ms.
+        millis = math.floor(min(left, MAX_DEADLINE_MS / 1000) * 1000)
+        headers[name] = str(max(1, millis))
 
 
 def parse_deadline(value: str | None) -> float | None:

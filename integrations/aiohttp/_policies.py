@@ -1,0 +1,138 @@
+"""
+The policies of `ResilienceMiddleware`, one per key, in a bounded cache.
+
+A factory builds a key's policy on first use. Keys are unbounded in general (an origin
+per host a crawler visits, a route per id in a path), so the cache holds at most
+``max_keys`` policies and drops the least recently used *idle* one to make room. A
+policy is idle when no request of its key is in flight and every circuit breaker in it
+is closed, or open with its ``reset_timeout`` over: dropping a busy policy would split
+one key's calls between two breakers and bulkheads, and dropping a breaker still open
+would send traffic to a host known to be down. (An open breaker nobody calls again never
+closes; once it would let a probe through, a fresh one loses only the probe limit, and
+without that the cache would keep every host that ever went down.) When more keys than
+``max_keys`` are busy or open, the cache holds them all and shrinks back as they settle.
+Policies from a mapping are fixed: never dropped.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+
+from resilient import CircuitBreaker, CircuitState, Pipeline, Policy
+from resilient._validate import check_int
+
+__all__ = ["DEFAULT_MAX_KEYS", "PolicyCache"]
+
+DEFAULT_MAX_KEYS = 1000
+"""Policies a middleware's factory keeps at most, idle ones dropped least recently used."""
+
+
+class _Entry:
+    __slots__ = ("in_flight", "policy")
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.in_flight = 0
+
+
+def _breakers(policy: Policy) -> Iterator[CircuitBreaker]:
+    if isinstance(policy, CircuitBreaker):
+        yield policy
+    elif isinstance(policy, Pipeline):
+        for layer in policy.policies:
+            yield from _breakers(layer)
+
+
+def _settled(breaker: CircuitBreaker) -> bool:
+    state = breaker.state
+    return state is CircuitState.CLOSED or (state is CircuitState.OPEN and not breaker.retry_in())
+
+
+def _idle(entry: _Entry) -> bool:
+    return entry.in_flight == 0 and all(_settled(b) for b in _breakers(entry.policy))
+
+
+class PolicyCache:
+    """
+    Policies by key: fixed ones, then built ones (at most `max_keys` when idle).
+
+    Args:
+        factory: Builds a key's policy (None: only `fixed` and `default`).
+        fixed: Policies by key, never dropped.
+        default: The policy of keys in neither (with no factory).
+        max_keys: How many built policies to keep, >= 1.
+
+    Raises:
+        TypeError: `max_keys` is not an int.
+        ValueError: `max_keys` < 1.
+    """
+
+    __slots__ = ("_built", "_default", "_factory", "_fixed", "in_flight", "max_keys")
+
+    def __init__(
+        self,
+        factory: Callable[[str], Policy] | None,
+        fixed: Mapping[str, Policy],
+        default: Policy | None,
+        max_keys: int,
+    ) -> None:
+        self.max_keys = check_int("ResilienceMiddleware", "max_keys", max_keys, minimum=1)
+        self._factory = factory
+        self._fixed = {key: _Entry(policy) for key, policy in fixed.items()}
+        self._default = _Entry(default) if default is not None else None
+        self._built: OrderedDict[str, _Entry] = OrderedDict()
+        self.in_flight = 0  # requests between enter() and leave()
+
+    def __len__(self) -> int:
+        return len(self._fixed) + len(self._built)
+
+    def get(self, key: str) -> Policy | None:
+        """
+        The policy of `key`, built on first use (None: no policy).
+        """
+        entry = self._entry(key)
+        return entry.policy if entry is not None else None
+
+    def enter(self, key: str) -> _Entry | None:
+        """
+        A request of `key` starts: its entry, counted in flight until `leave`.
+        """
+        entry = self._entry(key)
+        if entry is not None:
+            entry.in_flight += 1
+            self.in_flight += 1
+        return entry
+
+    def leave(self, entry: _Entry) -> None:
+        """
+        A request that `enter` counted has ended.
+        """
+        entry.in_flight -= 1
+        self.in_flight -= 1
+        if len(self._built) > self.max_keys:
+            self._shrink()  # keys busy when the cache filled up may be idle now
+
+    def _entry(self, key: str) -> _Entry | None:
+        entry = self._built.get(key)
+        if entry is not None:
+            self._built.move_to_end(key)
+            return entry
+        if self._factory is None:  # a mapping: fixed policies only
+            return self._fixed.get(key, self._default)
+        entry = _Entry(self._factory(key))
+        if len(self._built) >= self.max_keys:
+            self._shrink(room=1)  # before adding: the new key is never the one dropped
+        self._built[key] = entry
+        return entry
+
+    def _shrink(self, room: int = 0) -> None:
+        # Oldest first; a busy entry goes to the back, so the next pass starts past it.
+        for _ in range(len(self._built)):
+            if len(self._built) + room <= self.max_keys:
+                return
+            key, entry = next(iter(self._built.items()))
+            if _idle(entry):
+                del self._built[key]
+            else:
+                self._built.move_to_end(key)
