@@ -3,9 +3,15 @@ The contract every policy shares: a decorator, `.call(fn, *args, **kwargs)`, hoo
 
 A policy implements one method, `_run(fn, args, kwargs)`, which awaits
 `fn(*args, **kwargs)` as often as its logic says (a fresh awaitable each time).
-Everything else (decorating, pipeline layers, call events, hooks) lives here once. Call
-events are only built while someone listens, so the unobserved happy path is the
-decorator's frame plus one `_run` frame.
+Everything else (decorating, pipeline layers, call events, hooks, naming, decision
+logging) lives here once. Call events are only built while someone listens, so the
+unobserved happy path is the decorator's frame plus one `_run` frame.
+
+A policy without ``name=`` that decorates a function is named after it
+(``module.qualname``, as stamina's instrumentation names its callables), so the metrics,
+spans, events and logs of different functions don't merge under ``retry``. Decorating a
+second function with the same unnamed policy gives it back its kind's name: its state and
+counters are shared by both, so no one function's name would be true of it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from ._events import (
     deliver,
     maker,
 )
+from ._logging import decision_log, level_of
 from ._plan import (
     NOT_STARTED,
     STALE,
@@ -52,6 +59,10 @@ _new_started = maker(CallStarted)
 _new_succeeded = maker(CallSucceeded)
 _new_failed = maker(CallFailed)
 _new_cancelled = maker(CallCancelled)
+_CO_COROUTINE = inspect.CO_COROUTINE
+# `_named_after` of a policy whose name no decoration changes: given by the user, or
+# already shared by two functions.
+_FIXED = "\x00fixed"
 
 
 class Policy(ABC):
@@ -62,7 +73,7 @@ class Policy(ABC):
     """
 
     kind: ClassVar[str] = "policy"
-    __slots__ = ("__weakref__", "_clock", "_hooks", "_monotonic", "_plan", "name")
+    __slots__ = ("__weakref__", "_clock", "_hooks", "_monotonic", "_named_after", "_plan", "name")
 
     def __init__(
         self,
@@ -73,6 +84,8 @@ class Policy(ABC):
     ) -> None:
         owner = type(self).__name__
         self.name: str = check_name(owner, name, self.kind)
+        # None: unnamed and not yet decorating; a label: named after that function.
+        self._named_after: str | None = None if name is None else _FIXED
         self._clock: Clock = check_clock(owner, clock)
         self._monotonic = self._clock.monotonic  # looked up once: read twice per call
         self._hooks: tuple[Hook, ...] = check_hooks(owner, hooks)
@@ -90,16 +103,29 @@ class Policy(ABC):
         """
         Decorate an async function so that every call goes through this policy.
 
+        A policy made without ``name=`` takes the function's name (``module.qualname``)
+        the first time; decorating another function gives it back its kind's name.
+
         Raises:
-            TypeError: `fn` is a plain (non-async) function.
+            TypeError: `fn` is a plain (non-async) function or an async generator
+                function.
         """
         _check_async(self, fn)
+        self._name_after(fn)
         return functools.wraps(fn)(self._guard(fn))
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """
         Run `fn(*args, **kwargs)` through this policy and return its result.
+
+        Raises:
+            TypeError: `fn` is not callable, or returned something that can't be awaited
+                (a plain function's result, an async generator): raised on the first
+                attempt and, as a programming error, never retried.
         """
+        code = getattr(fn, "__code__", None)
+        if code is None or not code.co_flags & _CO_COROUTINE:
+            fn = awaitable_checked(self, fn)  # not an `async def`: check what it returns
         if self._hooks or _GLOBAL_HOOKS:
             return await self._observe(fn, args, kwargs)
         return await self._run(fn, args, kwargs)
@@ -158,8 +184,25 @@ class Policy(ABC):
         Apply the policy: await `fn(*args, **kwargs)` as often as its logic says.
         """
 
+    def _name_after(self, fn: object) -> None:
+        """
+        Take `fn`'s name if this policy has none of its own (see the module docstring).
+        """
+        named_after = self._named_after
+        if named_after == _FIXED:
+            return
+        label = _label(fn)
+        if label is None or label == named_after:
+            return
+        if named_after is None:
+            self.name, self._named_after = label, label
+        else:  # a second function: shared state gets the shared, default name
+            self.name, self._named_after = self.kind, _FIXED
+        forget_plan(self)  # listeners bound the old name
+
     def _listening(self) -> bool:
-        return bool(self._hooks or _GLOBAL_HOOKS)
+        # Asked on decision paths only: is there anyone to tell, hooks or a log?
+        return bool(self._hooks or _GLOBAL_HOOKS) or decision_log(self.kind).wanted()
 
     def _current_plan(self) -> Plan:
         plan = self._plan
@@ -168,13 +211,19 @@ class Policy(ABC):
         return plan
 
     def _emit(self, event_type: type[Event], /, **fields: Any) -> None:
-        # Building the event is the cost: only when some hook wants this type.
-        hooks = self._current_plan().wanting(event_type)
-        if hooks:
-            deliver(
-                hooks,
-                event_type(kind=self.kind, name=self.name, time=self._clock.monotonic(), **fields),
-            )
+        # Building the event is the cost: only when some hook wants this type, or the
+        # decision's logger is on for its level.
+        hooks = self._current_plan().wanting(event_type) if self._hooks or _GLOBAL_HOOKS else ()
+        log = decision_log(self.kind)
+        level = level_of(event_type, fields)
+        logged = level is not None and log.logger.isEnabledFor(level)
+        if hooks or logged:
+            now = self._clock.monotonic()
+            event = event_type(kind=self.kind, name=self.name, time=now, **fields)
+            if hooks:
+                deliver(hooks, event)
+            if logged:
+                log.write(level, event)  # type: ignore[arg-type]  # not None when logged
 
     async def _observe(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         # Every observed call of every layer runs this, so the common case (one hook
@@ -273,9 +322,56 @@ def _end(
                 log_listener_failure(ended, "call_ended")
 
 
+def _label(fn: object) -> str | None:
+    # stamina's guess_name: module and qualified name, unique within a process.
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(qualname, str):
+        return None
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{qualname}" if isinstance(module, str) else qualname
+
+
 def _check_async(policy: Policy, fn: object) -> None:
+    if inspect.isasyncgenfunction(fn):
+        raise TypeError(_ASYNC_GENERATOR.format(type(policy).__name__, fn.__qualname__))
     if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
         raise TypeError(
             f"{type(policy).__name__} decorates async functions; {fn.__qualname__} is"
             " not 'async def'"
         )
+
+
+_ASYNC_GENERATOR = (
+    "{0} can't wrap {1}: it is an async generator function, and an async generator is"
+    " iterated, not awaited, so a policy can't see when it fails or ends; wrap a"
+    " coroutine function (an 'async def' that returns), e.g. one that collects the items"
+)
+
+
+def awaitable_checked(policy: Policy, fn: object) -> AsyncFn[Any]:
+    """
+    Return `fn` wrapped to raise a clear TypeError when it returns no awaitable (internal).
+
+    For `.call(fn)` with an `fn` that is not an `async def`: a lambda or partial
+    returning a coroutine, a callable object, a method returning a Future all work; a
+    plain function's result fails on the first attempt, before any policy could retry
+    the confusing "can't be used in 'await' expression" it would give.
+    """
+    owner = type(policy).__name__
+    if not callable(fn):
+        raise TypeError(f"{owner}.call(fn=...): expected an async callable, got {fn!r}")
+
+    def checked(*args: Any, **kwargs: Any) -> Awaitable[Any]:
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            return result
+        name = getattr(fn, "__qualname__", repr(fn))
+        if inspect.isasyncgen(result):
+            raise TypeError(_ASYNC_GENERATOR.format(f"{owner}.call()", name))
+        raise TypeError(
+            f"{owner}.call(fn=...): {name} returned {type(result).__name__} {result!r:.60},"
+            " which can't be awaited; pass an async function (or a callable returning an"
+            " awaitable). It ran once and is not retried."
+        )
+
+    return checked

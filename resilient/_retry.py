@@ -140,7 +140,7 @@ class Retry(Policy):
         self._on = (
             retryable_by_default
             if on is None or self._strategy
-            else error_matcher("Retry", "on", on)
+            else error_matcher("Retry", "on", on, spare_programming_errors=True)
         )
         if on_result is not None and self._strategy is not None:
             raise ValueError(
