@@ -322,7 +322,7 @@ class CircuitBreaker(Policy):
 
     def _reject(self, retry_in: float) -> NoReturn:
         self._rejections += 1
-        if self._listening():
+        if self._listening(Rejected):
             self._emit(Rejected, reason=RejectionReason.CIRCUIT_OPEN)
         raise CircuitOpenError(self.name, retry_in)
 

@@ -137,7 +137,7 @@ class Fallback(Policy, Generic[R]):
 
     async def _answer(self, error: Exception) -> Any:
         self._fallbacks += 1
-        if self._listening():
+        if self._listening(FallbackUsed):
             self._emit(FallbackUsed, error=error)
         if self._handler is None:
             return self._value

@@ -157,7 +157,7 @@ class Hedge(Policy):
         race.tasks.append(task)
         if len(race.tasks) > 1:
             self._hedges += 1
-            if self._listening():
+            if self._listening(HedgeSent):
                 self._emit(HedgeSent, attempt=len(race.tasks))
         if len(race.tasks) <= self.max_hedged:
             if race.timer is not None:

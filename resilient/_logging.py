@@ -88,11 +88,11 @@ class DecisionLog:
         self.logger = logging.getLogger(f"resilient.{kind}")
         self.loudest = logging.WARNING if kind == "circuit_breaker" else logging.INFO
 
-    def wanted(self) -> bool:
+    def wanted(self, event_type: type[Event] | None = None) -> bool:
         """
-        Whether any decision of this kind would be logged now.
+        Whether a decision of `event_type` (None: any decision) would be logged now.
         """
-        return self.logger.isEnabledFor(self.loudest)
+        return self.logger.isEnabledFor(_FIXED_LEVELS.get(event_type, self.loudest))  # type: ignore[arg-type]  # None is just a miss
 
     def write(self, level: int, event: Event) -> None:
         """

@@ -26,8 +26,9 @@ import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, ParamSpec, TypeVar
 
+from ._callables import awaitable_checked, check_async
 from ._events import Hook
-from ._policy import Args, AsyncFn, Kwargs, Policy, _check_async, awaitable_checked
+from ._policy import Args, AsyncFn, Kwargs, Policy
 
 __all__ = ["Pipeline", "pipeline"]
 
@@ -64,7 +65,7 @@ class Pipeline(Policy):
             TypeError: `fn` is a plain (non-async) function or an async generator
                 function.
         """
-        _check_async(self, fn)
+        check_async(type(self).__name__, fn)
         for policy in self.policies:
             policy._name_after(fn)  # noqa: SLF001  # Policy's own protocol
         guarded = self._outer._guard(self._chain(fn))  # noqa: SLF001  # Policy's own protocol
@@ -79,7 +80,7 @@ class Pipeline(Policy):
         """
         code = getattr(fn, "__code__", None)
         if code is None or not code.co_flags & _CO_COROUTINE:
-            fn = awaitable_checked(self, fn)
+            fn = awaitable_checked(type(self).__name__, fn)
         return await self._run(fn, args, kwargs)
 
     def _chain(self, fn: AsyncFn[T]) -> AsyncFn[T]:

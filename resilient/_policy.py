@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, ClassVar, ParamSpec, TypeAlias, TypeVar
 
+from ._callables import awaitable_checked, check_async, label
 from ._clock import Clock
 from ._events import (
     CallCancelled,
@@ -110,7 +111,7 @@ class Policy(ABC):
             TypeError: `fn` is a plain (non-async) function or an async generator
                 function.
         """
-        _check_async(self, fn)
+        check_async(type(self).__name__, fn)
         self._name_after(fn)
         return functools.wraps(fn)(self._guard(fn))
 
@@ -121,11 +122,15 @@ class Policy(ABC):
         Raises:
             TypeError: `fn` is not callable, or returned something that can't be awaited
                 (a plain function's result, an async generator): raised on the first
-                attempt and, as a programming error, never retried.
+                attempt and, as a programming error, not retried; `fn` is not called
+                again within the call.
         """
+        # An `async def` (function or bound method) is known good from its code flags,
+        # ~60 ns; anything else is wrapped to check what it returns. Inlined (here and in
+        # Pipeline.call) rather than a helper: it is on every `.call`.
         code = getattr(fn, "__code__", None)
         if code is None or not code.co_flags & _CO_COROUTINE:
-            fn = awaitable_checked(self, fn)  # not an `async def`: check what it returns
+            fn = awaitable_checked(type(self).__name__, fn)
         if self._hooks or _GLOBAL_HOOKS:
             return await self._observe(fn, args, kwargs)
         return await self._run(fn, args, kwargs)
@@ -191,18 +196,19 @@ class Policy(ABC):
         named_after = self._named_after
         if named_after == _FIXED:
             return
-        label = _label(fn)
-        if label is None or label == named_after:
+        name = label(fn)
+        if name is None or name == named_after:
             return
         if named_after is None:
-            self.name, self._named_after = label, label
+            self.name, self._named_after = name, name
         else:  # a second function: shared state gets the shared, default name
             self.name, self._named_after = self.kind, _FIXED
         forget_plan(self)  # listeners bound the old name
 
-    def _listening(self) -> bool:
-        # Asked on decision paths only: is there anyone to tell, hooks or a log?
-        return bool(self._hooks or _GLOBAL_HOOKS) or decision_log(self.kind).wanted()
+    def _listening(self, event_type: type[Event] | None = None) -> bool:
+        # Asked on decision paths only: is there anyone to tell, hooks or a log? Naming
+        # the event lets a DEBUG decision skip the work while only WARNING is on.
+        return bool(self._hooks or _GLOBAL_HOOKS) or decision_log(self.kind).wanted(event_type)
 
     def _current_plan(self) -> Plan:
         plan = self._plan
@@ -320,58 +326,3 @@ def _end(
                 ended(token, duration, error)
             except Exception:  # noqa: BLE001  # see above
                 log_listener_failure(ended, "call_ended")
-
-
-def _label(fn: object) -> str | None:
-    # stamina's guess_name: module and qualified name, unique within a process.
-    qualname = getattr(fn, "__qualname__", None)
-    if not isinstance(qualname, str):
-        return None
-    module = getattr(fn, "__module__", None)
-    return f"{module}.{qualname}" if isinstance(module, str) else qualname
-
-
-def _check_async(policy: Policy, fn: object) -> None:
-    if inspect.isasyncgenfunction(fn):
-        raise TypeError(_ASYNC_GENERATOR.format(type(policy).__name__, fn.__qualname__))
-    if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
-        raise TypeError(
-            f"{type(policy).__name__} decorates async functions; {fn.__qualname__} is"
-            " not 'async def'"
-        )
-
-
-_ASYNC_GENERATOR = (
-    "{0} can't wrap {1}: it is an async generator function, and an async generator is"
-    " iterated, not awaited, so a policy can't see when it fails or ends; wrap a"
-    " coroutine function (an 'async def' that returns), e.g. one that collects the items"
-)
-
-
-def awaitable_checked(policy: Policy, fn: object) -> AsyncFn[Any]:
-    """
-    Return `fn` wrapped to raise a clear TypeError when it returns no awaitable (internal).
-
-    For `.call(fn)` with an `fn` that is not an `async def`: a lambda or partial
-    returning a coroutine, a callable object, a method returning a Future all work; a
-    plain function's result fails on the first attempt, before any policy could retry
-    the confusing "can't be used in 'await' expression" it would give.
-    """
-    owner = type(policy).__name__
-    if not callable(fn):
-        raise TypeError(f"{owner}.call(fn=...): expected an async callable, got {fn!r}")
-
-    def checked(*args: Any, **kwargs: Any) -> Awaitable[Any]:
-        result = fn(*args, **kwargs)
-        if inspect.isawaitable(result):
-            return result
-        name = getattr(fn, "__qualname__", repr(fn))
-        if inspect.isasyncgen(result):
-            raise TypeError(_ASYNC_GENERATOR.format(f"{owner}.call()", name))
-        raise TypeError(
-            f"{owner}.call(fn=...): {name} returned {type(result).__name__} {result!r:.60},"
-            " which can't be awaited; pass an async function (or a callable returning an"
-            " awaitable). It ran once and is not retried."
-        )
-
-    return checked

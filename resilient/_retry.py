@@ -241,10 +241,10 @@ class Retry(Policy):
             return False  # the next attempt could not start before the deadline
         if self._budget is not None and not self._budget.try_withdraw():
             self._budget_rejections += 1
-            if self._listening():
+            if self._listening(Rejected):
                 self._emit(Rejected, reason=RejectionReason.RETRY_BUDGET)
             return False
-        if self._listening():
+        if self._listening(RetryScheduled):
             self._emit(RetryScheduled, attempt=attempt, delay=delay, error=error)
         state.idle_for += delay
         await self._clock.sleep(0.0 if _instant else delay)

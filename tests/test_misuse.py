@@ -200,3 +200,17 @@ async def test_auto_advancing_fake_clock_refuses_an_infinite_sleep() -> None:
     with pytest.raises(ValueError, match=r"FakeClock\.sleep\(seconds=inf\)"):
         await clock.sleep(math.inf)
     assert clock.monotonic() == 0.0
+
+
+async def test_a_sync_function_runs_once_even_under_a_catch_all_retry() -> None:
+    """With ``Retry(on=lambda e: True)`` the misuse error may be retried, but the sync
+    function's side effect happens once."""
+    effects: list[int] = []
+
+    def sync_fn() -> int:
+        effects.append(1)
+        return 1
+
+    with instant_retries(), pytest.raises(TypeError, match="can't be awaited"):
+        await Retry(3, on=lambda error: True).call(sync_fn)  # type: ignore[arg-type]
+    assert effects == [1]

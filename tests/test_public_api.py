@@ -69,6 +69,7 @@ INTERNAL = {
         "retryable_by_default",
     },
     "_watchdog": {"Watched", "Watchdog"},
+    "_callables": {"awaitable_checked", "check_async", "label"},  # behind Policy's methods
     # Behind Policy._emit; users configure the `resilient.<kind>` loggers, not these.
     "_logging": {"DecisionLog", "decision_log", "level_of"},
 }
