@@ -89,41 +89,44 @@ async def test_a_retry_is_not_logged_at_warning(caplog: pytest.LogCaptureFixture
     assert built == []
 
 
+async def open_reject_recover() -> None:
+    """
+    Take a breaker named "db" through open, a rejection, half-open and closed.
+    """
+    clock = FakeClock()
+    breaker = CircuitBreaker("db", failure_threshold=1, reset_timeout=5, clock=clock)
+    with pytest.raises(ConnectionError):
+        await breaker.call(down)
+    with pytest.raises(CircuitOpenError):
+        await breaker.call(down)
+    clock.advance(5)
+    await breaker.call(asyncio.sleep, 0)
+
+
+@pytest.mark.parametrize(
+    ("level", "expected"),
+    [
+        (
+            logging.DEBUG,
+            [
+                (logging.WARNING, "circuit_breaker 'db': closed -> open"),
+                (logging.DEBUG, "circuit_breaker 'db' rejected a call: circuit_open"),
+                (logging.INFO, "circuit_breaker 'db': open -> half-open"),
+                (logging.INFO, "circuit_breaker 'db': half-open -> closed"),
+            ],
+        ),
+        (logging.WARNING, [(logging.WARNING, "circuit_breaker 'db': closed -> open")]),
+    ],
+    ids=["debug", "warning"],
+)
 async def test_breaker_opening_warns_closing_informs_rejecting_debugs(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, level: int, expected: list[tuple[int, str]]
 ) -> None:
-    """A breaker opening is a WARNING, half-opening and closing INFO, a rejection DEBUG."""
-    caplog.set_level(logging.DEBUG, logger="resilient.circuit_breaker")
-    clock = FakeClock()
-    breaker = CircuitBreaker("db", failure_threshold=1, reset_timeout=5, clock=clock)
-    with pytest.raises(ConnectionError):
-        await breaker.call(down)
-    with pytest.raises(CircuitOpenError):
-        await breaker.call(down)
-    clock.advance(5)
-    await breaker.call(asyncio.sleep, 0)
-    assert records(caplog, "resilient.circuit_breaker") == [
-        (logging.WARNING, "circuit_breaker 'db': closed -> open"),
-        (logging.DEBUG, "circuit_breaker 'db' rejected a call: circuit_open"),
-        (logging.INFO, "circuit_breaker 'db': open -> half-open"),
-        (logging.INFO, "circuit_breaker 'db': half-open -> closed"),
-    ]
-
-
-async def test_at_warning_only_the_opening_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    """With the logger at WARNING the opening is logged and nothing else."""
-    caplog.set_level(logging.WARNING, logger="resilient.circuit_breaker")
-    clock = FakeClock()
-    breaker = CircuitBreaker("db", failure_threshold=1, reset_timeout=5, clock=clock)
-    with pytest.raises(ConnectionError):
-        await breaker.call(down)
-    with pytest.raises(CircuitOpenError):
-        await breaker.call(down)
-    clock.advance(5)
-    await breaker.call(asyncio.sleep, 0)
-    assert records(caplog, "resilient.circuit_breaker") == [
-        (logging.WARNING, "circuit_breaker 'db': closed -> open")
-    ]
+    """A breaker opening is a WARNING, half-opening and closing INFO, a rejection DEBUG;
+    with the logger at WARNING only the opening is logged."""
+    caplog.set_level(level, logger="resilient.circuit_breaker")
+    await open_reject_recover()
+    assert records(caplog, "resilient.circuit_breaker") == expected
 
 
 async def test_timeout_fallback_hedge_and_bulkhead(caplog: pytest.LogCaptureFixture) -> None:
