@@ -93,8 +93,8 @@ class Hedge(Policy):
         delay: Seconds to wait for a success before starting another attempt, > 0.
         max_hedged: Extra attempts allowed, >= 1.
         on: Which attempt errors start the next attempt at once: exception types or a
-            predicate (default: any `Exception` but a `RejectedError`). Other errors
-            end the call.
+            predicate (default: any `Exception` but a `RejectedError` or a programming
+            error, `PROGRAMMING_ERRORS`, unless named here). Other errors end the call.
         name: A label for events and metrics (default ``"hedge"``).
         clock: Time source (default: the system clock).
         hooks: Event hooks for this policy only.

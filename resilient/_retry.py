@@ -80,7 +80,10 @@ class Retry(Policy):
             `stop` must be given).
         on: What to retry: exception types, a predicate over the exception, or a
             tenacity ``retry_*`` strategy (which may also look at results). Default:
-            any `Exception` except a `RejectedError` (open circuit, full bulkhead).
+            any `Exception` except a `RejectedError` (open circuit, full bulkhead) or a
+            programming error (`PROGRAMMING_ERRORS`: ``TypeError``, ...), which is
+            retried only when named here (``on=(OSError, TypeError)``) or a predicate
+            or strategy says so. A string is a TypeError: pass the class.
             `asyncio.CancelledError` is never retried.
         on_result: A predicate over results; True means retry. After the last attempt the
             last result is returned.
