@@ -92,7 +92,8 @@ class DecisionLog:
         """
         Whether a decision of `event_type` (None: any decision) would be logged now.
         """
-        return self.logger.isEnabledFor(_FIXED_LEVELS.get(event_type, self.loudest))  # type: ignore[arg-type]  # None is just a miss
+        level = self.loudest if event_type is None else _FIXED_LEVELS.get(event_type)
+        return self.logger.isEnabledFor(self.loudest if level is None else level)
 
     def write(self, level: int, event: Event) -> None:
         """

@@ -126,7 +126,7 @@ class Policy(ABC):
                 again within the call.
         """
         # An `async def` (function or bound method) is known good from its code flags,
-        # ~60 ns; anything else is wrapped to check what it returns. Inlined (here and in
+        # a few tens of ns; anything else is wrapped to check what it returns. Inlined (here and in
         # Pipeline.call) rather than a helper: it is on every `.call`.
         code = getattr(fn, "__code__", None)
         if code is None or not code.co_flags & _CO_COROUTINE:
@@ -222,14 +222,15 @@ class Policy(ABC):
         hooks = self._current_plan().wanting(event_type) if self._hooks or _GLOBAL_HOOKS else ()
         log = decision_log(self.kind)
         level = level_of(event_type, fields)
-        logged = level is not None and log.logger.isEnabledFor(level)
-        if hooks or logged:
+        if level is not None and not log.logger.isEnabledFor(level):
+            level = None  # not logged at this level now
+        if hooks or level is not None:
             now = self._clock.monotonic()
             event = event_type(kind=self.kind, name=self.name, time=now, **fields)
             if hooks:
                 deliver(hooks, event)
-            if logged:
-                log.write(level, event)  # type: ignore[arg-type]  # not None when logged
+            if level is not None:
+                log.write(level, event)
 
     async def _observe(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         # Every observed call of every layer runs this, so the common case (one hook
