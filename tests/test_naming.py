@@ -41,6 +41,9 @@ class Client:
     async def fetch(self) -> str:
         return "fetched"
 
+    async def __call__(self) -> str:
+        return "called"
+
 
 def calls(registry: CollectorRegistry, kind: str, policy: str) -> float | None:
     labels = {"kind": kind, "policy": policy, "outcome": "success"}
@@ -167,3 +170,20 @@ async def test_otel_spans_per_function(
         (f"resilient fallback {HERE}.get_item", f"{HERE}.get_item"),
         (f"resilient fallback {HERE}.get_price", f"{HERE}.get_price"),
     ]
+
+
+async def test_callables_without_a_qualified_name_leave_the_name_alone() -> None:
+    """A callable object has no ``__qualname__``: the policy keeps its kind's name; a
+    function without a module is named by its qualified name alone."""
+    retry = Retry()
+    guarded = retry(Client())
+    assert retry.name == "retry"
+    assert await guarded() == "called"
+
+    async def orphan() -> str:
+        return "x"
+
+    orphan.__module__ = None  # type: ignore[assignment]  # as for functions made by exec
+    breaker = CircuitBreaker()
+    breaker(orphan)
+    assert breaker.name == orphan.__qualname__
