@@ -22,11 +22,10 @@ tail latency matters more than load.
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, ParamSpec, TypeVar
 
-from ._callables import awaitable_checked, check_async
+from ._callables import check_async
 from ._events import Hook
 from ._policy import Args, AsyncFn, Kwargs, Policy
 
@@ -34,7 +33,6 @@ __all__ = ["Pipeline", "pipeline"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
-_CO_COROUTINE = inspect.CO_COROUTINE
 
 
 class Pipeline(Policy):
@@ -78,9 +76,8 @@ class Pipeline(Policy):
         Raises:
             TypeError: As `Policy.call` says, when `fn` gives nothing to await.
         """
-        code = getattr(fn, "__code__", None)
-        if code is None or not code.co_flags & _CO_COROUTINE:
-            fn = awaitable_checked(type(self).__name__, fn)
+        if fn is not self._vetted:
+            fn = self._vet(fn)
         return await self._run(fn, args, kwargs)
 
     def _chain(self, fn: AsyncFn[T]) -> AsyncFn[T]:

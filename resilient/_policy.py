@@ -21,6 +21,7 @@ import functools
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from types import FunctionType
 from typing import Any, ClassVar, ParamSpec, TypeAlias, TypeVar
 
 from ._callables import awaitable_checked, check_async, label
@@ -61,6 +62,7 @@ _new_succeeded = maker(CallSucceeded)
 _new_failed = maker(CallFailed)
 _new_cancelled = maker(CallCancelled)
 _CO_COROUTINE = inspect.CO_COROUTINE
+_UNVETTED: Any = object()
 # `_named_after` of a policy whose name no decoration changes: given by the user, or
 # already shared by two functions.
 _FIXED = "\x00fixed"
@@ -74,7 +76,16 @@ class Policy(ABC):
     """
 
     kind: ClassVar[str] = "policy"
-    __slots__ = ("__weakref__", "_clock", "_hooks", "_monotonic", "_named_after", "_plan", "name")
+    __slots__ = (
+        "__weakref__",
+        "_clock",
+        "_hooks",
+        "_monotonic",
+        "_named_after",
+        "_plan",
+        "_vetted",
+        "name",
+    )
 
     def __init__(
         self,
@@ -92,6 +103,9 @@ class Policy(ABC):
         self._hooks: tuple[Hook, ...] = check_hooks(owner, hooks)
         # Who hears this policy, and how; rebuilt when any hook set changes.
         self._plan: Plan = STALE
+        # The last function `.call` found to be an `async def`: calling it again skips
+        # even the code-flags check (an identity test instead of ~100 ns).
+        self._vetted: object = _UNVETTED
 
     @property
     def clock(self) -> Clock:
@@ -125,15 +139,24 @@ class Policy(ABC):
                 attempt and, as a programming error, not retried; `fn` is not called
                 again within the call.
         """
-        # An `async def` (function or bound method) is known good from its code flags,
-        # a few tens of ns; anything else is wrapped to check what it returns. Inlined (here and in
-        # Pipeline.call) rather than a helper: it is on every `.call`.
-        code = getattr(fn, "__code__", None)
-        if code is None or not code.co_flags & _CO_COROUTINE:
-            fn = awaitable_checked(type(self).__name__, fn)
+        if fn is not self._vetted:
+            fn = self._vet(fn)
         if self._hooks or _GLOBAL_HOOKS:
             return await self._observe(fn, args, kwargs)
         return await self._run(fn, args, kwargs)
+
+    def _vet(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        """
+        Return `fn` if it is an `async def`, else `fn` wrapped to check what it returns.
+        """
+        code = getattr(fn, "__code__", None)
+        if code is None or not code.co_flags & _CO_COROUTINE:
+            return awaitable_checked(type(self).__name__, fn)
+        if type(fn) is FunctionType and fn.__closure__ is None:
+            # Remembered only when holding it keeps nothing else alive: not a bound
+            # method (its instance) nor a closure (its cells, e.g. a request's data).
+            self._vetted = fn
+        return fn
 
     def _guard(self, fn: AsyncFn[T]) -> Callable[..., Coroutine[Any, Any, T]]:
         # The decorator's wrapper. Bound methods are looked up once here and the

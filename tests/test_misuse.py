@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import math
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -214,3 +216,31 @@ async def test_a_sync_function_runs_once_even_under_a_catch_all_retry() -> None:
     with instant_retries(), pytest.raises(TypeError, match="can't be awaited"):
         await Retry(3, on=lambda error: True).call(sync_fn)  # type: ignore[arg-type]
     assert effects == [1]
+
+
+def closing_over(service: Service) -> Callable[[], Awaitable[int]]:
+    async def closure() -> int:
+        return await service.method(1)
+
+    return closure
+
+
+async def test_call_remembers_only_what_keeps_nothing_alive() -> None:
+    """`.call` skips re-checking a module-level `async def` it has seen, but holds no
+    bound method (nor its instance) and no closure once the call is over; a sync
+    function after a remembered one is still refused."""
+    retry = Retry(3)
+    assert await retry.call(fetch, 1) == 2
+    assert await retry.call(fetch, 2) == 3
+    service = Service()
+    alive = weakref.ref(service)
+    assert await retry.call(service.method, 1) == 2
+    data = Service()
+    held = weakref.ref(data)
+    assert await retry.call(closing_over(data)) == 2
+    del service, data
+    gc.collect()
+    assert alive() is None
+    assert held() is None
+    with instant_retries(), pytest.raises(TypeError, match="can't be awaited"):
+        await retry.call(len, "abc")  # type: ignore[arg-type]  # the misuse under test
