@@ -79,21 +79,30 @@ def level_of(event_type: type[Event], fields: Mapping[str, Any]) -> int | None:
 
 class DecisionLog:
     """
-    The logger of one policy kind, and the loudest level it ever logs at (internal).
+    The logger of one policy kind, and the level each decision is checked at (internal).
+
+    Attributes:
+        logger: ``resilient.<kind>``.
+        enabled: Its bound ``isEnabledFor``, looked up once: it is on every decision.
+        levels: Per event type (None: any), the level to ask about before building an
+            event; for `StateChanged` the loudest it may be logged at.
+        loudest: The loudest level this kind logs at.
     """
 
-    __slots__ = ("logger", "loudest")
+    __slots__ = ("enabled", "levels", "logger", "loudest")
 
     def __init__(self, kind: str) -> None:
         self.logger = logging.getLogger(f"resilient.{kind}")
+        self.enabled = self.logger.isEnabledFor
         self.loudest = logging.WARNING if kind == "circuit_breaker" else logging.INFO
+        self.levels: dict[type[Event] | None, int] = dict(_FIXED_LEVELS.items())
+        self.levels[None] = self.levels[StateChanged] = self.loudest
 
     def wanted(self, event_type: type[Event] | None = None) -> bool:
         """
-        Whether a decision of `event_type` (None: any decision) would be logged now.
+        Whether a decision of `event_type` (None: any decision) may be logged now.
         """
-        level = self.loudest if event_type is None else _FIXED_LEVELS.get(event_type)
-        return self.logger.isEnabledFor(self.loudest if level is None else level)
+        return self.enabled(self.levels.get(event_type, self.loudest))
 
     def write(self, level: int, event: Event) -> None:
         """

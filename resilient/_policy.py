@@ -36,7 +36,7 @@ from ._events import (
     deliver,
     maker,
 )
-from ._logging import decision_log, level_of
+from ._logging import DecisionLog, decision_log, level_of
 from ._plan import (
     NOT_STARTED,
     STALE,
@@ -76,6 +76,7 @@ class Policy(ABC):
     """
 
     kind: ClassVar[str] = "policy"
+    _decisions: ClassVar[DecisionLog] = decision_log(kind)
     __slots__ = (
         "__weakref__",
         "_clock",
@@ -86,6 +87,10 @@ class Policy(ABC):
         "_vetted",
         "name",
     )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._decisions = decision_log(cls.kind)  # per kind, found without a lookup
 
     def __init__(
         self,
@@ -231,7 +236,10 @@ class Policy(ABC):
     def _listening(self, event_type: type[Event] | None = None) -> bool:
         # Asked on decision paths only: is there anyone to tell, hooks or a log? Naming
         # the event lets a DEBUG decision skip the work while only WARNING is on.
-        return bool(self._hooks or _GLOBAL_HOOKS) or decision_log(self.kind).wanted(event_type)
+        if self._hooks or _GLOBAL_HOOKS:
+            return True
+        log = self._decisions  # inlined DecisionLog.wanted: this is every decision's cost
+        return log.enabled(log.levels.get(event_type, log.loudest))
 
     def _current_plan(self) -> Plan:
         plan = self._plan
@@ -243,7 +251,7 @@ class Policy(ABC):
         # Building the event is the cost: only when some hook wants this type, or the
         # decision's logger is on for its level.
         hooks = self._current_plan().wanting(event_type) if self._hooks or _GLOBAL_HOOKS else ()
-        log = decision_log(self.kind)
+        log = self._decisions
         level = level_of(event_type, fields)
         if level is not None and not log.logger.isEnabledFor(level):
             level = None  # not logged at this level now

@@ -194,4 +194,16 @@ def retryable_by_default(error: BaseException) -> bool:
     "don't call now", and trying again at once only burns attempts; a programming error
     (`PROGRAMMING_ERRORS`) comes back on every attempt, repeating the call's side effects.
     """
-    return isinstance(error, Exception) and not isinstance(error, _NOT_RETRIED)
+    # Judged once per exception class: isinstance against the seven types costs more
+    # than the rest of the judgement.
+    kind = type(error)
+    verdict = _VERDICTS.get(kind)
+    if verdict is None:
+        verdict = issubclass(kind, Exception) and not issubclass(kind, _NOT_RETRIED)
+        if len(_VERDICTS) < _MAX_VERDICTS:  # classes made on the fly must not grow it forever
+            _VERDICTS[kind] = verdict
+    return verdict
+
+
+_VERDICTS: dict[type[BaseException], bool] = {}
+_MAX_VERDICTS = 1024

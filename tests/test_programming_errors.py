@@ -256,3 +256,20 @@ def test_a_string_in_a_tuple_and_an_unknown_name() -> None:
         Retry(on=(TimeoutError, "ConnectionError"))
     with pytest.raises(TypeError, match=r"'HttpError' is a string.*exception class itself"):
         Retry(on="HttpError")
+
+
+def test_default_verdicts_are_remembered_per_class_up_to_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default judgement is the same whether remembered or not, and classes beyond
+    the bound (e.g. made on the fly) are judged without being remembered."""
+    from resilient import _validate
+
+    assert _validate.retryable_by_default(ConnectionError("x")) is True
+    assert ConnectionError in _validate._VERDICTS
+    monkeypatch.setattr(_validate, "_MAX_VERDICTS", 0)
+    for base in (OSError, TypeError):
+        made = type("Made", (base,), {})
+        assert _validate.retryable_by_default(made("x")) is (base is OSError)
+        assert made not in _validate._VERDICTS
+    assert _validate.retryable_by_default(KeyboardInterrupt()) is False
