@@ -22,6 +22,7 @@ happy path pays nothing, and a decision with its level off builds no record.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -83,7 +84,8 @@ class DecisionLog:
 
     Attributes:
         logger: ``resilient.<kind>``.
-        enabled: Its bound ``isEnabledFor``, looked up once: it is on every decision.
+        enabled: Its bound ``isEnabledFor``, looked up once: `Policy._listening` calls
+            it on every decision.
         levels: Per event type (None: any), the level to ask about before building an
             event; for `StateChanged` the loudest it may be logged at.
         loudest: The loudest level this kind logs at.
@@ -98,12 +100,6 @@ class DecisionLog:
         self.levels: dict[type[Event] | None, int] = dict(_FIXED_LEVELS.items())
         self.levels[None] = self.levels[StateChanged] = self.loudest
 
-    def wanted(self, event_type: type[Event] | None = None) -> bool:
-        """
-        Whether a decision of `event_type` (None: any decision) may be logged now.
-        """
-        return self.enabled(self.levels.get(event_type, self.loudest))
-
     def write(self, level: int, event: Event) -> None:
         """
         Log `event` at `level`; the event itself rides along as ``record.resilient_event``.
@@ -112,14 +108,9 @@ class DecisionLog:
         self.logger.log(level, message, *arguments(event), extra={"resilient_event": event})
 
 
-_LOGS: dict[str, DecisionLog] = {}
-
-
+@functools.cache  # one per kind, shared by every policy class of that kind
 def decision_log(kind: str) -> DecisionLog:
     """
-    The `DecisionLog` of a policy kind, made on first use.
+    The `DecisionLog` of a policy kind.
     """
-    log = _LOGS.get(kind)
-    if log is None:
-        log = _LOGS[kind] = DecisionLog(kind)
-    return log
+    return DecisionLog(kind)
