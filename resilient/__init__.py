@@ -30,6 +30,7 @@ from ._discovery import (
     StaticRegistry,
 )
 from ._errors import (
+    PROGRAMMING_ERRORS,
     BulkheadFullError,
     CircuitOpenError,
     NoHealthyInstanceError,
@@ -71,6 +72,7 @@ from ._retry import Retry, RetryStatistics
 from ._timeout import Timeout, TimeoutStatistics, deadline, remaining_time
 
 __all__ = [
+    "PROGRAMMING_ERRORS",
     "Balancer",
     "BreakerStatistics",
     "Bulkhead",

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from ._breaker_window import Accounting, Consecutive, CountWindow, TimeWindow, rate_rule
 from ._clock import Clock
-from ._errors import CircuitOpenError, RejectedError
+from ._errors import PROGRAMMING_ERRORS, CircuitOpenError, RejectedError
 from ._events import Hook, Rejected, RejectionReason, StateChanged
 from ._policy import Args, AsyncFn, Kwargs, Policy
 from ._validate import check_fraction, check_int, check_seconds, error_matcher
@@ -53,6 +53,7 @@ class CircuitState(enum.Enum):
 
 
 _CLOSED = CircuitState.CLOSED
+_NOT_AN_OUTCOME: tuple[type[Exception], ...] = (RejectedError, *PROGRAMMING_ERRORS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +112,8 @@ class CircuitBreaker(Policy):
         success_threshold: Successful probes needed to close again.
         half_open_max_calls: Probes allowed in flight at once while half-open.
         exclude: Exception types, or a predicate, that are neither success nor failure.
-            `RejectedError` (e.g. an inner full bulkhead) is always excluded.
+            `RejectedError` (e.g. an inner full bulkhead) and `PROGRAMMING_ERRORS`
+            (``TypeError``, ``AttributeError``, ...) are always excluded.
         storage: A pybreaker storage (`CircuitMemoryStorage`, `CircuitRedisStorage`) to
             keep state in, shared between processes; consecutive mode only.
         storage_timeout: Seconds a storage round trip may take (default 1.0; only with
@@ -224,8 +226,10 @@ class CircuitBreaker(Policy):
             )
             self._accounting = Consecutive(self.failure_threshold)
         user_excluded = error_matcher(owner, "exclude", exclude, allow_empty=True)
+        # A rejection from an inner policy and a programming error say nothing about the
+        # dependency's health: neither failure nor success (counted as ignored).
         self._excluded: Callable[[BaseException], bool] = lambda error: (
-            isinstance(error, RejectedError) or user_excluded(error)
+            isinstance(error, _NOT_AN_OUTCOME) or user_excluded(error)
         )
         self._state = _CLOSED
         self._generation = 0
@@ -330,7 +334,7 @@ class CircuitBreaker(Policy):
 
     def _reject(self, retry_in: float) -> NoReturn:
         self._rejections += 1
-        if self._listening():
+        if self._listening(Rejected):
             self._emit(Rejected, reason=RejectionReason.CIRCUIT_OPEN)
         raise CircuitOpenError(self.name, retry_in)
 

@@ -14,11 +14,16 @@ wrapped: `Retry` re-raises the last one unchanged and the other policies let the
 
 `asyncio.CancelledError` is never raised, swallowed or translated by a policy other
 than the timeout that cancelled its own scope.
+
+`PROGRAMMING_ERRORS` names the exceptions that mean the calling code is wrong rather
+than the dependency: policies don't retry them, breakers don't count them and fallbacks
+don't answer them, unless told to by name (docs/policies.md, "Programming errors").
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "PROGRAMMING_ERRORS",
     "BulkheadFullError",
     "CircuitOpenError",
     "NoHealthyInstanceError",
@@ -26,6 +31,25 @@ __all__ = [
     "ResilienceError",
     "TimeoutExceeded",
 ]
+
+PROGRAMMING_ERRORS: tuple[type[Exception], ...] = (
+    AssertionError,
+    AttributeError,
+    NameError,
+    NotImplementedError,
+    SyntaxError,
+    TypeError,
+)
+"""
+Exceptions (and their subclasses) that say the code is wrong, not the dependency.
+
+The same call raises them again however often it is retried, so `Retry` and `Hedge`
+don't try again, a `CircuitBreaker` counts them neither as failure nor as success, and
+a `Fallback` lets them through, unless ``on=`` names the type (``Retry(on=TypeError)``)
+or is a predicate. `LookupError` (``KeyError``, ``IndexError``), `ValueError` and
+`ImportError` are not in it: clients raise them for missing or malformed data and
+absent optional dependencies, which a fallback legitimately answers.
+"""
 
 
 class ResilienceError(Exception):

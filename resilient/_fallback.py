@@ -5,9 +5,9 @@ Fallback: answer with a value, or a handler's answer, when the call fails.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from ._clock import Clock
 from ._events import FallbackUsed, Hook
@@ -17,6 +17,8 @@ from ._validate import error_matcher
 __all__ = ["Fallback", "FallbackStatistics"]
 
 T = TypeVar("T")
+R = TypeVar("R")  # the fallback's own answer
+P = ParamSpec("P")
 _MISSING: Any = object()
 
 
@@ -30,16 +32,21 @@ class FallbackStatistics:
     fallbacks: int
 
 
-class Fallback(Policy):
+class Fallback(Policy, Generic[R]):
     """
     Replace a failure with a value, or with what `handler(error)` returns.
+
+    Typed by its answer: ``Fallback(value=None).call(fetch)`` is ``T | None`` when
+    ``fetch`` returns ``T``.
 
     Args:
         value: The answer to give when the call fails.
         handler: Called with the exception instead; may be sync or async. Exactly one of
             `value` and `handler` must be given.
         on: Exception types, or a predicate over the exception, that the fallback
-            answers (default: any `Exception`). Anything else propagates, and
+            answers (default: any `Exception` but a programming error, see
+            `PROGRAMMING_ERRORS`; name one, ``on=(OSError, TypeError)``, or pass a
+            predicate to answer it too). Anything else propagates, and
             `asyncio.CancelledError` always does.
         name: A label for events and metrics (default ``"fallback"``).
         clock: Time source (default: the system clock).
@@ -51,6 +58,39 @@ class Fallback(Policy):
 
     kind = "fallback"
     __slots__ = ("_calls", "_fallbacks", "_handler", "_on", "_value")
+
+    @overload
+    def __init__(
+        self: Fallback[R],
+        value: R,
+        *,
+        on: Any = ...,
+        name: str | None = ...,
+        clock: Clock | None = ...,
+        hooks: Iterable[Hook] | None = ...,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Fallback[R],
+        *,
+        handler: Callable[[BaseException], Awaitable[R]],
+        on: Any = ...,
+        name: str | None = ...,
+        clock: Clock | None = ...,
+        hooks: Iterable[Hook] | None = ...,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Fallback[R],
+        *,
+        handler: Callable[[BaseException], R],
+        on: Any = ...,
+        name: str | None = ...,
+        clock: Clock | None = ...,
+        hooks: Iterable[Hook] | None = ...,
+    ) -> None: ...
 
     def __init__(
         self,
@@ -69,9 +109,22 @@ class Fallback(Policy):
             raise TypeError(f"Fallback(handler=...): expected a callable, got {handler!r}")
         self._value = value
         self._handler = handler
-        self._on = error_matcher("Fallback", "on", on)
+        self._on = error_matcher("Fallback", "on", on, spare_programming_errors=True)
         self._calls = 0
         self._fallbacks = 0
+
+    if TYPE_CHECKING:
+        # The same methods as Policy's, typed with the fallback's answer: a Fallback
+        # widens the result, which is why they override it (and only for the checker:
+        # at run time Policy's own run, with no extra frame).
+
+        def __call__(  # type: ignore[override]
+            self, fn: Callable[P, Awaitable[T]]
+        ) -> Callable[P, Coroutine[Any, Any, T | R]]: ...
+
+        async def call(  # type: ignore[override]
+            self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+        ) -> T | R: ...
 
     async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         self._calls += 1
@@ -84,7 +137,7 @@ class Fallback(Policy):
 
     async def _answer(self, error: Exception) -> Any:
         self._fallbacks += 1
-        if self._listening():
+        if self._listening(FallbackUsed):
             self._emit(FallbackUsed, error=error)
         if self._handler is None:
             return self._value

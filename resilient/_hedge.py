@@ -93,8 +93,8 @@ class Hedge(Policy):
         delay: Seconds to wait for a success before starting another attempt, > 0.
         max_hedged: Extra attempts allowed, >= 1.
         on: Which attempt errors start the next attempt at once: exception types or a
-            predicate (default: any `Exception` but a `RejectedError`). Other errors
-            end the call.
+            predicate (default: any `Exception` but a `RejectedError` or a programming
+            error, `PROGRAMMING_ERRORS`, unless named here). Other errors end the call.
         name: A label for events and metrics (default ``"hedge"``).
         clock: Time source (default: the system clock).
         hooks: Event hooks for this policy only.
@@ -119,7 +119,11 @@ class Hedge(Policy):
         super().__init__(name=name, clock=clock, hooks=hooks)
         self.delay = check_seconds("Hedge", "delay", delay)
         self.max_hedged = check_int("Hedge", "max_hedged", max_hedged, minimum=1)
-        self._on = retryable_by_default if on is None else error_matcher("Hedge", "on", on)
+        self._on = (
+            retryable_by_default
+            if on is None
+            else error_matcher("Hedge", "on", on, spare_programming_errors=True)
+        )
         self._calls = self._hedges = self._wins = 0
 
     async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
@@ -127,15 +131,21 @@ class Hedge(Policy):
         if not retries_allowed():
             return await fn(*args, **kwargs)  # inside no_retries(): one attempt, no task
         race = _Race()
+        closed = False
         try:
             self._launch(race, fn, args, kwargs)
             return await self._settle(race, fn, args, kwargs)
+        except GeneratorExit:
+            # The coroutine is being closed (`coro.close()`, or collected unfinished):
+            # it may not await any more, so the attempts are cancelled and left to unwind.
+            closed = True
+            raise
         finally:
             race.cancel_all()
             # Wait for the losers to unwind, so their cleanup (an inner bulkhead's slot,
             # say) is done when the call returns, as a TaskGroup would.
             pending = [task for task in race.tasks if not task.done()]
-            if pending:
+            if pending and not closed:
                 await asyncio.wait(pending)
 
     def _launch(self, race: _Race, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> None:
@@ -147,7 +157,7 @@ class Hedge(Policy):
         race.tasks.append(task)
         if len(race.tasks) > 1:
             self._hedges += 1
-            if self._listening():
+            if self._listening(HedgeSent):
                 self._emit(HedgeSent, attempt=len(race.tasks))
         if len(race.tasks) <= self.max_hedged:
             if race.timer is not None:

@@ -25,8 +25,9 @@ import functools
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, ParamSpec, TypeVar
 
+from ._callables import check_async
 from ._events import Hook
-from ._policy import Args, AsyncFn, Kwargs, Policy, _check_async
+from ._policy import Args, AsyncFn, Kwargs, Policy
 
 __all__ = ["Pipeline", "pipeline"]
 
@@ -55,19 +56,28 @@ class Pipeline(Policy):
         """
         Decorate an async function so that every call goes through the whole pipeline.
 
-        The layers are chained once, here, so a call allocates nothing per layer.
+        The layers are chained once, here, so a call allocates nothing per layer. Each
+        policy made without ``name=`` is named after `fn`, as `Policy.__call__` says.
 
         Raises:
-            TypeError: `fn` is a plain (non-async) function.
+            TypeError: `fn` is a plain (non-async) function or an async generator
+                function.
         """
-        _check_async(self, fn)
+        check_async(type(self).__name__, fn)
+        for policy in self.policies:
+            policy._name_after(fn)  # noqa: SLF001  # Policy's own protocol
         guarded = self._outer._guard(self._chain(fn))  # noqa: SLF001  # Policy's own protocol
         return functools.wraps(fn)(guarded)
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """
         Run `fn(*args, **kwargs)` through every policy, outermost first.
+
+        Raises:
+            TypeError: As `Policy.call` says, when `fn` gives nothing to await.
         """
+        if fn is not self._vetted:
+            fn = self._vet(fn)
         return await self._run(fn, args, kwargs)
 
     def _chain(self, fn: AsyncFn[T]) -> AsyncFn[T]:

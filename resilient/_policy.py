@@ -3,9 +3,15 @@ The contract every policy shares: a decorator, `.call(fn, *args, **kwargs)`, hoo
 
 A policy implements one method, `_run(fn, args, kwargs)`, which awaits
 `fn(*args, **kwargs)` as often as its logic says (a fresh awaitable each time).
-Everything else (decorating, pipeline layers, call events, hooks) lives here once. Call
-events are only built while someone listens, so the unobserved happy path is the
-decorator's frame plus one `_run` frame.
+Everything else (decorating, pipeline layers, call events, hooks, naming, decision
+logging) lives here once. Call events are only built while someone listens, so the
+unobserved happy path is the decorator's frame plus one `_run` frame.
+
+A policy without ``name=`` that decorates a function is named after it
+(``module.qualname``, as stamina's instrumentation names its callables), so the metrics,
+spans, events and logs of different functions don't merge under ``retry``. Decorating a
+second function with the same unnamed policy gives it back its kind's name: its state and
+counters are shared by both, so no one function's name would be true of it.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import functools
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from types import FunctionType
 from typing import Any, ClassVar, ParamSpec, TypeAlias, TypeVar
 
+from ._callables import awaitable_checked, check_async, label
 from ._clock import Clock
 from ._events import (
     CallCancelled,
@@ -28,6 +36,7 @@ from ._events import (
     deliver,
     maker,
 )
+from ._logging import DecisionLog, decision_log, level_of
 from ._plan import (
     NOT_STARTED,
     STALE,
@@ -52,6 +61,11 @@ _new_started = maker(CallStarted)
 _new_succeeded = maker(CallSucceeded)
 _new_failed = maker(CallFailed)
 _new_cancelled = maker(CallCancelled)
+_CO_COROUTINE = inspect.CO_COROUTINE
+_UNVETTED: Any = object()
+# `_named_after` of a policy whose name no decoration changes: given by the user, or
+# already shared by two functions.
+_FIXED = "\x00fixed"
 
 
 class Policy(ABC):
@@ -62,7 +76,21 @@ class Policy(ABC):
     """
 
     kind: ClassVar[str] = "policy"
-    __slots__ = ("__weakref__", "_clock", "_hooks", "_monotonic", "_plan", "name")
+    _decisions: ClassVar[DecisionLog] = decision_log(kind)
+    __slots__ = (
+        "__weakref__",
+        "_clock",
+        "_hooks",
+        "_monotonic",
+        "_named_after",
+        "_plan",
+        "_vetted",
+        "name",
+    )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._decisions = decision_log(cls.kind)  # per kind, found without a lookup
 
     def __init__(
         self,
@@ -73,11 +101,16 @@ class Policy(ABC):
     ) -> None:
         owner = type(self).__name__
         self.name: str = check_name(owner, name, self.kind)
+        # None: unnamed and not yet decorating; a label: named after that function.
+        self._named_after: str | None = None if name is None else _FIXED
         self._clock: Clock = check_clock(owner, clock)
         self._monotonic = self._clock.monotonic  # looked up once: read twice per call
         self._hooks: tuple[Hook, ...] = check_hooks(owner, hooks)
         # Who hears this policy, and how; rebuilt when any hook set changes.
         self._plan: Plan = STALE
+        # The last function `.call` found to be an `async def`: calling it again skips
+        # even the code-flags check (an identity test instead of ~100 ns).
+        self._vetted: object = _UNVETTED
 
     @property
     def clock(self) -> Clock:
@@ -90,19 +123,45 @@ class Policy(ABC):
         """
         Decorate an async function so that every call goes through this policy.
 
+        A policy made without ``name=`` takes the function's name (``module.qualname``)
+        the first time; decorating another function gives it back its kind's name.
+
         Raises:
-            TypeError: `fn` is a plain (non-async) function.
+            TypeError: `fn` is a plain (non-async) function or an async generator
+                function.
         """
-        _check_async(self, fn)
+        check_async(type(self).__name__, fn)
+        self._name_after(fn)
         return functools.wraps(fn)(self._guard(fn))
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """
         Run `fn(*args, **kwargs)` through this policy and return its result.
+
+        Raises:
+            TypeError: `fn` is not callable, or returned something that can't be awaited
+                (a plain function's result, an async generator): raised on the first
+                attempt and, as a programming error, not retried; `fn` is not called
+                again within the call.
         """
+        if fn is not self._vetted:
+            fn = self._vet(fn)
         if self._hooks or _GLOBAL_HOOKS:
             return await self._observe(fn, args, kwargs)
         return await self._run(fn, args, kwargs)
+
+    def _vet(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        """
+        Return `fn` if it is an `async def`, else `fn` wrapped to check what it returns.
+        """
+        code = getattr(fn, "__code__", None)
+        if code is None or not code.co_flags & _CO_COROUTINE:
+            return awaitable_checked(type(self).__name__, fn)
+        if type(fn) is FunctionType and fn.__closure__ is None:
+            # Remembered only when holding it keeps nothing else alive: not a bound
+            # method (its instance) nor a closure (its cells, e.g. a request's data).
+            self._vetted = fn
+        return fn
 
     def _guard(self, fn: AsyncFn[T]) -> Callable[..., Coroutine[Any, Any, T]]:
         # The decorator's wrapper. Bound methods are looked up once here and the
@@ -158,8 +217,29 @@ class Policy(ABC):
         Apply the policy: await `fn(*args, **kwargs)` as often as its logic says.
         """
 
-    def _listening(self) -> bool:
-        return bool(self._hooks or _GLOBAL_HOOKS)
+    def _name_after(self, fn: object) -> None:
+        """
+        Take `fn`'s name if this policy has none of its own (see the module docstring).
+        """
+        named_after = self._named_after
+        if named_after == _FIXED:
+            return
+        name = label(fn)
+        if name is None or name == named_after:
+            return
+        if named_after is None:
+            self.name, self._named_after = name, name
+        else:  # a second function: shared state gets the shared, default name
+            self.name, self._named_after = self.kind, _FIXED
+        forget_plan(self)  # listeners bound the old name
+
+    def _listening(self, event_type: type[Event] | None = None) -> bool:
+        # Asked on decision paths only: is there anyone to tell, hooks or a log? Naming
+        # the event lets a DEBUG decision skip the work while only WARNING is on.
+        if self._hooks or _GLOBAL_HOOKS:
+            return True
+        log = self._decisions  # inlined DecisionLog.wanted: this is every decision's cost
+        return log.enabled(log.levels.get(event_type, log.loudest))
 
     def _current_plan(self) -> Plan:
         plan = self._plan
@@ -168,13 +248,20 @@ class Policy(ABC):
         return plan
 
     def _emit(self, event_type: type[Event], /, **fields: Any) -> None:
-        # Building the event is the cost: only when some hook wants this type.
-        hooks = self._current_plan().wanting(event_type)
-        if hooks:
-            deliver(
-                hooks,
-                event_type(kind=self.kind, name=self.name, time=self._clock.monotonic(), **fields),
-            )
+        # Building the event is the cost: only when some hook wants this type, or the
+        # decision's logger is on for its level.
+        hooks = self._current_plan().wanting(event_type) if self._hooks or _GLOBAL_HOOKS else ()
+        log = self._decisions
+        level = level_of(event_type, fields)
+        if level is not None and not log.logger.isEnabledFor(level):
+            level = None  # not logged at this level now
+        if hooks or level is not None:
+            now = self._clock.monotonic()
+            event = event_type(kind=self.kind, name=self.name, time=now, **fields)
+            if hooks:
+                deliver(hooks, event)
+            if level is not None:
+                log.write(level, event)
 
     async def _observe(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         # Every observed call of every layer runs this, so the common case (one hook
@@ -271,11 +358,3 @@ def _end(
                 ended(token, duration, error)
             except Exception:  # noqa: BLE001  # see above
                 log_listener_failure(ended, "call_ended")
-
-
-def _check_async(policy: Policy, fn: object) -> None:
-    if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
-        raise TypeError(
-            f"{type(policy).__name__} decorates async functions; {fn.__qualname__} is"
-            " not 'async def'"
-        )

@@ -100,7 +100,9 @@ class EndpointPool:
         self._failover_on = (
             retryable_by_default
             if failover_on is None
-            else error_matcher("EndpointPool", "failover_on", failover_on)
+            else error_matcher(
+                "EndpointPool", "failover_on", failover_on, spare_programming_errors=True
+            )
         )
         # Keyed by id and address: an id reused at a new address starts afresh.
         self._breakers: dict[tuple[str, str, int], CircuitBreaker] = {}

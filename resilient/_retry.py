@@ -80,7 +80,10 @@ class Retry(Policy):
             `stop` must be given).
         on: What to retry: exception types, a predicate over the exception, or a
             tenacity ``retry_*`` strategy (which may also look at results). Default:
-            any `Exception` except a `RejectedError` (open circuit, full bulkhead).
+            any `Exception` except a `RejectedError` (open circuit, full bulkhead) or a
+            programming error (`PROGRAMMING_ERRORS`: ``TypeError``, ...), which is
+            retried only when named here (``on=(OSError, TypeError)``) or a predicate
+            or strategy says so. A string is a TypeError: pass the class.
             `asyncio.CancelledError` is never retried.
         on_result: A predicate over results; True means retry. After the last attempt the
             last result is returned.
@@ -140,7 +143,7 @@ class Retry(Policy):
         self._on = (
             retryable_by_default
             if on is None or self._strategy
-            else error_matcher("Retry", "on", on)
+            else error_matcher("Retry", "on", on, spare_programming_errors=True)
         )
         if on_result is not None and self._strategy is not None:
             raise ValueError(
@@ -241,10 +244,10 @@ class Retry(Policy):
             return False  # the next attempt could not start before the deadline
         if self._budget is not None and not self._budget.try_withdraw():
             self._budget_rejections += 1
-            if self._listening():
+            if self._listening(Rejected):
                 self._emit(Rejected, reason=RejectionReason.RETRY_BUDGET)
             return False
-        if self._listening():
+        if self._listening(RetryScheduled):
             self._emit(RetryScheduled, attempt=attempt, delay=delay, error=error)
         state.idle_for += delay
         await self._clock.sleep(0.0 if _instant else delay)

@@ -7,13 +7,14 @@ policy and the parameter, so a misconfiguration fails where it was written.
 
 from __future__ import annotations
 
+import builtins
 import math
 from collections.abc import Callable, Iterable
 
 from tenacity.retry import retry_base
 
 from ._clock import SYSTEM_CLOCK, Clock
-from ._errors import RejectedError
+from ._errors import PROGRAMMING_ERRORS, RejectedError
 from ._events import Hook
 
 __all__ = [
@@ -107,26 +108,44 @@ def check_exception_types(owner: str, param: str, value: object) -> tuple[type[B
     """
     Return `value` as a tuple of exception classes (one class or an iterable of them).
     """
-    items = (value,) if isinstance(value, type) else value
+    items = (value,) if isinstance(value, type | str) else value
     if not isinstance(items, Iterable):
         raise TypeError(f"{owner}({param}=...): expected exception types, got {value!r}")
     types = tuple(items)
     for item in types:
+        if isinstance(item, str):
+            raise TypeError(f"{owner}({param}=...): {_string_advice(item)}")
         if not (isinstance(item, type) and issubclass(item, BaseException)):
             raise TypeError(f"{owner}({param}=...): {item!r} is not an exception type")
     return types
+
+
+def _string_advice(name: str) -> str:
+    # A name is the likeliest slip (`on="ConnectionError"`): say so, and suggest the class.
+    found = getattr(builtins, name, None)
+    if isinstance(found, type) and issubclass(found, BaseException):
+        return f"{name!r} is a string, not an exception type; pass the class: {name}"
+    return f"{name!r} is a string, not an exception type; pass the exception class itself"
 
 
 ErrorPredicate = Callable[[BaseException], bool]
 
 
 def error_matcher(
-    owner: str, param: str, value: object, *, allow_empty: bool = False
+    owner: str,
+    param: str,
+    value: object,
+    *,
+    allow_empty: bool = False,
+    spare_programming_errors: bool = False,
 ) -> ErrorPredicate:
     """
     Turn exception types or a predicate into one predicate over exceptions.
 
     `asyncio.CancelledError` never matches: cancellation is not a dependency failure.
+    With `spare_programming_errors`, a `PROGRAMMING_ERRORS` instance matches types only
+    when one of them is (a subclass of) a programming error: ``on=Exception`` spares a
+    ``TypeError``, ``on=TypeError`` does not. A predicate always decides alone.
 
     Raises:
         TypeError: `value` is a tenacity ``retry_*`` strategy (only `Retry(on=...)`
@@ -148,6 +167,15 @@ def error_matcher(
     types = check_exception_types(owner, param, value)
     if not types and not allow_empty:
         raise ValueError(f"{owner}({param}=()): give at least one exception type")
+    if spare_programming_errors:
+        named = tuple(t for t in types if issubclass(t, PROGRAMMING_ERRORS))
+
+        def is_failure(error: BaseException) -> bool:
+            if not (isinstance(error, types) and isinstance(error, Exception)):
+                return False
+            return not isinstance(error, PROGRAMMING_ERRORS) or isinstance(error, named)
+
+        return is_failure
 
     def is_instance(error: BaseException) -> bool:
         return isinstance(error, types) and isinstance(error, Exception)
@@ -155,11 +183,27 @@ def error_matcher(
     return is_instance
 
 
+_NOT_RETRIED: tuple[type[Exception], ...] = (RejectedError, *PROGRAMMING_ERRORS)
+
+
 def retryable_by_default(error: BaseException) -> bool:
     """
     Whether `Retry` and `Hedge` try again after `error` when not told otherwise.
 
-    Any `Exception` but a `RejectedError`: a rejection means "don't call now", and
-    trying again at once only burns attempts.
+    Any `Exception` but a `RejectedError` or a programming error: a rejection means
+    "don't call now", and trying again at once only burns attempts; a programming error
+    (`PROGRAMMING_ERRORS`) comes back on every attempt, repeating the call's side effects.
     """
-    return isinstance(error, Exception) and not isinstance(error, RejectedError)
+    # Judged once per exception class: isinstance against the seven types costs more
+    # than the rest of the judgement.
+    kind = type(error)
+    verdict = _VERDICTS.get(kind)
+    if verdict is None:
+        verdict = issubclass(kind, Exception) and not issubclass(kind, _NOT_RETRIED)
+        if len(_VERDICTS) < _MAX_VERDICTS:  # classes made on the fly must not grow it forever
+            _VERDICTS[kind] = verdict
+    return verdict
+
+
+_VERDICTS: dict[type[BaseException], bool] = {}
+_MAX_VERDICTS = 1024

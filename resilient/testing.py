@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -80,10 +81,19 @@ class FakeClock:
     async def sleep(self, seconds: float) -> None:
         """
         Sleep in fake time; always yields to the event loop once.
+
+        Raises:
+            ValueError: `seconds` is infinite and time advances by itself (it can't
+                reach the end); with ``auto_advance=False`` such a sleep just waits.
         """
         if seconds > 0:
             self.sleeps.append(seconds)
             if self.auto_advance:
+                if not math.isfinite(seconds):
+                    raise ValueError(
+                        f"FakeClock.sleep(seconds={seconds!r}): time that advances by itself"
+                        " can't reach the end of an infinite sleep"
+                    )
                 self.advance(seconds)
             else:
                 woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -113,9 +123,18 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         """
         Move time forward and run every timer that came due, in order, from the loop.
+
+        Raises:
+            ValueError: `seconds` is negative, infinite or NaN.
+            TypeError: `seconds` is not a number.
         """
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise TypeError(f"FakeClock.advance(seconds=...): expected a number, got {seconds!r}")
         if seconds < 0:
-            raise ValueError(f"FakeClock.advance({seconds!r}): time can't go backwards")
+            raise ValueError(f"FakeClock.advance(seconds={seconds!r}): time can't go backwards")
+        if not math.isfinite(seconds):
+            # nan would freeze every comparison with the timers; inf would fire them all.
+            raise ValueError(f"FakeClock.advance(seconds={seconds!r}): seconds must be finite")
         self._now += seconds
         self._fire_due()
 

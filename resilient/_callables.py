@@ -1,0 +1,80 @@
+"""
+What a policy can wrap, and the name it takes from it (internal).
+
+`@policy` takes coroutine functions only; `.call(fn)` takes any callable that returns
+an awaitable, and says so clearly, on the first attempt, when one doesn't.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["awaitable_checked", "check_async", "label"]
+
+
+def label(fn: object) -> str | None:
+    """
+    The name an unnamed policy takes from the function it decorates, or None.
+    """
+    # stamina's guess_name: module and qualified name, unique within a process.
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(qualname, str):
+        return None
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{qualname}" if isinstance(module, str) else qualname
+
+
+def check_async(owner: str, fn: object) -> None:
+    """
+    Refuse to decorate what a policy can't wrap: a plain `def`, an async generator function.
+    """
+    if inspect.isasyncgenfunction(fn):
+        raise TypeError(_ASYNC_GENERATOR.format(owner, fn.__qualname__))
+    if inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn):
+        raise TypeError(f"{owner} decorates async functions; {fn.__qualname__} is not 'async def'")
+
+
+_ASYNC_GENERATOR = (
+    "{0} can't wrap {1}: it is an async generator function, and an async generator is"
+    " iterated, not awaited, so a policy can't see when it fails or ends; wrap a"
+    " coroutine function (an 'async def' that returns), e.g. one that collects the items"
+)
+
+
+def awaitable_checked(owner: str, fn: object) -> Callable[..., Awaitable[Any]]:
+    """
+    Return `fn` wrapped to raise a clear TypeError when it returns no awaitable (internal).
+
+    For `.call(fn)` with an `fn` that is not an `async def`: a lambda or partial
+    returning a coroutine, a callable object, a method returning a Future all work; a
+    plain function's result fails on the first attempt, before any policy could retry
+    the confusing "can't be used in 'await' expression" it would give.
+    """
+    if not callable(fn):
+        raise TypeError(f"{owner}.call(fn=...): expected an async callable, got {fn!r}")
+
+    misuse: list[TypeError] = []  # once found, later attempts (on=predicate) don't call fn
+
+    def checked(*args: Any, **kwargs: Any) -> Awaitable[Any]:
+        if misuse:
+            raise misuse[0]
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            return result
+        misuse.append(_not_awaitable(owner, fn, result))
+        raise misuse[0]
+
+    return checked
+
+
+def _not_awaitable(owner: str, fn: object, result: object) -> TypeError:
+    name = getattr(fn, "__qualname__", repr(fn))
+    if inspect.isasyncgen(result):
+        return TypeError(_ASYNC_GENERATOR.format(f"{owner}.call()", name))
+    return TypeError(
+        f"{owner}.call(fn=...): {name} returned {type(result).__name__} {result!r:.60},"
+        " which can't be awaited; pass an async function (or a callable returning an"
+        " awaitable). It ran once and is not called again in this call."
+    )
