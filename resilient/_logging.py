@@ -39,6 +39,11 @@ from ._events import (
 
 __all__ = ["DecisionLog", "decision_log", "level_of"]
 
+# A library leaves output to the application (logging HOWTO, "Configuring Logging for a
+# Library"): without this, Python's last-resort handler would print every breaker opening
+# to stderr of an application that never configured logging.
+logging.getLogger("resilient").addHandler(logging.NullHandler())
+
 _FIXED_LEVELS: Final[Mapping[type[Event], int]] = {
     RetryScheduled: logging.INFO,
     Rejected: logging.DEBUG,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -188,3 +190,31 @@ def test_levels_change_take_effect_at_once() -> None:
         assert Retry()._listening()
     finally:
         logger.setLevel(before)
+
+
+def test_an_unconfigured_application_sees_no_log_output() -> None:
+    """Without logging configured, a breaker opening prints nothing (the library adds a NullHandler)."""
+    program = """
+import asyncio
+from resilient import CircuitBreaker, CircuitOpenError
+
+breaker = CircuitBreaker(name="quiet", failure_threshold=1, reset_timeout=60)
+
+async def fail() -> None:
+    raise ConnectionError("down")
+
+async def main() -> None:
+    for _ in range(2):
+        try:
+            await breaker.call(fail)
+        except (ConnectionError, CircuitOpenError):
+            pass
+    assert breaker.state.value == "open"
+
+asyncio.run(main())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
