@@ -193,7 +193,7 @@ def test_levels_change_take_effect_at_once() -> None:
 
 
 def test_an_unconfigured_application_sees_no_log_output() -> None:
-    """Without logging configured, a breaker opening prints nothing (the library adds a NullHandler)."""
+    """With logging unconfigured, a breaker opening prints nothing (a NullHandler)."""
     program = """
 import asyncio
 from resilient import CircuitBreaker, CircuitOpenError
