@@ -28,7 +28,7 @@ from ._errors import TimeoutExceeded
 from ._events import Hook, TimedOut
 from ._policy import Args, AsyncFn, Kwargs, Policy
 from ._validate import check_clock, check_seconds
-from ._watchdog import Watchdog
+from ._watchdog import Watchdog, Watchdogs
 
 __all__ = ["Timeout", "TimeoutStatistics", "current_deadline", "deadline", "remaining_time"]
 
@@ -100,7 +100,8 @@ class _Scope:
     One guarded call: its deadline, its context token and whether it expired.
     """
 
-    __slots__ = ("budget", "cancelling", "deadline", "fired", "task", "token")
+    __slots__ = ("budget", "cancelling", "deadline", "fired", "task", "token", "watchdog")
+    watchdog: Watchdog  # the one of the task's loop; set once watched
 
     def __init__(self, task: asyncio.Task[object], deadline: float, budget: float) -> None:
         self.task = task
@@ -132,7 +133,7 @@ class Timeout(Policy):
     """
 
     kind = "timeout"
-    __slots__ = ("_calls", "_scopes", "_timeouts", "_watchdog", "seconds")
+    __slots__ = ("_calls", "_scopes", "_timeouts", "_watchdogs", "seconds")
 
     def __init__(
         self,
@@ -147,7 +148,8 @@ class Timeout(Policy):
         self._calls = 0
         self._timeouts = 0
         self._scopes: dict[asyncio.Task[object], list[_Scope]] = {}
-        self._watchdog = Watchdog(self._clock)
+        # One per event loop: a Timeout shared by loops in several threads is safe.
+        self._watchdogs = Watchdogs(self._clock)
 
     async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         scope = self._enter()
@@ -184,7 +186,7 @@ class Timeout(Policy):
             deadline = min(deadline, outer_here)
         self._calls += 1
         scope = _Scope(task, deadline, max(0.0, deadline - now))
-        self._watchdog.watch(scope)
+        scope.watchdog = self._watchdogs.watch(scope)
         scope.token = _DEADLINE.set((deadline, clock))
         return scope
 
@@ -192,7 +194,7 @@ class Timeout(Policy):
         """
         Leave the scope; True when our own timer is why the task was cancelled.
         """
-        self._watchdog.unwatch(scope)
+        scope.watchdog.unwatch(scope)
         if scope.token is not None:
             _DEADLINE.reset(scope.token)
         # Withdraw our cancel request whatever happened, as asyncio.timeout does, so a
