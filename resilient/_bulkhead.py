@@ -9,12 +9,19 @@ newcomer can't overtake the queue.
 Cancellation never leaks a slot: a waiter cancelled after it was handed a slot passes it
 on, and a running call's slot is released however the call ends. The hand-over logic is
 the one trio's `CapacityLimiter` and `asyncio.Semaphore` (3.11.1+) use.
+
+Its waiters are futures of one event loop, woken by whichever call releases a slot, so a
+bulkhead serves one loop at a time (as asyncio's own primitives do): used from a loop
+while another loop that used it is still running (in another thread), it raises
+`RuntimeError` at once rather than strand a waiter. Once that loop has stopped (an
+`asyncio.run` returned) the next loop takes the bulkhead over silently.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +37,9 @@ from ._validate import check_int, check_seconds
 __all__ = ["Bulkhead", "BulkheadStatistics"]
 
 T = TypeVar("T")
+
+_running_loop = asyncio.get_running_loop  # a global lookup on the hot path, not two
+_ADOPTING = threading.Lock()  # two loops taking a bulkhead over at once: one wins
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +70,10 @@ class Bulkhead(Policy):
 
     Usable as a decorator, with `.call(fn, ...)`, or as ``async with bulkhead:``.
 
+    It serves one event loop at a time: a call from another loop while the loop that
+    used it last still runs (in another thread) raises `RuntimeError`; create one
+    Bulkhead per event loop. After that loop has stopped, any loop may take it over.
+
     Args:
         max_concurrent: Calls allowed in flight, >= 1.
         max_queue: Callers allowed to wait for a slot (default 0: reject at once).
@@ -76,6 +90,7 @@ class Bulkhead(Policy):
     __slots__ = (
         "_accepted",
         "_in_flight",
+        "_loop",
         "_rejected",
         "_waiters",
         "max_concurrent",
@@ -105,6 +120,7 @@ class Bulkhead(Policy):
             raise ValueError(
                 "Bulkhead(max_wait=...): with max_queue=0 nobody waits; give max_queue= too"
             )
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it serves
         self._in_flight = 0
         self._waiters: deque[asyncio.Future[bool]] = deque()
         self._accepted = 0
@@ -133,12 +149,26 @@ class Bulkhead(Policy):
             self._release()
 
     def _take_free_slot(self) -> bool:
+        if self._loop is not _running_loop():
+            self._adopt()
         # The common case: no await, no future.
         if self._in_flight < self.max_concurrent and not self._waiters:
             self._in_flight += 1
             self._accepted += 1
             return True
         return False
+
+    def _adopt(self) -> None:
+        loop = _running_loop()
+        with _ADOPTING:
+            owner = self._loop
+            if owner is not None and owner is not loop and owner.is_running():
+                raise RuntimeError(
+                    f"Bulkhead {self.name!r} is in use by an event loop running in another"
+                    " thread; a Bulkhead serves one event loop at a time: create one"
+                    " Bulkhead per event loop"
+                )
+            self._loop = loop
 
     async def _wait_for_slot(self) -> None:
         if len(self._waiters) >= self.max_queue:

@@ -1,0 +1,323 @@
+"""
+Policies and event loops: one policy shared by loops running in two threads, and one
+policy reused by sequential `asyncio.run` calls.
+
+Timeout, Retry, CircuitBreaker, Fallback and Hedge keep no loop-bound state (a Timeout
+keeps one watchdog per loop), so loops in several threads may share them. A Bulkhead
+serves one loop at a time: a second loop running at the same time is refused at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import pytest
+
+from resilient import (
+    Bulkhead,
+    BulkheadFullError,
+    CircuitBreaker,
+    CircuitOpenError,
+    CircuitState,
+    Fallback,
+    Hedge,
+    Policy,
+    Retry,
+    Timeout,
+    TimeoutExceeded,
+    pipeline,
+)
+
+T = TypeVar("T")
+
+BOUND = 10.0  # seconds any thread in these tests may take before the test fails
+ONE_LOOP_PER_BULKHEAD = "create one Bulkhead per event loop"
+
+
+class Boom(Exception):
+    """The dependency's failure in these tests."""
+
+
+def in_thread(main: Callable[[], Coroutine[Any, Any, T]]) -> Future[T]:
+    """
+    Run `asyncio.run(main())` in a new thread; its outcome arrives in the future.
+    """
+    outcome: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            outcome.set_result(asyncio.run(main()))
+        except BaseException as error:  # handed to the test to raise
+            outcome.set_exception(error)
+
+    threading.Thread(target=run, name="second loop", daemon=True).start()
+    return outcome
+
+
+async def until(event: threading.Event) -> None:
+    """
+    Wait, without blocking this loop, for another thread to set `event`.
+    """
+    assert await asyncio.to_thread(event.wait, BOUND), "the other thread never got there"
+
+
+# -- Timeout: a watchdog per loop ---------------------------------------------------------
+
+
+def test_timeout_fires_on_one_loop_while_another_loop_uses_it() -> None:
+    """A Timeout(0.2) on loop A still fires while loop B keeps calling the same Timeout."""
+    timeout = Timeout(0.2)
+    a_watched, a_done = threading.Event(), threading.Event()
+
+    async def body() -> str:
+        a_watched.set()
+        await asyncio.sleep(5)  # bounded: a deadline nobody enforces ends here
+        return "ran past its deadline"
+
+    async def on_a() -> None:
+        try:
+            with pytest.raises(TimeoutExceeded):
+                await timeout.call(body)
+        finally:
+            a_done.set()
+
+    async def on_b() -> int:
+        await until(a_watched)
+        calls = 0
+        async with asyncio.timeout(BOUND):
+            while not a_done.is_set():
+                await timeout.call(asyncio.sleep, 0.01)
+                calls += 1
+        return calls
+
+    b = in_thread(on_b)
+    asyncio.run(on_a())
+    assert b.result(BOUND) >= 1
+
+
+def test_timeout_shared_by_two_loops_times_out_exactly_the_slow_calls() -> None:
+    """Two loops interleaving calls on one Timeout: each loop's slow calls, and only
+    those, time out."""
+    timeout = Timeout(0.5)
+    start = threading.Barrier(2, timeout=BOUND)
+
+    async def calls() -> list[str]:
+        start.wait()  # both loops running before either calls
+
+        async def one(i: int) -> str:
+            try:
+                return await timeout.call(asyncio.sleep, 0 if i % 2 else 5, "done")
+            except TimeoutExceeded:
+                return "timed out"
+
+        return await asyncio.gather(*(one(i) for i in range(20)))
+
+    other = in_thread(calls)
+    expected = ["timed out", "done"] * 10
+    assert asyncio.run(calls()) == expected
+    assert other.result(BOUND) == expected
+    assert timeout.statistics().timeouts == 20
+
+
+# -- Bulkhead: one loop at a time ---------------------------------------------------------
+
+
+async def test_bulkhead_held_by_another_running_loop_refuses_at_once() -> None:
+    """A call from this loop while another thread's loop holds the bulkhead's only slot
+    fails at once with a RuntimeError naming the fix, instead of queueing a waiter the
+    other loop could never wake; the other loop's slot is untouched."""
+    bulkhead = Bulkhead(1, max_queue=1)
+    holding, release = threading.Event(), threading.Event()
+
+    async def hold() -> int:
+        async with bulkhead:
+            holding.set()
+            await until(release)
+        return bulkhead.in_flight
+
+    other = in_thread(hold)
+    try:
+        await until(holding)
+        async with asyncio.timeout(BOUND):  # the old code queued here, never woken
+            with pytest.raises(RuntimeError, match=ONE_LOOP_PER_BULKHEAD):
+                await bulkhead.call(asyncio.sleep, 0)
+        assert (bulkhead.in_flight, bulkhead.queued) == (1, 0)
+    finally:
+        release.set()
+    assert await asyncio.wrap_future(other) == 0
+
+
+async def test_bulkhead_is_refused_while_the_other_loop_runs_then_taken_over() -> None:
+    """Even idle, a bulkhead used by a loop that is still running is refused to another
+    loop (the outcome must not depend on timing); once that loop has finished, this loop
+    takes the bulkhead over silently."""
+    bulkhead = Bulkhead(2)
+    used, tried = threading.Event(), threading.Event()
+
+    async def use_then_idle() -> str:
+        result = await bulkhead.call(asyncio.sleep, 0, "used")
+        used.set()
+        await until(tried)  # still running, holding no slot
+        return result
+
+    other = in_thread(use_then_idle)
+    try:
+        await until(used)
+        with pytest.raises(RuntimeError, match=ONE_LOOP_PER_BULKHEAD):
+            async with bulkhead:
+                pass  # pragma: no cover  # refused on entry
+    finally:
+        tried.set()
+    assert await asyncio.wrap_future(other) == "used"
+    assert await bulkhead.call(asyncio.sleep, 0, "taken over") == "taken over"
+    assert bulkhead.statistics().accepted == 2
+
+
+# -- sharing the loop-free policies between two running loops ------------------------------
+
+
+def _shared_policies() -> dict[str, Policy]:
+    return {
+        "retry": Retry(3, wait=lambda _: 0.0),
+        "breaker": CircuitBreaker(failure_threshold=1000),
+        "fallback": Fallback(value="fallback", on=Boom),
+        "hedge": Hedge(0.001, max_hedged=2),
+        "pipeline": pipeline(Timeout(5.0), Retry(2, wait=lambda _: 0.0), CircuitBreaker()),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_shared_policies()))
+def test_loop_free_policies_serve_two_loops_at_once(name: str) -> None:
+    """Retry, CircuitBreaker, Fallback, Hedge and a pipeline of them give every caller
+    the right result while loops in two threads interleave calls on the same instance."""
+    policy = _shared_policies()[name]
+    start = threading.Barrier(2, timeout=BOUND)
+
+    async def calls() -> list[object]:
+        start.wait()
+        failed: set[int] = set()
+
+        async def flaky(i: int) -> int:
+            await asyncio.sleep(0.002 * (i % 3))
+            if i % 4 == 0 and i not in failed:
+                failed.add(i)  # fails once, then succeeds: retried or hedged to success
+                raise Boom(i)
+            return i
+
+        async def one(i: int) -> object:
+            try:
+                return await policy.call(flaky, i)
+            except Boom:
+                return "boom"
+
+        async with asyncio.timeout(BOUND):
+            return list(await asyncio.gather(*(one(i) for i in range(40))))
+
+    other = in_thread(calls)
+    mine = asyncio.run(calls())
+    assert mine == other.result(BOUND)
+    expected = {
+        "breaker": ["boom" if i % 4 == 0 else i for i in range(40)],
+        "fallback": ["fallback" if i % 4 == 0 else i for i in range(40)],
+    }.get(name, list(range(40)))
+    assert mine == expected
+
+
+# -- sequential asyncio.run ----------------------------------------------------------------
+
+
+async def _bulkhead_contended(bulkhead: Bulkhead) -> list[str]:
+    release = asyncio.Event()
+
+    async def hold() -> str:
+        await release.wait()
+        return "held"
+
+    holder = asyncio.create_task(bulkhead.call(hold))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(bulkhead.call(asyncio.sleep, 0, "waited"))
+    await asyncio.sleep(0)
+    with pytest.raises(BulkheadFullError):
+        await bulkhead.call(asyncio.sleep, 0)
+    release.set()
+    return list(await asyncio.gather(holder, waiter))
+
+
+async def _timeout_fires(policy: Timeout) -> str:
+    with pytest.raises(TimeoutExceeded):
+        await policy.call(asyncio.sleep, 5)
+    return "timed out"
+
+
+async def _breaker_opens(breaker: CircuitBreaker) -> CircuitState:
+    async def broken() -> None:
+        raise Boom
+
+    with pytest.raises(Boom):
+        await breaker.call(broken)
+    with pytest.raises(CircuitOpenError):
+        await breaker.call(broken)
+    state = breaker.state
+    breaker.reset()
+    return state
+
+
+async def _hedged(hedge: Hedge) -> str:
+    primary_started = asyncio.Event()
+
+    async def slow_then_fast() -> str:
+        if not primary_started.is_set():
+            primary_started.set()
+            await asyncio.sleep(5)
+            return "primary"
+        return "hedge"
+
+    return await hedge.call(slow_then_fast)
+
+
+async def _retried(retry: Retry) -> int:
+    attempts = 0
+
+    async def twice() -> int:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 2:
+            raise Boom
+        return attempts
+
+    return await retry.call(twice)
+
+
+_SEQUENTIAL: dict[str, tuple[Callable[[], Policy], Callable[[Any], Awaitable[object]], object]] = {
+    "bulkhead": (lambda: Bulkhead(1, max_queue=1), _bulkhead_contended, ["held", "waited"]),
+    "timeout": (lambda: Timeout(0.05), _timeout_fires, "timed out"),
+    "breaker": (lambda: CircuitBreaker(failure_threshold=1), _breaker_opens, CircuitState.OPEN),
+    "hedge": (lambda: Hedge(0.01), _hedged, "hedge"),
+    "retry": (lambda: Retry(3, wait=lambda _: 0.0), _retried, 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SEQUENTIAL))
+def test_policy_reused_by_sequential_event_loops(name: str) -> None:
+    """A policy built once works the same in one `asyncio.run` after another, and in a
+    loop that was stopped without being closed followed by a new one."""
+    make, exercise, expected = _SEQUENTIAL[name]
+    policy = make()
+
+    async def bounded() -> object:
+        async with asyncio.timeout(BOUND):
+            return await exercise(policy)
+
+    for _ in range(3):
+        assert asyncio.run(bounded()) == expected
+    stopped = asyncio.new_event_loop()
+    try:
+        assert stopped.run_until_complete(bounded()) == expected
+        assert asyncio.run(bounded()) == expected  # `stopped` is not running, not closed
+        assert stopped.run_until_complete(bounded()) == expected
+    finally:
+        stopped.close()
