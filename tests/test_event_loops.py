@@ -24,6 +24,9 @@ from resilient import (
     CircuitOpenError,
     CircuitState,
     Fallback,
+    HealthMonitor,
+    HealthReport,
+    HealthStatus,
     Hedge,
     Policy,
     Retry,
@@ -175,6 +178,42 @@ async def test_bulkhead_is_refused_while_the_other_loop_runs_then_taken_over() -
     assert await asyncio.wrap_future(other) == "used"
     assert await bulkhead.call(asyncio.sleep, 0, "taken over") == "taken over"
     assert bulkhead.statistics().accepted == 2
+
+
+# -- HealthMonitor: a watched breaker shared with another loop ------------------------------
+
+
+async def test_monitor_acts_on_its_own_loop_when_another_loop_trips_its_breaker() -> None:
+    """A breaker watched by a monitor running on this loop, tripped by a call on a loop
+    in another thread: the monitor re-evaluates, runs its transition hooks and arms its
+    probe timer on its own loop (the breaker then turns the verdict DEGRADED here)."""
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=0.5)
+    monitor = HealthMonitor()
+    monitor.watch_breaker(breaker, critical=True)
+    here = asyncio.get_running_loop()
+    seen: list[tuple[HealthStatus, int]] = []
+    degraded = asyncio.Event()
+
+    def hook(old: HealthStatus, new: HealthStatus, report: HealthReport) -> None:
+        seen.append((new, threading.get_ident()))
+        if new is HealthStatus.DEGRADED:
+            here.call_soon_threadsafe(degraded.set)  # the old code called from anywhere
+
+    async def trip() -> None:
+        async def broken() -> None:
+            raise Boom
+
+        with pytest.raises(Boom):
+            await breaker.call(broken)
+
+    async with monitor:
+        monitor.on_transition(hook)
+        await asyncio.wrap_future(in_thread(trip))
+        async with asyncio.timeout(BOUND):  # the probe timer must fire on this loop
+            await degraded.wait()
+    assert breaker.state is CircuitState.OPEN
+    assert {thread for _, thread in seen} == {threading.get_ident()}
+    assert seen[-1][0] is HealthStatus.DEGRADED
 
 
 # -- sharing the loop-free policies between two running loops ------------------------------
