@@ -68,7 +68,7 @@ INTERNAL = {
         "error_matcher",
         "retryable_by_default",
     },
-    "_watchdog": {"Watched", "Watchdog"},
+    "_watchdog": {"Watched", "Watchdog", "Watchdogs"},  # the engine of Timeout
 }
 
 # ``import resilient`` must not load these: integrations' libraries (DESIGN.md), and
