@@ -134,9 +134,8 @@ class Watchdogs:
 
     def _switch(self, loop: asyncio.AbstractEventLoop) -> Watchdog:
         with self._lock:
-            for other in [other for other in self._by_loop if not other.is_running()]:
-                if other is not loop:
-                    del self._by_loop[other]
+            for finished in [other for other in self._by_loop if not other.is_running()]:
+                del self._by_loop[finished]  # `loop` runs: we are in one of its tasks
             dog = self._by_loop.get(loop)
             if dog is None:
                 dog = self._by_loop[loop] = Watchdog(self._clock, loop)

@@ -72,7 +72,8 @@ async def until(event: threading.Event) -> None:
 
 
 def test_timeout_fires_on_one_loop_while_another_loop_uses_it() -> None:
-    """A Timeout(0.2) on loop A still fires while loop B keeps calling the same Timeout."""
+    """A Timeout(0.2) on loop A still fires while loop B keeps calling the same Timeout,
+    for a call A started before B's calls and for one started between them."""
     timeout = Timeout(0.2)
     a_watched, a_done = threading.Event(), threading.Event()
 
@@ -83,8 +84,9 @@ def test_timeout_fires_on_one_loop_while_another_loop_uses_it() -> None:
 
     async def on_a() -> None:
         try:
-            with pytest.raises(TimeoutExceeded):
-                await timeout.call(body)
+            for _ in range(2):
+                with pytest.raises(TimeoutExceeded):
+                    await timeout.call(body)
         finally:
             a_done.set()
 
@@ -214,6 +216,29 @@ async def test_monitor_acts_on_its_own_loop_when_another_loop_trips_its_breaker(
     assert breaker.state is CircuitState.OPEN
     assert {thread for _, thread in seen} == {threading.get_ident()}
     assert seen[-1][0] is HealthStatus.DEGRADED
+
+
+async def test_monitor_acts_on_its_own_loop_when_a_plain_thread_trips_its_breaker() -> None:
+    """A watched breaker tripped by sync code in another thread (no loop there): the
+    running monitor evaluates and runs its hooks on its own loop."""
+    breaker = CircuitBreaker(reset_timeout=60)
+    monitor = HealthMonitor()
+    monitor.watch_breaker(breaker, critical=True)
+    here = asyncio.get_running_loop()
+    threads: list[int] = []
+    changed = asyncio.Event()
+
+    def hook(old: HealthStatus, new: HealthStatus, report: HealthReport) -> None:
+        threads.append(threading.get_ident())
+        here.call_soon_threadsafe(changed.set)
+
+    async with monitor:
+        monitor.on_transition(hook)
+        await asyncio.to_thread(breaker.trip)
+        async with asyncio.timeout(BOUND):
+            await changed.wait()
+        assert monitor.status is HealthStatus.UNHEALTHY
+    assert threads == [threading.get_ident()]
 
 
 # -- sharing the loop-free policies between two running loops ------------------------------
