@@ -186,7 +186,12 @@ class Timeout(Policy):
             deadline = min(deadline, outer_here)
         self._calls += 1
         scope = _Scope(task, deadline, max(0.0, deadline - now))
-        scope.watchdog = self._watchdogs.watch(scope)
+        loop = task.get_loop()  # cheaper than asyncio.get_running_loop() on 3.11
+        dog = self._watchdogs.last
+        if dog.loop is not loop:
+            dog = self._watchdogs.switch(loop)
+        dog.watch(scope)
+        scope.watchdog = dog
         scope.token = _DEADLINE.set((deadline, clock))
         return scope
 

@@ -97,33 +97,25 @@ class Watchdogs:
     """
     One `Watchdog` per event loop, for a policy that may be used from several loops.
 
-    The watchdog of the loop used last is cached, so a policy used from one loop pays
-    one identity check per call. The others are kept only while their loop runs: a
-    finished loop's watchdog is dropped (its armed timer, if any, still holds it for
-    the calls it watches), so sequential `asyncio.run` calls leave nothing behind.
+    `last` is the watchdog of the loop used last, so a policy used from one loop pays
+    one identity check per call (written out by the caller, on its hot path):
+
+        dog = watchdogs.last
+        if dog.loop is not loop:
+            dog = watchdogs.switch(loop)
+
+    The others are kept only while their loop runs: a finished loop's watchdog is
+    dropped (its armed timer, if any, still holds it for the calls it watches), so
+    sequential `asyncio.run` calls leave nothing behind.
     """
 
-    __slots__ = ("_by_loop", "_clock", "_last", "_lock")
+    __slots__ = ("_by_loop", "_clock", "_lock", "last")
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._last = Watchdog(clock, None)  # matches no loop: the first call switches
+        self.last = Watchdog(clock, None)  # matches no loop: the first call switches
         self._by_loop: dict[asyncio.AbstractEventLoop, Watchdog] = {}
         self._lock = threading.Lock()  # loops in two threads may switch at once
-
-    def watch(self, item: Watched) -> Watchdog:
-        """
-        Start enforcing `item.deadline` on its task's loop.
-
-        Returns:
-            The watchdog to `unwatch` the item from.
-        """
-        dog = self._last
-        loop = item.task.get_loop()  # cheaper than asyncio.get_running_loop() on 3.11
-        if dog.loop is not loop:
-            dog = self._switch(loop)
-        dog.watch(item)
-        return dog
 
     def watched(self) -> int:
         """
@@ -132,12 +124,15 @@ class Watchdogs:
         with self._lock:
             return sum(len(dog) for dog in self._by_loop.values())
 
-    def _switch(self, loop: asyncio.AbstractEventLoop) -> Watchdog:
+    def switch(self, loop: asyncio.AbstractEventLoop) -> Watchdog:
+        """
+        Return the watchdog of `loop`, the running loop, and make it `last`.
+        """
         with self._lock:
             for finished in [other for other in self._by_loop if not other.is_running()]:
                 del self._by_loop[finished]  # `loop` runs: we are in one of its tasks
             dog = self._by_loop.get(loop)
             if dog is None:
                 dog = self._by_loop[loop] = Watchdog(self._clock, loop)
-            self._last = dog
+            self.last = dog
             return dog

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -180,6 +181,97 @@ async def test_bulkhead_is_refused_while_the_other_loop_runs_then_taken_over() -
     assert await asyncio.wrap_future(other) == "used"
     assert await bulkhead.call(asyncio.sleep, 0, "taken over") == "taken over"
     assert bulkhead.statistics().accepted == 2
+
+
+def test_bulkhead_wakes_a_waiter_of_another_thread_from_that_thread() -> None:
+    """A thread that moved on to a new loop (so the bulkhead still thinks it serves the
+    old one) holds the only slot while another thread's loop takes the bulkhead over and
+    queues: releasing the slot hands it to that waiter through its own loop, which
+    wakes at once (resolving the future from the wrong thread left it asleep)."""
+    bulkhead = Bulkhead(1, max_queue=1)
+    holding, queued = threading.Event(), threading.Event()
+
+    async def wait_for_slot() -> float:
+        await until(holding)
+        call = asyncio.ensure_future(bulkhead.call(asyncio.sleep, 0, "handed over"))
+        await asyncio.sleep(0)  # one step: the call is queued
+        assert bulkhead.queued == 1
+        queued.set()
+        started = time.monotonic()
+        assert await asyncio.wait_for(call, BOUND) == "handed over"
+        return time.monotonic() - started
+
+    async def hold_then_release() -> None:
+        async with bulkhead:
+            holding.set()
+            await until(queued)
+
+    assert asyncio.run(bulkhead.call(asyncio.sleep, 0, "first loop")) == "first loop"
+    other = in_thread(wait_for_slot)
+    asyncio.run(hold_then_release())  # a second loop on this thread, unseen on the hot path
+    assert other.result(BOUND) < BOUND / 2  # asleep, it wakes only when wait_for gives up
+    assert (bulkhead.in_flight, bulkhead.queued) == (0, 0)
+
+
+def _queue_on_a_stopped_loop(bulkhead: Bulkhead) -> tuple[asyncio.AbstractEventLoop, Any]:
+    """
+    On a new loop, take the bulkhead's only slot (kept) and queue a call behind it; stop
+    that loop with the call waiting. Returns the loop and the waiting call's task.
+    """
+    loop = asyncio.new_event_loop()
+
+    async def take_and_queue() -> asyncio.Task[str]:
+        await bulkhead.__aenter__()
+        waiting = asyncio.ensure_future(bulkhead.call(asyncio.sleep, 0, "woken"))
+        await asyncio.sleep(0)  # one step: the call is queued
+        return waiting
+
+    waiting = loop.run_until_complete(take_and_queue())
+    assert (bulkhead.in_flight, bulkhead.queued) == (1, 1)
+    return loop, waiting
+
+
+def test_bulkhead_slot_sent_to_a_waiter_cancelled_on_the_way_is_passed_on() -> None:
+    """A slot handed to a waiter of another loop, which is cancelled before that loop
+    runs the hand-over, is released again rather than lost."""
+    bulkhead = Bulkhead(1, max_queue=1)
+    asyncio.run(bulkhead.call(asyncio.sleep, 0))  # the bulkhead serves this (closed) loop
+    loop, waiting = _queue_on_a_stopped_loop(bulkhead)
+    try:
+        asyncio.run(bulkhead.__aexit__(None, None, None))  # the slot goes to `loop`
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            loop.run_until_complete(waiting)
+    finally:
+        loop.close()
+    assert (bulkhead.in_flight, bulkhead.queued) == (0, 0)
+
+
+def test_bulkhead_slot_released_outside_any_loop_reaches_the_waiter() -> None:
+    """A slot released with no loop running (a coroutine finalised by the garbage
+    collector, say) still reaches a waiter of another loop, through that loop."""
+    bulkhead = Bulkhead(1, max_queue=1)
+    asyncio.run(bulkhead.call(asyncio.sleep, 0))
+    loop, waiting = _queue_on_a_stopped_loop(bulkhead)
+    try:
+        with pytest.raises(StopIteration):  # the release runs to the end, loop or not
+            bulkhead.__aexit__(None, None, None).send(None)
+        assert loop.run_until_complete(waiting) == "woken"
+    finally:
+        loop.close()
+    assert (bulkhead.in_flight, bulkhead.queued) == (0, 0)
+
+
+def test_bulkhead_skips_a_waiter_whose_loop_was_closed() -> None:
+    """A waiter left behind on a loop closed without cancelling its tasks is skipped: the
+    slot is freed instead of raising 'Event loop is closed' in the releasing call."""
+    bulkhead = Bulkhead(1, max_queue=1)
+    asyncio.run(bulkhead.call(asyncio.sleep, 0))
+    loop, waiting = _queue_on_a_stopped_loop(bulkhead)
+    loop.close()
+    asyncio.run(bulkhead.__aexit__(None, None, None))
+    assert (bulkhead.in_flight, bulkhead.queued) == (0, 0)
+    assert not waiting.done()  # abandoned with its loop, never woken
 
 
 # -- HealthMonitor: a watched breaker shared with another loop ------------------------------
