@@ -448,12 +448,32 @@ async def _retried(retry: Retry) -> int:
     return await retry.call(twice)
 
 
+async def _fell_back(fallback: Fallback) -> object:
+    async def broken() -> None:
+        raise Boom
+
+    return await fallback.call(broken)
+
+
+async def _piped(policy: Policy) -> object:
+    async def in_time() -> str:
+        return "piped"
+
+    return await policy.call(in_time)
+
+
 _SEQUENTIAL: dict[str, tuple[Callable[[], Policy], Callable[[Any], Awaitable[object]], object]] = {
     "bulkhead": (lambda: Bulkhead(1, max_queue=1), _bulkhead_contended, ["held", "waited"]),
     "timeout": (lambda: Timeout(0.05), _timeout_fires, "timed out"),
     "breaker": (lambda: CircuitBreaker(failure_threshold=1), _breaker_opens, CircuitState.OPEN),
     "hedge": (lambda: Hedge(0.01), _hedged, "hedge"),
     "retry": (lambda: Retry(3, wait=lambda _: 0.0), _retried, 2),
+    "fallback": (lambda: Fallback(value="fallback", on=Boom), _fell_back, "fallback"),
+    "pipeline": (
+        lambda: pipeline(Timeout(1.0), Retry(2), CircuitBreaker(), Bulkhead(2), Hedge(0.5)),
+        _piped,
+        "piped",
+    ),
 }
 
 
