@@ -97,14 +97,17 @@ class TimeoutStatistics:
 
 class _Scope:
     """
-    One guarded call: its deadline, its context token and whether it expired.
+    One guarded call: its deadline, its loop's watchdog, its context token and whether it
+    expired.
     """
 
     __slots__ = ("budget", "cancelling", "deadline", "fired", "task", "token", "watchdog")
-    watchdog: Watchdog  # the one of the task's loop; set once watched
 
-    def __init__(self, task: asyncio.Task[object], deadline: float, budget: float) -> None:
+    def __init__(
+        self, task: asyncio.Task[object], deadline: float, budget: float, watchdog: Watchdog
+    ) -> None:
         self.task = task
+        self.watchdog = watchdog
         self.deadline = deadline
         self.budget = budget
         self.cancelling = task.cancelling()
@@ -185,13 +188,11 @@ class Timeout(Policy):
             )
             deadline = min(deadline, outer_here)
         self._calls += 1
-        scope = _Scope(task, deadline, max(0.0, deadline - now))
-        loop = task.get_loop()  # cheaper than asyncio.get_running_loop() on 3.11
         dog = self._watchdogs.last
-        if dog.loop is not loop:
-            dog = self._watchdogs.switch(loop)
+        if dog.loop is not task.get_loop():  # cheaper than asyncio.get_running_loop()
+            dog = self._watchdogs.switch(task.get_loop())
+        scope = _Scope(task, deadline, max(0.0, deadline - now), dog)
         dog.watch(scope)
-        scope.watchdog = dog
         scope.token = _DEADLINE.set((deadline, clock))
         return scope
 
