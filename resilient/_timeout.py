@@ -97,8 +97,7 @@ class TimeoutStatistics:
 
 class _Scope:
     """
-    One guarded call: its deadline, its loop's watchdog, its context token and whether it
-    expired.
+    One guarded call: deadline, its loop's watchdog, context token, whether it expired.
     """
 
     __slots__ = ("budget", "cancelling", "deadline", "fired", "task", "token", "watchdog")
