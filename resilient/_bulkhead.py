@@ -9,12 +9,22 @@ newcomer can't overtake the queue.
 Cancellation never leaks a slot: a waiter cancelled after it was handed a slot passes it
 on, and a running call's slot is released however the call ends. The hand-over logic is
 the one trio's `CapacityLimiter` and `asyncio.Semaphore` (3.11.1+) use.
+
+Its waiters are futures of one event loop, woken by whichever call releases a slot, so a
+bulkhead serves one loop at a time (as asyncio's own primitives do): used from another
+thread while the loop that took it over is still running, it raises `RuntimeError` at
+once rather than strand a waiter. Once that loop has stopped (an `asyncio.run`
+returned) the next loop takes the bulkhead over silently. The hot path checks only the
+thread (`asyncio.get_running_loop()` costs a `getpid()` on 3.11); should a waiter of
+another thread's loop still be handed a slot (a thread that went on to a new loop while
+another took the bulkhead over), it is woken through `call_soon_threadsafe`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +40,9 @@ from ._validate import check_int, check_seconds
 __all__ = ["Bulkhead", "BulkheadStatistics"]
 
 T = TypeVar("T")
+
+_thread_id = threading.get_ident  # a global lookup on the hot path, not two
+_ADOPTING = threading.Lock()  # two loops taking a bulkhead over at once: one wins
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +73,10 @@ class Bulkhead(Policy):
 
     Usable as a decorator, with `.call(fn, ...)`, or as ``async with bulkhead:``.
 
+    It serves one event loop at a time: a call from another loop while the loop that
+    used it last still runs (in another thread) raises `RuntimeError`; create one
+    Bulkhead per event loop. After that loop has stopped, any loop may take it over.
+
     Args:
         max_concurrent: Calls allowed in flight, >= 1.
         max_queue: Callers allowed to wait for a slot (default 0: reject at once).
@@ -76,7 +93,9 @@ class Bulkhead(Policy):
     __slots__ = (
         "_accepted",
         "_in_flight",
+        "_loop",
         "_rejected",
+        "_thread",
         "_waiters",
         "max_concurrent",
         "max_queue",
@@ -105,6 +124,8 @@ class Bulkhead(Policy):
             raise ValueError(
                 "Bulkhead(max_wait=...): with max_queue=0 nobody waits; give max_queue= too"
             )
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it serves ...
+        self._thread = 0  # ... and the thread running it (get_ident() is never 0)
         self._in_flight = 0
         self._waiters: deque[asyncio.Future[bool]] = deque()
         self._accepted = 0
@@ -125,20 +146,41 @@ class Bulkhead(Policy):
         return len(self._waiters)
 
     async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
-        if not self._take_free_slot():
-            await self._wait_for_slot()
+        # The common case, `_take_free_slot` written out: no call, no await, no future.
+        if (
+            self._thread == _thread_id()
+            and self._in_flight < self.max_concurrent
+            and not self._waiters
+        ):
+            self._in_flight += 1
+            self._accepted += 1
+        else:
+            await self.__aenter__()
         try:
             return await fn(*args, **kwargs)
         finally:
             self._release()
 
     def _take_free_slot(self) -> bool:
-        # The common case: no await, no future.
+        if self._thread != _thread_id():
+            self._adopt()
         if self._in_flight < self.max_concurrent and not self._waiters:
             self._in_flight += 1
             self._accepted += 1
             return True
         return False
+
+    def _adopt(self) -> None:
+        loop = asyncio.get_running_loop()
+        with _ADOPTING:
+            owner = self._loop
+            if owner is not None and owner is not loop and owner.is_running():
+                raise RuntimeError(
+                    f"Bulkhead {self.name!r} is in use by an event loop running in another"
+                    " thread; a Bulkhead serves one event loop at a time: create one"
+                    " Bulkhead per event loop"
+                )
+            self._loop, self._thread = loop, _thread_id()
 
     async def _wait_for_slot(self) -> None:
         if len(self._waiters) >= self.max_queue:
@@ -173,10 +215,36 @@ class Bulkhead(Policy):
     def _release(self) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(True)  # the slot moves to the waiter; in_flight unchanged
+            if waiter.done():
+                continue
+            # The slot moves to the waiter; in_flight unchanged.
+            if waiter.get_loop() is self._loop and self._thread == _thread_id():
+                waiter.set_result(True)
+                return
+            if self._hand_over(waiter):
                 return
         self._in_flight -= 1
+
+    def _hand_over(self, waiter: asyncio.Future[bool]) -> bool:
+        loop = waiter.get_loop()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # released outside any loop (a coroutine closed by the GC)
+            running = None
+        if loop is running:
+            waiter.set_result(True)
+            return True
+        try:  # a future is only ever resolved from its own loop's thread
+            loop.call_soon_threadsafe(self._grant, waiter)
+        except RuntimeError:  # its loop is closed: nobody waits there any more
+            return False
+        return True
+
+    def _grant(self, waiter: asyncio.Future[bool]) -> None:
+        if waiter.done():  # cancelled or timed out while the slot was on its way
+            self._release()
+        else:
+            waiter.set_result(True)
 
     def _reject(self, why: str) -> NoReturn:
         self._rejected += 1

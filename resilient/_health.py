@@ -44,6 +44,7 @@ from ._health_check import (
     ReportKind,
     TransitionHook,
     WatchedBreaker,
+    away_from,
     run_check,
     worst,
 )
@@ -119,6 +120,7 @@ class HealthMonitor:
         self._stopped = False  # stop() was called: remediation is off until start()
         self._loops: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._home: asyncio.AbstractEventLoop | None = None  # the loop start() ran on
 
     @property
     def status(self) -> HealthStatus:
@@ -272,7 +274,7 @@ class HealthMonitor:
         except BaseException:
             self._running = False
             raise
-        loop = asyncio.get_running_loop()
+        loop = self._home = asyncio.get_running_loop()
         self._loops = [
             loop.create_task(self._loop(check), name=f"health check {check.name!r}")
             for check in self._checks.values()
@@ -420,6 +422,9 @@ class HealthMonitor:
 
     def _on_breaker_event(self, watched: WatchedBreaker, event: Event) -> None:
         if isinstance(event, StateChanged):
+            if away_from(self._home):  # a breaker shared with a loop in another thread
+                self._home.call_soon_threadsafe(self._on_breaker_event, watched, event)
+                return
             watched.cancel_timer()
             self._evaluate()
             if watched.critical and event.new is CircuitState.OPEN:

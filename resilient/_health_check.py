@@ -20,7 +20,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeAlias
+from typing import Literal, Protocol, TypeAlias, TypeGuard
 
 from ._breaker import CircuitBreaker, CircuitState
 from ._clock import TimerHandle
@@ -299,6 +299,18 @@ def _verdict(result: object) -> tuple[bool, str]:
     if isinstance(result, CheckResult):
         return bool(result.healthy), result.detail
     return False, f"check returned a {type(result).__name__}, not a bool or CheckResult"
+
+
+def away_from(home: asyncio.AbstractEventLoop | None) -> TypeGuard[asyncio.AbstractEventLoop]:
+    """
+    Whether `home` is running, but not in this thread: work for it must be handed over.
+    """
+    if home is None or not home.is_running():
+        return False
+    try:
+        return asyncio.get_running_loop() is not home
+    except RuntimeError:  # sync code in another thread
+        return True
 
 
 class WatchedBreaker:

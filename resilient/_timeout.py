@@ -28,7 +28,7 @@ from ._errors import TimeoutExceeded
 from ._events import Hook, TimedOut
 from ._policy import Args, AsyncFn, Kwargs, Policy
 from ._validate import check_clock, check_seconds
-from ._watchdog import Watchdog
+from ._watchdog import Watchdog, Watchdogs
 
 __all__ = ["Timeout", "TimeoutStatistics", "current_deadline", "deadline", "remaining_time"]
 
@@ -97,13 +97,16 @@ class TimeoutStatistics:
 
 class _Scope:
     """
-    One guarded call: its deadline, its context token and whether it expired.
+    One guarded call: deadline, its loop's watchdog, context token, whether it expired.
     """
 
-    __slots__ = ("budget", "cancelling", "deadline", "fired", "task", "token")
+    __slots__ = ("budget", "cancelling", "deadline", "fired", "task", "token", "watchdog")
 
-    def __init__(self, task: asyncio.Task[object], deadline: float, budget: float) -> None:
+    def __init__(
+        self, task: asyncio.Task[object], deadline: float, budget: float, watchdog: Watchdog
+    ) -> None:
         self.task = task
+        self.watchdog = watchdog
         self.deadline = deadline
         self.budget = budget
         self.cancelling = task.cancelling()
@@ -132,7 +135,7 @@ class Timeout(Policy):
     """
 
     kind = "timeout"
-    __slots__ = ("_calls", "_scopes", "_timeouts", "_watchdog", "seconds")
+    __slots__ = ("_calls", "_scopes", "_timeouts", "_watchdogs", "seconds")
 
     def __init__(
         self,
@@ -147,7 +150,8 @@ class Timeout(Policy):
         self._calls = 0
         self._timeouts = 0
         self._scopes: dict[asyncio.Task[object], list[_Scope]] = {}
-        self._watchdog = Watchdog(self._clock)
+        # One per event loop: a Timeout shared by loops in several threads is safe.
+        self._watchdogs = Watchdogs(self._clock)
 
     async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         scope = self._enter()
@@ -183,8 +187,11 @@ class Timeout(Policy):
             )
             deadline = min(deadline, outer_here)
         self._calls += 1
-        scope = _Scope(task, deadline, max(0.0, deadline - now))
-        self._watchdog.watch(scope)
+        dog = self._watchdogs.last
+        if dog.loop is not task.get_loop():  # cheaper than asyncio.get_running_loop()
+            dog = self._watchdogs.switch(task.get_loop())
+        scope = _Scope(task, deadline, max(0.0, deadline - now), dog)
+        dog.watch(scope)
         scope.token = _DEADLINE.set((deadline, clock))
         return scope
 
@@ -192,7 +199,7 @@ class Timeout(Policy):
         """
         Leave the scope; True when our own timer is why the task was cancelled.
         """
-        self._watchdog.unwatch(scope)
+        scope.watchdog.unwatch(scope)
         if scope.token is not None:
             _DEADLINE.reset(scope.token)
         # Withdraw our cancel request whatever happened, as asyncio.timeout does, so a

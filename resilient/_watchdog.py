@@ -1,5 +1,5 @@
 """
-One timer for many deadlines.
+One timer for many deadlines, per event loop.
 
 Scheduling a loop timer per call costs a heap push on the way in and leaves a cancelled
 handle in the loop's heap on the way out; at thousands of calls a second that is most of
@@ -7,17 +7,22 @@ a timeout's price. A `Watchdog` keeps the guarded calls in a dict and one timer 
 the earliest deadline. A call registers and unregisters in O(1); the timer re-arms only
 when a new deadline is earlier than the armed one (rare: with a fixed budget, deadlines
 arrive in order) or when it fires (about once per budget under steady traffic).
+
+A timer belongs to one event loop, so a policy keeps one `Watchdog` per loop in
+`Watchdogs`: a policy shared by loops in several threads enforces every loop's deadlines
+on that loop's own timer, and never touches another loop's state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import threading
 from typing import Protocol
 
 from ._clock import Clock, TimerHandle
 
-__all__ = ["Watchdog", "Watched"]
+__all__ = ["Watchdog", "Watchdogs", "Watched"]
 
 
 class Watched(Protocol):
@@ -37,25 +42,24 @@ class Watched(Protocol):
 class Watchdog:
     """
     Calls `expire()` on each watched item when its deadline passes, on one timer.
+
+    Used only from the thread running `loop`.
     """
 
-    __slots__ = ("_active", "_armed_at", "_clock", "_handle", "_loop")
+    __slots__ = ("_active", "_armed_at", "_clock", "_handle", "loop")
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, loop: asyncio.AbstractEventLoop | None) -> None:
         self._clock = clock
+        self.loop = loop
         self._active: dict[Watched, None] = {}
         self._handle: TimerHandle | None = None
         self._armed_at = math.inf
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def watch(self, item: Watched) -> None:
         """
         Start enforcing `item.deadline`.
         """
         self._active[item] = None
-        loop = item.task.get_loop()  # cheaper than asyncio.get_running_loop() on 3.11
-        if loop is not self._loop:
-            self._adopt(loop)
         if item.deadline < self._armed_at:
             self._arm(item.deadline)
 
@@ -65,15 +69,8 @@ class Watchdog:
         """
         self._active.pop(item, None)
 
-    def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
-        # A policy outlived its loop (asyncio.run in a test suite, say): the old timer
-        # will never fire, so forget it and whatever was left behind on that loop.
-        self._loop = loop
-        if self._handle is not None:
-            self._handle.cancel()
-        self._handle = None
-        self._armed_at = math.inf
-        self._active = {i: None for i in self._active if i.task.get_loop() is loop}
+    def __len__(self) -> int:
+        return len(self._active)
 
     def _arm(self, at: float) -> None:
         if self._handle is not None:
@@ -94,3 +91,48 @@ class Watchdog:
                 earliest = item.deadline
         if earliest < math.inf:
             self._arm(earliest)
+
+
+class Watchdogs:
+    """
+    One `Watchdog` per event loop, for a policy that may be used from several loops.
+
+    `last` is the watchdog of the loop used last, so a policy used from one loop pays
+    one identity check per call (written out by the caller, on its hot path):
+
+        dog = watchdogs.last
+        if dog.loop is not loop:
+            dog = watchdogs.switch(loop)
+
+    The others are kept only while their loop runs: a finished loop's watchdog is
+    dropped (its armed timer, if any, still holds it for the calls it watches), so
+    sequential `asyncio.run` calls leave nothing behind.
+    """
+
+    __slots__ = ("_by_loop", "_clock", "_lock", "last")
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self.last = Watchdog(clock, None)  # matches no loop: the first call switches
+        self._by_loop: dict[asyncio.AbstractEventLoop, Watchdog] = {}
+        self._lock = threading.Lock()  # loops in two threads may switch at once
+
+    def watched(self) -> int:
+        """
+        Count the deadlines enforced now, on every loop.
+        """
+        with self._lock:
+            return sum(len(dog) for dog in self._by_loop.values())
+
+    def switch(self, loop: asyncio.AbstractEventLoop) -> Watchdog:
+        """
+        Return the watchdog of `loop`, the running loop, and make it `last`.
+        """
+        with self._lock:
+            for finished in [other for other in self._by_loop if not other.is_running()]:
+                del self._by_loop[finished]  # `loop` runs: we are in one of its tasks
+            dog = self._by_loop.get(loop)
+            if dog is None:
+                dog = self._by_loop[loop] = Watchdog(self._clock, loop)
+            self.last = dog
+            return dog

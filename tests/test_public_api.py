@@ -68,7 +68,7 @@ INTERNAL = {
         "error_matcher",
         "retryable_by_default",
     },
-    "_watchdog": {"Watched", "Watchdog"},
+    "_watchdog": {"Watched", "Watchdog", "Watchdogs"},  # the engine of Timeout
     "_callables": {"awaitable_checked", "check_async", "label"},  # behind Policy's methods
     # Behind Policy._emit; users configure the `resilient.<kind>` loggers, not these.
     "_logging": {"DecisionLog", "decision_log", "level_of"},

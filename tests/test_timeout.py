@@ -94,7 +94,7 @@ async def test_errors_pass_through_unchanged() -> None:
     with pytest.raises(KeyError) as info:
         await timeout.call(broken)
     assert info.value is error
-    assert timeout._watchdog._active == {}
+    assert timeout._watchdogs.watched() == 0
     clock.advance(2)
     await settle()
     assert current_task().cancelling() == 0
@@ -334,7 +334,7 @@ async def test_external_cancel_propagates_as_cancelled() -> None:
         await settle()
     assert events == []
     assert timeout.statistics().timeouts == 0
-    assert timeout._watchdog._active == {}
+    assert timeout._watchdogs.watched() == 0
 
 
 async def test_external_cancel_wins_over_simultaneous_timeout() -> None:
@@ -504,7 +504,7 @@ async def test_watchdog_many_staggered_scopes() -> None:
         assert expected <= took + 1e-9
         assert took <= expected + 0.01 + 1e-9  # fired on the first step past it
     assert timeout.statistics() == TimeoutStatistics(seconds=1.0, calls=200, timeouts=100)
-    assert timeout._watchdog._active == {}
+    assert timeout._watchdogs.watched() == 0
 
 
 async def test_watchdog_real_clock_many_scopes() -> None:
