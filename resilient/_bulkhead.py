@@ -12,7 +12,7 @@ the one trio's `CapacityLimiter` and `asyncio.Semaphore` (3.11.1+) use.
 
 Its waiters are futures of one event loop, woken by whichever call releases a slot, so a
 bulkhead serves one loop at a time (as asyncio's own primitives do): used from another
-thread while the loop that took it over is still running, it raises `RuntimeError` at
+thread while the loop that took it over is still running, it raises `PolicyMisuseError` at
 once rather than strand a waiter. Once that loop has stopped (an `asyncio.run`
 returned) the next loop takes the bulkhead over silently. The hot path checks only the
 thread (`asyncio.get_running_loop()` costs a `getpid()` on 3.11); should a waiter of
@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import NoReturn, TypeVar
 
 from ._clock import Clock
-from ._errors import BulkheadFullError
+from ._errors import BulkheadFullError, PolicyMisuseError
 from ._events import Hook, Rejected, RejectionReason
 from ._policy import Args, AsyncFn, Kwargs, Policy
 from ._validate import check_int, check_seconds
@@ -74,7 +74,7 @@ class Bulkhead(Policy):
     Usable as a decorator, with `.call(fn, ...)`, or as ``async with bulkhead:``.
 
     It serves one event loop at a time: a call from another loop while the loop that
-    used it last still runs (in another thread) raises `RuntimeError`; create one
+    used it last still runs (in another thread) raises `PolicyMisuseError`; create one
     Bulkhead per event loop. After that loop has stopped, any loop may take it over.
 
     Args:
@@ -175,7 +175,7 @@ class Bulkhead(Policy):
         with _ADOPTING:
             owner = self._loop
             if owner is not None and owner is not loop and owner.is_running():
-                raise RuntimeError(
+                raise PolicyMisuseError(
                     f"Bulkhead {self.name!r} is in use by an event loop running in another"
                     " thread; a Bulkhead serves one event loop at a time: create one"
                     " Bulkhead per event loop"

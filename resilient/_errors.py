@@ -10,7 +10,8 @@ wrapped: `Retry` re-raises the last one unchanged and the other policies let the
     │   ├── CircuitOpenError          the breaker is open (or its probes are all taken)
     │   ├── BulkheadFullError         no free slot and no room (or time) to queue
     │   └── NoHealthyInstanceError    discovery knows no instance, or all are ejected
-    └── TimeoutExceeded               also a builtin TimeoutError
+    ├── TimeoutExceeded               also a builtin TimeoutError
+    └── PolicyMisuseError             a policy used where it can't serve (a RuntimeError)
 
 `asyncio.CancelledError` is never raised, swallowed or translated by a policy other
 than the timeout that cancelled its own scope.
@@ -27,29 +28,11 @@ __all__ = [
     "BulkheadFullError",
     "CircuitOpenError",
     "NoHealthyInstanceError",
+    "PolicyMisuseError",
     "RejectedError",
     "ResilienceError",
     "TimeoutExceeded",
 ]
-
-PROGRAMMING_ERRORS: tuple[type[Exception], ...] = (
-    AssertionError,
-    AttributeError,
-    NameError,
-    NotImplementedError,
-    SyntaxError,
-    TypeError,
-)
-"""
-Exceptions (and their subclasses) that say the code is wrong, not the dependency.
-
-The same call raises them again however often it is retried, so `Retry` and `Hedge`
-don't try again, a `CircuitBreaker` counts them neither as failure nor as success, and
-a `Fallback` lets them through, unless ``on=`` names the type (``Retry(on=TypeError)``)
-or is a predicate. `LookupError` (``KeyError``, ``IndexError``), `ValueError` and
-`ImportError` are not in it: clients raise them for missing or malformed data and
-absent optional dependencies, which a fallback legitimately answers.
-"""
 
 
 class ResilienceError(Exception):
@@ -144,3 +127,34 @@ class TimeoutExceeded(ResilienceError, TimeoutError):
 
     def __reduce__(self) -> tuple[type[TimeoutExceeded], tuple[str, float]]:
         return (type(self), (self.name, self.timeout))
+
+
+class PolicyMisuseError(ResilienceError, RuntimeError):
+    """
+    A policy was used where it cannot serve, e.g. a `Bulkhead` from a second event loop.
+
+    The message says how to fix the code. Like the other `PROGRAMMING_ERRORS`, it is not
+    retried, counted by breakers or answered by fallbacks unless named.
+    """
+
+
+PROGRAMMING_ERRORS: tuple[type[Exception], ...] = (
+    AssertionError,
+    AttributeError,
+    NameError,
+    NotImplementedError,
+    SyntaxError,
+    TypeError,
+    PolicyMisuseError,
+)
+"""
+Exceptions (and their subclasses) that say the code is wrong, not the dependency.
+
+The same call raises them again however often it is retried, so `Retry` and `Hedge`
+don't try again, a `CircuitBreaker` counts them neither as failure nor as success, and
+a `Fallback` lets them through, unless ``on=`` names the type (``Retry(on=TypeError)``)
+or is a predicate. `LookupError` (``KeyError``, ``IndexError``), `ValueError` and
+`ImportError` are not in it: clients raise them for missing or malformed data and
+absent optional dependencies, which a fallback legitimately answers. `PolicyMisuseError`
+is in it: a policy used where it cannot serve fails the same way every time.
+"""

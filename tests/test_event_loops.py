@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import pytest
+from tenacity import wait_none
 
 from resilient import (
     Bulkhead,
@@ -25,16 +26,20 @@ from resilient import (
     CircuitOpenError,
     CircuitState,
     Fallback,
+    FallbackUsed,
     HealthMonitor,
     HealthReport,
     HealthStatus,
     Hedge,
     Policy,
+    PolicyMisuseError,
     Retry,
+    RetryScheduled,
     Timeout,
     TimeoutExceeded,
     pipeline,
 )
+from resilient.testing import capture_events
 
 T = TypeVar("T")
 
@@ -155,6 +160,39 @@ async def test_bulkhead_held_by_another_running_loop_refuses_at_once() -> None:
     finally:
         release.set()
     assert await asyncio.wrap_future(other) == 0
+
+
+async def test_bulkhead_misuse_is_not_retried_or_answered_by_a_fallback() -> None:
+    """The refusal is a PolicyMisuseError (a programming error): a Fallback over a Retry
+    lets it through after one attempt instead of hiding the bug behind a default."""
+    bulkhead = Bulkhead(1)
+    attempts: list[int] = []
+    policy = pipeline(Fallback(value="hidden"), Retry(3, wait=wait_none()), bulkhead)
+    used, tried = threading.Event(), threading.Event()
+
+    async def use_then_idle() -> None:
+        await bulkhead.call(asyncio.sleep, 0)
+        used.set()
+        await until(tried)
+
+    async def work() -> str:
+        attempts.append(1)  # pragma: no cover  # refused before the call
+        return "ran"
+
+    other = in_thread(use_then_idle)
+    try:
+        await until(used)
+        with (
+            capture_events(RetryScheduled) as retries,
+            capture_events(FallbackUsed) as fallbacks,
+            pytest.raises(PolicyMisuseError, match=ONE_LOOP_PER_BULKHEAD) as raised,
+        ):
+            await policy.call(work)
+        assert isinstance(raised.value, RuntimeError)
+        assert (attempts, retries, fallbacks) == ([], [], [])
+    finally:
+        tried.set()
+    await asyncio.wrap_future(other)
 
 
 async def test_bulkhead_is_refused_while_the_other_loop_runs_then_taken_over() -> None:
@@ -448,7 +486,7 @@ async def _retried(retry: Retry) -> int:
     return await retry.call(twice)
 
 
-async def _fell_back(fallback: Fallback) -> object:
+async def _fell_back(fallback: Fallback[Any]) -> object:
     async def broken() -> None:
         raise Boom
 

@@ -19,6 +19,7 @@ from resilient import (
     Fallback,
     Hedge,
     Instance,
+    PolicyMisuseError,
     Retry,
     pipeline,
 )
@@ -61,6 +62,7 @@ def test_the_documented_set() -> None:
         NotImplementedError,
         SyntaxError,
         TypeError,
+        PolicyMisuseError,
     }
     for data_error in (KeyError, IndexError, ValueError, ImportError, ConnectionError):
         assert not issubclass(data_error, PROGRAMMING_ERRORS)
