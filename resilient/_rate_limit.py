@@ -22,7 +22,7 @@ call is rejected with `RateLimitedError`, whose `retry_after` is the wait.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -102,6 +102,7 @@ class RateLimiter(Policy):
         "_cost",
         "_interval",
         "_rejected",
+        "_step",
         "_tat",
         "_tolerance",
         "_waited",
@@ -135,46 +136,72 @@ class RateLimiter(Policy):
         self._cost = _check_cost(owner, cost, self.burst)
         self._interval = self.per / self.rate  # T: seconds per permit
         self._tolerance = self.burst * self._interval  # how far ahead tat may run
+        # What one call moves tat by; None when a function gives each call's cost.
+        self._step = None if callable(self._cost) else self._cost * self._interval
         self._tat = self._clock.monotonic()  # the bucket starts full
         self._accepted = self._rejected = self._waited = self._waiting = 0
 
-    async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
-        cost = self._cost
-        permits = cost if isinstance(cost, float) else permits_of(self, cost, args, kwargs)
+    def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> Awaitable[T]:
+        # Not a coroutine: an admitted call is decided here and handed `fn`'s own
+        # awaitable, which saves a coroutine frame per call (the happy path's main
+        # cost). Refusals and waits are decided here too, at call time, and returned
+        # as awaitables, so they surface where the call is awaited, as for any policy.
+        step = self._step
+        if step is None:
+            return self._weighted(fn, args, kwargs)
         now = self._monotonic()
         tat = self._tat
-        tat = max(tat, now)
-        tat += permits * self._interval
+        if tat < now:  # noqa: PLR1730  # cheaper than max() on the hot path
+            tat = now
+        tat += step
+        if tat - self._tolerance > now:
+            return self._queue(tat, now, step, fn, args, kwargs)
+        self._tat = tat
+        self._accepted += 1
+        return fn(*args, **kwargs)
+
+    def _queue(  # noqa: PLR0917  # the hot path's locals, passed on as they are
+        self, tat: float, now: float, step: float, fn: AsyncFn[T], args: Args, kwargs: Kwargs
+    ) -> Awaitable[T]:
+        # No permit now: reserve one and wait for it, or refuse.
         wait = tat - self._tolerance - now
-        if wait > 0:
-            await self._wait(wait, permits, tat)
-        else:
-            self._tat = tat
-            self._accepted += 1
+        if wait > self.max_wait:
+            return _raise(self._refusal(wait, step / self._interval))
+        self._tat = tat  # reserved: later callers queue behind this one
+        return self._delayed(wait, step, fn, args, kwargs)
+
+    async def _weighted(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
+        step = permits_of(self, self._cost, args, kwargs) * self._interval
+        now = self._monotonic()
+        tat = max(self._tat, now) + step
+        if tat - self._tolerance > now:
+            return await self._queue(tat, now, step, fn, args, kwargs)
+        self._tat = tat
+        self._accepted += 1
         return await fn(*args, **kwargs)
 
-    async def _wait(self, wait: float, permits: float, tat: float) -> None:
-        if wait > self.max_wait:
-            self._reject(wait, permits)
-        self._tat = tat  # reserved: later callers queue behind us
+    async def _delayed(
+        self, wait: float, step: float, fn: AsyncFn[T], args: Args, kwargs: Kwargs
+    ) -> T:
         self._waiting += 1
         try:
             await self._clock.sleep(wait)
         except BaseException:
             # Cancelled while waiting: hand the permits back (as Go's Reservation.Cancel).
-            self._tat -= permits * self._interval
+            self._tat -= step
             raise
         finally:
             self._waiting -= 1
         self._accepted += 1
         self._waited += 1
+        return await fn(*args, **kwargs)
 
-    def _reject(self, wait: float, permits: float, why: str = "") -> NoReturn:
+    def _refusal(self, wait: float, permits: float, why: str = "") -> RateLimitedError:
         self._rejected += 1
         if self._listening():
             reason = RejectionReason.STORE_UNAVAILABLE if why else RejectionReason.RATE_LIMITED
             self._emit(Rejected, reason=reason)
-        raise RateLimitedError(self.name, wait, permits, why)
+        return RateLimitedError(self.name, wait, permits, why)
 
     def _available(self) -> float:
         ahead = self._tat - self._monotonic()
@@ -202,6 +229,10 @@ class RateLimiter(Policy):
         )
 
 
+async def _raise(error: BaseException) -> NoReturn:
+    raise error
+
+
 def check_rate(owner: str, param: str, value: object) -> float:
     """
     Return `value` as a float if it is a finite number > 0 (a rate, not seconds).
@@ -224,14 +255,16 @@ def _check_cost(owner: str, cost: object, burst: int) -> float | Callable[..., f
     return permits
 
 
-def permits_of(limiter: RateLimiter, cost: Callable[..., Any], args: Args, kwargs: Kwargs) -> float:
+def permits_of(limiter: RateLimiter, cost: Cost, args: Args, kwargs: Kwargs) -> float:
     """
-    Permits a call asks for, from the limiter's `cost` function (internal).
+    Permits a call asks for: the limiter's `cost`, or what its cost function says (internal).
 
     Raises:
         ValueError: The function returned a number <= 0 or more than `burst`.
     """
-    permits = cost(*args, **kwargs)
+    if isinstance(cost, float):
+        return cost
+    permits: Any = cost(*args, **kwargs)
     if isinstance(permits, bool) or not isinstance(permits, int | float):
         raise TypeError(f"{limiter.name!r}: cost() returned {permits!r}, not a number")
     if not 0 < permits <= limiter.burst:

@@ -151,17 +151,17 @@ class RedisRateLimiter(RateLimiter):
         self._store_errors = 0
 
     async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
-        cost = self._cost
-        permits = cost if isinstance(cost, float) else permits_of(self, cost, args, kwargs)
+        permits = permits_of(self, self._cost, args, kwargs)
         answer = await self._ask(permits)
         if answer is None:
             if not self.fail_open:
-                self._reject(self.recheck_after, permits, "redis unreachable; failing closed")
+                why = "redis unreachable; failing closed"
+                raise self._refusal(self.recheck_after, permits, why)
             self._accepted += 1
         else:
             admitted, wait = answer
             if not admitted:
-                self._reject(wait, permits)
+                raise self._refusal(wait, permits)
             if wait > 0:
                 await self._sleep(wait)
             self._accepted += 1
