@@ -9,7 +9,9 @@ in a bounded FIFO queue (for at most `max_wait`), or are rejected with
 `ConcurrencyLimitError`.
 
 Which failures are samples of overload is `overload_on` (default: any `Exception`). A
-cancelled call is not a sample (its latency says nothing about the dependency).
+cancelled call is not a sample (its latency says nothing about the dependency), nor is
+a `RejectedError` from an inner policy (the call never reached the dependency), as the
+circuit breaker excludes them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
 from ._clock import Clock
-from ._errors import ConcurrencyLimitError
+from ._errors import ConcurrencyLimitError, RejectedError
 from ._events import Hook, Rejected, RejectionReason
 from ._limit_algorithms import Gradient2, LimitAlgorithm
 from ._policy import Args, AsyncFn, Kwargs, Policy
@@ -142,7 +144,7 @@ class AdaptiveConcurrency(Policy):
         started = self._monotonic()
         try:
             result = await fn(*args, **kwargs)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, RejectedError):
             self._release()  # no sample: says nothing about the dependency
             raise
         except BaseException as error:

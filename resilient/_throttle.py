@@ -15,8 +15,9 @@ any circuit breaker opens. The refusals count as requests, so the probability ke
 as long as the dependency keeps rejecting, and falls as accepts come back. The book uses
 k = 2 and a two-minute window; a smaller `k` throttles more aggressively.
 
-The counts live in ten buckets of ``window / 10`` seconds, the circuit breaker's time
-window (`_breaker_window.TimeWindow`).
+A cancelled call, and one refused by an inner policy (a `RejectedError`: the dependency
+never saw it), is not counted. The counts live in ten buckets of ``window / 10``
+seconds, the circuit breaker's time window (`_breaker_window.TimeWindow`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import NoReturn, TypeVar
 
 from ._breaker_window import TimeWindow, rate_rule
 from ._clock import Clock
-from ._errors import ThrottledError
+from ._errors import RejectedError, ThrottledError
 from ._events import Hook, Rejected, RejectionReason
 from ._policy import Args, AsyncFn, Kwargs, Policy
 from ._validate import check_seconds, error_matcher
@@ -126,8 +127,8 @@ class AdaptiveThrottle(Policy):
             self._refuse(probability)
         try:
             result = await fn(*args, **kwargs)
-        except asyncio.CancelledError:
-            raise  # neither a request the dependency saw through nor a refusal
+        except (asyncio.CancelledError, RejectedError):
+            raise  # the dependency never answered: neither an accept nor a refusal
         except BaseException as error:
             self._window.record(failed=self._overload(error), slow=False)
             raise

@@ -332,3 +332,19 @@ def test_bad_parameters_are_named(build: object, error: type, named: str) -> Non
     """
     with pytest.raises(error, match=named):
         build()  # type: ignore[operator]
+
+
+async def test_inner_rejections_are_not_samples() -> None:
+    """
+    A RejectedError from an inner policy (the dependency never saw the call) frees the
+    slot and is neither a drop nor a sample.
+    """
+    policy = AdaptiveConcurrency(AIMD(initial=2), clock=FakeClock())
+
+    async def refused() -> None:
+        raise ConcurrencyLimitError("inner", 1, "full")
+
+    with pytest.raises(ConcurrencyLimitError):
+        await policy.call(refused)
+    stats = policy.statistics()
+    assert (stats.limit, stats.in_flight, stats.dropped) == (2, 0, 0)

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from tenacity import wait_none
 
 from resilient import (
+    Fallback,
+    Hedge,
     RateLimitedError,
     RateLimiter,
     RateLimiterStatistics,
@@ -316,3 +318,17 @@ def test_bad_parameters_are_named(kwargs: dict[str, object], error: type, named:
     """
     with pytest.raises(error, match=rf"RateLimiter\({named}="):
         RateLimiter(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_refusal_surfaces_where_the_layer_is_awaited() -> None:
+    """
+    Inside a pipeline the limiter's refusal is raised when its layer is awaited, so an
+    outer Fallback or Hedge sees it as it sees any failure.
+    """
+    limiter = RateLimiter(1, clock=FakeClock())
+    policy = pipeline(Fallback(value="later", on=RateLimitedError), limiter)
+    assert await policy.call(ok, "now") == "now"
+    assert await policy.call(ok, "now") == "later"
+    hedged = pipeline(Hedge(0.01, clock=FakeClock()), limiter)
+    with pytest.raises(RateLimitedError):
+        await hedged.call(ok)

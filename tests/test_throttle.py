@@ -196,3 +196,17 @@ def test_bad_parameters_are_named(kwargs: dict[str, object], error: type, named:
     """
     with pytest.raises(error, match=rf"AdaptiveThrottle\({named}="):
         AdaptiveThrottle(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_inner_rejections_are_not_counted() -> None:
+    """
+    A RejectedError from an inner policy is neither a request nor a refusal here.
+    """
+    throttle = AdaptiveThrottle(clock=FakeClock())
+
+    async def refused() -> None:
+        raise ThrottledError("inner", 1.0)
+
+    with pytest.raises(ThrottledError):
+        await throttle.call(refused)
+    assert throttle.statistics().requests == 0
