@@ -33,8 +33,8 @@ COUNTERS: Final = (
     (
         "rejections",
         ("kind", "policy", "reason"),
-        "Calls or retries a policy refused: circuit_open, bulkhead_full, retry_budget, rate_limited,"
-        " store_unavailable, concurrency_limit or throttled.",
+        "Calls or retries a policy refused: circuit_open, bulkhead_full, retry_budget,"
+        " rate_limited, store_unavailable, concurrency_limit or throttled.",
     ),
     (
         "timeouts",
