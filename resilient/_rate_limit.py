@@ -151,12 +151,14 @@ class RateLimiter(Policy):
             return self._weighted(fn, args, kwargs)
         now = self._monotonic()
         tat = self._tat
-        if tat < now:  # noqa: PLR1730  # cheaper than max() on the hot path
-            tat = now
-        tat += step
-        if tat - self._tolerance > now:
-            return self._queue(tat, now, step, fn, args, kwargs)
-        self._tat = tat
+        if tat < now:
+            # The bucket is full, so any cost (at most `burst`) fits: no more to check.
+            self._tat = now + step
+        else:
+            tat += step
+            if tat - self._tolerance > now:
+                return self._queue(tat, now, step, fn, args, kwargs)
+            self._tat = tat
         self._accepted += 1
         return fn(*args, **kwargs)
 
