@@ -1,12 +1,14 @@
 """
 AdaptiveConcurrency: a concurrency limit that finds itself from latency and errors.
 
-A bulkhead whose size is not configured but learned: every finished call is a sample
+A `Bulkhead` whose size is not configured but learned: every finished call is a sample
 fed to a `LimitAlgorithm` (`Gradient2` by default, or `AIMD`), which moves the limit
-between its `min_limit` and `max_limit`. This is the model of Netflix's
-concurrency-limits (`SimpleLimiter` with a blocking queue): calls beyond the limit wait
-in a bounded FIFO queue (for at most `max_wait`), or are rejected with
-`ConcurrencyLimitError`.
+(the bulkhead's `max_concurrent`) between its `min_limit` and `max_limit`. This is the
+model of Netflix's concurrency-limits (`SimpleLimiter` with a blocking queue): calls
+beyond the limit wait in the bulkhead's bounded FIFO queue (for at most `max_wait`), or
+are rejected with `ConcurrencyLimitError`. The queue is the bulkhead's own; only the
+release differs: a freed slot goes to a waiter only while the calls in flight are below
+the limit (which may have shrunk), and a grown limit admits several waiters at once.
 
 Which failures are samples of overload is `overload_on` (default: any `Exception`). A
 cancelled call is not a sample (its latency says nothing about the dependency), nor is
@@ -17,17 +19,17 @@ circuit breaker excludes them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NoReturn, TypeVar
+from types import TracebackType
+from typing import Any, NoReturn, TypeVar
 
+from ._bulkhead import Bulkhead, BulkheadStatistics
 from ._clock import Clock
 from ._errors import ConcurrencyLimitError, RejectedError
 from ._events import Hook, Rejected, RejectionReason
 from ._limit_algorithms import Gradient2, LimitAlgorithm
-from ._policy import Args, AsyncFn, Kwargs, Policy
+from ._policy import Args, AsyncFn, Kwargs
 from ._validate import check_int, check_seconds, error_matcher
 
 __all__ = ["AdaptiveConcurrency", "AdaptiveConcurrencyStatistics"]
@@ -36,34 +38,30 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
-class AdaptiveConcurrencyStatistics:
+class AdaptiveConcurrencyStatistics(BulkheadStatistics):
     """
-    A snapshot of an `AdaptiveConcurrency` policy.
+    A snapshot of an `AdaptiveConcurrency` policy: a bulkhead's, plus the limit's.
 
     Attributes:
-        limit: The concurrency limit now (export it as a gauge).
+        limit: The concurrency limit now (export it as a gauge); also `max_concurrent`.
         min_limit: Its lower bound.
         max_limit: Its upper bound.
-        in_flight: Calls running now.
-        queued: Callers waiting for a slot now.
-        accepted: Calls let through.
-        rejected: Calls refused.
         dropped: Samples that counted as overload.
     """
 
     limit: int
     min_limit: int
     max_limit: int
-    in_flight: int
-    queued: int
-    accepted: int
-    rejected: int
     dropped: int
 
 
-class AdaptiveConcurrency(Policy):
+class AdaptiveConcurrency(Bulkhead):
     """
     Cap the calls in flight at a limit learned from their latency and failures.
+
+    Usable as a decorator, with `.call(fn, ...)`, or as ``async with`` (the block's
+    duration is the sample). A tracked policy's limit is exported by the Prometheus
+    integration as its bulkhead ``max_concurrent`` gauge.
 
     Args:
         algorithm: How the limit moves: `Gradient2()` (default) or `AIMD()`; each
@@ -82,18 +80,7 @@ class AdaptiveConcurrency(Policy):
     """
 
     kind = "adaptive_concurrency"
-    __slots__ = (
-        "_accepted",
-        "_dropped",
-        "_in_flight",
-        "_limit",
-        "_overload",
-        "_rejected",
-        "_waiters",
-        "algorithm",
-        "max_queue",
-        "max_wait",
-    )
+    __slots__ = ("_dropped", "_entered", "_overload", "algorithm")
 
     def __init__(  # keyword-only knobs, each with a default
         self,
@@ -106,7 +93,6 @@ class AdaptiveConcurrency(Policy):
         clock: Clock | None = None,
         hooks: Iterable[Hook] | None = None,
     ) -> None:
-        super().__init__(name=name, clock=clock, hooks=hooks)
         owner = type(self).__name__
         if algorithm is None:
             algorithm = Gradient2()
@@ -114,117 +100,107 @@ class AdaptiveConcurrency(Policy):
             raise TypeError(
                 f"{owner}(algorithm=...): expected AIMD or Gradient2, got {algorithm!r}"
             )
-        self.algorithm = algorithm
-        self.max_queue = check_int(owner, "max_queue", max_queue, minimum=0)
-        self.max_wait = (
-            None
-            if max_wait is None
-            else check_seconds(owner, "max_wait", max_wait, allow_zero=True)
-        )
+        # Checked here too, so that errors name this class rather than Bulkhead.
+        check_int(owner, "max_queue", max_queue, minimum=0)
+        if max_wait is not None:
+            check_seconds(owner, "max_wait", max_wait, allow_zero=True)
         self._overload = error_matcher(owner, "overload_on", overload_on)
-        self._limit = algorithm.initial
-        self._in_flight = 0
-        self._waiters: deque[asyncio.Future[bool]] = deque()
-        self._accepted = self._rejected = self._dropped = 0
+        super().__init__(
+            algorithm.initial, max_queue=max_queue, max_wait=max_wait, name=name,
+            clock=clock, hooks=hooks,
+        )  # fmt: skip
+        self.algorithm = algorithm
+        self._dropped = 0
+        # Calls inside ``async with``, per task: (start, calls in flight), innermost last.
+        self._entered: dict[asyncio.Task[Any] | None, list[tuple[float, int]]] = {}
 
     @property
     def limit(self) -> int:
         """
         The concurrency limit now.
         """
-        return self._limit
+        return self.max_concurrent
 
     async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
-        if self._in_flight < self._limit and not self._waiters:
-            self._in_flight += 1
-            self._accepted += 1
-        else:
-            await self._queue()
+        if not self._take_free_slot():
+            await self._wait_for_slot()
         in_flight = self._in_flight
         started = self._monotonic()
         try:
             result = await fn(*args, **kwargs)
-        except (asyncio.CancelledError, RejectedError):
-            self._release()  # no sample: says nothing about the dependency
-            raise
         except BaseException as error:
-            self._sample(started, in_flight, dropped=self._overload(error))
+            self._finish(started, in_flight, error)
             raise
-        self._sample(started, in_flight, dropped=False)
+        self._finish(started, in_flight, None)
         return result
 
-    def _sample(self, started: float, in_flight: int, *, dropped: bool) -> None:
-        self._dropped += dropped
-        rtt = self._monotonic() - started
-        self._limit = self.algorithm.update(self._limit, rtt, in_flight, dropped)
+    def _finish(self, started: float, in_flight: int, error: BaseException | None) -> None:
+        # A cancelled call, or one an inner policy refused, says nothing about the
+        # dependency: its slot is freed without a sample.
+        if not isinstance(error, asyncio.CancelledError | RejectedError):
+            dropped = error is not None and self._overload(error)
+            self._dropped += dropped
+            rtt = self._monotonic() - started
+            self.max_concurrent = self.algorithm.update(
+                self.max_concurrent, rtt, in_flight, dropped
+            )
         self._release()
 
     def _release(self) -> None:
         self._in_flight -= 1
-        # Hand free slots to waiters, in order; after the limit grew there may be several.
-        while self._waiters and self._in_flight < self._limit:
+        # Hand free slots to waiters, in order: none while the limit has shrunk below
+        # the calls in flight, several after it grew.
+        while self._waiters and self._in_flight < self.max_concurrent:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 self._in_flight += 1
                 waiter.set_result(True)
 
-    async def _queue(self) -> None:
-        if len(self._waiters) >= self.max_queue:
-            self._reject("limit reached and the queue is full")
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        timer = None
-        if self.max_wait is not None:
-            timer = self._clock.call_at(self._monotonic() + self.max_wait, lambda: _expire(waiter))
-        try:
-            granted = await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled() and waiter.result():
-                self._release()  # handed a slot we won't use: pass it on
-            else:
-                self._forget(waiter)
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-        if not granted:
-            self._forget(waiter)
-            self._reject(f"waited {self.max_wait:g}s in the queue")
-        self._accepted += 1
-
-    def _forget(self, waiter: asyncio.Future[bool]) -> None:
-        with contextlib.suppress(ValueError):  # already handed a slot or expired
-            self._waiters.remove(waiter)
-
     def _reject(self, why: str) -> NoReturn:
         self._rejected += 1
         if self._listening():
             self._emit(Rejected, reason=RejectionReason.CONCURRENCY_LIMIT)
-        raise ConcurrencyLimitError(self.name, self._limit, why)
+        raise ConcurrencyLimitError(self.name, self.max_concurrent, why)
+
+    async def __aenter__(self) -> AdaptiveConcurrency:
+        await super().__aenter__()
+        stack = self._entered.setdefault(asyncio.current_task(), [])
+        stack.append((self._monotonic(), self._in_flight))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task = asyncio.current_task()
+        stack = self._entered[task]
+        started, in_flight = stack.pop()
+        if not stack:
+            del self._entered[task]
+        self._finish(started, in_flight, exc)
 
     def statistics(self) -> AdaptiveConcurrencyStatistics:
         """
         Return a snapshot of the limit, the slots and the counters.
         """
         return AdaptiveConcurrencyStatistics(
-            limit=self._limit,
-            min_limit=self.algorithm.min_limit,
-            max_limit=self.algorithm.max_limit,
+            max_concurrent=self.max_concurrent,
+            max_queue=self.max_queue,
             in_flight=self._in_flight,
             queued=len(self._waiters),
             accepted=self._accepted,
             rejected=self._rejected,
+            limit=self.max_concurrent,
+            min_limit=self.algorithm.min_limit,
+            max_limit=self.algorithm.max_limit,
             dropped=self._dropped,
         )
 
     def __repr__(self) -> str:
         return (
-            f"<AdaptiveConcurrency {self.name!r} {self._in_flight}/{self._limit} in flight"
-            f" (limit {self.algorithm.min_limit}..{self.algorithm.max_limit}),"
+            f"<AdaptiveConcurrency {self.name!r} {self._in_flight}/{self.max_concurrent} in"
+            f" flight (limit {self.algorithm.min_limit}..{self.algorithm.max_limit}),"
             f" {len(self._waiters)}/{self.max_queue} queued>"
         )
-
-
-def _expire(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
-        waiter.set_result(False)

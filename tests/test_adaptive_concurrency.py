@@ -182,8 +182,8 @@ async def test_aimd_limit_grows_under_use_and_falls_on_drops() -> None:
     with pytest.raises(TimeoutError):
         await failing
     assert policy.statistics() == AdaptiveConcurrencyStatistics(
-        limit=5, min_limit=1, max_limit=6, in_flight=0, queued=0, accepted=5, rejected=0,
-        dropped=1,
+        max_concurrent=5, max_queue=0, in_flight=0, queued=0, accepted=5, rejected=0,
+        limit=5, min_limit=1, max_limit=6, dropped=1,
     )  # fmt: skip
 
 
@@ -348,3 +348,39 @@ async def test_inner_rejections_are_not_samples() -> None:
         await policy.call(refused)
     stats = policy.statistics()
     assert (stats.limit, stats.in_flight, stats.dropped) == (2, 0, 0)
+
+
+async def test_async_with_samples_the_block() -> None:
+    """
+    Used as ``async with``, the block is the call: its duration is a sample, and an
+    overload error leaving it is a drop.
+    """
+    clock = FakeClock()
+    policy = AdaptiveConcurrency(AIMD(initial=1, max_limit=3), clock=clock)
+    async with policy:
+        assert policy.statistics().in_flight == 1
+        await clock.sleep(0.1)
+    assert policy.limit == 2
+    with pytest.raises(TimeoutError):
+        async with policy:
+            raise TimeoutError
+    stats = policy.statistics()
+    assert (stats.limit, stats.in_flight, stats.dropped) == (1, 0, 1)
+
+
+async def test_the_limit_is_exported_as_a_gauge() -> None:
+    """
+    A tracked AdaptiveConcurrency exports its current limit (and slots) through the
+    Prometheus integration's bulkhead gauges, read at scrape time.
+    """
+    from prometheus_client import CollectorRegistry  # optional extra
+
+    from resilient.integrations.prometheus import ResilienceMetrics
+
+    registry = CollectorRegistry()
+    policy = AdaptiveConcurrency(AIMD(initial=3), name="db", clock=FakeClock())
+    ResilienceMetrics(registry).track(policy)
+    assert registry.get_sample_value("resilient_bulkhead_max_concurrent", {"policy": "db"}) == 3
+    with pytest.raises(TimeoutError):
+        await policy.call(Calls(policy, FakeClock()).body, 0, TimeoutError())
+    assert registry.get_sample_value("resilient_bulkhead_max_concurrent", {"policy": "db"}) == 2
