@@ -52,8 +52,7 @@ class RateLimiterStatistics:
         available: Permits that could be taken now without waiting (0 while callers
             wait for reserved ones; always 0 for a shared limiter, which does not know).
         waiting: Callers sleeping until their reserved permits are due.
-        accepted: Calls let through (after waiting or not).
-        waited: Of those, calls that had to wait.
+        waited: Calls let through after waiting for their permits.
         rejected: Calls refused.
         store_errors: Round trips to a shared limiter's store that failed or ran out
             of time (always 0 for a local limiter).
@@ -64,7 +63,6 @@ class RateLimiterStatistics:
     burst: int
     available: float
     waiting: int
-    accepted: int
     waited: int
     rejected: int
     store_errors: int = 0
@@ -98,7 +96,6 @@ class RateLimiter(Policy):
 
     kind = "rate_limiter"
     __slots__ = (
-        "_accepted",
         "_cost",
         "_interval",
         "_rejected",
@@ -139,7 +136,7 @@ class RateLimiter(Policy):
         # What one call moves tat by; None when a function gives each call's cost.
         self._step = None if callable(self._cost) else self._cost * self._interval
         self._tat = self._clock.monotonic()  # the bucket starts full
-        self._accepted = self._rejected = self._waited = self._waiting = 0
+        self._rejected = self._waited = self._waiting = 0
 
     def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> Awaitable[T]:
         # Not a coroutine: an admitted call is decided here and handed `fn`'s own
@@ -159,7 +156,6 @@ class RateLimiter(Policy):
             if tat - self._tolerance > now:
                 return self._queue(tat, now, step, fn, args, kwargs)
             self._tat = tat
-        self._accepted += 1
         return fn(*args, **kwargs)
 
     def _queue(  # noqa: PLR0917  # the hot path's locals, passed on as they are
@@ -179,7 +175,6 @@ class RateLimiter(Policy):
         if tat - self._tolerance > now:
             return await self._queue(tat, now, step, fn, args, kwargs)
         self._tat = tat
-        self._accepted += 1
         return await fn(*args, **kwargs)
 
     async def _delayed(
@@ -194,7 +189,6 @@ class RateLimiter(Policy):
             raise
         finally:
             self._waiting -= 1
-        self._accepted += 1
         self._waited += 1
         return await fn(*args, **kwargs)
 
@@ -219,7 +213,6 @@ class RateLimiter(Policy):
             burst=self.burst,
             available=self._available(),
             waiting=self._waiting,
-            accepted=self._accepted,
             waited=self._waited,
             rejected=self._rejected,
         )

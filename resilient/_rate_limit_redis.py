@@ -157,14 +157,12 @@ class RedisRateLimiter(RateLimiter):
             if not self.fail_open:
                 why = "redis unreachable; failing closed"
                 raise self._refusal(self.recheck_after, permits, why)
-            self._accepted += 1
         else:
             admitted, wait = answer
             if not admitted:
                 raise self._refusal(wait, permits)
             if wait > 0:
                 await self._sleep(wait)
-            self._accepted += 1
         return await fn(*args, **kwargs)
 
     async def _ask(self, permits: float) -> tuple[bool, float] | None:

@@ -62,7 +62,6 @@ async def test_limiters_with_one_key_share_one_bucket(aclient: redis.asyncio.Red
         await two.call(ok)
     assert 0.5 < caught.value.retry_after <= 1.0
     assert 2000 < await aclient.pttl(key) <= 3001
-    assert one.statistics().accepted == 2
     assert two.statistics().rejected == 1
 
 
