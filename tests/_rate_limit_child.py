@@ -1,9 +1,10 @@
 """
 One of several processes sharing a `RedisRateLimiter`, for the global-rate test.
 
-    python -m tests._rate_limit_child <redis url> <key> <rate> <burst> <start> <duration>
+    python -m tests._rate_limit_child <redis url> <key> <rate> <burst> <duration>
 
-Waits until the wall clock reaches `start`, then calls through the limiter as fast as it
+Connects, prints ``ready``, reads the start time (seconds since the epoch) from stdin,
+waits until the wall clock reaches it, then calls through the limiter as fast as it
 lets it (waiting up to 2 s for a permit, sleeping out `retry_after` when refused) until
 `start + duration`. Prints one JSON line: the calls that ran inside the window.
 """
@@ -20,14 +21,15 @@ import redis.asyncio
 from resilient import RateLimitedError, RedisRateLimiter
 
 
-async def main(  # noqa: PLR0917  # the command line, in order
-    url: str, key: str, rate: float, burst: int, start: float, duration: float
-) -> None:
+async def main(url: str, key: str, rate: float, burst: int, duration: float) -> None:
     """
-    Run calls through the shared limiter for `duration` seconds from `start`.
+    Run calls through the shared limiter for `duration` seconds from the start given.
     """
+    client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=5)
+    await client.ping()
+    print("ready", flush=True)
+    start = float(await asyncio.to_thread(sys.stdin.readline))
     end = start + duration
-    client = redis.asyncio.Redis.from_url(url)
     limiter = RedisRateLimiter(
         client, key, rate, burst=burst, max_wait=2.0, fail_open=False, redis_timeout=2.0
     )
@@ -53,5 +55,5 @@ async def main(  # noqa: PLR0917  # the command line, in order
 
 
 if __name__ == "__main__":
-    url, key, rate, burst, start, duration = sys.argv[1:]
-    asyncio.run(main(url, key, float(rate), int(burst), float(start), float(duration)))
+    url, key, rate, burst, duration = sys.argv[1:]
+    asyncio.run(main(url, key, float(rate), int(burst), float(duration)))

@@ -93,15 +93,23 @@ def test_processes_hold_the_global_rate_within_five_percent(redis_server: RedisS
     10 s, run 200 * 10 + burst calls between them, within 5%.
     """
     rate, burst, duration, processes = 200, 10, 10.0, 4
-    key = fresh_key()
-    start = time.time() + 3.0  # time for every child to import and connect
-    command = [sys.executable, "-m", "tests._rate_limit_child", redis_server.url, key]
-    command += [str(rate), str(burst), str(start), str(duration)]
+    command = [sys.executable, "-m", "tests._rate_limit_child", redis_server.url, fresh_key()]
+    command += [str(rate), str(burst), str(duration)]
     children = [
-        subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            command, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         for _ in range(processes)
     ]
     try:
+        for child in children:  # every one imported and connected: no head start
+            assert child.stdout is not None
+            assert child.stdout.readline() == "ready\n"
+        start = time.time() + 0.5
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write(f"{start}\n")
+            child.stdin.flush()
         outputs = [child.communicate(timeout=60)[0] for child in children]
     finally:
         for child in children:
