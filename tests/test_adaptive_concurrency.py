@@ -384,3 +384,26 @@ async def test_the_limit_is_exported_as_a_gauge() -> None:
     with pytest.raises(TimeoutError):
         await policy.call(Calls(policy, FakeClock()).body, 0, TimeoutError())
     assert registry.get_sample_value("resilient_bulkhead_max_concurrent", {"policy": "db"}) == 2
+
+
+def test_algorithms_show_their_settings_and_ignore_empty_samples() -> None:
+    """
+    The algorithms' reprs show their parameters; Gradient2 exposes its long-term latency
+    and leaves the limit alone on a zero-latency sample (a clock that did not move);
+    AIMD leaves it alone while less than half of it is in use.
+    """
+    assert repr(AIMD()) == (
+        "AIMD(initial=20, min_limit=1, max_limit=200, backoff=0.9, timeout=None)"
+    )
+    gradient = Gradient2()
+    assert repr(gradient) == (
+        "Gradient2(initial=20, min_limit=1, max_limit=200, smoothing=0.2, tolerance=1.5,"
+        " long_window=600, queue_size=4)"
+    )
+    assert gradient.update(20, 0.0, 20, dropped=False) == 20
+    assert gradient.long_rtt() == 0
+    gradient.update(20, 0.5, 20, dropped=False)
+    assert gradient.long_rtt() == 0.5
+    assert AIMD().update(20, 0.1, 9, dropped=False) == 20
+    with pytest.raises(TypeError, match=r"Gradient2\(tolerance="):
+        Gradient2(tolerance="2")  # type: ignore[arg-type]
