@@ -193,8 +193,13 @@ def _zero_counters(policy: Policy) -> list[tuple[str, Labels]]:
     name, kind = policy.name, policy.kind
     if isinstance(policy, CircuitBreaker):
         return [("rejections", (kind, name, RejectionReason.CIRCUIT_OPEN.value))]
-    if isinstance(policy, Bulkhead):
-        return [("rejections", (kind, name, RejectionReason.BULKHEAD_FULL.value))]
+    if isinstance(policy, Bulkhead):  # AdaptiveConcurrency too: a bulkhead of learned size
+        reason = (
+            RejectionReason.CONCURRENCY_LIMIT
+            if kind == "adaptive_concurrency"
+            else RejectionReason.BULKHEAD_FULL
+        )
+        return [("rejections", (kind, name, reason.value))]
     counter = _COUNTER_OF_KIND.get(kind)
     return [] if counter is None else [(counter, (name,))]
 

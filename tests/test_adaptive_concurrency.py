@@ -371,7 +371,8 @@ async def test_async_with_samples_the_block() -> None:
 async def test_the_limit_is_exported_as_a_gauge() -> None:
     """
     A tracked AdaptiveConcurrency exports its current limit (and slots) through the
-    Prometheus integration's bulkhead gauges, read at scrape time.
+    Prometheus integration's bulkhead gauges, read at scrape time, and its rejection
+    counter starts at 0 under its own reason.
     """
     from prometheus_client import CollectorRegistry  # optional extra
 
@@ -381,6 +382,8 @@ async def test_the_limit_is_exported_as_a_gauge() -> None:
     policy = AdaptiveConcurrency(AIMD(initial=3), name="db", clock=FakeClock())
     ResilienceMetrics(registry).track(policy)
     assert registry.get_sample_value("resilient_bulkhead_max_concurrent", {"policy": "db"}) == 3
+    refused = {"kind": "adaptive_concurrency", "policy": "db", "reason": "concurrency_limit"}
+    assert registry.get_sample_value("resilient_rejections_total", refused) == 0
     with pytest.raises(TimeoutError):
         await policy.call(Calls(policy, FakeClock()).body, 0, TimeoutError())
     assert registry.get_sample_value("resilient_bulkhead_max_concurrent", {"policy": "db"}) == 2
