@@ -33,7 +33,8 @@ COUNTERS: Final = (
     (
         "rejections",
         ("kind", "policy", "reason"),
-        "Calls or retries a policy refused: circuit_open, bulkhead_full or retry_budget.",
+        "Calls or retries a policy refused: circuit_open, bulkhead_full, retry_budget,"
+        " rate_limited, store_unavailable, concurrency_limit or throttled.",
     ),
     (
         "timeouts",
@@ -192,8 +193,13 @@ def _zero_counters(policy: Policy) -> list[tuple[str, Labels]]:
     name, kind = policy.name, policy.kind
     if isinstance(policy, CircuitBreaker):
         return [("rejections", (kind, name, RejectionReason.CIRCUIT_OPEN.value))]
-    if isinstance(policy, Bulkhead):
-        return [("rejections", (kind, name, RejectionReason.BULKHEAD_FULL.value))]
+    if isinstance(policy, Bulkhead):  # AdaptiveConcurrency too: a bulkhead of learned size
+        reason = (
+            RejectionReason.CONCURRENCY_LIMIT
+            if kind == "adaptive_concurrency"
+            else RejectionReason.BULKHEAD_FULL
+        )
+        return [("rejections", (kind, name, reason.value))]
     counter = _COUNTER_OF_KIND.get(kind)
     return [] if counter is None else [(counter, (name,))]
 

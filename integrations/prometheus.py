@@ -18,7 +18,8 @@ Policies (`ResilienceMetrics`; ``resilient`` is the default namespace):
 - ``resilient_retries_total{policy}``, ``resilient_timeouts_total{policy}``,
   ``resilient_hedges_total{policy}``, ``resilient_fallbacks_total{policy}``;
 - ``resilient_rejections_total{kind,policy,reason}``, reason ``circuit_open``,
-  ``bulkhead_full`` or ``retry_budget``;
+  ``bulkhead_full``, ``retry_budget``, ``rate_limited``, ``store_unavailable``,
+  ``concurrency_limit`` or ``throttled``;
 - ``resilient_circuit_state{policy,state}``: 1 for the current state (``closed``,
   ``open``, ``half_open``), 0 for the other two;
   ``resilient_circuit_transitions_total{policy,from_state,to_state}``;

@@ -16,6 +16,7 @@ Integrations live in `resilient.integrations` and are never imported from here.
 
 from __future__ import annotations
 
+from ._adaptive_concurrency import AdaptiveConcurrency, AdaptiveConcurrencyStatistics
 from ._balance import Balancer, LeastInFlight, PowerOfTwoChoices, RandomChoice, RoundRobin
 from ._breaker import BreakerStatistics, CircuitBreaker, CircuitState
 from ._budget import RetryBudget, RetryBudgetStatistics
@@ -33,10 +34,13 @@ from ._errors import (
     PROGRAMMING_ERRORS,
     BulkheadFullError,
     CircuitOpenError,
+    ConcurrencyLimitError,
     NoHealthyInstanceError,
     PolicyMisuseError,
+    RateLimitedError,
     RejectedError,
     ResilienceError,
+    ThrottledError,
     TimeoutExceeded,
 )
 from ._events import (
@@ -64,16 +68,25 @@ from ._health_check import (
     discovery_check,
 )
 from ._hedge import Hedge, HedgeStatistics
+from ._limit_algorithms import AIMD, Gradient2, LimitAlgorithm
 from ._no_retries import no_retries
 from ._pipeline import Pipeline, pipeline
 from ._plan import CallListener, add_hook, remove_hook
 from ._policy import Policy
 from ._pool import EndpointPool, PoolStatistics
+from ._rate_limit import RateLimiter, RateLimiterStatistics
+from ._rate_limit_redis import RedisRateLimiter
 from ._retry import Retry, RetryStatistics
+from ._throttle import AdaptiveThrottle, AdaptiveThrottleStatistics
 from ._timeout import Timeout, TimeoutStatistics, deadline, remaining_time
 
 __all__ = [
+    "AIMD",
     "PROGRAMMING_ERRORS",
+    "AdaptiveConcurrency",
+    "AdaptiveConcurrencyStatistics",
+    "AdaptiveThrottle",
+    "AdaptiveThrottleStatistics",
     "Balancer",
     "BreakerStatistics",
     "Bulkhead",
@@ -90,11 +103,13 @@ __all__ = [
     "CircuitOpenError",
     "CircuitState",
     "Clock",
+    "ConcurrencyLimitError",
     "EndpointPool",
     "Event",
     "Fallback",
     "FallbackStatistics",
     "FallbackUsed",
+    "Gradient2",
     "HealthMonitor",
     "HealthReport",
     "HealthStatus",
@@ -105,6 +120,7 @@ __all__ = [
     "InMemoryRegistry",
     "Instance",
     "LeastInFlight",
+    "LimitAlgorithm",
     "NoHealthyInstanceError",
     "Pipeline",
     "Policy",
@@ -112,6 +128,10 @@ __all__ = [
     "PoolStatistics",
     "PowerOfTwoChoices",
     "RandomChoice",
+    "RateLimitedError",
+    "RateLimiter",
+    "RateLimiterStatistics",
+    "RedisRateLimiter",
     "Registry",
     "RegistryStatus",
     "Rejected",
@@ -128,6 +148,7 @@ __all__ = [
     "StateChanged",
     "StaticRegistry",
     "SystemClock",
+    "ThrottledError",
     "TimedOut",
     "Timeout",
     "TimeoutExceeded",

@@ -9,7 +9,10 @@ wrapped: `Retry` re-raises the last one unchanged and the other policies let the
     ├── RejectedError                 a policy refused to start the call
     │   ├── CircuitOpenError          the breaker is open (or its probes are all taken)
     │   ├── BulkheadFullError         no free slot and no room (or time) to queue
-    │   └── NoHealthyInstanceError    discovery knows no instance, or all are ejected
+    │   ├── ConcurrencyLimitError     an adaptive concurrency limit is reached
+    │   ├── NoHealthyInstanceError    discovery knows no instance, or all are ejected
+    │   ├── RateLimitedError          no permit now (or within max_wait); has retry_after
+    │   └── ThrottledError            adaptive throttling refused the call locally
     ├── TimeoutExceeded               also a builtin TimeoutError
     └── PolicyMisuseError             a policy used where it can't serve (a RuntimeError)
 
@@ -27,10 +30,13 @@ __all__ = [
     "PROGRAMMING_ERRORS",
     "BulkheadFullError",
     "CircuitOpenError",
+    "ConcurrencyLimitError",
     "NoHealthyInstanceError",
     "PolicyMisuseError",
+    "RateLimitedError",
     "RejectedError",
     "ResilienceError",
+    "ThrottledError",
     "TimeoutExceeded",
 ]
 
@@ -108,6 +114,85 @@ class NoHealthyInstanceError(RejectedError):
 
     def __reduce__(self) -> tuple[type[NoHealthyInstanceError], tuple[str, int, int]]:
         return (type(self), (self.service, self.known, self.ejected))
+
+
+class RateLimitedError(RejectedError):
+    """
+    A rate limiter had no permit for the call now, nor within its `max_wait`.
+
+    `retry_after` has the name `Retry` reads a server's ``Retry-After`` from, so a `Retry`
+    told to retry this error (``on=RateLimitedError``) waits at least that long.
+
+    Attributes:
+        name: The limiter's name.
+        retry_after: Seconds until the permits asked for are available (an estimate
+            when other callers take permits first).
+        permits: The permits the call asked for.
+        why: What went wrong, when it was not simply the rate (e.g. the shared store
+            is unreachable and the limiter fails closed); else empty.
+    """
+
+    def __init__(self, name: str, retry_after: float, permits: float = 1, why: str = "") -> None:
+        # The message is built in __str__, only if someone reads it: a limiter under
+        # load rejects far more calls than anybody logs.
+        super().__init__(name, retry_after, permits, why)
+        self.name = name
+        self.retry_after = retry_after
+        self.permits = permits
+        self.why = why
+
+    def __str__(self) -> str:
+        what = f"rate limit {self.name!r} reached"
+        if self.why:
+            what = f"{what} ({self.why})"
+        return f"{what}; {self.permits:g} permit(s) available in {self.retry_after:.3f}s"
+
+    def __reduce__(self) -> tuple[type[RateLimitedError], tuple[str, float, float, str]]:
+        return (type(self), (self.name, self.retry_after, self.permits, self.why))
+
+
+class ConcurrencyLimitError(RejectedError):
+    """
+    An `AdaptiveConcurrency` limit was reached and its queue was full (or the wait ran out).
+
+    Attributes:
+        name: The policy's name.
+        limit: The concurrency limit when the call was refused.
+        why: What was full.
+    """
+
+    def __init__(self, name: str, limit: int, why: str) -> None:
+        super().__init__(name, limit, why)
+        self.name = name
+        self.limit = limit
+        self.why = why
+
+    def __str__(self) -> str:
+        return f"concurrency limit {self.name!r} reached ({self.why}; limit={self.limit})"
+
+    def __reduce__(self) -> tuple[type[ConcurrencyLimitError], tuple[str, int, str]]:
+        return (type(self), (self.name, self.limit, self.why))
+
+
+class ThrottledError(RejectedError):
+    """
+    `AdaptiveThrottle` refused the call locally: the dependency has been rejecting calls.
+
+    Attributes:
+        name: The policy's name.
+        probability: The rejection probability the call met.
+    """
+
+    def __init__(self, name: str, probability: float) -> None:
+        super().__init__(name, probability)
+        self.name = name
+        self.probability = probability
+
+    def __str__(self) -> str:
+        return f"{self.name!r} throttled the call locally (p={self.probability:.3f})"
+
+    def __reduce__(self) -> tuple[type[ThrottledError], tuple[str, float]]:
+        return (type(self), (self.name, self.probability))
 
 
 class TimeoutExceeded(ResilienceError, TimeoutError):

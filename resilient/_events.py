@@ -93,6 +93,10 @@ class RejectionReason(enum.Enum):
     CIRCUIT_OPEN = "circuit_open"
     BULKHEAD_FULL = "bulkhead_full"
     RETRY_BUDGET = "retry_budget"
+    RATE_LIMITED = "rate_limited"
+    CONCURRENCY_LIMIT = "concurrency_limit"
+    THROTTLED = "throttled"
+    STORE_UNAVAILABLE = "store_unavailable"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,7 +106,8 @@ class Event:
 
     Attributes:
         kind: The policy's kind: ``"retry"``, ``"circuit_breaker"``, ``"bulkhead"``,
-            ``"timeout"``, ``"fallback"`` or ``"hedge"``.
+            ``"timeout"``, ``"fallback"``, ``"hedge"``, ``"rate_limiter"``,
+            ``"adaptive_concurrency"`` or ``"adaptive_throttle"``.
         name: The policy's name (a low-cardinality label).
         time: The policy clock's monotonic time when the event happened.
     """

@@ -23,8 +23,11 @@ import resilient.testing
 from resilient import (
     BulkheadFullError,
     CircuitOpenError,
+    ConcurrencyLimitError,
+    RateLimitedError,
     RejectedError,
     ResilienceError,
+    ThrottledError,
     TimeoutExceeded,
 )
 
@@ -55,6 +58,7 @@ INTERNAL = {
     "_breaker_shared": {"SharedState", "pybreaker_listener_hook"},  # behind storage=
     "_breaker_window": {"Accounting", "Consecutive", "CountWindow", "TimeWindow", "WindowTotals"},
     "_policy": {"Args", "AsyncFn", "Kwargs"},  # the shape of `_run`'s arguments, internal
+    "_rate_limit": {"check_rate", "permits_of"},  # shared with RedisRateLimiter
     "_retry": {"set_instant_retries"},  # public as resilient.testing.set_instant_retries
     "_timeout": {"current_deadline"},  # for the integrations that forward deadlines
     "_validate": {
@@ -167,6 +171,9 @@ def test_error_tree() -> None:
     assert issubclass(RejectedError, ResilienceError)
     assert issubclass(CircuitOpenError, RejectedError)
     assert issubclass(BulkheadFullError, RejectedError)
+    assert issubclass(RateLimitedError, RejectedError)
+    assert issubclass(ConcurrencyLimitError, RejectedError)
+    assert issubclass(ThrottledError, RejectedError)
     assert issubclass(TimeoutExceeded, ResilienceError)
     assert not issubclass(TimeoutExceeded, RejectedError)
 
@@ -190,6 +197,9 @@ def test_timeout_exceeded_is_a_builtin_timeout_error() -> None:
         RejectedError("refused"),
         CircuitOpenError("inventory", 12.5),
         BulkheadFullError("db", 4, 8, "queue full"),
+        RateLimitedError("api", 0.25, 2, "redis unreachable"),
+        ConcurrencyLimitError("db", 7, "queue full"),
+        ThrottledError("pricing", 0.5),
         TimeoutExceeded("fetch", 2.0),
     ],
     ids=lambda error: type(error).__name__,

@@ -1,0 +1,206 @@
+"""
+AdaptiveConcurrency: a concurrency limit that finds itself from latency and errors.
+
+A `Bulkhead` whose size is not configured but learned: every finished call is a sample
+fed to a `LimitAlgorithm` (`Gradient2` by default, or `AIMD`), which moves the limit
+(the bulkhead's `max_concurrent`) between its `min_limit` and `max_limit`. This is the
+model of Netflix's concurrency-limits (`SimpleLimiter` with a blocking queue): calls
+beyond the limit wait in the bulkhead's bounded FIFO queue (for at most `max_wait`), or
+are rejected with `ConcurrencyLimitError`. The queue is the bulkhead's own; only the
+release differs: a freed slot goes to a waiter only while the calls in flight are below
+the limit (which may have shrunk), and a grown limit admits several waiters at once.
+
+Which failures are samples of overload is `overload_on` (default: any `Exception`). A
+cancelled call is not a sample (its latency says nothing about the dependency), nor is
+a `RejectedError` from an inner policy (the call never reached the dependency), as the
+circuit breaker excludes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, NoReturn, TypeVar
+
+from ._bulkhead import Bulkhead, BulkheadStatistics
+from ._clock import Clock
+from ._errors import ConcurrencyLimitError, RejectedError
+from ._events import Hook, Rejected, RejectionReason
+from ._limit_algorithms import Gradient2, LimitAlgorithm
+from ._policy import Args, AsyncFn, Kwargs
+from ._validate import check_int, check_seconds, error_matcher
+
+__all__ = ["AdaptiveConcurrency", "AdaptiveConcurrencyStatistics"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveConcurrencyStatistics(BulkheadStatistics):
+    """
+    A snapshot of an `AdaptiveConcurrency` policy: a bulkhead's, plus the limit's.
+
+    Attributes:
+        limit: The concurrency limit now (export it as a gauge); also `max_concurrent`.
+        min_limit: Its lower bound.
+        max_limit: Its upper bound.
+        dropped: Samples that counted as overload.
+    """
+
+    limit: int
+    min_limit: int
+    max_limit: int
+    dropped: int
+
+
+class AdaptiveConcurrency(Bulkhead):
+    """
+    Cap the calls in flight at a limit learned from their latency and failures.
+
+    Usable as a decorator, with `.call(fn, ...)`, or as ``async with`` (the block's
+    duration is the sample). A tracked policy's limit is exported by the Prometheus
+    integration as its bulkhead ``max_concurrent`` gauge.
+
+    Args:
+        algorithm: How the limit moves: `Gradient2()` (default) or `AIMD()`; each
+            carries its initial, min and max limit. Use one instance per policy.
+        max_queue: Callers allowed to wait for a slot (default 0: reject at once).
+        max_wait: Longest wait in the queue, in seconds (default: no limit).
+        overload_on: Failures that count as overload (a "drop"): exception types or a
+            predicate. Default: any `Exception`. Other failures are plain samples.
+        name: A label for errors, events and metrics (default ``"adaptive_concurrency"``).
+        clock: Time source (default: the system clock).
+        hooks: Event hooks for this policy only.
+
+    Raises:
+        ValueError: A parameter is out of range.
+        TypeError: A parameter has the wrong type.
+    """
+
+    kind = "adaptive_concurrency"
+    __slots__ = ("_dropped", "_entered", "_overload", "algorithm")
+
+    def __init__(  # keyword-only knobs, each with a default
+        self,
+        algorithm: LimitAlgorithm | None = None,
+        *,
+        max_queue: int = 0,
+        max_wait: float | None = None,
+        overload_on: object = Exception,
+        name: str | None = None,
+        clock: Clock | None = None,
+        hooks: Iterable[Hook] | None = None,
+    ) -> None:
+        owner = type(self).__name__
+        if algorithm is None:
+            algorithm = Gradient2()
+        if not isinstance(algorithm, LimitAlgorithm):
+            raise TypeError(
+                f"{owner}(algorithm=...): expected AIMD or Gradient2, got {algorithm!r}"
+            )
+        # Checked here too, so that errors name this class rather than Bulkhead.
+        check_int(owner, "max_queue", max_queue, minimum=0)
+        if max_wait is not None:
+            check_seconds(owner, "max_wait", max_wait, allow_zero=True)
+        self._overload = error_matcher(owner, "overload_on", overload_on)
+        super().__init__(
+            algorithm.initial, max_queue=max_queue, max_wait=max_wait, name=name,
+            clock=clock, hooks=hooks,
+        )  # fmt: skip
+        self.algorithm = algorithm
+        self._dropped = 0
+        # Calls inside ``async with``, per task: (start, calls in flight), innermost last.
+        self._entered: dict[asyncio.Task[Any] | None, list[tuple[float, int]]] = {}
+
+    @property
+    def limit(self) -> int:
+        """
+        The concurrency limit now.
+        """
+        return self.max_concurrent
+
+    async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
+        if not self._take_free_slot():
+            await self._wait_for_slot()
+        in_flight = self._in_flight
+        started = self._monotonic()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as error:
+            self._finish(started, in_flight, error)
+            raise
+        self._finish(started, in_flight, None)
+        return result
+
+    def _finish(self, started: float, in_flight: int, error: BaseException | None) -> None:
+        # A cancelled call, or one an inner policy refused, says nothing about the
+        # dependency: its slot is freed without a sample.
+        if not isinstance(error, asyncio.CancelledError | RejectedError):
+            dropped = error is not None and self._overload(error)
+            self._dropped += dropped
+            rtt = self._monotonic() - started
+            self.max_concurrent = self.algorithm.update(
+                self.max_concurrent, rtt, in_flight, dropped
+            )
+        self._release()
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        # Hand free slots to waiters, in order: none while the limit has shrunk below
+        # the calls in flight, several after it grew.
+        while self._waiters and self._in_flight < self.max_concurrent:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._in_flight += 1
+                waiter.set_result(True)
+
+    def _reject(self, why: str) -> NoReturn:
+        self._rejected += 1
+        if self._listening():
+            self._emit(Rejected, reason=RejectionReason.CONCURRENCY_LIMIT)
+        raise ConcurrencyLimitError(self.name, self.max_concurrent, why)
+
+    async def __aenter__(self) -> AdaptiveConcurrency:
+        await super().__aenter__()
+        stack = self._entered.setdefault(asyncio.current_task(), [])
+        stack.append((self._monotonic(), self._in_flight))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task = asyncio.current_task()
+        stack = self._entered[task]
+        started, in_flight = stack.pop()
+        if not stack:
+            del self._entered[task]
+        self._finish(started, in_flight, exc)
+
+    def statistics(self) -> AdaptiveConcurrencyStatistics:
+        """
+        Return a snapshot of the limit, the slots and the counters.
+        """
+        return AdaptiveConcurrencyStatistics(
+            max_concurrent=self.max_concurrent,
+            max_queue=self.max_queue,
+            in_flight=self._in_flight,
+            queued=len(self._waiters),
+            accepted=self._accepted,
+            rejected=self._rejected,
+            limit=self.max_concurrent,
+            min_limit=self.algorithm.min_limit,
+            max_limit=self.algorithm.max_limit,
+            dropped=self._dropped,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<AdaptiveConcurrency {self.name!r} {self._in_flight}/{self.max_concurrent} in"
+            f" flight (limit {self.algorithm.min_limit}..{self.algorithm.max_limit}),"
+            f" {len(self._waiters)}/{self.max_queue} queued>"
+        )
