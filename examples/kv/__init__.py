@@ -1,0 +1,5 @@
+"""
+A sharded, replicated, durable key-value service built on `resilient`.
+
+Run ``python -m examples.kv --help``; the design is in ``examples/kv/README.md``.
+"""

@@ -1,0 +1,80 @@
+"""
+One node's parts, assembled from its configuration.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+
+from resilient.integrations.prometheus import ResilienceMetrics
+
+from .config import NodeConfig
+from .coordinator import Coordinator
+from .hlc import HybridClock
+from .peers import Peers
+from .ring import Ring
+from .storage import Storage
+
+__all__ = ["Node"]
+
+
+class Node:
+    """
+    Storage, clock, ring, peers and coordinator of one member, and its metrics.
+
+    Args:
+        config: The validated configuration.
+    """
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.id = config.node_id
+        self.registry = CollectorRegistry()
+        self.metrics = ResilienceMetrics(self.registry)
+        self.requests = Counter(
+            "kv_requests", "Client requests by operation and status",
+            ["op", "status"], registry=self.registry,
+        )  # fmt: skip
+        self.storage = Storage(config.data_dir)
+        self.clock = HybridClock(config.node_id)
+        self.ring = Ring(config.peers)
+        others = {n: a for n, a in config.peers.items() if n != config.node_id}
+        self.peers = Peers(others, config.cluster_token, hooks=[self.metrics])
+        self.metrics.track(*self.peers.policies.values())
+        self.coordinator = Coordinator(
+            config.node_id, self.ring, self.storage, self.peers, self.clock,
+            replicas=config.replicas,
+        )  # fmt: skip
+        self.ready = False
+
+    def cluster_view(self) -> dict[str, object]:
+        """
+        The ``GET /cluster`` document: members, their status as seen here, ring shares.
+        """
+        shares = self.ring.ownership()
+        members = []
+        for node, address in sorted(self.config.peers.items()):
+            breaker = self.peers.breakers.get(node)
+            state = "self" if breaker is None else breaker.state.value
+            status = {"self": "up", "closed": "up", "half_open": "suspect"}.get(state, "down")
+            members.append({
+                "id": node, "address": address, "status": status,
+                "breaker": None if breaker is None else state,
+                "ownership": round(shares.get(node, 0.0), 6),
+            })  # fmt: skip
+        return {
+            "node": self.id, "replicas": self.config.replicas,
+            "write_quorum": self.config.write_quorum, "read_quorum": self.config.read_quorum,
+            "members": members, "keys_stored": self.storage.count(),
+            "hedges": self.coordinator.hedges, "repairs": self.coordinator.repairs,
+            "replicating": self.coordinator.replicating,
+        }  # fmt: skip
+
+    async def close(self) -> None:
+        """
+        Finish background work, close the peers' session, flush and close storage.
+        """
+        self.ready = False
+        await self.coordinator.close()
+        await self.peers.close()
+        self.storage.close()
