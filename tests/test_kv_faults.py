@@ -1,0 +1,128 @@
+"""
+A three-node KV cluster (N=3, W=2, R=2) under real faults: SIGKILL, SIGSTOP, SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from examples.kv.ring import Ring
+from tests._kv import KVCluster, Response
+
+IDS = ["n1", "n2", "n3"]
+KEYS = [f"key-{i}" for i in range(40)]
+
+
+@pytest.fixture
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KVCluster]:
+    kv = KVCluster(tmp_path_factory.mktemp("kv"), IDS)
+    try:
+        kv.start()
+        yield kv
+    finally:
+        kv.stop_all()
+
+
+def write_all(cluster: KVCluster, node: str, keys: list[str], value: bytes, **kw: str) -> None:
+    for key in keys:
+        answer = cluster.request(node, "PUT", f"/kv/{key}", value, kw or None)
+        assert answer.status == 204, (key, answer.status, answer.body)
+
+
+def read(cluster: KVCluster, node: str, key: str, query: str = "") -> Response:
+    return cluster.request(node, "GET", f"/kv/{key}{query}")
+
+
+def test_one_node_killed_every_key_still_reads_and_writes(cluster: KVCluster) -> None:
+    """With one of three SIGKILLed, W=2/R=2 reads and writes succeed through both others."""
+    write_all(cluster, "n1", KEYS, b"before")
+    cluster.kill("n3")
+    for node in ("n1", "n2"):
+        for key in KEYS:
+            got = read(cluster, node, key)
+            assert (got.status, got.body) == (200, b"before"), key
+    write_all(cluster, "n2", KEYS, b"after")
+    for key in KEYS:
+        assert read(cluster, "n1", key).body == b"after"
+
+
+def test_two_nodes_down_is_a_503_within_the_deadline(cluster: KVCluster) -> None:
+    """Two peers frozen (SIGSTOP): 503 naming acked/needed, returned within the deadline."""
+    write_all(cluster, "n1", ["frozen"], b"v")
+    for node in ("n2", "n3"):
+        cluster.processes[node].process.send_signal(signal.SIGSTOP)
+    try:
+        for method, path, body, kind in (
+            ("PUT", "/kv/frozen", b"w", "write"),
+            ("GET", "/kv/frozen", None, "read"),
+            ("DELETE", "/kv/frozen", None, "write"),
+        ):
+            started = time.monotonic()
+            answer = cluster.request(
+                "n1", method, path, body, {"X-Request-Timeout-Ms": "800"}, timeout=30
+            )
+            elapsed = time.monotonic() - started
+            assert answer.status == 503, answer.body
+            detail = answer.json()
+            assert (detail["acked"], detail["needed"]) == (1, 2)
+            assert kind in str(detail["error"])
+            assert elapsed < 0.8 + 0.7, f"{method} took {elapsed:.2f}s for an 800 ms deadline"
+    finally:
+        for node in ("n2", "n3"):
+            cluster.processes[node].process.send_signal(signal.SIGCONT)
+
+
+def test_two_nodes_killed_is_a_503_and_w1_still_writes(cluster: KVCluster) -> None:
+    """Two peers dead: W=2 is refused at once; an explicit ?w=1 / ?r=1 is served."""
+    cluster.kill("n2")
+    cluster.kill("n3")
+    started = time.monotonic()
+    answer = cluster.request("n1", "PUT", "/kv/lonely", b"v")
+    assert answer.status == 503
+    assert time.monotonic() - started < 2.0 + 0.7  # the default deadline is 2 s
+    assert cluster.request("n1", "PUT", "/kv/lonely?w=1", b"v").status == 204
+    assert read(cluster, "n1", "lonely", "?r=1").body == b"v"
+
+
+def test_a_restarted_node_serves_what_it_held(cluster: KVCluster) -> None:
+    """SIGKILL then restart: the node's own copies (R=1 from it) are all still there."""
+    write_all(cluster, "n1", KEYS, b"durable", **{"X-Request-Timeout-Ms": "5000"})
+    write_all(cluster, "n1", ["all-three"], b"x")
+    held = [key for key in KEYS if cluster.internal("n3", key).status == 200]
+    assert held == KEYS  # N=3 on three nodes: n3 holds every key (W=2 may ack first)
+    cluster.kill("n3")
+    cluster.start("n3")
+    for key in KEYS:
+        got = read(cluster, "n3", key, "?r=1")
+        assert (got.status, got.body) == (200, b"durable"), key
+
+
+def test_sigterm_loses_no_acknowledged_write_and_exits_0(cluster: KVCluster) -> None:
+    """SIGTERM during a stream of writes: exit 0, and every acknowledged write is readable."""
+    keys = [f"term-{i}" for i in range(300)]
+    acked: list[str] = []
+
+    def put(key: str) -> None:
+        if cluster.request("n3", "PUT", f"/kv/{key}", key.encode()).status == 204:
+            acked.append(key)
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(put, key) for key in keys]
+        while len(acked) < 50:
+            time.sleep(0.005)
+        status = cluster.terminate("n3")
+        for future in futures:
+            future.result()
+    assert status == 0, cluster.processes["n3"].output_tail()
+    assert len(acked) >= 50
+    for key in acked:
+        assert read(cluster, "n1", key).body == key.encode(), key
+    cluster.start("n3")
+    owned = [k for k in acked if "n3" in Ring(IDS).preference_list(k.encode(), 3)]
+    for key in owned:
+        assert cluster.internal("n3", key).status == 200, key
