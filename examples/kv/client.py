@@ -22,7 +22,14 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from resilient import CircuitBreaker, Instance, Registry, StaticRegistry, Timeout
+from resilient import (
+    CircuitBreaker,
+    Instance,
+    PoolStatistics,
+    Registry,
+    StaticRegistry,
+    Timeout,
+)
 from resilient.integrations.aiohttp import DiscoveryClient, ResilienceMiddleware
 
 from .config import parse_address
@@ -150,6 +157,13 @@ class KVClient:
             if response.status != 200:  # noqa: PLR2004
                 raise KVError(response.status, await _detail(response))
             return await response.read(), response.headers.get(_VERSION, "")
+
+    async def statistics(self) -> PoolStatistics:
+        """
+        The node pool's snapshot: nodes known, ejected ones, calls and failovers.
+        """
+        pool = await self._client.pool(SERVICE)
+        return pool.statistics()
 
     async def close(self) -> None:
         """
