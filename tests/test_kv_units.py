@@ -5,13 +5,24 @@ Unit tests of the KV node's parts: ring, hybrid logical clock, codec, configurat
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections import Counter
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from examples.kv.codec import decode_acks, decode_records, encode_acks, encode_records
+from examples.kv.coalesce import Coalescer
+from examples.kv.codec import (
+    decode_acks,
+    decode_found,
+    decode_keys,
+    decode_records,
+    encode_acks,
+    encode_found,
+    encode_keys,
+    encode_records,
+)
 from examples.kv.config import ConfigError, add_node_arguments, node_config, parse_peers
 from examples.kv.hlc import HybridClock, Version
 from examples.kv.ring import Ring, ring_hash
@@ -139,6 +150,30 @@ def test_codec_rejects_truncated_and_padded_batches() -> None:
         decode_records(b"\x00")
 
 
+@given(st.lists(st.binary(max_size=64), max_size=20), st.data())
+def test_codec_round_trips_lookups(keys: list[bytes], data: st.DataObject) -> None:
+    """Keys of a batched read and its answer (records or absent) survive the wire."""
+    assert decode_keys(encode_keys(keys)) == keys
+    found: list[Record | None] = [
+        None if record is None else Record(key, record.version, record.value)
+        for key, record in zip(keys, data.draw(st.lists(st.none() | records, min_size=len(keys),
+                                                        max_size=len(keys))), strict=True)
+    ]  # fmt: skip
+    assert decode_found(encode_found(keys, found), len(keys)) == found
+
+
+def test_codec_rejects_malformed_lookups() -> None:
+    """Truncated key batches and answers of the wrong size are ValueErrors."""
+    with pytest.raises(ValueError, match="truncated"):
+        decode_keys(encode_keys([b"abc"])[:-1])
+    with pytest.raises(ValueError, match="after"):
+        decode_keys(encode_keys([b"abc"]) + b"x")
+    with pytest.raises(ValueError, match="expected 2"):
+        decode_found(encode_found([b"a"], [None]), 2)
+    with pytest.raises(ValueError, match="trailing"):
+        decode_found(encode_found([b"a"], [None]) + b"x", 1)
+
+
 def test_acks_round_trip_and_check_their_count() -> None:
     """One ack byte per record; a count mismatch is a ValueError."""
     assert decode_acks(encode_acks([True, False]), 2) == [True, False]
@@ -202,3 +237,56 @@ def test_peers_errors_name_the_entry(text: str, message: str) -> None:
     """A malformed --peers entry is named in the error."""
     with pytest.raises(ConfigError, match=message):
         parse_peers(text)
+
+
+async def test_coalescer_sends_items_of_one_iteration_in_one_batch() -> None:
+    """Items submitted together leave in one batch; each gets its own answer."""
+    batches: list[list[int]] = []
+
+    async def ship(items: list[int], budget: float) -> list[int]:
+        batches.append(items)
+        return [item * 10 for item in items]
+
+    coalescer: Coalescer[int, int] = Coalescer(ship)
+    until = asyncio.get_running_loop().time() + 5
+    answers = await asyncio.gather(*(coalescer.submit(i, until) for i in range(10)))
+    assert answers == [i * 10 for i in range(10)]
+    assert batches == [list(range(10))]
+
+
+async def test_coalescer_gathers_while_batches_are_in_flight() -> None:
+    """With max_in_flight batches on the wire, later items wait and leave together."""
+    gate = asyncio.Event()
+    batches: list[list[int]] = []
+
+    async def ship(items: list[int], budget: float) -> list[None]:
+        batches.append(items)
+        await gate.wait()
+        return [None] * len(items)
+
+    coalescer: Coalescer[int, None] = Coalescer(ship, max_in_flight=1)
+    until = asyncio.get_running_loop().time() + 5
+    first = coalescer.submit(0, until)
+    await asyncio.sleep(0)  # the first batch leaves
+    await asyncio.sleep(0)
+    rest = [coalescer.submit(i, until) for i in range(1, 6)]
+    gate.set()
+    await asyncio.gather(first, *rest)
+    assert batches == [[0], [1, 2, 3, 4, 5]]
+    await coalescer.drain()
+
+
+async def test_coalescer_hands_each_caller_the_batch_error() -> None:
+    """A failed batch fails every item's future with the error; a spent deadline too."""
+
+    async def ship(items: list[int], budget: float) -> list[int]:
+        raise ConnectionError("peer down")
+
+    coalescer: Coalescer[int, int] = Coalescer(ship)
+    loop = asyncio.get_running_loop()
+    futures = [coalescer.submit(i, loop.time() + 5) for i in range(3)]
+    for future in futures:
+        with pytest.raises(ConnectionError, match="peer down"):
+            await future
+    with pytest.raises(TimeoutError, match="deadline"):
+        await coalescer.submit(9, loop.time() - 1)

@@ -56,6 +56,7 @@ class NodeConfig:
         cluster_token: The secret of ``/internal/`` calls.
         client_token: The secret of the client API, or None (open).
         discovery: An ``etcd://host:port`` URL, or None (static ``--peers``).
+        traces_exporter: ``OTEL_TRACES_EXPORTER``: ``console``, ``otlp`` or ``none``.
     """
 
     node_id: str
@@ -69,6 +70,7 @@ class NodeConfig:
     cluster_token: str = ""
     client_token: str | None = None
     discovery: str | None = None
+    traces_exporter: str = "none"
 
 
 def parse_address(text: str, what: str = "address") -> tuple[str, int]:
@@ -153,11 +155,14 @@ def node_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
         if node_id not in peers:
             raise ConfigError(f"--peers does not list this node (--id {node_id!r})")
     _check_quorums(args)
+    exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower() or "none"
+    if exporter not in {"console", "otlp", "none"}:
+        raise ConfigError(f"OTEL_TRACES_EXPORTER={exporter!r}: expected console, otlp or none")
     return NodeConfig(
         node_id=node_id, host=args.host, port=args.port, data_dir=args.data_dir, peers=peers,
         replicas=args.replicas, write_quorum=args.write_quorum, read_quorum=args.read_quorum,
         cluster_token=token, client_token=env.get(CLIENT_TOKEN_ENV) or None,
-        discovery=args.discovery,
+        discovery=args.discovery, traces_exporter=exporter,
     )  # fmt: skip
 
 

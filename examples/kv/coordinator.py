@@ -132,7 +132,7 @@ class Coordinator:
         queue = list(targets)
         while len(answers) < r:
             while queue and len(answers) + len(pending) < r:
-                self._ask(queue.pop(0), key, answers, pending)
+                self._ask(queue.pop(0), key, until, answers, pending)
             if len(answers) >= r or not pending:
                 break
             left = until - loop.time()
@@ -142,7 +142,7 @@ class Coordinator:
             done, _ = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
             if not done and queue:
                 self.hedges += 1
-                self._ask(queue.pop(0), key, answers, pending)  # hedge: one more replica
+                self._ask(queue.pop(0), key, until, answers, pending)  # hedge: one more replica
             for future in done:
                 node = pending.pop(future)
                 if not future.cancelled() and future.exception() is None:
@@ -165,13 +165,14 @@ class Coordinator:
         self,
         node: str,
         key: bytes,
+        until: float,
         answers: dict[str, Record | None],
         pending: dict[asyncio.Future[Record | None], str],
     ) -> None:
         if node == self.node_id:
             answers[node] = self.storage.get(key)
             return
-        future = asyncio.ensure_future(self.peers.read(node, key))
+        future = self.peers.read(node, key, until)
         future.add_done_callback(_consume)
         pending[future] = node
 

@@ -11,15 +11,15 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .codec import decode_records, encode_acks
+from .codec import decode_keys, decode_traced, encode_acks, encode_found
 from .coordinator import QuorumError
 from .node import Node
-from .peers import VERSION_HEADER
 from .validate import InputError, budget_of, error_response, key_of, quorum_of, read_value
 
 __all__ = ["NODE_KEY", "auth_middleware", "errors_middleware", "routes"]
 
 NODE_KEY = web.AppKey("node", Node)
+VERSION_HEADER = "X-KV-Version"
 _log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -140,18 +140,40 @@ async def internal_replicate(request: web.Request) -> web.StreamResponse:
     """
     node = request.app[NODE_KEY]
     try:
-        records = decode_records(await request.read())
+        batch = decode_traced(await request.read())
     except ValueError as error:
         return error_response(400, f"bad batch: {error}")
-    for record in records:
+    for record, _ in batch:
         node.clock.observe(record.version)
-    applied = await node.storage.apply(records)
+    tracing = node.tracing
+    spans = [] if tracing is None else [tracing.replica_span(t, node.id) for _, t in batch if t]
+    try:
+        applied = await node.storage.apply([record for record, _ in batch])
+    finally:
+        for span in spans:
+            span.end()
     return web.Response(body=encode_acks(applied), content_type="application/octet-stream")
 
 
 async def internal_read(request: web.Request) -> web.StreamResponse:
     """
-    ``GET /internal/kv/{key}``: this node's own record; 404 when it holds none.
+    ``POST /internal/read``: this node's own records of a batch of keys.
+    """
+    node = request.app[NODE_KEY]
+    try:
+        keys = decode_keys(await request.read())
+    except ValueError as error:
+        return error_response(400, f"bad batch: {error}")
+    found = [node.storage.get(key) for key in keys]
+    return web.Response(body=encode_found(keys, found), content_type="application/octet-stream")
+
+
+async def internal_key(request: web.Request) -> web.StreamResponse:
+    """
+    ``GET /internal/kv/{key}``: this node's own record of one key (for operators, tests).
+
+    200 with the value and ``X-KV-Version`` (``X-KV-Tombstone: 1`` for a tombstone),
+    404 when the node holds no record of it.
     """
     node = request.app[NODE_KEY]
     record = node.storage.get(key_of(request, "/internal/kv/"))
@@ -190,7 +212,8 @@ def routes() -> list[web.RouteDef]:
         web.get("/kv/{key:[\\s\\S]*}", get_key),
         web.delete("/kv/{key:[\\s\\S]*}", delete_key),
         web.post("/internal/replicate", internal_replicate),
-        web.get("/internal/kv/{key:[\\s\\S]*}", internal_read),
+        web.post("/internal/read", internal_read),
+        web.get("/internal/kv/{key:[\\s\\S]*}", internal_key),
         web.get("/cluster", cluster),
         web.get("/health", health),
     ]

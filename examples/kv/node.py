@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter
 
+from resilient import Hook
+from resilient.integrations.otel import OpenTelemetryHooks
 from resilient.integrations.prometheus import ResilienceMetrics
 
 from .config import NodeConfig
@@ -14,6 +16,7 @@ from .hlc import HybridClock
 from .peers import Peers
 from .ring import Ring
 from .storage import Storage
+from .tracing import configure_tracing
 
 __all__ = ["Node"]
 
@@ -35,11 +38,15 @@ class Node:
             "kv_requests", "Client requests by operation and status",
             ["op", "status"], registry=self.registry,
         )  # fmt: skip
+        self.tracing = configure_tracing(config.node_id, config.traces_exporter)
+        hooks: list[Hook] = [self.metrics]
+        if self.tracing is not None:
+            hooks.append(OpenTelemetryHooks(tracer_provider=self.tracing.provider))
         self.storage = Storage(config.data_dir)
         self.clock = HybridClock(config.node_id)
         self.ring = Ring(config.peers)
         others = {n: a for n, a in config.peers.items() if n != config.node_id}
-        self.peers = Peers(others, config.cluster_token, hooks=[self.metrics])
+        self.peers = Peers(others, config.cluster_token, hooks=hooks, tracing=self.tracing)
         self.metrics.track(*self.peers.policies.values())
         self.coordinator = Coordinator(
             config.node_id, self.ring, self.storage, self.peers, self.clock,
@@ -78,3 +85,5 @@ class Node:
         await self.coordinator.close()
         await self.peers.close()
         self.storage.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()

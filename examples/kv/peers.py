@@ -11,20 +11,19 @@ bulkhead, each attempt is bounded by `attempt_timeout` and by what is left of th
 caller's deadline (the middleware sends that on as ``X-Request-Timeout-Ms``), and
 retries stay a small fraction of the traffic.
 
-Writes to a peer are coalesced by a `_Sender`: records submitted while up to
-`max_in_flight` batches are on the wire wait and leave together in the next batch (one
-``POST /internal/replicate``, binary-encoded), each record acknowledged on its own.
+Writes and reads bound for a peer are coalesced (`Coalescer`): those submitted while
+up to `max_in_flight` batches are on the wire leave together in the next batch, one
+``POST /internal/replicate`` or ``POST /internal/read``, binary-encoded; each record
+is answered on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
+import functools
 from collections.abc import Iterable
-from urllib.parse import quote
 
 import aiohttp
-from yarl import URL
 
 from resilient import (
     Bulkhead,
@@ -41,15 +40,15 @@ from resilient import (
 )
 from resilient.integrations.aiohttp import ResilienceMiddleware
 
-from .codec import decode_acks, encode_records
-from .hlc import Version
+from .coalesce import Coalescer
+from .codec import decode_acks, decode_found, encode_keys, encode_records
 from .storage import Record
+from .tracing import Tracing
 
 __all__ = ["PeerError", "Peers"]
 
 _MAX_BATCH_BYTES = 4 << 20  # a batch stops growing here; the rest goes in the next one
-_TOMBSTONE_HEADER = "X-KV-Tombstone"
-VERSION_HEADER = "X-KV-Version"
+_MAX_KEYS = 1024  # keys per batched read
 
 
 class PeerError(Exception):
@@ -68,6 +67,7 @@ class Peers:
         attempt_timeout: Seconds one attempt may take (capped by the caller's deadline).
         max_in_flight: Replication batches on the wire to one peer at once.
         hooks: Event hooks for every peer policy (metrics).
+        tracing: When set, each record carries its writer's ``traceparent``.
     """
 
     def __init__(
@@ -78,7 +78,9 @@ class Peers:
         attempt_timeout: float = 1.0,
         max_in_flight: int = 4,
         hooks: Iterable[Hook] = (),
+        tracing: Tracing | None = None,
     ) -> None:
+        self._tracing = tracing
         self._hooks = tuple(hooks)
         self._attempt_timeout = attempt_timeout
         self._max_in_flight = max_in_flight
@@ -87,7 +89,8 @@ class Peers:
         self.policies: dict[str, Policy] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
         self._by_origin: dict[str, Policy] = {}
-        self._senders: dict[str, _Sender] = {}
+        self._writers: dict[str, Coalescer[tuple[Record, str | None], bool]] = {}
+        self._readers: dict[str, Coalescer[bytes, Record | None]] = {}
         self._session: aiohttp.ClientSession | None = None
         self.update(addresses)
 
@@ -101,7 +104,17 @@ class Peers:
             self.addresses[node] = address
             policy = self.policies[node] = self._policy(node)
             self._by_origin[f"http://{address}"] = policy
-            self._senders[node] = _Sender(self, node, self._max_in_flight)
+            self._writers[node] = Coalescer(
+                functools.partial(self.send_batch, node),
+                size=lambda item: len(item[0].key) + len(item[0].value or b""),
+                max_in_flight=self._max_in_flight,
+                max_batch=_MAX_BATCH_BYTES,
+            )
+            self._readers[node] = Coalescer(
+                functools.partial(self.read_batch, node),
+                max_in_flight=self._max_in_flight,
+                max_batch=_MAX_KEYS,
+            )
 
     def _policy(self, node: str) -> Policy:
         name = f"peer-{node}"
@@ -150,11 +163,25 @@ class Peers:
             record: What to store.
             until: The caller's deadline, on the loop's clock.
         """
-        return self._senders[node].submit(record, until)
+        trace = self._tracing.current_traceparent() if self._tracing else None
+        return self._writers[node].submit((record, trace), until)
 
-    async def send_batch(self, node: str, records: list[Record], budget: float) -> list[bool]:
+    def read(self, node: str, key: bytes, until: float) -> asyncio.Future[Record | None]:
         """
-        Store `records` on `node` in one request within `budget` seconds.
+        Queue a lookup of `key` on `node`; the future gives its record (None: none).
+
+        Args:
+            node: The peer.
+            key: The key.
+            until: The caller's deadline, on the loop's clock.
+        """
+        return self._readers[node].submit(key, until)
+
+    async def send_batch(
+        self, node: str, items: list[tuple[Record, str | None]], budget: float
+    ) -> list[bool]:
+        """
+        Store records (each with its writer's traceparent) on `node` in one request.
 
         Raises:
             PeerError: The peer answered something unexpected.
@@ -162,122 +189,39 @@ class Peers:
         """
         url = f"http://{self.addresses[node]}/internal/replicate"
         with deadline(budget):
-            async with self.session.post(url, data=encode_records(records)) as response:
+            body = encode_records([record for record, _ in items], [trace for _, trace in items])
+            async with self.session.post(url, data=body) as response:
                 if response.status != 200:  # noqa: PLR2004
                     raise PeerError(f"{node} answered {response.status} to replicate")
-                return decode_acks(await response.read(), len(records))
+                return decode_acks(await response.read(), len(items))
 
-    async def read(self, node: str, key: bytes) -> Record | None:
+    async def read_batch(self, node: str, keys: list[bytes], budget: float) -> list[Record | None]:
         """
-        `node`'s own record of `key` (None when it holds none).
+        `node`'s own records of `keys` (None where it holds none), in one request.
+
+        No retry: the coordinator asks the next replica instead (hedging), which is
+        faster than backing off and asking the same one again.
 
         Raises:
             PeerError: The peer answered something unexpected.
             resilient.ResilienceError, aiohttp.ClientError: The call failed.
         """
-        url = URL(f"http://{self.addresses[node]}/internal/kv/{quote(key, safe='')}", encoded=True)
-        # No retry: the coordinator asks the next replica instead (hedging), which is
-        # faster than backing off and asking the same one again.
-        with no_retries():
-            response = await self.session.get(url)
+        url = f"http://{self.addresses[node]}/internal/read"
+        with deadline(budget), no_retries():
+            response = await self.session.post(url, data=encode_keys(keys))
         async with response:
-            if response.status == 404:  # noqa: PLR2004
-                return None
             if response.status != 200:  # noqa: PLR2004
                 raise PeerError(f"{node} answered {response.status} to read")
-            body = await response.read()
             try:
-                version = Version.parse(response.headers.get(VERSION_HEADER, ""))
+                return decode_found(await response.read(), len(keys))
             except ValueError as error:
-                raise PeerError(f"{node} sent a bad version: {error}") from error
-            tombstone = response.headers.get(_TOMBSTONE_HEADER) == "1"
-            return Record(key, version, None if tombstone else body)
+                raise PeerError(f"{node} sent a malformed answer: {error}") from error
 
     async def close(self) -> None:
         """
         Wait for batches on the wire, then close the session.
         """
-        for sender in self._senders.values():
-            await sender.drain()
+        for writer in self._writers.values():
+            await writer.drain()
         if self._session is not None:
             await self._session.close()
-
-
-class _Sender:
-    """
-    Coalesces the records bound for one peer into batches.
-    """
-
-    def __init__(self, peers: Peers, node: str, max_in_flight: int) -> None:
-        self._peers = peers
-        self._node = node
-        self._max_in_flight = max_in_flight
-        self._pending: list[tuple[Record, float, asyncio.Future[bool]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._scheduled = False
-
-    def submit(self, record: Record, until: float) -> asyncio.Future[bool]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
-        self._pending.append((record, until, future))
-        if not self._scheduled and len(self._tasks) < self._max_in_flight:
-            # Flushed at the end of this loop iteration: writes arriving together share it.
-            self._scheduled = True
-            loop.call_soon(self._flush, context=contextvars.Context())
-        return future
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        while self._pending and len(self._tasks) < self._max_in_flight:
-            batch, size = [], 0
-            while self._pending and size < _MAX_BATCH_BYTES:
-                item = self._pending.pop(0)
-                batch.append(item)
-                size += len(item[0].key) + len(item[0].value or b"")
-            # A fresh context: the batch serves many callers, so it must not carry the
-            # first one's deadline or trace.
-            task = asyncio.get_running_loop().create_task(
-                self._ship(batch), context=contextvars.Context()
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if self._pending and not self._scheduled:
-            self._flush()
-
-    async def _ship(self, batch: list[tuple[Record, float, asyncio.Future[bool]]]) -> None:
-        loop = asyncio.get_running_loop()
-        budget = max(until for _, until, _ in batch) - loop.time()
-        try:
-            if budget > 0:
-                records = [record for record, _, _ in batch]
-                acks = await self._peers.send_batch(self._node, records, budget)
-            else:
-                acks = None
-        except asyncio.CancelledError:
-            for _, _, future in batch:
-                future.cancel()
-            raise
-        except Exception as error:  # noqa: BLE001  # every record's caller gets the error
-            _fail_all(batch, error)
-            return
-        if acks is None:
-            _fail_all(batch, TimeoutError(f"deadline passed before replicating to {self._node}"))
-            return
-        for (_, _, future), ack in zip(batch, acks, strict=True):
-            if not future.done():
-                future.set_result(ack)
-
-    async def drain(self) -> None:
-        while self._tasks or self._pending:
-            if self._pending and not self._tasks:
-                self._flush()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def _fail_all(batch: list[tuple[Record, float, asyncio.Future[bool]]], error: Exception) -> None:
-    for _, _, future in batch:
-        if not future.done():
-            future.set_exception(error)

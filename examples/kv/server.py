@@ -13,10 +13,12 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 from aiohttp import web
 
 from resilient.integrations.aiohttp import add_metrics_route, resilience_middleware
+from resilient.integrations.otel import aiohttp_server_span_middleware
 
 from .config import NodeConfig
 from .handlers import NODE_KEY, auth_middleware, errors_middleware, routes
@@ -33,17 +35,17 @@ def build_app(node: Node) -> web.Application:
     """
     The node's application: routes, error and auth middleware, deadline and trace.
     """
-    app = web.Application(
-        middlewares=[
-            errors_middleware,
-            auth_middleware,
-            # The caller's deadline becomes visible (remaining_time()) and its trace
-            # context current; the coordinator answers within the deadline itself, with
-            # a 503 that says how many replicas answered, so nothing is enforced here.
-            resilience_middleware(enforce_deadline=False, max_deadline=60.0),
-        ],
-        client_max_size=_INTERNAL_MAX_BYTES,
-    )
+    middlewares = [
+        errors_middleware,
+        auth_middleware,
+        # The caller's deadline becomes visible (remaining_time()) and its trace
+        # context current; the coordinator answers within the deadline itself, with
+        # a 503 that says how many replicas answered, so nothing is enforced here.
+        resilience_middleware(enforce_deadline=False, max_deadline=60.0),
+    ]
+    if node.tracing is not None:
+        middlewares.append(aiohttp_server_span_middleware(node.tracing.provider))
+    app = web.Application(middlewares=middlewares, client_max_size=_INTERNAL_MAX_BYTES)
     app[NODE_KEY] = node
     app.add_routes(routes())
     add_metrics_route(app, node.registry)
@@ -84,8 +86,17 @@ async def serve(config: NodeConfig) -> None:
 
 def run(config: NodeConfig) -> int:
     """
-    Run `serve` on a fresh event loop; the process exit code.
+    Run `serve` on a fresh event loop (uvloop's when installed); the exit code.
     """
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    asyncio.run(serve(config))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve(config))
     return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # optional: the kv extra installs it where it builds
+        return None
+    return uvloop.new_event_loop
