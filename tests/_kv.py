@@ -24,6 +24,7 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests._servers import LOCALHOST, ServerProcess, free_port, wait_for_port
 
@@ -44,9 +45,8 @@ class Response:
     headers: dict[str, str]
     body: bytes
 
-    def json(self) -> dict[str, object]:
-        data: dict[str, object] = json.loads(self.body)
-        return data
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
 @dataclass
@@ -59,11 +59,19 @@ class KVCluster:
     ids: list[str]
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    discovery: str | None = None  # etcd://... instead of --peers
     ports: dict[str, int] = field(init=False)
     processes: dict[str, ServerProcess] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ports = {node: free_port() for node in self.ids}
+
+    def add(self, node: str) -> None:
+        """
+        A new member, with a free port (start it with `start`).
+        """
+        self.ids.append(node)
+        self.ports[node] = free_port()
 
     @property
     def peers(self) -> str:
@@ -76,7 +84,8 @@ class KVCluster:
         return [
             sys.executable, "-m", "examples.kv", "node", "--id", node,
             "--port", str(self.ports[node]), "--data-dir", str(self.root / node / "data"),
-            "--peers", self.peers, *self.extra_args,
+            *(("--discovery", self.discovery) if self.discovery else ("--peers", self.peers)),
+            *self.extra_args,
         ]  # fmt: skip
 
     def launch(self, node: str) -> ServerProcess:

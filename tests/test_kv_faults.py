@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import pytest
 
 from examples.kv.ring import Ring
 from tests._kv import KVCluster, Response
+from tests.conftest import PrometheusServer
 
 IDS = ["n1", "n2", "n3"]
 KEYS = [f"key-{i}" for i in range(40)]
@@ -126,3 +128,22 @@ def test_sigterm_loses_no_acknowledged_write_and_exits_0(cluster: KVCluster) -> 
     owned = [k for k in acked if "n3" in Ring(IDS).preference_list(k.encode(), 3)]
     for key in owned:
         assert cluster.internal("n3", key).status == 200, key
+
+
+def test_prometheus_sees_the_breaker_to_a_dead_peer_open(
+    cluster: KVCluster, prometheus_server: Callable[[str], PrometheusServer]
+) -> None:
+    """A real Prometheus scraping n1 reads n1's breaker to a SIGKILLed n3 as open."""
+    prometheus = prometheus_server(cluster.address("n1"))
+    cluster.kill("n3")
+    query = 'resilient_circuit_state{policy="peer-n3",state="open"}'
+    deadline = time.monotonic() + 20
+    while True:
+        write_all(cluster, "n1", ["breaker-probe"], b"v")  # W=2 still met by n1 and n2
+        result = prometheus.query(query)
+        if result and cast("list[object]", result[0]["value"])[1] == "1":  # [time, "1"]
+            break
+        assert time.monotonic() < deadline, result
+        time.sleep(0.2)
+    view = cluster.request("n1", "GET", "/cluster").json()["members"]
+    assert [m["status"] for m in view] == ["up", "up", "down"]

@@ -23,7 +23,14 @@ from examples.kv.codec import (
     encode_keys,
     encode_records,
 )
-from examples.kv.config import ConfigError, add_node_arguments, node_config, parse_peers
+from examples.kv.config import (
+    ConfigError,
+    Discovery,
+    add_node_arguments,
+    node_config,
+    parse_discovery,
+    parse_peers,
+)
 from examples.kv.hlc import HybridClock, Version
 from examples.kv.ring import Ring, ring_hash
 from examples.kv.storage import Record
@@ -290,3 +297,18 @@ async def test_coalescer_hands_each_caller_the_batch_error() -> None:
             await future
     with pytest.raises(TimeoutError, match="deadline"):
         await coalescer.submit(9, loop.time() - 1)
+
+
+def test_discovery_url_gives_endpoint_prefix_and_ttl() -> None:
+    """etcd://host:port, with an optional key prefix and ?ttl=."""
+    assert parse_discovery("etcd://127.0.0.1:2379") == Discovery("http://127.0.0.1:2379")
+    assert parse_discovery("etcd://h:1/mine?ttl=3") == Discovery("http://h:1", "/mine/", 3.0)
+
+
+@pytest.mark.parametrize(
+    "text", ["http://h:1", "etcd://h", "etcd://:1", "etcd://h:1?ttl=0", "etcd://h:1?ttl=x", "etcd"]
+)
+def test_discovery_url_errors_name_the_option(text: str) -> None:
+    """A malformed --discovery is a ConfigError naming it."""
+    with pytest.raises(ConfigError, match="--discovery"):
+        parse_discovery(text)

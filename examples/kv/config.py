@@ -15,16 +15,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from yarl import URL
+
 from .hlc import NODE_ID
 
 __all__ = [
     "CLIENT_TOKEN_ENV",
     "CLUSTER_TOKEN_ENV",
     "ConfigError",
+    "Discovery",
     "NodeConfig",
     "add_node_arguments",
     "node_config",
     "parse_address",
+    "parse_discovery",
     "parse_peers",
 ]
 
@@ -37,6 +41,44 @@ class ConfigError(ValueError):
     """
     A node option or environment variable is wrong; the message says which.
     """
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """
+    Where the members find each other: ``etcd://host:port[/prefix/][?ttl=seconds]``.
+
+    Attributes:
+        endpoint: etcd's client URL (``http://host:port``).
+        prefix: The key prefix (default ``/examples-kv/``).
+        ttl: Seconds a dead node stays listed, at most (default 5).
+    """
+
+    endpoint: str
+    prefix: str = "/examples-kv/"
+    ttl: float = 5.0
+
+
+def parse_discovery(text: str) -> Discovery:
+    """
+    Read ``--discovery``.
+
+    Raises:
+        ConfigError: Not ``etcd://host:port``, or a bad prefix or ttl.
+    """
+    try:
+        url = URL(text)
+        port = url.port
+    except ValueError:
+        url, port = URL(), None
+    if url.scheme != "etcd" or not url.host or port is None or url.user or url.fragment:
+        raise ConfigError(f"--discovery {text!r}: expected etcd://host:port")
+    ttl_text = url.query.get("ttl", "5")
+    if not ttl_text.isascii() or not ttl_text.isdigit() or not 1 <= int(ttl_text) <= 3600:  # noqa: PLR2004
+        raise ConfigError(f"--discovery {text!r}: ttl must be whole seconds from 1 to 3600")
+    prefix = url.path if url.path not in {"", "/"} else "/examples-kv/"
+    prefix = prefix if prefix.endswith("/") else prefix + "/"
+    return Discovery(f"http://{url.host}:{port}", prefix, float(ttl_text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +97,7 @@ class NodeConfig:
         read_quorum: R, default replicas asked for a read.
         cluster_token: The secret of ``/internal/`` calls.
         client_token: The secret of the client API, or None (open).
-        discovery: An ``etcd://host:port`` URL, or None (static ``--peers``).
+        discovery: Where etcd is, or None (static ``--peers``).
         traces_exporter: ``OTEL_TRACES_EXPORTER``: ``console``, ``otlp`` or ``none``.
     """
 
@@ -69,7 +111,7 @@ class NodeConfig:
     read_quorum: int = 2
     cluster_token: str = ""
     client_token: str | None = None
-    discovery: str | None = None
+    discovery: Discovery | None = None
     traces_exporter: str = "none"
 
 
@@ -143,10 +185,9 @@ def node_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
         raise ConfigError(f"--id {node_id!r}: must match [A-Za-z0-9_-]{{1,64}}")
     if not 0 < args.port <= _MAX_PORT:
         raise ConfigError(f"--port {args.port}: must be 1..65535")
+    discovery = None
     if args.discovery is not None:
-        if not args.discovery.startswith("etcd://"):
-            raise ConfigError(f"--discovery {args.discovery!r}: expected etcd://host:port")
-        parse_address(args.discovery.removeprefix("etcd://"), "--discovery")
+        discovery = parse_discovery(args.discovery)
         peers = {node_id: f"{args.host}:{args.port}"}
     elif args.peers is None:
         raise ConfigError("--peers is required (or --discovery etcd://host:port)")
@@ -162,7 +203,7 @@ def node_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
         node_id=node_id, host=args.host, port=args.port, data_dir=args.data_dir, peers=peers,
         replicas=args.replicas, write_quorum=args.write_quorum, read_quorum=args.read_quorum,
         cluster_token=token, client_token=env.get(CLIENT_TOKEN_ENV) or None,
-        discovery=args.discovery, traces_exporter=exporter,
+        discovery=discovery, traces_exporter=exporter,
     )  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from resilient.integrations.prometheus import ResilienceMetrics
 from .config import NodeConfig
 from .coordinator import Coordinator
 from .hlc import HybridClock
+from .membership import EtcdMembership
 from .peers import Peers
 from .ring import Ring
 from .storage import Storage
@@ -44,15 +45,38 @@ class Node:
             hooks.append(OpenTelemetryHooks(tracer_provider=self.tracing.provider))
         self.storage = Storage(config.data_dir)
         self.clock = HybridClock(config.node_id)
-        self.ring = Ring(config.peers)
-        others = {n: a for n, a in config.peers.items() if n != config.node_id}
-        self.peers = Peers(others, config.cluster_token, hooks=hooks, tracing=self.tracing)
-        self.metrics.track(*self.peers.policies.values())
+        self.members = dict(config.peers)
+        self.ring = Ring(self.members)
+        self.peers = Peers({}, config.cluster_token, hooks=hooks, tracing=self.tracing)
+        self._follow_peers()
         self.coordinator = Coordinator(
             config.node_id, self.ring, self.storage, self.peers, self.clock,
             replicas=config.replicas,
         )  # fmt: skip
         self.ready = False
+        self.membership: EtcdMembership | None = None
+
+    def _follow_peers(self) -> None:
+        self.peers.update({n: a for n, a in self.members.items() if n != self.id})
+        self.metrics.track(*self.peers.policies.values())  # already tracked: no-op
+
+    def set_members(self, members: dict[str, str]) -> None:
+        """
+        Follow a change of the member set: a new ring, new peers.
+        """
+        self.members = members
+        self.ring = self.coordinator.ring = Ring(members)
+        self._follow_peers()
+
+    async def start(self) -> None:
+        """
+        Join the cluster: with etcd discovery, register and learn the members.
+        """
+        discovery = self.config.discovery
+        if discovery is not None:
+            address = f"{self.config.host}:{self.config.port}"
+            self.membership = EtcdMembership(discovery, self.id, address, self.set_members)
+            await self.membership.start()
 
     def cluster_view(self) -> dict[str, object]:
         """
@@ -60,7 +84,7 @@ class Node:
         """
         shares = self.ring.ownership()
         members = []
-        for node, address in sorted(self.config.peers.items()):
+        for node, address in sorted(self.members.items()):
             breaker = self.peers.breakers.get(node)
             state = "self" if breaker is None else breaker.state.value
             status = {"self": "up", "closed": "up", "half_open": "suspect"}.get(state, "down")
@@ -82,6 +106,8 @@ class Node:
         Finish background work, close the peers' session, flush and close storage.
         """
         self.ready = False
+        if self.membership is not None:
+            await self.membership.close()
         await self.coordinator.close()
         await self.peers.close()
         self.storage.close()

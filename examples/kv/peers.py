@@ -88,7 +88,7 @@ class Peers:
         self.addresses: dict[str, str] = {}
         self.policies: dict[str, Policy] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
-        self._by_origin: dict[str, Policy] = {}
+        self._by_origin: dict[str, str] = {}  # origin -> node id
         self._writers: dict[str, Coalescer[tuple[Record, str | None], bool]] = {}
         self._readers: dict[str, Coalescer[bytes, Record | None]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -102,8 +102,10 @@ class Peers:
             if self.addresses.get(node) == address:
                 continue
             self.addresses[node] = address
-            policy = self.policies[node] = self._policy(node)
-            self._by_origin[f"http://{address}"] = policy
+            self._by_origin[f"http://{address}"] = node
+            if node in self.policies:
+                continue  # moved to a new address: same breaker, same coalescers
+            self.policies[node] = self._policy(node)
             self._writers[node] = Coalescer(
                 functools.partial(self.send_batch, node),
                 size=lambda item: len(item[0].key) + len(item[0].value or b""),
@@ -129,6 +131,14 @@ class Peers:
             Timeout(self._attempt_timeout, name=name, hooks=self._hooks),
         )
 
+    def _policy_for_origin(self, origin: str) -> Policy:
+        # The middleware asks once per origin; members may join after the session is
+        # made, so this is a lookup at first use, not a mapping fixed at creation.
+        node = self._by_origin.get(origin)
+        if node is None:
+            raise KeyError(f"no peer at {origin}")  # only peers are ever called
+        return self.policies[node]
+
     @property
     def session(self) -> aiohttp.ClientSession:
         """
@@ -136,7 +146,7 @@ class Peers:
         """
         if self._session is None:
             middleware = ResilienceMiddleware(
-                self._by_origin,
+                self._policy_for_origin,
                 retry_methods={"GET", "POST"},  # replication is idempotent
             )
             self._session = aiohttp.ClientSession(

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from resilient import ResilienceError
 from resilient.integrations.aiohttp import add_metrics_route, resilience_middleware
 from resilient.integrations.otel import aiohttp_server_span_middleware
 
@@ -70,6 +71,12 @@ async def serve(config: NodeConfig) -> None:
         raise SystemExit(
             f"kv node {config.node_id}: cannot listen on {config.port}: {error}"
         ) from error
+    try:
+        await node.start()  # listening first: peers that learn of us can reach us
+    except (OSError, ResilienceError) as error:
+        await runner.cleanup()
+        await node.close()
+        raise SystemExit(f"kv node {config.node_id}: cannot join the cluster: {error!r}") from error
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
