@@ -147,3 +147,40 @@ def test_prometheus_sees_the_breaker_to_a_dead_peer_open(
         time.sleep(0.2)
     view = cluster.request("n1", "GET", "/cluster").json()["members"]
     assert [m["status"] for m in view] == ["up", "up", "down"]
+
+
+def test_a_frozen_replica_is_hedged_around(cluster: KVCluster) -> None:
+    """One replica frozen (SIGSTOP): R=2 reads still answer, well before the deadline."""
+    keys = [f"hedge-{i}" for i in range(10)]
+    write_all(cluster, "n1", keys, b"h", **{"X-Request-Timeout-Ms": "5000"})
+    frozen = cluster.processes["n3"].process
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        for key in keys:
+            started = time.monotonic()
+            got = cluster.request(
+                "n2", "GET", f"/kv/{key}", headers={"X-Request-Timeout-Ms": "3000"}
+            )
+            assert (got.status, got.body) == (200, b"h")
+            # Hedged after 50 ms; without hedging the read would wait on n3 until its
+            # attempt times out (1 s) before asking another replica.
+            assert time.monotonic() - started < 0.8
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    assert cluster.request("n2", "GET", "/cluster").json()["hedges"] >= 1
+
+
+def test_a_read_repairs_a_stale_replica(cluster: KVCluster) -> None:
+    """A replica that missed a write gets the newest version back from a read."""
+    write_all(cluster, "n1", ["repair-me"], b"old", **{"X-Request-Timeout-Ms": "5000"})
+    cluster.kill("n3")
+    write_all(cluster, "n1", ["repair-me"], b"new")
+    cluster.start("n3")
+    assert cluster.internal("n3", "repair-me").body == b"old"  # stale after the restart
+    deadline = time.monotonic() + 15
+    while cluster.internal("n3", "repair-me").body != b"new":
+        got = read(cluster, "n1", "repair-me", "?r=3")  # 503 while n1's breaker to n3 is open
+        assert got.status in {200, 503}
+        assert time.monotonic() < deadline, got
+        time.sleep(0.1)
+    assert cluster.request("n1", "GET", "/cluster").json()["repairs"] >= 1

@@ -50,6 +50,8 @@ class Coalescer(Generic[T, R]):
         self._pending: list[tuple[T, float, asyncio.Future[R]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._scheduled = False
+        self.batches = 0
+        self.items = 0
 
     def submit(self, item: T, until: float) -> asyncio.Future[R]:
         """
@@ -74,6 +76,8 @@ class Coalescer(Generic[T, R]):
                 entry = self._pending.pop(0)
                 batch.append(entry)
                 size += self._size(entry[0])
+            self.batches += 1
+            self.items += len(batch)
             task = loop.create_task(self._send(batch), context=contextvars.Context())
             self._tasks.add(task)
             task.add_done_callback(self._done)

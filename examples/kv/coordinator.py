@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from .hlc import HybridClock
@@ -139,7 +139,8 @@ class Coordinator:
             if left <= 0:
                 break
             wait = min(left, self.hedge_delay) if queue else left
-            done, _ = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            await _first_done(pending, wait)
+            done = [future for future in pending if future.done()]
             if not done and queue:
                 self.hedges += 1
                 self._ask(queue.pop(0), key, until, answers, pending)  # hedge: one more replica
@@ -206,27 +207,73 @@ class Coordinator:
             await asyncio.gather(*self._background, return_exceptions=True)
 
 
+class _Quorum:
+    """
+    Counts answers as they come (done callbacks), wakes its waiter once decided.
+
+    Cheaper than a loop of `asyncio.wait` calls, which re-registers callbacks on every
+    pending future at each wake-up: this is on the path of every write.
+    """
+
+    __slots__ = ("acked", "decided", "failed", "needed", "total")
+
+    def __init__(self, futures: list[asyncio.Future[object]], needed: int) -> None:
+        self.acked = self.failed = 0
+        self.needed = needed
+        self.total = len(futures)
+        self.decided: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for future in futures:
+            future.add_done_callback(self._answered)
+
+    def _answered(self, future: asyncio.Future[object]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            self.failed += 1
+        else:
+            self.acked += 1
+        if self.acked >= self.needed or self.total - self.failed < self.needed:
+            self.decide()
+
+    def decide(self) -> None:
+        if not self.decided.done():
+            self.decided.set_result(None)
+
+
 async def _quorum(futures: list[asyncio.Future[object]], needed: int, within: float) -> int:
     """
     Wait until `needed` futures succeed, too many fail, or `within` seconds pass.
     """
+    quorum = _Quorum(futures, needed)
+    timer = asyncio.get_running_loop().call_later(within, quorum.decide)
+    try:
+        await quorum.decided
+    finally:
+        timer.cancel()
+    return quorum.acked
+
+
+async def _first_done(futures: Iterable[asyncio.Future[Any]], within: float) -> None:
+    """
+    Return when one of `futures` is done or `within` seconds pass.
+
+    `asyncio.wait`'s FIRST_COMPLETED, without building the done and pending sets.
+    """
     loop = asyncio.get_running_loop()
-    until = loop.time() + within
-    pending = set(futures)
-    acked = failed = 0
-    while pending and acked < needed and len(futures) - failed >= needed:
-        left = until - loop.time()
-        if left <= 0:
-            break
-        done, pending = await asyncio.wait(
-            pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
-        )
-        for future in done:
-            if future.cancelled() or future.exception() is not None:
-                failed += 1
-            else:
-                acked += 1
-    return acked
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    listening = list(futures)
+    for future in listening:
+        future.add_done_callback(wake)
+    timer = loop.call_later(within, wake)
+    try:
+        await woken
+    finally:
+        timer.cancel()
+        for future in listening:
+            future.remove_done_callback(wake)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

@@ -4,6 +4,11 @@ One node's parts, assembled from its configuration.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import sqlite3
+
 from prometheus_client import CollectorRegistry, Counter
 
 from resilient import Hook
@@ -20,6 +25,9 @@ from .storage import Storage
 from .tracing import configure_tracing
 
 __all__ = ["Node"]
+
+_PURGE_EVERY = 3600.0
+_log = logging.getLogger(__name__)
 
 
 class Node:
@@ -55,6 +63,7 @@ class Node:
         )  # fmt: skip
         self.ready = False
         self.membership: EtcdMembership | None = None
+        self._purger: asyncio.Task[None] | None = None
 
     def _follow_peers(self) -> None:
         self.peers.update({n: a for n, a in self.members.items() if n != self.id})
@@ -72,11 +81,21 @@ class Node:
         """
         Join the cluster: with etcd discovery, register and learn the members.
         """
+        self._purger = asyncio.get_running_loop().create_task(self._purge_tombstones())
         discovery = self.config.discovery
         if discovery is not None:
             address = f"{self.config.host}:{self.config.port}"
             self.membership = EtcdMembership(discovery, self.id, address, self.set_members)
             await self.membership.start()
+
+    async def _purge_tombstones(self) -> None:
+        # At start, then hourly: tombstones older than the grace period (storage.py).
+        while True:
+            try:
+                await self.storage.purge_tombstones()
+            except sqlite3.Error:
+                _log.exception("tombstone purge failed; trying again in an hour")
+            await asyncio.sleep(_PURGE_EVERY)
 
     def cluster_view(self) -> dict[str, object]:
         """
@@ -99,6 +118,7 @@ class Node:
             "members": members, "keys_stored": self.storage.count(),
             "hedges": self.coordinator.hedges, "repairs": self.coordinator.repairs,
             "replicating": self.coordinator.replicating,
+            "batching": self.peers.batching(),
         }  # fmt: skip
 
     async def close(self) -> None:
@@ -106,6 +126,10 @@ class Node:
         Finish background work, close the peers' session, flush and close storage.
         """
         self.ready = False
+        if self._purger is not None:
+            self._purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purger
         if self.membership is not None:
             await self.membership.close()
         await self.coordinator.close()

@@ -157,6 +157,18 @@ class Peers:
             )
         return self._session
 
+    def batching(self) -> dict[str, int]:
+        """
+        Batches sent and records or keys in them, over all peers, since start.
+        """
+        writers, readers = self._writers.values(), self._readers.values()
+        return {
+            "write_batches": sum(c.batches for c in writers),
+            "records": sum(c.items for c in writers),
+            "read_batches": sum(c.batches for c in readers),
+            "keys": sum(c.items for c in readers),
+        }
+
     def is_open(self, node: str) -> bool:
         """
         Whether `node`'s breaker rejects calls right now.

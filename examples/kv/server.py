@@ -24,6 +24,7 @@ from resilient.integrations.otel import aiohttp_server_span_middleware
 from .config import NodeConfig
 from .handlers import NODE_KEY, auth_middleware, errors_middleware, routes
 from .node import Node
+from .validate import MAX_BUDGET
 
 __all__ = ["build_app", "serve"]
 
@@ -42,7 +43,7 @@ def build_app(node: Node) -> web.Application:
         # The caller's deadline becomes visible (remaining_time()) and its trace
         # context current; the coordinator answers within the deadline itself, with
         # a 503 that says how many replicas answered, so nothing is enforced here.
-        resilience_middleware(enforce_deadline=False, max_deadline=60.0),
+        resilience_middleware(enforce_deadline=False, max_deadline=MAX_BUDGET),
     ]
     if node.tracing is not None:
         middlewares.append(aiohttp_server_span_middleware(node.tracing.provider))

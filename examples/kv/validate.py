@@ -34,6 +34,8 @@ MAX_KEY_BYTES = 1024
 MAX_VALUE_BYTES = 1 << 20
 DEFAULT_BUDGET = 2.0
 """Seconds a request may take when the caller sends no ``X-Request-Timeout-Ms``."""
+MAX_BUDGET = 60.0
+"""The longest deadline a caller may ask for: a quorum that can't be met answers by then."""
 _KV_PREFIX = "/kv/"
 
 
@@ -101,7 +103,7 @@ def quorum_of(request: web.Request, name: str, default: int, replicas: int) -> i
 
 def budget_of(request: web.Request) -> float:
     """
-    Seconds the caller gives this request: its ``X-Request-Timeout-Ms``, or 2 s.
+    Seconds the caller gives this request: its ``X-Request-Timeout-Ms`` (at most 60 s), or 2 s.
 
     Raises:
         InputError: The header is present but malformed.
@@ -114,7 +116,7 @@ def budget_of(request: web.Request) -> float:
         raise InputError(
             400, f"{DEADLINE_HEADER}: must be one integer of milliseconds from 1 to 86400000"
         )
-    return budget
+    return min(budget, MAX_BUDGET)
 
 
 async def read_value(request: web.Request) -> bytes:
