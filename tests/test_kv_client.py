@@ -13,9 +13,10 @@ from collections.abc import Iterator
 import pytest
 
 from examples.kv import KVClient, KVError
-from tests._kv import ROOT, KVCluster
+from tests._kv import ROOT, TOKEN, KVCluster
 
 IDS = ["n1", "n2", "n3"]
+CLIENT_TOKEN = "client-secret"  # noqa: S105  # a test secret
 
 
 @pytest.fixture(scope="module")
@@ -131,5 +132,33 @@ async def test_client_fails_over_and_ejects_a_dead_node(
             stats = await kv.statistics()
         assert stats.ejected == (kv_cluster.address("n2"),)
         assert stats.failovers >= 1
+    finally:
+        kv_cluster.stop_all()
+
+
+async def test_client_token_guards_the_client_api(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """With KV_CLIENT_TOKEN set, /kv/ needs it (401 without, 403 wrong); KVClient sends it."""
+    single = ["--replicas", "1", "--write-quorum", "1", "--read-quorum", "1"]
+    kv_cluster = KVCluster(
+        tmp_path_factory.mktemp("kv-token"), ["t1"], extra_args=single,
+        env={"KV_CLIENT_TOKEN": CLIENT_TOKEN},
+    )  # fmt: skip
+    try:
+        kv_cluster.start()
+        assert kv_cluster.request("t1", "PUT", "/kv/a", b"v").status == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert kv_cluster.request("t1", "PUT", "/kv/a", b"v", wrong).status == 403
+        cluster_token = {"Authorization": f"Bearer {TOKEN}"}
+        assert kv_cluster.request("t1", "GET", "/kv/a", headers=cluster_token).status == 403
+        assert kv_cluster.request("t1", "GET", "/health").status == 200
+        async with KVClient([kv_cluster.address("t1")], token=CLIENT_TOKEN) as kv:
+            await kv.put("a", b"v")
+            assert await kv.get("a") == b"v"
+        async with KVClient([kv_cluster.address("t1")]) as anonymous:
+            with pytest.raises(KVError) as refused:
+                await anonymous.get("a")
+        assert refused.value.status == 401
     finally:
         kv_cluster.stop_all()
