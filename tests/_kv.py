@@ -21,18 +21,21 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import suppress
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests._servers import LOCALHOST, ServerProcess, free_port, wait_for_port
 
-__all__ = ["TOKEN", "KVCluster", "Response"]
+__all__ = ["SINGLE", "TOKEN", "KVCluster", "Response", "running_cluster"]
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-cluster-token"  # noqa: S105  # a test secret
 _START_SECONDS = 20.0
+SINGLE = ("--replicas", "1", "--write-quorum", "1", "--read-quorum", "1")
+"""Options of a one-node cluster."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,3 +182,23 @@ class KVCluster:
         """
         headers = {"Authorization": f"Bearer {TOKEN}"}
         return self.request(node, "GET", f"/internal/kv/{key}", headers=headers)
+
+
+@contextmanager
+def running_cluster(
+    root: Path,
+    ids: Sequence[str],
+    *,
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    discovery: str | None = None,
+) -> Iterator[KVCluster]:
+    """
+    Start `ids` as a cluster under `root`; stop every node on exit, whatever happened.
+    """
+    cluster = KVCluster(root, list(ids), list(extra_args), env or {}, discovery)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop_all()

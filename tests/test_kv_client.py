@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from examples.kv import KVClient, KVError
-from tests._kv import ROOT, TOKEN, KVCluster
+from tests._kv import ROOT, SINGLE, TOKEN, KVCluster, running_cluster
 
 IDS = ["n1", "n2", "n3"]
 CLIENT_TOKEN = "client-secret"  # noqa: S105  # a test secret
@@ -21,12 +21,8 @@ CLIENT_TOKEN = "client-secret"  # noqa: S105  # a test secret
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KVCluster]:
-    kv = KVCluster(tmp_path_factory.mktemp("kv"), IDS)
-    try:
-        kv.start()
+    with running_cluster(tmp_path_factory.mktemp("kv"), IDS) as kv:
         yield kv
-    finally:
-        kv.stop_all()
 
 
 def client_for(cluster: KVCluster, timeout: float = 2.0) -> KVClient:
@@ -120,9 +116,7 @@ async def test_client_fails_over_and_ejects_a_dead_node(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """One node SIGKILLed: every call still succeeds in time and the node is ejected."""
-    kv_cluster = KVCluster(tmp_path_factory.mktemp("kv-failover"), IDS)
-    try:
-        kv_cluster.start()
+    with running_cluster(tmp_path_factory.mktemp("kv-failover"), IDS) as kv_cluster:
         async with client_for(kv_cluster, timeout=3.0) as kv:
             await kv.put("before", b"1")
             kv_cluster.kill("n2")
@@ -132,21 +126,15 @@ async def test_client_fails_over_and_ejects_a_dead_node(
             stats = await kv.statistics()
         assert stats.ejected == (kv_cluster.address("n2"),)
         assert stats.failovers >= 1
-    finally:
-        kv_cluster.stop_all()
 
 
 async def test_client_token_guards_the_client_api(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """With KV_CLIENT_TOKEN set, /kv/ needs it (401 without, 403 wrong); KVClient sends it."""
-    single = ["--replicas", "1", "--write-quorum", "1", "--read-quorum", "1"]
-    kv_cluster = KVCluster(
-        tmp_path_factory.mktemp("kv-token"), ["t1"], extra_args=single,
-        env={"KV_CLIENT_TOKEN": CLIENT_TOKEN},
-    )  # fmt: skip
-    try:
-        kv_cluster.start()
+    root = tmp_path_factory.mktemp("kv-token")
+    env = {"KV_CLIENT_TOKEN": CLIENT_TOKEN}
+    with running_cluster(root, ["t1"], extra_args=SINGLE, env=env) as kv_cluster:
         assert kv_cluster.request("t1", "PUT", "/kv/a", b"v").status == 401
         wrong = {"Authorization": "Bearer nope"}
         assert kv_cluster.request("t1", "PUT", "/kv/a", b"v", wrong).status == 403
@@ -160,5 +148,3 @@ async def test_client_token_guards_the_client_api(
             with pytest.raises(KVError) as refused:
                 await anonymous.get("a")
         assert refused.value.status == 401
-    finally:
-        kv_cluster.stop_all()

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from examples.kv.ring import Ring
-from tests._kv import ROOT, TOKEN, KVCluster
+from tests._kv import ROOT, TOKEN, KVCluster, running_cluster
 
 IDS = ["n1", "n2", "n3", "n4"]
 FUZZ = settings(
@@ -26,12 +26,8 @@ FUZZ = settings(
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KVCluster]:
-    kv = KVCluster(tmp_path_factory.mktemp("kv"), IDS)
-    try:
-        kv.start()
+    with running_cluster(tmp_path_factory.mktemp("kv"), IDS) as kv:
         yield kv
-    finally:
-        kv.stop_all()
 
 
 def stored_counts(cluster: KVCluster) -> list[object]:

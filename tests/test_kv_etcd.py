@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from tests._kv import KVCluster
+from tests._kv import KVCluster, running_cluster
 from tests.conftest import EtcdServer
 
 TTL = 2
+IDS = ["n1", "n2", "n3"]
 
 
 @pytest.fixture
@@ -23,12 +24,8 @@ def cluster(
 ) -> Iterator[KVCluster]:
     endpoint = etcd_server.endpoint
     url = f"{endpoint.replace('http://', 'etcd://')}/kv-test-{uuid.uuid4().hex[:8]}/?ttl={TTL}"
-    kv = KVCluster(tmp_path_factory.mktemp("kv-etcd"), ["n1", "n2", "n3"], discovery=url)
-    try:
-        kv.start()
+    with running_cluster(tmp_path_factory.mktemp("kv-etcd"), IDS, discovery=url) as kv:
         yield kv
-    finally:
-        kv.stop_all()
 
 
 def view(cluster: KVCluster, node: str) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import cast
 import pytest
 
 from examples.kv.ring import Ring
-from tests._kv import KVCluster, Response
+from tests._kv import KVCluster, Response, running_cluster
 from tests.conftest import PrometheusServer
 
 IDS = ["n1", "n2", "n3"]
@@ -22,12 +22,8 @@ KEYS = [f"key-{i}" for i in range(40)]
 
 @pytest.fixture
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KVCluster]:
-    kv = KVCluster(tmp_path_factory.mktemp("kv"), IDS)
-    try:
-        kv.start()
+    with running_cluster(tmp_path_factory.mktemp("kv"), IDS) as kv:
         yield kv
-    finally:
-        kv.stop_all()
 
 
 def write_all(cluster: KVCluster, node: str, keys: list[str], value: bytes, **kw: str) -> None:

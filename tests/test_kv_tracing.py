@@ -14,19 +14,16 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from examples.kv import KVClient
-from tests._kv import KVCluster
+from tests._kv import SINGLE, KVCluster, running_cluster
 
 IDS = ["n1", "n2", "n3"]
 
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KVCluster]:
-    kv = KVCluster(tmp_path_factory.mktemp("kv"), IDS, env={"OTEL_TRACES_EXPORTER": "console"})
-    try:
-        kv.start()
+    root = tmp_path_factory.mktemp("kv")
+    with running_cluster(root, IDS, env={"OTEL_TRACES_EXPORTER": "console"}) as kv:
         yield kv
-    finally:
-        kv.stop_all()
 
 
 def spans_of(cluster: KVCluster, node: str) -> list[dict[str, object]]:
@@ -72,13 +69,8 @@ async def test_one_trace_runs_from_client_to_coordinator_to_every_replica(
 
 def test_no_exporter_prints_no_spans(tmp_path_factory: pytest.TempPathFactory) -> None:
     """OTEL_TRACES_EXPORTER unset: a node records and prints nothing."""
-    kv = KVCluster(tmp_path_factory.mktemp("kv-quiet"), ["q1"], extra_args=["--replicas", "1",
-                   "--write-quorum", "1", "--read-quorum", "1"])  # fmt: skip
-    try:
-        kv.start()
+    with running_cluster(tmp_path_factory.mktemp("kv-quiet"), ["q1"], extra_args=SINGLE) as kv:
         assert kv.request("q1", "PUT", "/kv/a", b"v").status == 204
-    finally:
-        kv.stop_all()
     assert spans_of(kv, "q1") == []
 
 
