@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from resilient import ResilienceError
 from resilient.integrations.aiohttp import add_metrics_route, resilience_middleware
@@ -37,16 +38,17 @@ def build_app(node: Node) -> web.Application:
     """
     The node's application: routes, error and auth middleware, deadline and trace.
     """
-    middlewares = [
-        errors_middleware,
-        auth_middleware,
-        # The caller's deadline becomes visible (remaining_time()) and its trace
-        # context current; the coordinator answers within the deadline itself, with
-        # a 503 that says how many replicas answered, so nothing is enforced here.
-        resilience_middleware(enforce_deadline=False, max_deadline=MAX_BUDGET),
-    ]
+    middlewares: list[Middleware] = [errors_middleware, auth_middleware]
     if node.tracing is not None:
-        middlewares.append(aiohttp_server_span_middleware(node.tracing.provider))
+        # The caller's trace context made current, then a SERVER span under it. Not
+        # needed for deadlines: handlers read X-Request-Timeout-Ms themselves and the
+        # coordinator answers within it (a 503 saying how many replicas answered), and
+        # peer batches carry their own deadline. Without tracing it is not installed:
+        # it costs every request, internal ones included.
+        middlewares += [
+            resilience_middleware(enforce_deadline=False, max_deadline=MAX_BUDGET),
+            aiohttp_server_span_middleware(node.tracing.provider),
+        ]
     app = web.Application(middlewares=middlewares, client_max_size=_INTERNAL_MAX_BYTES)
     app[NODE_KEY] = node
     app.add_routes(routes())

@@ -6,7 +6,7 @@ write-ahead log before it returns; a write is acknowledged only after its commit
 writer thread owns the writing connection and drains a queue: every write waiting when
 it wakes goes into one transaction, so concurrent writers share one fsync (group commit,
 as in PostgreSQL's commit_delay or InnoDB's binlog group commit). Each caller's future
-is resolved on its own loop with ``call_soon_threadsafe``.
+is resolved on its own loop, one ``call_soon_threadsafe`` per loop and commit.
 
 Last-writer-wins is decided inside SQLite, atomically: the upsert only replaces a row
 whose version is older (a row-value comparison on (wall, logical, node)).
@@ -207,12 +207,10 @@ class Storage:
         except sqlite3.Error as error:
             if self._writer.in_transaction:
                 self._writer.execute("ROLLBACK")
-            for job in group:
-                job.loop.call_soon_threadsafe(_fail, job.future, error)
+            _settle([(job, error) for job in group])
             return
         self.commits += 1
-        for job, result in zip(group, results, strict=True):
-            job.loop.call_soon_threadsafe(_resolve, job.future, result)
+        _settle(list(zip(group, results, strict=True)))
 
     def _execute(self, cursor: sqlite3.Cursor, job: _Job) -> list[bool]:
         if job.purge_before is not None:
@@ -229,11 +227,21 @@ class Storage:
         return applied
 
 
-def _resolve(future: asyncio.Future[list[bool]], result: list[bool]) -> None:
-    if not future.done():  # the caller may have given up (its deadline passed)
-        future.set_result(result)
+def _settle(outcomes: list[tuple[_Job, list[bool] | BaseException]]) -> None:
+    # One wake-up per loop per commit, not one per job: each call_soon_threadsafe
+    # writes to the loop's self-pipe, a system call on the event loop's side too.
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, list[bool] | BaseException]]] = {}
+    for job, outcome in outcomes:
+        by_loop.setdefault(job.loop, []).append((job, outcome))
+    for loop, jobs in by_loop.items():
+        loop.call_soon_threadsafe(_resolve, jobs)
 
 
-def _fail(future: asyncio.Future[list[bool]], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
+def _resolve(jobs: list[tuple[_Job, list[bool] | BaseException]]) -> None:
+    for job, outcome in jobs:
+        if job.future.done():
+            continue  # the caller gave up (its deadline passed, or it was cancelled)
+        if isinstance(outcome, BaseException):
+            job.future.set_exception(outcome)
+        else:
+            job.future.set_result(outcome)
