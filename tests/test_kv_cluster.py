@@ -226,3 +226,17 @@ def test_node_refuses_to_start_without_the_cluster_token(tmp_path: Path) -> None
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "KV_CLUSTER_TOKEN" in lines[0]
+
+
+def test_plain_peers_baseline_replicates_without_policies(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """--plain-peers (the benchmark baseline): same API, no peer breakers or policy metrics."""
+    root = tmp_path_factory.mktemp("kv-plain")
+    with running_cluster(root, ["p1", "p2", "p3"], extra_args=["--plain-peers"]) as kv:
+        assert kv.request("p1", "PUT", "/kv/plain?w=3", b"v").status == 204
+        assert kv.request("p3", "GET", "/kv/plain?r=3").body == b"v"
+        view = kv.request("p2", "GET", "/cluster").json()
+        assert view["resilient_peers"] is False
+        assert {m["breaker"] for m in view["members"]} == {None}
+        assert "resilient_calls_total{" not in kv.request("p2", "GET", "/metrics").body.decode()

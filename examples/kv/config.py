@@ -99,6 +99,7 @@ class NodeConfig:
         client_token: The secret of the client API, or None (open).
         discovery: Where etcd is, or None (static ``--peers``).
         traces_exporter: ``OTEL_TRACES_EXPORTER``: ``console``, ``otlp`` or ``none``.
+        plain_peers: Node-to-node calls without policies (a benchmark's baseline).
     """
 
     node_id: str
@@ -113,6 +114,7 @@ class NodeConfig:
     client_token: str | None = None
     discovery: Discovery | None = None
     traces_exporter: str = "none"
+    plain_peers: bool = False
 
 
 def parse_address(text: str, what: str = "address") -> tuple[str, int]:
@@ -167,6 +169,11 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--write-quorum", type=int, default=2, help="W (default 2)")
     parser.add_argument("--read-quorum", type=int, default=2, help="R (default 2)")
     parser.add_argument("--discovery", help="etcd://host:port instead of --peers")
+    parser.add_argument(
+        "--plain-peers",
+        action="store_true",
+        help="benchmark baseline: node-to-node calls with plain aiohttp, no resilient policies",
+    )
 
 
 def node_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> NodeConfig:
@@ -203,7 +210,7 @@ def node_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
         node_id=node_id, host=args.host, port=args.port, data_dir=args.data_dir, peers=peers,
         replicas=args.replicas, write_quorum=args.write_quorum, read_quorum=args.read_quorum,
         cluster_token=token, client_token=env.get(CLIENT_TOKEN_ENV) or None,
-        discovery=discovery, traces_exporter=exporter,
+        discovery=discovery, traces_exporter=exporter, plain_peers=args.plain_peers,
     )  # fmt: skip
 
 

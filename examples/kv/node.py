@@ -55,7 +55,9 @@ class Node:
         self.clock = HybridClock(config.node_id)
         self.members = dict(config.peers)
         self.ring = Ring(self.members)
-        self.peers = Peers({}, config.cluster_token, hooks=hooks, tracing=self.tracing)
+        self.peers = Peers(
+            {}, config.cluster_token, hooks=hooks, tracing=self.tracing, plain=config.plain_peers
+        )
         self._follow_peers()
         self.coordinator = Coordinator(
             config.node_id, self.ring, self.storage, self.peers, self.clock,
@@ -67,7 +69,8 @@ class Node:
 
     def _follow_peers(self) -> None:
         self.peers.update({n: a for n, a in self.members.items() if n != self.id})
-        self.metrics.track(*self.peers.policies.values())  # already tracked: no-op
+        if not self.peers.plain:  # the baseline's policies are never called
+            self.metrics.track(*self.peers.policies.values())  # already tracked: no-op
 
     def set_members(self, members: dict[str, str]) -> None:
         """
@@ -104,16 +107,18 @@ class Node:
         shares = self.ring.ownership()
         members = []
         for node, address in sorted(self.members.items()):
-            breaker = self.peers.breakers.get(node)
-            state = "self" if breaker is None else breaker.state.value
-            status = {"self": "up", "closed": "up", "half_open": "suspect"}.get(state, "down")
+            # This node, and every peer with --plain-peers, has no breaker: seen as up.
+            mine = node == self.id or self.peers.plain
+            breaker = None if mine else self.peers.breakers.get(node)
+            state = None if breaker is None else breaker.state.value
+            status = {None: "up", "closed": "up", "half_open": "suspect"}.get(state, "down")
             members.append({
-                "id": node, "address": address, "status": status,
-                "breaker": None if breaker is None else state,
+                "id": node, "address": address, "status": status, "breaker": state,
                 "ownership": round(shares.get(node, 0.0), 6),
             })  # fmt: skip
         return {
             "node": self.id, "replicas": self.config.replicas,
+            "resilient_peers": not self.peers.plain,
             "write_quorum": self.config.write_quorum, "read_quorum": self.config.read_quorum,
             "members": members, "keys_stored": self.storage.count(),
             "hedges": self.coordinator.hedges, "repairs": self.coordinator.repairs,

@@ -68,6 +68,8 @@ class Peers:
         max_in_flight: Replication batches on the wire to one peer at once.
         hooks: Event hooks for every peer policy (metrics).
         tracing: When set, each record carries its writer's ``traceparent``.
+        plain: No policies: plain aiohttp with a total timeout per call, the baseline
+            that benchmarks compare `resilient` against (``--plain-peers``).
     """
 
     def __init__(
@@ -79,8 +81,10 @@ class Peers:
         max_in_flight: int = 4,
         hooks: Iterable[Hook] = (),
         tracing: Tracing | None = None,
+        plain: bool = False,
     ) -> None:
         self._tracing = tracing
+        self.plain = plain
         self._hooks = tuple(hooks)
         self._attempt_timeout = attempt_timeout
         self._max_in_flight = max_in_flight
@@ -150,12 +154,16 @@ class Peers:
                 retry_methods={"GET", "POST"},  # replication is idempotent
             )
             self._session = aiohttp.ClientSession(
-                middlewares=[middleware],
+                middlewares=[] if self.plain else [middleware],
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=256),
                 headers={"Authorization": f"Bearer {self._token}"},
                 timeout=aiohttp.ClientTimeout(total=None),  # the policies bound each call
             )
         return self._session
+
+    def _timeout(self, budget: float) -> aiohttp.ClientTimeout:
+        # The policies bound each call; without them (plain) nothing else would.
+        return aiohttp.ClientTimeout(total=budget if self.plain else None)
 
     def batching(self) -> dict[str, int]:
         """
@@ -171,10 +179,10 @@ class Peers:
 
     def is_open(self, node: str) -> bool:
         """
-        Whether `node`'s breaker rejects calls right now.
+        Whether `node`'s breaker rejects calls right now (never, with `plain`).
         """
         breaker = self.breakers.get(node)
-        return breaker is not None and breaker.state is CircuitState.OPEN
+        return not self.plain and breaker is not None and breaker.state is CircuitState.OPEN
 
     def replicate(self, node: str, record: Record, until: float) -> asyncio.Future[bool]:
         """
@@ -212,7 +220,7 @@ class Peers:
         url = f"http://{self.addresses[node]}/internal/replicate"
         with deadline(budget):
             body = encode_records([record for record, _ in items], [trace for _, trace in items])
-            async with self.session.post(url, data=body) as response:
+            async with self.session.post(url, data=body, timeout=self._timeout(budget)) as response:
                 if response.status != 200:  # noqa: PLR2004
                     raise PeerError(f"{node} answered {response.status} to replicate")
                 return decode_acks(await response.read(), len(items))
@@ -230,7 +238,9 @@ class Peers:
         """
         url = f"http://{self.addresses[node]}/internal/read"
         with deadline(budget), no_retries():
-            response = await self.session.post(url, data=encode_keys(keys))
+            response = await self.session.post(
+                url, data=encode_keys(keys), timeout=self._timeout(budget)
+            )
         async with response:
             if response.status != 200:  # noqa: PLR2004
                 raise PeerError(f"{node} answered {response.status} to read")
