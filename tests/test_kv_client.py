@@ -148,3 +148,20 @@ async def test_client_token_guards_the_client_api(
             with pytest.raises(KVError) as refused:
                 await anonymous.get("a")
         assert refused.value.status == 401
+
+
+async def test_client_reports_a_quorum_failure_without_ejecting_the_node(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Two of three nodes dead: KVError 503 with acked/needed; the live node stays eligible."""
+    with running_cluster(tmp_path_factory.mktemp("kv-quorum"), IDS) as kv_cluster:
+        kv_cluster.kill("n2")
+        kv_cluster.kill("n3")
+        async with KVClient([kv_cluster.address("n1")], timeout=3.0) as kv:
+            for _ in range(5):  # more than the node breaker's threshold of 3
+                with pytest.raises(KVError) as refused:
+                    await kv.put("k", b"v")
+                assert refused.value.status == 503
+                assert (refused.value.detail["acked"], refused.value.detail["needed"]) == (1, 2)
+            assert (await kv.statistics()).ejected == ()
+            assert await kv.put("k", b"v", w=1)

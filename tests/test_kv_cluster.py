@@ -240,3 +240,15 @@ def test_plain_peers_baseline_replicates_without_policies(
         assert view["resilient_peers"] is False
         assert {m["breaker"] for m in view["members"]} == {None}
         assert "resilient_calls_total{" not in kv.request("p2", "GET", "/metrics").body.decode()
+
+
+def test_fewer_members_than_w_is_refused_at_once(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One member, N=3, W=2: the write is refused with a 503 at once, not at the deadline."""
+    root = tmp_path_factory.mktemp("kv-small")
+    with running_cluster(root, ["s1"]) as kv:
+        started = time.monotonic()
+        answer = kv.request("s1", "PUT", "/kv/a", b"v", {"X-Request-Timeout-Ms": "10000"})
+        assert answer.status == 503
+        assert (answer.json()["acked"], answer.json()["needed"]) == (1, 2)
+        assert time.monotonic() - started < 5.0  # half the deadline: it did not wait for it
+        assert kv.request("s1", "PUT", "/kv/a?w=1", b"v").status == 204

@@ -7,8 +7,8 @@
 
 Requests go through `DiscoveryClient` over a `StaticRegistry` of the nodes given:
 balanced round robin, a node whose breaker opens (3 consecutive failures: refused
-connections, timeouts, 5xx) is ejected for 2 s, and a failed request fails over to the
-next node, all within the call's deadline (`timeout`, sent to the node as
+connections, timeouts, 5xx but 503) is ejected for 2 s, and a failed request fails over
+to the next node, all within the call's deadline (`timeout`, sent to the node as
 ``X-Request-Timeout-Ms`` so it answers in time).
 """
 
@@ -30,7 +30,11 @@ from resilient import (
     StaticRegistry,
     Timeout,
 )
-from resilient.integrations.aiohttp import DiscoveryClient, ResilienceMiddleware
+from resilient.integrations.aiohttp import (
+    DiscoveryClient,
+    ResilienceMiddleware,
+    is_failure_status,
+)
 
 from .config import parse_address
 
@@ -92,8 +96,9 @@ class KVClient:
             headers=headers, middlewares=[ResilienceMiddleware({}, default=None)]
         )
         self._client = DiscoveryClient(
-            self._session, registry, max_attempts=max_attempts, breaker=_breaker
-        )
+            self._session, registry, max_attempts=max_attempts, breaker=_breaker,
+            failure_status=_node_failed,
+        )  # fmt: skip
 
     async def put(self, key: str | bytes, value: bytes, *, w: int | None = None) -> str:
         """
@@ -187,6 +192,13 @@ class KVClient:
 def _instance(address: str) -> Instance:
     host, port = parse_address(address, "KVClient node")
     return Instance(SERVICE, f"{host}:{port}", host, port)
+
+
+def _node_failed(status: int) -> bool:
+    # 503 is the node's answer that the *cluster* lacks replicas (quorum not met): the
+    # node is fine and another coordinator would see the same replicas, so it neither
+    # counts against the node's breaker nor fails over.
+    return status != 503 and is_failure_status(status)  # noqa: PLR2004
 
 
 def _breaker(instance: Instance) -> CircuitBreaker:

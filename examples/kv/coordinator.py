@@ -5,7 +5,7 @@ Write (Dynamo section 4.5): stamp a new HLC version, send the record to the N no
 the key's preference list at once (this node's own copy straight to its storage, the
 others through `Peers`), answer once W of them hold it durably. The others keep going
 in the background: a write reaches every live replica, the caller waits only for W.
-When W can no longer be met (too many replicas failed) or the deadline is near, the
+When every replica has answered without W acknowledgements, or the deadline is near, the
 caller gets `QuorumError` with how many acknowledged; never a hang.
 
 Read: ask R replicas (this node first when it is one, then peers whose breaker is
@@ -230,7 +230,9 @@ class _Quorum:
             self.failed += 1
         else:
             self.acked += 1
-        if self.acked >= self.needed or self.total - self.failed < self.needed:
+        # Met, or every replica has answered: a refusal then reports the exact count of
+        # replicas holding the write (a hung replica still waits for the deadline).
+        if self.acked >= self.needed or self.acked + self.failed == self.total:
             self.decide()
 
     def decide(self) -> None:
@@ -240,7 +242,7 @@ class _Quorum:
 
 async def _quorum(futures: list[asyncio.Future[object]], needed: int, within: float) -> int:
     """
-    Wait until `needed` futures succeed, too many fail, or `within` seconds pass.
+    Wait until `needed` futures succeed, all have answered, or `within` seconds pass.
     """
     quorum = _Quorum(futures, needed)
     timer = asyncio.get_running_loop().call_later(within, quorum.decide)
