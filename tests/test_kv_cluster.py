@@ -4,6 +4,8 @@ A KV cluster of four real node processes (N=3, W=2, R=2) that no test here kills
 
 from __future__ import annotations
 
+import http.client
+import json
 import subprocess
 import sys
 import time
@@ -252,3 +254,31 @@ def test_fewer_members_than_w_is_refused_at_once(tmp_path_factory: pytest.TempPa
         assert (answer.json()["acked"], answer.json()["needed"]) == (1, 2)
         assert time.monotonic() - started < 5.0  # half the deadline: it did not wait for it
         assert kv.request("s1", "PUT", "/kv/a?w=1", b"v").status == 204
+
+
+def test_a_chunked_body_over_the_limit_is_a_413(cluster: KVCluster) -> None:
+    """Without Content-Length the limit holds while reading: 413, nothing stored."""
+    before = stored_counts(cluster)
+    chunks = iter([b"x" * (256 << 10)] * 5)  # 1.25 MiB in chunks, no length announced
+    connection = http.client.HTTPConnection("127.0.0.1", cluster.ports["n1"], timeout=10)
+    try:
+        connection.request("PUT", "/kv/chunked", body=chunks, encode_chunked=True)
+        answer = connection.getresponse()
+        assert answer.status == 413
+        assert "1048576" in json.loads(answer.read())["error"]
+    except ConnectionError:
+        pass  # the node may close the connection before the whole body is sent
+    finally:
+        connection.close()
+    assert stored_counts(cluster) == before
+    assert cluster.request("n2", "GET", "/kv/chunked").status == 404
+
+
+@FUZZ
+@given(body=st.binary(max_size=300))
+def test_fuzzed_replication_batches_never_cause_a_5xx(cluster: KVCluster, body: bytes) -> None:
+    """Any bytes posted to /internal/replicate (with the token): 200 or 400, never a 5xx."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    for path in ("/internal/replicate", "/internal/read"):
+        answer = cluster.request("n2", "POST", path, body, headers)
+        assert answer.status in {200, 400}, (path, answer.status, answer.body)
