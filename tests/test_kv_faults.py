@@ -180,3 +180,22 @@ def test_a_read_repairs_a_stale_replica(cluster: KVCluster) -> None:
         assert time.monotonic() < deadline, got
         time.sleep(0.1)
     assert cluster.request("n1", "GET", "/cluster").json()["repairs"] >= 1
+
+
+def test_a_restarted_node_catches_up_by_hinted_handoff(cluster: KVCluster) -> None:
+    """Writes n3 missed while dead reach it after restart, with no read to repair them."""
+    keys = [f"handoff-{i}" for i in range(20)]
+    cluster.kill("n3")
+    write_all(cluster, "n1", keys, b"missed")
+    deadline = time.monotonic() + 20
+    # The last hint lands just after its write's 204: n1 and n2 acked before n3 failed.
+    while cluster.request("n1", "GET", "/cluster").json()["hints"] < len(keys):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    cluster.start("n3")
+    while missing := [k for k in keys if cluster.internal("n3", k).body != b"missed"]:
+        assert time.monotonic() < deadline, missing
+        time.sleep(0.1)
+    view = cluster.request("n1", "GET", "/cluster").json()
+    assert view["handed_off"] >= len(keys)
+    assert view["hints"] == 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from examples.kv.hints import HandoffLoop, Hints
 from examples.kv.hlc import Version
 from examples.kv.storage import TOMBSTONE_GRACE_MS, Record, Storage
 
@@ -108,3 +109,50 @@ async def test_close_commits_writes_still_queued(tmp_path: Path) -> None:
         assert reopened.count() == 50
     finally:
         reopened.close()
+
+
+def test_hints_keep_the_newest_version_per_peer_and_key(tmp_path: Path) -> None:
+    """A hint is replaced only by a newer one; delivering an old one keeps the newer."""
+    hints = Hints(tmp_path)
+    try:
+        hints.add("n2", Record(b"k", v(2), b"new"))
+        hints.add("n2", Record(b"k", v(1), b"old"))
+        hints.add("n3", Record(b"k", v(1), None))
+        assert hints.pending("n2") == [Record(b"k", v(2), b"new")]
+        assert sorted(hints.targets()) == ["n2", "n3"]
+        hints.delivered("n2", [Record(b"k", v(1), b"old")])  # not what is held: kept
+        assert hints.count() == 2
+        hints.delivered("n2", hints.pending("n2"))
+        assert hints.targets() == ["n3"]
+    finally:
+        hints.close()
+
+
+async def test_handoff_drops_hints_only_once_delivered(tmp_path: Path) -> None:
+    """A failed delivery keeps the hints for the next round; a skipped peer is not tried."""
+    hints = Hints(tmp_path)
+    sent: list[tuple[str, list[Record]]] = []
+    fail = True
+    delivered = asyncio.Event()
+
+    async def send(target: str, records: list[Record]) -> None:
+        sent.append((target, records))
+        if fail:
+            raise ConnectionError("still down")
+        delivered.set()
+
+    hints.add("n2", Record(b"a", v(1), b"1"))
+    hints.add("n3", Record(b"b", v(1), b"2"))
+    loop = HandoffLoop(hints, send, skip=lambda target: target == "n3", interval=0.01)
+    try:
+        await loop._deliver("n2")
+        assert hints.count() == 2
+        fail = False
+        task = asyncio.ensure_future(loop.run())
+        await asyncio.wait_for(delivered.wait(), 10)
+        task.cancel()
+        assert hints.targets() == ["n3"]
+        assert {target for target, _ in sent} == {"n2"}  # n3 skipped (its breaker, say)
+        assert loop.delivered == 1
+    finally:
+        hints.close()

@@ -17,10 +17,13 @@ replicas that answered with an older one (read repair, as in Dynamo and Cassandr
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import sqlite3
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
+from .hints import Hints
 from .hlc import HybridClock
 from .peers import Peers
 from .ring import Ring
@@ -56,6 +59,7 @@ class Coordinator:
         clock: This node's hybrid logical clock.
         replicas: N, copies per key.
         hedge_delay: Seconds before a read also asks the next replica.
+        hints: Where writes a peer missed are kept (None: not kept).
     """
 
     def __init__(
@@ -68,7 +72,9 @@ class Coordinator:
         *,
         replicas: int = 3,
         hedge_delay: float = 0.05,
+        hints: Hints | None = None,
     ) -> None:
+        self.hints = hints
         self.node_id = node_id
         self.ring = ring
         self.storage = storage
@@ -109,6 +115,8 @@ class Coordinator:
             future = self.storage.submit([record])  # type: ignore[assignment]
         else:
             future = self.peers.replicate(node, record, until)  # type: ignore[assignment]
+            if self.hints is not None:
+                future.add_done_callback(functools.partial(self._hint, node, record))
         self.replicating += 1  # local copies too: the caller may return before they commit
         future.add_done_callback(self._replicated)
         return future
@@ -116,6 +124,14 @@ class Coordinator:
     def _replicated(self, future: asyncio.Future[object]) -> None:
         self.replicating -= 1
         _consume(future)
+
+    def _hint(self, node: str, record: Record, future: asyncio.Future[object]) -> None:
+        # The peer missed the write: keep it for hinted handoff (hints.py).
+        if (future.cancelled() or future.exception() is not None) and self.hints is not None:
+            try:
+                self.hints.add(node, record)
+            except sqlite3.Error:
+                _log.exception("could not keep a hint for %s", node)
 
     async def read(self, key: bytes, r: int, budget: float) -> Record | None:
         """

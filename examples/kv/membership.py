@@ -9,8 +9,9 @@ rebuilds the ring: a node SIGKILLed leaves every view when its lease expires, a 
 node joins as soon as it registers.
 
 Unlike Dynamo, where a down node keeps its place until an operator removes it, the ring
-here follows etcd's liveness; no data moves on a change (no hinted handoff or ownership
-transfer yet), so keys written while a node was out are repaired by reads only.
+here follows etcd's liveness; no data moves on a change (no ownership transfer yet):
+keys written while a node was out reach it by hinted handoff (while it is a member
+again) or read repair.
 """
 
 from __future__ import annotations

@@ -17,11 +17,12 @@ from resilient.integrations.prometheus import ResilienceMetrics
 
 from .config import NodeConfig
 from .coordinator import Coordinator
+from .hints import HandoffLoop, Hints
 from .hlc import HybridClock
 from .membership import EtcdMembership
 from .peers import Peers
 from .ring import Ring
-from .storage import Storage
+from .storage import Record, Storage
 from .tracing import configure_tracing
 
 __all__ = ["Node"]
@@ -59,13 +60,15 @@ class Node:
             {}, config.cluster_token, hooks=hooks, tracing=self.tracing, plain=config.plain_peers
         )
         self._follow_peers()
+        self.hints = Hints(config.data_dir)
         self.coordinator = Coordinator(
             config.node_id, self.ring, self.storage, self.peers, self.clock,
-            replicas=config.replicas,
+            replicas=config.replicas, hints=self.hints,
         )  # fmt: skip
+        self.handoff = HandoffLoop(self.hints, self._hand_off)
         self.ready = False
         self.membership: EtcdMembership | None = None
-        self._purger: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     def _follow_peers(self) -> None:
         self.peers.update({n: a for n, a in self.members.items() if n != self.id})
@@ -84,7 +87,11 @@ class Node:
         """
         Join the cluster: with etcd discovery, register and learn the members.
         """
-        self._purger = asyncio.get_running_loop().create_task(self._purge_tombstones())
+        loop = asyncio.get_running_loop()
+        self._background = [
+            loop.create_task(self._purge_tombstones()),
+            loop.create_task(self.handoff.run()),
+        ]
         discovery = self.config.discovery
         if discovery is not None:
             address = f"{self.config.host}:{self.config.port}"
@@ -99,6 +106,11 @@ class Node:
             except sqlite3.Error:
                 _log.exception("tombstone purge failed; trying again in an hour")
             await asyncio.sleep(_PURGE_EVERY)
+
+    async def _hand_off(self, node: str, records: list[Record]) -> None:
+        if node not in self.peers.addresses:
+            return  # not a member any more (etcd): nothing to deliver to
+        await self.peers.send_batch(node, [(record, None) for record in records], 2.0)
 
     def cluster_view(self) -> dict[str, object]:
         """
@@ -124,6 +136,7 @@ class Node:
             "hedges": self.coordinator.hedges, "repairs": self.coordinator.repairs,
             "replicating": self.coordinator.replicating,
             "batching": self.peers.batching(),
+            "hints": self.hints.count(), "handed_off": self.handoff.delivered,
         }  # fmt: skip
 
     async def close(self) -> None:
@@ -131,14 +144,15 @@ class Node:
         Finish background work, close the peers' session, flush and close storage.
         """
         self.ready = False
-        if self._purger is not None:
-            self._purger.cancel()
+        for task in self._background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._purger
+                await task
         if self.membership is not None:
             await self.membership.close()
         await self.coordinator.close()
         await self.peers.close()
         self.storage.close()
+        self.hints.close()
         if self.tracing is not None:
             self.tracing.shutdown()
