@@ -156,3 +156,27 @@ async def test_handoff_drops_hints_only_once_delivered(tmp_path: Path) -> None:
         assert loop.delivered == 1
     finally:
         hints.close()
+
+
+async def test_handoff_drains_a_backlog_in_one_round(tmp_path: Path) -> None:
+    """More hints than one batch: delivered batch after batch without waiting a round."""
+    hints = Hints(tmp_path)
+    for i in range(600):
+        hints.add("n2", Record(f"k{i}".encode(), v(1), b"x"))
+    batches: list[int] = []
+    last = asyncio.Event()
+
+    async def send(target: str, records: list[Record]) -> None:
+        batches.append(len(records))
+        if len(records) < 256:
+            last.set()  # the short batch ends the backlog
+
+    loop = HandoffLoop(hints, send, interval=3600)  # a second round would never come
+    task = asyncio.ensure_future(loop.run())
+    try:
+        await asyncio.wait_for(last.wait(), 10)
+        assert hints.count() == 0
+        assert batches == [256, 256, 88]
+    finally:
+        task.cancel()
+        hints.close()

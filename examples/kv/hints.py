@@ -28,6 +28,7 @@ from .storage import Record
 __all__ = ["HandoffLoop", "Hints"]
 
 _log = logging.getLogger(__name__)
+_BATCH = 256  # hints per handoff request
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS hints (
     target TEXT NOT NULL,
@@ -145,18 +146,24 @@ class HandoffLoop:
         """
         while True:
             for target in self._hints.targets():
-                if not self._skip(target):
-                    await self._deliver(target)
+                # Batch after batch while the peer takes them: a backlog drains in one
+                # round, not one batch per second.
+                while not self._skip(target) and await self._deliver(target) == _BATCH:
+                    pass
             await asyncio.sleep(self._interval)
 
-    async def _deliver(self, target: str) -> None:
-        records = self._hints.pending(target)
+    async def _deliver(self, target: str) -> int:
+        """
+        Offer `target` one batch of its hints; how many it took (0 on failure).
+        """
+        records = self._hints.pending(target, _BATCH)
         try:
             await self._send(target, records)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # noqa: BLE001  # the peer is still away: next round
             _log.debug("handoff to %s failed: %r", target, error)
-            return
+            return 0
         self._hints.delivered(target, records)
         self.delivered += len(records)
+        return len(records)
