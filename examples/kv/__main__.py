@@ -1,0 +1,53 @@
+"""
+``python -m examples.kv``: run a node, or put/get/delete a key.
+
+    KV_CLUSTER_TOKEN=secret python -m examples.kv node --id n1 --port 7001 \
+        --data-dir ./data/n1 --peers n1=127.0.0.1:7001,n2=127.0.0.1:7002,n3=127.0.0.1:7003
+    python -m examples.kv put greeting hello --node 127.0.0.1:7001
+    python -m examples.kv get greeting --node 127.0.0.1:7002
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import ConfigError, add_node_arguments, node_config
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.kv", description=__doc__.split("\n")[1]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_node_arguments(commands.add_parser("node", help="run a node"))
+    from .cli import add_client_commands
+
+    add_client_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Parse `argv` and run the command; the exit code.
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "node":
+        try:
+            config = node_config(args)
+        except ConfigError as error:
+            print(f"kv node: error: {error}", file=sys.stderr)
+            return 2
+        from .server import run
+
+        return run(config)
+    from .cli import run_client
+
+    return run_client(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

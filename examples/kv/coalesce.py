@@ -1,0 +1,118 @@
+"""
+`Coalescer`: gather the calls bound for one peer into batches.
+
+Items submitted while `max_in_flight` batches are on the wire wait and leave together
+in the next batch; a lone item leaves at the end of the current loop iteration. So an
+idle cluster pays no added latency, and a busy one sends a few large requests instead
+of many small ones (the "natural batching" of group commit, applied to the network).
+Each item still gets its own future and its own answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+__all__ = ["Coalescer"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Ship = Callable[[list[T], float], Awaitable[Sequence[R]]]
+"""Sends a batch within a budget (seconds); returns one answer per item."""
+
+
+class Coalescer(Generic[T, R]):
+    """
+    Batches items for one destination.
+
+    Args:
+        ship: Sends one batch: ``await ship(items, budget) -> answers``.
+        size: The size of an item, to cap batches at `max_batch` (default: 1 each).
+        max_in_flight: Batches on the wire at once.
+        max_batch: Largest batch, in `size` units.
+    """
+
+    def __init__(
+        self,
+        ship: Ship[T, R],
+        *,
+        size: Callable[[T], int] = lambda _: 1,
+        max_in_flight: int = 4,
+        max_batch: int = 4 << 20,
+    ) -> None:
+        self._ship = ship
+        self._size = size
+        self._max_in_flight = max_in_flight
+        self._max_batch = max_batch
+        self._pending: list[tuple[T, float, asyncio.Future[R]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._scheduled = False
+        self.batches = 0
+        self.items = 0
+
+    def submit(self, item: T, until: float) -> asyncio.Future[R]:
+        """
+        Queue `item`, to be sent before `until` (the loop's clock); its answer's future.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._pending.append((item, until, future))
+        if not self._scheduled and len(self._tasks) < self._max_in_flight:
+            self._scheduled = True
+            # A fresh context: the batch serves many callers, so it must not carry the
+            # first one's deadline or trace.
+            loop.call_soon(self._flush, context=contextvars.Context())
+        return future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        loop = asyncio.get_running_loop()
+        while self._pending and len(self._tasks) < self._max_in_flight:
+            batch, size = [], 0
+            while self._pending and size < self._max_batch:
+                entry = self._pending.pop(0)
+                batch.append(entry)
+                size += self._size(entry[0])
+            self.batches += 1
+            self.items += len(batch)
+            task = loop.create_task(self._send(batch), context=contextvars.Context())
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._pending and not self._scheduled:
+            self._flush()
+
+    async def _send(self, batch: list[tuple[T, float, asyncio.Future[R]]]) -> None:
+        loop = asyncio.get_running_loop()
+        batch = [entry for entry in batch if not entry[2].cancelled()]
+        budget = max((until for _, until, _ in batch), default=0.0) - loop.time()
+        try:
+            if budget <= 0:
+                raise TimeoutError("the deadline passed before the batch was sent")  # noqa: TRY301
+            answers = await self._ship([item for item, _, _ in batch], budget)
+        except asyncio.CancelledError:
+            for _, _, future in batch:
+                future.cancel()
+            raise
+        except Exception as error:  # noqa: BLE001  # every item's caller gets the error
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, _, future), answer in zip(batch, answers, strict=True):
+            if not future.done():
+                future.set_result(answer)
+
+    async def drain(self) -> None:
+        """
+        Return once nothing is pending or on the wire.
+        """
+        while self._tasks or self._pending:
+            if self._pending and not self._tasks:
+                self._flush()
+            await asyncio.gather(*self._tasks, return_exceptions=True)

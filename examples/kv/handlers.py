@@ -1,0 +1,219 @@
+"""
+The HTTP API: client routes under ``/kv/``, node-to-node routes under ``/internal/``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from .codec import decode_keys, decode_traced, encode_acks, encode_found
+from .coordinator import QuorumError
+from .node import Node
+from .validate import InputError, budget_of, error_response, key_of, quorum_of, read_value
+
+__all__ = ["NODE_KEY", "auth_middleware", "errors_middleware", "routes"]
+
+NODE_KEY = web.AppKey("node", Node)
+VERSION_HEADER = "X-KV-Version"
+_log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """
+    Every error as JSON ``{"error": ...}``; never a traceback.
+    """
+    try:
+        return await handler(request)
+    except InputError as error:
+        return error_response(error.status, error.message)
+    except web.HTTPException as error:
+        if error.status < 400 or error.content_type == "application/json":  # noqa: PLR2004
+            raise
+        return error_response(error.status, error.reason, path=request.path[:200])
+    except Exception:  # noqa: BLE001  # the last line of defence: never a traceback
+        _log.exception("%s %s failed", request.method, request.path[:200])
+        return error_response(500, "internal error")
+
+
+def _bearer_ok(request: web.Request, token: str) -> web.Response | None:
+    given = request.headers.get("Authorization")
+    if given is None:
+        response = error_response(401, "missing Authorization: Bearer <token>")
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+    scheme, _, secret = given.partition(" ")
+    expected = token.encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        secret.strip().encode("utf-8", "replace"), expected
+    ):
+        return error_response(403, "wrong token")
+    return None
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """
+    ``/internal/`` needs the cluster token; ``/kv/`` the client token when one is set.
+    """
+    config = request.app[NODE_KEY].config
+    path = request.path
+    if path.startswith("/internal"):
+        refused = _bearer_ok(request, config.cluster_token)
+    elif path.startswith("/kv") and config.client_token is not None:
+        refused = _bearer_ok(request, config.client_token)
+    else:
+        refused = None
+    return refused if refused is not None else await handler(request)
+
+
+def _quorum_failed(node: Node, op: str, error: QuorumError) -> web.Response:
+    node.requests.labels(op, "503").inc()
+    return error_response(503, str(error), acked=error.acked, needed=error.needed)
+
+
+async def put_key(request: web.Request) -> web.StreamResponse:
+    """
+    ``PUT /kv/{key}``: store the body on W replicas; 204 with ``X-KV-Version``.
+    """
+    return await _write(request, delete=False)
+
+
+async def delete_key(request: web.Request) -> web.StreamResponse:
+    """
+    ``DELETE /kv/{key}``: write a tombstone on W replicas; 204.
+    """
+    return await _write(request, delete=True)
+
+
+async def _write(request: web.Request, *, delete: bool) -> web.StreamResponse:
+    node = request.app[NODE_KEY]
+    op = "delete" if delete else "put"
+    key = key_of(request)
+    w = quorum_of(request, "w", node.config.write_quorum, node.config.replicas)
+    budget = budget_of(request)
+    value = None if delete else await read_value(request)
+    try:
+        record, acked = await node.coordinator.write(key, value, w, budget)
+    except QuorumError as error:
+        return _quorum_failed(node, op, error)
+    node.requests.labels(op, "204").inc()
+    headers = {VERSION_HEADER: str(record.version), "X-KV-Acked": str(acked)}
+    return web.Response(status=204, headers=headers)
+
+
+async def get_key(request: web.Request) -> web.StreamResponse:
+    """
+    ``GET /kv/{key}``: the newest of R replicas; 404 when absent or deleted.
+    """
+    node = request.app[NODE_KEY]
+    key = key_of(request)
+    r = quorum_of(request, "r", node.config.read_quorum, node.config.replicas)
+    budget = budget_of(request)
+    try:
+        record = await node.coordinator.read(key, r, budget)
+    except QuorumError as error:
+        return _quorum_failed(node, "get", error)
+    if record is None or record.value is None:
+        node.requests.labels("get", "404").inc()
+        response = error_response(404, "key not found")
+        if record is not None:
+            response.headers[VERSION_HEADER] = str(record.version)
+        return response
+    node.requests.labels("get", "200").inc()
+    return web.Response(
+        body=record.value,
+        headers={VERSION_HEADER: str(record.version)},
+        content_type="application/octet-stream",
+    )
+
+
+async def internal_replicate(request: web.Request) -> web.StreamResponse:
+    """
+    ``POST /internal/replicate``: store a batch of records; one ack byte each.
+    """
+    node = request.app[NODE_KEY]
+    try:
+        batch = decode_traced(await request.read())
+    except ValueError as error:
+        return error_response(400, f"bad batch: {error}")
+    for record, _ in batch:
+        node.clock.observe(record.version)
+    tracing = node.tracing
+    spans = [] if tracing is None else [tracing.replica_span(t, node.id) for _, t in batch if t]
+    try:
+        applied = await node.storage.apply([record for record, _ in batch])
+    finally:
+        for span in spans:
+            span.end()
+    return web.Response(body=encode_acks(applied), content_type="application/octet-stream")
+
+
+async def internal_read(request: web.Request) -> web.StreamResponse:
+    """
+    ``POST /internal/read``: this node's own records of a batch of keys.
+    """
+    node = request.app[NODE_KEY]
+    try:
+        keys = decode_keys(await request.read())
+    except ValueError as error:
+        return error_response(400, f"bad batch: {error}")
+    found = [node.storage.get(key) for key in keys]
+    return web.Response(body=encode_found(keys, found), content_type="application/octet-stream")
+
+
+async def internal_key(request: web.Request) -> web.StreamResponse:
+    """
+    ``GET /internal/kv/{key}``: this node's own record of one key (for operators, tests).
+
+    200 with the value and ``X-KV-Version`` (``X-KV-Tombstone: 1`` for a tombstone),
+    404 when the node holds no record of it.
+    """
+    node = request.app[NODE_KEY]
+    record = node.storage.get(key_of(request, "/internal/kv/"))
+    if record is None:
+        return error_response(404, "no record here")
+    headers = {VERSION_HEADER: str(record.version)}
+    if record.value is None:
+        headers["X-KV-Tombstone"] = "1"
+    return web.Response(body=record.value or b"", headers=headers)
+
+
+async def cluster(request: web.Request) -> web.StreamResponse:
+    """
+    ``GET /cluster``: members, status as seen from here, ring ownership.
+    """
+    view = request.app[NODE_KEY].cluster_view()
+    return web.Response(body=json.dumps(view).encode(), content_type="application/json")
+
+
+async def health(request: web.Request) -> web.StreamResponse:
+    """
+    ``GET /health``: 200 when serving, 503 while starting or stopping.
+    """
+    node = request.app[NODE_KEY]
+    if not node.ready:
+        return error_response(503, "not ready", node=node.id)
+    return web.json_response({"status": "ok", "node": node.id})
+
+
+def routes() -> list[web.RouteDef]:
+    """
+    Every route of a node.
+    """
+    return [
+        web.put("/kv/{key:[\\s\\S]*}", put_key),
+        web.get("/kv/{key:[\\s\\S]*}", get_key),
+        web.delete("/kv/{key:[\\s\\S]*}", delete_key),
+        web.post("/internal/replicate", internal_replicate),
+        web.post("/internal/read", internal_read),
+        web.get("/internal/kv/{key:[\\s\\S]*}", internal_key),
+        web.get("/cluster", cluster),
+        web.get("/health", health),
+    ]

@@ -1,0 +1,158 @@
+"""
+One node's parts, assembled from its configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+
+from prometheus_client import CollectorRegistry, Counter
+
+from resilient import Hook
+from resilient.integrations.otel import OpenTelemetryHooks
+from resilient.integrations.prometheus import ResilienceMetrics
+
+from .config import NodeConfig
+from .coordinator import Coordinator
+from .hints import HandoffLoop, Hints
+from .hlc import HybridClock
+from .membership import EtcdMembership
+from .peers import Peers
+from .ring import Ring
+from .storage import Record, Storage
+from .tracing import configure_tracing
+
+__all__ = ["Node"]
+
+_PURGE_EVERY = 3600.0
+_log = logging.getLogger(__name__)
+
+
+class Node:
+    """
+    Storage, clock, ring, peers and coordinator of one member, and its metrics.
+
+    Args:
+        config: The validated configuration.
+    """
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.id = config.node_id
+        self.registry = CollectorRegistry()
+        self.metrics = ResilienceMetrics(self.registry)
+        self.requests = Counter(
+            "kv_requests", "Client requests by operation and status",
+            ["op", "status"], registry=self.registry,
+        )  # fmt: skip
+        self.tracing = configure_tracing(config.node_id, config.traces_exporter)
+        hooks: list[Hook] = [self.metrics]
+        if self.tracing is not None:
+            hooks.append(OpenTelemetryHooks(tracer_provider=self.tracing.provider))
+        self.storage = Storage(config.data_dir)
+        self.clock = HybridClock(config.node_id)
+        self.members = dict(config.peers)
+        self.ring = Ring(self.members)
+        self.peers = Peers(
+            {}, config.cluster_token, hooks=hooks, tracing=self.tracing, plain=config.plain_peers
+        )
+        self._follow_peers()
+        self.hints = Hints(config.data_dir)
+        self.coordinator = Coordinator(
+            config.node_id, self.ring, self.storage, self.peers, self.clock,
+            replicas=config.replicas, hints=self.hints,
+        )  # fmt: skip
+        self.handoff = HandoffLoop(self.hints, self._hand_off)
+        self.ready = False
+        self.membership: EtcdMembership | None = None
+        self._background: list[asyncio.Task[None]] = []
+
+    def _follow_peers(self) -> None:
+        self.peers.update({n: a for n, a in self.members.items() if n != self.id})
+        if not self.peers.plain:  # the baseline's policies are never called
+            self.metrics.track(*self.peers.policies.values())  # already tracked: no-op
+
+    def set_members(self, members: dict[str, str]) -> None:
+        """
+        Follow a change of the member set: a new ring, new peers.
+        """
+        self.members = members
+        self.ring = self.coordinator.ring = Ring(members)
+        self._follow_peers()
+
+    async def start(self) -> None:
+        """
+        Join the cluster: with etcd discovery, register and learn the members.
+        """
+        loop = asyncio.get_running_loop()
+        self._background = [
+            loop.create_task(self._purge_tombstones()),
+            loop.create_task(self.handoff.run()),
+        ]
+        discovery = self.config.discovery
+        if discovery is not None:
+            address = f"{self.config.host}:{self.config.port}"
+            self.membership = EtcdMembership(discovery, self.id, address, self.set_members)
+            await self.membership.start()
+
+    async def _purge_tombstones(self) -> None:
+        # At start, then hourly: tombstones older than the grace period (storage.py).
+        while True:
+            try:
+                await self.storage.purge_tombstones()
+            except sqlite3.Error:
+                _log.exception("tombstone purge failed; trying again in an hour")
+            await asyncio.sleep(_PURGE_EVERY)
+
+    async def _hand_off(self, node: str, records: list[Record]) -> None:
+        if node not in self.peers.addresses:
+            return  # not a member any more (etcd): nothing to deliver to
+        await self.peers.send_batch(node, [(record, None) for record in records], 2.0)
+
+    def cluster_view(self) -> dict[str, object]:
+        """
+        The ``GET /cluster`` document: members, their status as seen here, ring shares.
+        """
+        shares = self.ring.ownership()
+        members = []
+        for node, address in sorted(self.members.items()):
+            # This node, and every peer with --plain-peers, has no breaker: seen as up.
+            mine = node == self.id or self.peers.plain
+            breaker = None if mine else self.peers.breakers.get(node)
+            state = None if breaker is None else breaker.state.value
+            status = {None: "up", "closed": "up", "half_open": "suspect"}.get(state, "down")
+            members.append({
+                "id": node, "address": address, "status": status, "breaker": state,
+                "ownership": round(shares.get(node, 0.0), 6),
+            })  # fmt: skip
+        return {
+            "node": self.id, "replicas": self.config.replicas,
+            "resilient_peers": not self.peers.plain,
+            "write_quorum": self.config.write_quorum, "read_quorum": self.config.read_quorum,
+            "members": members, "keys_stored": self.storage.count(),
+            "hedges": self.coordinator.hedges, "repairs": self.coordinator.repairs,
+            "replicating": self.coordinator.replicating,
+            "batching": self.peers.batching(),
+            "hints": self.hints.count(), "handed_off": self.handoff.delivered,
+        }  # fmt: skip
+
+    async def close(self) -> None:
+        """
+        Finish background work, close the peers' session, flush and close storage.
+        """
+        self.ready = False
+        for task in self._background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.membership is not None:
+            await self.membership.close()
+        await self.coordinator.close()
+        await self.peers.close()
+        self.storage.close()
+        self.hints.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()

@@ -1,0 +1,112 @@
+"""
+Run a node: the aiohttp application, its listening socket and a graceful stop.
+
+On SIGTERM (or SIGINT) the node reports 503 on ``/health``, stops accepting
+connections, lets in-flight requests finish (up to 10 s), waits for replication
+batches on the wire, flushes storage (the writer thread commits what is queued and
+checkpoints the WAL) and returns; the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from resilient import ResilienceError
+from resilient.integrations.aiohttp import add_metrics_route, resilience_middleware
+from resilient.integrations.otel import aiohttp_server_span_middleware
+
+from .config import NodeConfig
+from .handlers import NODE_KEY, auth_middleware, errors_middleware, routes
+from .node import Node
+from .validate import MAX_BUDGET
+
+__all__ = ["build_app", "serve"]
+
+_INTERNAL_MAX_BYTES = 64 << 20  # a replication batch: up to 4 MiB of records, plus slack
+_DRAIN_SECONDS = 10.0
+_log = logging.getLogger("examples.kv")
+
+
+def build_app(node: Node) -> web.Application:
+    """
+    The node's application: routes, error and auth middleware, deadline and trace.
+    """
+    middlewares: list[Middleware] = [errors_middleware, auth_middleware]
+    if node.tracing is not None:
+        # The caller's trace context made current, then a SERVER span under it. Not
+        # needed for deadlines: handlers read X-Request-Timeout-Ms themselves and the
+        # coordinator answers within it (a 503 saying how many replicas answered), and
+        # peer batches carry their own deadline. Without tracing it is not installed:
+        # it costs every request, internal ones included.
+        middlewares += [
+            resilience_middleware(enforce_deadline=False, max_deadline=MAX_BUDGET),
+            aiohttp_server_span_middleware(node.tracing.provider),
+        ]
+    app = web.Application(middlewares=middlewares, client_max_size=_INTERNAL_MAX_BYTES)
+    app[NODE_KEY] = node
+    app.add_routes(routes())
+    add_metrics_route(app, node.registry)
+    return app
+
+
+async def serve(config: NodeConfig) -> None:
+    """
+    Run a node until SIGTERM or SIGINT, then stop gracefully.
+    """
+    node = Node(config)
+    runner = web.AppRunner(
+        build_app(node), access_log=None, handle_signals=False, shutdown_timeout=_DRAIN_SECONDS
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, backlog=1024)
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        await node.close()
+        raise SystemExit(
+            f"kv node {config.node_id}: cannot listen on {config.port}: {error}"
+        ) from error
+    try:
+        await node.start()  # listening first: peers that learn of us can reach us
+    except (OSError, ResilienceError) as error:
+        await runner.cleanup()
+        await node.close()
+        raise SystemExit(f"kv node {config.node_id}: cannot join the cluster: {error!r}") from error
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    node.ready = True
+    print(f"kv node {config.node_id} listening on {config.host}:{config.port}", flush=True)
+    await stop.wait()
+    node.ready = False
+    _log.info("stopping: draining in-flight requests")
+    await runner.cleanup()  # stop listening, then wait for in-flight handlers
+    await node.close()
+    print(f"kv node {config.node_id} stopped", flush=True)
+
+
+def run(config: NodeConfig) -> int:
+    """
+    Run `serve` on a fresh event loop (uvloop's when installed); the exit code.
+    """
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve(config))
+    return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # optional: the kv extra installs it where it builds
+        return None
+    return uvloop.new_event_loop

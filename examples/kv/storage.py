@@ -1,0 +1,247 @@
+"""
+The node's durable store: SQLite in WAL mode with group commit.
+
+Durability: ``journal_mode=WAL`` with ``synchronous=FULL``, so every commit fsyncs the
+write-ahead log before it returns; a write is acknowledged only after its commit. One
+writer thread owns the writing connection and drains a queue: every write waiting when
+it wakes goes into one transaction, so concurrent writers share one fsync (group commit,
+as in PostgreSQL's commit_delay or InnoDB's binlog group commit). Each caller's future
+is resolved on its own loop, one ``call_soon_threadsafe`` per loop and commit.
+
+Last-writer-wins is decided inside SQLite, atomically: the upsert only replaces a row
+whose version is older (a row-value comparison on (wall, logical, node)).
+
+Reads use a second connection on the event loop's thread: a point lookup by primary key
+costs microseconds, less than a hop to a thread; WAL lets it read while the writer
+commits.
+
+Tombstones: a delete stores the key with no value and a version, so an older write
+arriving late cannot resurrect it. `purge_tombstones` drops tombstones older than a
+grace period (10 days by default, Cassandra's ``gc_grace_seconds``); a replica down
+longer than that may bring a deleted key back, exactly as in Cassandra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .hlc import Version
+
+__all__ = ["TOMBSTONE_GRACE_MS", "Record", "Storage"]
+
+TOMBSTONE_GRACE_MS = 10 * 24 * 3600 * 1000
+"""How long a tombstone is kept before `purge_tombstones` may drop it."""
+
+_MAX_GROUP = 2048  # writes per transaction: bounds the latency of the last in a group
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key BLOB PRIMARY KEY,
+    wall INTEGER NOT NULL,
+    logical INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    value BLOB
+) WITHOUT ROWID
+"""
+_UPSERT = """
+INSERT INTO kv (key, wall, logical, node, value) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET
+    wall = excluded.wall, logical = excluded.logical, node = excluded.node,
+    value = excluded.value
+WHERE (excluded.wall, excluded.logical, excluded.node) > (kv.wall, kv.logical, kv.node)
+"""
+_SELECT = "SELECT wall, logical, node, value FROM kv WHERE key = ?"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """
+    One key's state: its version and value, or a tombstone (`value` None).
+    """
+
+    key: bytes
+    version: Version
+    value: bytes | None
+
+    @property
+    def deleted(self) -> bool:
+        """
+        Whether this is a tombstone.
+        """
+        return self.value is None
+
+
+@dataclass(slots=True)
+class _Job:
+    records: Sequence[Record]
+    purge_before: int | None
+    future: asyncio.Future[list[bool]]
+    loop: asyncio.AbstractEventLoop
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
+    connection.execute("PRAGMA busy_timeout=5000")
+    return connection
+
+
+class Storage:
+    """
+    A node's records in ``<data_dir>/kv.sqlite3``.
+
+    Args:
+        data_dir: The node's data directory (created if missing).
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / "kv.sqlite3"
+        self._writer = _open(self.path)
+        self._writer.execute(_SCHEMA)
+        self._reader = _open(self.path)
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="kv-writer", daemon=True)
+        self._closed = False
+        self.commits = 0
+        self.writes = 0
+        self._thread.start()
+
+    def get(self, key: bytes) -> Record | None:
+        """
+        The stored record of `key` (maybe a tombstone), or None.
+        """
+        row = self._reader.execute(_SELECT, (key,)).fetchone()
+        if row is None:
+            return None
+        return Record(key, Version(row[0], row[1], row[2]), row[3])
+
+    async def apply(self, records: Sequence[Record]) -> list[bool]:
+        """
+        Store `records` durably, each only if newer than what is stored.
+
+        Returns:
+            For each record, whether it replaced the stored state (False: a newer
+            version was already there, which is just as durable an answer).
+
+        Raises:
+            RuntimeError: The storage is closed.
+        """
+        return await self.submit(records)
+
+    async def purge_tombstones(self, grace_ms: int = TOMBSTONE_GRACE_MS) -> int:
+        """
+        Drop tombstones whose version is older than `grace_ms`; return how many.
+        """
+        before = time.time_ns() // 1_000_000 - grace_ms
+        done = await self.submit((), purge_before=before)
+        return len(done)
+
+    def count(self) -> int:
+        """
+        How many keys are stored, tombstones included.
+        """
+        return int(self._reader.execute("SELECT count(*) FROM kv").fetchone()[0])
+
+    def close(self) -> None:
+        """
+        Finish queued writes, checkpoint the log and close; idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(None)
+        self._thread.join()
+        self._reader.close()
+
+    def submit(
+        self, records: Sequence[Record], *, purge_before: int | None = None
+    ) -> asyncio.Future[list[bool]]:
+        """
+        Queue `records` for the next group commit; the future resolves as `apply` returns.
+
+        Raises:
+            RuntimeError: The storage is closed.
+        """
+        if self._closed:
+            raise RuntimeError(f"Storage({self.path}) is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[bool]] = loop.create_future()
+        self._jobs.put(_Job(records, purge_before, future, loop))
+        return future
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._jobs.get()
+            if first is None:
+                break
+            group = [first]
+            while len(group) < _MAX_GROUP:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                group.append(job)
+            self._commit(group)
+        self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._writer.close()
+
+    def _commit(self, group: list[_Job]) -> None:
+        try:
+            cursor = self._writer.cursor()
+            cursor.execute("BEGIN IMMEDIATE")
+            results = [self._execute(cursor, job) for job in group]
+            cursor.execute("COMMIT")
+        except sqlite3.Error as error:
+            if self._writer.in_transaction:
+                self._writer.execute("ROLLBACK")
+            _settle([(job, error) for job in group])
+            return
+        self.commits += 1
+        _settle(list(zip(group, results, strict=True)))
+
+    def _execute(self, cursor: sqlite3.Cursor, job: _Job) -> list[bool]:
+        if job.purge_before is not None:
+            cursor.execute("DELETE FROM kv WHERE value IS NULL AND wall < ?", (job.purge_before,))
+            return [True] * max(cursor.rowcount, 0)
+        applied = []
+        for record in job.records:
+            version = record.version
+            cursor.execute(
+                _UPSERT, (record.key, version.wall, version.logical, version.node, record.value)
+            )
+            applied.append(cursor.rowcount > 0)
+        self.writes += len(job.records)
+        return applied
+
+
+def _settle(outcomes: list[tuple[_Job, list[bool] | BaseException]]) -> None:
+    # One wake-up per loop per commit, not one per job: each call_soon_threadsafe
+    # writes to the loop's self-pipe, a system call on the event loop's side too.
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, list[bool] | BaseException]]] = {}
+    for job, outcome in outcomes:
+        by_loop.setdefault(job.loop, []).append((job, outcome))
+    for loop, jobs in by_loop.items():
+        loop.call_soon_threadsafe(_resolve, jobs)
+
+
+def _resolve(jobs: list[tuple[_Job, list[bool] | BaseException]]) -> None:
+    for job, outcome in jobs:
+        if job.future.done():
+            continue  # the caller gave up (its deadline passed, or it was cancelled)
+        if isinstance(outcome, BaseException):
+            job.future.set_exception(outcome)
+        else:
+            job.future.set_result(outcome)

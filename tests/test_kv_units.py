@@ -1,0 +1,314 @@
+"""
+Unit tests of the KV node's parts: ring, hybrid logical clock, codec, configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections import Counter
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from examples.kv.coalesce import Coalescer
+from examples.kv.codec import (
+    decode_acks,
+    decode_found,
+    decode_keys,
+    decode_records,
+    encode_acks,
+    encode_found,
+    encode_keys,
+    encode_records,
+)
+from examples.kv.config import (
+    ConfigError,
+    Discovery,
+    add_node_arguments,
+    node_config,
+    parse_discovery,
+    parse_peers,
+)
+from examples.kv.hlc import HybridClock, Version
+from examples.kv.ring import Ring, ring_hash
+from examples.kv.storage import Record
+
+node_ids = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
+versions = st.builds(Version, st.integers(0, 10**15 - 1), st.integers(0, 10**9 - 1), node_ids)
+
+
+def test_ring_hash_is_stable_across_processes() -> None:
+    """The ring position is BLAKE2b, not Python's salted hash(): a fixed value."""
+    assert ring_hash(b"key") == int.from_bytes(
+        __import__("hashlib").blake2b(b"key", digest_size=8).digest(), "big"
+    )
+
+
+def test_preference_list_is_n_distinct_nodes_clockwise() -> None:
+    """Each key gets N distinct nodes; the first is the owner of the next point clockwise."""
+    ring = Ring(["a", "b", "c", "d", "e"], vnodes=16)
+    for i in range(200):
+        nodes = ring.preference_list(f"k{i}".encode(), 3)
+        assert len(nodes) == 3
+        assert len(set(nodes)) == 3
+    assert ring.preference_list(b"x", 9) == ring.preference_list(b"x", 5)
+
+
+def test_preference_list_is_the_same_for_any_member_order() -> None:
+    """Two nodes listing the members in different orders agree on every key."""
+    one, two = Ring(["n1", "n2", "n3", "n4"]), Ring(["n4", "n3", "n2", "n1"])
+    for i in range(100):
+        assert one.preference_list(str(i).encode(), 3) == two.preference_list(str(i).encode(), 3)
+
+
+def test_ownership_shares_sum_to_one_and_are_balanced() -> None:
+    """128 virtual nodes spread ownership within a few percent of equal."""
+    shares = Ring([f"n{i}" for i in range(5)]).ownership()
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert all(0.12 < share < 0.28 for share in shares.values())
+
+
+def test_keys_spread_over_primaries() -> None:
+    """Keys land on every node as primary owner, none with most of them."""
+    ring = Ring(["n1", "n2", "n3"])
+    owners = Counter(ring.preference_list(f"key-{i}".encode(), 1)[0] for i in range(3000))
+    assert set(owners) == {"n1", "n2", "n3"}
+    assert max(owners.values()) < 1500
+
+
+def test_ring_rejects_bad_arguments() -> None:
+    """An empty ring, duplicate ids and vnodes < 1 are refused, naming the parameter."""
+    with pytest.raises(ValueError, match="nodes"):
+        Ring([])
+    with pytest.raises(ValueError, match="duplicate"):
+        Ring(["a", "a"])
+    with pytest.raises(ValueError, match="vnodes"):
+        Ring(["a"], vnodes=0)
+
+
+@given(versions)
+def test_version_round_trips_through_its_header_form(version: Version) -> None:
+    """str() then Version.parse() gives the same version back."""
+    assert Version.parse(str(version)) == version
+
+
+@given(versions, versions)
+def test_versions_order_totally_by_wall_logical_node(a: Version, b: Version) -> None:
+    """Versions compare as (wall, logical, node) tuples."""
+    assert (a < b) == ((a.wall, a.logical, a.node) < (b.wall, b.logical, b.node))
+
+
+@pytest.mark.parametrize("text", ["", "1.2", "x.1.n", "1.2.n n", "1.2." + "n" * 65, "-1.0.n"])
+def test_version_parse_rejects_malformed_text(text: str) -> None:
+    """A malformed version header is a ValueError, not a crash."""
+    with pytest.raises(ValueError, match="version"):
+        Version.parse(text)
+
+
+def test_clock_is_monotonic_within_one_millisecond() -> None:
+    """Stamps in the same millisecond advance the logical counter."""
+    clock = HybridClock("n1", millis=lambda: 1000)
+    stamps = [clock.now() for _ in range(5)]
+    assert stamps == sorted(stamps)
+    assert [s.logical for s in stamps] == [0, 1, 2, 3, 4]
+
+
+def test_clock_moves_past_an_observed_version() -> None:
+    """After seeing a peer's newer version, the next stamp is newer still."""
+    clock = HybridClock("n1", millis=lambda: 1000)
+    clock.observe(Version(5000, 7, "n2"))
+    assert clock.now() > Version(5000, 7, "n2")
+
+
+def test_clock_ignores_a_version_far_in_the_future() -> None:
+    """A peer's clock a day ahead does not drag this node's versions along."""
+    clock = HybridClock("n1", millis=lambda: 1000)
+    clock.observe(Version(1000 + 86_400_000, 0, "n2"))
+    assert clock.now().wall == 1000
+
+
+def test_clock_rejects_a_bad_node_id() -> None:
+    """A node id that can't travel in a header is refused."""
+    with pytest.raises(ValueError, match="node"):
+        HybridClock("a.b")
+
+
+records = st.builds(
+    Record, st.binary(min_size=1, max_size=64), versions, st.none() | st.binary(max_size=256)
+)
+
+
+@given(st.lists(records, max_size=20))
+def test_codec_round_trips_record_batches(batch: list[Record]) -> None:
+    """encode_records then decode_records gives the batch back, tombstones included."""
+    assert decode_records(encode_records(batch)) == batch
+
+
+def test_codec_rejects_truncated_and_padded_batches() -> None:
+    """A batch cut short or with trailing bytes is a ValueError."""
+    data = encode_records([Record(b"k", Version(1, 0, "n"), b"value")])
+    with pytest.raises(ValueError, match="truncated"):
+        decode_records(data[:-1])
+    with pytest.raises(ValueError, match="after"):
+        decode_records(data + b"x")
+    with pytest.raises(ValueError, match="truncated"):
+        decode_records(b"\x00")
+
+
+@given(st.lists(st.binary(max_size=64), max_size=20), st.data())
+def test_codec_round_trips_lookups(keys: list[bytes], data: st.DataObject) -> None:
+    """Keys of a batched read and its answer (records or absent) survive the wire."""
+    assert decode_keys(encode_keys(keys)) == keys
+    found: list[Record | None] = [
+        None if record is None else Record(key, record.version, record.value)
+        for key, record in zip(keys, data.draw(st.lists(st.none() | records, min_size=len(keys),
+                                                        max_size=len(keys))), strict=True)
+    ]  # fmt: skip
+    assert decode_found(encode_found(keys, found), len(keys)) == found
+
+
+def test_codec_rejects_malformed_lookups() -> None:
+    """Truncated key batches and answers of the wrong size are ValueErrors."""
+    with pytest.raises(ValueError, match="truncated"):
+        decode_keys(encode_keys([b"abc"])[:-1])
+    with pytest.raises(ValueError, match="after"):
+        decode_keys(encode_keys([b"abc"]) + b"x")
+    with pytest.raises(ValueError, match="expected 2"):
+        decode_found(encode_found([b"a"], [None]), 2)
+    with pytest.raises(ValueError, match="trailing"):
+        decode_found(encode_found([b"a"], [None]) + b"x", 1)
+
+
+def test_acks_round_trip_and_check_their_count() -> None:
+    """One ack byte per record; a count mismatch is a ValueError."""
+    assert decode_acks(encode_acks([True, False]), 2) == [True, False]
+    with pytest.raises(ValueError, match="expected 3"):
+        decode_acks(b"\x01", 3)
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_node_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+BASE = ("--id", "n1", "--port", "7001", "--data-dir", "d", "--peers", "n1=127.0.0.1:7001,n2=h:2")
+
+
+def test_config_reads_the_contract() -> None:
+    """The contract's options and the tokens from the environment."""
+    env = {"KV_CLUSTER_TOKEN": "s", "KV_CLIENT_TOKEN": "c"}
+    config = node_config(_args(*BASE, "--write-quorum", "3"), env)
+    assert config.peers == {"n1": "127.0.0.1:7001", "n2": "h:2"}
+    assert (config.replicas, config.write_quorum, config.read_quorum) == (3, 3, 2)
+    assert (config.cluster_token, config.client_token, config.host) == ("s", "c", "127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (BASE, {}, "KV_CLUSTER_TOKEN is not set"),
+        ((*BASE, "--write-quorum", "4"), {"KV_CLUSTER_TOKEN": "s"}, "--write-quorum 4"),
+        ((*BASE, "--read-quorum", "0"), {"KV_CLUSTER_TOKEN": "s"}, "--read-quorum 0"),
+        ((*BASE, "--replicas", "0"), {"KV_CLUSTER_TOKEN": "s"}, "--replicas 0"),
+        (("--id", "n9", *BASE[2:]), {"KV_CLUSTER_TOKEN": "s"}, "does not list this node"),
+        (BASE[:6], {"KV_CLUSTER_TOKEN": "s"}, "--peers is required"),
+        ((*BASE[:6], "--discovery", "http://x:1"), {"KV_CLUSTER_TOKEN": "s"}, "etcd://"),
+        (("--id", "a.b", *BASE[2:]), {"KV_CLUSTER_TOKEN": "s"}, "--id"),
+        (("--id", "n1", "--port", "0", *BASE[4:]), {"KV_CLUSTER_TOKEN": "s"}, "--port 0"),
+    ],
+)
+def test_config_errors_name_the_option(
+    argv: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    """Each mistake is a ConfigError naming the option and the value."""
+    with pytest.raises(ConfigError, match=message.replace("?", r"\?")):
+        node_config(_args(*argv), env)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("n1", "expected id=host:port"),
+        ("n1=h", "expected host:port"),
+        ("n1=h:x", "expected host:port"),
+        ("n1=h:70000", "1..65535"),
+        ("n1=h:1,n1=h:2", "twice"),
+        ("a b=h:1", "id must match"),
+        (",", "lists no member"),
+    ],
+)
+def test_peers_errors_name_the_entry(text: str, message: str) -> None:
+    """A malformed --peers entry is named in the error."""
+    with pytest.raises(ConfigError, match=message):
+        parse_peers(text)
+
+
+async def test_coalescer_sends_items_of_one_iteration_in_one_batch() -> None:
+    """Items submitted together leave in one batch; each gets its own answer."""
+    batches: list[list[int]] = []
+
+    async def ship(items: list[int], budget: float) -> list[int]:
+        batches.append(items)
+        return [item * 10 for item in items]
+
+    coalescer: Coalescer[int, int] = Coalescer(ship)
+    until = asyncio.get_running_loop().time() + 5
+    answers = await asyncio.gather(*(coalescer.submit(i, until) for i in range(10)))
+    assert answers == [i * 10 for i in range(10)]
+    assert batches == [list(range(10))]
+
+
+async def test_coalescer_gathers_while_batches_are_in_flight() -> None:
+    """With max_in_flight batches on the wire, later items wait and leave together."""
+    gate = asyncio.Event()
+    batches: list[list[int]] = []
+
+    async def ship(items: list[int], budget: float) -> list[None]:
+        batches.append(items)
+        await gate.wait()
+        return [None] * len(items)
+
+    coalescer: Coalescer[int, None] = Coalescer(ship, max_in_flight=1)
+    until = asyncio.get_running_loop().time() + 5
+    first = coalescer.submit(0, until)
+    await asyncio.sleep(0)  # the first batch leaves
+    await asyncio.sleep(0)
+    rest = [coalescer.submit(i, until) for i in range(1, 6)]
+    gate.set()
+    await asyncio.gather(first, *rest)
+    assert batches == [[0], [1, 2, 3, 4, 5]]
+    await coalescer.drain()
+
+
+async def test_coalescer_hands_each_caller_the_batch_error() -> None:
+    """A failed batch fails every item's future with the error; a spent deadline too."""
+
+    async def ship(items: list[int], budget: float) -> list[int]:
+        raise ConnectionError("peer down")
+
+    coalescer: Coalescer[int, int] = Coalescer(ship)
+    loop = asyncio.get_running_loop()
+    futures = [coalescer.submit(i, loop.time() + 5) for i in range(3)]
+    for future in futures:
+        with pytest.raises(ConnectionError, match="peer down"):
+            await future
+    with pytest.raises(TimeoutError, match="deadline"):
+        await coalescer.submit(9, loop.time() - 1)
+
+
+def test_discovery_url_gives_endpoint_prefix_and_ttl() -> None:
+    """etcd://host:port, with an optional key prefix and ?ttl=."""
+    assert parse_discovery("etcd://127.0.0.1:2379") == Discovery("http://127.0.0.1:2379")
+    assert parse_discovery("etcd://h:1/mine?ttl=3") == Discovery("http://h:1", "/mine/", 3.0)
+
+
+@pytest.mark.parametrize(
+    "text", ["http://h:1", "etcd://h", "etcd://:1", "etcd://h:1?ttl=0", "etcd://h:1?ttl=x", "etcd"]
+)
+def test_discovery_url_errors_name_the_option(text: str) -> None:
+    """A malformed --discovery is a ConfigError naming it."""
+    with pytest.raises(ConfigError, match="--discovery"):
+        parse_discovery(text)
