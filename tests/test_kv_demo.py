@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import cast
 
@@ -98,6 +99,38 @@ def test_demo_that_cannot_start_exits_non_zero_and_leaves_nothing(tmp_path: Path
     assert pids, result.stdout
     assert not [pid for pid in pids if node_running(pid)]
     assert not data_dir(result.stdout).exists()
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_demo_stops_its_nodes_and_removes_its_data(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Ctrl-C (SIGINT) or SIGTERM mid-run: exit 130 with "interrupted"; no node process
+    or data is left behind."""
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "examples.kv", "demo", "--plain", "--duration", "60"]
+    with subprocess.Popen(
+        command, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as process:
+        watchdog = threading.Timer(_BOUND, process.terminate)  # never wait forever for output
+        watchdog.start()
+        assert process.stdout is not None
+        seen = ""
+        for line in process.stdout:
+            seen += line
+            if "workload started" in line:
+                process.send_signal(signum)
+                break
+        out, err = process.communicate(timeout=_BOUND)
+        watchdog.cancel()
+    out = seen + out
+    assert process.returncode == 130, out + err
+    assert "kv demo: interrupted" in err
+    pids = node_pids(out)
+    assert len(pids) == 5, out
+    assert not [pid for pid in pids if node_running(pid)]
+    assert not data_dir(out).exists()
     assert not list(tmp_path.iterdir())
 
 

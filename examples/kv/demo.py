@@ -26,8 +26,8 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from types import FrameType
 
@@ -49,6 +49,7 @@ _WORKERS = 16
 _KEYS_PER_WORKER = 50
 _KILL_AT, _RESTART_AT = 0.25, 0.55  # shares of --duration
 EXIT_LOST, EXIT_NO_CLUSTER, EXIT_INTERRUPTED = 1, 3, 130
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _bounded(kind: Callable[[str], float], low: float, high: float) -> Callable[[str], float]:
@@ -99,7 +100,7 @@ def run_demo(args: argparse.Namespace) -> int:
     except ClusterStartError as error:
         print(f"kv demo: error: the cluster did not come up: {error}", file=sys.stderr)
         return EXIT_NO_CLUSTER
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("kv demo: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
@@ -122,8 +123,9 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
 @contextmanager
 def _signals_interrupt() -> Iterator[None]:
     # SIGTERM and SIGHUP (a closed terminal) stop the demo the way Ctrl-C does, so the
-    # finally clause removes the nodes and the data.
-    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # finally clause removes the nodes and the data (inside the event loop they cancel
+    # the main task instead: `_cancelled_by_signals`).
+    previous = {s: signal.signal(s, _interrupt) for s in _STOP_SIGNALS}
     try:
         yield
     finally:
@@ -165,11 +167,11 @@ async def _demo(cluster: LocalCluster, args: argparse.Namespace, seed: int) -> i
     remove_hook = add_hook(ClientEvents(state, names))
     try:
         async with (
+            _cancelled_by_signals(),
             KVClient([n.address for n in nodes.values()], timeout=2.0) as client,
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as session,
         ):
-            monitor = Monitor(state, session)
-            scenario = _Scenario(cluster, state, client, monitor, session, view)
+            scenario = _Scenario(cluster, state, client, Monitor(state, session), session, view)
             outcome, workload = await scenario.run(victim, plan, float(args.rate), seed)
             view.refresh(state, workload.snapshot(asyncio.get_running_loop().time()))
     finally:
@@ -177,6 +179,23 @@ async def _demo(cluster: LocalCluster, args: argparse.Namespace, seed: int) -> i
         view.close()
     view.print(summary_lines(state, workload, outcome))
     return EXIT_LOST if outcome.lost else 0
+
+
+@asynccontextmanager
+async def _cancelled_by_signals() -> AsyncIterator[None]:
+    # SIGTERM and SIGHUP cancel the main task, as asyncio.run does for Ctrl-C, so that
+    # everything unwinds before the nodes are stopped.
+    loop, main = asyncio.get_running_loop(), asyncio.current_task()
+    if main is None:  # asyncio.run always runs a task
+        raise RuntimeError("the demo runs in asyncio.run")
+    for signum in _STOP_SIGNALS:
+        loop.add_signal_handler(signum, main.cancel)
+    try:
+        yield
+    finally:
+        for signum in _STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, _interrupt)
 
 
 class _Scenario:
@@ -209,7 +228,7 @@ class _Scenario:
         state = self.state
         state.started = loop.time()
         state.phase = "all nodes up"
-        state.add(f"workload started: ~{rate:g} requests/s through KVClient", "bold")
+        state.add(f"workload started: up to {rate:g} requests/s through KVClient", "bold")
         background = [
             loop.create_task(self.monitor.run()),
             loop.create_task(self._refresh(workload)),
