@@ -19,7 +19,6 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,11 +27,11 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._process import LOCALHOST, free_port, log_tail
 from .config import CLUSTER_TOKEN_ENV
 
-__all__ = ["LOCALHOST", "ROOT", "ClusterStartError", "LocalCluster", "NodeProcess", "free_port"]
+__all__ = ["LOCALHOST", "ROOT", "ClusterStartError", "LocalCluster", "NodeProcess"]
 
-LOCALHOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[2]
 """The directory holding the ``examples`` package: the nodes' working directory."""
 
@@ -43,16 +42,6 @@ class ClusterStartError(RuntimeError):
     """
     A node exited, or did not become healthy, within its start bound.
     """
-
-
-def free_port(host: str = LOCALHOST) -> int:
-    """
-    A TCP port on `host` that was free a moment ago (the kernel's choice).
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +85,7 @@ class NodeProcess:
         """
         The last `lines` lines the node wrote to stdout or stderr.
         """
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as error:
-            return f"<no output: {error}>"
-        tail = text.splitlines()[-lines:]
-        return "\n".join(tail) if tail else "<no output>"
+        return log_tail(self.log_path, lines)
 
     def signal(self, signum: int) -> None:
         """
