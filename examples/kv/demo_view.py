@@ -184,17 +184,14 @@ class RichView:
 
 
 def _render(state: DemoState, traffic: TrafficSnapshot) -> RenderableType:
-    down = [n.id for n in state.nodes.values() if n.status != "up"]
     title = (
         f"resilient KV demo · {len(state.nodes)} node processes · N=3 W=2 R=2 · "
         f"{state.elapsed():.1f} s of {state.duration:g} s · {state.phase}"
     )
-    if down:
-        title += f" · not serving: {', '.join(down)}"
     body = Group(
         _nodes_table(state),
         _traffic_table(traffic),
-        _policies_table(state),
+        _policies(state),
         _timeline(state),
     )
     return Panel(body, title=title, title_align="left")
@@ -244,23 +241,29 @@ def _traffic_table(traffic: TrafficSnapshot) -> Table:
     return table
 
 
-def _policies_table(state: DemoState) -> Table:
-    node, client = state.node_totals, state.client
-    table = Table.grid(padding=(0, 2))
-    table.add_row(
-        "[bold]client[/]", f"failovers {client['failovers']}",
-        f"nodes ejected {client['ejections']}", f"timeouts {client['timeouts']}",
-    )  # fmt: skip
-    table.add_row(
-        "[bold]node→node[/]", f"retries {_count(node, 'retries')}",
-        f"breaker opens {_count(node, 'breaker opens')}",
-        f"rejected by open breaker {_count(node, 'breaker rejections')}",
-        f"bulkhead full {_count(node, 'bulkhead rejections')}",
-        f"attempt timeouts {_count(node, 'timeouts')}",
-        f"hedged reads {_count(state.cluster_totals, 'hedges')}",
-        f"read repairs {_count(state.cluster_totals, 'repairs')}",
-    )  # fmt: skip
-    return table
+def _policies(state: DemoState) -> Text:
+    node, client, cluster = state.node_totals, state.client, state.cluster_totals
+    rows = [
+        ("client     ", [
+            f"failovers {client['failovers']}", f"nodes ejected {client['ejections']}",
+            f"timeouts {client['timeouts']}",
+        ]),
+        ("node→node  ", [
+            f"retries {_count(node, 'retries')}", f"breaker opens {_count(node, 'breaker opens')}",
+            f"fast-failed by open breakers {_count(node, 'breaker rejections')}",
+            f"attempt timeouts {_count(node, 'timeouts')}",
+            f"bulkhead full {_count(node, 'bulkhead rejections')}",
+        ]),
+        ("reads      ", [
+            f"hedged to another replica {_count(cluster, 'hedges')}",
+            f"read repairs {_count(cluster, 'repairs')}",
+        ]),
+    ]  # fmt: skip
+    text = Text()
+    for label, parts in rows:
+        text.append(label, style="bold").append(" · ".join(parts) + "\n")
+    text.rstrip()
+    return text
 
 
 def _timeline(state: DemoState) -> Table:
@@ -289,12 +292,9 @@ def summary_lines(state: DemoState, workload: Workload, outcome: Outcome) -> lis
         f" {len(state.nodes)} node processes (each key on N=3 nodes, W=2, R=2).",
         f"Requests: {requests:,}. Writes acknowledged: {traffic.writes_acked:,}."
         f" Reads served: {traffic.reads_served:,} ({traffic.stale_reads} out of date).",
-        f"Errors: {errors:,}"
-        + (
-            f" ({kinds}); a failed write is in doubt, never counted as acknowledged"
-            if errors
-            else " (none)."
-        ),
+        f"Errors: {errors:,} ({kinds}); a failed write is in doubt, never counted as acknowledged."
+        if errors
+        else "Errors: none.",
         f"Latency: writes p50 {_ms(percentile(writes, 0.5))}, p99 {_ms(percentile(writes, 0.99))};"
         f" reads p50 {_ms(percentile(reads, 0.5))}, p99 {_ms(percentile(reads, 0.99))}.",
         _fault_line(outcome),
@@ -329,10 +329,10 @@ def _breakers_line(state: DemoState) -> str:
     closed = CircuitState.CLOSED
     opened = [(n, p) for n, p in pairs if state.nodes[n].breakers.get(p, closed) is not closed]
     return (
-        f"  node-to-node breakers: {len(pairs)} opened for {peers}"
-        f" ({_count(node, 'breaker opens')} openings, counting re-opens after failed probes);"
-        f" they rejected {_count(node, 'breaker rejections'):,} calls at once instead of"
-        f" waiting for a dead peer; {len(pairs) - len(opened)} of {len(pairs)} closed again."
+        f"  node-to-node breakers: {len(pairs)} opened for {peers} ({_count(node, 'breaker opens')}"
+        f" times with re-opens after failed probes); {_count(node, 'breaker rejections'):,}"
+        f" calls failed at once instead of waiting; {len(pairs) - len(opened)} of {len(pairs)}"
+        " closed again."
     )
 
 
