@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,9 +274,3 @@ class LocalCluster:
             server.signal(signal.SIGTERM)
         for server in running:
             server.stop(timeout)
-
-    def running(self) -> Iterable[NodeProcess]:
-        """
-        The nodes whose process has not exited.
-        """
-        return [s for s in self.processes.values() if s.process.poll() is None]
