@@ -36,7 +36,10 @@ from pathlib import Path
 
 import pytest
 
+from examples._process import LOCALHOST, free_port, log_tail
+
 __all__ = [
+    "LOCALHOST",
     "REQUIRE_SERVERS_ENV",
     "ServerExitedError",
     "ServerProcess",
@@ -51,8 +54,6 @@ __all__ = [
 
 REQUIRE_SERVERS_ENV = "RESILIENT_REQUIRE_SERVERS"
 """The environment variable that turns "server missing" from a skip into a failure."""
-
-LOCALHOST = "127.0.0.1"
 
 CommandFactory = Callable[[int, Path], Sequence[str]]
 """Builds a server's argv from the port it must listen on and its data directory."""
@@ -102,16 +103,6 @@ def require_binary(name: str, *, package: str | None = None) -> str:
     pytest.skip(message)
 
 
-def free_port(host: str = LOCALHOST) -> int:
-    """
-    Return a TCP port on `host` that was free a moment ago (the kernel's choice).
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass(frozen=True, slots=True)
 class ServerProcess:
     """
@@ -144,12 +135,7 @@ class ServerProcess:
         """
         Return the last `lines` lines the process wrote to stdout or stderr.
         """
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as error:
-            return f"<no output: {error}>"
-        tail = text.splitlines()[-lines:]
-        return "\n".join(tail) if tail else "<no output>"
+        return log_tail(self.log_path, lines)
 
     def stop(self, timeout: float = 5.0) -> int:
         """

@@ -5,6 +5,7 @@
         --data-dir ./data/n1 --peers n1=127.0.0.1:7001,n2=127.0.0.1:7002,n3=127.0.0.1:7003
     python -m examples.kv put greeting hello --node 127.0.0.1:7001
     python -m examples.kv get greeting --node 127.0.0.1:7002
+    python -m examples.kv demo       # a 5-node cluster loses a node and keeps serving
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     from .cli import add_client_commands
 
     add_client_commands(commands)
+    from .demo import add_demo_arguments
+
+    add_demo_arguments(commands.add_parser("demo", help="watch a local cluster survive a kill"))
     return parser
 
 
@@ -44,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         from .server import run
 
         return run(config)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(args)
     from .cli import run_client
 
     return run_client(args)
