@@ -32,6 +32,7 @@ from examples.kv.config import (
     parse_peers,
 )
 from examples.kv.hlc import HybridClock, Version
+from examples.kv.node import peer_status
 from examples.kv.ring import Ring, ring_hash
 from examples.kv.storage import Record
 
@@ -312,3 +313,12 @@ def test_discovery_url_errors_name_the_option(text: str) -> None:
     """A malformed --discovery is a ConfigError naming it."""
     with pytest.raises(ConfigError, match="--discovery"):
         parse_discovery(text)
+
+
+@pytest.mark.parametrize(
+    ("state", "status"),
+    [(None, "up"), ("closed", "up"), ("half-open", "suspect"), ("open", "down")],
+)
+def test_a_peers_status_follows_its_breaker(state: str | None, status: str) -> None:
+    """/cluster reads a probing (half-open) peer as suspect, an open one as down."""
+    assert peer_status(state) == status

@@ -11,7 +11,7 @@ import sqlite3
 
 from prometheus_client import CollectorRegistry, Counter
 
-from resilient import Hook
+from resilient import CircuitState, Hook
 from resilient.integrations.otel import OpenTelemetryHooks
 from resilient.integrations.prometheus import ResilienceMetrics
 
@@ -25,10 +25,22 @@ from .ring import Ring
 from .storage import Record, Storage
 from .tracing import configure_tracing
 
-__all__ = ["Node"]
+__all__ = ["Node", "peer_status"]
 
 _PURGE_EVERY = 3600.0
 _log = logging.getLogger(__name__)
+
+
+def peer_status(breaker_state: str | None) -> str:
+    """
+    A member's status in ``GET /cluster`` from this node's breaker for it.
+
+    No breaker (this node itself, or ``--plain-peers``) and a closed breaker read "up"; a
+    half-open one (probing) "suspect"; an open one "down".
+    """
+    if breaker_state in (None, CircuitState.CLOSED.value):
+        return "up"
+    return "suspect" if breaker_state == CircuitState.HALF_OPEN.value else "down"
 
 
 class Node:
@@ -123,7 +135,7 @@ class Node:
             mine = node == self.id or self.peers.plain
             breaker = None if mine else self.peers.breakers.get(node)
             state = None if breaker is None else breaker.state.value
-            status = {None: "up", "closed": "up", "half_open": "suspect"}.get(state, "down")
+            status = peer_status(state)
             members.append({
                 "id": node, "address": address, "status": status, "breaker": state,
                 "ownership": round(shares.get(node, 0.0), 6),
