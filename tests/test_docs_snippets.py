@@ -15,16 +15,14 @@ and this test runs it, warnings as errors; when the page then says "It prints:" 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import RedisServer
+from tests.test_examples import run_python
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 REDIS_PORT = "port=6379"
 
 FENCE = re.compile(
@@ -49,19 +47,6 @@ def programs() -> list[tuple[str, bool, str, str | None]]:
     return found
 
 
-def run(where: str, code: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-W", "error", "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, f"{where}:\n{done.stderr[-3000:]}"
-    return done.stdout
-
-
 def test_the_docs_have_marked_programs() -> None:
     """The marker is found (a broken pattern would test nothing), Redis ones included."""
     found = programs()
@@ -78,7 +63,7 @@ def test_the_docs_have_marked_programs() -> None:
 def test_program_runs_as_written(where: str, code: str, output: str | None) -> None:
     """Each marked program runs in a fresh interpreter, warnings as errors, and prints
     what the page says it prints."""
-    printed = run(where, code)
+    printed = run_python("-W", "error", "-c", code)
     if output is not None:
         assert printed == output, where
 
@@ -95,4 +80,4 @@ def test_redis_program_runs_against_a_real_redis(
     """Each program that needs Redis runs as written against a real one (only its
     documented port changed)."""
     assert REDIS_PORT in code, f"{where}: expected {REDIS_PORT!r} to point at the test's Redis"
-    run(where, code.replace(REDIS_PORT, f"port={redis_server.port}"))
+    run_python("-W", "error", "-c", code.replace(REDIS_PORT, f"port={redis_server.port}"))
