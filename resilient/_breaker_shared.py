@@ -32,6 +32,7 @@ The in-process mirror (`CircuitBreaker.state`, events, statistics, the failure r
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -60,6 +61,8 @@ _STATES = {state.value: state for state in CircuitState}
 # reset_timeout has passed.
 _ROUND_TRIP_ERROR = 1e-6
 
+_log = logging.getLogger("resilient.circuit_breaker")
+
 STORAGE_WORKERS = 4
 """Threads a shared breaker's storage round trips may use at once (its own executor)."""
 
@@ -78,6 +81,7 @@ class SharedState:
     __slots__ = (
         "_breaker",
         "_executor",
+        "_failing",
         "_inline",
         "_opened_wall",
         "_parked",
@@ -121,6 +125,8 @@ class SharedState:
         self._parked: set[Future[object]] = set()
         # What the storage last said: (state, failure run or None, clock.monotonic()).
         self._seen: tuple[CircuitState, int | None, float] | None = None
+        # Why the last round trip failed (the error's type), None once one answered.
+        self._failing: str | None = None
 
     async def _io(self, fn: Callable[..., R], *args: object) -> R:
         """
@@ -137,16 +143,35 @@ class SharedState:
         future = self._executor.submit(fn, *args)
         try:
             async with asyncio.timeout(self.timeout):
-                return await asyncio.wrap_future(future)
+                result = await asyncio.wrap_future(future)
         except TimeoutError as error:
             if future.done() and not future.cancelled():
+                self._failed(error)
                 raise _Unavailable from error  # the storage itself timed out
             # Overdue. If it was still queued, the timeout cancelled it; if a thread
             # runs it, that thread stays parked until the storage answers.
             self._park(future)
+            self._failed(TimeoutError(f"no answer within storage_timeout={self.timeout}s"))
             raise _Unavailable from None
         except Exception as error:
+            self._failed(error)
             raise _Unavailable from error
+        if self._failing is not None:
+            self._failing = None
+            _log.info("circuit_breaker %r: its storage answers again", self._breaker.name)
+        return result
+
+    def _failed(self, error: Exception) -> None:
+        # Once per outage: a misconfigured storage (a client with decode_responses=True,
+        # a wrong address) fails every round trip, and the breaker shares nothing.
+        if self._failing is None:
+            _log.warning(
+                "circuit_breaker %r: a storage round trip failed (%r); deciding locally"
+                " until the storage answers",
+                self._breaker.name,
+                error,
+            )
+        self._failing = type(error).__name__
 
     def stalled(self) -> bool:
         """
@@ -232,7 +257,8 @@ class SharedState:
 
         Returns:
             E.g. ``storage: closed failures=2 (0.4s ago)``, with ``stalled, deciding
-            locally`` while a round trip is overdue.
+            locally`` while a round trip is overdue, ``failing (AttributeError), deciding
+            locally`` after one failed.
         """
         if self._seen is None:
             text = "storage: not read yet"
@@ -241,7 +267,11 @@ class SharedState:
             run = "" if failures is None else f" failures={failures}"
             ago = self._breaker.clock.monotonic() - when
             text = f"storage: {state.value}{run} ({ago:.1f}s ago)"
-        return f"{text}, stalled, deciding locally" if self.stalled() else text
+        if self.stalled():
+            return f"{text}, stalled, deciding locally"
+        if self._failing is not None:
+            return f"{text}, failing ({self._failing}), deciding locally"
+        return text
 
     # --- local decisions, while the storage is unreachable or overdue ---
 

@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["awaitable_checked", "check_async", "label"]
+__all__ = ["awaitable_checked", "check_async", "label", "not_callable"]
 
 
 def label(fn: object) -> str | None:
@@ -53,7 +53,9 @@ def awaitable_checked(owner: str, fn: object) -> Callable[..., Awaitable[Any]]:
     the confusing "can't be used in 'await' expression" it would give.
     """
     if not callable(fn):
-        raise TypeError(f"{owner}.call(fn=...): expected an async callable, got {fn!r}")
+        raise not_callable(
+            f"{owner}.call(fn=...)", fn, "policy.call({0}, *args), not policy.call({0}(*args))"
+        )
 
     misuse: list[TypeError] = []  # once found, later attempts (on=predicate) don't call fn
 
@@ -67,6 +69,32 @@ def awaitable_checked(owner: str, fn: object) -> Callable[..., Awaitable[Any]]:
         raise misuse[0]
 
     return checked
+
+
+def not_callable(
+    where: str, value: object, usage: str, expected: str = "an async callable"
+) -> TypeError:
+    """
+    The TypeError for `value` given where a callable was expected, saying how to fix it.
+
+    The usual mistake is calling the function where it should be passed,
+    ``policy.call(fetch(x))``: the coroutine it made is closed here, so it doesn't also
+    warn "coroutine ... was never awaited" later, and the message shows the right call.
+
+    Args:
+        where: The parameter, e.g. ``Retry.call(fn=...)``.
+        value: What was passed.
+        usage: The right and the wrong call, with ``{0}`` for the function's name.
+        expected: What the parameter takes.
+    """
+    if inspect.iscoroutine(value):
+        name = value.__name__
+        value.close()
+        return TypeError(
+            f"{where}: expected {expected}, got a coroutine object ({name}(...) was"
+            f" called already); pass the function, not its call: {usage.format(name)}"
+        )
+    return TypeError(f"{where}: expected {expected}, got {value!r}")
 
 
 def _not_awaitable(owner: str, fn: object, result: object) -> TypeError:

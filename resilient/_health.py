@@ -31,6 +31,7 @@ from inspect import isawaitable, iscoroutine
 from types import MappingProxyType, TracebackType
 
 from ._breaker import CircuitBreaker, CircuitState
+from ._callables import not_callable
 from ._clock import Clock
 from ._discovery import Instance, Registry
 from ._events import Event, StateChanged
@@ -169,7 +170,8 @@ class HealthMonitor:
         if not name or name in self._checks:
             raise ValueError(f"{owner}(name={name!r}): names must be unique and non-empty")
         if not callable(check):
-            raise TypeError(f"{owner}(check=...): expected an async callable, got {check!r}")
+            usage = f"add_check({name!r}, {{0}}), not add_check({name!r}, {{0}}())"
+            raise not_callable(f"{owner}(check=...)", check, usage, "a callable")
         if self._running:
             raise RuntimeError(f"{owner}({name!r}): add checks before start()")
         self._checks[name] = CheckState(

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from ._balance import Balancer, RoundRobin
 from ._breaker import CircuitBreaker, CircuitState
+from ._callables import not_callable
 from ._discovery import Instance, ServiceView
 from ._errors import CircuitOpenError, NoHealthyInstanceError
 from ._no_retries import retries_allowed
@@ -70,12 +71,13 @@ class EndpointPool:
             it for 10 s).
         max_attempts: Instances tried per call, >= 1.
         failover_on: Errors that move the call to another instance: exception types or
-            a predicate (default: any `Exception` but a `RejectedError`). An open
-            breaker always moves it on.
+            a predicate (default: any `Exception` but a `RejectedError` or a programming
+            error, `resilient.PROGRAMMING_ERRORS`). An open breaker always moves it on.
         service: The service's name, for errors (default: read from the instances).
 
     Raises:
         ValueError: `max_attempts` < 1.
+        TypeError: `balancer` is not a `Balancer`, or `breaker` is not callable.
     """
 
     def __init__(
@@ -169,7 +171,11 @@ class EndpointPool:
         Raises:
             NoHealthyInstanceError: No instance is known, or every one is ejected.
             Exception: The last attempt's error when every attempt failed.
+            TypeError: `fn` is not callable.
         """
+        if not callable(fn):
+            usage = "pool.call({0}), not pool.call({0}(instance))"
+            raise not_callable("EndpointPool.call(fn=...)", fn, usage)
         self._calls += 1
         tried: set[str] = set()
         last: BaseException | None = None

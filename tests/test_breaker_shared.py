@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -1028,3 +1030,89 @@ async def frozen_then_thawed(server: RedisServer, client: redis.Redis, admin: re
     assert await outcome(breaker, dependency, fail=True) == "failed"
     assert admin.get(f"{keys}:pybreaker:fail_counter") == b"2"
     assert "storage: closed failures=2" in repr(breaker)
+
+
+class SwitchableStorage(pybreaker.CircuitBreakerStorage):
+    """
+    pybreaker's memory storage behind a switch: while `broken`, every round trip raises
+    `error` (as with a misconfigured client). Not a `CircuitMemoryStorage`, so its round
+    trips run in worker threads as Redis' do.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__("switchable")
+        self.inner = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+        self.error = error
+        self.broken = True
+
+    def _use(self) -> pybreaker.CircuitMemoryStorage:
+        if self.broken:
+            raise self.error
+        return self.inner
+
+    @property
+    def state(self) -> str:
+        return self._use().state
+
+    @state.setter
+    def state(self, state: str) -> None:
+        self._use().state = state
+
+    @property
+    def counter(self) -> int:
+        return self._use().counter
+
+    @property
+    def success_counter(self) -> int:
+        return self._use().success_counter
+
+    @property
+    def opened_at(self) -> datetime | None:
+        return self._use().opened_at
+
+    @opened_at.setter
+    def opened_at(self, when: datetime) -> None:
+        self._use().opened_at = when
+
+    def increment_counter(self) -> None:
+        self._use().increment_counter()
+
+    def reset_counter(self) -> None:
+        self._use().reset_counter()
+
+    def increment_success_counter(self) -> None:
+        self._use().increment_success_counter()
+
+    def reset_success_counter(self) -> None:
+        self._use().reset_success_counter()
+
+
+async def test_a_failing_storage_is_logged_once_and_shown_in_the_repr(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """
+    A storage whose round trips fail (here as pybreaker's Redis storage does over a
+    client made with decode_responses=True) is logged once at WARNING with the error,
+    not once per call, and the repr says the breaker decides locally and why. When the
+    storage answers again that is logged at INFO and the repr drops the note.
+    """
+    decode_error = AttributeError("'str' object has no attribute 'decode'")
+    storage = SwitchableStorage(decode_error)
+    breaker = CircuitBreaker(name="inventory", storage=storage, failure_threshold=3)
+    dependency = Dependency()
+    with caplog.at_level(logging.INFO, logger="resilient.circuit_breaker"):
+        for _ in range(3):
+            await outcome(breaker, dependency, fail=False)
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1
+        assert "'inventory': a storage round trip failed" in warnings[0].getMessage()
+        assert "has no attribute 'decode'" in warnings[0].getMessage()
+        assert repr(breaker).endswith(
+            "storage: not read yet, failing (AttributeError), deciding locally>"
+        )
+        storage.broken = False
+        await outcome(breaker, dependency, fail=False)
+    last = caplog.records[-1]
+    assert last.levelno == logging.INFO
+    assert last.getMessage() == "circuit_breaker 'inventory': its storage answers again"
+    assert re.search(r"shared, storage: closed failures=0 \(\d+\.\ds ago\)>$", repr(breaker))

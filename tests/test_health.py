@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import threading
 from collections.abc import Awaitable
@@ -122,6 +123,20 @@ def test_non_callable_check_raises_type_error() -> None:
     """A check that can't be called is refused at once."""
     with pytest.raises(TypeError, match="check"):
         HealthMonitor().add_check("db", "select 1")  # type: ignore[arg-type]
+
+
+async def test_a_called_check_is_refused_with_the_right_call_shown() -> None:
+    """`add_check("db", ping())` (the check called, not passed) is a TypeError showing
+    `add_check('db', ping)`; the coroutine is closed, so no "never awaited" warning."""
+
+    async def ping() -> bool:
+        return True
+
+    coroutine = ping()
+    right_call = r"add_check\('db', ping\), not add_check\('db', ping\(\)\)"
+    with pytest.raises(TypeError, match=right_call):
+        HealthMonitor().add_check("db", coroutine)  # type: ignore[arg-type]
+    assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
 
 
 def test_other_arguments_are_checked() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import inspect
 import math
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,8 +19,10 @@ import pytest
 from resilient import (
     Bulkhead,
     CircuitBreaker,
+    EndpointPool,
     Fallback,
     Hedge,
+    Instance,
     Policy,
     Retry,
     Timeout,
@@ -244,3 +247,35 @@ async def test_call_remembers_only_what_keeps_nothing_alive() -> None:
     assert held() is None
     with instant_retries(), pytest.raises(TypeError, match="can't be awaited"):
         await retry.call(len, "abc")  # type: ignore[arg-type]  # the misuse under test
+
+
+@pytest.mark.parametrize("make", POLICIES, ids=IDS)
+async def test_call_with_a_coroutine_object_says_to_pass_the_function(
+    make: Callable[[], Policy],
+) -> None:
+    """`.call(fetch(1))` (the function called rather than passed) is a TypeError showing
+    the right call, and the coroutine it got is closed, so no "never awaited" warning
+    follows (warnings are errors here)."""
+    coroutine = fetch(1)
+    with pytest.raises(TypeError) as info:
+        await make().call(coroutine)  # type: ignore[arg-type]  # the misuse under test
+    assert "got a coroutine object (fetch(...) was called already)" in str(info.value)
+    assert "policy.call(fetch, *args), not policy.call(fetch(*args))" in str(info.value)
+    assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED  # nothing to warn about
+
+
+async def test_endpoint_pool_call_with_a_coroutine_object_says_to_pass_the_function() -> None:
+    """`EndpointPool.call` refuses what isn't callable before picking an instance, with
+    the same hint, and closes a coroutine it got."""
+    pool = EndpointPool([Instance("svc", "svc-1", "127.0.0.1", 1)])
+
+    async def get(instance: Instance) -> str:
+        return instance.url
+
+    coroutine = get(Instance("svc", "svc-1", "127.0.0.1", 1))
+    with pytest.raises(TypeError, match=r"pool\.call\(get\), not pool\.call\(get\(instance\)\)"):
+        await pool.call(coroutine)  # type: ignore[arg-type]  # the misuse under test
+    assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
+    assert pool.statistics().calls == 0
+    with pytest.raises(TypeError, match=r"EndpointPool\.call\(fn=\.\.\.\): expected an async"):
+        await pool.call(7)  # type: ignore[arg-type]  # the misuse under test

@@ -73,7 +73,7 @@ INTERNAL = {
         "retryable_by_default",
     },
     "_watchdog": {"Watched", "Watchdog", "Watchdogs"},  # the engine of Timeout
-    "_callables": {"awaitable_checked", "check_async", "label"},  # behind Policy's methods
+    "_callables": {"awaitable_checked", "check_async", "label", "not_callable"},  # Policy, checks
     # Behind Policy._emit; users configure the `resilient.<kind>` loggers, not these.
     "_logging": {"DecisionLog", "decision_log", "level_of"},
 }
