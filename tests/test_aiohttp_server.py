@@ -38,6 +38,7 @@ from resilient.integrations.aiohttp import (
     parse_deadline,
     resilience_middleware,
 )
+from resilient.testing import capture_events
 from tests._servers import LOCALHOST
 from tests._web import Serve
 
@@ -168,6 +169,39 @@ async def test_handler_within_the_deadline_answers(
     assert status == 200
     assert 0 < body["after"] < body["before"] <= 5.0
     assert fates == ["finished"]
+
+
+async def test_enforcing_the_deadline_is_no_protected_call_of_its_own(
+    serve: Serve, client: aiohttp.ClientSession
+) -> None:
+    """
+    The middleware enforces the caller's deadline without a policy of its own: hooks
+    (and so metrics and spans) hear nothing for a request, on time or past its deadline.
+    """
+    app, _ = probe_app()
+    root = await serve(app)
+    with capture_events() as heard:
+        status, _, _ = await fetch(client, root / "probe", {DEADLINE_HEADER: "5000"})
+        late, _, _ = await fetch(client, root / "sleep" % {"s": "30"}, {DEADLINE_HEADER: "100"})
+    assert (status, late) == (200, 504)
+    assert heard == []
+
+
+async def test_an_inner_timeout_capped_by_the_deadline_is_the_callers_deadline(
+    serve: Serve, client: aiohttp.ClientSession
+) -> None:
+    """A handler's own longer Timeout, capped by the caller's deadline, fires at that
+    deadline: the caller gets the 504 for its deadline, not a 500."""
+
+    async def capped(_: web.Request) -> web.Response:
+        await Timeout(30.0).call(asyncio.sleep, 30)
+        return web.Response()  # pragma: no cover  # the deadline passes first
+
+    app = web.Application(middlewares=[resilience_middleware()])
+    app.router.add_get("/capped", capped)
+    root = await serve(app)
+    status, body, _ = await fetch(client, root / "capped", {DEADLINE_HEADER: "150"})
+    assert (status, body.get("error")) == (504, "deadline_exceeded")
 
 
 async def test_enforce_deadline_false_only_makes_it_visible(

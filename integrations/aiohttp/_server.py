@@ -14,6 +14,7 @@ Malformed or hostile headers are ignored (no deadline, a fresh trace), never a 5
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from resilient import Timeout, TimeoutExceeded, deadline
+from resilient import deadline
 from resilient._validate import check_seconds
 
 from ._propagation import DEADLINE_HEADER, extract_trace_context, parse_deadline
@@ -67,14 +68,22 @@ def resilience_middleware(
             if not enforce_deadline:
                 with deadline(budget):
                     return await handler(request)
+            # Enforced with asyncio.timeout, not a `Timeout` policy: this is the hop's
+            # plumbing, not a protected call, so it must not show as a span or a metric
+            # of its own (nor build a policy and its hook plans per request).
+            limit = asyncio.timeout(budget)
             started = time.monotonic()
             try:
-                return await Timeout(budget, name="request").call(handler, request)
-            except TimeoutExceeded:
-                if time.monotonic() - started < budget or _response_started(request):
+                with deadline(budget):
+                    async with limit:
+                        return await handler(request)
+            except TimeoutError:
+                passed = limit.expired() or time.monotonic() - started >= budget
+                if not passed or _response_started(request):
                     # The handler's own timeout with budget left (its bug, not the
-                    # caller's deadline), or a streamed response already on the wire
-                    # (no second status line can follow): let aiohttp handle it.
+                    # caller's deadline; an inner Timeout capped by the deadline counts
+                    # as the deadline), or a streamed response already on the wire (no
+                    # second status line can follow): let aiohttp handle it.
                     raise
                 return web.json_response(
                     {"error": "deadline_exceeded", "detail": "the caller's deadline passed"},
