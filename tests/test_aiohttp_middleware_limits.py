@@ -300,3 +300,32 @@ def test_middleware_keys_benchmark_quick_run() -> None:
     )
     assert "after 500 origins" in output
     assert "keys=50/50 in_flight=0" in output
+
+
+async def test_idle_half_open_breaker_does_not_pin_its_key(backend: Backend) -> None:
+    """
+    A key whose breaker is half-open with no probe in flight is dropped like any idle one.
+
+    Say a probe passed but `success_threshold` wants more, and the key is never called
+    again (a crawler's host): kept forever, such keys would grow the cache past the cap.
+    """
+    clock = FakeClock()
+    backend.answer(500)
+    middleware = ResilienceMiddleware(
+        lambda key: CircuitBreaker(
+            name=key, failure_threshold=1, success_threshold=2, reset_timeout=10, clock=clock
+        ),
+        key=by_path,
+        max_keys=1,
+    )
+    async with asyncio.timeout(GUARD), aiohttp.ClientSession(middlewares=[middleware]) as client:
+        assert (await get(client, backend.url("/down")))[0] == 500
+        clock.advance(10)
+        assert await get(client, backend.url("/down")) == (200, "ok")  # one probe passed
+        breaker = middleware.policy_for("/down")
+        assert isinstance(breaker, CircuitBreaker)
+        assert breaker.state is CircuitState.HALF_OPEN
+        for path in ("/b", "/c"):
+            assert await get(client, backend.url(path)) == (200, "ok")
+        assert held(middleware) == 1
+        assert middleware.policy_for("/down") is not breaker
