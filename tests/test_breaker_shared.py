@@ -35,6 +35,8 @@ from resilient import (
     CircuitState,
     Event,
     StateChanged,
+    Timeout,
+    TimeoutExceeded,
 )
 from resilient._breaker_shared import STORAGE_WORKERS
 from resilient.testing import FakeClock
@@ -1028,3 +1030,51 @@ async def frozen_then_thawed(server: RedisServer, client: redis.Redis, admin: re
     assert await outcome(breaker, dependency, fail=True) == "failed"
     assert admin.get(f"{keys}:pybreaker:fail_counter") == b"2"
     assert "storage: closed failures=2" in repr(breaker)
+
+
+class StalledStorage(BrokenStorage):
+    """
+    A storage whose every round trip blocks until `thaw` (then fails), as a frozen one.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thawed = threading.Event()
+
+    def _fail(self, *_: object) -> Any:
+        self.thawed.wait(30)  # bounded: a failed test must not leave the thread forever
+        raise OSError("storage unreachable")
+
+    state = property(_fail, _fail)
+    counter = property(_fail)
+    success_counter = property(_fail)
+    opened_at = property(_fail, _fail)
+    increment_counter = reset_counter = _fail
+    increment_success_counter = reset_success_counter = _fail
+
+
+async def test_round_trip_outlived_by_its_caller_still_counts_as_stalled() -> None:
+    """
+    Callers whose own budget ends before `storage_timeout` (an outer Timeout) leave
+    their round trips on the stalled storage: once one has run for `storage_timeout`
+    it counts as overdue, and the next calls decide locally instead of each waiting on
+    the storage until its caller gives up too.
+    """
+    storage = StalledStorage()
+    breaker = CircuitBreaker("stalled", storage=storage, storage_timeout=0.2)
+    dependency = Dependency()
+    outcomes: list[str] = []
+    try:
+        # Bounded: the old code never runs the dependency, each call times out.
+        for _ in range(100):
+            try:
+                outcomes.append(await Timeout(0.05).call(breaker.call, dependency))
+                break
+            except TimeoutExceeded:
+                outcomes.append("timed out")
+        assert outcomes[0] == "timed out"
+        assert outcomes[-1] == "ok"
+        assert "stalled, deciding locally" in repr(breaker)
+        assert await Timeout(0.05).call(breaker.call, dependency) == "ok"  # at once now
+    finally:
+        storage.thawed.set()
