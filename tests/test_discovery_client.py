@@ -399,3 +399,30 @@ def test_the_docs_example_runs_and_prints_what_the_docs_say() -> None:
     program = next(code for kind, code in blocks if kind == "python" and "asyncio.run" in code)
     expected = next(code for kind, code in blocks if kind == "text")
     assert run_python("-c", program) == expected
+
+
+async def test_close_cancelled_midway_still_stops_every_view(
+    session: aiohttp.ClientSession,
+) -> None:
+    """
+    A `close()` cancelled while it stops the first view (``async with client:`` left by
+    a cancellation) still stops every view: none keeps following the registry.
+    """
+    registry = InMemoryRegistry()
+    client = DiscoveryClient(session, registry)
+    for service in ("a", "b", "c"):
+        await registry.register(Instance(service, "1", "127.0.0.1", 1))
+        await client.pool(service)
+    closing = asyncio.create_task(client.close())
+    await asyncio.sleep(0)  # one step: close() is now waiting for the first view to stop
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    following = [
+        task
+        for task in asyncio.all_tasks()
+        if "ServiceView" in task.get_coro().__qualname__  # type: ignore[union-attr]
+    ]
+    if following:  # the old code: two views follow the registry forever
+        _, still = await asyncio.wait(following, timeout=5)
+        assert not still

@@ -245,10 +245,13 @@ class DiscoveryClient:
         for starting in self._starting.values():
             starting.cancel()
         self._starting.clear()
-        for view in self._views.values():
-            await view.stop()
+        # A task per view, all started before any is awaited: a close() cancelled midway
+        # (``async with client:`` left by a cancellation) still stops every view.
+        stopping = [asyncio.ensure_future(view.stop()) for view in self._views.values()]
         self._views.clear()
         self._pools.clear()
+        if stopping:
+            await asyncio.wait(stopping)
 
     async def __aenter__(self) -> DiscoveryClient:
         return self
