@@ -743,6 +743,26 @@ async def test_unwatching_a_breaker() -> None:
     assert monitor.status is DEGRADED
 
 
+async def test_unwatching_a_breaker_renamed_by_decorating() -> None:
+    """
+    An unnamed breaker takes a function's name when it decorates one; unwatching it
+    afterwards still stops watching it.
+    """
+    breaker = CircuitBreaker()
+    monitor = HealthMonitor()
+    unwatch = monitor.watch_breaker(breaker)
+
+    @breaker
+    async def fetch() -> None:
+        """A dependency call."""
+
+    assert breaker.name.endswith("fetch")
+    unwatch()
+    breaker.trip()
+    assert monitor.status is HEALTHY
+    assert dict(monitor.report().breakers) == {}
+
+
 def test_same_breaker_name_twice_raises() -> None:
     """Breakers are reported by name, so two with one name can't both be watched."""
     monitor = HealthMonitor()
