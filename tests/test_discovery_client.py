@@ -364,6 +364,26 @@ async def test_async_with_get_releases_the_response_on_exit(
         await server.runner.cleanup()
 
 
+async def test_a_request_is_a_coroutine_tasks_can_run(session: aiohttp.ClientSession) -> None:
+    """
+    As aiohttp's ``session.get(...)``, what `client.get(...)` returns can be handed to
+    `asyncio.create_task` and a `TaskGroup` (it worked when `get` was an ``async def``).
+    """
+    registry = InMemoryRegistry()
+    server = await start_server("kv", "kv-1", ok)
+    await registry.register(server.instance)
+    try:
+        async with DiscoveryClient(session, registry) as client:
+            task = asyncio.create_task(client.get("kv", "/items/1"))
+            async with asyncio.TaskGroup() as group:
+                grouped = group.create_task(client.get("kv", "/items/2"))
+            for response in (await task, grouped.result()):
+                async with response:
+                    assert response.status == 200
+    finally:
+        await server.runner.cleanup()
+
+
 async def test_repr_shows_services_instances_and_balancer(
     session: aiohttp.ClientSession,
 ) -> None:

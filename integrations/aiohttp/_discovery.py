@@ -48,13 +48,13 @@ def _resendable(kwargs: dict[str, Any]) -> bool:
     return data is None or isinstance(data, bytes | bytearray | str | dict)
 
 
-class DiscoveryRequest:
+class DiscoveryRequest(Coroutine[Any, Any, ClientResponse]):
     """
     What `DiscoveryClient.request` returns: await it, or use it with ``async with``.
 
     As aiohttp's ``session.get(...)``: ``response = await client.get(...)`` hands the
     response over (the caller releases it), ``async with client.get(...) as response:``
-    releases it on exit.
+    releases it on exit. It is a coroutine, so `asyncio.create_task` takes it too.
     """
 
     __slots__ = ("_coro", "_response")
@@ -65,6 +65,26 @@ class DiscoveryRequest:
 
     def __await__(self) -> Generator[Any, None, ClientResponse]:
         return self._coro.__await__()
+
+    # The coroutine protocol, delegated (aiohttp's request context manager does the same).
+
+    def send(self, value: Any) -> Any:
+        """
+        Resume the request with `value`.
+        """
+        return self._coro.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        """
+        Raise an exception inside the request.
+        """
+        return self._coro.throw(*args)
+
+    def close(self) -> None:
+        """
+        Close the request's coroutine.
+        """
+        self._coro.close()
 
     async def __aenter__(self) -> ClientResponse:
         self._response = await self._coro
