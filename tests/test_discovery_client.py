@@ -271,6 +271,23 @@ async def test_cancelled_first_call_leaves_no_view_running(
     assert not [n for n in names if "ServiceView" in n]
 
 
+async def test_close_while_a_first_call_waits_fails_it_without_cancelling_it(
+    session: aiohttp.ClientSession,
+) -> None:
+    """
+    A first call still waiting for the service's instances when `close()` runs fails
+    with a RuntimeError saying so, not a CancelledError in a task nobody cancelled.
+    """
+    client = DiscoveryClient(session, SilentRegistry())
+    waiting = asyncio.create_task(client.get("kv", "/"))
+    await asyncio.sleep(0)  # one step: the call now awaits the view's start
+    assert "kv" in client._starting
+    await client.close()
+    with pytest.raises(RuntimeError, match="closed while 'kv'"):
+        await waiting
+    assert not waiting.cancelled()
+
+
 # --- construction, the request context manager, repr ---------------------------------
 
 

@@ -177,8 +177,18 @@ class DiscoveryClient:
             self._starting[service] = asyncio.ensure_future(view.start())
         starting = self._starting.get(service)
         if starting is not None:
-            # Shielded: a cancelled caller must not cancel the start the others await.
-            await asyncio.shield(starting)
+            try:
+                # Shielded: a cancelled caller must not cancel the start the others await.
+                await asyncio.shield(starting)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if starting.cancelled() and task is not None and not task.cancelling():
+                    # close() stopped the start: this caller was not cancelled, and a
+                    # CancelledError would end its task silently (a TaskGroup ignores it).
+                    raise RuntimeError(
+                        f"DiscoveryClient: closed while {service!r}'s instances were awaited"
+                    ) from None
+                raise
             self._starting.pop(service, None)
         return pool
 
