@@ -29,6 +29,9 @@ DEFAULT_MAX_KEYS = 1000
 """Policies a middleware's factory keeps at most, idle ones dropped least recently used."""
 
 
+_SCAN = 16  # entries one shrinking pass looks at, beyond the room it must make
+
+
 class _Entry:
     __slots__ = ("in_flight", "policy")
 
@@ -131,7 +134,10 @@ class PolicyCache:
 
     def _shrink(self, room: int = 0) -> None:
         # Oldest first; a busy entry goes to the back, so the next pass starts past it.
-        for _ in range(len(self._built)):
+        # A pass looks at a few entries, not all: with thousands of keys busy (or open)
+        # past the cap, a full scan per request would cost O(keys) each, O(keys^2) in all.
+        # Passes at every request's start and end still go round them all as they settle.
+        for _ in range(min(len(self._built), room + _SCAN)):
             if len(self._built) + room <= self.max_keys:
                 return
             key, entry = next(iter(self._built.items()))
