@@ -884,11 +884,16 @@ class BrokenStorage(pybreaker.CircuitBreakerStorage):
     A storage whose every read and write fails, as an unreachable one does.
     """
 
-    def __init__(self, error: type[Exception] = OSError) -> None:
+    def __init__(
+        self, error: type[Exception] = OSError, *, thawed: threading.Event | None = None
+    ) -> None:
         super().__init__("broken")
         self.error = error
+        self.thawed = thawed  # if given, each round trip blocks until it is set: frozen
 
     def _fail(self, *_: object) -> Any:
+        if self.thawed is not None:
+            self.thawed.wait(30)  # bounded: a failed test must not leave the thread forever
         raise self.error("storage unreachable")
 
     state = property(_fail, _fail)
@@ -1032,27 +1037,6 @@ async def frozen_then_thawed(server: RedisServer, client: redis.Redis, admin: re
     assert "storage: closed failures=2" in repr(breaker)
 
 
-class StalledStorage(BrokenStorage):
-    """
-    A storage whose every round trip blocks until `thaw` (then fails), as a frozen one.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.thawed = threading.Event()
-
-    def _fail(self, *_: object) -> Any:
-        self.thawed.wait(30)  # bounded: a failed test must not leave the thread forever
-        raise OSError("storage unreachable")
-
-    state = property(_fail, _fail)
-    counter = property(_fail)
-    success_counter = property(_fail)
-    opened_at = property(_fail, _fail)
-    increment_counter = reset_counter = _fail
-    increment_success_counter = reset_success_counter = _fail
-
-
 async def test_round_trip_outlived_by_its_caller_still_counts_as_stalled() -> None:
     """
     Callers whose own budget ends before `storage_timeout` (an outer Timeout) leave
@@ -1060,7 +1044,7 @@ async def test_round_trip_outlived_by_its_caller_still_counts_as_stalled() -> No
     it counts as overdue, and the next calls decide locally instead of each waiting on
     the storage until its caller gives up too.
     """
-    storage = StalledStorage()
+    storage = BrokenStorage(thawed=threading.Event())
     breaker = CircuitBreaker("stalled", storage=storage, storage_timeout=0.2)
     dependency = Dependency()
     outcomes: list[str] = []
@@ -1077,4 +1061,5 @@ async def test_round_trip_outlived_by_its_caller_still_counts_as_stalled() -> No
         assert "stalled, deciding locally" in repr(breaker)
         assert await Timeout(0.05).call(breaker.call, dependency) == "ok"  # at once now
     finally:
+        assert storage.thawed is not None
         storage.thawed.set()
