@@ -392,6 +392,11 @@ class EtcdRegistry:
         async with self._lock:  # let a register() in flight finish, then undo it too
             registrations = list(self._registrations.values())
             self._registrations.clear()
+        # Every keepalive is cancelled before anything is awaited: the registry can't be
+        # closed twice, so a close() cancelled midway must leave none refreshing a lease.
+        for registration in registrations:
+            if registration.task is not None:
+                registration.task.cancel()
         await asyncio.gather(*(_stop(registration) for registration in registrations))
         await asyncio.gather(*(self._revoke_quietly(r.lease) for r in registrations))
         await self._gateway.close()

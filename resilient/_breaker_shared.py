@@ -18,8 +18,9 @@ Round trips therefore run on a small executor of the breaker's own, never the lo
 default one (which `getaddrinfo` and `to_thread` need), and each is bounded by
 `storage_timeout`. When a round trip fails or is overdue, the local state decides: the
 mirror below, continued from what the storage last said. While an overdue round trip
-still holds its thread, no new one is started, so at most `STORAGE_WORKERS` threads are
-ever parked on a stalled storage; once they come back, the storage decides again.
+still holds its thread (its caller may have given up sooner), no new one is started, so
+at most `STORAGE_WORKERS` threads are ever parked on a stalled storage; once they come
+back, the storage decides again.
 
 As in the native breaker, an outcome counts only in the state its call was admitted in:
 a call that was still running when the circuit opened (seen by this process, or found in
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -120,9 +122,10 @@ class SharedState:
         self.timeout = timeout
         # Created on first use; its threads start lazily, up to STORAGE_WORKERS.
         self._executor: ThreadPoolExecutor | None = None
-        # Round trips overdue but still holding a thread (added from the loop's thread,
-        # discarded from the worker's when done: set operations are atomic).
-        self._parked: set[Future[object]] = set()
+        # Round trips still holding a thread, by when they are overdue (time.monotonic,
+        # as asyncio.timeout): added from the loop's thread, popped from the worker's
+        # when done (dict operations are atomic).
+        self._parked: dict[Future[object], float] = {}
         # What the storage last said: (state, failure run or None, clock.monotonic()).
         self._seen: tuple[CircuitState, int | None, float] | None = None
         # Why the last round trip failed (the error's type), None once one answered.
@@ -141,6 +144,7 @@ class SharedState:
                 STORAGE_WORKERS, thread_name_prefix=f"resilient-breaker-{self._breaker.name}"
             )
         future = self._executor.submit(fn, *args)
+        due = time.monotonic() + self.timeout
         try:
             async with asyncio.timeout(self.timeout):
                 result = await asyncio.wrap_future(future)
@@ -150,9 +154,15 @@ class SharedState:
                 raise _Unavailable from error  # the storage itself timed out
             # Overdue. If it was still queued, the timeout cancelled it; if a thread
             # runs it, that thread stays parked until the storage answers.
-            self._park(future)
+            self._park(future, due)
             self._failed(TimeoutError(f"no answer within storage_timeout={self.timeout}s"))
             raise _Unavailable from None
+        except asyncio.CancelledError:
+            # The caller gave up first (its own timeout, shorter than ours, or a hedge
+            # cancelling a loser): the round trip still counts once it is overdue, or
+            # callers with short budgets would each wait on a frozen storage forever.
+            self._park(future, due)
+            raise
         except Exception as error:
             self._failed(error)
             raise _Unavailable from error
@@ -177,14 +187,15 @@ class SharedState:
         """
         Whether a round trip is overdue and still holds its thread.
         """
-        # A finished one may not be discarded yet: its worker runs the callbacks.
-        return any(not future.done() for future in list(self._parked))
+        # A finished one may not be popped yet: its worker runs the callbacks.
+        now = time.monotonic()
+        return any(due <= now and not future.done() for future, due in list(self._parked.items()))
 
-    def _park(self, future: Future[Any]) -> None:
+    def _park(self, future: Future[Any], due: float) -> None:
         if future.cancel():
             return
-        self._parked.add(future)
-        future.add_done_callback(self._parked.discard)
+        self._parked[future] = due
+        future.add_done_callback(lambda done: self._parked.pop(done, None))
 
     async def run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         breaker = self._breaker

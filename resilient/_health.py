@@ -433,8 +433,10 @@ class HealthMonitor:
                 watched.arm(self._evaluate)
 
     def _unwatch(self, watched: WatchedBreaker) -> None:
-        if self._breakers.get(watched.breaker.name) is watched:
-            del self._breakers[watched.breaker.name]
+        # Found by identity: an unnamed breaker is renamed when it decorates a function.
+        name = next((name for name, w in self._breakers.items() if w is watched), None)
+        if name is not None:
+            del self._breakers[name]
             watched.unhook()
             watched.cancel_timer()
             self._evaluate()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ._clock import Clock, TimerHandle
+from ._errors import PROGRAMMING_ERRORS
 from ._events import HedgeSent, Hook
 from ._no_retries import retries_allowed
 from ._policy import Args, AsyncFn, Kwargs, Policy
@@ -188,6 +189,10 @@ class Hedge(Policy):
                 # half-open breaker's taken probe must not cancel the primary).
                 race.stop_hedging()
                 if failed == len(race.tasks):
+                    # The real failure over a refusal; but a programming error over
+                    # both, or an outer Retry would repeat the call for a bug.
+                    if isinstance(fatal, PROGRAMMING_ERRORS):
+                        raise fatal
                     raise race.last_error or fatal
             elif retryable > race.failed:
                 race.failed = retryable

@@ -47,7 +47,10 @@ def check_seconds(owner: str, param: str, value: object, *, allow_zero: bool = F
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{owner}({param}=...): expected seconds as a number, got {value!r}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond a float's range: as infinite
+        seconds = math.inf
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{owner}({param}={value!r}): {param} must be finite and {bound}")

@@ -18,6 +18,7 @@ import asyncio
 import heapq
 import itertools
 import math
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -27,6 +28,8 @@ from ._plan import add_hook
 from ._retry import instant_retries_enabled, set_instant_retries
 
 __all__ = ["FakeClock", "capture_events", "instant_retries", "set_instant_retries"]
+
+_LARGEST = sys.float_info.max  # seconds beyond it (an int may be) are as infinite
 
 
 class _FakeTimer:
@@ -89,7 +92,7 @@ class FakeClock:
         if seconds > 0:
             self.sleeps.append(seconds)
             if self.auto_advance:
-                if not math.isfinite(seconds):
+                if seconds > _LARGEST or not math.isfinite(seconds):  # an int may exceed any float
                     raise ValueError(
                         f"FakeClock.sleep(seconds={seconds!r}): time that advances by itself"
                         " can't reach the end of an infinite sleep"
@@ -132,7 +135,7 @@ class FakeClock:
             raise TypeError(f"FakeClock.advance(seconds=...): expected a number, got {seconds!r}")
         if seconds < 0:
             raise ValueError(f"FakeClock.advance(seconds={seconds!r}): time can't go backwards")
-        if not math.isfinite(seconds):
+        if seconds > _LARGEST or not math.isfinite(seconds):  # an int may exceed any float
             # nan would freeze every comparison with the timers; inf would fire them all.
             raise ValueError(f"FakeClock.advance(seconds={seconds!r}): seconds must be finite")
         self._now += seconds

@@ -102,6 +102,40 @@ async def test_a_failure_released_early_is_never_handed_back(backend: Backend) -
         assert acquired(connector) == 0
 
 
+async def test_a_failure_released_early_then_a_hedge_not_sent_gives_the_callers_error(
+    backend: Backend,
+) -> None:
+    """
+    The first attempt's 503 is released when its hedge is sent; when that hedge never
+    leaves (an inner middleware raises, the caller's own error), the caller gets that
+    error, as without the policy: not an AssertionError, nor a released response.
+    """
+    backend.answer(reply(503, BIG))
+    calls = 0
+
+    async def refuses_the_second(
+        request: ClientRequest, handler: ClientHandlerType
+    ) -> ClientResponse:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise RuntimeError("token refresh failed")
+        return await handler(request)
+
+    middleware = ResilienceMiddleware(lambda key: Hedge(30.0))
+    connector = aiohttp.TCPConnector(limit=2)
+    async with (
+        asyncio.timeout(GUARD),
+        aiohttp.ClientSession(
+            middlewares=[middleware, refuses_the_second], connector=connector
+        ) as client,
+    ):
+        with pytest.raises(RuntimeError, match="token refresh failed"):
+            await client.get(backend.url())
+        assert acquired(connector) == 0
+    assert calls == 2
+
+
 async def test_cancelled_caller_releases_every_response(backend: Backend) -> None:
     """
     A caller cancelled mid-hedge releases every response and leaks no connection.

@@ -12,7 +12,7 @@ import functools
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -36,6 +36,7 @@ from resilient.integrations.aiohttp import (
     default_policy,
 )
 from resilient.integrations.aiohttp import _client as client_module
+from resilient.integrations.aiohttp import _policies as policies_module
 from resilient.integrations.aiohttp._propagation import MAX_DEADLINE_MS
 from resilient.testing import FakeClock, instant_retries
 from tests.test_aiohttp_client import (  # noqa: F401  # backend, backends: fixtures
@@ -300,3 +301,65 @@ def test_middleware_keys_benchmark_quick_run() -> None:
     )
     assert "after 500 origins" in output
     assert "keys=50/50 in_flight=0" in output
+
+
+async def test_idle_half_open_breaker_does_not_pin_its_key(backend: Backend) -> None:
+    """
+    A key whose breaker is half-open with no probe in flight is dropped like any idle one.
+
+    Say a probe passed but `success_threshold` wants more, and the key is never called
+    again (a crawler's host): kept forever, such keys would grow the cache past the cap.
+    """
+    clock = FakeClock()
+    backend.answer(500)
+    middleware = ResilienceMiddleware(
+        lambda key: CircuitBreaker(
+            name=key, failure_threshold=1, success_threshold=2, reset_timeout=10, clock=clock
+        ),
+        key=by_path,
+        max_keys=1,
+    )
+    async with asyncio.timeout(GUARD), aiohttp.ClientSession(middlewares=[middleware]) as client:
+        assert (await get(client, backend.url("/down")))[0] == 500
+        clock.advance(10)
+        assert await get(client, backend.url("/down")) == (200, "ok")  # one probe passed
+        breaker = middleware.policy_for("/down")
+        assert isinstance(breaker, CircuitBreaker)
+        assert breaker.state is CircuitState.HALF_OPEN
+        for path in ("/b", "/c"):
+            assert await get(client, backend.url(path)) == (200, "ok")
+        assert held(middleware) == 1
+        assert middleware.policy_for("/down") is not breaker
+
+
+def test_keys_pinned_past_the_cap_cost_little_per_new_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    With thousands of keys that can't be dropped (breakers open, or requests in flight)
+    past the cap, a new key looks at a few of them, not all: the idleness checks grow
+    linearly with the keys, not quadratically (4,000 busy keys cost the event loop ~8 s
+    before). Once they settle, new keys bring the cache back down to the cap.
+    """
+    checks = 0
+    real_idle = policies_module._idle
+
+    def counted(entry: Any) -> bool:
+        nonlocal checks
+        checks += 1
+        return real_idle(entry)
+
+    monkeypatch.setattr(policies_module, "_idle", counted)
+    clock = FakeClock()
+    middleware = ResilienceMiddleware(
+        lambda key: CircuitBreaker(name=key, reset_timeout=60, clock=clock), max_keys=10
+    )
+    pinned = 2000
+    for n in range(pinned):
+        breaker = middleware.policy_for(f"http://down-{n}")
+        assert isinstance(breaker, CircuitBreaker)
+        breaker.trip()
+    assert held(middleware) == pinned  # all open: none may be dropped
+    assert checks < 20 * pinned  # the old code: ~2,000,000 (every key, for every new one)
+    clock.advance(60)  # every breaker would now let a probe through: all idle
+    for n in range(pinned // 10):
+        middleware.policy_for(f"http://up-{n}")
+    assert held(middleware) == 10

@@ -37,6 +37,8 @@ from resilient import (
     CircuitState,
     Event,
     StateChanged,
+    Timeout,
+    TimeoutExceeded,
 )
 from resilient._breaker_shared import STORAGE_WORKERS
 from resilient.testing import FakeClock
@@ -884,11 +886,16 @@ class BrokenStorage(pybreaker.CircuitBreakerStorage):
     A storage whose every read and write fails, as an unreachable one does.
     """
 
-    def __init__(self, error: type[Exception] = OSError) -> None:
+    def __init__(
+        self, error: type[Exception] = OSError, *, thawed: threading.Event | None = None
+    ) -> None:
         super().__init__("broken")
         self.error = error
+        self.thawed = thawed  # if given, each round trip blocks until it is set: frozen
 
     def _fail(self, *_: object) -> Any:
+        if self.thawed is not None:
+            self.thawed.wait(30)  # bounded: a failed test must not leave the thread forever
         raise self.error("storage unreachable")
 
     state = property(_fail, _fail)
@@ -1116,3 +1123,31 @@ async def test_a_failing_storage_is_logged_once_and_shown_in_the_repr(
     assert last.levelno == logging.INFO
     assert last.getMessage() == "circuit_breaker 'inventory': its storage answers again"
     assert re.search(r"shared, storage: closed failures=0 \(\d+\.\ds ago\)>$", repr(breaker))
+
+
+async def test_round_trip_outlived_by_its_caller_still_counts_as_stalled() -> None:
+    """
+    Callers whose own budget ends before `storage_timeout` (an outer Timeout) leave
+    their round trips on the stalled storage: once one has run for `storage_timeout`
+    it counts as overdue, and the next calls decide locally instead of each waiting on
+    the storage until its caller gives up too.
+    """
+    storage = BrokenStorage(thawed=threading.Event())
+    breaker = CircuitBreaker("stalled", storage=storage, storage_timeout=0.2)
+    dependency = Dependency()
+    outcomes: list[str] = []
+    try:
+        # Bounded: the old code never runs the dependency, each call times out.
+        for _ in range(100):
+            try:
+                outcomes.append(await Timeout(0.05).call(breaker.call, dependency))
+                break
+            except TimeoutExceeded:
+                outcomes.append("timed out")
+        assert outcomes[0] == "timed out"
+        assert outcomes[-1] == "ok"
+        assert "stalled, deciding locally" in repr(breaker)
+        assert await Timeout(0.05).call(breaker.call, dependency) == "ok"  # at once now
+    finally:
+        assert storage.thawed is not None
+        storage.thawed.set()

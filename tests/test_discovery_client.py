@@ -271,6 +271,23 @@ async def test_cancelled_first_call_leaves_no_view_running(
     assert not [n for n in names if "ServiceView" in n]
 
 
+async def test_close_while_a_first_call_waits_fails_it_without_cancelling_it(
+    session: aiohttp.ClientSession,
+) -> None:
+    """
+    A first call still waiting for the service's instances when `close()` runs fails
+    with a RuntimeError saying so, not a CancelledError in a task nobody cancelled.
+    """
+    client = DiscoveryClient(session, SilentRegistry())
+    waiting = asyncio.create_task(client.get("kv", "/"))
+    await asyncio.sleep(0)  # one step: the call now awaits the view's start
+    assert "kv" in client._starting
+    await client.close()
+    with pytest.raises(RuntimeError, match="closed while 'kv'"):
+        await waiting
+    assert not waiting.cancelled()
+
+
 # --- construction, the request context manager, repr ---------------------------------
 
 
@@ -364,6 +381,26 @@ async def test_async_with_get_releases_the_response_on_exit(
         await server.runner.cleanup()
 
 
+async def test_a_request_is_a_coroutine_tasks_can_run(session: aiohttp.ClientSession) -> None:
+    """
+    As aiohttp's ``session.get(...)``, what `client.get(...)` returns can be handed to
+    `asyncio.create_task` and a `TaskGroup` (it worked when `get` was an ``async def``).
+    """
+    registry = InMemoryRegistry()
+    server = await start_server("kv", "kv-1", ok)
+    await registry.register(server.instance)
+    try:
+        async with DiscoveryClient(session, registry) as client:
+            task = asyncio.create_task(client.get("kv", "/items/1"))
+            async with asyncio.TaskGroup() as group:
+                grouped = group.create_task(client.get("kv", "/items/2"))
+            for response in (await task, grouped.result()):
+                async with response:
+                    assert response.status == 200
+    finally:
+        await server.runner.cleanup()
+
+
 async def test_repr_shows_services_instances_and_balancer(
     session: aiohttp.ClientSession,
 ) -> None:
@@ -399,3 +436,30 @@ def test_the_docs_example_runs_and_prints_what_the_docs_say() -> None:
     program = next(code for kind, code in blocks if kind == "python" and "asyncio.run" in code)
     expected = next(code for kind, code in blocks if kind == "text")
     assert run_python("-c", program) == expected
+
+
+async def test_close_cancelled_midway_still_stops_every_view(
+    session: aiohttp.ClientSession,
+) -> None:
+    """
+    A `close()` cancelled while it stops the first view (``async with client:`` left by
+    a cancellation) still stops every view: none keeps following the registry.
+    """
+    registry = InMemoryRegistry()
+    client = DiscoveryClient(session, registry)
+    for service in ("a", "b", "c"):
+        await registry.register(Instance(service, "1", "127.0.0.1", 1))
+        await client.pool(service)
+    closing = asyncio.create_task(client.close())
+    await asyncio.sleep(0)  # one step: close() is now waiting for the first view to stop
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    following = [
+        task
+        for task in asyncio.all_tasks()
+        if "ServiceView" in task.get_coro().__qualname__  # type: ignore[union-attr]
+    ]
+    if following:  # the old code: two views follow the registry forever
+        _, still = await asyncio.wait(following, timeout=5)
+        assert not still

@@ -711,3 +711,28 @@ async def test_keepalive_repair_leaves_a_moved_registration_alone() -> None:
     finally:
         registry._registrations.clear()
         await registry.close()
+
+
+async def test_close_cancelled_at_once_still_stops_the_keepalives(
+    etcd_server: EtcdServer, prefix: str
+) -> None:
+    """
+    A `close()` cancelled as soon as it started (a shutdown cancelled in turn) still
+    stops every keepalive: no task keeps the closed registry's instances alive.
+    """
+    owner = EtcdRegistry(etcd_server.endpoint, prefix=prefix, ttl=10)
+    try:
+        await owner.register(instance("orders", "orders-1"))
+        await owner.register(instance("orders", "orders-2"))
+        tasks = [registration.task for registration in owner._registrations.values()]
+        closing = asyncio.create_task(owner.close())
+        await asyncio.sleep(0)  # one step: close() now waits for the keepalives to stop
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        alive = [task for task in tasks if task is not None and not task.done()]
+        if alive:  # the old code: they refresh the leases forever
+            _, still = await asyncio.wait(alive, timeout=5)
+            assert not still
+    finally:
+        await owner._gateway.close()

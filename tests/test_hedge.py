@@ -18,6 +18,7 @@ from resilient import (
     Hedge,
     HedgeSent,
     HedgeStatistics,
+    Retry,
     Timeout,
     pipeline,
     remaining_time,
@@ -248,6 +249,30 @@ async def test_non_matching_error_is_raised_once_nothing_else_runs() -> None:
     with pytest.raises(ConnectionError) as info:
         await result_of(task)
     assert info.value is primary  # the real failure, not the refusal
+
+
+@pytest.mark.parametrize("first", ["programming error", "connection error"])
+async def test_programming_error_is_raised_over_a_retryable_one(first: str) -> None:
+    """
+    When one attempt hits a programming error and another a retryable failure, the call
+    raises the programming error, whichever came last: an outer Retry must not repeat
+    the call's side effects for a bug it would hit again.
+    """
+    clock = FakeClock(auto_advance=False)
+    bug = TypeError("bug")
+    primary = (2, ConnectionError("primary")) if first == "programming error" else (2, bug)
+    hedged = (0, bug) if first == "programming error" else (0, ConnectionError("hedge"))
+    attempts = Attempts(clock, primary, hedged)
+    retry = Retry(3, clock=clock)
+    task = asyncio.create_task(retry.call(Hedge(1.0, clock=clock).call, attempts))
+    await settle()
+    clock.advance(1.0)
+    await settle(20)
+    clock.advance(1.0)
+    with pytest.raises(TypeError) as info:
+        await result_of(task)
+    assert info.value is bug
+    assert attempts.started == [1, 2]  # not retried
 
 
 async def test_refused_hedge_does_not_cancel_the_primary() -> None:

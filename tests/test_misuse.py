@@ -193,6 +193,28 @@ def test_fake_clock_refuses_time_that_cannot_be(seconds: float) -> None:
     assert clock.monotonic() == 5.0
 
 
+HUGE = 10**400  # an int too large for a float
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Timeout(HUGE), r"Timeout\(seconds=1000"),
+        (lambda: Hedge(HUGE), r"Hedge\(delay=1000"),
+        (lambda: Bulkhead(1, max_queue=1, max_wait=HUGE), r"Bulkhead\(max_wait=1000"),
+        (lambda: FakeClock().advance(HUGE), r"FakeClock\.advance\(seconds=1000"),
+    ],
+    ids=["Timeout", "Hedge", "Bulkhead", "FakeClock.advance"],
+)
+def test_an_int_too_large_for_a_float_is_a_value_error_naming_it(
+    make: Callable[[], object], message: str
+) -> None:
+    """Seconds given as an int beyond a float's range are a ValueError naming the
+    parameter, not a bare OverflowError from the conversion."""
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
 def test_fake_clock_refuses_a_non_number() -> None:
     """`FakeClock.advance("1")` is a TypeError."""
     with pytest.raises(TypeError, match=r"FakeClock\.advance"):

@@ -166,6 +166,9 @@ class Attempts:
             self._last_error = error
             raise  # the network, the server, or an inner policy: judged by the policies
         except Exception as error:
+            # Kept too: when this was the last attempt and an earlier one's failed
+            # response is already released, the caller gets this, its own error.
+            self._last_error = error
             raise NotSent(error) from error
         self._held.append(response)
         if self._failure_status(response.status):

@@ -48,13 +48,13 @@ def _resendable(kwargs: dict[str, Any]) -> bool:
     return data is None or isinstance(data, bytes | bytearray | str | dict)
 
 
-class DiscoveryRequest:
+class DiscoveryRequest(Coroutine[Any, Any, ClientResponse]):
     """
     What `DiscoveryClient.request` returns: await it, or use it with ``async with``.
 
     As aiohttp's ``session.get(...)``: ``response = await client.get(...)`` hands the
     response over (the caller releases it), ``async with client.get(...) as response:``
-    releases it on exit.
+    releases it on exit. It is a coroutine, so `asyncio.create_task` takes it too.
     """
 
     __slots__ = ("_coro", "_response")
@@ -65,6 +65,26 @@ class DiscoveryRequest:
 
     def __await__(self) -> Generator[Any, None, ClientResponse]:
         return self._coro.__await__()
+
+    # The coroutine protocol, delegated (aiohttp's request context manager does the same).
+
+    def send(self, value: Any) -> Any:
+        """
+        Resume the request with `value`.
+        """
+        return self._coro.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        """
+        Raise an exception inside the request.
+        """
+        return self._coro.throw(*args)
+
+    def close(self) -> None:
+        """
+        Close the request's coroutine.
+        """
+        self._coro.close()
 
     async def __aenter__(self) -> ClientResponse:
         self._response = await self._coro
@@ -157,8 +177,18 @@ class DiscoveryClient:
             self._starting[service] = asyncio.ensure_future(view.start())
         starting = self._starting.get(service)
         if starting is not None:
-            # Shielded: a cancelled caller must not cancel the start the others await.
-            await asyncio.shield(starting)
+            try:
+                # Shielded: a cancelled caller must not cancel the start the others await.
+                await asyncio.shield(starting)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if starting.cancelled() and task is not None and not task.cancelling():
+                    # close() stopped the start: this caller was not cancelled, and a
+                    # CancelledError would end its task silently (a TaskGroup ignores it).
+                    raise RuntimeError(
+                        f"DiscoveryClient: closed while {service!r}'s instances were awaited"
+                    ) from None
+                raise
             self._starting.pop(service, None)
         return pool
 
@@ -245,10 +275,13 @@ class DiscoveryClient:
         for starting in self._starting.values():
             starting.cancel()
         self._starting.clear()
-        for view in self._views.values():
-            await view.stop()
+        # A task per view, all started before any is awaited: a close() cancelled midway
+        # (``async with client:`` left by a cancellation) still stops every view.
+        stopping = [asyncio.ensure_future(view.stop()) for view in self._views.values()]
         self._views.clear()
         self._pools.clear()
+        if stopping:
+            await asyncio.wait(stopping)
 
     async def __aenter__(self) -> DiscoveryClient:
         return self

@@ -4,13 +4,14 @@ The policies of `ResilienceMiddleware`, one per key, in a bounded cache.
 A factory builds a key's policy on first use. Keys are unbounded in general (an origin
 per host a crawler visits, a route per id in a path), so the cache holds at most
 ``max_keys`` policies and drops the least recently used *idle* one to make room. A
-policy is idle when no request of its key is in flight and every circuit breaker in it
-is closed, or open with its ``reset_timeout`` over: dropping a busy policy would split
-one key's calls between two breakers and bulkheads, and dropping a breaker still open
-would send traffic to a host known to be down. (An open breaker nobody calls again never
-closes; once it would let a probe through, a fresh one loses only the probe limit, and
-without that the cache would keep every host that ever went down.) When more keys than
-``max_keys`` are busy or open, the cache holds them all and shrinks back as they settle.
+policy is idle when no request of its key is in flight and no circuit breaker in it is
+open with time left on its ``reset_timeout``: dropping a busy policy would split one
+key's calls between two breakers and bulkheads, and dropping a breaker still open would
+send traffic to a host known to be down. (An open breaker nobody calls again never
+closes, nor does a half-open one; once it would let a probe through, a fresh one loses
+only the probe limit, and without that the cache would keep every host that ever went
+down.) When more keys than ``max_keys`` are busy or open, the cache holds them all and
+shrinks back as they settle.
 Policies from a mapping are fixed: never dropped.
 """
 
@@ -26,6 +27,9 @@ __all__ = ["DEFAULT_MAX_KEYS", "PolicyCache"]
 
 DEFAULT_MAX_KEYS = 1000
 """Policies a middleware's factory keeps at most, idle ones dropped least recently used."""
+
+
+_SCAN = 16  # entries one shrinking pass looks at, beyond the room it must make
 
 
 class _Entry:
@@ -45,8 +49,10 @@ def _breakers(policy: Policy) -> Iterator[CircuitBreaker]:
 
 
 def _settled(breaker: CircuitBreaker) -> bool:
-    state = breaker.state
-    return state is CircuitState.CLOSED or (state is CircuitState.OPEN and not breaker.retry_in())
+    # Half-open with nothing in flight (`_idle` checks that first) is settled too: its
+    # probe ended, yet it stays half-open until the next call (success_threshold > 1,
+    # a probe cancelled or refused), which a key never called again never makes.
+    return breaker.state is not CircuitState.OPEN or not breaker.retry_in()
 
 
 def _idle(entry: _Entry) -> bool:
@@ -128,7 +134,10 @@ class PolicyCache:
 
     def _shrink(self, room: int = 0) -> None:
         # Oldest first; a busy entry goes to the back, so the next pass starts past it.
-        for _ in range(len(self._built)):
+        # A pass looks at a few entries, not all: with thousands of keys busy (or open)
+        # past the cap, a full scan per request would cost O(keys) each, O(keys^2) in all.
+        # Passes at every request's start and end still go round them all as they settle.
+        for _ in range(min(len(self._built), room + _SCAN)):
             if len(self._built) + room <= self.max_keys:
                 return
             key, entry = next(iter(self._built.items()))
