@@ -141,6 +141,7 @@ class HealthMonitor:
         liveness: bool = False,
         failures_before_unhealthy: int = 1,
         successes_before_healthy: int = 1,
+        in_thread: bool | None = None,
     ) -> None:
         """
         Register a check, run every `interval` seconds once the monitor is started.
@@ -159,6 +160,11 @@ class HealthMonitor:
             liveness: Count the check for liveness too (readiness counts every check).
             failures_before_unhealthy: Failed runs in a row before the check fails.
             successes_before_healthy: Passed runs in a row before it passes again.
+            in_thread: Where a plain callable is called: None (the default) runs an
+                ``async def`` on the loop and anything else in a thread; False calls it
+                on the loop (for ``lambda: loop.run_in_executor(...)`` and other
+                callables that need the running loop; a blocking one then blocks it);
+                True always uses a thread.
 
         Raises:
             ValueError: A duplicate name, or a parameter out of range.
@@ -189,6 +195,7 @@ class HealthMonitor:
             pass_after=check_int(
                 owner, "successes_before_healthy", successes_before_healthy, minimum=1
             ),
+            in_thread=in_thread,
         )
 
     def watch_breaker(

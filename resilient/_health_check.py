@@ -146,6 +146,8 @@ class CheckState:
         "liveness",
         "name",
         "pass_after",
+        "returned",
+        "running",
         "successes",
         "threaded",
         "timeout",
@@ -163,6 +165,7 @@ class CheckState:
         liveness: bool,
         fail_after: int,
         pass_after: int,
+        in_thread: bool | None = None,
     ) -> None:
         self.name, self.fn, self.interval, self.timeout = name, fn, interval, timeout
         self.critical, self.liveness = critical, liveness
@@ -173,9 +176,15 @@ class CheckState:
         self.duration: float | None = None
         self.failures = self.successes = 0
         # A plain (not async) callable runs in a thread of its own, so a blocking check
-        # can't stall the event loop; `worker` is its last run's thread.
-        self.threaded = not is_async_callable(fn)
+        # can't stall the event loop; `worker` is its last run's thread, `running` the
+        # answer of a threaded run in progress, which a concurrent run shares.
+        self.threaded = not is_async_callable(fn) if in_thread is None else bool(in_thread)
         self.worker: threading.Thread | None = None
+        # Set once the last threaded run's callable returned: its thread may live on for a
+        # moment after handing the answer over, which is no "previous run still running".
+        self.returned = threading.Event()
+        self.returned.set()
+        self.running: asyncio.Future[object] | None = None
 
     def record(self, passed: bool, detail: str, finished: float, duration: float) -> bool:
         """
@@ -222,6 +231,14 @@ async def run_check(check: CheckState) -> tuple[bool, str]:
             result = await check.timeout.call(_invoke, check.fn)
     except _StillRunning:
         return False, "previous run still running"
+    except _NeedsLoop:
+        if check.detail != _NEEDS_LOOP:  # once, not every interval
+            _log.warning(
+                "health check %r needs the running event loop, which its thread lacks:"
+                " make it async def, or add it with in_thread=False",
+                check.name,
+            )
+        return False, _NEEDS_LOOP
     except TimeoutExceeded as error:
         return False, f"timed out after {error.timeout:g}s"
     except asyncio.CancelledError:
@@ -236,7 +253,8 @@ async def run_check(check: CheckState) -> tuple[bool, str]:
 
 
 async def _invoke(fn: HealthCheck) -> object:
-    return await fn()  # type: ignore[misc]  # an async callable: is_async_callable said so
+    result = fn()
+    return await result if inspect.isawaitable(result) else result
 
 
 def is_async_callable(fn: object) -> bool:
@@ -255,6 +273,13 @@ class _StillRunning(Exception):  # a verdict, not an error users see
     """The previous run of a sync check has not returned yet (it timed out)."""
 
 
+_NEEDS_LOOP = "needs the event loop: make it async def or pass in_thread=False"
+
+
+class _NeedsLoop(Exception):  # a verdict, with the fix, not an error users see
+    """A check run in a thread asked for the running event loop, which a thread lacks."""
+
+
 async def _in_thread(check: CheckState) -> object:
     """
     Run a sync check in a daemon thread; await what it returns if that is awaitable.
@@ -264,8 +289,29 @@ async def _in_thread(check: CheckState) -> object:
     interpreter's exit. At most one thread per check: while it is still running the
     next run fails at once instead of starting another.
     """
-    if check.worker is not None and check.worker.is_alive():
-        raise _StillRunning
+    if check.running is not None:  # a run in progress (two check_now() at once): share it
+        return await asyncio.shield(check.running)
+    if not check.returned.is_set():
+        raise _StillRunning  # a run that timed out is still blocked in its thread
+    running = check.running = asyncio.get_running_loop().create_future()
+    try:
+        result = await _thread_run(check)
+    except BaseException as error:
+        # Waiters sharing this run fail as it did; a run cut short (its timeout) is, for
+        # them, one still running. Marked retrieved: nobody may be waiting.
+        running.set_exception(
+            _StillRunning() if isinstance(error, asyncio.CancelledError) else error
+        )
+        running.exception()
+        raise
+    else:
+        running.set_result(result)
+        return result
+    finally:
+        check.running = None
+
+
+async def _thread_run(check: CheckState) -> object:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[object] = loop.create_future()
 
@@ -280,15 +326,25 @@ async def _in_thread(check: CheckState) -> object:
     def work() -> None:
         try:
             answer: tuple[object, BaseException | None] = (check.fn(), None)
+        except RuntimeError as error:
+            answer = (None, _NeedsLoop() if _no_loop(error) else error)
         except BaseException as error:  # noqa: BLE001  # handed to the loop, not swallowed
             answer = (None, error)
+        finally:
+            check.returned.set()
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(settle, *answer)
 
+    check.returned.clear()
     check.worker = threading.Thread(target=work, name=f"health-check:{check.name}", daemon=True)
     check.worker.start()
     result = await done
     return await result if inspect.isawaitable(result) else result
+
+
+def _no_loop(error: RuntimeError) -> bool:
+    # asyncio's own words when get_running_loop() (create_task, gather, ...) has none.
+    return "no running event loop" in str(error) or "no current event loop" in str(error)
 
 
 def _verdict(result: object) -> tuple[bool, str]:

@@ -215,22 +215,37 @@ async def test_a_lambda_returning_a_coroutine_is_a_check() -> None:
     assert (switch.calls, report.checks["db"].detail) == (1, "read-only")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: a plain callable runs in a thread with no event loop, so one that"
-    " returns a future it makes on the loop (run_in_executor, create_task, gather)"
-    " fails with RuntimeError on every run; it worked on 1825b3a (run on the loop)",
-)
-async def test_a_lambda_returning_a_future_of_the_loop_is_a_check() -> None:
+async def test_a_lambda_returning_a_future_of_the_loop_is_a_check_on_the_loop() -> None:
     """
-    A callable returning a future it made on the running loop is a check, e.g.
-    ``lambda: asyncio.get_running_loop().run_in_executor(None, db.ping)``.
+    A callable returning a future it makes on the running loop, e.g.
+    ``lambda: asyncio.get_running_loop().run_in_executor(None, db.ping)``, is a check
+    when added with ``in_thread=False``: it is called on the loop and its future awaited.
+    """
+    monitor = HealthMonitor(name="svc")
+    monitor.add_check(
+        "db", lambda: asyncio.get_running_loop().run_in_executor(None, bool, 1), in_thread=False
+    )
+    report = await monitor.check_now()
+    assert report.checks["db"].healthy, report.checks["db"].detail
+
+
+async def test_a_check_needing_the_loop_in_a_thread_says_how_to_fix_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """
+    The same callable added plainly runs in a thread, which has no loop: the report and
+    one WARNING (not one per run) say to make it async def or pass in_thread=False.
     """
     monitor = monitor_with(
         ("db", lambda: asyncio.get_running_loop().run_in_executor(None, bool, 1), {})
     )
-    report = await monitor.check_now()
-    assert report.checks["db"].healthy, report.checks["db"].detail
+    with caplog.at_level(logging.WARNING, logger="resilient.health"):
+        reports = [await monitor.check_now() for _ in range(3)]
+    details = {report.checks["db"].detail for report in reports}
+    assert details == {"needs the event loop: make it async def or pass in_thread=False"}
+    assert not reports[-1].checks["db"].healthy
+    warnings = [r for r in caplog.records if "in_thread=False" in r.getMessage()]
+    assert len(warnings) == 1
 
 
 @pytest.mark.parametrize(
@@ -286,13 +301,6 @@ async def test_a_blocking_sync_check_times_out_and_parks_one_thread_at_most() ->
     assert (report.checks["db"].healthy, len(started)) == (True, 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: a sync check allows one thread at a time, so a second run while the"
-    " first is merely in progress (two check_now() at once, or one during the periodic"
-    " run) fails 'previous run still running' though nothing timed out; sharing the"
-    " answer needs care with checks that return coroutines (awaitable once)",
-)
 async def test_a_sync_check_run_in_progress_is_shared_not_failed() -> None:
     """
     A second run of a sync check while the first is still within its timeout (two
