@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import itertools
+import os
 import subprocess
 import sys
 import time
@@ -926,6 +927,22 @@ async def test_deadline_header_decreases_across_attempts(
     assert backend.header(DEADLINE_HEADER) == ["10000", "8500", "7000"]
 
 
+@pytest.mark.parametrize(
+    ("seconds", "sent"), [(1.2347, "1234"), (2.9999, "2999"), (0.0004, "1"), (7.0, "7000")]
+)
+async def test_deadline_header_rounds_down(
+    backend: Backend, clock: FakeClock, seconds: float, sent: str
+) -> None:
+    """The header never promises more than the caller has: milliseconds rounded down
+    (at least 1, so a nearly spent budget is still a deadline)."""
+    async with (
+        session(ResilienceMiddleware(retrying(clock))) as client,
+        Timeout(seconds, clock=clock),
+    ):
+        assert await get(client, backend.url()) == (200, "ok")
+    assert backend.header(DEADLINE_HEADER) == [sent]
+
+
 async def test_deadline_header_in_real_time(backend: Backend) -> None:
     """Under a real Timeout the header never exceeds the budget and never grows."""
     backend.answer(500, 500)
@@ -1041,6 +1058,58 @@ async def test_bytes_body_is_still_retried(backend: Backend, clock: FakeClock) -
     ):
         assert response.status == 200
     assert backend.attempts == 2
+
+
+def recording(bodies: list[bytes], status: int) -> Action:
+    """
+    Read the request's whole body into `bodies`, then answer with `status`.
+    """
+
+    async def act(_: Backend, request: web.Request) -> web.StreamResponse:
+        bodies.append(await request.read())
+        return web.Response(status=status, text=str(status))
+
+    return act
+
+
+async def test_file_body_that_cannot_rewind_is_never_resent(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """A PUT whose body is a file that can't seek back (a pipe) reaches the server once:
+    after its 503 the caller gets that 503, not a 200 for an empty second attempt."""
+    bodies: list[bytes] = []
+    backend.answer(recording(bodies, 503))
+    backend.forever(recording(bodies, 200))
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"important value")
+    os.close(write_end)
+    with open(read_end, "rb") as body:  # noqa: ASYNC230  # a pipe: opening never blocks
+        async with (
+            asyncio.timeout(GUARD),
+            session(ResilienceMiddleware(retrying(clock))) as client,
+            client.put(backend.url("/k"), data=body) as response,
+        ):
+            assert (response.status, await response.text()) == (503, "503")
+    assert bodies == [b"important value"]
+
+
+async def test_seekable_file_body_is_resent_whole(
+    backend: Backend, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A PUT whose body is a regular file is rewound and sent whole again after a 503."""
+    bodies: list[bytes] = []
+    backend.answer(recording(bodies, 503))
+    backend.forever(recording(bodies, 200))
+    path = tmp_path / "value"
+    path.write_bytes(b"important value")
+    with path.open("rb") as body:
+        async with (
+            asyncio.timeout(GUARD),
+            session(ResilienceMiddleware(retrying(clock))) as client,
+            client.put(backend.url("/k"), data=body) as response,
+        ):
+            assert response.status == 200
+    assert bodies == [b"important value"] * 2
 
 
 async def test_unhealthy_response_text_has_no_query_string(
