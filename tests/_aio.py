@@ -36,7 +36,7 @@ async def result_of(task: asyncio.Task[T]) -> T:
     return await task
 
 
-async def within(awaitable: Awaitable[T], seconds: float) -> T:
+async def within(awaitable: Awaitable[T], seconds: float = PROMPTLY) -> T:
     """
     Await `awaitable`; fail (TimeoutError) after `seconds` of real time instead of hanging.
     """
@@ -49,7 +49,7 @@ async def promptly(awaitable: Awaitable[T]) -> T:
     Await a call that should finish without the fake clock moving; fail, not hang, if
     it waits for the clock after all.
     """
-    return await within(awaitable, PROMPTLY)
+    return await within(awaitable)
 
 
 async def until(predicate: Callable[[], bool], *, seconds: float = 10.0) -> None:

@@ -54,6 +54,7 @@ from resilient.integrations.aiohttp import (
     parse_retry_after,
 )
 from resilient.testing import FakeClock, capture_events, instant_retries
+from tests._aio import until, within
 from tests._servers import LOCALHOST, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -358,8 +359,7 @@ async def test_hedge_overtakes_a_stalled_attempt(backend: Backend) -> None:
         session(ResilienceMiddleware({backend.origin: hedge}), connector=connector) as client,
     ):
         assert await get(client, backend.url()) == (200, "ok")
-        await asyncio.sleep(0.05)  # the cancelled loser closes its connection
-        assert acquired(connector) == 0
+        await until(lambda: acquired(connector) == 0)  # the cancelled loser closes its connection
     assert backend.attempts == 2
     assert hedge.statistics().hedge_wins == 1
 
@@ -367,17 +367,28 @@ async def test_hedge_overtakes_a_stalled_attempt(backend: Backend) -> None:
 @pytest.mark.parametrize(("method", "attempts"), [("GET", 2), ("POST", 1)])
 async def test_hedge_sends_a_post_once(backend: Backend, method: str, attempts: int) -> None:
     """A slow GET is hedged; a slow POST is not, it waits for its one attempt."""
+    second = asyncio.Event()
 
-    async def slow(_: Backend, __: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(0.2)
-        return web.Response(text="slow ok")
+    async def slow(backend: Backend, _: web.Request) -> web.StreamResponse:
+        try:  # 0.5 s is 25 hedge delays: a hedge that was sent has arrived by then
+            await within(second.wait(), 0.5)
+        except TimeoutError:
+            return web.Response(text="slow ok")  # no hedge came
+        await backend.released.wait()  # overtaken: answers only at teardown
+        return web.Response(text="late")
 
-    backend.forever(slow)
+    async def fast(_: Backend, __: web.Request) -> web.StreamResponse:
+        second.set()
+        return web.Response(text="fast ok")
+
+    backend.answer(slow)
+    backend.forever(fast)
     async with (
+        asyncio.timeout(GUARD),
         session(ResilienceMiddleware({backend.origin: Hedge(0.02)})) as client,
         client.request(method, backend.url(), data=b"once") as response,
     ):
-        assert await response.text() == "slow ok"
+        assert await response.text() == ("fast ok" if method == "GET" else "slow ok")
     assert backend.attempts == attempts
 
 
