@@ -222,6 +222,41 @@ async def test_stale_since_is_when_the_outage_began() -> None:
     assert view.status().stale_since == 101.5  # the second outage's start
 
 
+class FailingStream:
+    """
+    A watch like an HTTP stream: fails when read, and stays open until closed.
+    """
+
+    def __init__(self, closed: list[FailingStream]) -> None:
+        self.closed = closed
+
+    def __aiter__(self) -> FailingStream:
+        return self
+
+    async def __anext__(self) -> list[Instance]:
+        raise ConnectionError("stream reset")
+
+    async def aclose(self) -> None:
+        self.closed.append(self)
+
+
+async def test_view_closes_each_failed_watch_at_once() -> None:
+    """A failed watch is closed (its stream released) before the view retries, not left
+    for the garbage collector."""
+    clock = FakeClock(auto_advance=False)
+    closed: list[FailingStream] = []
+    streams: list[FailingStream] = []
+
+    class StreamingRegistry(InMemoryRegistry):
+        def watch(self, service: str) -> FailingStream:  # type: ignore[override]
+            streams.append(FailingStream(closed))
+            return streams[-1]
+
+    view = await ServiceView(StreamingRegistry(), "svc", clock=clock).start()
+    assert (streams, closed) == ([streams[0]], [streams[0]])
+    await view.stop()
+
+
 async def test_view_stop_leaves_no_task() -> None:
     """Stopping a view ends its watch task; the instances stay readable."""
     registry = InMemoryRegistry()
