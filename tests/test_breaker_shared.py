@@ -802,10 +802,10 @@ async def test_event_loop_keeps_running_while_redis_is_slow(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
     """
-    With every Redis command taking 100 ms, a ticker task on the loop never stalls for
+    With every Redis command taking 400 ms, a ticker task on the loop never stalls for
     a whole command while calls go through the breaker.
     """
-    delay = 0.1
+    delay = 0.4  # long enough that a busy machine's scheduling stalls stay well below it
     client = RecordingRedis(host=redis_server.host, port=redis_server.port, delay=delay)
     ticks: list[float] = []
     done = asyncio.Event()
