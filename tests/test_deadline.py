@@ -77,3 +77,9 @@ def test_bad_seconds_is_a_value_error_naming_it(seconds: float) -> None:
     """A negative or non-finite budget fails at once, naming `seconds`."""
     with pytest.raises(ValueError, match="seconds"), deadline(seconds):
         pass
+
+
+def test_clock_is_keyword_only() -> None:
+    """The clock is passed by name: deadline(5, clock) is a TypeError, not a clock."""
+    with pytest.raises(TypeError), deadline(5.0, FakeClock()):  # type: ignore[call-arg]
+        pass
