@@ -222,6 +222,15 @@ async def test_stale_since_is_when_the_outage_began() -> None:
     assert view.status().stale_since == 101.5  # the second outage's start
 
 
+async def test_a_view_that_never_connected_is_stale_from_its_first_failure() -> None:
+    """With the registry down from the start, stale_since is the first failure's time."""
+    clock = FakeClock(start=100.0)
+    view = await follow(ScriptedRegistry("fail", "fail", "fail"), clock)
+    assert not view.status().connected
+    assert view.status().stale_since == 100.0
+    assert clock.monotonic() == 103.5
+
+
 class FailingStream:
     """
     A watch like an HTTP stream: fails when read, and stays open until closed.
