@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import itertools
+import os
 import subprocess
 import sys
 import time
@@ -53,10 +54,11 @@ from resilient.integrations.aiohttp import (
     parse_retry_after,
 )
 from resilient.testing import FakeClock, capture_events, instant_retries
+from tests._aio import until, within
 from tests._servers import LOCALHOST, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-GUARD = 20.0  # seconds a test may take before a hang (a leaked connection) fails it
+GUARD = 60.0  # seconds before a hang (a leaked connection) fails a test; busy machines are slow
 
 # -- a scripted backend ------------------------------------------------------------------
 
@@ -357,8 +359,7 @@ async def test_hedge_overtakes_a_stalled_attempt(backend: Backend) -> None:
         session(ResilienceMiddleware({backend.origin: hedge}), connector=connector) as client,
     ):
         assert await get(client, backend.url()) == (200, "ok")
-        await asyncio.sleep(0.05)  # the cancelled loser closes its connection
-        assert acquired(connector) == 0
+        await until(lambda: acquired(connector) == 0)  # the cancelled loser closes its connection
     assert backend.attempts == 2
     assert hedge.statistics().hedge_wins == 1
 
@@ -366,17 +367,28 @@ async def test_hedge_overtakes_a_stalled_attempt(backend: Backend) -> None:
 @pytest.mark.parametrize(("method", "attempts"), [("GET", 2), ("POST", 1)])
 async def test_hedge_sends_a_post_once(backend: Backend, method: str, attempts: int) -> None:
     """A slow GET is hedged; a slow POST is not, it waits for its one attempt."""
+    second = asyncio.Event()
 
-    async def slow(_: Backend, __: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(0.2)
-        return web.Response(text="slow ok")
+    async def slow(backend: Backend, _: web.Request) -> web.StreamResponse:
+        try:  # 0.5 s is 25 hedge delays: a hedge that was sent has arrived by then
+            await within(second.wait(), 0.5)
+        except TimeoutError:
+            return web.Response(text="slow ok")  # no hedge came
+        await backend.released.wait()  # overtaken: answers only at teardown
+        return web.Response(text="late")
 
-    backend.forever(slow)
+    async def fast(_: Backend, __: web.Request) -> web.StreamResponse:
+        second.set()
+        return web.Response(text="fast ok")
+
+    backend.answer(slow)
+    backend.forever(fast)
     async with (
+        asyncio.timeout(GUARD),
         session(ResilienceMiddleware({backend.origin: Hedge(0.02)})) as client,
         client.request(method, backend.url(), data=b"once") as response,
     ):
-        assert await response.text() == "slow ok"
+        assert await response.text() == ("fast ok" if method == "GET" else "slow ok")
     assert backend.attempts == attempts
 
 
@@ -926,6 +938,22 @@ async def test_deadline_header_decreases_across_attempts(
     assert backend.header(DEADLINE_HEADER) == ["10000", "8500", "7000"]
 
 
+@pytest.mark.parametrize(
+    ("seconds", "sent"), [(1.2347, "1234"), (2.9999, "2999"), (0.0004, "1"), (7.0, "7000")]
+)
+async def test_deadline_header_rounds_down(
+    backend: Backend, clock: FakeClock, seconds: float, sent: str
+) -> None:
+    """The header never promises more than the caller has: milliseconds rounded down
+    (at least 1, so a nearly spent budget is still a deadline)."""
+    async with (
+        session(ResilienceMiddleware(retrying(clock))) as client,
+        Timeout(seconds, clock=clock),
+    ):
+        assert await get(client, backend.url()) == (200, "ok")
+    assert backend.header(DEADLINE_HEADER) == [sent]
+
+
 async def test_deadline_header_in_real_time(backend: Backend) -> None:
     """Under a real Timeout the header never exceeds the budget and never grows."""
     backend.answer(500, 500)
@@ -1041,6 +1069,58 @@ async def test_bytes_body_is_still_retried(backend: Backend, clock: FakeClock) -
     ):
         assert response.status == 200
     assert backend.attempts == 2
+
+
+def recording(bodies: list[bytes], status: int) -> Action:
+    """
+    Read the request's whole body into `bodies`, then answer with `status`.
+    """
+
+    async def act(_: Backend, request: web.Request) -> web.StreamResponse:
+        bodies.append(await request.read())
+        return web.Response(status=status, text=str(status))
+
+    return act
+
+
+async def test_file_body_that_cannot_rewind_is_never_resent(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """A PUT whose body is a file that can't seek back (a pipe) reaches the server once:
+    after its 503 the caller gets that 503, not a 200 for an empty second attempt."""
+    bodies: list[bytes] = []
+    backend.answer(recording(bodies, 503))
+    backend.forever(recording(bodies, 200))
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"important value")
+    os.close(write_end)
+    with open(read_end, "rb") as body:  # noqa: ASYNC230  # a pipe: opening never blocks
+        async with (
+            asyncio.timeout(GUARD),
+            session(ResilienceMiddleware(retrying(clock))) as client,
+            client.put(backend.url("/k"), data=body) as response,
+        ):
+            assert (response.status, await response.text()) == (503, "503")
+    assert bodies == [b"important value"]
+
+
+async def test_seekable_file_body_is_resent_whole(
+    backend: Backend, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A PUT whose body is a regular file is rewound and sent whole again after a 503."""
+    bodies: list[bytes] = []
+    backend.answer(recording(bodies, 503))
+    backend.forever(recording(bodies, 200))
+    path = tmp_path / "value"
+    path.write_bytes(b"important value")
+    with path.open("rb") as body:
+        async with (
+            asyncio.timeout(GUARD),
+            session(ResilienceMiddleware(retrying(clock))) as client,
+            client.put(backend.url("/k"), data=body) as response,
+        ):
+            assert response.status == 200
+    assert bodies == [b"important value"] * 2
 
 
 async def test_unhealthy_response_text_has_no_query_string(

@@ -908,27 +908,37 @@ def test_bad_parameter_raises_naming_it(
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "failures"),
     [
-        {"failure_threshold": 1, "success_threshold": 1, "half_open_max_calls": 1},
-        {"reset_timeout": 0.001},
-        {"reset_timeout": 5},
-        {
-            "failure_rate": 1,
-            "slow_call_rate": 1.0,
-            "slow_call_duration": 1.0,
-            "window": 1,
-            "min_calls": 1,
-        },
-        {"window_duration": 0.5, "min_calls": 1},
-        {"exclude": lambda error: False},
+        ({"failure_threshold": 1, "success_threshold": 1, "half_open_max_calls": 1}, 1),
+        ({"reset_timeout": 0.001}, 5),
+        ({"reset_timeout": 5}, 5),
+        (
+            {
+                "failure_rate": 1,
+                "slow_call_rate": 1.0,
+                "slow_call_duration": 1.0,
+                "window": 1,
+                "min_calls": 1,
+            },
+            1,
+        ),
+        ({"window_duration": 0.5, "min_calls": 1}, 1),
+        ({"exclude": lambda error: False}, 5),
     ],
 )
-def test_edge_values_are_accepted(kwargs: dict[str, Any]) -> None:
-    """Boundary values that are in range construct a closed breaker."""
-    breaker = CircuitBreaker(**kwargs)
+async def test_edge_values_are_accepted(kwargs: dict[str, Any], failures: int) -> None:
+    """Boundary values in range build a breaker that honours them: it opens on the failure
+    they imply and not before, and a probe once reset_timeout has passed closes it."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(clock=clock, **kwargs)
+    await fail(breaker, failures - 1)
     assert breaker.state is CLOSED
-    assert breaker.statistics().calls == 0
+    await fail(breaker)
+    assert breaker.state is OPEN
+    clock.advance(kwargs.get("reset_timeout", 30.0))
+    await succeed(breaker)
+    assert breaker.state is CLOSED
 
 
 def test_slow_call_rate_needs_slow_call_duration() -> None:

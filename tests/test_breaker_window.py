@@ -405,16 +405,25 @@ def test_min_calls_above_the_default_window_is_rejected() -> None:
         CircuitBreaker(min_calls=101)
 
 
-def test_min_calls_may_equal_the_window() -> None:
-    """min_calls equal to the window size is allowed."""
-    breaker = CircuitBreaker(window=10, min_calls=10)
-    assert breaker.failure_threshold is None
-
-
-def test_time_window_has_no_min_calls_ceiling() -> None:
-    """A time window accepts any positive min_calls."""
-    breaker = CircuitBreaker(window_duration=1.0, min_calls=10_000)
+async def test_min_calls_may_equal_the_window() -> None:
+    """min_calls equal to the window size is allowed, and judges from the window's last call."""
+    breaker = CircuitBreaker(failure_rate=1.0, window=10, min_calls=10, clock=FakeClock())
+    await run(breaker, "F" * 9)
     assert breaker.state is CLOSED
+    await run(breaker, "F")
+    assert breaker.state is OPEN
+
+
+async def test_time_window_has_no_min_calls_ceiling() -> None:
+    """A time window accepts any positive min_calls and keeps it: 9,999 failures in a row
+    leave min_calls=10_000 closed, the 10,000th opens it."""
+    breaker = CircuitBreaker(
+        failure_rate=1.0, window_duration=1.0, min_calls=10_000, clock=FakeClock()
+    )
+    await run(breaker, "F" * 9_999)
+    assert breaker.state is CLOSED
+    await run(breaker, "F")
+    assert breaker.state is OPEN
 
 
 def test_shared_storage_refuses_window_mode() -> None:

@@ -8,8 +8,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -24,23 +23,11 @@ from resilient import (
     ResilienceError,
 )
 from resilient.testing import FakeClock
-
-T = TypeVar("T")
+from tests._aio import settle, within
 
 
 class Boom(Exception):
     """The dependency's failure in these tests."""
-
-
-async def within(awaitable: Awaitable[T], seconds: float = 2.0) -> T:
-    """Await, but fail (TimeoutError) instead of hanging when a bug strands the call."""
-    async with asyncio.timeout(seconds):
-        return await awaitable
-
-
-async def settle(rounds: int = 5) -> None:
-    for _ in range(rounds):
-        await asyncio.sleep(0)
 
 
 class Held:
@@ -205,7 +192,7 @@ async def test_decorated_function_is_limited() -> None:
     first = asyncio.create_task(guarded())
     await settle()
     with pytest.raises(BulkheadFullError):
-        await guarded()
+        await within(guarded())
     gate.set()
     assert await within(first) == "done"
 

@@ -26,6 +26,7 @@ from resilient import (
 )
 from resilient.integrations.prometheus import track_discovery
 from resilient.testing import FakeClock
+from tests._aio import promptly
 
 A = Instance("svc", "svc-1", "127.0.0.1", 9001, metadata={"zone": "a"})
 B = Instance("svc", "svc-2", "::1", 9002, scheme="https")
@@ -140,8 +141,7 @@ async def test_view_keeps_last_instances_while_registry_is_down(
     status = view.status()
     assert not status.connected
     assert status.detail == "watch failed: ConnectionError"
-    assert status.stale_since is not None
-    assert status.stale_since >= 100.0
+    assert status.stale_since == 100.0  # when the outage began, not the last retry
     assert view.instances == [A]  # the last known view, not nothing
     assert "password" not in caplog.text
     assert "ConnectionError" in caplog.text
@@ -150,6 +150,119 @@ async def test_view_keeps_last_instances_while_registry_is_down(
     assert healed == [A, B]
     assert view.status().connected
     assert clock.sleeps  # backoff slept on the injected clock, not in real time
+    await view.stop()
+
+
+class ScriptedRegistry(InMemoryRegistry):
+    """
+    A registry whose watches follow a script, one step per watch: ``"fail"`` fails at
+    once, ``"serve"`` yields the current instances and then fails. Once the script is
+    used up a watch waits forever and `idle` is set: the view has nothing left to do.
+    """
+
+    def __init__(self, *script: str) -> None:
+        super().__init__()
+        self.script = list(script)
+        self.idle = asyncio.Event()
+
+    async def watch(self, service: str) -> AsyncGenerator[list[Instance], None]:
+        if not self.script:
+            self.idle.set()
+            await asyncio.Event().wait()
+        if self.script.pop(0) == "serve":
+            yield await self.instances(service)
+        raise ConnectionError("registry down")
+
+
+async def follow(registry: ScriptedRegistry, clock: FakeClock) -> ServiceView:
+    """
+    Run a view (retry_delay 0.5 s) through the registry's whole script; return it stopped.
+    """
+    view = await ServiceView(registry, "svc", retry_delay=0.5, clock=clock).start()
+    try:
+        await promptly(registry.idle.wait())
+    finally:
+        await view.stop()
+    return view
+
+
+async def test_view_backoff_doubles_up_to_ten_seconds() -> None:
+    """While the registry stays down, restarts wait 0.5, 1, 2, 4, 8 s, then 10 s each."""
+    clock = FakeClock()
+    await follow(ScriptedRegistry(*["fail"] * 8), clock)
+    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0]
+
+
+async def test_view_backoff_starts_over_after_a_recovery() -> None:
+    """A watch that delivers a snapshot resets the backoff: the next outage waits 0.5 s first."""
+    clock = FakeClock()
+    await follow(ScriptedRegistry("fail", "fail", "fail", "serve", "fail", "fail"), clock)
+    assert clock.sleeps == [0.5, 1.0, 2.0, 0.5, 1.0, 2.0]
+
+
+async def test_stale_since_is_when_the_outage_began() -> None:
+    """Through a 275.5 s outage stale_since stays at its start (failed restarts don't move
+    it), so the exported stale seconds grow with the outage; a recovery starts it over."""
+    clock = FakeClock(start=100.0)
+    registry = ScriptedRegistry("serve", *["fail"] * 30)
+    await registry.register(A)
+    metrics = CollectorRegistry()
+    view = await follow(registry, clock)
+    track_discovery(view, registry=metrics)
+    assert sum(clock.sleeps) == 275.5
+    assert clock.monotonic() == 375.5
+    assert view.status().stale_since == 100.0
+    stale = metrics.get_sample_value("resilient_discovery_stale_seconds", {"service": "svc"})
+    assert stale == 275.5
+    assert view.instances == [A]
+
+    clock = FakeClock(start=100.0)
+    view = await follow(ScriptedRegistry("fail", "fail", "serve", "fail", "fail"), clock)
+    assert clock.sleeps == [0.5, 1.0, 0.5, 1.0, 2.0]
+    assert view.status().stale_since == 101.5  # the second outage's start
+
+
+async def test_a_view_that_never_connected_is_stale_from_its_first_failure() -> None:
+    """With the registry down from the start, stale_since is the first failure's time."""
+    clock = FakeClock(start=100.0)
+    view = await follow(ScriptedRegistry("fail", "fail", "fail"), clock)
+    assert not view.status().connected
+    assert view.status().stale_since == 100.0
+    assert clock.monotonic() == 103.5
+
+
+class FailingStream:
+    """
+    A watch like an HTTP stream: fails when read, and stays open until closed.
+    """
+
+    def __init__(self, closed: list[FailingStream]) -> None:
+        self.closed = closed
+
+    def __aiter__(self) -> FailingStream:
+        return self
+
+    async def __anext__(self) -> list[Instance]:
+        raise ConnectionError("stream reset")
+
+    async def aclose(self) -> None:
+        self.closed.append(self)
+
+
+async def test_view_closes_each_failed_watch_at_once() -> None:
+    """A failed watch is closed (its stream released) before the view retries, not left
+    for the garbage collector."""
+    clock = FakeClock(auto_advance=False)
+    closed: list[FailingStream] = []
+    streams: list[FailingStream] = []
+
+    class StreamingRegistry(InMemoryRegistry):
+        def watch(self, service: str) -> FailingStream:  # type: ignore[override]
+            streams.append(FailingStream(closed))
+            return streams[-1]
+
+    view = await ServiceView(StreamingRegistry(), "svc", clock=clock).start()
+    assert (streams, closed) == ([streams[0]], [streams[0]])
     await view.stop()
 
 
@@ -203,7 +316,7 @@ async def test_discovery_check_degrades_health_while_stale() -> None:
 
 async def test_prometheus_exports_discovery_state() -> None:
     """track_discovery exports connected, stale seconds and instance count per service."""
-    clock = FakeClock(start=50.0)
+    clock = FakeClock(start=50.0, auto_advance=False)
     registry = FlakyRegistry()
     await registry.register(A)
     view = await ServiceView(registry, "svc", clock=clock).start()
@@ -218,8 +331,7 @@ async def test_prometheus_exports_discovery_state() -> None:
     clock.advance(7.0)
     assert metrics.get_sample_value("resilient_discovery_connected", {"service": "svc"}) == 0.0
     stale = metrics.get_sample_value("resilient_discovery_stale_seconds", {"service": "svc"})
-    assert stale is not None
-    assert stale >= 7.0
+    assert stale == 7.0
     await view.stop()
 
 

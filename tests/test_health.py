@@ -28,6 +28,7 @@ from resilient import (
     Instance,
 )
 from resilient.testing import FakeClock
+from tests._aio import promptly
 
 HEALTHY, DEGRADED, UNHEALTHY = HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY
 INSTANCE = Instance("orders", "orders-1", "127.0.0.1", 8080)
@@ -341,7 +342,7 @@ async def test_slow_check_times_out() -> None:
     assert not task.done()
     clock.advance(0.1)
     await settle()
-    report = (await task).checks["db"]
+    report = (await promptly(task)).checks["db"]
     assert (report.healthy, report.detail) == (False, "timed out after 1.5s")
     assert report.duration == pytest.approx(1.5)
 
@@ -386,10 +387,10 @@ async def test_cancelling_check_now_is_not_swallowed() -> None:
 
     monitor = monitor_with(("db", hangs, {"timeout": 60}))
     task = asyncio.create_task(monitor.check_now())
-    await started.wait()
+    await promptly(started.wait())
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await task
+        await promptly(task)
     assert task.cancelled()
     assert monitor.report().checks["db"].last_checked is None
 
@@ -591,7 +592,7 @@ async def test_stop_leaves_no_tasks_behind() -> None:
     monitor = monitor_with(("db", Switch(), {}), ("cache", Switch(), {}), clock=clock)
     monitor.on_transition(remediate)
     await monitor.start()
-    await hook_started.wait()
+    await promptly(hook_started.wait())
     assert len(asyncio.all_tasks() - before) == 3  # two check loops and the hook
     await monitor.stop()
     assert hook_cancelled.is_set()
@@ -619,7 +620,7 @@ async def test_stop_while_a_check_runs_cancels_it() -> None:
     assert runs == ["started"]
     start.cancel()  # start() waits for the first round: cancelling it is allowed
     with pytest.raises(asyncio.CancelledError):
-        await start
+        await promptly(start)
     assert runs == ["started", "cancelled"]
     assert "running" not in repr(monitor)
 

@@ -125,7 +125,7 @@ async def test_first_attempt_can_still_win_after_hedge() -> None:
 
 
 async def test_real_clock_hedge_wins() -> None:
-    """On the real clock, a hedge sent after 0.02 s answers before a 0.2 s first attempt."""
+    """On the real clock, a hedge sent after 0.02 s answers long before a 10 s first attempt."""
     started = time.monotonic()
     cancelled: list[str] = []
     calls: list[int] = []
@@ -134,7 +134,7 @@ async def test_real_clock_hedge_wins() -> None:
         calls.append(len(calls) + 1)
         if len(calls) == 1:
             try:
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(10)
             except asyncio.CancelledError:
                 cancelled.append("first")
                 raise
@@ -142,7 +142,7 @@ async def test_real_clock_hedge_wins() -> None:
         return "fast"
 
     assert await Hedge(0.02).call(attempt) == "fast"
-    assert time.monotonic() - started < 0.15
+    assert time.monotonic() - started < 5.0  # the first attempt was not waited for
     await settle()
     assert cancelled == ["first"]
     assert others() == set()
@@ -277,13 +277,18 @@ async def test_programming_error_is_raised_over_a_retryable_one(first: str) -> N
 
 async def test_refused_hedge_does_not_cancel_the_primary() -> None:
     """A hedge refused by an inner bulkhead leaves the primary running; it answers."""
-    hedged = pipeline(Hedge(0.01), Bulkhead(1))
-
-    async def answer() -> str:
-        await asyncio.sleep(0.05)
-        return "ok"
-
-    assert await hedged.call(answer) == "ok"
+    clock = FakeClock(auto_advance=False)
+    bulkhead = Bulkhead(1)
+    attempts = Attempts(clock, (2.0, "primary"), (0, "hedge"))
+    task = asyncio.create_task(pipeline(Hedge(1.0, clock=clock), bulkhead).call(attempts))
+    await settle()
+    clock.advance(1.0)  # the hedge is sent, and the full bulkhead refuses it
+    await settle()
+    assert bulkhead.statistics().rejected == 1
+    assert not task.done()
+    clock.advance(1.0)
+    assert await result_of(task) == "primary"
+    assert (attempts.started, attempts.cancelled) == ([1], [])
 
 
 async def test_losers_have_unwound_when_the_call_returns() -> None:
@@ -297,7 +302,7 @@ async def test_losers_have_unwound_when_the_call_returns() -> None:
         calls += 1
         number = calls
         try:
-            await asyncio.sleep(0.2 if number == 1 else 0.01)
+            await asyncio.sleep(10 if number == 1 else 0.01)
             return number
         finally:
             cleaned.append(number)
@@ -387,7 +392,7 @@ async def test_context_reaches_hedged_attempts_real_clock() -> None:
     async def attempt() -> str:
         seen.append(request_id.get())
         if len(seen) == 1:
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(10)  # cancelled when the hedge answers
         return "done"
 
     async def caller() -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from resilient import CircuitBreaker, Hedge, Retry, no_retries, pipeline
 from resilient.testing import FakeClock, instant_retries
+from tests._aio import result_of, settle
 
 
 class Flaky:
@@ -53,20 +54,32 @@ async def test_breaker_still_counts_the_failure() -> None:
 
 
 async def test_hedge_sends_no_extra_attempt_inside_no_retries() -> None:
-    """Inside no_retries() Hedge runs the call once, in the caller's task."""
+    """Inside no_retries() Hedge runs a call slower than its delay once, in the caller's
+    task; the same call outside the block is hedged."""
     clock = FakeClock(auto_advance=False)
+    hedge = Hedge(1.0, clock=clock)
     started: list[asyncio.Task[object] | None] = []
 
     async def slow() -> str:
         started.append(asyncio.current_task())
-        await asyncio.sleep(0)
+        await clock.sleep(2.0)
         return "done"
 
-    hedge = Hedge(0.001, clock=clock)
-    with no_retries():
-        assert await hedge.call(slow) == "done"
-    assert started == [asyncio.current_task()]
-    assert hedge.statistics().hedges == 0
+    async def once() -> str:
+        with no_retries():
+            return await hedge.call(slow)
+
+    for call, attempts in ((hedge.call(slow), 2), (once(), 1)):
+        started.clear()
+        task = asyncio.create_task(call)
+        await settle()
+        clock.advance(1.0)  # past the delay: a hedge is due
+        await settle()
+        assert len(started) == attempts
+        clock.advance(1.0)
+        assert await result_of(task) == "done"
+    assert started == [task]
+    assert hedge.statistics().hedges == 1  # the one sent outside no_retries()
 
 
 async def test_no_retries_reaches_tasks_started_inside() -> None:

@@ -6,6 +6,7 @@ should for real policy calls (fake clock, instant retries), and the exposition i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import threading
@@ -104,6 +105,34 @@ async def test_success_is_counted_and_its_duration_observed(
     assert sample(registry, bucket, le="0.25", **labels) == 1
     assert sample(registry, bucket, le="+Inf", **labels) == 1
     assert sample(registry, "resilient_call_duration_seconds_sum", **labels) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["success", "failure"])
+async def test_a_call_lasting_exactly_a_bound_is_in_that_bucket(
+    registry: CollectorRegistry, metrics: ResilienceMetrics, failing: bool
+) -> None:
+    """Through real calls, a duration equal to a bucket's bound counts in that bucket
+    (le means <=), for every default bound, whether the call answers or fails."""
+
+    async def lasting(clock: FakeClock, seconds: float) -> str:
+        await clock.sleep(seconds)
+        if failing:
+            raise ValueError("boom")
+        return "ok"
+
+    for bound in DEFAULT_BUCKETS:
+        clock = FakeClock()  # from 0: the measured duration is the bound, to the bit
+        breaker = CircuitBreaker(name="db", clock=clock, hooks=[metrics])
+        with contextlib.suppress(ValueError):
+            await breaker.call(lasting, clock, bound)
+    labels = {"kind": "circuit_breaker", "policy": "db"}
+    for count, text in enumerate(bucket_labels(), start=1):
+        assert sample(registry, "resilient_call_duration_seconds_bucket", le=text, **labels) == (
+            count
+        )
+    assert calls(registry, "circuit_breaker", "db", "failure" if failing else "success") == len(
+        DEFAULT_BUCKETS
+    )
 
 
 async def test_failure_is_counted_and_observed(
