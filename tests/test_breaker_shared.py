@@ -658,13 +658,19 @@ async def drive(breaker: CircuitBreaker, ops: str) -> dict[str, Any]:
     }
 
 
-def redis_breaker(client: redis.Redis, namespace: str) -> CircuitBreaker:
+def redis_breaker(
+    client: redis.Redis, namespace: str, *, storage_timeout: float = 1.0
+) -> CircuitBreaker:
     """
     A breaker (threshold 3) whose state lives in Redis under `namespace`.
     """
     storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client, namespace=namespace)
     return CircuitBreaker(
-        "shared", storage=storage, failure_threshold=3, reset_timeout=RESET_TIMEOUT
+        "shared",
+        storage=storage,
+        failure_threshold=3,
+        reset_timeout=RESET_TIMEOUT,
+        storage_timeout=storage_timeout,
     )
 
 
@@ -828,7 +834,8 @@ async def test_event_loop_keeps_running_while_redis_is_slow(
             await asyncio.sleep(0.005)
 
     try:
-        breaker = redis_breaker(client, namespace())
+        # A round trip makes several commands: its bound must not cut the slow ones short.
+        breaker = redis_breaker(client, namespace(), storage_timeout=20 * delay)
         client.threads.clear()
         ticking = asyncio.create_task(ticker())
         await asyncio.sleep(0)
