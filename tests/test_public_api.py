@@ -73,6 +73,10 @@ INTERNAL = {
         "retryable_by_default",
     },
     "_watchdog": {"Watched", "Watchdog", "Watchdogs"},  # the engine of Timeout
+    "_bulkhead": {"shedding"},  # its repr's tail, shared with AdaptiveConcurrency
+    "_priority": {"parse_priority"},  # for the aiohttp server reading the priority header
+    # The bulkhead's priority queue, shared with AdaptiveConcurrency.
+    "_wait_queue": {"GRANTED", "TIMED_OUT", "Outcome", "Waiter", "enqueue", "ewma", "leave"},
     "_callables": {"awaitable_checked", "check_async", "label"},  # behind Policy's methods
     # Behind Policy._emit; users configure the `resilient.<kind>` loggers, not these.
     "_logging": {"DecisionLog", "decision_log", "level_of"},
