@@ -176,8 +176,8 @@ class Bulkhead(Policy):
         ):
             self._in_flight += 1
             self._accepted += 1
-        else:
-            await self.__aenter__()
+        elif not self._take_free_slot():  # (another thread's loop used it last)
+            await self._wait_for_slot()
             return await self._timed(fn, args, kwargs)
         try:
             return await fn(*args, **kwargs)
