@@ -33,7 +33,8 @@ from ._events import Hook, Rejected, RejectionReason
 from ._limit_algorithms import Gradient2, LimitAlgorithm
 from ._policy import Args, AsyncFn, Kwargs
 from ._validate import check_int, check_seconds, error_matcher
-from ._wait_queue import GRANTED, ewma
+from ._wait_queue import GRANTED
+from ._wait_queue import SERVICE_TIME_WEIGHT as WEIGHT
 
 __all__ = ["AdaptiveConcurrency", "AdaptiveConcurrencyStatistics"]
 
@@ -144,7 +145,8 @@ class AdaptiveConcurrency(Bulkhead):
             dropped = error is not None and self._overload(error)
             self._dropped += dropped
             rtt = self._monotonic() - started
-            self._service_time = ewma(self._service_time, rtt)
+            average = self._service_time  # _wait_queue.ewma, inlined: every call pays it
+            self._service_time = rtt if not average else average + WEIGHT * (rtt - average)
             self.max_concurrent = self.algorithm.update(
                 self.max_concurrent, rtt, in_flight, dropped
             )

@@ -22,7 +22,16 @@ from typing import Final, TypeAlias
 from ._events import RejectionReason
 from ._priority import Priority
 
-__all__ = ["GRANTED", "TIMED_OUT", "Outcome", "Waiter", "enqueue", "ewma", "leave"]
+__all__ = [
+    "GRANTED",
+    "SERVICE_TIME_WEIGHT",
+    "TIMED_OUT",
+    "Outcome",
+    "Waiter",
+    "enqueue",
+    "ewma",
+    "leave",
+]
 
 Outcome: TypeAlias = "bool | RejectionReason"
 

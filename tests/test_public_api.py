@@ -76,7 +76,16 @@ INTERNAL = {
     "_bulkhead": {"shedding"},  # its repr's tail, shared with AdaptiveConcurrency
     "_priority": {"parse_priority"},  # for the aiohttp server reading the priority header
     # The bulkhead's priority queue, shared with AdaptiveConcurrency.
-    "_wait_queue": {"GRANTED", "TIMED_OUT", "Outcome", "Waiter", "enqueue", "ewma", "leave"},
+    "_wait_queue": {
+        "GRANTED",
+        "SERVICE_TIME_WEIGHT",
+        "TIMED_OUT",
+        "Outcome",
+        "Waiter",
+        "enqueue",
+        "ewma",
+        "leave",
+    },
     "_callables": {"awaitable_checked", "check_async", "label"},  # behind Policy's methods
     # Behind Policy._emit; users configure the `resilient.<kind>` loggers, not these.
     "_logging": {"DecisionLog", "decision_log", "level_of"},
