@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import test_utils, web
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
@@ -43,8 +43,7 @@ from resilient.integrations.aiohttp import (
     resilience_middleware,
 )
 from resilient.integrations.aiohttp._admission import refusal_response
-from tests._servers import LOCALHOST
-from tests._web import Serve
+from tests._web import Get, Serve, json_body, live_app
 
 Json = dict[str, Any]
 
@@ -95,12 +94,7 @@ async def fetch(
 ) -> tuple[int, Json, Mapping[str, str]]:
     """GET `url`; the status, the JSON body ({} when not JSON) and the headers."""
     async with client.get(url, headers=headers) as response:
-        text = await response.text()
-        try:
-            body = json.loads(text)
-        except ValueError:
-            body = {}
-        return response.status, body if isinstance(body, dict) else {}, response.headers
+        return response.status, json_body(await response.text()), response.headers
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -179,35 +173,17 @@ hostile = st.one_of(
 
 
 @pytest.fixture
-def live() -> Iterator[Callable[[Mapping[str, str]], tuple[int, Json]]]:
+def live() -> Iterator[Get]:
     """One server and client for a whole hypothesis run, on a loop of their own."""
-    with asyncio.Runner() as runner:
-        server = test_utils.TestServer(guarded_app(Bulkhead(5), Gate()), host=LOCALHOST)
-        runner.run(server.start_server())
-        session = runner.run(_open_session())
-
-        def request(headers: Mapping[str, str]) -> tuple[int, Json]:
-            status, body, _ = runner.run(fetch(session, server.make_url("/ok"), headers))
-            return status, body
-
-        try:
-            yield request
-        finally:
-            runner.run(session.close())
-            runner.run(server.close())
-
-
-async def _open_session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession()
+    with live_app(guarded_app(Bulkhead(5), Gate()), "/ok") as get:
+        yield get
 
 
 @settings(
     max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(value=hostile)
-def test_fuzzed_priority_header_never_fails_the_request(
-    live: Callable[[Mapping[str, str]], tuple[int, Json]], value: str
-) -> None:
+def test_fuzzed_priority_header_never_fails_the_request(live: Get, value: str) -> None:
     """Any priority header gets a 200; only a priority's name (any case) sets it."""
     status, body = live({PRIORITY_HEADER: value})
     name = value.strip().upper()

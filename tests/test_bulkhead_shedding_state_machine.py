@@ -26,6 +26,7 @@ from hypothesis.stateful import (
 
 from resilient import Bulkhead, BulkheadFullError, Priority, RejectionReason, deadline, priority
 from resilient.testing import FakeClock
+from tests._aio import settle
 
 T = TypeVar("T")
 FULL, SHED = RejectionReason.BULKHEAD_FULL, RejectionReason.PRIORITY_SHED
@@ -77,11 +78,6 @@ class Call:
             return "rejected"
         assert error is None, error
         return "finished"
-
-
-async def settle() -> None:
-    for _ in range(10):
-        await asyncio.sleep(0)
 
 
 class SheddingMachine(RuleBasedStateMachine):
@@ -182,14 +178,14 @@ class SheddingMachine(RuleBasedStateMachine):
             call.task = self.loop.create_task(call.enter(self.bulkhead, self.clock))
             self.calls.append(call)
             self.admit(call)
-            self.run(settle())
+            self.run(settle(10))
 
     @precondition(lambda self: bool(self.running))
     @rule(data=st.data())
     def finish_running(self, data: st.DataObject) -> None:
         call = data.draw(st.sampled_from(self.running))
         call.gate.set()
-        self.run(settle())
+        self.run(settle(10))
         self.running.remove(call)
         call.expected = "finished"
         if call.started is not None:  # it came through the queue: a sample
@@ -197,7 +193,7 @@ class SheddingMachine(RuleBasedStateMachine):
             average = self.service_time
             self.service_time = duration if not average else average + 0.1 * (duration - average)
         self.hand_over()
-        self.run(settle())
+        self.run(settle(10))
 
     @precondition(lambda self: bool(self.running))
     @rule(data=st.data())
@@ -205,11 +201,11 @@ class SheddingMachine(RuleBasedStateMachine):
         call = data.draw(st.sampled_from(self.running))
         assert call.task is not None
         call.task.cancel()
-        self.run(settle())
+        self.run(settle(10))
         self.running.remove(call)
         call.expected = "cancelled"
         self.hand_over()
-        self.run(settle())
+        self.run(settle(10))
 
     @precondition(lambda self: bool(self.queue))
     @rule(data=st.data())
@@ -217,7 +213,7 @@ class SheddingMachine(RuleBasedStateMachine):
         call = data.draw(st.sampled_from(self.queue))
         assert call.task is not None
         call.task.cancel()
-        self.run(settle())
+        self.run(settle(10))
         self.queue.remove(call)
         call.expected = "cancelled"
 
@@ -225,7 +221,7 @@ class SheddingMachine(RuleBasedStateMachine):
     def advance(self, seconds: int) -> None:
         async def step() -> None:
             self.clock.advance(seconds)
-            await settle()
+            await settle(10)
 
         self.run(step())
         self.expire()
@@ -267,7 +263,7 @@ class SheddingMachine(RuleBasedStateMachine):
             for call in self.calls:
                 assert call.task is not None
                 call.task.cancel()
-            self.run(settle())
+            self.run(settle(10))
             if self._bulkhead is not None:
                 assert (self.bulkhead.in_flight, self.bulkhead.queued) == (0, 0)
         finally:

@@ -80,6 +80,18 @@ async def within(awaitable: Awaitable[T], seconds: float = 2.0) -> T:
         return await awaitable
 
 
+async def queued_then_running(bulkhead: Bulkhead, log: list[str]) -> Held:
+    """A call that waited in the queue (so it is timed) and now holds the slot."""
+    running = Held(bulkhead, log, "running")
+    await settle()
+    queued = Held(bulkhead, log, "queued")
+    await settle()
+    await running.release()
+    await settle()
+    assert log[-1] == "queued"
+    return queued
+
+
 def reason_of(held: Held) -> RejectionReason:
     error = held.error()
     assert isinstance(error, BulkheadFullError | ConcurrencyLimitError), error
@@ -277,12 +289,7 @@ async def test_a_deadline_shorter_than_the_service_time_is_refused_or_leaves_ear
     clock = FakeClock(auto_advance=False)
     bulkhead = Bulkhead(1, max_queue=3, clock=clock)
     log: list[str] = []
-    running = Held(bulkhead, log, "running")
-    await settle()
-    queued = Held(bulkhead, log, "queued")
-    await settle()
-    await running.release()
-    await settle()
+    queued = await queued_then_running(bulkhead, log)
     clock.advance(1.0)
     await queued.release()  # it waited in the queue, so its 1.0 s is a sample
     assert bulkhead.statistics().service_time == pytest.approx(1.0)
@@ -311,13 +318,7 @@ async def test_a_cancelled_queued_call_is_not_a_service_time_sample() -> None:
     """Only queued calls that ran to an end (success or failure) move the average."""
     clock = FakeClock(auto_advance=False)
     bulkhead = Bulkhead(1, max_queue=1, clock=clock)
-    log: list[str] = []
-    running = Held(bulkhead, log, "running")
-    await settle()
-    queued = Held(bulkhead, log, "queued")
-    await settle()
-    await running.release()
-    await settle()
+    queued = await queued_then_running(bulkhead, [])
     clock.advance(5.0)
     queued.task.cancel()
     await settle()
