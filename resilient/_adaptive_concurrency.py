@@ -9,8 +9,8 @@ beyond the limit wait in the bulkhead's bounded FIFO queue (for at most `max_wai
 are rejected with `ConcurrencyLimitError`. The queue is the bulkhead's own; only the
 release differs: a freed slot goes to a waiter only while the calls in flight are below
 the limit (which may have shrunk), and a grown limit admits several waiters at once.
-So the queue sheds by priority and deadline as the bulkhead's does (docs/overload.md),
-with every finished call a sample of the service time.
+So the queue sheds by priority and deadline as the bulkhead's does (docs/overload.md);
+a call that finishes while others wait is a sample of the service time.
 
 Which failures are samples of overload is `overload_on` (default: any `Exception`). A
 cancelled call is not a sample (its latency says nothing about the dependency), nor is
@@ -33,8 +33,7 @@ from ._events import Hook, Rejected, RejectionReason
 from ._limit_algorithms import Gradient2, LimitAlgorithm
 from ._policy import Args, AsyncFn, Kwargs
 from ._validate import check_int, check_seconds, error_matcher
-from ._wait_queue import GRANTED
-from ._wait_queue import SERVICE_TIME_WEIGHT as WEIGHT
+from ._wait_queue import GRANTED, ewma
 
 __all__ = ["AdaptiveConcurrency", "AdaptiveConcurrencyStatistics"]
 
@@ -145,8 +144,8 @@ class AdaptiveConcurrency(Bulkhead):
             dropped = error is not None and self._overload(error)
             self._dropped += dropped
             rtt = self._monotonic() - started
-            average = self._service_time  # _wait_queue.ewma, inlined: every call pays it
-            self._service_time = rtt if not average else average + WEIGHT * (rtt - average)
+            if self._waiters:  # saturated: only then does the queue read the service time
+                self._service_time = ewma(self._service_time, rtt)
             self.max_concurrent = self.algorithm.update(
                 self.max_concurrent, rtt, in_flight, dropped
             )

@@ -6,7 +6,6 @@ the policy's slots, queue and rejections, the limit in statistics, cancellation,
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import pickle
 
 import pytest
@@ -182,9 +181,7 @@ async def test_aimd_limit_grows_under_use_and_falls_on_drops() -> None:
     clock.advance(0.01)
     with pytest.raises(TimeoutError):
         await failing
-    stats = policy.statistics()
-    assert stats.service_time == pytest.approx(0.01)  # every call took 0.01 s
-    assert dataclasses.replace(stats, service_time=0.0) == AdaptiveConcurrencyStatistics(
+    assert policy.statistics() == AdaptiveConcurrencyStatistics(
         max_concurrent=5, max_queue=0, in_flight=0, queued=0, accepted=5, rejected=0,
         limit=5, min_limit=1, max_limit=6, dropped=1,
     )  # fmt: skip
