@@ -45,7 +45,7 @@ from ._policy import Args, AsyncFn, Kwargs, Policy
 from ._priority import current_priority
 from ._timeout import remaining_time
 from ._validate import check_int, check_seconds
-from ._wait_queue import GRANTED, TIMED_OUT, Outcome, Waiter, enqueue, ewma, leave
+from ._wait_queue import GRANTED, TIMED_OUT, Outcome, Waiter, enqueue, ewma, leave, why_left
 
 __all__ = ["Bulkhead", "BulkheadStatistics", "shedding"]
 
@@ -91,6 +91,10 @@ class Bulkhead(Policy):
     Allow at most `max_concurrent` calls at once; queue or reject the rest.
 
     Usable as a decorator, with `.call(fn, ...)`, or as ``async with bulkhead:``.
+
+    Waiters are served by `Priority`, then in arrival order; a full queue sheds its
+    lowest-priority waiter for a higher-priority caller, and a waiter whose deadline
+    can't be met leaves the queue at once (docs/overload.md).
 
     It serves one event loop at a time: a call from another loop while the loop that
     used it last still runs (in another thread) raises `PolicyMisuseError`; create one
@@ -186,9 +190,9 @@ class Bulkhead(Policy):
 
     async def _timed(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         # A call that waited for its slot: the bulkhead is saturated, so its duration
-        # is a sample of the service time the deadline-aware queue compares with. The
-        # free-slot path is not timed: it stays two clock reads cheaper.
-        # A cancelled call's duration says nothing about the service: not a sample.
+        # is a sample of the service time the deadline-aware queue compares with (the
+        # free-slot path is not timed: it stays two clock reads cheaper). A cancelled
+        # call's duration says nothing about the service: it is not a sample.
         started = self._monotonic()
         try:
             result = await fn(*args, **kwargs)
@@ -295,19 +299,11 @@ class Bulkhead(Policy):
         )
 
     def _leave_queue(self, outcome: Outcome, expected: float) -> NoReturn:
-        if outcome is TIMED_OUT:
+        if not isinstance(outcome, RejectionReason):  # TIMED_OUT: GRANTED never gets here
             self._reject(f"waited {self.max_wait:g}s in the queue")
-        if outcome is RejectionReason.PRIORITY_SHED:
-            # Counted in _shed_last: only a waiter still waiting was shed.
-            self._reject("shed from the queue for a higher-priority call", outcome)
-        self._expired += 1
-        if outcome is RejectionReason.DEADLINE_EXCEEDED:
-            self._reject("the caller's deadline passed in the queue", outcome)
-        self._reject(
-            f"left the queue: the time before the caller's deadline fell below the"
-            f" typical service time ({expected:.3f}s)",
-            RejectionReason.DEADLINE_TOO_SHORT,
-        )
+        # The shed were counted when shed (only a waiter still waiting was).
+        self._expired += outcome is not RejectionReason.PRIORITY_SHED
+        self._reject(why_left(outcome, expected), outcome)
 
     def _forget(self, waiter: Waiter) -> None:
         with contextlib.suppress(ValueError):  # already handed over or expired

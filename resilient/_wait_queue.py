@@ -31,6 +31,7 @@ __all__ = [
     "enqueue",
     "ewma",
     "leave",
+    "why_left",
 ]
 
 Outcome: TypeAlias = "bool | RejectionReason"
@@ -84,3 +85,17 @@ def ewma(average: float, sample: float) -> float:
     if not average:
         return sample
     return average + SERVICE_TIME_WEIGHT * (sample - average)
+
+
+def why_left(reason: RejectionReason, service_time: float) -> str:
+    """
+    Why a waiter was sent out of the queue, in words, for its error.
+    """
+    if reason is RejectionReason.PRIORITY_SHED:
+        return "shed from the queue for a higher-priority call"
+    if reason is RejectionReason.DEADLINE_EXCEEDED:
+        return "the caller's deadline passed in the queue"
+    return (
+        "left the queue: the time before the caller's deadline fell below the typical"
+        f" service time ({service_time:.3f}s)"
+    )

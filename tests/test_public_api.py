@@ -85,6 +85,7 @@ INTERNAL = {
         "enqueue",
         "ewma",
         "leave",
+        "why_left",
     },
     "_callables": {"awaitable_checked", "check_async", "label"},  # behind Policy's methods
     # Behind Policy._emit; users configure the `resilient.<kind>` loggers, not these.

@@ -5,12 +5,13 @@ The deadline goes as a relative budget in milliseconds (``X-Request-Timeout-Ms``
 as an absolute time, so the two hosts' clocks need not agree (gRPC's ``grpc-timeout``
 works the same way). The priority (`resilient.Priority`) goes by name, lower case, in
 ``X-Request-Priority`` (``sheddable``, ``sheddable_plus``, ``critical``,
-``critical_plus``), and only when it is not the default ``critical``. Trace context (``traceparent``, ``tracestate``, ``baggage``) goes
-through `opentelemetry.propagate`, so the user's configured propagators apply; without
-the ``otel`` extra installed, nothing is injected or extracted.
+``critical_plus``), and only when it is not the default ``critical``. Trace context
+(``traceparent``, ``tracestate``, ``baggage``) goes through `opentelemetry.propagate`,
+so the user's configured propagators apply; without the ``otel`` extra installed,
+nothing is injected or extracted.
 
-Incoming values are untrusted: anything malformed is ignored (no deadline, a fresh
-trace), never an error.
+Incoming values are untrusted: anything malformed is ignored (no deadline, the default
+priority, a fresh trace), never an error.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """
-The server side of a hop: take the caller's deadline, priority and trace context; admit
-requests under a policy; serve metrics.
+The server side of a hop: caller's deadline, priority and trace context; admission; metrics.
 
 `resilience_middleware()` is an aiohttp server middleware that, for each request:
 
