@@ -24,7 +24,17 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from resilient import Bulkhead, BulkheadFullError, Priority, RejectionReason, deadline, priority
+from resilient import (
+    AIMD,
+    AdaptiveConcurrency,
+    Bulkhead,
+    BulkheadFullError,
+    ConcurrencyLimitError,
+    Priority,
+    RejectionReason,
+    deadline,
+    priority,
+)
 from resilient.testing import FakeClock
 from tests._aio import settle
 
@@ -47,7 +57,8 @@ class Call:
     # The model's view.
     leave_at: float = math.inf  # when the model expects it out of the queue
     leave_why: RejectionReason = FULL
-    started: float | None = None  # set once handed a slot from the queue (timed)
+    started: float = 0.0  # when it got its slot
+    waited: bool = False  # whether it got it from the queue
     expected: str = "queued"
     reason: RejectionReason | None = None
 
@@ -73,7 +84,7 @@ class Call:
         if self.task.cancelled():
             return "cancelled"
         error = self.task.exception()
-        if isinstance(error, BulkheadFullError):
+        if isinstance(error, BulkheadFullError | ConcurrencyLimitError):
             assert error.reason == self.reason, (error.reason, self.reason)
             return "rejected"
         assert error is None, error
@@ -112,9 +123,16 @@ class SheddingMachine(RuleBasedStateMachine):
     )
     def build(self, max_concurrent: int, max_queue: int, max_wait: int | None) -> None:
         wait = max_wait if max_queue else None
-        self._bulkhead = Bulkhead(
-            max_concurrent, max_queue=max_queue, max_wait=wait, clock=self.clock
-        )
+        self._bulkhead = self.make(max_concurrent, max_queue, wait)
+
+    full = FULL  # the reason of a plain refusal (and of a max_wait run out)
+
+    def make(self, max_concurrent: int, max_queue: int, max_wait: int | None) -> Bulkhead:
+        return Bulkhead(max_concurrent, max_queue=max_queue, max_wait=max_wait, clock=self.clock)
+
+    def is_sample(self, call: Call) -> bool:
+        """A Bulkhead times the calls that waited for their slot."""
+        return call.waited
 
     # --- the model's moves ---
 
@@ -124,12 +142,12 @@ class SheddingMachine(RuleBasedStateMachine):
     def admit(self, call: Call) -> None:
         bulkhead, now = self.bulkhead, self.clock.monotonic()
         if len(self.running) < bulkhead.max_concurrent and not self.queue:
-            call.expected = "running"
+            call.expected, call.started = "running", now
             self.running.append(call)
             return
         full = len(self.queue) >= bulkhead.max_queue
         if full and not (self.queue and self.queue[-1].level < call.level):
-            self.refuse(call, FULL)
+            self.refuse(call, self.full)
             return
         # The deadline as the bulkhead sees it: remaining_time(), computed the same way.
         left = None if call.budget is None else max(0.0, (now + call.budget) - now)
@@ -148,7 +166,7 @@ class SheddingMachine(RuleBasedStateMachine):
 
     def plan_leaving(self, call: Call, now: float, left: float | None) -> None:
         if self.bulkhead.max_wait is not None:
-            call.leave_at, call.leave_why = now + self.bulkhead.max_wait, FULL
+            call.leave_at, call.leave_why = now + self.bulkhead.max_wait, self.full
         if left is not None and now + left - self.service_time < call.leave_at:
             call.leave_at = now + left - self.service_time
             call.leave_why = TOO_SHORT if self.service_time else EXCEEDED
@@ -157,6 +175,7 @@ class SheddingMachine(RuleBasedStateMachine):
         if self.queue:
             heir = self.queue.pop(0)
             heir.expected, heir.started = "running", self.clock.monotonic()
+            heir.waited = True
             self.running.append(heir)
 
     def expire(self) -> None:
@@ -164,7 +183,7 @@ class SheddingMachine(RuleBasedStateMachine):
         for call in [c for c in self.queue if c.leave_at <= now]:
             self.queue.remove(call)
             self.refuse(call, call.leave_why)
-            self.expired += call.leave_why != FULL
+            self.expired += call.leave_why != self.full
 
     # --- rules ---
 
@@ -186,9 +205,10 @@ class SheddingMachine(RuleBasedStateMachine):
         call = data.draw(st.sampled_from(self.running))
         call.gate.set()
         self.run(settle(10))
+        sample = self.is_sample(call)
         self.running.remove(call)
         call.expected = "finished"
-        if call.started is not None:  # it came through the queue: a sample
+        if sample:
             duration = self.clock.monotonic() - call.started
             average = self.service_time
             self.service_time = duration if not average else average + 0.1 * (duration - average)
@@ -268,6 +288,30 @@ class SheddingMachine(RuleBasedStateMachine):
                 assert (self.bulkhead.in_flight, self.bulkhead.queued) == (0, 0)
         finally:
             self.loop.close()
+
+
+class AdaptiveSheddingMachine(SheddingMachine):
+    """
+    The same, through AdaptiveConcurrency at a fixed limit (AIMD with min = max): it
+    inherits the queue, and samples every call that finishes while others wait.
+    """
+
+    full = RejectionReason.CONCURRENCY_LIMIT
+
+    def make(self, max_concurrent: int, max_queue: int, max_wait: int | None) -> Bulkhead:
+        fixed = AIMD(initial=max_concurrent, min_limit=max_concurrent, max_limit=max_concurrent)
+        return AdaptiveConcurrency(fixed, max_queue=max_queue, max_wait=max_wait, clock=self.clock)
+
+    def is_sample(self, call: Call) -> bool:
+        return bool(self.queue)
+
+
+def test_adaptive_concurrency_queue_invariants_hold() -> None:
+    """AdaptiveConcurrency's queue keeps the same promises as the bulkhead's."""
+    run_state_machine_as_test(
+        AdaptiveSheddingMachine,
+        settings=settings(max_examples=100, stateful_step_count=30, deadline=None),
+    )
 
 
 def test_priority_queue_invariants_hold() -> None:

@@ -327,6 +327,28 @@ async def test_a_cancelled_queued_call_is_not_a_service_time_sample() -> None:
     assert bulkhead.in_flight == 0
 
 
+async def test_a_queued_call_that_fails_is_a_service_time_sample() -> None:
+    """A failure took the dependency's time too: its duration counts, its slot is freed."""
+    clock = FakeClock(auto_advance=False)
+    bulkhead = Bulkhead(1, max_queue=1, clock=clock)
+    holder = Held(bulkhead, [], "holder")
+    await settle()
+
+    async def failing() -> None:
+        await clock.sleep(2.0)
+        raise LookupError
+
+    queued = asyncio.create_task(bulkhead.call(failing))
+    await settle()
+    await holder.release()
+    await settle()
+    clock.advance(2.0)
+    with pytest.raises(LookupError):
+        await within(queued)
+    assert bulkhead.statistics().service_time == 2.0
+    assert bulkhead.in_flight == 0
+
+
 def test_rejections_with_a_reason_pickle() -> None:
     """The reason survives pickling, as the other fields do."""
     errors: list[BulkheadFullError | ConcurrencyLimitError | RateLimitedError] = [
