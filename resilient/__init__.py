@@ -74,6 +74,7 @@ from ._pipeline import Pipeline, pipeline
 from ._plan import CallListener, add_hook, remove_hook
 from ._policy import Policy
 from ._pool import EndpointPool, PoolStatistics
+from ._priority import Priority, current_priority, priority
 from ._rate_limit import RateLimiter, RateLimiterStatistics
 from ._rate_limit_redis import RedisRateLimiter
 from ._retry import Retry, RetryStatistics
@@ -127,6 +128,7 @@ __all__ = [
     "PolicyMisuseError",
     "PoolStatistics",
     "PowerOfTwoChoices",
+    "Priority",
     "RandomChoice",
     "RateLimitedError",
     "RateLimiter",
@@ -155,10 +157,12 @@ __all__ = [
     "TimeoutStatistics",
     "TimerHandle",
     "add_hook",
+    "current_priority",
     "deadline",
     "discovery_check",
     "no_retries",
     "pipeline",
+    "priority",
     "remaining_time",
     "remove_hook",
 ]

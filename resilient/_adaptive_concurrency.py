@@ -9,6 +9,8 @@ beyond the limit wait in the bulkhead's bounded FIFO queue (for at most `max_wai
 are rejected with `ConcurrencyLimitError`. The queue is the bulkhead's own; only the
 release differs: a freed slot goes to a waiter only while the calls in flight are below
 the limit (which may have shrunk), and a grown limit admits several waiters at once.
+So the queue sheds by priority and deadline as the bulkhead's does (docs/overload.md);
+a call that finishes while others wait is a sample of the service time.
 
 Which failures are samples of overload is `overload_on` (default: any `Exception`). A
 cancelled call is not a sample (its latency says nothing about the dependency), nor is
@@ -24,13 +26,14 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn, TypeVar
 
-from ._bulkhead import Bulkhead, BulkheadStatistics
+from ._bulkhead import Bulkhead, BulkheadStatistics, shedding
 from ._clock import Clock
 from ._errors import ConcurrencyLimitError, RejectedError
 from ._events import Hook, Rejected, RejectionReason
 from ._limit_algorithms import Gradient2, LimitAlgorithm
 from ._policy import Args, AsyncFn, Kwargs
 from ._validate import check_int, check_seconds, error_matcher
+from ._wait_queue import GRANTED, ewma
 
 __all__ = ["AdaptiveConcurrency", "AdaptiveConcurrencyStatistics"]
 
@@ -141,6 +144,8 @@ class AdaptiveConcurrency(Bulkhead):
             dropped = error is not None and self._overload(error)
             self._dropped += dropped
             rtt = self._monotonic() - started
+            if self._waiters:  # saturated: only then does the queue read the service time
+                self._service_time = ewma(self._service_time, rtt)
             self.max_concurrent = self.algorithm.update(
                 self.max_concurrent, rtt, in_flight, dropped
             )
@@ -154,13 +159,15 @@ class AdaptiveConcurrency(Bulkhead):
             waiter = self._waiters.popleft()
             if not waiter.done():
                 self._in_flight += 1
-                waiter.set_result(True)
+                waiter.set_result(GRANTED)
 
-    def _reject(self, why: str) -> NoReturn:
+    def _reject(
+        self, why: str, reason: RejectionReason = RejectionReason.CONCURRENCY_LIMIT
+    ) -> NoReturn:
         self._rejected += 1
         if self._listening():
-            self._emit(Rejected, reason=RejectionReason.CONCURRENCY_LIMIT)
-        raise ConcurrencyLimitError(self.name, self.max_concurrent, why)
+            self._emit(Rejected, reason=reason)
+        raise ConcurrencyLimitError(self.name, self.max_concurrent, why, reason)
 
     async def __aenter__(self) -> AdaptiveConcurrency:
         await super().__aenter__()
@@ -192,6 +199,9 @@ class AdaptiveConcurrency(Bulkhead):
             queued=len(self._waiters),
             accepted=self._accepted,
             rejected=self._rejected,
+            shed=self._shed,
+            expired=self._expired,
+            service_time=self._service_time,
             limit=self.max_concurrent,
             min_limit=self.algorithm.min_limit,
             max_limit=self.algorithm.max_limit,
@@ -202,5 +212,5 @@ class AdaptiveConcurrency(Bulkhead):
         return (
             f"<AdaptiveConcurrency {self.name!r} {self._in_flight}/{self.max_concurrent} in"
             f" flight (limit {self.algorithm.min_limit}..{self.algorithm.max_limit}),"
-            f" {len(self._waiters)}/{self.max_queue} queued>"
+            f" {len(self._waiters)}/{self.max_queue} queued{shedding(self)}>"
         )

@@ -2,9 +2,16 @@
 Bulkhead: cap the calls in flight to a dependency, with an optional bounded queue.
 
 A free slot is taken without awaiting. When none is free, up to `max_queue` callers wait
-in FIFO order (for at most `max_wait` seconds); the rest are rejected at once with
-`BulkheadFullError`. A released slot is handed straight to the first waiter, so a
-newcomer can't overtake the queue.
+by priority, then in arrival order (for at most `max_wait` seconds); the rest are
+rejected at once with `BulkheadFullError`. A released slot is handed straight to the
+first waiter, so a newcomer can't overtake the queue.
+
+Load shedding in the queue (docs/overload.md): a full queue makes room for a caller of
+higher `Priority` by shedding its lowest-priority waiter; a waiter leaves the queue at
+once when its deadline (`remaining_time()`) is passing, that is when the time left falls
+below the typical service time (an EWMA of the calls that went through the queue), and a
+caller whose deadline is already that short is refused without queueing. Each refusal
+carries its `RejectionReason`. None of this touches the free-slot path.
 
 Cancellation never leaks a slot: a waiter cancelled after it was handed a slot passes it
 on, and a running call's slot is released however the call ends. The hand-over logic is
@@ -27,17 +34,20 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from types import TracebackType
 from typing import NoReturn, TypeVar
 
-from ._clock import Clock
+from ._clock import Clock, TimerHandle
 from ._errors import BulkheadFullError, PolicyMisuseError
 from ._events import Hook, Rejected, RejectionReason
 from ._policy import Args, AsyncFn, Kwargs, Policy
+from ._priority import current_priority
+from ._timeout import remaining_time
 from ._validate import check_int, check_seconds
+from ._wait_queue import GRANTED, TIMED_OUT, Outcome, Waiter, enqueue, ewma, leave, why_left
 
-__all__ = ["Bulkhead", "BulkheadStatistics"]
+__all__ = ["Bulkhead", "BulkheadStatistics", "shedding"]
 
 T = TypeVar("T")
 
@@ -56,7 +66,12 @@ class BulkheadStatistics:
         in_flight: Slots taken now.
         queued: Callers waiting now.
         accepted: Calls that got a slot.
-        rejected: Calls refused with `BulkheadFullError`.
+        rejected: Calls refused with `BulkheadFullError` (shed and expired included).
+        shed: Waiters shed from a full queue to make room for a higher priority.
+        expired: Callers refused, or sent out of the queue, because their deadline
+            was passing.
+        service_time: The typical service time, in seconds: an average of the calls
+            that went through the queue (0.0 until one has finished).
     """
 
     max_concurrent: int
@@ -65,6 +80,10 @@ class BulkheadStatistics:
     queued: int
     accepted: int
     rejected: int
+    _: KW_ONLY  # added later, with defaults: snapshots built by older code still compare
+    shed: int = 0
+    expired: int = 0
+    service_time: float = 0.0
 
 
 class Bulkhead(Policy):
@@ -72,6 +91,10 @@ class Bulkhead(Policy):
     Allow at most `max_concurrent` calls at once; queue or reject the rest.
 
     Usable as a decorator, with `.call(fn, ...)`, or as ``async with bulkhead:``.
+
+    Waiters are served by `Priority`, then in arrival order; a full queue sheds its
+    lowest-priority waiter for a higher-priority caller, and a waiter whose deadline
+    can't be met leaves the queue at once (docs/overload.md).
 
     It serves one event loop at a time: a call from another loop while the loop that
     used it last still runs (in another thread) raises `PolicyMisuseError`; create one
@@ -92,9 +115,12 @@ class Bulkhead(Policy):
     kind = "bulkhead"
     __slots__ = (
         "_accepted",
+        "_expired",
         "_in_flight",
         "_loop",
         "_rejected",
+        "_service_time",
+        "_shed",
         "_thread",
         "_waiters",
         "max_concurrent",
@@ -127,9 +153,9 @@ class Bulkhead(Policy):
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it serves ...
         self._thread = 0  # ... and the thread running it (get_ident() is never 0)
         self._in_flight = 0
-        self._waiters: deque[asyncio.Future[bool]] = deque()
-        self._accepted = 0
-        self._rejected = 0
+        self._waiters: deque[Waiter] = deque()  # by priority, then FIFO (_wait_queue)
+        self._accepted = self._rejected = self._shed = self._expired = 0
+        self._service_time = 0.0  # EWMA of queued calls' durations; 0.0: none yet
 
     @property
     def in_flight(self) -> int:
@@ -154,12 +180,34 @@ class Bulkhead(Policy):
         ):
             self._in_flight += 1
             self._accepted += 1
-        else:
-            await self.__aenter__()
+        elif not self._take_free_slot():  # (another thread's loop used it last)
+            await self._wait_for_slot()
+            return await self._timed(fn, args, kwargs)
         try:
             return await fn(*args, **kwargs)
         finally:
             self._release()
+
+    async def _timed(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
+        # A call that waited for its slot: the bulkhead is saturated, so its duration
+        # is a sample of the service time the deadline-aware queue compares with (the
+        # free-slot path is not timed: it stays two clock reads cheaper). A cancelled
+        # call's duration says nothing about the service: it is not a sample.
+        started = self._monotonic()
+        try:
+            result = await fn(*args, **kwargs)
+        except asyncio.CancelledError:
+            self._release()
+            raise
+        except BaseException:
+            self._sampled(started)
+            raise
+        self._sampled(started)
+        return result
+
+    def _sampled(self, started: float) -> None:
+        self._service_time = ewma(self._service_time, self._monotonic() - started)
+        self._release()
 
     def _take_free_slot(self) -> bool:
         if self._thread != _thread_id():
@@ -183,19 +231,23 @@ class Bulkhead(Policy):
             self._loop, self._thread = loop, _thread_id()
 
     async def _wait_for_slot(self) -> None:
-        if len(self._waiters) >= self.max_queue:
+        level = current_priority()
+        full = len(self._waiters) >= self.max_queue
+        if full and not (self._waiters and self._waiters[-1].priority < level):
             self._reject("no free slot and the queue is full")
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        timer = None
-        if self.max_wait is not None:
-            timer = self._clock.call_at(
-                self._clock.monotonic() + self.max_wait, lambda: _expire(waiter)
-            )
+        left = remaining_time()
+        expected = self._service_time
+        if left is not None and left <= expected:
+            self._refuse_deadline(left)
+        if full:
+            self._shed_last()
+        waiter = Waiter(asyncio.get_running_loop(), level)
+        enqueue(self._waiters, waiter)
+        timer = self._start_timer(waiter, left, expected)
         try:
-            granted = await waiter
+            outcome = await waiter
         except BaseException:
-            if waiter.done() and not waiter.cancelled() and waiter.result():
+            if waiter.done() and not waiter.cancelled() and waiter.result() is GRANTED:
                 self._release()  # we were handed a slot but won't use it: pass it on
             else:
                 self._forget(waiter)
@@ -203,12 +255,57 @@ class Bulkhead(Policy):
         finally:
             if timer is not None:
                 timer.cancel()
-        if not granted:
+        if outcome is not GRANTED:
             self._forget(waiter)
-            self._reject(f"waited {self.max_wait:g}s in the queue")
+            self._leave_queue(outcome, expected)
         self._accepted += 1
 
-    def _forget(self, waiter: asyncio.Future[bool]) -> None:
+    def _start_timer(
+        self, waiter: Waiter, left: float | None, expected: float
+    ) -> TimerHandle | None:
+        # One timer per waiter: at max_wait, or when the time left before the deadline
+        # falls below the typical service time, whichever comes first.
+        now = self._clock.monotonic()
+        at: float | None = None
+        outcome: Outcome = TIMED_OUT
+        if self.max_wait is not None:
+            at = now + self.max_wait
+        if left is not None and (at is None or now + left - expected < at):
+            at = now + left - expected
+            outcome = (
+                RejectionReason.DEADLINE_TOO_SHORT if expected
+                else RejectionReason.DEADLINE_EXCEEDED
+            )  # fmt: skip
+        if at is None:
+            return None
+        return self._clock.call_at(at, lambda: leave(waiter, outcome))
+
+    def _shed_last(self) -> None:
+        # Make room for a higher-priority caller: the tail is the lowest priority's
+        # latest arrival (_wait_queue). One already leaving (cancelled) frees its place.
+        victim = self._waiters.pop()
+        if not victim.done():
+            self._shed += 1
+            victim.set_result(RejectionReason.PRIORITY_SHED)
+
+    def _refuse_deadline(self, left: float) -> NoReturn:
+        self._expired += 1
+        if left <= 0:
+            self._reject("the caller's deadline has passed", RejectionReason.DEADLINE_EXCEEDED)
+        self._reject(
+            f"{left:.3f}s left before the caller's deadline, less than the typical"
+            f" service time ({self._service_time:.3f}s)",
+            RejectionReason.DEADLINE_TOO_SHORT,
+        )
+
+    def _leave_queue(self, outcome: Outcome, expected: float) -> NoReturn:
+        if not isinstance(outcome, RejectionReason):  # TIMED_OUT: GRANTED never gets here
+            self._reject(f"waited {self.max_wait:g}s in the queue")
+        # The shed were counted when shed (only a waiter still waiting was).
+        self._expired += outcome is not RejectionReason.PRIORITY_SHED
+        self._reject(why_left(outcome, expected), outcome)
+
+    def _forget(self, waiter: Waiter) -> None:
         with contextlib.suppress(ValueError):  # already handed over or expired
             self._waiters.remove(waiter)
 
@@ -225,7 +322,7 @@ class Bulkhead(Policy):
                 return
         self._in_flight -= 1
 
-    def _hand_over(self, waiter: asyncio.Future[bool]) -> bool:
+    def _hand_over(self, waiter: Waiter) -> bool:
         loop = waiter.get_loop()
         try:
             running = asyncio.get_running_loop()
@@ -240,17 +337,19 @@ class Bulkhead(Policy):
             return False
         return True
 
-    def _grant(self, waiter: asyncio.Future[bool]) -> None:
+    def _grant(self, waiter: Waiter) -> None:
         if waiter.done():  # cancelled or timed out while the slot was on its way
             self._release()
         else:
             waiter.set_result(True)
 
-    def _reject(self, why: str) -> NoReturn:
+    def _reject(
+        self, why: str, reason: RejectionReason = RejectionReason.BULKHEAD_FULL
+    ) -> NoReturn:
         self._rejected += 1
         if self._listening():
-            self._emit(Rejected, reason=RejectionReason.BULKHEAD_FULL)
-        raise BulkheadFullError(self.name, self.max_concurrent, self.max_queue, why)
+            self._emit(Rejected, reason=reason)
+        raise BulkheadFullError(self.name, self.max_concurrent, self.max_queue, why, reason)
 
     async def __aenter__(self) -> Bulkhead:
         if not self._take_free_slot():
@@ -276,15 +375,23 @@ class Bulkhead(Policy):
             queued=len(self._waiters),
             accepted=self._accepted,
             rejected=self._rejected,
+            shed=self._shed,
+            expired=self._expired,
+            service_time=self._service_time,
         )
 
     def __repr__(self) -> str:
         return (
             f"<Bulkhead {self.name!r} {self._in_flight}/{self.max_concurrent} in flight,"
-            f" {len(self._waiters)}/{self.max_queue} queued>"
+            f" {len(self._waiters)}/{self.max_queue} queued{shedding(self)}>"
         )
 
 
-def _expire(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
+def shedding(bulkhead: Bulkhead) -> str:
+    """
+    The repr's note on shed and expired waiters (internal).
+    """
+    # Shown once the queue has shed anybody: quiet reprs for the common case.
+    if not (bulkhead._shed or bulkhead._expired):  # noqa: SLF001  # its own module
+        return ""
+    return f", {bulkhead._shed} shed, {bulkhead._expired} expired"  # noqa: SLF001

@@ -26,6 +26,8 @@ don't answer them, unless told to by name (docs/policies.md, "Programming errors
 
 from __future__ import annotations
 
+from ._events import RejectionReason
+
 __all__ = [
     "PROGRAMMING_ERRORS",
     "BulkheadFullError",
@@ -80,20 +82,34 @@ class BulkheadFullError(RejectedError):
         name: The bulkhead's name.
         max_concurrent: Its concurrency limit.
         max_queue: How many callers may wait for a slot.
+        why: What happened, in words.
+        reason: Why, as a `RejectionReason`: ``BULKHEAD_FULL``, or ``PRIORITY_SHED``,
+            ``DEADLINE_EXCEEDED``, ``DEADLINE_TOO_SHORT`` for a waiter that left the queue.
     """
 
-    def __init__(self, name: str, max_concurrent: int, max_queue: int, why: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        max_concurrent: int,
+        max_queue: int,
+        why: str,
+        reason: RejectionReason = RejectionReason.BULKHEAD_FULL,
+    ) -> None:
         self.name = name
         self.max_concurrent = max_concurrent
         self.max_queue = max_queue
         self.why = why
+        self.reason = reason
         super().__init__(
             f"bulkhead {name!r} is full ({why}; max_concurrent={max_concurrent},"
             f" max_queue={max_queue})"
         )
 
-    def __reduce__(self) -> tuple[type[BulkheadFullError], tuple[str, int, int, str]]:
-        return (type(self), (self.name, self.max_concurrent, self.max_queue, self.why))
+    def __reduce__(
+        self,
+    ) -> tuple[type[BulkheadFullError], tuple[str, int, int, str, RejectionReason]]:
+        args = (self.name, self.max_concurrent, self.max_queue, self.why, self.reason)
+        return (type(self), args)
 
 
 class NoHealthyInstanceError(RejectedError):
@@ -130,9 +146,18 @@ class RateLimitedError(RejectedError):
         permits: The permits the call asked for.
         why: What went wrong, when it was not simply the rate (e.g. the shared store
             is unreachable and the limiter fails closed); else empty.
+        reason: Why, as a `RejectionReason`: ``RATE_LIMITED``, ``STORE_UNAVAILABLE``,
+            ``PRIORITY_SHED`` (a sheddable call may not wait) or ``DEADLINE_TOO_SHORT``.
     """
 
-    def __init__(self, name: str, retry_after: float, permits: float = 1, why: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        retry_after: float,
+        permits: float = 1,
+        why: str = "",
+        reason: RejectionReason = RejectionReason.RATE_LIMITED,
+    ) -> None:
         # The message is built in __str__, only if someone reads it: a limiter under
         # load rejects far more calls than anybody logs.
         super().__init__(name, retry_after, permits, why)
@@ -140,6 +165,7 @@ class RateLimitedError(RejectedError):
         self.retry_after = retry_after
         self.permits = permits
         self.why = why
+        self.reason = reason
 
     def __str__(self) -> str:
         what = f"rate limit {self.name!r} reached"
@@ -147,8 +173,10 @@ class RateLimitedError(RejectedError):
             what = f"{what} ({self.why})"
         return f"{what}; {self.permits:g} permit(s) available in {self.retry_after:.3f}s"
 
-    def __reduce__(self) -> tuple[type[RateLimitedError], tuple[str, float, float, str]]:
-        return (type(self), (self.name, self.retry_after, self.permits, self.why))
+    def __reduce__(
+        self,
+    ) -> tuple[type[RateLimitedError], tuple[str, float, float, str, RejectionReason]]:
+        return (type(self), (self.name, self.retry_after, self.permits, self.why, self.reason))
 
 
 class ConcurrencyLimitError(RejectedError):
@@ -158,20 +186,31 @@ class ConcurrencyLimitError(RejectedError):
     Attributes:
         name: The policy's name.
         limit: The concurrency limit when the call was refused.
-        why: What was full.
+        why: What was full, in words.
+        reason: Why, as a `RejectionReason`: ``CONCURRENCY_LIMIT``, or ``PRIORITY_SHED``,
+            ``DEADLINE_EXCEEDED``, ``DEADLINE_TOO_SHORT`` for a waiter that left the queue.
     """
 
-    def __init__(self, name: str, limit: int, why: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        limit: int,
+        why: str,
+        reason: RejectionReason = RejectionReason.CONCURRENCY_LIMIT,
+    ) -> None:
         super().__init__(name, limit, why)
         self.name = name
         self.limit = limit
         self.why = why
+        self.reason = reason
 
     def __str__(self) -> str:
         return f"concurrency limit {self.name!r} reached ({self.why}; limit={self.limit})"
 
-    def __reduce__(self) -> tuple[type[ConcurrencyLimitError], tuple[str, int, str]]:
-        return (type(self), (self.name, self.limit, self.why))
+    def __reduce__(
+        self,
+    ) -> tuple[type[ConcurrencyLimitError], tuple[str, int, str, RejectionReason]]:
+        return (type(self), (self.name, self.limit, self.why, self.reason))
 
 
 class ThrottledError(RejectedError):

@@ -97,6 +97,12 @@ class RejectionReason(enum.Enum):
     CONCURRENCY_LIMIT = "concurrency_limit"
     THROTTLED = "throttled"
     STORE_UNAVAILABLE = "store_unavailable"
+    PRIORITY_SHED = "priority_shed"
+    """A waiter shed for a higher-priority call, or a sheddable call refused a wait."""
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    """The caller's deadline passed while it waited (or before)."""
+    DEADLINE_TOO_SHORT = "deadline_too_short"
+    """The deadline left is shorter than the wait, or than the typical service time."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

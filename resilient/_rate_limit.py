@@ -17,6 +17,14 @@ A call whose wait is 0 runs at once. One whose wait is at most `max_wait` reserv
 permits and sleeps until they are due (so waiters are served in arrival order and a
 newcomer cannot overtake them); a cancelled waiter gives its permits back. Any other
 call is rejected with `RateLimitedError`, whose `retry_after` is the wait.
+
+Only calls of priority ``CRITICAL`` or higher wait (`resilient.Priority`): a sheddable
+call that finds no permit is refused at once (reason ``PRIORITY_SHED``) rather than
+reserve a permit to come ahead of the critical calls behind it. Reservations are not
+revoked for a later, higher-priority caller: the schedule of permits is one number, and
+a reserved waiter has been told when it runs. Nor does a call wait past its deadline
+(`remaining_time()`): one whose permit comes later is refused at once
+(``DEADLINE_TOO_SHORT``). Both only ever shorten `max_wait`; the happy path reads neither.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from ._clock import Clock
 from ._errors import RateLimitedError
 from ._events import Hook, Rejected, RejectionReason
 from ._policy import Args, AsyncFn, Kwargs, Policy
+from ._priority import Priority, current_priority
+from ._timeout import remaining_time
 from ._validate import check_int, check_seconds
 
 __all__ = ["RateLimiter", "RateLimiterStatistics", "check_rate", "permits_of"]
@@ -165,6 +175,9 @@ class RateLimiter(Policy):
         wait = tat - self._tolerance - now
         if wait > self.max_wait:
             return _raise(self._refusal(wait, step / self._interval))
+        cap, reason, why = self._wait_allowed()
+        if wait > cap:
+            return _raise(self._refusal(wait, step / self._interval, why, reason))
         self._tat = tat  # reserved: later callers queue behind this one
         return self._delayed(wait, step, fn, args, kwargs)
 
@@ -192,12 +205,33 @@ class RateLimiter(Policy):
         self._waited += 1
         return await fn(*args, **kwargs)
 
-    def _refusal(self, wait: float, permits: float, why: str = "") -> RateLimitedError:
+    def _wait_allowed(self) -> tuple[float, RejectionReason, str]:
+        """
+        How long this call may wait for a permit, and why, when less than `max_wait`.
+
+        Zero for a sheddable call (`Priority` below ``CRITICAL``); no longer than the
+        caller's deadline leaves (shared with `RedisRateLimiter`).
+        """
+        if current_priority() < Priority.CRITICAL:
+            why = "a sheddable call does not wait for a permit"
+            return 0.0, RejectionReason.PRIORITY_SHED, why
+        left = remaining_time()
+        if left is not None and left < self.max_wait:
+            why = f"the caller's deadline comes first ({left:.3f}s left)"
+            return left, RejectionReason.DEADLINE_TOO_SHORT, why
+        return self.max_wait, RejectionReason.RATE_LIMITED, ""
+
+    def _refusal(
+        self,
+        wait: float,
+        permits: float,
+        why: str = "",
+        reason: RejectionReason = RejectionReason.RATE_LIMITED,
+    ) -> RateLimitedError:
         self._rejected += 1
         if self._listening():
-            reason = RejectionReason.STORE_UNAVAILABLE if why else RejectionReason.RATE_LIMITED
             self._emit(Rejected, reason=reason)
-        return RateLimitedError(self.name, wait, permits, why)
+        return RateLimitedError(self.name, wait, permits, why, reason)
 
     def _available(self) -> float:
         ahead = self._tat - self._monotonic()

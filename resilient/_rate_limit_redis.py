@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, TypeVar
 
 from ._clock import Clock
-from ._events import Hook
+from ._events import Hook, RejectionReason
 from ._policy import Args, AsyncFn, Kwargs
 from ._rate_limit import Cost, RateLimiter, RateLimiterStatistics, permits_of
 from ._validate import check_seconds
@@ -152,24 +152,28 @@ class RedisRateLimiter(RateLimiter):
 
     async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         permits = permits_of(self, self._cost, args, kwargs)
-        answer = await self._ask(permits)
+        cap, reason, why = self._wait_allowed() if self.max_wait else (0.0, None, "")
+        answer = await self._ask(permits, cap)
         if answer is None:
             if not self.fail_open:
                 why = "redis unreachable; failing closed"
-                raise self._refusal(self.recheck_after, permits, why)
+                unavailable = RejectionReason.STORE_UNAVAILABLE
+                raise self._refusal(self.recheck_after, permits, why, unavailable)
         else:
             admitted, wait = answer
             if not admitted:
-                raise self._refusal(wait, permits)
+                if reason is None or wait > self.max_wait:  # refused by the rate itself
+                    raise self._refusal(wait, permits)
+                raise self._refusal(wait, permits, why, reason)
             if wait > 0:
                 await self._sleep(wait)
         return await fn(*args, **kwargs)
 
-    async def _ask(self, permits: float) -> tuple[bool, float] | None:
+    async def _ask(self, permits: float, max_wait: float) -> tuple[bool, float] | None:
         # None: Redis is unreachable (or was, less than recheck_after ago).
         if self._down_until is not None and self._monotonic() < self._down_until:
             return None
-        args = (self._interval * _US, self._tolerance * _US, permits, self.max_wait * _US)
+        args = (self._interval * _US, self._tolerance * _US, permits, max_wait * _US)
         try:
             async with asyncio.timeout(self.redis_timeout):
                 admitted, wait = await self._script(keys=(self.key,), args=args)

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import test_utils, web
+from aiohttp import web
 from aiohttp.typedefs import Middleware
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -39,8 +39,7 @@ from resilient.integrations.aiohttp import (
     resilience_middleware,
 )
 from resilient.testing import capture_events
-from tests._servers import LOCALHOST
-from tests._web import Serve
+from tests._web import Get, Serve, json_body, live_app
 
 MAX_DEADLINE_MS = 24 * 3600 * 1000
 Json = dict[str, Any]
@@ -111,11 +110,7 @@ async def fetch(
     """
     async with client.get(url, headers=headers) as response:
         text = await response.text()
-        try:
-            body = json.loads(text)
-        except ValueError:
-            body = {}
-        return response.status, body if isinstance(body, dict) else {}, text
+        return response.status, json_body(text), text
 
 
 # -- the deadline --------------------------------------------------------------------------
@@ -415,33 +410,12 @@ hostile_values = st.one_of(
 
 
 @pytest.fixture
-def live_probe(
-    tracer: tuple[trace.Tracer, InMemorySpanExporter],
-) -> Iterator[Callable[[Mapping[str, str]], tuple[int, Json]]]:
+def live_probe(tracer: tuple[trace.Tracer, InMemorySpanExporter]) -> Iterator[Get]:
     """
     One probing server and client for a whole hypothesis run, on a loop of its own.
-
-    Hypothesis calls the test body many times; each call runs one request to completion
-    on this loop, so the server is started once per test, not once per example.
     """
-    with asyncio.Runner() as runner:
-        server = test_utils.TestServer(probe_app()[0], host=LOCALHOST)
-        runner.run(server.start_server())
-        session = runner.run(_open_session())
-
-        def request(headers: Mapping[str, str]) -> tuple[int, Json]:
-            status, body, _ = runner.run(fetch(session, server.make_url("/probe"), headers))
-            return status, body
-
-        try:
-            yield request
-        finally:
-            runner.run(session.close())
-            runner.run(server.close())
-
-
-async def _open_session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession()
+    with live_app(probe_app()[0], "/probe") as get:
+        yield get
 
 
 @settings(

@@ -73,6 +73,20 @@ INTERNAL = {
         "retryable_by_default",
     },
     "_watchdog": {"Watched", "Watchdog", "Watchdogs"},  # the engine of Timeout
+    "_bulkhead": {"shedding"},  # its repr's tail, shared with AdaptiveConcurrency
+    "_priority": {"parse_priority"},  # for the aiohttp server reading the priority header
+    # The bulkhead's priority queue, shared with AdaptiveConcurrency.
+    "_wait_queue": {
+        "GRANTED",
+        "SERVICE_TIME_WEIGHT",
+        "TIMED_OUT",
+        "Outcome",
+        "Waiter",
+        "enqueue",
+        "ewma",
+        "leave",
+        "why_left",
+    },
     "_callables": {"awaitable_checked", "check_async", "label", "not_callable"},  # Policy, checks
     # Behind Policy._emit; users configure the `resilient.<kind>` loggers, not these.
     "_logging": {"DecisionLog", "decision_log", "level_of"},

@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from resilient import RateLimitedError, RedisRateLimiter, Rejected, RejectionReason
+from resilient import (
+    Priority,
+    RateLimitedError,
+    RedisRateLimiter,
+    Rejected,
+    RejectionReason,
+    deadline,
+    priority,
+)
 from resilient.testing import FakeClock, capture_events
 from tests.conftest import RedisServer
 
@@ -85,6 +93,32 @@ async def test_a_granted_wait_is_slept_on_the_policy_clock(aclient: redis.asynci
 
 async def ok_batch(items: list[int]) -> int:
     return len(items)
+
+
+async def test_only_critical_calls_wait_and_none_past_its_deadline(
+    aclient: redis.asyncio.Redis,
+) -> None:
+    """
+    As the local limiter: a sheddable call is refused rather than reserve a permit to
+    come (PRIORITY_SHED), and so is a call whose deadline comes before its permit
+    (DEADLINE_TOO_SHORT); a critical call with time left waits for it.
+    """
+    clock = FakeClock()
+    limiter = RedisRateLimiter(
+        aclient, fresh_key(), 1, burst=1, max_wait=2, fail_open=False, clock=clock
+    )
+    await limiter.call(ok)  # the next permit is Redis's second away (its own clock)
+    with priority(Priority.SHEDDABLE), pytest.raises(RateLimitedError) as shed:
+        await limiter.call(ok)
+    with deadline(0.2, clock=clock), pytest.raises(RateLimitedError) as late:
+        await limiter.call(ok)
+    assert (shed.value.reason, late.value.reason) == (
+        RejectionReason.PRIORITY_SHED,
+        RejectionReason.DEADLINE_TOO_SHORT,
+    )
+    assert await limiter.call(ok) == 42
+    assert len(clock.sleeps) == 1
+    assert 0.2 < clock.sleeps[0] <= 1.0  # the rest of the second (a loaded machine: slack)
 
 
 def test_processes_hold_the_global_rate_within_five_percent(redis_server: RedisServer) -> None:

@@ -29,13 +29,14 @@ from ._client import (
 )
 from ._discovery import DiscoveryClient, DiscoveryRequest
 from ._health import add_health_routes, health_routes, report_json
-from ._propagation import DEADLINE_HEADER, parse_deadline
+from ._propagation import DEADLINE_HEADER, PRIORITY_HEADER, parse_deadline
 from ._server import add_metrics_route, resilience_middleware
 
 __all__ = [
     "DEADLINE_HEADER",
     "DEFAULT_MAX_KEYS",
     "IDEMPOTENT_METHODS",
+    "PRIORITY_HEADER",
     "DiscoveryClient",
     "DiscoveryRequest",
     "ResilienceMiddleware",

@@ -45,7 +45,13 @@ from ._attempts import (
     parse_retry_after,
 )
 from ._policies import DEFAULT_MAX_KEYS, PolicyCache
-from ._propagation import DEADLINE_HEADER, inject_trace_context, set_deadline_header
+from ._propagation import (
+    DEADLINE_HEADER,
+    PRIORITY_HEADER,
+    inject_trace_context,
+    set_deadline_header,
+    set_priority_header,
+)
 
 __all__ = [
     "DEFAULT_MAX_KEYS",
@@ -119,8 +125,10 @@ class ResilienceMiddleware:
             of the request returning the key.
         retry_methods: Methods that may be retried and hedged; others run once.
         failure_status: Which statuses are failures (default: 5xx and 429).
-        propagate: Send the remaining deadline and the trace context with each attempt.
+        propagate: Send the remaining deadline, the priority (when not the default) and
+            the trace context with each attempt.
         deadline_header: The header carrying the remaining milliseconds.
+        priority_header: The header carrying the priority's name.
         max_keys: Policies built by the factory kept at most (>= 1): beyond it the least
             recently used idle one (nothing in flight, no breaker open) is dropped, and
             built afresh if its key comes back.
@@ -142,6 +150,7 @@ class ResilienceMiddleware:
         propagate: bool = True,
         deadline_header: str = DEADLINE_HEADER,
         max_keys: int = DEFAULT_MAX_KEYS,
+        priority_header: str = PRIORITY_HEADER,
     ) -> None:
         if isinstance(policies, Policy):
             raise TypeError(
@@ -163,6 +172,7 @@ class ResilienceMiddleware:
         self._failure_status = failure_status
         self._propagate = propagate
         self._deadline_header = deadline_header
+        self._priority_header = priority_header
 
     @property
     def max_keys(self) -> int:
@@ -222,6 +232,7 @@ class ResilienceMiddleware:
     def _stamp(self, request: ClientRequest) -> None:
         if self._propagate:
             set_deadline_header(request.headers, self._deadline_header)
+            set_priority_header(request.headers, self._priority_header)
             inject_trace_context(request.headers)
 
     def __repr__(self) -> str:

@@ -1,14 +1,17 @@
 """
-What travels from hop to hop: the remaining deadline and the trace context.
+What travels from hop to hop: the remaining deadline, the priority and the trace context.
 
 The deadline goes as a relative budget in milliseconds (``X-Request-Timeout-Ms``), not
 as an absolute time, so the two hosts' clocks need not agree (gRPC's ``grpc-timeout``
-works the same way). Trace context (``traceparent``, ``tracestate``, ``baggage``) goes
-through `opentelemetry.propagate`, so the user's configured propagators apply; without
-the ``otel`` extra installed, nothing is injected or extracted.
+works the same way). The priority (`resilient.Priority`) goes by name, lower case, in
+``X-Request-Priority`` (``sheddable``, ``sheddable_plus``, ``critical``,
+``critical_plus``), and only when it is not the default ``critical``. Trace context
+(``traceparent``, ``tracestate``, ``baggage``) goes through `opentelemetry.propagate`,
+so the user's configured propagators apply; without the ``otel`` extra installed,
+nothing is injected or extracted.
 
-Incoming values are untrusted: anything malformed is ignored (no deadline, a fresh
-trace), never an error.
+Incoming values are untrusted: anything malformed is ignored (no deadline, the default
+priority, a fresh trace), never an error.
 """
 
 from __future__ import annotations
@@ -18,20 +21,23 @@ import re
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
-from resilient import remaining_time
+from resilient import Priority, current_priority, remaining_time
 
 __all__ = [
     "DEADLINE_HEADER",
     "MAX_DEADLINE_MS",
+    "PRIORITY_HEADER",
     "extract_trace_context",
     "inject_trace_context",
     "parse_deadline",
     "set_deadline_header",
+    "set_priority_header",
 ]
 
 DEADLINE_HEADER = "X-Request-Timeout-Ms"
 MAX_DEADLINE_MS = 24 * 3600 * 1000  # a day: anything longer is not a deadline
 _DIGITS = re.compile(r"[0-9]{1,9}")
+PRIORITY_HEADER = "X-Request-Priority"
 
 
 def set_deadline_header(headers: MutableMapping[str, str], name: str = DEADLINE_HEADER) -> None:
@@ -46,6 +52,15 @@ def set_deadline_header(headers: MutableMapping[str, str], name: str = DEADLINE_
         # Capped before the multiplication: 1e306 s is an infinite number of ms.
         millis = math.floor(min(left, MAX_DEADLINE_MS / 1000) * 1000)
         headers[name] = str(max(1, millis))
+
+
+def set_priority_header(headers: MutableMapping[str, str], name: str = PRIORITY_HEADER) -> None:
+    """
+    Send the current priority by name, unless it is the default (``critical``).
+    """
+    level = current_priority()
+    if level is not Priority.CRITICAL:
+        headers[name] = level.name.lower()
 
 
 def parse_deadline(value: str | None) -> float | None:

@@ -1,5 +1,5 @@
 """
-The server side of a hop: take the caller's deadline and trace context, serve metrics.
+The server side of a hop: caller's deadline, priority and trace context; admission; metrics.
 
 `resilience_middleware()` is an aiohttp server middleware that, for each request:
 
@@ -7,36 +7,55 @@ The server side of a hop: take the caller's deadline and trace context, serve me
   handler under it, so `resilient.remaining_time()` works in handlers, calls made from
   them inherit the budget, and a handler still running when the caller has given up is
   cancelled and answered with 504;
-- makes the caller's trace context current for the handler (with the ``otel`` extra).
+- makes the caller's priority (``X-Request-Priority``) current for the handler, so its
+  own calls carry it on and the server's queues order it;
+- makes the caller's trace context current for the handler (with the ``otel`` extra);
+- with ``admission=policy``, runs every request but the exempt paths under that policy,
+  inside the caller's deadline and priority, and answers its refusals with 429, 503 or
+  504 (`_admission`): a service protects itself with the policies it uses as a client.
 
-Malformed or hostile headers are ignored (no deadline, a fresh trace), never a 500.
+Malformed or hostile headers are ignored (no deadline, the default priority, a fresh
+trace), never a 500.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from resilient import deadline
+from resilient import Policy, deadline, priority
+from resilient._priority import parse_priority
 from resilient._validate import check_seconds
 
-from ._propagation import DEADLINE_HEADER, extract_trace_context, parse_deadline
+from ._admission import DEFAULT_EXEMPT, admit, check_exempt, is_exempt
+from ._propagation import (
+    DEADLINE_HEADER,
+    PRIORITY_HEADER,
+    extract_trace_context,
+    parse_deadline,
+)
 
 __all__ = ["add_metrics_route", "resilience_middleware"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def resilience_middleware(
+def resilience_middleware(  # keyword-only knobs, each with a default
     *,
     deadline_header: str = DEADLINE_HEADER,
     enforce_deadline: bool = True,
     max_deadline: float | None = None,
+    priority_header: str | None = PRIORITY_HEADER,
+    admission: Policy | None = None,
+    exempt: Iterable[str] = DEFAULT_EXEMPT,
 ) -> Middleware:
     """
     Build the server middleware; add it with ``web.Application(middlewares=[...])``.
@@ -46,20 +65,38 @@ def resilience_middleware(
         enforce_deadline: Cancel a handler that outlives the caller's deadline and answer
             504; with False the deadline is only made visible (`remaining_time()`).
         max_deadline: Cap, in seconds, on the deadline a caller may ask for.
+        priority_header: The header the caller's priority arrives in; None to ignore
+            it (callers you don't trust could claim ``critical_plus``).
+        admission: A policy every request runs under (a `RateLimiter`, `Bulkhead`,
+            `AdaptiveConcurrency`, a pipeline...): its refusals are answered with 429
+            (and ``Retry-After``) for a rate limit, 504 for a deadline that can't be met,
+            503 for the rest. Default: none.
+        exempt: Paths admission never refuses, each with everything below it (default
+            ``/health`` and ``/metrics``).
 
     Returns:
         The middleware.
 
     Raises:
-        ValueError: `max_deadline` is not a finite number of seconds > 0.
+        ValueError: `max_deadline` is not a finite number of seconds > 0, or an
+            `exempt` path does not start with ``/``.
+        TypeError: `admission` is not a policy, or `exempt` is a single string.
     """
     if max_deadline is not None:
         # Checked now: a bad cap would otherwise fail every request that has a deadline.
         max_deadline = check_seconds("resilience_middleware", "max_deadline", max_deadline)
+    if admission is not None and not isinstance(admission, Policy):
+        raise TypeError(
+            f"resilience_middleware(admission={admission!r}): expected a policy, such as"
+            " RateLimiter(...) or pipeline(...)"
+        )
+    exempt_paths = check_exempt(exempt)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        with _trace_context(request):
+        if admission is not None and not is_exempt(request.path, exempt_paths):
+            handler = functools.partial(admit, admission, handler)
+        with _trace_context(request), _caller_priority(request, priority_header):
             budget = parse_deadline(request.headers.get(deadline_header))
             if budget is None:
                 return await handler(request)
@@ -91,6 +128,14 @@ def resilience_middleware(
                 )
 
     return middleware
+
+
+_NO_PRIORITY = contextlib.nullcontext()
+
+
+def _caller_priority(request: web.Request, header: str | None) -> AbstractContextManager[Any]:
+    level = None if header is None else parse_priority(request.headers.get(header))
+    return _NO_PRIORITY if level is None else priority(level)
 
 
 def _response_started(request: web.Request) -> bool:
