@@ -24,6 +24,8 @@ __all__ = ["Row", "line", "now_utc", "summarise", "verdict", "write_chart", "wri
 BEGIN, END = "<!-- overload-sim:begin -->", "<!-- overload-sim:end -->"
 BIN = 0.5
 """Seconds per point of the chart's goodput and latency lines."""
+STARVED_MS = 50.0
+"""Client lag (p99) beyond which the client itself was short of CPU during a run."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,19 @@ def _table(unloaded: Row, rows: Sequence[Row]) -> list[str]:
     return lines
 
 
+def _starved(rows: Sequence[Row]) -> list[str]:
+    """A warning naming the runs whose client fell behind its own arrival times."""
+    late = [r.label for r in rows if r.lag_p99_ms > STARVED_MS]
+    if not late:
+        return []
+    return [
+        f"Client lag p99 over {STARVED_MS:.0f} ms ({', '.join(late)}): the load generator"
+        " was short of CPU during that run (another process, or the client's own work),"
+        " so its latencies include time the client, not the server, took.",
+        "",
+    ]
+
+
 def _ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.1f}"
 
@@ -155,6 +170,7 @@ def write_markdown(  # noqa: PLR0917  # the parts of one report
         "",
         *_table(unloaded, rows),
         "",
+        *_starved([unloaded, *rows]),
         f"![Goodput, p99 latency and limit over time]({png.name})",
         "",
         END,

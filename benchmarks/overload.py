@@ -72,7 +72,7 @@ SAMPLE_EVERY = 0.05
 
 DEFAULT_MD = Path(__file__).resolve().parent.parent / "docs" / "overload.md"
 DEFAULT_PNG = DEFAULT_MD.with_name("overload-simulation.png")
-FULL = {"seconds": 12.0, "warmup": 2.0, "baseline": 10.0}
+FULL = {"seconds": 12.0, "warmup": 2.0, "baseline": 15.0}
 QUICK = {"seconds": 1.0, "warmup": 0.3, "baseline": 1.0}
 
 
