@@ -66,3 +66,25 @@ def test_overhead_benchmark_quick_run(tmp_path: Path) -> None:
     )
     assert "resilient pipeline" in output
     assert "resilient pipeline" in report.read_text()
+
+
+def test_overload_benchmark_quick_run(tmp_path: Path) -> None:
+    """
+    `benchmarks.overload --quick` drives a real server process at 3x its capacity with
+    and without a limiter, and reports each client's goodput and latency with a chart.
+    """
+    report, chart = tmp_path / "overload.md", tmp_path / "overload.png"
+    output = run_module(
+        "benchmarks.overload", "--quick", "--only", "none", "gradient2",
+        "--md", str(report), "--png", str(chart), timeout=60.0,
+    )  # fmt: skip
+    assert "AdaptiveConcurrency(Gradient2())" in output
+    text = report.read_text()
+    assert text.count("<!-- overload-sim:begin -->") == 1
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows[1:]] == [
+        "| unloaded (30% of capacity, no limiter)",
+        "| no limiter",
+        "| AdaptiveConcurrency(Gradient2())",
+    ]
+    assert chart.stat().st_size > 10_000
