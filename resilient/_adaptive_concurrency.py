@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Any, NoReturn, TypeVar
 
@@ -192,16 +192,9 @@ class AdaptiveConcurrency(Bulkhead):
         """
         Return a snapshot of the limit, the slots and the counters.
         """
+        bulkhead = super().statistics()  # the slots and queue, counted once, there
         return AdaptiveConcurrencyStatistics(
-            max_concurrent=self.max_concurrent,
-            max_queue=self.max_queue,
-            in_flight=self._in_flight,
-            queued=len(self._waiters),
-            accepted=self._accepted,
-            rejected=self._rejected,
-            shed=self._shed,
-            expired=self._expired,
-            service_time=self._service_time,
+            **{field.name: getattr(bulkhead, field.name) for field in fields(bulkhead)},
             limit=self.max_concurrent,
             min_limit=self.algorithm.min_limit,
             max_limit=self.algorithm.max_limit,
