@@ -178,7 +178,7 @@ async def test_client_hooks_hear_exactly_its_own_policies() -> None:
     async with mine, other:
         for client in (mine, other):
             for _ in range(4):  # the breaker opens after 3 consecutive failures
-                with pytest.raises(Exception):  # noqa: B017, PT011  # refused, then rejected
+                with pytest.raises(Exception):  # noqa: B017  # refused, then rejected
                     await client.put("k", b"v")
     names = {event.name for event in heard}
     assert names <= {"kv-client", f"kv-node-{dead}"}

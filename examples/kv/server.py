@@ -23,7 +23,7 @@ from resilient.integrations.aiohttp import add_metrics_route, resilience_middlew
 from resilient.integrations.otel import aiohttp_server_span_middleware
 
 from .config import NodeConfig
-from .handlers import NODE_KEY, auth_middleware, errors_middleware, routes
+from .handlers import NODE_KEY, node_middleware, routes
 from .node import Node
 from .validate import MAX_BUDGET
 
@@ -38,7 +38,7 @@ def build_app(node: Node) -> web.Application:
     """
     The node's application: routes, error and auth middleware, deadline and trace.
     """
-    middlewares: list[Middleware] = [errors_middleware, auth_middleware]
+    middlewares: list[Middleware] = [node_middleware]
     if node.tracing is not None:
         # The caller's trace context made current, then a SERVER span under it. Not
         # needed for deadlines: handlers read X-Request-Timeout-Ms themselves and the
