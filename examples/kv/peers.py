@@ -49,6 +49,7 @@ __all__ = ["PeerError", "Peers"]
 
 _MAX_BATCH_BYTES = 4 << 20  # a batch stops growing here; the rest goes in the next one
 _MAX_KEYS = 1024  # keys per batched read
+_UNBOUNDED = aiohttp.ClientTimeout(total=None)  # made once: this is on every peer call
 
 
 class PeerError(Exception):
@@ -160,13 +161,13 @@ class Peers:
                 middlewares=[] if self.plain else [middleware],
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=256),
                 headers={"Authorization": f"Bearer {self._token}"},
-                timeout=aiohttp.ClientTimeout(total=None),  # the policies bound each call
+                timeout=_UNBOUNDED,  # the policies bound each call
             )
         return self._session
 
     def _timeout(self, budget: float) -> aiohttp.ClientTimeout:
         # The policies bound each call; without them (plain) nothing else would.
-        return aiohttp.ClientTimeout(total=budget if self.plain else None)
+        return aiohttp.ClientTimeout(total=budget) if self.plain else _UNBOUNDED
 
     def batching(self) -> dict[str, int]:
         """
