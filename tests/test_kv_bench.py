@@ -81,3 +81,15 @@ def test_docs_region_is_rewritten_and_the_rest_kept(tmp_path: Path) -> None:
 def test_percentile_is_nearest_rank(values: list[float], q: float, expected: float) -> None:
     """Nearest-rank percentiles: the smallest value with at least q of the values at or below."""
     assert percentile(values, q) == expected
+
+
+def test_peer_call_comparison_prints_both_sides_and_the_difference() -> None:
+    """bench_peers times resilient and plain peer calls and prints the per-round difference."""
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.kv.bench_peers", "--rounds", "2", "--calls", "20"],
+        cwd=ROOT, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    lines = done.stdout.decode().splitlines()
+    assert [line.split()[0] for line in lines] == ["resilient", "plain", "resilient"]
+    assert all(" us (" in line for line in lines)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import functools
 import json
 import math
 import random
@@ -30,8 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
-
+from .bench_http import HttpPool, request_bytes
 from .launch import ROOT
 
 __all__ = ["LoadResult", "closed_loop", "fill", "open_loop", "percentile"]
@@ -58,7 +59,8 @@ function done(summary, latency, requests)
     latency:percentile(50), latency:percentile(99), latency.max))
 end
 """
-_IN_FLIGHT_CAP = 4096  # open loop: beyond this a due request counts as failed
+_TICK = 0.001  # seconds between the open loop's sends of what has come due
+_IN_FLIGHT_CAP = 4096  # open loop: no new connections beyond this many requests in flight
 
 
 @dataclass
@@ -232,27 +234,27 @@ def _python_processes(
 
 
 class _Generator:
-    def __init__(self, args: argparse.Namespace, session: aiohttp.ClientSession) -> None:
+    def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.session = session
-        self.urls = [f"http://{address}/kv/k" for address in args.addresses]
-        self.body = b"v" * args.value_bytes
+        self.pools = [HttpPool(address) for address in args.addresses]
+        self.method = "PUT" if args.method in {"PUT", "FILL"} else "GET"
+        self.body = b"v" * args.value_bytes if self.method == "PUT" else b""
         self.latencies: list[float] = []
         self.requests = self.errors = 0
         self.in_flight = 0
         self.random = random.Random()  # noqa: S311  # load spreading, not secrets
+        self.backlog: list[collections.deque[tuple[bytes, float]]] = []
+        self.growing: list[bool] = []
+        self._tasks: set[asyncio.Future[None]] = set()
 
     async def one(self, index: int, due: float) -> None:
-        url = self.urls[index % len(self.urls)] + str(index % self.args.keys)
-        method = "PUT" if self.args.method in {"PUT", "FILL"} else "GET"
+        pool = self.pools[index % len(self.pools)]
+        path = f"/kv/k{index % self.args.keys}"
         self.in_flight += 1
         try:
-            async with self.session.request(
-                method, url, data=self.body if method == "PUT" else None
-            ) as response:
-                await response.read()
-                ok = response.status in {200, 204}
-        except (aiohttp.ClientError, TimeoutError):
+            status = await pool.send(request_bytes(self.method, pool.host, path, self.body))
+            ok = status in {200, 204}
+        except (OSError, ValueError):  # refused, reset, timed out, unparsable
             ok = False
         finally:
             self.in_flight -= 1
@@ -274,34 +276,76 @@ class _Generator:
         await asyncio.gather(*(worker() for _ in range(self.args.connections)))
 
     async def open(self) -> None:
-        rate, tasks = self.args.rate, set()
+        # Callbacks, not a task per request: at a few thousand requests a second the
+        # generator's own CPU would otherwise compete with the nodes it measures.
+        rate, count = self.args.rate, len(self.pools)
+        await asyncio.gather(*(p.grow(max(4, int(rate * 0.02 / count))) for p in self.pools))
+        self.backlog = [collections.deque[tuple[bytes, float]]() for _ in self.pools]
+        self.growing = [False] * count
         start = time.perf_counter()
         sent, total = 0, int(rate * self.args.seconds)
         while sent < total:
             due_now = min(total, int((time.perf_counter() - start) * rate) + 1)
             while sent < due_now:
-                due = start + sent / rate
+                index = self.random.randrange(1 << 30)
+                path = f"/kv/k{index % self.args.keys}"
+                pool = index % count
+                data = request_bytes(self.method, self.pools[pool].host, path, self.body)
+                self.backlog[pool].append((data, start + sent / rate))
                 sent += 1
-                if self.in_flight >= _IN_FLIGHT_CAP:
-                    self.requests += 1
-                    self.errors += 1
-                    continue
-                task = asyncio.create_task(self.one(self.random.randrange(1 << 30), due))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
-        if tasks:
-            await asyncio.wait(tasks, timeout=10.0)
+            for pool in range(count):
+                self._drain(pool)
+            # At least 1 ms: the loop's timers have millisecond resolution (libuv's), so
+            # a shorter sleep returns at once and the generator would spin.
+            await asyncio.sleep(max(_TICK, start + sent / rate - time.perf_counter()))
+        stop = time.perf_counter() + 10.0
+        while self.requests < total and time.perf_counter() < stop:
+            for pool in range(count):
+                self._drain(pool)
+            await asyncio.sleep(0.005)
+        self.errors += total - self.requests  # never answered within 10 s
+        self.requests = total
+
+    def _drain(self, pool: int) -> None:
+        backlog, target = self.backlog[pool], self.pools[pool]
+        while backlog:
+            data, due = backlog[0]
+            if not target.send_nowait(data, functools.partial(self._answered, pool, due)):
+                if not self.growing[pool] and self.in_flight < _IN_FLIGHT_CAP:
+                    self.growing[pool] = True
+                    task = asyncio.ensure_future(self._grow(pool))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                return
+            backlog.popleft()
+            self.in_flight += 1
+
+    async def _grow(self, pool: int) -> None:
+        try:
+            await self.pools[pool].grow(4)
+        except OSError:
+            pass  # the node refuses: requests wait, then count as errors
+        finally:
+            self.growing[pool] = False
+        self._drain(pool)
+
+    def _answered(self, pool: int, due: float, status: int | None) -> None:
+        self.in_flight -= 1
+        self.requests += 1
+        self.errors += status not in {200, 204}
+        self.latencies.append((time.perf_counter() - due) * 1000)
+        self._drain(pool)
 
 
 async def _generate(args: argparse.Namespace) -> dict[str, object]:
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
-    timeout = aiohttp.ClientTimeout(total=5.0)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        generator = _Generator(args, session)
-        began = time.perf_counter()
+    generator = _Generator(args)
+    began = time.perf_counter()
+    try:
         await (generator.open() if args.rate else generator.closed())
-        took = time.perf_counter() - began
+    finally:
+        for pool in generator.pools:
+            pool.close()
+    took = time.perf_counter() - began
     return {
         "requests": generator.requests, "errors": generator.errors, "seconds": took,
         "latencies_ms": [round(x, 3) for x in generator.latencies],
