@@ -41,11 +41,14 @@ def _select(phases: Sequence[Phase], **match: object) -> list[Phase]:
     return [p for p in phases if all(getattr(p, k) == v for k, v in match.items())]
 
 
-def _ratios(phases: Sequence[Phase], op: str) -> list[float]:
+def _ratios(phases: Sequence[Phase], op: str, field: str = "rate") -> list[float]:
     # Round by round: both clusters were loaded back to back in the same round.
     ratios = []
     for number in sorted({p.round for p in phases}):
-        pair = {p.variant: p.rate for p in _select(phases, round=number, op=op, load="saturation")}
+        pair = {
+            p.variant: float(getattr(p, field))
+            for p in _select(phases, round=number, op=op, load="saturation")
+        }
         if pair.get("plain"):
             ratios.append(pair.get("resilient", 0.0) / pair["plain"])
     return ratios
@@ -90,7 +93,10 @@ def print_table(phases: Sequence[Phase]) -> None:
     for row in table:
         print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
     for op in OPERATIONS:
-        print(f"{op} saturation, resilient/plain: {_spread(_ratios(phases, op), '.2f')}")
+        print(
+            f"{op} saturation, resilient/plain: throughput {_spread(_ratios(phases, op), '.2f')},"
+            f" node CPU per request {_spread(_ratios(phases, op, 'node_cpu_us'), '.2f')}"
+        )
     generator = [p.generator_cpu for p in phases]
     print(f"load generator CPU: {_spread(generator, '.2f')} cores (median, range)")
 
@@ -124,7 +130,7 @@ def region(phases: Sequence[Phase], argv: list[str], *, began: float,
     """
     info = machine_info()
     versions = package_versions(["aiohttp", "uvloop"])
-    tools = sorted({f"{p.load}: {p.tool}" for p in phases})
+    tools = sorted({p.tool for p in phases if p.load == "saturation"})
     loads = [p.loadavg for p in phases]
     lines = [
         BEGIN,
@@ -144,7 +150,7 @@ def region(phases: Sequence[Phase], argv: list[str], *, began: float,
         f" {args.rounds} round(s) each, order alternating; {args.seconds:g} s per phase,"
         f" {args.keys:,} keys of {args.value_bytes} bytes written first. Saturation:"
         f" closed loop, {args.connections} connections spread over the 3 nodes"
-        f" ({', '.join(tools)}); half: open loop at half that round's saturation rate"
+        f" ({' and '.join(tools)}); half: open loop at half that round's saturation rate"
         f" from {args.generators} Python process(es), latency from when each request was"
         " due. Figures: median over rounds (min-max). Saturation latency from wrk is the"
         " worst node's percentile.",
@@ -156,8 +162,9 @@ def region(phases: Sequence[Phase], argv: list[str], *, began: float,
         *("| " + " | ".join(row) + " |" for row in rows(phases)),
         "",
         *(
-            f"- {op} saturation, resilient/plain (round by round):"
-            f" {_spread(_ratios(phases, op), '.2f')}"
+            f"- {op} at saturation, resilient/plain (round by round): throughput"
+            f" {_spread(_ratios(phases, op), '.2f')}, node CPU per request"
+            f" {_spread(_ratios(phases, op, 'node_cpu_us'), '.2f')}"
             for op in OPERATIONS
         ),
         "",
