@@ -14,6 +14,8 @@ import sys
 
 from aiohttp import web
 
+from .._process import uvloop_factory
+
 __all__ = ["main"]
 
 _VALUE = b"v" * 100
@@ -48,13 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     Serve on 127.0.0.1:PORT until killed.
     """
     port = int((sys.argv[1:] if argv is None else argv)[0])
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:  # optional, as for the nodes
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
         runner.run(_serve(port))
     return 0
 

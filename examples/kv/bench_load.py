@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._process import uvloop_factory
 from .bench_http import HttpPool, request_bytes
 from .launch import ROOT
 
@@ -365,13 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("addresses", nargs="+")
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:  # optional, as for the nodes
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
         outcome = runner.run(_generate(args))
     json.dump(outcome, sys.stdout)
     return 0

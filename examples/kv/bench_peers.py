@@ -21,7 +21,7 @@ import time
 
 from aiohttp import web
 
-from .._process import LOCALHOST, free_port
+from .._process import LOCALHOST, free_port, uvloop_factory
 from .codec import encode_acks
 from .hlc import Version
 from .peers import Peers
@@ -78,13 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--calls", type=int, default=2000)
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:  # optional, as for the nodes
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
         per_call = runner.run(_measure(args.rounds, args.calls))
     for side in _SIDES:
         print(f"{side:9} CPU per call (client + server): {_spread(per_call[side])}")

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -22,6 +21,7 @@ from resilient import ResilienceError
 from resilient.integrations.aiohttp import add_metrics_route, resilience_middleware
 from resilient.integrations.otel import aiohttp_server_span_middleware
 
+from .._process import uvloop_factory
 from .config import NodeConfig
 from .handlers import NODE_KEY, node_middleware, routes
 from .node import Node
@@ -99,14 +99,6 @@ def run(config: NodeConfig) -> int:
     Run `serve` on a fresh event loop (uvloop's when installed); the exit code.
     """
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
         runner.run(serve(config))
     return 0
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:  # optional: the kv extra installs it where it builds
-        return None
-    return uvloop.new_event_loop
