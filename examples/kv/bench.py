@@ -4,10 +4,11 @@
 Throughput and latency of both, side by side in one run.
 
 Two 3-node clusters run at once on loopback: one as shipped (node-to-node calls through
-`ResilienceMiddleware`), one with ``--plain-peers`` (plain aiohttp between nodes). Each
-round loads one, then the other (the order alternates from round to round, so drift of
-a shared machine hits both alike); an idle cluster costs next to nothing. For each
-cluster and operation a round measures:
+`ResilienceMiddleware`), one with ``--plain-peers`` (plain aiohttp between nodes), and
+a bare aiohttp process (`bench_floor`, the floor). Each round loads one cluster, then
+the other (the order alternates from round to round, so drift of a shared machine hits
+both alike), then the floor at saturation; an idle cluster costs next to nothing. For
+each cluster and operation a round measures:
 
 1. saturation: a closed loop (`bench_load.closed_loop`, wrk) for ``--seconds``;
 2. half of it: an open loop at half that round's saturation rate, p50/p99 measured from
