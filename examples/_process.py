@@ -4,10 +4,12 @@ Small helpers for running server processes on loopback (the examples and the tes
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["LOCALHOST", "free_port", "log_tail"]
+__all__ = ["LOCALHOST", "free_port", "log_tail", "uvloop_factory"]
 
 LOCALHOST = "127.0.0.1"
 
@@ -32,3 +34,14 @@ def log_tail(path: Path, lines: int = 20) -> str:
         return f"<no output: {error}>"
     tail = text.splitlines()[-lines:]
     return "\n".join(tail) if tail else "<no output>"
+
+
+def uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """
+    Uvloop's loop factory for `asyncio.Runner`, or None (asyncio's) when not installed.
+    """
+    try:
+        import uvloop
+    except ImportError:  # optional: the kv extra installs it where it builds
+        return None
+    return uvloop.new_event_loop

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from examples._process import free_port
 from examples.kv import KVClient, KVError
+from resilient import CircuitState, Event, StateChanged
 from tests._kv import ROOT, SINGLE, TOKEN, KVCluster, running_cluster
 
 IDS = ["n1", "n2", "n3"]
@@ -165,3 +167,20 @@ async def test_client_reports_a_quorum_failure_without_ejecting_the_node(
                 assert (refused.value.detail["acked"], refused.value.detail["needed"]) == (1, 2)
             assert (await kv.statistics()).ejected == ()
             assert await kv.put("k", b"v", w=1)
+
+
+async def test_client_hooks_hear_exactly_its_own_policies() -> None:
+    """`hooks=` gets this client's breaker and timeout events, not another client's."""
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens: every call is refused
+    heard: list[Event] = []
+    mine = KVClient([dead], timeout=1.0, max_attempts=1, hooks=[heard.append])
+    other = KVClient([f"127.0.0.1:{free_port()}"], timeout=1.0, max_attempts=1)
+    async with mine, other:
+        for client in (mine, other):
+            for _ in range(4):  # the breaker opens after 3 consecutive failures
+                with pytest.raises(Exception):  # noqa: B017  # refused, then rejected
+                    await client.put("k", b"v")
+    names = {event.name for event in heard}
+    assert names <= {"kv-client", f"kv-node-{dead}"}
+    opened = [e for e in heard if isinstance(e, StateChanged) and e.new is CircuitState.OPEN]
+    assert [e.name for e in opened] == [f"kv-node-{dead}"]

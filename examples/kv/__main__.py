@@ -6,6 +6,7 @@
     python -m examples.kv put greeting hello --node 127.0.0.1:7001
     python -m examples.kv get greeting --node 127.0.0.1:7002
     python -m examples.kv demo       # a 5-node cluster loses a node and keeps serving
+    python -m examples.kv bench      # throughput and latency, with and without resilient
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     from .demo import add_demo_arguments
 
     add_demo_arguments(commands.add_parser("demo", help="watch a local cluster survive a kill"))
+    from .bench import add_bench_arguments
+
+    add_bench_arguments(
+        commands.add_parser("bench", help="throughput and latency, with and without resilient")
+    )
     return parser
 
 
@@ -52,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
 
         return run_demo(args)
+    if args.command == "bench":
+        from .bench import run_bench
+
+        return run_bench(args, sys.argv[1:] if argv is None else argv)
     from .cli import run_client
 
     return run_client(args)

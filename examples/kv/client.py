@@ -14,6 +14,7 @@ to the next node, all within the call's deadline (`timeout`, sent to the node as
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from types import TracebackType
@@ -24,6 +25,7 @@ from yarl import URL
 
 from resilient import (
     CircuitBreaker,
+    Hook,
     Instance,
     PoolStatistics,
     Registry,
@@ -69,6 +71,8 @@ class KVClient:
         token: The client token (``KV_CLIENT_TOKEN``), when the nodes require one.
         registry: Find nodes through this registry (service ``"kv"``) instead of `nodes`.
         max_attempts: Nodes tried per call.
+        hooks: Event hooks for this client's own policies: its timeout (``kv-client``)
+            and each node's breaker (``kv-node-<host:port>``), and nothing else's.
 
     Raises:
         ValueError: No node given, an address is malformed, or `timeout` <= 0.
@@ -82,13 +86,15 @@ class KVClient:
         token: str | None = None,
         registry: Registry | None = None,
         max_attempts: int = 3,
+        hooks: Iterable[Hook] = (),
     ) -> None:
         if registry is None:
             instances = [_instance(address) for address in nodes]
             if not instances:
                 raise ValueError("KVClient(nodes=[]): give at least one host:port, or registry=")
             registry = StaticRegistry(instances)
-        self._timeout = Timeout(timeout, name="kv-client")
+        hooks = tuple(hooks)
+        self._timeout = Timeout(timeout, name="kv-client", hooks=hooks)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         # No policy per host: the DiscoveryClient's pool does that per node; the
         # middleware only stamps the remaining deadline and the trace context.
@@ -96,8 +102,8 @@ class KVClient:
             headers=headers, middlewares=[ResilienceMiddleware({}, default=None)]
         )
         self._client = DiscoveryClient(
-            self._session, registry, max_attempts=max_attempts, breaker=_breaker,
-            failure_status=_node_failed,
+            self._session, registry, max_attempts=max_attempts,
+            breaker=functools.partial(_breaker, hooks=hooks), failure_status=_node_failed,
         )  # fmt: skip
 
     async def put(self, key: str | bytes, value: bytes, *, w: int | None = None) -> str:
@@ -201,8 +207,10 @@ def _node_failed(status: int) -> bool:
     return status != 503 and is_failure_status(status)  # noqa: PLR2004
 
 
-def _breaker(instance: Instance) -> CircuitBreaker:
-    return CircuitBreaker(name=f"kv-node-{instance.id}", failure_threshold=3, reset_timeout=2.0)
+def _breaker(instance: Instance, hooks: tuple[Hook, ...]) -> CircuitBreaker:
+    return CircuitBreaker(
+        name=f"kv-node-{instance.id}", failure_threshold=3, reset_timeout=2.0, hooks=hooks
+    )
 
 
 def _path(key: str | bytes, query: dict[str, str]) -> str:

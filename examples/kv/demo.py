@@ -33,8 +33,6 @@ from types import FrameType
 
 import aiohttp
 
-from resilient import add_hook
-
 from .client import KVClient
 from .config import CLIENT_TOKEN_ENV
 from .demo_monitor import ClientEvents, DemoState, Monitor, NodeView
@@ -164,18 +162,17 @@ async def _demo(cluster: LocalCluster, args: argparse.Namespace, seed: int) -> i
     view: View = PlainView() if args.plain or not sys.stdout.isatty() else RichView()
     state.on_event = view.event
     names = {f"kv-node-{node.address}": node.id for node in nodes.values()}
-    remove_hook = add_hook(ClientEvents(state, names))
+    events = ClientEvents(state, names)
     try:
         async with (
             _cancelled_by_signals(),
-            KVClient([n.address for n in nodes.values()], timeout=2.0) as client,
+            KVClient([n.address for n in nodes.values()], timeout=2.0, hooks=[events]) as client,
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as session,
         ):
             scenario = _Scenario(cluster, state, client, Monitor(state, session), session, view)
             outcome, workload = await scenario.run(victim, plan, float(args.rate), seed)
             view.refresh(state, workload.snapshot(asyncio.get_running_loop().time()))
     finally:
-        remove_hook()
         view.close()
     view.print(summary_lines(state, workload, outcome))
     return EXIT_LOST if outcome.lost else 0

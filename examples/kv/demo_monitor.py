@@ -2,7 +2,7 @@
 What the demo watches, turned into a timeline of events.
 
 Every node's ``/cluster`` and ``/metrics``, and the client's own policies (through a
-`resilient` hook).
+`resilient` hook given to its `KVClient`).
 
 A breaker flapping between open and half-open while its peer is down (a probe every
 `reset_timeout`) is one event, "opened", until it closes again.
@@ -111,7 +111,9 @@ class DemoState:
 
 class ClientEvents:
     """
-    A `resilient` hook on the demo's own policies: the client's breakers and timeout.
+    A `resilient` hook for the demo's `KVClient` (its `hooks=`).
+
+    It hears exactly that client's policies: its node breakers and its timeout.
 
     Args:
         state: Where to count and report.

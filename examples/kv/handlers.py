@@ -16,7 +16,7 @@ from .coordinator import QuorumError
 from .node import Node
 from .validate import InputError, budget_of, error_response, key_of, quorum_of, read_value
 
-__all__ = ["NODE_KEY", "auth_middleware", "errors_middleware", "routes"]
+__all__ = ["NODE_KEY", "node_middleware", "routes"]
 
 NODE_KEY = web.AppKey("node", Node)
 VERSION_HEADER = "X-KV-Version"
@@ -25,12 +25,24 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def node_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """
-    Every error as JSON ``{"error": ...}``; never a traceback.
+    Tokens, then the handler; every error as JSON ``{"error": ...}``, never a traceback.
+
+    ``/internal/`` needs the cluster token; ``/kv/`` the client token when one is set.
+    One middleware, not two: each layer costs every request a coroutine and aiohttp's
+    per-middleware wrapper, and this runs on every client and node-to-node request.
     """
     try:
-        return await handler(request)
+        config = request.app[NODE_KEY].config
+        path = request.path
+        if path.startswith("/internal"):
+            refused = _bearer_ok(request, config.cluster_token)
+        elif config.client_token is not None and path.startswith("/kv"):
+            refused = _bearer_ok(request, config.client_token)
+        else:
+            refused = None
+        return refused if refused is not None else await handler(request)
     except InputError as error:
         return error_response(error.status, error.message)
     except web.HTTPException as error:
@@ -57,24 +69,8 @@ def _bearer_ok(request: web.Request, token: str) -> web.Response | None:
     return None
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """
-    ``/internal/`` needs the cluster token; ``/kv/`` the client token when one is set.
-    """
-    config = request.app[NODE_KEY].config
-    path = request.path
-    if path.startswith("/internal"):
-        refused = _bearer_ok(request, config.cluster_token)
-    elif path.startswith("/kv") and config.client_token is not None:
-        refused = _bearer_ok(request, config.client_token)
-    else:
-        refused = None
-    return refused if refused is not None else await handler(request)
-
-
 def _quorum_failed(node: Node, op: str, error: QuorumError) -> web.Response:
-    node.requests.labels(op, "503").inc()
+    node.count(op, "503")
     return error_response(503, str(error), acked=error.acked, needed=error.needed)
 
 
@@ -103,7 +99,7 @@ async def _write(request: web.Request, *, delete: bool) -> web.StreamResponse:
         record, acked = await node.coordinator.write(key, value, w, budget)
     except QuorumError as error:
         return _quorum_failed(node, op, error)
-    node.requests.labels(op, "204").inc()
+    node.count(op, "204")
     headers = {VERSION_HEADER: str(record.version), "X-KV-Acked": str(acked)}
     return web.Response(status=204, headers=headers)
 
@@ -121,12 +117,12 @@ async def get_key(request: web.Request) -> web.StreamResponse:
     except QuorumError as error:
         return _quorum_failed(node, "get", error)
     if record is None or record.value is None:
-        node.requests.labels("get", "404").inc()
+        node.count("get", "404")
         response = error_response(404, "key not found")
         if record is not None:
             response.headers[VERSION_HEADER] = str(record.version)
         return response
-    node.requests.labels("get", "200").inc()
+    node.count("get", "200")
     return web.Response(
         body=record.value,
         headers={VERSION_HEADER: str(record.version)},

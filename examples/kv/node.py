@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -60,6 +61,7 @@ class Node:
             "kv_requests", "Client requests by operation and status",
             ["op", "status"], registry=self.registry,
         )  # fmt: skip
+        self._counted: dict[tuple[str, str], Callable[[], None]] = {}
         self.tracing = configure_tracing(config.node_id, config.traces_exporter)
         hooks: list[Hook] = [self.metrics]
         if self.tracing is not None:
@@ -81,6 +83,16 @@ class Node:
         self.ready = False
         self.membership: EtcdMembership | None = None
         self._background: list[asyncio.Task[None]] = []
+
+    def count(self, op: str, status: str) -> None:
+        """
+        Count one client request in ``kv_requests_total{op,status}``.
+        """
+        # labels() takes a lock and builds a key on every call; this runs per request.
+        increment = self._counted.get((op, status))
+        if increment is None:
+            increment = self._counted[op, status] = self.requests.labels(op, status).inc
+        increment()
 
     def _follow_peers(self) -> None:
         self.peers.update({n: a for n, a in self.members.items() if n != self.id})

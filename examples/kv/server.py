@@ -13,7 +13,6 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -22,8 +21,9 @@ from resilient import ResilienceError
 from resilient.integrations.aiohttp import add_metrics_route, resilience_middleware
 from resilient.integrations.otel import aiohttp_server_span_middleware
 
+from .._process import uvloop_factory
 from .config import NodeConfig
-from .handlers import NODE_KEY, auth_middleware, errors_middleware, routes
+from .handlers import NODE_KEY, node_middleware, routes
 from .node import Node
 from .validate import MAX_BUDGET
 
@@ -38,7 +38,7 @@ def build_app(node: Node) -> web.Application:
     """
     The node's application: routes, error and auth middleware, deadline and trace.
     """
-    middlewares: list[Middleware] = [errors_middleware, auth_middleware]
+    middlewares: list[Middleware] = [node_middleware]
     if node.tracing is not None:
         # The caller's trace context made current, then a SERVER span under it. Not
         # needed for deadlines: handlers read X-Request-Timeout-Ms themselves and the
@@ -99,14 +99,6 @@ def run(config: NodeConfig) -> int:
     Run `serve` on a fresh event loop (uvloop's when installed); the exit code.
     """
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
         runner.run(serve(config))
     return 0
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:  # optional: the kv extra installs it where it builds
-        return None
-    return uvloop.new_event_loop

@@ -1,0 +1,256 @@
+"""
+``python -m examples.kv bench``: replicated PUT and GET, with and without `resilient`.
+
+Throughput and latency of both, side by side in one run.
+
+Two 3-node clusters run at once on loopback: one as shipped (node-to-node calls through
+`ResilienceMiddleware`), one with ``--plain-peers`` (plain aiohttp between nodes), and
+a bare aiohttp process (`bench_floor`, the floor). Each round loads one cluster, then
+the other (the order alternates from round to round, so drift of a shared machine hits
+both alike), then the floor at saturation; an idle cluster costs next to nothing. For
+each cluster and operation a round measures:
+
+1. saturation: a closed loop (`bench_load.closed_loop`, wrk) for ``--seconds``;
+2. half of it: an open loop at half that round's saturation rate, p50/p99 measured from
+   when each request was due.
+
+Node CPU per request (``/proc/<pid>/stat``, summed over the three nodes) and the
+generator's own CPU are recorded for every phase: what bounds the cluster, and whether
+the generator was a bottleneck. Results go to stdout, ``--json`` and (unless
+``--no-docs``) the ``kv`` region of docs/benchmarks.md (`bench_report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .._process import free_port
+from .bench_load import LoadResult, closed_loop, fill, open_loop
+from .launch import ROOT, ClusterStartError, LocalCluster
+
+__all__ = ["Phase", "add_bench_arguments", "run_bench"]
+
+IDS = ("n1", "n2", "n3")
+VARIANTS: dict[str, list[str]] = {"resilient": [], "plain": ["--plain-peers"]}
+OPERATIONS = ("PUT", "GET")
+FLOOR = "bare aiohttp"
+"""The variant name of the floor: one bare aiohttp process (`bench_floor`), no cluster."""
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """
+    One measurement: a cluster, an operation, a load shape, in one round.
+
+    Attributes:
+        round: Round number (from 1).
+        variant: ``resilient`` or ``plain``.
+        op: ``PUT`` or ``GET``.
+        load: ``saturation`` (closed loop) or ``half`` (open loop at half of it).
+        rate: Answered requests per second.
+        target: The rate asked for (open loop), 0 for saturation.
+        errors: Requests that failed or got a status other than 200/204.
+        p50_ms: Median latency.
+        p99_ms: 99th percentile latency.
+        node_cpu_us: Node CPU per request, summed over the three nodes (microseconds).
+        generator_cpu: Share of one core the load generator used.
+        tool: The generator (``wrk`` or ``python``).
+        loadavg: The machine's 1-minute load average when the phase ended.
+    """
+
+    round: int
+    variant: str
+    op: str
+    load: str
+    rate: float
+    target: float
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    node_cpu_us: float
+    generator_cpu: float
+    tool: str
+    loadavg: float
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    The ``bench`` command's options.
+    """
+    parser.add_argument("--rounds", type=_positive(int), default=3, help="rounds per cluster")
+    parser.add_argument("--seconds", type=_positive(float), default=5.0, help="per phase")
+    parser.add_argument("--connections", type=_positive(int), default=96,
+                        help="closed-loop connections in all (saturation)")  # fmt: skip
+    parser.add_argument("--keys", type=_positive(int), default=2000)
+    parser.add_argument("--value-bytes", type=_positive(int), default=100)
+    parser.add_argument("--generators", type=_positive(int), default=2,
+                        help="open-loop generator processes")  # fmt: skip
+    parser.add_argument("--json", type=Path, help="write every phase as JSON here")
+    parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"),
+                        help="the page whose kv region is rewritten")  # fmt: skip
+    parser.add_argument("--no-docs", action="store_true", help="don't touch the docs page")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 1 round of 1 s phases, few keys; no docs")  # fmt: skip
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error
+    return parse
+
+
+def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
+    """
+    Run the bench; the exit code (0, or 3 when a cluster did not start).
+    """
+    if args.quick:
+        args.rounds, args.seconds, args.keys, args.connections = 1, 1.0, 100, 12
+        args.generators = 1
+        args.no_docs = True
+    root = Path(tempfile.mkdtemp(prefix="kv-bench-"))
+    token = secrets.token_hex(16)
+    clusters = {
+        name: LocalCluster(root / name, list(IDS), token, extra_args=list(extra))
+        for name, extra in VARIANTS.items()
+    }
+    began = time.time()
+    floor_port = free_port()
+    floor = subprocess.Popen(  # noqa: S603  # argv built here, no shell
+        [sys.executable, "-m", "examples.kv.bench_floor", str(floor_port)], cwd=ROOT,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for cluster in clusters.values():  # all six start at once, then each is awaited
+            for node in cluster.ids:
+                cluster.launch(node)
+        for cluster in clusters.values():
+            for node in cluster.ids:
+                cluster.wait_healthy(node)
+        _wait_floor(floor, floor_port)
+        phases = _rounds(args, clusters, (floor.pid, f"127.0.0.1:{floor_port}"))
+    except ClusterStartError as error:
+        print(f"kv bench: a cluster did not start: {error}", file=sys.stderr)
+        return 3
+    finally:
+        floor.kill()
+        floor.wait()
+        for cluster in clusters.values():
+            cluster.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
+    from .bench_report import print_table, write_docs
+
+    print_table(phases)
+    if args.json is not None:
+        args.json.write_text(json.dumps([asdict(p) for p in phases], indent=1))
+    if not args.no_docs:
+        write_docs(args.docs, phases, argv, began=began, args=args)
+        print(f"kv bench: wrote the kv region of {args.docs}")
+    return 0
+
+
+def _wait_floor(process: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + 20.0
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2.0):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise ClusterStartError("the bare aiohttp server (bench_floor) did not start")
+
+
+def _rounds(
+    args: argparse.Namespace, clusters: dict[str, LocalCluster], floor: tuple[int, str]
+) -> list[Phase]:
+    addresses = {name: [c.address(n) for n in IDS] for name, c in clusters.items()}
+    for name in clusters:
+        filled = fill(addresses[name], args.keys, args.value_bytes)
+        if filled.errors:
+            raise ClusterStartError(f"{name}: {filled.errors} of {args.keys} fill writes failed")
+    phases: list[Phase] = []
+    names = list(clusters)
+    for number in range(1, args.rounds + 1):
+        order = names if number % 2 else names[::-1]
+        for name in order:
+            pids = [p.pid for p in clusters[name].processes.values()]
+            for op in OPERATIONS:
+                phases += _measure(args, number, name, op, addresses[name], pids)
+                print(_progress(phases[-2:]), flush=True)
+        phases += [_measure_floor(args, number, op, *floor) for op in OPERATIONS]
+    return phases
+
+
+def _measure_floor(args: argparse.Namespace, number: int, op: str, pid: int, address: str) -> Phase:
+    # As many connections as one node gets, on the one process.
+    cpu = _cpu([pid])
+    result = closed_loop(
+        [address], op, connections=max(1, args.connections // len(IDS)),
+        seconds=args.seconds, keys=args.keys, value_bytes=args.value_bytes,
+    )  # fmt: skip
+    return _phase(number, FLOOR, op, "saturation", result, 0.0, _cpu([pid]) - cpu)
+
+
+def _measure(  # noqa: PLR0917  # private, called once
+    args: argparse.Namespace, number: int, name: str, op: str, nodes: list[str], pids: list[int]
+) -> list[Phase]:
+    shape = {"keys": args.keys, "value_bytes": args.value_bytes}
+    cpu = _cpu(pids)
+    saturated = closed_loop(nodes, op, connections=args.connections, seconds=args.seconds, **shape)
+    between = _cpu(pids)
+    target = saturated.rate / 2
+    half = open_loop(nodes, op, rate=target, seconds=args.seconds, processes=args.generators,
+                     **shape)  # fmt: skip
+    after = _cpu(pids)
+    return [
+        _phase(number, name, op, "saturation", saturated, 0.0, between - cpu),
+        _phase(number, name, op, "half", half, target, after - between),
+    ]
+
+
+def _phase(  # noqa: PLR0917  # private: a Phase's fields in order
+    number: int, name: str, op: str, load: str, result: LoadResult, target: float, cpu: float
+) -> Phase:
+    return Phase(
+        number, name, op, load, round(result.rate, 1), round(target, 1), result.errors,
+        round(result.p50_ms, 2), round(result.p99_ms, 2),
+        round(cpu / max(result.requests, 1) * 1e6, 1),
+        round(result.generator_cpu / max(result.seconds, 1e-9), 3), result.tool,
+        os.getloadavg()[0],
+    )  # fmt: skip
+
+
+def _cpu(pids: list[int]) -> float:
+    # utime + stime of each node process, in seconds.
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+def _progress(phases: list[Phase]) -> str:
+    sat, half = phases
+    return (
+        f"round {sat.round} {sat.variant:9} {sat.op}: saturation {sat.rate:,.0f}/s"
+        f" (p99 {sat.p99_ms:.1f} ms, {sat.node_cpu_us:.0f} us node CPU/req);"
+        f" half {half.rate:,.0f}/s p50 {half.p50_ms:.1f} ms p99 {half.p99_ms:.1f} ms;"
+        f" load {sat.loadavg:.1f}"
+    )

@@ -1,0 +1,186 @@
+"""
+The bench's figures: a table on stdout and the ``kv`` region of docs/benchmarks.md.
+
+Each figure is the median over rounds with its range (min-max); the resilient/plain
+ratio is taken round by round (each round loads both clusters back to back), then
+summarised the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks._docs import command_line, merge_region
+from benchmarks._report import machine_info, package_versions
+
+from .bench import FLOOR, OPERATIONS, VARIANTS, Phase
+
+__all__ = ["print_table", "region", "write_docs"]
+
+BEGIN, END = "<!-- kv:begin -->", "<!-- kv:end -->"
+TARGETS = {"PUT": 3000.0, "GET": 6000.0}
+P99_TARGET_MS = 50.0
+RESILIENT_COST_TARGET = 0.10
+
+
+def _spread(values: Sequence[float], fmt: str = ",.0f") -> str:
+    if not values:
+        return "-"
+    middle = statistics.median(values)
+    if len(values) == 1:
+        return format(middle, fmt)
+    return f"{middle:{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
+def _select(phases: Sequence[Phase], **match: object) -> list[Phase]:
+    return [p for p in phases if all(getattr(p, k) == v for k, v in match.items())]
+
+
+def _ratios(phases: Sequence[Phase], op: str, field: str = "rate") -> list[float]:
+    # Round by round: both clusters were loaded back to back in the same round.
+    ratios = []
+    for number in sorted({p.round for p in phases}):
+        pair = {
+            p.variant: float(getattr(p, field))
+            for p in _select(phases, round=number, op=op, load="saturation")
+        }
+        if pair.get("plain"):
+            ratios.append(pair.get("resilient", 0.0) / pair["plain"])
+    return ratios
+
+
+def rows(phases: Sequence[Phase]) -> list[list[str]]:
+    """
+    One row per operation and cluster: saturation and half-saturation figures.
+    """
+    table = []
+    for op in OPERATIONS:
+        for variant in [*VARIANTS, FLOOR]:
+            sat = _select(phases, op=op, variant=variant, load="saturation")
+            half = _select(phases, op=op, variant=variant, load="half")
+
+            def of(group: list[Phase], get: Callable[[Phase], float], fmt: str) -> str:
+                return _spread([get(p) for p in group], fmt)
+
+            table.append([
+                op, variant,
+                of(sat, lambda p: p.rate, ",.0f"), of(sat, lambda p: p.p50_ms, ".1f"),
+                of(sat, lambda p: p.p99_ms, ".1f"), of(sat, lambda p: p.node_cpu_us, ",.0f"),
+                of(half, lambda p: p.rate, ",.0f"), of(half, lambda p: p.p50_ms, ".1f"),
+                of(half, lambda p: p.p99_ms, ".1f"),
+                str(sum(p.errors for p in sat + half)),
+            ])  # fmt: skip
+    return table
+
+
+HEADER = [
+    "op", "between nodes", "saturation req/s", "p50 ms", "p99 ms", "node CPU us/req",
+    "half-sat. req/s", "p50 ms", "p99 ms", "errors",
+]  # fmt: skip
+
+
+def print_table(phases: Sequence[Phase]) -> None:
+    """
+    The summary table and the resilient/plain ratios, on stdout.
+    """
+    table = [HEADER, *rows(phases)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(HEADER))]
+    for row in table:
+        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
+    for op in OPERATIONS:
+        print(
+            f"{op} saturation, resilient/plain: throughput {_spread(_ratios(phases, op), '.2f')},"
+            f" node CPU per request {_spread(_ratios(phases, op, 'node_cpu_us'), '.2f')}"
+        )
+    generator = [p.generator_cpu for p in phases]
+    print(f"load generator CPU: {_spread(generator, '.2f')} cores (median, range)")
+
+
+def _targets(phases: Sequence[Phase]) -> list[str]:
+    lines = []
+    for op, target in TARGETS.items():
+        rate = statistics.median(
+            [p.rate for p in _select(phases, op=op, variant="resilient", load="saturation")]
+        )
+        met = "met" if rate >= target else "**not met**"
+        lines.append(f"- {op} at saturation >= {target:,.0f}/s: {rate:,.0f}/s (median), {met}")
+        p99 = max(p.p99_ms for p in _select(phases, op=op, variant="resilient", load="half"))
+        met = "met" if p99 < P99_TARGET_MS else "**not met**"
+        lines.append(
+            f"- {op} p99 at half saturation < {P99_TARGET_MS:g} ms: worst round {p99:.1f} ms, {met}"
+        )
+        ratio = statistics.median(_ratios(phases, op))
+        met = "met" if ratio >= 1 - RESILIENT_COST_TARGET else "**not met**"
+        lines.append(
+            f"- {op}: `resilient` costs at most 10% of throughput: resilient/plain"
+            f" {ratio:.2f} (median of rounds), {met}"
+        )
+    return lines
+
+
+def region(phases: Sequence[Phase], argv: list[str], *, began: float,
+           args: argparse.Namespace) -> str:  # fmt: skip
+    """
+    The ``kv`` region of docs/benchmarks.md.
+    """
+    info = machine_info()
+    versions = package_versions(["aiohttp", "uvloop"])
+    tools = sorted({p.tool for p in phases if p.load == "saturation"})
+    loads = [p.loadavg for p in phases]
+    lines = [
+        BEGIN,
+        "<!-- Generated by examples/kv/bench.py; edits between these markers are overwritten. -->",
+        "",
+        "## examples/kv: replicated PUT and GET, with and without `resilient` between nodes",
+        "",
+        f"- **Command:** `{command_line('examples.kv', argv)}` (from the repository root)",
+        f"- **When:** {datetime.fromtimestamp(began, UTC).isoformat(timespec='seconds')}",
+        f"- **Machine:** {info['python']} on {info['platform']}, {info['cpu_count']} CPUs"
+        f" ({info.get('cpus_usable', '?')} usable), {info['cpu_model']};"
+        f" aiohttp {versions['aiohttp']}, uvloop {versions['uvloop']}",
+        f"- **Load average (1 min) during the run:** {_spread(loads, '.1f')}"
+        " (the machine is shared: other jobs ran alongside)",
+        f"- **Method:** two 3-node clusters (N=3, W=2, R=2, durable group commit), one"
+        f" with `resilient` peers and one with `--plain-peers`, loaded in turn,"
+        f" {args.rounds} round(s) each, order alternating; {args.seconds:g} s per phase,"
+        f" {args.keys:,} keys of {args.value_bytes} bytes written first. Saturation:"
+        f" closed loop, {args.connections} connections spread over the 3 nodes"
+        f" ({' and '.join(tools)}); half: open loop at half that round's saturation rate"
+        f" from {args.generators} Python process(es), latency from when each request was"
+        " due. Figures: median over rounds (min-max). Saturation latency from wrk is the"
+        " worst node's percentile.",
+        f"- **Load generator CPU:** {_spread([p.generator_cpu for p in phases], '.2f')}"
+        f" cores (of {os.cpu_count()}), on the same machine as the nodes",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "|".join(["---"] * 2 + ["--:"] * (len(HEADER) - 2)) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows(phases)),
+        "",
+        *(
+            f"- {op} at saturation, resilient/plain (round by round): throughput"
+            f" {_spread(_ratios(phases, op), '.2f')}, node CPU per request"
+            f" {_spread(_ratios(phases, op, 'node_cpu_us'), '.2f')}"
+            for op in OPERATIONS
+        ),
+        "",
+        "Targets (issue #9):",
+        "",
+        *_targets(phases),
+        END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(path: Path, phases: Sequence[Phase], argv: list[str], *, began: float,
+               args: argparse.Namespace) -> None:  # fmt: skip
+    """
+    Rewrite the ``kv`` region of `path` (appended when it has none).
+    """
+    existing = path.read_text() if path.exists() else None
+    text = region(phases, argv, began=began, args=args)
+    path.write_text(merge_region(existing, text, begin=BEGIN, end=END))
