@@ -167,15 +167,23 @@ def test_a_frozen_replica_is_hedged_around(cluster: KVCluster) -> None:
 
 
 def test_a_read_repairs_a_stale_replica(cluster: KVCluster) -> None:
-    """A replica that missed a write gets the newest version back from a read."""
+    """
+    A replica that missed a write gets the newest version back from a read. The write
+    goes through n2, which is then killed: the hint it kept for n3 can't be handed off,
+    so only read repair can bring n3 up to date.
+    """
     write_all(cluster, "n1", ["repair-me"], b"old", **{"X-Request-Timeout-Ms": "5000"})
+    deadline = time.monotonic() + 15
+    while cluster.internal("n3", "repair-me").body != b"old":  # W=2 acked before n3 had it
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     cluster.kill("n3")
-    write_all(cluster, "n1", ["repair-me"], b"new")
+    write_all(cluster, "n2", ["repair-me"], b"new")
+    cluster.kill("n2")
     cluster.start("n3")
     assert cluster.internal("n3", "repair-me").body == b"old"  # stale after the restart
-    deadline = time.monotonic() + 15
     while cluster.internal("n3", "repair-me").body != b"new":
-        got = read(cluster, "n1", "repair-me", "?r=3")  # 503 while n1's breaker to n3 is open
+        got = read(cluster, "n1", "repair-me")  # 503 while n1's breaker to n3 is open
         assert got.status in {200, 503}
         assert time.monotonic() < deadline, got
         time.sleep(0.1)
