@@ -88,3 +88,10 @@ def test_overload_benchmark_quick_run(tmp_path: Path) -> None:
         "| AdaptiveConcurrency(Gradient2())",
     ]
     assert chart.stat().st_size > 10_000
+
+
+def test_revisions_benchmark_compares_a_revision_with_this_tree() -> None:
+    """`benchmarks.revisions HEAD` builds each policy from git's HEAD and this tree."""
+    output = run_module("benchmarks.revisions", "HEAD", "--rounds", "1", "--calls", "200")
+    rows = [line for line in output.splitlines() if line.startswith(("retry/", "stack/"))]
+    assert len(rows) == 3  # Retry, Retry.call and the pipeline, each before and after
