@@ -142,7 +142,7 @@ class RateLimiter(Policy):
         self.max_wait = check_seconds(owner, "max_wait", max_wait, allow_zero=True)
         self._cost = _check_cost(owner, cost, self.burst)
         self._interval = self.per / self.rate  # T: seconds per permit
-        self._tolerance = self.burst * self._interval  # how far ahead tat may run
+        self._tolerance = _tolerance(owner, self.burst, self._interval)
         # What one call moves tat by; None when a function gives each call's cost.
         self._step = None if callable(self._cost) else self._cost * self._interval
         self._tat = self._clock.monotonic()  # the bucket starts full
@@ -268,9 +268,31 @@ def check_rate(owner: str, param: str, value: object) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{owner}({param}=...): expected a number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond a float's range: as infinite
+        number = math.inf
+    if not (math.isfinite(number) and number > 0):
         raise ValueError(f"{owner}({param}={value!r}): {param} must be finite and > 0")
-    return float(value)
+    return number
+
+
+def _tolerance(owner: str, burst: int, interval: float) -> float:
+    # GCRA's arithmetic needs both in a float's normal range: an interval that rounds
+    # to 0 or overflows to inf (per=1e-300 with rate=1e300, or rate=5e-324) made every
+    # call free, so the limiter let everything through.
+    try:
+        tolerance = burst * interval
+    except OverflowError:  # a burst beyond a float's range
+        tolerance = math.inf
+    if not (interval > 0 and math.isfinite(interval)):
+        raise ValueError(
+            f"{owner}(rate=..., per=...): per / rate = {interval!r} seconds per permit;"
+            " it must be a finite number > 0"
+        )
+    if not math.isfinite(tolerance):
+        raise ValueError(f"{owner}(burst={burst!r}): burst is too large for a float")
+    return tolerance
 
 
 def _check_cost(owner: str, cost: object, burst: int) -> float | Callable[..., float]:

@@ -319,6 +319,13 @@ async def test_decorator_and_repr() -> None:
         ({"rate": 1, "max_wait": -1}, ValueError, "max_wait"),
         ({"rate": 10, "burst": 2, "cost": 3}, ValueError, "cost"),
         ({"rate": 10, "cost": 0}, ValueError, "cost"),
+        ({"rate": 10**400}, ValueError, "rate"),
+        ({"rate": 1, "cost": 10**400}, ValueError, "cost"),
+        ({"rate": 1, "burst": 10**400}, ValueError, "burst"),
+        # per / rate overflows to inf, or rounds to 0: every call would be free.
+        ({"rate": 5e-324}, ValueError, "rate"),
+        ({"rate": 1e-300, "per": 1e10}, ValueError, "rate"),
+        ({"rate": 1e300, "per": 1e-300}, ValueError, "rate"),
     ],
 )
 def test_bad_parameters_are_named(kwargs: dict[str, object], error: type, named: str) -> None:
