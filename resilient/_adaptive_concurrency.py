@@ -139,17 +139,22 @@ class AdaptiveConcurrency(Bulkhead):
 
     def _finish(self, started: float, in_flight: int, error: BaseException | None) -> None:
         # A cancelled call, or one an inner policy refused, says nothing about the
-        # dependency: its slot is freed without a sample.
-        if not isinstance(error, asyncio.CancelledError | RejectedError):
-            dropped = error is not None and self._overload(error)
-            self._dropped += dropped
-            rtt = self._monotonic() - started
-            if self._waiters:  # saturated: only then does the queue read the service time
-                self._service_time = ewma(self._service_time, rtt)
-            self.max_concurrent = self.algorithm.update(
-                self.max_concurrent, rtt, in_flight, dropped
-            )
-        self._release()
+        # dependency: its slot is freed without a sample. Freed in any case: a user's
+        # algorithm (or overload_on predicate) that raises must not keep the slot.
+        try:
+            if not isinstance(error, asyncio.CancelledError | RejectedError):
+                dropped = error is not None and self._overload(error)
+                self._dropped += dropped
+                rtt = self._monotonic() - started
+                if self._waiters:  # saturated: only then does the queue read it
+                    self._service_time = ewma(self._service_time, rtt)
+                algorithm = self.algorithm
+                limit = algorithm.update(self.max_concurrent, rtt, in_flight, dropped)
+                # Held to the algorithm's own bounds: a user's that returned 0 would stop
+                # the policy for good (no call could start, so none could raise it).
+                self.max_concurrent = max(algorithm.min_limit, min(algorithm.max_limit, limit))
+        finally:
+            self._release()
 
     def _release(self) -> None:
         self._in_flight -= 1

@@ -18,6 +18,7 @@ from resilient import (
     AdaptiveConcurrencyStatistics,
     ConcurrencyLimitError,
     Gradient2,
+    LimitAlgorithm,
     Rejected,
     RejectionReason,
 )
@@ -410,3 +411,40 @@ def test_algorithms_show_their_settings_and_ignore_empty_samples() -> None:
     assert AIMD().update(20, 0.1, 9, dropped=False) == 20
     with pytest.raises(TypeError, match=r"Gradient2\(tolerance="):
         Gradient2(tolerance="2")  # type: ignore[arg-type]
+
+
+class _Broken(LimitAlgorithm):
+    """
+    A user's algorithm that raises, or returns a limit outside its own bounds.
+    """
+
+    def __init__(self, answer: int | None) -> None:
+        super().__init__("Broken", 2, 1, 4)
+        self.answer = answer
+
+    def update(self, limit: int, rtt: float, in_flight: int, dropped: bool) -> int:
+        if self.answer is None:
+            raise RuntimeError("update failed")
+        return self.answer
+
+
+async def test_an_algorithm_that_raises_does_not_keep_the_slot() -> None:
+    """
+    The algorithm's error reaches the caller, and the call's slot is freed all the same.
+    """
+    policy = AdaptiveConcurrency(_Broken(None), clock=FakeClock())
+    with pytest.raises(RuntimeError, match="update failed"):
+        await policy.call(asyncio.sleep, 0)
+    assert policy.in_flight == 0
+
+
+@pytest.mark.parametrize(("answer", "limit"), [(0, 1), (-5, 1), (99, 4)])
+async def test_a_limit_outside_the_algorithms_bounds_is_clamped(answer: int, limit: int) -> None:
+    """
+    A limit an algorithm returns beyond its min_limit..max_limit is held to them: a
+    limit of 0 would refuse every call from then on, with no sample to raise it.
+    """
+    policy = AdaptiveConcurrency(_Broken(answer), clock=FakeClock())
+    await policy.call(asyncio.sleep, 0)
+    assert policy.limit == limit
+    assert await policy.call(asyncio.sleep, 0, "still served") == "still served"
