@@ -15,8 +15,9 @@ token bucket of capacity `burst` refilled at `rate / per` (tokens now =
 
 A call whose wait is 0 runs at once. One whose wait is at most `max_wait` reserves its
 permits and sleeps until they are due (so waiters are served in arrival order and a
-newcomer cannot overtake them); a cancelled waiter gives its permits back. Any other
-call is rejected with `RateLimitedError`, whose `retry_after` is the wait.
+newcomer cannot overtake them); a cancelled waiter gives back the permits no later
+waiter has reserved since. Any other call is rejected with `RateLimitedError`, whose
+`retry_after` is the wait.
 
 Only calls of priority ``CRITICAL`` or higher wait (`resilient.Priority`): a sheddable
 call that finds no permit is refused at once (reason ``PRIORITY_SHED``) rather than
@@ -179,7 +180,7 @@ class RateLimiter(Policy):
         if wait > cap:
             return _raise(self._refusal(wait, step / self._interval, why, reason))
         self._tat = tat  # reserved: later callers queue behind this one
-        return self._delayed(wait, step, fn, args, kwargs)
+        return self._delayed(wait, tat, step, fn, args, kwargs)
 
     async def _weighted(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         step = permits_of(self, self._cost, args, kwargs) * self._interval
@@ -190,15 +191,18 @@ class RateLimiter(Policy):
         self._tat = tat
         return await fn(*args, **kwargs)
 
-    async def _delayed(
-        self, wait: float, step: float, fn: AsyncFn[T], args: Args, kwargs: Kwargs
-    ) -> T:
+    async def _delayed(  # noqa: PLR0917  # the reservation, then the call
+        self, wait: float, reserved: float, step: float, fn: AsyncFn[T], args: Args,
+        kwargs: Kwargs,
+    ) -> T:  # fmt: skip
         self._waiting += 1
         try:
             await self._clock.sleep(wait)
         except BaseException:
-            # Cancelled while waiting: hand the permits back (as Go's Reservation.Cancel).
-            self._tat -= step
+            # Cancelled while waiting: hand back the permits no later caller has reserved
+            # since (as Go's Reservation.Cancel). Those callers keep their times, so
+            # handing back the rest would let newcomers run alongside them, over the rate.
+            self._tat -= max(0.0, step - (self._tat - reserved))
             raise
         finally:
             self._waiting -= 1
