@@ -256,7 +256,8 @@ class Bulkhead(Policy):
             if timer is not None:
                 timer.cancel()
         if outcome is not GRANTED:
-            self._forget(waiter)
+            if outcome is not RejectionReason.PRIORITY_SHED:  # the shed were taken out
+                self._forget(waiter)  # (looking for them would scan the whole queue)
             self._leave_queue(outcome, expected)
         self._accepted += 1
 
