@@ -10,7 +10,8 @@ are rejected with `ConcurrencyLimitError`. The queue is the bulkhead's own; only
 release differs: a freed slot goes to a waiter only while the calls in flight are below
 the limit (which may have shrunk), and a grown limit admits several waiters at once.
 So the queue sheds by priority and deadline as the bulkhead's does (docs/overload.md);
-a call that finishes while others wait is a sample of the service time.
+a call that finishes while others wait, or that took the last slot, is a sample of the
+service time.
 
 Which failures are samples of overload is `overload_on` (default: any `Exception`). A
 cancelled call is not a sample (its latency says nothing about the dependency), nor is
@@ -146,7 +147,7 @@ class AdaptiveConcurrency(Bulkhead):
                 dropped = error is not None and self._overload(error)
                 self._dropped += dropped
                 rtt = self._monotonic() - started
-                if self._waiters:  # saturated: only then does the queue read it
+                if self._waiters or in_flight >= self.max_concurrent:  # saturated
                     self._service_time = ewma(self._service_time, rtt)
                 algorithm = self.algorithm
                 limit = algorithm.update(self.max_concurrent, rtt, in_flight, dropped)

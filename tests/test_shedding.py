@@ -10,7 +10,7 @@ import asyncio
 import pickle
 from collections import deque
 from collections.abc import Awaitable
-from typing import SupportsIndex, TypeVar
+from typing import Any, SupportsIndex, TypeVar
 
 import pytest
 
@@ -338,6 +338,51 @@ async def test_a_waiter_leaves_the_queue_when_its_deadline_passes() -> None:
     await settle()
     await patient.release()
     assert log == ["running", "patient"]
+
+
+@pytest.mark.parametrize("build", [
+    lambda clock: Bulkhead(1, max_queue=1, clock=clock),
+    lambda clock: AdaptiveConcurrency(AIMD(initial=1, max_limit=1), max_queue=1, clock=clock),
+])  # fmt: skip
+async def test_a_stale_service_time_is_corrected_while_saturated(build: Any) -> None:
+    """
+    One slow call through the queue (60 s) sets the service time; the policy then
+    stays saturated by short calls that take the slot as it frees, and callers with a
+    5 s deadline are refused at the door. The calls that fill the last slot are samples
+    too, so the estimate comes down and those callers queue again. (Only queued calls
+    were samples: with every caller refused, none queued, and the estimate stayed 60 s
+    for as long as the saturation lasted.)
+    """
+    clock = FakeClock(auto_advance=False)
+    bulkhead = build(clock)
+    log: list[str] = []
+    first = Held(bulkhead, log, "first")
+    await settle()
+    slow = Held(bulkhead, log, "slow")
+    await settle()
+    await first.release()
+    following = Held(bulkhead, log, "following")  # queued while the slow one runs
+    await settle()
+    clock.advance(60)
+    await slow.release()
+    await following.release()
+    assert bulkhead.statistics().service_time >= 50
+    refused = 0
+    for i in range(100):
+        holder = Held(bulkhead, log, f"h{i}")
+        await settle()
+        caller = Held(bulkhead, log, f"d{i}", budget=5.0)
+        await settle()
+        clock.advance(0.1)
+        await holder.release()
+        await settle()
+        if caller.task.done():
+            assert reason_of(caller) == RejectionReason.DEADLINE_TOO_SHORT
+            refused += 1
+        else:
+            await caller.release()
+    assert refused < 50
+    assert bulkhead.statistics().service_time < 5
 
 
 async def test_a_deadline_shorter_than_the_service_time_is_refused_or_leaves_early() -> None:
