@@ -19,15 +19,7 @@ from dataclasses import dataclass
 
 from ._validate import check_seconds
 
-__all__ = [
-    "MIN_WINDOW",
-    "Accounting",
-    "Consecutive",
-    "CountWindow",
-    "TimeWindow",
-    "WindowTotals",
-    "check_window",
-]
+__all__ = ["Accounting", "Consecutive", "CountWindow", "TimeWindow", "WindowTotals", "check_window"]
 
 _BUCKETS = 10
 
