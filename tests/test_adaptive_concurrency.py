@@ -321,6 +321,11 @@ def test_error_is_picklable() -> None:
         (lambda: Gradient2(tolerance=0.5), ValueError, r"Gradient2\(tolerance="),
         (lambda: Gradient2(smoothing=0), ValueError, r"Gradient2\(smoothing="),
         (lambda: Gradient2(long_window=0), ValueError, r"Gradient2\(long_window="),
+        # Accepted, these broke every sample with an OverflowError (int to float).
+        (lambda: Gradient2(long_window=10**400), ValueError, r"Gradient2\(long_window="),
+        (lambda: Gradient2(queue_size=10**400), ValueError, r"Gradient2\(queue_size="),
+        (lambda: Gradient2(max_limit=10**400), ValueError, r"Gradient2\(max_limit="),
+        (lambda: AIMD(max_limit=10**400), ValueError, r"AIMD\(max_limit="),
         (lambda: AdaptiveConcurrency(max_queue=-1), ValueError, r"\(max_queue="),
         (lambda: AdaptiveConcurrency(max_wait=-1), ValueError, r"\(max_wait="),
         (lambda: AdaptiveConcurrency(object()), TypeError, r"\(algorithm="),  # type: ignore[arg-type]
