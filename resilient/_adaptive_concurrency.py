@@ -22,6 +22,7 @@ circuit breaker excludes them.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
@@ -116,7 +117,10 @@ class AdaptiveConcurrency(Bulkhead):
         self.algorithm = algorithm
         self._dropped = 0
         # Calls inside ``async with``, per task: (start, calls in flight), innermost last.
-        self._entered: dict[asyncio.Task[Any] | None, list[tuple[float, int]]] = {}
+        # Weak: a block entered in one task and left in another (an AsyncExitStack
+        # closed elsewhere) leaves its entry behind until the entering task is gone.
+        self._entered: weakref.WeakKeyDictionary[asyncio.Task[Any], list[tuple[float, int]]]
+        self._entered = weakref.WeakKeyDictionary()
 
     @property
     def limit(self) -> int:
@@ -177,8 +181,9 @@ class AdaptiveConcurrency(Bulkhead):
 
     async def __aenter__(self) -> AdaptiveConcurrency:
         await super().__aenter__()
-        stack = self._entered.setdefault(asyncio.current_task(), [])
-        stack.append((self._monotonic(), self._in_flight))
+        task = asyncio.current_task()
+        if task is not None:  # (None: a coroutine stepped by hand, no sample)
+            self._entered.setdefault(task, []).append((self._monotonic(), self._in_flight))
         return self
 
     async def __aexit__(
@@ -188,7 +193,11 @@ class AdaptiveConcurrency(Bulkhead):
         tb: TracebackType | None,
     ) -> None:
         task = asyncio.current_task()
-        stack = self._entered[task]
+        if task is None or not (stack := self._entered.get(task)):
+            # Left in another task than it was entered in: when it started is unknown,
+            # so no sample, but the slot is freed (it stayed taken for good, KeyError).
+            self._release()
+            return
         started, in_flight = stack.pop()
         if not stack:
             del self._entered[task]

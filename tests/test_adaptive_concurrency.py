@@ -6,6 +6,7 @@ the policy's slots, queue and rejections, the limit in statistics, cancellation,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
 
 import pytest
@@ -372,6 +373,21 @@ async def test_async_with_samples_the_block() -> None:
             raise TimeoutError
     stats = policy.statistics()
     assert (stats.limit, stats.in_flight, stats.dropped) == (1, 0, 1)
+
+
+async def test_async_with_left_in_another_task_frees_the_slot() -> None:
+    """
+    A block entered in one task and left in another (an AsyncExitStack closed by
+    another task) frees its slot without a sample, rather than fail with KeyError
+    and keep the slot for good.
+    """
+    policy = AdaptiveConcurrency(AIMD(initial=1, max_limit=1), clock=FakeClock())
+    stack = contextlib.AsyncExitStack()
+    await asyncio.create_task(stack.enter_async_context(policy))
+    assert policy.in_flight == 1
+    await stack.aclose()
+    assert policy.in_flight == 0
+    assert await policy.call(asyncio.sleep, 0, "served") == "served"
 
 
 async def test_the_limit_is_exported_as_a_gauge() -> None:
