@@ -306,6 +306,36 @@ async def test_client_errors_and_redirects_are_not_overload(
             assert policy.probability() == 0.0
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="design: the server trusts X-Request-Priority by default (priority_header=...);"
+    " any client claiming critical_plus sheds the queued requests of everybody else",
+)
+async def test_a_client_cannot_shed_others_by_claiming_critical_plus(
+    serve: Serve, client: aiohttp.ClientSession
+) -> None:
+    """
+    With default options, a request that claims ``critical_plus`` in the header does
+    not push a queued request of the default priority out of the admission queue.
+    """
+    gate = Gate()
+    bulkhead = Bulkhead(1, max_queue=1)
+    root = await serve(guarded_app(bulkhead, gate))
+    first = asyncio.create_task(fetch(client, root / "hold" % {"who": "first"}))
+    await until(lambda: gate.entered == ["first"])
+    honest = asyncio.create_task(fetch(client, root / "hold" % {"who": "honest"}))
+    await until(lambda: bulkhead.queued == 1)
+    spoofer = asyncio.create_task(
+        fetch(client, root / "hold" % {"who": "spoofer"}, {PRIORITY_HEADER: "critical_plus"})
+    )
+    try:
+        await until(lambda: honest.done() or spoofer.done())
+        assert not honest.done(), "the honest request was shed for the spoofed priority"
+    finally:
+        gate.open.set()
+        await asyncio.wait_for(asyncio.gather(first, honest, spoofer), 5)
+
+
 @pytest.mark.parametrize(
     ("refused", "status", "retry_after"),
     [
