@@ -10,7 +10,8 @@ are rejected with `ConcurrencyLimitError`. The queue is the bulkhead's own; only
 release differs: a freed slot goes to a waiter only while the calls in flight are below
 the limit (which may have shrunk), and a grown limit admits several waiters at once.
 So the queue sheds by priority and deadline as the bulkhead's does (docs/overload.md);
-a call that finishes while others wait is a sample of the service time.
+a call that finishes while others wait, or that took the last slot, is a sample of the
+service time.
 
 Which failures are samples of overload is `overload_on` (default: any `Exception`). A
 cancelled call is not a sample (its latency says nothing about the dependency), nor is
@@ -21,6 +22,7 @@ circuit breaker excludes them.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from types import TracebackType
@@ -115,7 +117,10 @@ class AdaptiveConcurrency(Bulkhead):
         self.algorithm = algorithm
         self._dropped = 0
         # Calls inside ``async with``, per task: (start, calls in flight), innermost last.
-        self._entered: dict[asyncio.Task[Any] | None, list[tuple[float, int]]] = {}
+        # Weak: a block entered in one task and left in another (an AsyncExitStack
+        # closed elsewhere) leaves its entry behind until the entering task is gone.
+        self._entered: weakref.WeakKeyDictionary[asyncio.Task[Any], list[tuple[float, int]]]
+        self._entered = weakref.WeakKeyDictionary()
 
     @property
     def limit(self) -> int:
@@ -139,17 +144,22 @@ class AdaptiveConcurrency(Bulkhead):
 
     def _finish(self, started: float, in_flight: int, error: BaseException | None) -> None:
         # A cancelled call, or one an inner policy refused, says nothing about the
-        # dependency: its slot is freed without a sample.
-        if not isinstance(error, asyncio.CancelledError | RejectedError):
-            dropped = error is not None and self._overload(error)
-            self._dropped += dropped
-            rtt = self._monotonic() - started
-            if self._waiters:  # saturated: only then does the queue read the service time
-                self._service_time = ewma(self._service_time, rtt)
-            self.max_concurrent = self.algorithm.update(
-                self.max_concurrent, rtt, in_flight, dropped
-            )
-        self._release()
+        # dependency: its slot is freed without a sample. Freed in any case: a user's
+        # algorithm (or overload_on predicate) that raises must not keep the slot.
+        try:
+            if not isinstance(error, asyncio.CancelledError | RejectedError):
+                dropped = error is not None and self._overload(error)
+                self._dropped += dropped
+                rtt = self._monotonic() - started
+                if self._waiters or in_flight >= self.max_concurrent:  # saturated
+                    self._service_time = ewma(self._service_time, rtt)
+                algorithm = self.algorithm
+                limit = algorithm.update(self.max_concurrent, rtt, in_flight, dropped)
+                # Held to the algorithm's own bounds: a user's that returned 0 would stop
+                # the policy for good (no call could start, so none could raise it).
+                self.max_concurrent = max(algorithm.min_limit, min(algorithm.max_limit, limit))
+        finally:
+            self._release()
 
     def _release(self) -> None:
         self._in_flight -= 1
@@ -171,8 +181,9 @@ class AdaptiveConcurrency(Bulkhead):
 
     async def __aenter__(self) -> AdaptiveConcurrency:
         await super().__aenter__()
-        stack = self._entered.setdefault(asyncio.current_task(), [])
-        stack.append((self._monotonic(), self._in_flight))
+        task = asyncio.current_task()
+        if task is not None:  # (None: a coroutine stepped by hand, no sample)
+            self._entered.setdefault(task, []).append((self._monotonic(), self._in_flight))
         return self
 
     async def __aexit__(
@@ -182,7 +193,11 @@ class AdaptiveConcurrency(Bulkhead):
         tb: TracebackType | None,
     ) -> None:
         task = asyncio.current_task()
-        stack = self._entered[task]
+        if task is None or not (stack := self._entered.get(task)):
+            # Left in another task than it was entered in: when it started is unknown,
+            # so no sample, but the slot is freed (it stayed taken for good, KeyError).
+            self._release()
+            return
         started, in_flight = stack.pop()
         if not stack:
             del self._entered[task]

@@ -25,7 +25,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from ._breaker_window import Accounting, Consecutive, CountWindow, TimeWindow, rate_rule
+from ._breaker_window import (
+    Accounting,
+    Consecutive,
+    CountWindow,
+    TimeWindow,
+    check_window,
+    rate_rule,
+)
 from ._clock import Clock
 from ._errors import PROGRAMMING_ERRORS, CircuitOpenError, RejectedError
 from ._events import Hook, Rejected, RejectionReason, StateChanged
@@ -466,7 +473,7 @@ def _window(
     if window is not None and window_duration is not None:
         raise ValueError(f"{owner}(window=..., window_duration=...): choose a count or a duration")
     if window_duration is not None:
-        duration = check_seconds(owner, "window_duration", window_duration)
+        duration = check_window(owner, "window_duration", window_duration)
         least = check_int(owner, "min_calls", 10 if min_calls is None else min_calls, minimum=1)
         return TimeWindow(duration, rate_rule(rate, slow_rate, least), clock.monotonic)
     size = check_int(owner, "window", 100 if window is None else window, minimum=1)

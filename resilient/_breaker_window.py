@@ -17,7 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Accounting", "Consecutive", "CountWindow", "TimeWindow", "WindowTotals"]
+from ._validate import check_seconds
+
+__all__ = ["Accounting", "Consecutive", "CountWindow", "TimeWindow", "WindowTotals", "check_window"]
 
 _BUCKETS = 10
 
@@ -137,6 +139,24 @@ class CountWindow(Accounting):
 
     def totals(self) -> WindowTotals:
         return WindowTotals(calls=self._filled, failures=self._failures, slow_calls=self._slow)
+
+
+MIN_WINDOW = 1e-6
+"""The shortest time window, in seconds: a shorter one's buckets divide by zero (5e-324)."""
+
+
+def check_window(owner: str, param: str, value: object) -> float:
+    """
+    Return `value` as seconds if it is a usable `TimeWindow` duration (internal).
+
+    Raises:
+        ValueError: Not finite, or shorter than `MIN_WINDOW`.
+        TypeError: Not a number.
+    """
+    seconds = check_seconds(owner, param, value)
+    if seconds < MIN_WINDOW:
+        raise ValueError(f"{owner}({param}={value!r}): {param} must be >= {MIN_WINDOW:g} seconds")
+    return seconds
 
 
 class TimeWindow(Accounting):

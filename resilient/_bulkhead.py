@@ -9,9 +9,10 @@ first waiter, so a newcomer can't overtake the queue.
 Load shedding in the queue (docs/overload.md): a full queue makes room for a caller of
 higher `Priority` by shedding its lowest-priority waiter; a waiter leaves the queue at
 once when its deadline (`remaining_time()`) is passing, that is when the time left falls
-below the typical service time (an EWMA of the calls that went through the queue), and a
-caller whose deadline is already that short is refused without queueing. Each refusal
-carries its `RejectionReason`. None of this touches the free-slot path.
+below the typical service time (an EWMA of the calls that went through the queue or took
+the last slot), and a caller whose deadline is already that short is refused without
+queueing. Each refusal carries its `RejectionReason`. The free-slot path only times the
+call that takes the last slot.
 
 Cancellation never leaks a slot: a waiter cancelled after it was handed a slot passes it
 on, and a running call's slot is released however the call ends. The hand-over logic is
@@ -71,7 +72,8 @@ class BulkheadStatistics:
         expired: Callers refused, or sent out of the queue, because their deadline
             was passing.
         service_time: The typical service time, in seconds: an average of the calls
-            that went through the queue (0.0 until one has finished).
+            that went through the queue or took the last slot (0.0 until one has
+            finished).
     """
 
     max_concurrent: int
@@ -183,16 +185,22 @@ class Bulkhead(Policy):
         elif not self._take_free_slot():  # (another thread's loop used it last)
             await self._wait_for_slot()
             return await self._timed(fn, args, kwargs)
+        if self._in_flight == self.max_concurrent:
+            # It took the last slot: saturated, so a sample (`_timed`). Were only queued
+            # calls samples, callers refused at the door for a stale, long service time
+            # would queue none, and the estimate would never be corrected.
+            return await self._timed(fn, args, kwargs)
         try:
             return await fn(*args, **kwargs)
         finally:
             self._release()
 
     async def _timed(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
-        # A call that waited for its slot: the bulkhead is saturated, so its duration
-        # is a sample of the service time the deadline-aware queue compares with (the
-        # free-slot path is not timed: it stays two clock reads cheaper). A cancelled
-        # call's duration says nothing about the service: it is not a sample.
+        # A call that waited for its slot, or took the last: the bulkhead is saturated,
+        # so its duration is a sample of the service time the deadline-aware queue
+        # compares with (the rest of the free-slot path is not timed: it stays two clock
+        # reads cheaper). A cancelled call's duration says nothing about the service:
+        # it is not a sample.
         started = self._monotonic()
         try:
             result = await fn(*args, **kwargs)
@@ -256,7 +264,8 @@ class Bulkhead(Policy):
             if timer is not None:
                 timer.cancel()
         if outcome is not GRANTED:
-            self._forget(waiter)
+            if outcome is not RejectionReason.PRIORITY_SHED:  # the shed were taken out
+                self._forget(waiter)  # (looking for them would scan the whole queue)
             self._leave_queue(outcome, expected)
         self._accepted += 1
 

@@ -17,6 +17,19 @@ from ._validate import check_fraction, check_int, check_seconds
 __all__ = ["AIMD", "Gradient2", "LimitAlgorithm"]
 
 
+_MAX_COUNT = 2**53
+"""The largest count the algorithms take: they compute in floats, exact up to here."""
+
+
+def _count(owner: str, param: str, value: object, *, minimum: int) -> int:
+    # A bigger int (10**400) was accepted, then broke every call's sample with an
+    # OverflowError once the algorithm turned it into a float.
+    count = check_int(owner, param, value, minimum=minimum)
+    if count > _MAX_COUNT:
+        raise ValueError(f"{owner}({param}={value!r}): {param} must be <= 2**53")
+    return count
+
+
 class LimitAlgorithm:
     """
     The interface `AdaptiveConcurrency` drives; `AIMD` and `Gradient2` implement it.
@@ -31,7 +44,7 @@ class LimitAlgorithm:
 
     def __init__(self, owner: str, initial: int, min_limit: int, max_limit: int) -> None:
         self.min_limit = check_int(owner, "min_limit", min_limit, minimum=1)
-        self.max_limit = check_int(owner, "max_limit", max_limit, minimum=self.min_limit)
+        self.max_limit = _count(owner, "max_limit", max_limit, minimum=self.min_limit)
         self.initial = check_int(owner, "initial", initial, minimum=self.min_limit)
         if self.initial > self.max_limit:
             raise ValueError(
@@ -161,8 +174,8 @@ class Gradient2(LimitAlgorithm):
         if not (math.isfinite(tolerance) and tolerance >= 1):
             raise ValueError(f"Gradient2(tolerance={tolerance!r}): tolerance must be >= 1")
         self.tolerance = float(tolerance)
-        self.long_window = check_int("Gradient2", "long_window", long_window, minimum=1)
-        self.queue_size = check_int("Gradient2", "queue_size", queue_size, minimum=0)
+        self.long_window = _count("Gradient2", "long_window", long_window, minimum=1)
+        self.queue_size = _count("Gradient2", "queue_size", queue_size, minimum=0)
         self.estimate = float(self.initial)  # the limit before truncation to an int
         self._long = 0.0
         self._samples = 0

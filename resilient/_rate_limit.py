@@ -15,8 +15,9 @@ token bucket of capacity `burst` refilled at `rate / per` (tokens now =
 
 A call whose wait is 0 runs at once. One whose wait is at most `max_wait` reserves its
 permits and sleeps until they are due (so waiters are served in arrival order and a
-newcomer cannot overtake them); a cancelled waiter gives its permits back. Any other
-call is rejected with `RateLimitedError`, whose `retry_after` is the wait.
+newcomer cannot overtake them); a cancelled waiter gives back the permits no later
+waiter has reserved since. Any other call is rejected with `RateLimitedError`, whose
+`retry_after` is the wait.
 
 Only calls of priority ``CRITICAL`` or higher wait (`resilient.Priority`): a sheddable
 call that finds no permit is refused at once (reason ``PRIORITY_SHED``) rather than
@@ -142,7 +143,7 @@ class RateLimiter(Policy):
         self.max_wait = check_seconds(owner, "max_wait", max_wait, allow_zero=True)
         self._cost = _check_cost(owner, cost, self.burst)
         self._interval = self.per / self.rate  # T: seconds per permit
-        self._tolerance = self.burst * self._interval  # how far ahead tat may run
+        self._tolerance = _tolerance(owner, self.burst, self._interval)
         # What one call moves tat by; None when a function gives each call's cost.
         self._step = None if callable(self._cost) else self._cost * self._interval
         self._tat = self._clock.monotonic()  # the bucket starts full
@@ -179,7 +180,7 @@ class RateLimiter(Policy):
         if wait > cap:
             return _raise(self._refusal(wait, step / self._interval, why, reason))
         self._tat = tat  # reserved: later callers queue behind this one
-        return self._delayed(wait, step, fn, args, kwargs)
+        return self._delayed(wait, tat, step, fn, args, kwargs)
 
     async def _weighted(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         step = permits_of(self, self._cost, args, kwargs) * self._interval
@@ -190,15 +191,18 @@ class RateLimiter(Policy):
         self._tat = tat
         return await fn(*args, **kwargs)
 
-    async def _delayed(
-        self, wait: float, step: float, fn: AsyncFn[T], args: Args, kwargs: Kwargs
-    ) -> T:
+    async def _delayed(  # noqa: PLR0917  # the reservation, then the call
+        self, wait: float, reserved: float, step: float, fn: AsyncFn[T], args: Args,
+        kwargs: Kwargs,
+    ) -> T:  # fmt: skip
         self._waiting += 1
         try:
             await self._clock.sleep(wait)
         except BaseException:
-            # Cancelled while waiting: hand the permits back (as Go's Reservation.Cancel).
-            self._tat -= step
+            # Cancelled while waiting: hand back the permits no later caller has reserved
+            # since (as Go's Reservation.Cancel). Those callers keep their times, so
+            # handing back the rest would let newcomers run alongside them, over the rate.
+            self._tat -= max(0.0, step - (self._tat - reserved))
             raise
         finally:
             self._waiting -= 1
@@ -268,9 +272,31 @@ def check_rate(owner: str, param: str, value: object) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{owner}({param}=...): expected a number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond a float's range: as infinite
+        number = math.inf
+    if not (math.isfinite(number) and number > 0):
         raise ValueError(f"{owner}({param}={value!r}): {param} must be finite and > 0")
-    return float(value)
+    return number
+
+
+def _tolerance(owner: str, burst: int, interval: float) -> float:
+    # GCRA's arithmetic needs both in a float's normal range: an interval that rounds
+    # to 0 or overflows to inf (per=1e-300 with rate=1e300, or rate=5e-324) made every
+    # call free, so the limiter let everything through.
+    try:
+        tolerance = burst * interval
+    except OverflowError:  # a burst beyond a float's range
+        tolerance = math.inf
+    if not (interval > 0 and math.isfinite(interval)):
+        raise ValueError(
+            f"{owner}(rate=..., per=...): per / rate = {interval!r} seconds per permit;"
+            " it must be a finite number > 0"
+        )
+    if not math.isfinite(tolerance):
+        raise ValueError(f"{owner}(burst={burst!r}): burst is too large for a float")
+    return tolerance
 
 
 def _check_cost(owner: str, cost: object, burst: int) -> float | Callable[..., float]:

@@ -47,14 +47,16 @@ T = TypeVar("T")
 # KEYS[1]: the bucket. ARGV: interval (us per permit), tolerance (burst * interval, us),
 # permits, max_wait (us). Returns {admitted 0/1, wait in us}. Numbers leave as %.17g
 # strings: Lua would truncate a returned number to an integer, and tostring() keeps only
-# 14 digits (0.1 ms of an epoch in microseconds), which would skew a fast rate.
+# 14 digits (0.1 ms of an epoch in microseconds), which would skew a fast rate. A key
+# that holds no number (written by something else) counts as a full bucket and is
+# overwritten: a script error would pass for Redis being down, for good.
 _GCRA = """
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[4])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
 local new_tat = tat + tonumber(ARGV[3]) * interval
 local wait = new_tat - tolerance - now

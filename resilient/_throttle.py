@@ -30,12 +30,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
-from ._breaker_window import TimeWindow, rate_rule
+from ._breaker_window import TimeWindow, check_window, rate_rule
 from ._clock import Clock
 from ._errors import RejectedError, ThrottledError
 from ._events import Hook, Rejected, RejectionReason
 from ._policy import Args, AsyncFn, Kwargs, Policy
-from ._validate import check_seconds, error_matcher
+from ._validate import error_matcher
 
 __all__ = ["AdaptiveThrottle", "AdaptiveThrottleStatistics"]
 
@@ -107,7 +107,7 @@ class AdaptiveThrottle(Policy):
         if not callable(random):
             raise TypeError(f"{owner}(random=...): expected a function, got {random!r}")
         self.k = float(k)
-        self.window = check_seconds(owner, "window", window)
+        self.window = check_window(owner, "window", window)
         self._overload = error_matcher(owner, "overload_on", overload_on)
         self._random = random
         self._window = TimeWindow(self.window, _NEVER, self._monotonic)

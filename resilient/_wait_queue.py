@@ -16,6 +16,7 @@ higher priority, or its deadline is passing).
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections import deque
 from typing import Final, TypeAlias
 
@@ -61,13 +62,17 @@ def enqueue(waiters: deque[Waiter], waiter: Waiter) -> None:
     """
     Put `waiter` behind every waiter of its priority or higher, ahead of the lower ones.
     """
-    position = len(waiters)
-    while position and waiters[position - 1].priority < waiter.priority:
-        position -= 1
-    if position == len(waiters):
+    if not waiters or waiters[-1].priority >= waiter.priority:
         waiters.append(waiter)
     else:
-        waiters.insert(position, waiter)
+        # A binary search, not a walk back over the lower priorities: with thousands
+        # of sheddable waiters, each critical arrival walked past all of them, and a
+        # burst of such arrivals held the event loop for seconds.
+        waiters.insert(bisect.bisect_right(waiters, -waiter.priority, key=_rank), waiter)
+
+
+def _rank(waiter: Waiter) -> int:
+    return -waiter.priority  # the queue's order, ascending
 
 
 def leave(waiter: Waiter, outcome: Outcome) -> None:

@@ -6,6 +6,7 @@ the policy's slots, queue and rejections, the limit in statistics, cancellation,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
 
 import pytest
@@ -18,6 +19,7 @@ from resilient import (
     AdaptiveConcurrencyStatistics,
     ConcurrencyLimitError,
     Gradient2,
+    LimitAlgorithm,
     Rejected,
     RejectionReason,
 )
@@ -320,6 +322,11 @@ def test_error_is_picklable() -> None:
         (lambda: Gradient2(tolerance=0.5), ValueError, r"Gradient2\(tolerance="),
         (lambda: Gradient2(smoothing=0), ValueError, r"Gradient2\(smoothing="),
         (lambda: Gradient2(long_window=0), ValueError, r"Gradient2\(long_window="),
+        # Accepted, these broke every sample with an OverflowError (int to float).
+        (lambda: Gradient2(long_window=10**400), ValueError, r"Gradient2\(long_window="),
+        (lambda: Gradient2(queue_size=10**400), ValueError, r"Gradient2\(queue_size="),
+        (lambda: Gradient2(max_limit=10**400), ValueError, r"Gradient2\(max_limit="),
+        (lambda: AIMD(max_limit=10**400), ValueError, r"AIMD\(max_limit="),
         (lambda: AdaptiveConcurrency(max_queue=-1), ValueError, r"\(max_queue="),
         (lambda: AdaptiveConcurrency(max_wait=-1), ValueError, r"\(max_wait="),
         (lambda: AdaptiveConcurrency(object()), TypeError, r"\(algorithm="),  # type: ignore[arg-type]
@@ -368,6 +375,21 @@ async def test_async_with_samples_the_block() -> None:
     assert (stats.limit, stats.in_flight, stats.dropped) == (1, 0, 1)
 
 
+async def test_async_with_left_in_another_task_frees_the_slot() -> None:
+    """
+    A block entered in one task and left in another (an AsyncExitStack closed by
+    another task) frees its slot without a sample, rather than fail with KeyError
+    and keep the slot for good.
+    """
+    policy = AdaptiveConcurrency(AIMD(initial=1, max_limit=1), clock=FakeClock())
+    stack = contextlib.AsyncExitStack()
+    await asyncio.create_task(stack.enter_async_context(policy))
+    assert policy.in_flight == 1
+    await stack.aclose()
+    assert policy.in_flight == 0
+    assert await policy.call(asyncio.sleep, 0, "served") == "served"
+
+
 async def test_the_limit_is_exported_as_a_gauge() -> None:
     """
     A tracked AdaptiveConcurrency exports its current limit (and slots) through the
@@ -410,3 +432,40 @@ def test_algorithms_show_their_settings_and_ignore_empty_samples() -> None:
     assert AIMD().update(20, 0.1, 9, dropped=False) == 20
     with pytest.raises(TypeError, match=r"Gradient2\(tolerance="):
         Gradient2(tolerance="2")  # type: ignore[arg-type]
+
+
+class _Broken(LimitAlgorithm):
+    """
+    A user's algorithm that raises, or returns a limit outside its own bounds.
+    """
+
+    def __init__(self, answer: int | None) -> None:
+        super().__init__("Broken", 2, 1, 4)
+        self.answer = answer
+
+    def update(self, limit: int, rtt: float, in_flight: int, dropped: bool) -> int:
+        if self.answer is None:
+            raise RuntimeError("update failed")
+        return self.answer
+
+
+async def test_an_algorithm_that_raises_does_not_keep_the_slot() -> None:
+    """
+    The algorithm's error reaches the caller, and the call's slot is freed all the same.
+    """
+    policy = AdaptiveConcurrency(_Broken(None), clock=FakeClock())
+    with pytest.raises(RuntimeError, match="update failed"):
+        await policy.call(asyncio.sleep, 0)
+    assert policy.in_flight == 0
+
+
+@pytest.mark.parametrize(("answer", "limit"), [(0, 1), (-5, 1), (99, 4)])
+async def test_a_limit_outside_the_algorithms_bounds_is_clamped(answer: int, limit: int) -> None:
+    """
+    A limit an algorithm returns beyond its min_limit..max_limit is held to them: a
+    limit of 0 would refuse every call from then on, with no sample to raise it.
+    """
+    policy = AdaptiveConcurrency(_Broken(answer), clock=FakeClock())
+    await policy.call(asyncio.sleep, 0)
+    assert policy.limit == limit
+    assert await policy.call(asyncio.sleep, 0, "still served") == "still served"

@@ -270,6 +270,72 @@ async def test_a_refusal_raised_by_the_handler_is_not_an_admission_refusal(
     assert (await fetch(client, root / "own"))[0] == 500
 
 
+async def test_client_errors_and_redirects_are_not_overload(
+    serve: Serve, client: aiohttp.ClientSession
+) -> None:
+    """
+    Requests for missing pages (the router's 404) and a handler's raised redirect or
+    4xx are answers, not failures: they neither shrink an AIMD limit nor make an
+    AdaptiveThrottle refuse the next requests, and they reach the client as raised.
+    """
+    for policy in (
+        AdaptiveThrottle(random=lambda: 0.0),
+        AdaptiveConcurrency(AIMD(initial=8, max_limit=8)),
+    ):
+        app = guarded_app(policy, Gate())
+
+        async def moved(_: web.Request) -> web.Response:
+            raise web.HTTPFound("/ok")
+
+        async def bad(_: web.Request) -> web.Response:
+            raise web.HTTPBadRequest(text="no")
+
+        app.router.add_get("/moved", moved)
+        app.router.add_get("/bad", bad)
+        root = await serve(app)
+        for i in range(20):
+            assert (await fetch(client, root / f"missing-{i}"))[0] == 404
+            assert (await fetch(client, root / "bad"))[0] == 400
+            async with client.get(root / "moved", allow_redirects=False) as response:
+                assert response.status == 302
+        assert (await fetch(client, root / "ok"))[0] == 200
+        if isinstance(policy, AdaptiveConcurrency):
+            assert policy.limit == 8
+            assert policy.statistics().dropped == 0
+        else:
+            assert policy.probability() == 0.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="design: the server trusts X-Request-Priority by default (priority_header=...);"
+    " any client claiming critical_plus sheds the queued requests of everybody else",
+)
+async def test_a_client_cannot_shed_others_by_claiming_critical_plus(
+    serve: Serve, client: aiohttp.ClientSession
+) -> None:
+    """
+    With default options, a request that claims ``critical_plus`` in the header does
+    not push a queued request of the default priority out of the admission queue.
+    """
+    gate = Gate()
+    bulkhead = Bulkhead(1, max_queue=1)
+    root = await serve(guarded_app(bulkhead, gate))
+    first = asyncio.create_task(fetch(client, root / "hold" % {"who": "first"}))
+    await until(lambda: gate.entered == ["first"])
+    honest = asyncio.create_task(fetch(client, root / "hold" % {"who": "honest"}))
+    await until(lambda: bulkhead.queued == 1)
+    spoofer = asyncio.create_task(
+        fetch(client, root / "hold" % {"who": "spoofer"}, {PRIORITY_HEADER: "critical_plus"})
+    )
+    try:
+        await until(lambda: honest.done() or spoofer.done())
+        assert not honest.done(), "the honest request was shed for the spoofed priority"
+    finally:
+        gate.open.set()
+        await asyncio.wait_for(asyncio.gather(first, honest, spoofer), 5)
+
+
 @pytest.mark.parametrize(
     ("refused", "status", "retry_after"),
     [

@@ -865,6 +865,7 @@ BAD_PARAMETERS: list[tuple[dict[str, Any], str, type[Exception]]] = [
     ({"window_duration": 0}, "window_duration", ValueError),
     ({"window_duration": -1.0}, "window_duration", ValueError),
     ({"window_duration": math.inf}, "window_duration", ValueError),
+    ({"window_duration": 5e-324}, "window_duration", ValueError),  # buckets divided by 0
     ({"min_calls": 0}, "min_calls", ValueError),
     ({"window_duration": 5.0, "min_calls": 0}, "min_calls", ValueError),
     ({"min_calls": "10"}, "min_calls", TypeError),

@@ -59,6 +59,7 @@ class Call:
     leave_why: RejectionReason = FULL
     started: float = 0.0  # when it got its slot
     waited: bool = False  # whether it got it from the queue
+    filled: bool = False  # whether it took the last slot
     expected: str = "queued"
     reason: RejectionReason | None = None
 
@@ -131,8 +132,8 @@ class SheddingMachine(RuleBasedStateMachine):
         return Bulkhead(max_concurrent, max_queue=max_queue, max_wait=max_wait, clock=self.clock)
 
     def is_sample(self, call: Call) -> bool:
-        """A Bulkhead times the calls that waited for their slot."""
-        return call.waited
+        """A Bulkhead times the calls that waited for their slot or took the last."""
+        return call.waited or call.filled
 
     # --- the model's moves ---
 
@@ -144,6 +145,7 @@ class SheddingMachine(RuleBasedStateMachine):
         if len(self.running) < bulkhead.max_concurrent and not self.queue:
             call.expected, call.started = "running", now
             self.running.append(call)
+            call.filled = len(self.running) == bulkhead.max_concurrent
             return
         full = len(self.queue) >= bulkhead.max_queue
         if full and not (self.queue and self.queue[-1].level < call.level):
@@ -177,6 +179,7 @@ class SheddingMachine(RuleBasedStateMachine):
             heir.expected, heir.started = "running", self.clock.monotonic()
             heir.waited = True
             self.running.append(heir)
+            heir.filled = len(self.running) == self.bulkhead.max_concurrent
 
     def expire(self) -> None:
         now = self.clock.monotonic()
@@ -293,7 +296,8 @@ class SheddingMachine(RuleBasedStateMachine):
 class AdaptiveSheddingMachine(SheddingMachine):
     """
     The same, through AdaptiveConcurrency at a fixed limit (AIMD with min = max): it
-    inherits the queue, and samples every call that finishes while others wait.
+    inherits the queue, and samples every call that finishes while others wait or
+    that took the last slot.
     """
 
     full = RejectionReason.CONCURRENCY_LIMIT
@@ -303,7 +307,7 @@ class AdaptiveSheddingMachine(SheddingMachine):
         return AdaptiveConcurrency(fixed, max_queue=max_queue, max_wait=max_wait, clock=self.clock)
 
     def is_sample(self, call: Call) -> bool:
-        return bool(self.queue)
+        return bool(self.queue) or call.filled
 
 
 def test_adaptive_concurrency_queue_invariants_hold() -> None:

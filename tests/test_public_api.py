@@ -56,7 +56,8 @@ CONTRACT = (
 INTERNAL = {
     "_no_retries": {"retries_allowed"},  # read by Retry and Hedge; users call no_retries()
     "_breaker_shared": {"SharedState", "pybreaker_listener_hook"},  # behind storage=
-    "_breaker_window": {"Accounting", "Consecutive", "CountWindow", "TimeWindow", "WindowTotals"},
+    "_breaker_window": {"Accounting", "Consecutive", "CountWindow", "TimeWindow", "WindowTotals"}
+    | {"check_window"},  # shared with AdaptiveThrottle
     "_policy": {"Args", "AsyncFn", "Kwargs"},  # the shape of `_run`'s arguments, internal
     "_rate_limit": {"check_rate", "permits_of"},  # shared with RedisRateLimiter
     "_retry": {"set_instant_retries"},  # public as resilient.testing.set_instant_retries

@@ -210,6 +210,39 @@ async def test_a_cancelled_waiter_gives_its_permits_back() -> None:
     assert await asyncio.wait_for(limiter.call(ok), 1) == 42  # no wait: permit is back
 
 
+async def test_cancelled_waiters_ahead_of_others_do_not_raise_the_rate() -> None:
+    """
+    Waiters cancelled ahead of others that still wait free no permit for newcomers to
+    take alongside those others: over any window the calls started stay within
+    ``burst + window * rate`` (the permits they had are lost, as in Go's limiter).
+    """
+    clock = FakeClock(auto_advance=False)
+    limiter = RateLimiter(1, burst=1, max_wait=20.0, clock=clock)
+    started: list[float] = []
+
+    async def note() -> None:
+        started.append(clock.monotonic())
+
+    await limiter.call(note)
+    waiting = [asyncio.create_task(limiter.call(note)) for _ in range(10)]  # due at 1..10
+    await settle()
+    for task in waiting[:5]:
+        task.cancel()
+    await settle()
+    newcomers = [asyncio.create_task(limiter.call(note)) for _ in range(5)]
+    await settle()
+    for _ in range(15):
+        clock.advance(1.0)
+        await settle()
+    await asyncio.gather(*waiting[5:], *newcomers)
+    assert len(started) == 11
+    begin = started[0]
+    for first in started:
+        for width in (0.0, 1.0, 4.0):
+            inside = [t for t in started if first <= t <= first + width]
+            assert len(inside) <= 1 + width, (first, width, [t - begin for t in started])
+
+
 async def test_weighted_calls_take_their_cost() -> None:
     """
     A constant `cost` takes that many permits per call; a cost function is called with
@@ -319,6 +352,13 @@ async def test_decorator_and_repr() -> None:
         ({"rate": 1, "max_wait": -1}, ValueError, "max_wait"),
         ({"rate": 10, "burst": 2, "cost": 3}, ValueError, "cost"),
         ({"rate": 10, "cost": 0}, ValueError, "cost"),
+        ({"rate": 10**400}, ValueError, "rate"),
+        ({"rate": 1, "cost": 10**400}, ValueError, "cost"),
+        ({"rate": 1, "burst": 10**400}, ValueError, "burst"),
+        # per / rate overflows to inf, or rounds to 0: every call would be free.
+        ({"rate": 5e-324}, ValueError, "rate"),
+        ({"rate": 1e-300, "per": 1e10}, ValueError, "rate"),
+        ({"rate": 1e300, "per": 1e-300}, ValueError, "rate"),
     ],
 )
 def test_bad_parameters_are_named(kwargs: dict[str, object], error: type, named: str) -> None:

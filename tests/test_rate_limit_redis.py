@@ -73,6 +73,23 @@ async def test_limiters_with_one_key_share_one_bucket(aclient: redis.asyncio.Red
     assert two.statistics().rejected == 1
 
 
+async def test_a_key_holding_no_number_is_a_full_bucket(aclient: redis.asyncio.Redis) -> None:
+    """
+    A bucket key that holds something else than a number (written by another program)
+    is taken as a full bucket and overwritten, not a script error that the limiter
+    took for Redis being down, refusing (or letting through) every call for good.
+    """
+    key = fresh_key()
+    await aclient.set(key, "not a number")
+    limiter = RedisRateLimiter(aclient, key, 1, burst=2, fail_open=False)
+    assert await limiter.call(ok) == 42
+    assert await limiter.call(ok) == 42
+    with pytest.raises(RateLimitedError) as caught:
+        await limiter.call(ok)
+    assert caught.value.reason is RejectionReason.RATE_LIMITED
+    assert limiter.statistics().store_errors == 0
+
+
 async def test_a_granted_wait_is_slept_on_the_policy_clock(aclient: redis.asyncio.Redis) -> None:
     """
     With max_wait, Redis reserves the permit and the caller sleeps until it is due;

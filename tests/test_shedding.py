@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+from collections import deque
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, SupportsIndex, TypeVar
 
 import pytest
 
@@ -29,6 +30,7 @@ from resilient import (
     priority,
 )
 from resilient._priority import parse_priority
+from resilient._wait_queue import Waiter, enqueue
 from resilient.testing import FakeClock, capture_events
 from tests._aio import settle
 
@@ -173,6 +175,65 @@ async def test_waiters_are_served_by_priority_then_in_arrival_order() -> None:
     assert (bulkhead.in_flight, bulkhead.queued) == (0, 0)
 
 
+class CountingQueue(deque[Waiter]):
+    """A waiters' deque that counts the elements looked at by index."""
+
+    looked_at = 0
+    searched = 0
+
+    def __getitem__(self, index: SupportsIndex) -> Waiter:  # type: ignore[override]
+        self.looked_at += 1
+        return super().__getitem__(index)
+
+    def remove(self, value: Waiter) -> None:
+        self.searched += 1
+        super().remove(value)
+
+
+async def test_a_higher_priority_waiter_joins_a_long_queue_in_logarithmic_steps() -> None:
+    """
+    A waiter that goes ahead of thousands of lower-priority ones finds its place
+    looking at O(log n) of them, not all (a burst of critical arrivals into a long
+    sheddable queue was quadratic and held the loop for seconds), and the queue stays
+    by priority, then arrival.
+    """
+    loop = asyncio.get_running_loop()
+    waiters = CountingQueue(Waiter(loop, Priority.SHEDDABLE) for _ in range(4096))
+    for level in (Priority.CRITICAL, Priority.SHEDDABLE_PLUS, Priority.CRITICAL_PLUS):
+        for _ in range(3):
+            waiters.looked_at = 0
+            enqueue(waiters, Waiter(loop, level))
+            assert waiters.looked_at <= 2 * 13 + 2  # log2(4096) = 12
+    order = [w.priority for w in list(waiters)]
+    assert order == sorted(order, reverse=True)
+
+
+async def test_shed_waiters_are_not_searched_for_in_the_queue() -> None:
+    """
+    A waiter shed for a higher priority was taken out of the queue when shed: it does
+    not search the queue for itself on leaving (each search scanned it all, so a burst
+    of shedding was quadratic).
+    """
+    bulkhead = Bulkhead(1, max_queue=50, clock=FakeClock())
+    bulkhead._waiters = waiters = CountingQueue()  # instrumented
+    log: list[str] = []
+    first = Held(bulkhead, log, "running")
+    low = [Held(bulkhead, log, f"s{i}", Priority.SHEDDABLE) for i in range(50)]
+    await settle()
+    high = [Held(bulkhead, log, f"c{i}", Priority.CRITICAL) for i in range(50)]
+    await settle()
+    assert bulkhead.statistics().shed == 50
+    for call in low:
+        with pytest.raises(BulkheadFullError):
+            await call.task
+    assert waiters.searched == 0
+    await first.release()
+    for call in high:
+        await settle()
+        await call.release()
+    assert log == ["running", *(f"c{i}" for i in range(50))]
+
+
 async def test_a_full_queue_sheds_its_lowest_latest_waiter_for_a_higher_priority() -> None:
     """
     A higher-priority caller finding the queue full takes the place of the lowest-
@@ -277,6 +338,51 @@ async def test_a_waiter_leaves_the_queue_when_its_deadline_passes() -> None:
     await settle()
     await patient.release()
     assert log == ["running", "patient"]
+
+
+@pytest.mark.parametrize("build", [
+    lambda clock: Bulkhead(1, max_queue=1, clock=clock),
+    lambda clock: AdaptiveConcurrency(AIMD(initial=1, max_limit=1), max_queue=1, clock=clock),
+])  # fmt: skip
+async def test_a_stale_service_time_is_corrected_while_saturated(build: Any) -> None:
+    """
+    One slow call through the queue (60 s) sets the service time; the policy then
+    stays saturated by short calls that take the slot as it frees, and callers with a
+    5 s deadline are refused at the door. The calls that fill the last slot are samples
+    too, so the estimate comes down and those callers queue again. (Only queued calls
+    were samples: with every caller refused, none queued, and the estimate stayed 60 s
+    for as long as the saturation lasted.)
+    """
+    clock = FakeClock(auto_advance=False)
+    bulkhead = build(clock)
+    log: list[str] = []
+    first = Held(bulkhead, log, "first")
+    await settle()
+    slow = Held(bulkhead, log, "slow")
+    await settle()
+    await first.release()
+    following = Held(bulkhead, log, "following")  # queued while the slow one runs
+    await settle()
+    clock.advance(60)
+    await slow.release()
+    await following.release()
+    assert bulkhead.statistics().service_time >= 50
+    refused = 0
+    for i in range(100):
+        holder = Held(bulkhead, log, f"h{i}")
+        await settle()
+        caller = Held(bulkhead, log, f"d{i}", budget=5.0)
+        await settle()
+        clock.advance(0.1)
+        await holder.release()
+        await settle()
+        if caller.task.done():
+            assert reason_of(caller) == RejectionReason.DEADLINE_TOO_SHORT
+            refused += 1
+        else:
+            await caller.release()
+    assert refused < 50
+    assert bulkhead.statistics().service_time < 5
 
 
 async def test_a_deadline_shorter_than_the_service_time_is_refused_or_leaves_early() -> None:

@@ -186,6 +186,8 @@ async def test_cancelled_calls_are_not_counted() -> None:
         ({"k": math.inf}, ValueError, "k"),
         ({"k": "2"}, TypeError, "k"),
         ({"window": 0}, ValueError, "window"),
+        ({"window": 5e-324}, ValueError, "window"),  # its buckets divided by zero
+        ({"window": 1e-310}, ValueError, "window"),
         ({"random": 0.5}, TypeError, "random"),
         ({"overload_on": ()}, ValueError, "overload_on"),
     ],

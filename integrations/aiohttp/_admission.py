@@ -48,18 +48,32 @@ async def admit(policy: Policy, handler: Handler, request: web.Request) -> web.S
     Run `handler` under `policy`; answer a refusal of the policy's own with a response.
     """
     entered = False
+    answered: web.HTTPException | None = None
 
     async def admitted(request: web.Request) -> web.StreamResponse:
-        nonlocal entered
+        nonlocal entered, answered
         entered = True
-        return await handler(request)
+        try:
+            return await handler(request)
+        except web.HTTPException as answer:
+            if answer.status >= 500:  # noqa: PLR2004  # a server error: a failure
+                raise
+            # A redirect or a client error (the router's 404 among them) is an answer,
+            # not a failure of the server: the policy sees a success. Counted as one, a
+            # client asking for missing pages would shrink an AdaptiveConcurrency limit
+            # or make an AdaptiveThrottle refuse everybody.
+            answered = answer
+            return answer
 
     try:
-        return await policy.call(admitted, request)
+        response = await policy.call(admitted, request)
     except RejectedError as refused:
         if entered:  # the handler's own (a client policy inside it): not ours to answer
             raise
         return refusal_response(refused)
+    if answered is not None:
+        raise answered  # to aiohttp, as the handler raised it
+    return response
 
 
 def refusal_response(refused: RejectedError) -> web.Response:
