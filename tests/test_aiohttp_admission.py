@@ -184,11 +184,26 @@ def live() -> Iterator[Get]:
 )
 @given(value=hostile)
 def test_fuzzed_priority_header_never_fails_the_request(live: Get, value: str) -> None:
-    """Any priority header gets a 200; only a priority's name (any case) sets it."""
+    """Any priority header gets a 200; only a priority's name (any case) sets it, capped
+    at the default ``max_priority`` (critical)."""
     status, body = live({PRIORITY_HEADER: value})
     name = value.strip().upper()
     assert status == 200
-    assert body["priority"] == (name if name in Priority.__members__ else "CRITICAL")
+    expected = name if name in Priority.__members__ else "CRITICAL"
+    assert body["priority"] == ("CRITICAL" if expected == "CRITICAL_PLUS" else expected)
+
+
+async def test_a_trusted_caller_may_claim_up_to_max_priority(
+    serve: Serve, client: aiohttp.ClientSession
+) -> None:
+    """``max_priority=Priority.CRITICAL_PLUS`` (between trusted services) honours the
+    claim; a bad max_priority is a TypeError naming it."""
+    app = guarded_app(Bulkhead(5), Gate(), max_priority=Priority.CRITICAL_PLUS)
+    root = await serve(app)
+    _, body, _ = await fetch(client, root / "ok", {PRIORITY_HEADER: "critical_plus"})
+    assert body == {"priority": "CRITICAL_PLUS"}
+    with pytest.raises(TypeError, match="max_priority=3"):
+        resilience_middleware(max_priority=3)  # type: ignore[arg-type]
 
 
 # -- admission control ---------------------------------------------------------------------
@@ -306,17 +321,13 @@ async def test_client_errors_and_redirects_are_not_overload(
             assert policy.probability() == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: the server trusts X-Request-Priority by default (priority_header=...);"
-    " any client claiming critical_plus sheds the queued requests of everybody else",
-)
 async def test_a_client_cannot_shed_others_by_claiming_critical_plus(
     serve: Serve, client: aiohttp.ClientSession
 ) -> None:
     """
     With default options, a request that claims ``critical_plus`` in the header does
-    not push a queued request of the default priority out of the admission queue.
+    not push a queued request of the default priority out of the admission queue (a
+    claim above ``max_priority``, by default ``critical``, is capped to it).
     """
     gate = Gate()
     bulkhead = Bulkhead(1, max_queue=1)

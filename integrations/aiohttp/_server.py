@@ -31,7 +31,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from resilient import Policy, deadline, priority
+from resilient import Policy, Priority, deadline, priority
 from resilient._priority import parse_priority
 from resilient._validate import check_seconds
 
@@ -54,6 +54,7 @@ def resilience_middleware(  # keyword-only knobs, each with a default
     enforce_deadline: bool = True,
     max_deadline: float | None = None,
     priority_header: str | None = PRIORITY_HEADER,
+    max_priority: Priority = Priority.CRITICAL,
     admission: Policy | None = None,
     exempt: Iterable[str] = DEFAULT_EXEMPT,
 ) -> Middleware:
@@ -65,6 +66,10 @@ def resilience_middleware(  # keyword-only knobs, each with a default
         enforce_deadline: Cancel a handler that outlives the caller's deadline and answer
             504; with False the deadline is only made visible (`remaining_time()`).
         max_deadline: Cap, in seconds, on the deadline a caller may ask for.
+        max_priority: The highest priority a caller may claim in the header; a higher
+            claim is capped to it. The default, ``CRITICAL`` (the default priority),
+            lets callers lower their own priority but never shed others' requests by
+            claiming ``CRITICAL_PLUS``; raise it between services you trust.
         priority_header: The header the caller's priority arrives in; None to ignore
             it (callers you don't trust could claim ``critical_plus``).
         admission: A policy every request runs under (a `RateLimiter`, `Bulkhead`,
@@ -80,11 +85,17 @@ def resilience_middleware(  # keyword-only knobs, each with a default
     Raises:
         ValueError: `max_deadline` is not a finite number of seconds > 0, or an
             `exempt` path does not start with ``/``.
-        TypeError: `admission` is not a policy, or `exempt` is a single string.
+        TypeError: `admission` is not a policy, `exempt` is a single string, or
+            `max_priority` is not a `Priority`.
     """
     if max_deadline is not None:
         # Checked now: a bad cap would otherwise fail every request that has a deadline.
         max_deadline = check_seconds("resilience_middleware", "max_deadline", max_deadline)
+    if not isinstance(max_priority, Priority):
+        raise TypeError(
+            f"resilience_middleware(max_priority={max_priority!r}): expected a Priority,"
+            " such as Priority.CRITICAL"
+        )
     if admission is not None and not isinstance(admission, Policy):
         raise TypeError(
             f"resilience_middleware(admission={admission!r}): expected a policy, such as"
@@ -96,7 +107,7 @@ def resilience_middleware(  # keyword-only knobs, each with a default
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if admission is not None and not is_exempt(request.path, exempt_paths):
             handler = functools.partial(admit, admission, handler)
-        with _trace_context(request), _caller_priority(request, priority_header):
+        with _trace_context(request), _caller_priority(request, priority_header, max_priority):
             budget = parse_deadline(request.headers.get(deadline_header))
             if budget is None:
                 return await handler(request)
@@ -133,9 +144,11 @@ def resilience_middleware(  # keyword-only knobs, each with a default
 _NO_PRIORITY = contextlib.nullcontext()
 
 
-def _caller_priority(request: web.Request, header: str | None) -> AbstractContextManager[Any]:
+def _caller_priority(
+    request: web.Request, header: str | None, ceiling: Priority
+) -> AbstractContextManager[Any]:
     level = None if header is None else parse_priority(request.headers.get(header))
-    return _NO_PRIORITY if level is None else priority(level)
+    return _NO_PRIORITY if level is None else priority(min(level, ceiling))
 
 
 def _response_started(request: web.Request) -> bool:
