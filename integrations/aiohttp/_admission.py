@@ -15,7 +15,8 @@ and is answered here, without naming the policy or any other internals:
   with ``Retry-After`` when the refusal knows when to come back (an open breaker).
 
 A `RejectedError` the handler itself raises (from a client policy inside it) is not an
-admission refusal and goes on to aiohttp as any handler error does.
+admission refusal and goes on to aiohttp as any handler error does. A `web.HTTPException`
+the handler raises is an answer, as a returned response is: the policy sees a success.
 """
 
 from __future__ import annotations
@@ -48,18 +49,29 @@ async def admit(policy: Policy, handler: Handler, request: web.Request) -> web.S
     Run `handler` under `policy`; answer a refusal of the policy's own with a response.
     """
     entered = False
+    answer: web.HTTPException | None = None
 
     async def admitted(request: web.Request) -> web.StreamResponse:
-        nonlocal entered
+        nonlocal entered, answer
         entered = True
-        return await handler(request)
+        try:
+            return await handler(request)
+        except web.HTTPException as raised:
+            # aiohttp's way to answer with a status (a 404, a redirect): an answer, as a
+            # returned response is, not a failure for a breaker, AIMD or a throttle to
+            # count against the server. Raised again below, for aiohttp to send.
+            answer = raised
+            return raised
 
     try:
-        return await policy.call(admitted, request)
+        response = await policy.call(admitted, request)
     except RejectedError as refused:
         if entered:  # the handler's own (a client policy inside it): not ours to answer
             raise
         return refusal_response(refused)
+    if answer is not None:
+        raise answer
+    return response
 
 
 def refusal_response(refused: RejectedError) -> web.Response:
