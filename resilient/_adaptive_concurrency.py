@@ -103,7 +103,8 @@ class AdaptiveConcurrency(Bulkhead):
             algorithm = Gradient2()
         if not isinstance(algorithm, LimitAlgorithm):
             raise TypeError(
-                f"{owner}(algorithm=...): expected AIMD or Gradient2, got {algorithm!r}"
+                f"{owner}(algorithm=...): expected an AIMD or Gradient2 instance"
+                f" (such as Gradient2()), got {algorithm!r}"
             )
         # Checked here too, so that errors name this class rather than Bulkhead.
         check_int(owner, "max_queue", max_queue, minimum=0)

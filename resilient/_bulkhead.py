@@ -150,7 +150,8 @@ class Bulkhead(Policy):
         )
         if self.max_wait and self.max_queue == 0:
             raise ValueError(
-                "Bulkhead(max_wait=...): with max_queue=0 nobody waits; give max_queue= too"
+                f"{type(self).__name__}(max_wait={max_wait!r}): with max_queue=0 nobody"
+                " waits; give max_queue= too"
             )
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it serves ...
         self._thread = 0  # ... and the thread running it (get_ident() is never 0)

@@ -98,9 +98,14 @@ class AIMD(LimitAlgorithm):
         timeout: float | None = None,
     ) -> None:
         super().__init__("AIMD", initial, min_limit, max_limit)
+        # Checked before check_fraction, whose "(0, 1]" would invite a backoff of 1.
+        number = isinstance(backoff, int | float) and not isinstance(backoff, bool)
+        if number and not 0 < backoff < 1:
+            raise ValueError(
+                f"AIMD(backoff={backoff!r}): backoff must be in (0, 1)"
+                " (at 1 a drop would never lower the limit)"
+            )
         self.backoff = check_fraction("AIMD", "backoff", backoff)
-        if self.backoff == 1:
-            raise ValueError("AIMD(backoff=1): backoff must be < 1, or drops never lower it")
         self.timeout = None if timeout is None else check_seconds("AIMD", "timeout", timeout)
 
     def update(self, limit: int, rtt: float, in_flight: int, dropped: bool) -> int:

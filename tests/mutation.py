@@ -258,7 +258,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     Parse the command line and run.
     """
-    parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.mutation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the example one command
+    )
     parser.add_argument("targets", nargs="+", help="file or file::Qualified.name to mutate")
     parser.add_argument(
         "--tests", default="tests", help='pytest arguments choosing the tests (default "tests")'

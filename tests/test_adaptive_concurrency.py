@@ -469,3 +469,27 @@ async def test_a_limit_outside_the_algorithms_bounds_is_clamped(answer: int, lim
     await policy.call(asyncio.sleep, 0)
     assert policy.limit == limit
     assert await policy.call(asyncio.sleep, 0, "still served") == "still served"
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "says"),
+    [
+        (
+            lambda: AdaptiveConcurrency(max_wait=1.0),
+            ValueError,
+            r"^AdaptiveConcurrency\(max_wait=1\.0\)",
+        ),
+        (lambda: AdaptiveConcurrency(Gradient2), TypeError, r"instance \(such as Gradient2\(\)\)"),  # type: ignore[arg-type]
+        (lambda: AIMD(backoff=1.5), ValueError, r"must be in \(0, 1\) "),
+        (lambda: AIMD(backoff=0), ValueError, r"must be in \(0, 1\) "),
+        (lambda: AIMD(backoff=1), ValueError, r"must be in \(0, 1\) "),
+    ],
+)
+def test_error_messages_say_how_to_fix_the_mistake(build: object, error: type, says: str) -> None:
+    """
+    A newcomer's mistakes are named in this class's terms: max_wait without a queue names
+    AdaptiveConcurrency (not the Bulkhead it builds on), passing the algorithm class asks
+    for an instance, and every bad AIMD backoff gives the one range that works, (0, 1).
+    """
+    with pytest.raises(error, match=says):
+        build()  # type: ignore[operator]

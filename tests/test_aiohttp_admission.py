@@ -25,7 +25,9 @@ from resilient import (
     AdaptiveThrottle,
     Bulkhead,
     BulkheadFullError,
+    CircuitBreaker,
     CircuitOpenError,
+    CircuitState,
     Policy,
     Priority,
     RateLimitedError,
@@ -386,3 +388,32 @@ def test_bad_admission_options_are_named(
     """Bad admission settings fail when the middleware is built, naming the parameter."""
     with pytest.raises(error, match=named):
         resilience_middleware(**options)  # type: ignore[arg-type]
+
+
+async def test_an_http_exception_raised_by_the_handler_is_an_answer_not_a_failure(
+    serve: Serve, client: aiohttp.ClientSession
+) -> None:
+    """
+    A handler raising ``web.HTTPNotFound`` (aiohttp's way to answer 404) answers as if it
+    had returned the response: the client gets the 404, and admission policies count a
+    success, so a breaker stays closed, AIMD keeps its limit and a throttle sheds nothing.
+    """
+
+    async def missing(_: web.Request) -> web.Response:
+        raise web.HTTPNotFound(text="no such item")
+
+    breaker = CircuitBreaker(name="admission", failure_threshold=2)
+    aimd = AdaptiveConcurrency(AIMD(initial=10))
+    throttle = AdaptiveThrottle(k=1.0)
+    app = web.Application(
+        middlewares=[resilience_middleware(admission=pipeline(breaker, aimd, throttle))]
+    )
+    app.router.add_get("/missing", missing)
+    root = await serve(app)
+    for _ in range(5):
+        async with client.get(root / "missing") as response:
+            assert (response.status, await response.text()) == (404, "no such item")
+    assert breaker.state is CircuitState.CLOSED
+    assert aimd.statistics().dropped == 0
+    assert aimd.limit == 10
+    assert throttle.statistics().accepts == 5

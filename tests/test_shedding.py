@@ -550,5 +550,25 @@ async def test_a_call_does_not_wait_past_its_deadline_for_a_permit() -> None:
     assert too_far.value.reason == RejectionReason.RATE_LIMITED
 
 
+async def test_a_critical_plus_call_waits_for_a_permit_and_a_shed_one_says_its_cost() -> None:
+    """
+    CRITICAL_PLUS waits for its permit like CRITICAL (only priorities below CRITICAL are
+    refused a wait), and a call refused a wait reports the permits it asked for.
+    """
+    clock = FakeClock(auto_advance=False)
+    limiter = RateLimiter(4, burst=2, max_wait=5, cost=1.5, clock=clock)
+    await limiter.call(_ok)
+    with priority(Priority.SHEDDABLE), pytest.raises(RateLimitedError) as refused:
+        await limiter.call(_ok)
+    assert refused.value.reason == RejectionReason.PRIORITY_SHED
+    assert refused.value.permits == 1.5
+    with priority(Priority.CRITICAL_PLUS):
+        waiting = asyncio.create_task(limiter.call(_ok))
+        await settle()
+    assert limiter.statistics().waiting == 1
+    clock.advance(0.25)
+    assert await within(waiting) == "ok"
+
+
 async def _ok() -> str:
     return "ok"

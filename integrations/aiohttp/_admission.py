@@ -15,7 +15,8 @@ and is answered here, without naming the policy or any other internals:
   with ``Retry-After`` when the refusal knows when to come back (an open breaker).
 
 A `RejectedError` the handler itself raises (from a client policy inside it) is not an
-admission refusal and goes on to aiohttp as any handler error does.
+admission refusal and goes on to aiohttp as any handler error does. A `web.HTTPException`
+the handler raises is an answer, as a returned response is: the policy sees a success.
 """
 
 from __future__ import annotations
