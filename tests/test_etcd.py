@@ -632,8 +632,8 @@ async def outage(
     Take etcd down, check the stale view and statuses, and return a restart coroutine.
     """
     await asyncio.to_thread(stop)
-    await eventually(lambda: not view.status().connected)
-    await eventually(lambda: not owner.status().connected)  # the keepalive noticed
+    await eventually(lambda: not view.status().connected, within=15.0)
+    await eventually(lambda: not owner.status().connected, within=15.0)  # keepalive noticed
     assert ids(view.instances) == ["orders-1", "orders-2"]  # stale, but served
     assert view.status().stale_since is not None
     for status in (owner.status(), view.registry.status()):
@@ -673,11 +673,15 @@ async def test_views_serve_stale_through_an_outage_and_heal_after_restart(
         restart = await outage(etcd_private, owner, view, stop=stop, wipe=wipe)
         await restart()
         restarted = time.monotonic()
-        await view.wait_for(lambda found: ids(found) == ["orders-1", "orders-2"], within=5.0)
-        healed = await eventually(lambda: view.status().connected and owner.status().connected)
+        # Generous bounds: under `stress` a restarted etcd takes seconds to answer. The
+        # printed figure is the one to read; the assertion is that it heals at all.
+        await view.wait_for(lambda found: ids(found) == ["orders-1", "orders-2"], within=20.0)
+        healed = await eventually(
+            lambda: view.status().connected and owner.status().connected, within=20.0
+        )
         print(f"\netcd restart ({'wiped' if wipe else 'same data'}): views healed"
               f" {time.monotonic() - restarted:.2f}s after etcd answered again")  # fmt: skip
-        assert healed < 5.0
+        assert healed < 20.0
         assert view.status().stale_since is None
         after = [registration.lease for registration in owner._registrations.values()]
         if wipe:  # every lease was lost with the data: each instance has a new one
