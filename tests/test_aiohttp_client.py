@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -28,6 +29,8 @@ import tenacity
 from aiohttp import test_utils, web
 from multidict import CIMultiDictProxy
 from opentelemetry import trace
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from yarl import URL
 
@@ -993,6 +996,54 @@ async def test_trace_context_on_every_attempt(
     assert len(parents) == 3
     assert all(value is not None and value.split("-")[1] == trace_id for value in parents)
     assert backend.header("baggage") == ["tenant=acme"] * 3
+
+
+async def test_baggage_without_a_span_is_sent(backend: Backend, clock: FakeClock) -> None:
+    """Baggage alone, no span: the context isn't empty, so the propagators write it."""
+    from opentelemetry import baggage, context
+
+    token = context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        async with session(ResilienceMiddleware(retrying(clock))) as client:
+            assert await get(client, backend.url()) == (200, "ok")
+    finally:
+        context.detach(token)
+    assert backend.header("baggage") == ["tenant=acme"]
+    assert backend.header("traceparent") == [None]
+
+
+class _Stamping(TextMapPropagator):
+    """A propagator writing a header from any context, an empty one included."""
+
+    def extract(self, carrier: Any, context: Any = None, getter: Any = None) -> Any:
+        return context
+
+    def inject(self, carrier: Any, context: Any = None, setter: Any = None) -> None:
+        carrier["X-Stamped"] = "yes"
+
+    @property
+    def fields(self) -> set[str]:
+        return {"X-Stamped"}
+
+
+async def test_a_propagator_of_the_users_is_always_asked(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """No span, no baggage: the default propagators would write nothing and are skipped,
+    but a propagator the user configured is asked on every attempt all the same."""
+    from opentelemetry import propagate
+
+    stock = propagate.get_global_textmap()
+    async with session(ResilienceMiddleware(retrying(clock))) as client:
+        assert await get(client, backend.url()) == (200, "ok")
+        propagate.set_global_textmap(CompositePropagator([stock, _Stamping()]))
+        try:
+            backend.answer(503)
+            assert await get(client, backend.url()) == (200, "ok")
+        finally:
+            propagate.set_global_textmap(stock)
+        assert await get(client, backend.url()) == (200, "ok")
+    assert backend.header("X-Stamped") == [None, "yes", "yes", None]
 
 
 async def test_propagate_false_sends_nothing(

@@ -265,7 +265,10 @@ class Attempts(ABC):
         """
         Hand `response` to the caller; release every other one.
         """
-        doomed = [held for held in self._held if held is not response]
+        held = self._held
+        if len(held) == 1 and held[0] is response:
+            return  # the common case, one attempt that answered: nothing to release
+        doomed = [other for other in held if other is not response]
         if doomed:
             self._release(doomed)
 

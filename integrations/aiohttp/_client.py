@@ -95,8 +95,21 @@ def default_policy(key: str, *, total: float = 30.0, per_attempt: float = 10.0) 
     )
 
 
+# Origin strings by (scheme, host, explicit port): building one costs a URL and its text,
+# and every request of a host needs the same. Cleared when full (a crawler's hosts).
+_ORIGINS: dict[tuple[str, str | None, int | None], str] = {}
+_MAX_ORIGINS = 1024
+
+
 def _origin(request: ClientRequest) -> str:
-    return str(request.url.origin())
+    url = request.url
+    key = (url.scheme, url.raw_host, url.explicit_port)
+    origin = _ORIGINS.get(key)
+    if origin is None:
+        if len(_ORIGINS) >= _MAX_ORIGINS:
+            _ORIGINS.clear()
+        origin = _ORIGINS[key] = str(url.origin())
+    return origin
 
 
 def _route(request: ClientRequest) -> str:
