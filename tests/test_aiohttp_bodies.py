@@ -10,6 +10,7 @@ body was sent again whole or not at all (never empty, never cut).
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,11 +55,11 @@ async def recorder() -> AsyncIterator[Recorder]:
     app = web.Application()
     app.router.add_put("/k", recorder.handle)
     recorder.runner = web.AppRunner(app)
-    await recorder.runner.setup()
-    await web.TCPSite(recorder.runner, "127.0.0.1", 0).start()
+    await within(recorder.runner.setup())
+    await within(web.TCPSite(recorder.runner, "127.0.0.1", 0).start())
     recorder.port = recorder.runner.addresses[0][1]
     yield recorder
-    await recorder.runner.cleanup()
+    await within(recorder.runner.cleanup())
 
 
 @contextmanager
@@ -144,5 +145,17 @@ async def test_a_file_is_not_failed_over(recorder: Recorder, tmp_path: Path) -> 
 async def test_a_generator_is_sent_once(recorder: Recorder, client: str) -> None:
     """A generator is read once: the request runs once, the caller gets its 503."""
     outcome = await within(CLIENTS[client](recorder, generated()))
+    assert outcome == (503, "503")
+    assert recorder.bodies == [VALUE]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_pipe_is_sent_once(recorder: Recorder, client: str) -> None:
+    """A file that can't seek back (a pipe) is read once: the caller gets its 503."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, VALUE)
+    os.close(write_end)
+    with open(read_end, "rb") as pipe:  # noqa: ASYNC230  # a pipe: opening never blocks
+        outcome = await within(CLIENTS[client](recorder, pipe))
     assert outcome == (503, "503")
     assert recorder.bodies == [VALUE]
