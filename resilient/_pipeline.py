@@ -104,7 +104,8 @@ class Pipeline(Policy):
             fn = policy._bind(fn)  # noqa: SLF001  # Policy's own protocol
         return fn
 
-    def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> Awaitable[T]:
+    def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> Awaitable[T]:  # pragma: no cover
+        # The contract's method, never a layer's: `pipeline()` flattens a nested pipeline.
         return self._outer._bind(self._chain(fn))(*args, **kwargs)  # noqa: SLF001
 
     def add_hook(self, hook: Hook) -> Callable[[], None]:

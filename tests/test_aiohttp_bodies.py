@@ -124,6 +124,14 @@ async def test_a_form_is_sent_again_whole(recorder: Recorder, client: str) -> No
     assert recorder.bodies == [b"key=value&and=more"] * 2
 
 
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_form_data_is_sent_again_whole(recorder: Recorder, client: str) -> None:
+    """A `FormData` is encoded once, in memory: sent again whole by both."""
+    outcome = await within(CLIENTS[client](recorder, aiohttp.FormData({"key": "value"})))
+    assert outcome == (200, "200")
+    assert recorder.bodies == [b"key=value"] * 2
+
+
 async def test_a_file_is_rewound_within_one_request(recorder: Recorder, tmp_path: Path) -> None:
     """The middleware re-sends one request: aiohttp rewinds its file, sent whole again."""
     with opened(tmp_path) as file:

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -56,6 +57,7 @@ from resilient.integrations.aiohttp import (
     default_policy,
     parse_retry_after,
 )
+from resilient.integrations.aiohttp import _client as client_module
 from resilient.testing import FakeClock, capture_events, instant_retries
 from tests._aio import until, within
 from tests._servers import LOCALHOST, free_port
@@ -1044,6 +1046,37 @@ async def test_a_propagator_of_the_users_is_always_asked(
             propagate.set_global_textmap(stock)
         assert await get(client, backend.url()) == (200, "ok")
     assert backend.header("X-Stamped") == [None, "yes", "yes", None]
+
+
+async def test_a_lone_stock_propagator_is_judged_as_the_composite(
+    backend: Backend, clock: FakeClock, tracer: tuple[trace.Tracer, InMemorySpanExporter]
+) -> None:
+    """W3C trace context alone, not in a composite: nothing written without a span (it
+    has nothing to write), its header with one."""
+    from opentelemetry import propagate
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    stock = propagate.get_global_textmap()
+    propagate.set_global_textmap(TraceContextTextMapPropagator())
+    try:
+        async with session(ResilienceMiddleware(retrying(clock))) as client:
+            assert await get(client, backend.url()) == (200, "ok")
+            with tracer[0].start_as_current_span("caller"):
+                assert await get(client, backend.url()) == (200, "ok")
+    finally:
+        propagate.set_global_textmap(stock)
+    first, second = backend.header("traceparent")
+    assert first is None
+    assert second is not None
+
+
+def test_origins_stay_right_past_the_cache_bound() -> None:
+    """Past the cache's bound (a crawler's hosts), every key is still the URL's origin."""
+    urls = [URL(f"http://user:pw@host-{n}.test:{8000 + n % 3}/p?q={n}") for n in range(2500)]
+    urls += [URL("https://HOST-1.test/"), URL("http://host-1.test:80/")]
+    for url in urls:
+        assert client_module._origin(SimpleNamespace(url=url)) == str(url.origin())  # type: ignore[arg-type]
+    assert len(client_module._ORIGINS) <= client_module._MAX_ORIGINS
 
 
 async def test_propagate_false_sends_nothing(
