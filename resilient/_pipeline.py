@@ -28,6 +28,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from ._callables import check_async
 from ._events import Hook
+from ._plan import global_hooks
 from ._policy import Args, AsyncFn, Kwargs, Policy
 
 __all__ = ["Pipeline", "pipeline"]
@@ -35,6 +36,7 @@ __all__ = ["Pipeline", "pipeline"]
 T = TypeVar("T")
 P = ParamSpec("P")
 
+_GLOBAL_HOOKS = global_hooks()
 # Functions whose chains `.call` keeps: a handful in practice (the middleware calls one),
 # a bound so a pipeline handed ever new functions doesn't grow without end.
 _MAX_CHAINS = 32
@@ -87,13 +89,17 @@ class Pipeline(Policy):
         Raises:
             TypeError: As `Policy.call` says, when `fn` gives nothing to await.
         """
-        chain = self._chains.get(fn) if type(fn) is FunctionType else None
-        if chain is None:
-            chain = self._chain_for(fn)
-        return await chain(*args, **kwargs)  # type: ignore[no-any-return]
+        inner = self._chains.get(fn) if type(fn) is FunctionType else None
+        if inner is None:
+            inner = self._inner_chain(fn)
+        outer = self._outer
+        # The outer layer written out, as the decorator's wrapper does (`Policy._guard`).
+        if outer._hooks or _GLOBAL_HOOKS:  # noqa: SLF001  # Policy's own protocol
+            return await outer._observe(inner, args, kwargs)  # noqa: SLF001
+        return await outer._run(inner, args, kwargs)  # noqa: SLF001
 
-    def _chain_for(self, fn: Callable[..., Awaitable[T]]) -> AsyncFn[T]:
-        chain = self._outer._bind(self._chain(self._vet(fn)))  # noqa: SLF001  # Policy's own
+    def _inner_chain(self, fn: Callable[..., Awaitable[T]]) -> AsyncFn[T]:
+        chain = self._chain(self._vet(fn))
         # Kept only when holding it keeps nothing else alive (as `Policy._vet` says).
         if type(fn) is FunctionType and fn.__closure__ is None and len(self._chains) < _MAX_CHAINS:
             self._chains[fn] = chain
