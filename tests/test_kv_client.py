@@ -111,7 +111,11 @@ def test_cli_reports_refusals_and_unreachable_nodes(cluster: KVCluster) -> None:
         timeout=30, check=False,
     )  # fmt: skip
     assert down.returncode == 2
-    assert b"no node answered" in down.stderr
+    message = down.stderr.decode()
+    assert len(message.strip().splitlines()) == 1, message
+    assert "no node answered (tried 127.0.0.1:1)" in message
+    assert "is a node running there?" in message
+    assert "ConnectionKey(" not in message  # text, not nested reprs
 
 
 async def test_client_fails_over_and_ejects_a_dead_node(
