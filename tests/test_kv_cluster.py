@@ -166,6 +166,14 @@ def test_bad_input_is_a_clear_4xx_and_stores_nothing(  # noqa: PLR0917  # parame
     assert stored_counts(cluster) == before
 
 
+def test_a_wrong_method_says_which_would_do(cluster: KVCluster) -> None:
+    """405 carries the Allow header HTTP requires, and the message lists the methods."""
+    answer = cluster.request("n1", "POST", "/kv/a", b"x")
+    assert answer.status == 405
+    assert set(answer.headers["Allow"].split(",")) == {"DELETE", "GET", "HEAD", "PUT"}
+    assert "POST /kv/a; allowed: DELETE, GET, HEAD, PUT" in answer.json()["error"]
+
+
 @FUZZ
 @given(key=st.binary(min_size=0, max_size=1100))
 def test_fuzzed_keys_are_stored_exactly_when_valid(cluster: KVCluster, key: bytes) -> None:

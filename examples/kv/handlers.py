@@ -48,10 +48,24 @@ async def node_middleware(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPException as error:
         if error.status < 400 or error.content_type == "application/json":  # noqa: PLR2004
             raise
-        return error_response(error.status, error.reason, path=request.path[:200])
+        return _http_error(request, error)
     except Exception:  # noqa: BLE001  # the last line of defence: never a traceback
         _log.exception("%s %s failed", request.method, request.path[:200])
         return error_response(500, "internal error")
+
+
+def _http_error(request: web.Request, error: web.HTTPException) -> web.Response:
+    # aiohttp's own errors (404, 405) as JSON; a 405 keeps its Allow header (RFC 9110
+    # requires it) and says which methods would do.
+    path = request.path[:200]
+    if isinstance(error, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(error.allowed_methods))
+        response = error_response(
+            405, f"{error.reason}: {request.method[:20]} {path}; allowed: {allowed}", path=path
+        )
+        response.headers["Allow"] = ",".join(sorted(error.allowed_methods))
+        return response
+    return error_response(error.status, error.reason, path=path)
 
 
 def _bearer_ok(request: web.Request, token: str) -> web.Response | None:
