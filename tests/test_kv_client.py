@@ -141,9 +141,14 @@ async def test_client_token_guards_the_client_api(
     root = tmp_path_factory.mktemp("kv-token")
     env = {"KV_CLIENT_TOKEN": CLIENT_TOKEN}
     with running_cluster(root, ["t1"], extra_args=SINGLE, env=env) as kv_cluster:
-        assert kv_cluster.request("t1", "PUT", "/kv/a", b"v").status == 401
+        missing = kv_cluster.request("t1", "PUT", "/kv/a", b"v")
+        assert missing.status == 401
+        assert "KV_CLIENT_TOKEN" in missing.json()["error"]  # which token, never its value
         wrong = {"Authorization": "Bearer nope"}
-        assert kv_cluster.request("t1", "PUT", "/kv/a", b"v", wrong).status == 403
+        wrong_answer = kv_cluster.request("t1", "PUT", "/kv/a", b"v", wrong)
+        assert wrong_answer.status == 403
+        assert "KV_CLIENT_TOKEN" in wrong_answer.json()["error"]
+        assert CLIENT_TOKEN not in wrong_answer.body.decode()
         cluster_token = {"Authorization": f"Bearer {TOKEN}"}
         assert kv_cluster.request("t1", "GET", "/kv/a", headers=cluster_token).status == 403
         assert kv_cluster.request("t1", "GET", "/health").status == 200

@@ -20,6 +20,8 @@ __all__ = ["NODE_KEY", "node_middleware", "routes"]
 
 NODE_KEY = web.AppKey("node", Node)
 VERSION_HEADER = "X-KV-Version"
+_NEEDS_CLUSTER = "send the cluster token (the nodes' KV_CLUSTER_TOKEN)"
+_NEEDS_CLIENT = "send the client token (the nodes' KV_CLIENT_TOKEN)"
 _log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -37,9 +39,9 @@ async def node_middleware(request: web.Request, handler: Handler) -> web.StreamR
         config = request.app[NODE_KEY].config
         path = request.path
         if path.startswith("/internal"):
-            refused = _bearer_ok(request, config.cluster_token)
+            refused = _bearer_ok(request, config.cluster_token, _NEEDS_CLUSTER)
         elif config.client_token is not None and path.startswith("/kv"):
-            refused = _bearer_ok(request, config.client_token)
+            refused = _bearer_ok(request, config.client_token, _NEEDS_CLIENT)
         else:
             refused = None
         return refused if refused is not None else await handler(request)
@@ -68,10 +70,11 @@ def _http_error(request: web.Request, error: web.HTTPException) -> web.Response:
     return error_response(error.status, error.reason, path=path)
 
 
-def _bearer_ok(request: web.Request, token: str) -> web.Response | None:
+def _bearer_ok(request: web.Request, token: str, which: str) -> web.Response | None:
+    # `which` names the variable that holds the token, never the token itself.
     given = request.headers.get("Authorization")
     if given is None:
-        response = error_response(401, "missing Authorization: Bearer <token>")
+        response = error_response(401, f"missing Authorization: Bearer <token>: {which}")
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
     scheme, _, secret = given.partition(" ")
@@ -79,7 +82,7 @@ def _bearer_ok(request: web.Request, token: str) -> web.Response | None:
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         secret.strip().encode("utf-8", "replace"), expected
     ):
-        return error_response(403, "wrong token")
+        return error_response(403, f"wrong token: {which}")
     return None
 
 
