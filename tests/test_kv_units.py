@@ -231,6 +231,16 @@ def test_config_errors_name_the_option(
         node_config(_args(*argv), env)
 
 
+def test_node_help_names_the_environment() -> None:
+    """`node --help` says which variables the node reads, the required token first."""
+    parser = argparse.ArgumentParser()
+    add_node_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert "environment: KV_CLUSTER_TOKEN (required)" in text
+    assert "KV_CLIENT_TOKEN" in text
+    assert "OTEL_TRACES_EXPORTER" in text
+
+
 def test_a_missing_token_says_how_to_give_one() -> None:
     """The error names the variable and shows how to set it, not only that it is unset."""
     with pytest.raises(ConfigError, match="KV_CLUSTER_TOKEN is not set") as raised:

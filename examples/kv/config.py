@@ -159,8 +159,15 @@ def parse_peers(text: str) -> dict[str, str]:
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     """
-    Declare the ``node`` command's options on `parser`.
+    Declare the ``node`` command's options on `parser`, and its environment in the help.
     """
+    parser.epilog = (
+        f"environment: {CLUSTER_TOKEN_ENV} (required) is the secret every node of the "
+        f"cluster shares for /internal/; {CLIENT_TOKEN_ENV}, when set, guards /kv/ too; "
+        "OTEL_TRACES_EXPORTER=console|otlp|none and OTEL_SERVICE_NAME (default kv-<id>) "
+        "set up tracing. A node serves once GET /health answers 200. "
+        "See examples/kv/README.md."
+    )
     parser.add_argument("--id", required=True, dest="node_id", help="this node's id")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, required=True, help="port to listen on")
