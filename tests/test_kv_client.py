@@ -11,11 +11,13 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from aiohttp import web
 
 from examples._process import free_port
 from examples.kv import KVClient, KVError
 from resilient import CircuitState, Event, StateChanged
 from tests._kv import ROOT, SINGLE, TOKEN, KVCluster, running_cluster
+from tests._web import Serve
 
 IDS = ["n1", "n2", "n3"]
 CLIENT_TOKEN = "client-secret"  # noqa: S105  # a test secret
@@ -68,6 +70,18 @@ async def test_client_raises_kv_error_with_the_nodes_detail(cluster: KVCluster) 
         with pytest.raises(KVError) as bad_quorum:
             await kv.get("k", r=7)
         assert bad_quorum.value.status == 400
+
+
+async def test_a_404_from_another_server_is_not_a_missing_key(serve: Serve) -> None:
+    """A wrong address answering 404 (not a KV node) raises KVError naming it; None is
+    kept for a node's own "key not found"."""
+    app = web.Application()  # answers 404 to everything, as a proxy or a wrong port does
+    url = await serve(app)
+    async with KVClient([f"{url.host}:{url.port}"]) as kv:
+        with pytest.raises(KVError, match="answered 404 without 'key not found'") as raised:
+            await kv.get("greeting")
+    assert raised.value.status == 404
+    assert f"{url.host}:{url.port}" in str(raised.value)
 
 
 def test_client_refuses_no_nodes() -> None:

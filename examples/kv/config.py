@@ -22,6 +22,7 @@ from .hlc import NODE_ID
 __all__ = [
     "CLIENT_TOKEN_ENV",
     "CLUSTER_TOKEN_ENV",
+    "KEY_NOT_FOUND",
     "ConfigError",
     "Discovery",
     "NodeConfig",
@@ -35,6 +36,8 @@ __all__ = [
 
 CLUSTER_TOKEN_ENV = "KV_CLUSTER_TOKEN"  # noqa: S105  # a variable name, not a secret
 CLIENT_TOKEN_ENV = "KV_CLIENT_TOKEN"  # noqa: S105  # a variable name, not a secret
+KEY_NOT_FOUND = "key not found"
+"""A GET's 404 error on the wire: it tells a node's "no such key" from another server's 404."""
 _MAX_PORT = 65535
 
 

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from .codec import decode_keys, decode_traced, encode_acks, encode_found
+from .config import KEY_NOT_FOUND
 from .coordinator import QuorumError
 from .node import Node
 from .validate import InputError, budget_of, error_response, key_of, quorum_of, read_value
@@ -135,7 +136,7 @@ async def get_key(request: web.Request) -> web.StreamResponse:
         return _quorum_failed(node, "get", error)
     if record is None or record.value is None:
         node.count("get", "404")
-        response = error_response(404, "key not found")
+        response = error_response(404, KEY_NOT_FOUND)
         if record is not None:
             response.headers[VERSION_HEADER] = str(record.version)
         return response
