@@ -1,0 +1,307 @@
+"""
+What every timing benchmark shares: the `Case` to time, and the two ways to time it.
+
+* A full run goes through pyperf: worker processes, loop calibration, warm-ups, JSON
+  results (``-o run.json``), and pyperf's own tools on them (``python -m pyperf stats``,
+  ``compare_to``). ``python -m benchmarks.report`` turns three or more such files into
+  a region of docs/benchmarks.md, with each figure's spread over the runs.
+* ``--quick`` times every case in this process, in a few rounds interleaved in a seeded
+  shuffled order, and needs no pyperf: the test suite's smoke run, and
+  `benchmarks.revisions`' side-by-side before/after (see benchmarks/README.md for why).
+
+In both, one event loop per process is built once (``--uvloop`` for uvloop's), each
+case is built and checked inside it, and a sequential batch runs with gc collected
+before and disabled during it. A case whose peer library is not installed is left out
+and named; the rest still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import importlib.util
+import inspect
+import random
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from itertools import repeat
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks._cli import report_path
+
+AsyncFn = Callable[[], Awaitable[object]]
+Timer = Callable[[Any, int], Awaitable[float]]
+NOOP_RESULT = 42
+"""What `noop` returns; a case's function must return it (a wrapper that lost it fails)."""
+
+
+async def noop() -> int:
+    """The function every case wraps: returns at once, never fails."""
+    return NOOP_RESULT
+
+
+def now() -> float:
+    """The clock the timers read: wall time, or the process' CPU time with ``--cpu``."""
+    return _clock()
+
+
+async def sequential(fn: AsyncFn, loops: int) -> float:
+    """Seconds for `loops` sequential ``await fn()``, gc off."""
+    gc.collect()
+    gc.disable()
+    try:
+        started = _clock()
+        for _ in repeat(None, loops):
+            await fn()
+        return _clock() - started
+    finally:
+        gc.enable()
+
+
+async def synchronous(fn: Callable[[], object], loops: int) -> float:
+    """Seconds for `loops` calls of a plain function, gc off."""
+    gc.collect()
+    gc.disable()
+    try:
+        started = _clock()
+        for _ in repeat(None, loops):
+            fn()
+        return _clock() - started
+    finally:
+        gc.enable()
+
+
+@dataclass(frozen=True)
+class Case:
+    """
+    One thing to time. `build` runs inside the event loop and returns the callable
+    (or an awaitable of it); unless `check` is False it is called once and must return
+    `NOOP_RESULT`. `inner` is the calls one timer loop makes; `needs` the modules it
+    imports (missing: the case is left out); `activate`, run around every batch,
+    switches on a global hook and returns its undo.
+    """
+
+    name: str
+    build: Callable[[], Any]
+    api: str
+    needs: tuple[str, ...] = ()
+    timer: Timer = sequential
+    inner: int = 1
+    check: bool = True
+    activate: Callable[[], Callable[[], None]] | None = None
+
+
+def available(cases: Sequence[Case]) -> tuple[list[Case], list[str]]:
+    """The cases whose modules are installed, and the names of those left out."""
+    ok = [c for c in cases if all(importlib.util.find_spec(m) for m in c.needs)]
+    return ok, [c.name for c in cases if c not in ok]
+
+
+async def built(case: Case) -> Any:
+    """The case's callable, checked."""
+    fn = case.build()
+    if inspect.isawaitable(fn):
+        fn = await fn
+    if case.check:
+        with _active(case):
+            result = await fn()
+        if result != NOOP_RESULT:
+            raise RuntimeError(f"{case.name}: returned {result!r}, not {NOOP_RESULT}")
+    return fn
+
+
+async def timed(case: Case, fn: Any, loops: int) -> float:
+    """Seconds for `loops` timer loops of `case`, its hook on around them."""
+    await asyncio.sleep(0)  # the loop's housekeeping (cancelled timers) outside the timing
+    with _active(case):
+        return await case.timer(fn, loops)
+
+
+_closers: list[Callable[[], Awaitable[object]]] = []
+
+
+def close_at_end(close: Callable[[], Awaitable[object]]) -> None:
+    """Have `close()` awaited after a quick run (a session a case opened, say)."""
+    _closers.append(close)
+
+
+async def interleave(
+    cases: Sequence[Case], rounds: int, calls: int, seed: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each case, one sample per round, in a fresh shuffled order."""
+    fns = {case.name: await built(case) for case in cases}
+    gc.collect()
+    gc.freeze()  # setup objects stay out of every later collection
+    samples: dict[str, list[float]] = {case.name: [] for case in cases}
+    order, rng = list(cases), random.Random(seed)  # a shuffle, not a secret
+    try:
+        for _ in range(rounds):
+            rng.shuffle(order)
+            for case in order:
+                loops = max(1, calls // case.inner)
+                elapsed = await timed(case, fns[case.name], loops)
+                samples[case.name].append(elapsed / (loops * case.inner))
+    finally:
+        for close in _closers:
+            await close()
+    return samples
+
+
+def main(
+    module: str,
+    cases: Callable[[argparse.Namespace], Sequence[Case]],
+    page: report.Report,
+    *,
+    options: Callable[[argparse.ArgumentParser], None] = lambda _: None,
+    setup: Callable[[argparse.Namespace], AbstractContextManager[list[str]]] = (
+        lambda _: nullcontext([])
+    ),
+) -> int:
+    """
+    The command line of a timing benchmark: ``--quick`` in this process, else pyperf.
+
+    `options` adds the benchmark's own options; `setup` runs around the whole run in the
+    parent process (a server, say) and yields more of those options for the workers.
+    """
+
+    def own_options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+        added = [
+            parser.add_argument("--quick", action="store_true", help="smoke run, no pyperf"),
+            parser.add_argument("--uvloop", action="store_true", help="time on uvloop's loop"),
+            parser.add_argument("--cpu", action="store_true", help="time process CPU, not wall"),
+        ]
+        before = len(parser._actions)  # noqa: SLF001  # which options `options` added
+        options(parser)
+        return added + parser._actions[before:]  # noqa: SLF001
+
+    parser = argparse.ArgumentParser(add_help=False)
+    own_options(parser)
+    known, rest = parser.parse_known_args()
+    if known.quick:
+        return _quick(module, cases, page, parser, rest, setup)
+    try:
+        import pyperf  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        sys.exit(f"{module}: a full run needs pyperf: pip install -e '.[bench]' (or --quick)")
+    ours: list[argparse.Action] = []
+    with setup(known) as extra:
+        runner = pyperf.Runner(
+            program_args=("-m", module),
+            add_cmdline_args=lambda cmd, args: cmd.extend(_forward(ours, args)),
+            metadata={"loop": _loop_name(known), "clock": _clock_name(known)},
+        )
+        ours += own_options(runner.argparser)
+        args = runner.parse_args([*sys.argv[1:], *extra])
+        _use(args)
+        chosen, missing = available(cases(args))
+        if missing and not args.worker:
+            print(f"not installed, not measured: {', '.join(missing)}", file=sys.stderr)
+        for case in chosen:
+            runner.bench_time_func(case.name, _worker_timer(case), inner_loops=case.inner)
+    return 0
+
+
+def _forward(actions: Sequence[argparse.Action], args: argparse.Namespace) -> list[str]:
+    """Our options as given, for pyperf to pass to its workers."""
+    out = []
+    for action in actions:
+        value = getattr(args, action.dest)
+        if value != action.default:
+            flag = action.option_strings[-1]
+            out += [flag] if value is True else [flag, str(value)]
+    return out
+
+
+def _quick(  # noqa: PLR0917  # main's parts, passed on
+    module: str,
+    cases: Callable[[argparse.Namespace], Sequence[Case]],
+    page: report.Report,
+    own: argparse.ArgumentParser,
+    rest: list[str],
+    setup: Callable[[argparse.Namespace], AbstractContextManager[list[str]]],
+) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {module} --quick")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--md", type=Path, help="report here (default: a temp dir)")
+    ns = parser.parse_args(rest, namespace=own.parse_known_args()[0])
+    if ns.rounds < 1 or ns.calls < 1:
+        parser.error("--rounds and --calls must be >= 1")
+    _use(ns)
+    with setup(ns) as extra:
+        chosen, missing = available(cases(own.parse_known_args([*sys.argv[1:], *extra], ns)[0]))
+        samples = _run_loop(interleave(chosen, ns.rounds, ns.calls, ns.seed))
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    for name, seconds in medians.items():
+        print(f"{name:<56} {seconds * 1e9:>12,.0f} ns/call")
+    how = f"`--quick`: {ns.rounds} interleaved rounds of {ns.calls:,} calls, in one process"
+    path = report_path(ns.md, quick=True, default=Path())
+    text = page.render([medians], chosen, missing, how, report.local_machine(_loop_name(ns)))
+    report.write(path, page, text)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+_clock = time.perf_counter
+_loop: asyncio.AbstractEventLoop | None = None
+_new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+
+
+def _use(args: argparse.Namespace) -> None:
+    """Take the loop and the clock the options ask for."""
+    global _clock, _new_loop  # noqa: PLW0603  # one choice per process, made once
+    _clock = time.process_time if args.cpu else time.perf_counter
+    if args.uvloop:
+        import uvloop  # type: ignore[import-not-found, unused-ignore]
+
+        _new_loop = uvloop.new_event_loop
+
+
+def _loop_name(args: argparse.Namespace) -> str:
+    return "uvloop" if args.uvloop else "asyncio"
+
+
+def _clock_name(args: argparse.Namespace) -> str:
+    return "process_time (client CPU)" if args.cpu else "perf_counter (wall)"
+
+
+def _run_loop(work: Awaitable[Any]) -> Any:
+    """Run `work` on this process's one event loop, made on first use."""
+    global _loop  # noqa: PLW0603  # kept across pyperf's calls of a worker's timer
+    if _loop is None:
+        _loop = _new_loop()
+        asyncio.set_event_loop(_loop)
+    return _loop.run_until_complete(work)
+
+
+def _worker_timer(case: Case) -> Callable[[int], float]:
+    """pyperf's time function for `case`: builds it on first call, then times loops."""
+    fn: list[Any] = []
+
+    def time_func(loops: int) -> float:
+        if not fn:
+            fn.append(_run_loop(built(case)))
+        result: float = _run_loop(timed(case, fn[0], loops))
+        return result
+
+    return time_func
+
+
+class _Active(AbstractContextManager[None]):
+    def __init__(self, case: Case) -> None:
+        self._undo = case.activate() if case.activate else None
+
+    def __exit__(self, *_: object) -> None:
+        if self._undo is not None:
+            self._undo()
+
+
+_active = _Active
