@@ -26,8 +26,8 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -54,26 +54,28 @@ def now() -> float:
 
 async def sequential(fn: AsyncFn, loops: int) -> float:
     """Seconds for `loops` sequential ``await fn()``, gc off."""
-    gc.collect()
-    gc.disable()
-    try:
+    with _gc_off():
         started = _clock()
         for _ in repeat(None, loops):
             await fn()
         return _clock() - started
-    finally:
-        gc.enable()
 
 
 async def synchronous(fn: Callable[[], object], loops: int) -> float:
     """Seconds for `loops` calls of a plain function, gc off."""
-    gc.collect()
-    gc.disable()
-    try:
+    with _gc_off():
         started = _clock()
         for _ in repeat(None, loops):
             fn()
         return _clock() - started
+
+
+@contextmanager
+def _gc_off() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
     finally:
         gc.enable()
 
@@ -295,13 +297,12 @@ def _worker_timer(case: Case) -> Callable[[int], float]:
     return time_func
 
 
-class _Active(AbstractContextManager[None]):
-    def __init__(self, case: Case) -> None:
-        self._undo = case.activate() if case.activate else None
-
-    def __exit__(self, *_: object) -> None:
-        if self._undo is not None:
-            self._undo()
-
-
-_active = _Active
+@contextmanager
+def _active(case: Case) -> Iterator[None]:
+    """`case`'s global hook switched on, if it has one."""
+    undo = case.activate() if case.activate else None
+    try:
+        yield
+    finally:
+        if undo is not None:
+            undo()

@@ -337,6 +337,7 @@ PAGE = Report(
     " tenacity/stamina/backoff (they only cover retry exhaustion), the non-breaker"
     " categories of aiobreaker and purgatory, hedging of hyx and pyresilience (none"
     " offered), pybreaker (no native asyncio).",
+    chart="benchmarks-overhead.png",
 )
 # fmt: on
 

@@ -83,6 +83,7 @@ class Report:
     figures: Sequence[Figure] = ()
     notes: str = ""
     extra: Callable[[], list[str]] | None = field(default=None)
+    chart: str = ""  # a PNG beside the page: each case's overhead, min-max over runs
 
     def markers(self, variant: str) -> tuple[str, str]:
         """The region's begin and end markers."""
@@ -120,6 +121,8 @@ class Report:
             "|---|--:|--:|--:|---|",
         ]
         lines += [self._case_row(c, runs) for c in cases if all(c.name in r for r in runs)]
+        if self.chart:
+            lines += ["", f"![{self.title}]({self.chart})"]
         if missing:
             lines += ["", "Not measured (not installed): " + ", ".join(missing) + "."]
         if self.extra is not None:
@@ -149,6 +152,32 @@ class Report:
             over = f"{statistics.median(added):+,.0f}"
             spread = f"{min(added):+,.0f} .. {max(added):+,.0f}"
         return f"| {case.name} | {per_call:,.0f} | {over} | {spread} | `{case.api}` |"
+
+
+def draw(path: Path, page: Report, runs: Sequence[Mapping[str, float]], title: str) -> None:
+    """`page`'s chart: one bar per case, its median overhead, whiskers to min and max."""
+    import matplotlib  # type: ignore[import-not-found, unused-ignore]
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
+
+    names = [n for n in runs[0] if n != page.base and all(n in r for r in runs)]
+    added = [[(r[n] - r[page.base or n]) * 1e9 for r in runs] for n in names]
+    mid = [max(statistics.median(a), 1.0) for a in added]
+    low = [m - max(min(a), 1.0) for m, a in zip(mid, added, strict=True)]
+    high = [max(max(a) - m, 0.0) for m, a in zip(mid, added, strict=True)]
+    fig, ax = plt.subplots(figsize=(11, 0.28 * len(names) + 1.5))
+    colours = ["#d62728" if "resilient" in n else "#1f77b4" for n in names]  # ours in red
+    ax.barh(names, mid, xerr=[low, high], color=colours, ecolor="black", capsize=2)
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_xlabel(f"overhead over {page.base!r}, ns per call (log; whiskers: min-max of runs)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def write(path: Path, page: Report, text: str, variant: str = "") -> None:
@@ -207,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         + f" -o RUN.json`, then `python -m benchmarks.report {args.benchmark} RUN.json ...`"
     )
     page: Report = module.PAGE
+    if page.chart and not variant:
+        draw(args.md.parent / page.chart, page, runs, f"{page.title}, {len(runs)} runs")
     write(args.md, page, page.render(runs, cases, missing, how, machine, variant), variant)
     print(f"wrote the {args.benchmark} region of {args.md}", file=sys.stderr)
     return 0
