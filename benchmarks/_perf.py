@@ -1,18 +1,10 @@
 """
-What every timing benchmark shares: the `Case` to time, and the two ways to time it.
-
-* A full run goes through pyperf: worker processes, loop calibration, warm-ups, JSON
-  results (``-o run.json``), and pyperf's own tools on them (``python -m pyperf stats``,
-  ``compare_to``). ``python -m benchmarks.report`` turns three or more such files into
-  a region of docs/benchmarks.md, with each figure's spread over the runs.
-* ``--quick`` times every case in this process, in a few rounds interleaved in a seeded
-  shuffled order, and needs no pyperf: the test suite's smoke run, and
-  `benchmarks.revisions`' side-by-side before/after (see benchmarks/README.md for why).
-
-In both, one event loop per process is built once (``--uvloop`` for uvloop's), each
-case is built and checked inside it, and a sequential batch runs with gc collected
-before and disabled during it. A case whose peer library is not installed is left out
-and named; the rest still run.
+The `Case` every timing benchmark is made of, and two ways to time cases: through pyperf
+(`main`: worker processes, calibration, JSON for `benchmarks.report` and pyperf's own
+``stats`` / ``compare_to``), or with ``--quick`` in this process, in interleaved,
+shuffled rounds and without pyperf (`interleave`: the smoke tests, `benchmarks.revisions`).
+Either way a process builds one event loop (uvloop's with ``--uvloop``), builds and checks
+each case inside it, and times sequential batches with gc collected before, off during.
 """
 
 from __future__ import annotations
@@ -101,7 +93,7 @@ class Case:
 
 
 def available(cases: Sequence[Case]) -> tuple[list[Case], list[str]]:
-    """The cases whose modules are installed, and the names of those left out."""
+    """The cases whose modules are installed, and the names of the others."""
     ok = [c for c in cases if all(importlib.util.find_spec(m) for m in c.needs)]
     return ok, [c.name for c in cases if c not in ok]
 
@@ -197,7 +189,7 @@ def main(
         runner = pyperf.Runner(
             program_args=("-m", module),
             add_cmdline_args=lambda cmd, args: cmd.extend(_forward(ours, args)),
-            metadata={"loop": _loop_name(known), "clock": _clock_name(known)},
+            metadata={"loop": _loop_name(known), "clock": "process_time" if known.cpu else "wall"},
         )
         ours += own_options(runner.argparser)
         args = runner.parse_args([*sys.argv[1:], *extra])
@@ -269,10 +261,6 @@ def _use(args: argparse.Namespace) -> None:
 
 def _loop_name(args: argparse.Namespace) -> str:
     return "uvloop" if args.uvloop else "asyncio"
-
-
-def _clock_name(args: argparse.Namespace) -> str:
-    return "process_time (client CPU)" if args.cpu else "perf_counter (wall)"
 
 
 def _run_loop(work: Awaitable[Any]) -> Any:

@@ -28,8 +28,6 @@ from benchmarks import _perf
 from benchmarks._perf import Case, noop
 from benchmarks.report import Figure, Report
 
-PEERS = ("tenacity", "stamina", "backoff", "aiobreaker", "purgatory", "hyx", "pyresilience")
-
 
 def _stack(r: ModuleType, name: str) -> Any:
     return r.pipeline(
@@ -40,40 +38,28 @@ def _stack(r: ModuleType, name: str) -> Any:
     )
 
 
+# fmt: off
 def resilient_cases(r: ModuleType) -> list[Case]:
     """This project's policies, built from package `r` (this tree, or another revision)."""
     stack = functools.partial(_stack, r, "bench-stack")
     return [
         Case("retry/resilient Retry", lambda: r.Retry(attempts=3)(noop), "@Retry(attempts=3)"),
-        Case(
-            "retry/resilient Retry.call",
-            lambda: functools.partial(r.Retry(attempts=3).call, noop),
-            "Retry(attempts=3).call(noop)",
-        ),
-        Case(
-            "breaker/resilient CircuitBreaker",
-            lambda: r.CircuitBreaker(name="b", failure_threshold=5, reset_timeout=30.0)(noop),
-            "@CircuitBreaker(name='b', failure_threshold=5, reset_timeout=30.0)",
-        ),
+        Case("retry/resilient Retry.call", lambda: functools.partial(r.Retry(3).call, noop),
+             "Retry(attempts=3).call(noop)"),
+        Case("breaker/resilient CircuitBreaker",
+             lambda: r.CircuitBreaker(name="b", failure_threshold=5, reset_timeout=30.0)(noop),
+             "@CircuitBreaker(name='b', failure_threshold=5, reset_timeout=30.0)"),
         Case("bulkhead/resilient Bulkhead", lambda: r.Bulkhead(10)(noop), "@Bulkhead(10)"),
         Case("timeout/resilient Timeout", lambda: r.Timeout(2.0)(noop), "@Timeout(2.0)"),
-        Case(
-            "fallback/resilient Fallback",
-            lambda: r.Fallback(value=None)(noop),
-            "@Fallback(value=None)",
-        ),
+        Case("fallback/resilient Fallback", lambda: r.Fallback(value=None)(noop),
+             "@Fallback(value=None)"),
         Case("hedge/resilient Hedge", lambda: r.Hedge(0.05, max_hedged=1)(noop), "@Hedge(0.05)"),
-        Case(
-            "stack/resilient pipeline",
-            lambda: stack()(noop),
-            "@pipeline(Timeout(2.0), Retry(3), CircuitBreaker(5, 30.0), Bulkhead(10))",
-        ),
-        Case(
-            "stack/resilient Pipeline.call",
-            lambda: functools.partial(stack().call, noop),
-            "the same pipeline, .call(noop)",
-        ),
+        Case("stack/resilient pipeline", lambda: stack()(noop),
+             "@pipeline(Timeout(2.0), Retry(3), CircuitBreaker(5, 30.0), Bulkhead(10))"),
+        Case("stack/resilient Pipeline.call", lambda: functools.partial(stack().call, noop),
+             "the same pipeline, .call(noop)"),
     ]
+# fmt: on
 
 
 # -- peers: imports inside the builders, so a missing peer loses its own rows only ---------
@@ -329,14 +315,6 @@ PAGE = Report(
                [_over("stack/resilient pipeline")], 1.15),
         *_category_figures(),
     ],
-    notes="Overhead = ns/call - bare ns/call of the same run; a ratio divides two overheads"
-    " (below 1: resilient is cheaper), taking the fastest of the named peers in each run."
-    " Happy path only: the calls never fail, time out, meet a full bulkhead or an open"
-    " breaker (`benchmarks.paths` measures those). Not measured: breaker, bulkhead,"
-    " timeout, hedge of the retry-only peers (tenacity, stamina, backoff), fallback of"
-    " tenacity/stamina/backoff (they only cover retry exhaustion), the non-breaker"
-    " categories of aiobreaker and purgatory, hedging of hyx and pyresilience (none"
-    " offered), pybreaker (no native asyncio).",
     chart="benchmarks-overhead.png",
 )
 # fmt: on
