@@ -98,8 +98,9 @@ class Report:
         how: str,
         machine: str,
         variant: str = "",
+        chart: bool = False,
     ) -> str:
-        """The region, markers included."""
+        """The region, markers included (and the chart's link, when `chart`)."""
         begin, end = self.markers(variant)
         lines = [
             begin,
@@ -121,7 +122,7 @@ class Report:
             "|---|--:|--:|--:|---|",
         ]
         lines += [self._case_row(c, runs) for c in cases if all(c.name in r for r in runs)]
-        if self.chart:
+        if chart and self.chart:
             lines += ["", f"![{self.title}]({self.chart})"]
         if missing:
             lines += ["", "Not measured (not installed): " + ", ".join(missing) + "."]
@@ -236,9 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         + f" -o RUN.json`, then `python -m benchmarks.report {args.benchmark} RUN.json ...`"
     )
     page: Report = module.PAGE
-    if page.chart and not variant:
+    chart = bool(page.chart) and not variant
+    if chart:
         draw(args.md.parent / page.chart, page, runs, f"{page.title}, {len(runs)} runs")
-    write(args.md, page, page.render(runs, cases, missing, how, machine, variant), variant)
+    text = page.render(runs, cases, missing, how, machine, variant, chart)
+    write(args.md, page, text, variant)
     print(f"wrote the {args.benchmark} region of {args.md}", file=sys.stderr)
     return 0
 
