@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -148,98 +148,65 @@ async def interleave(
     return samples
 
 
-def main(
-    module: str,
-    cases: Callable[[argparse.Namespace], Sequence[Case]],
-    page: report.Report,
-    *,
-    options: Callable[[argparse.ArgumentParser], None] = lambda _: None,
-    setup: Callable[[argparse.Namespace], AbstractContextManager[list[str]]] = (
-        lambda _: nullcontext([])
-    ),
-) -> int:
-    """
-    The command line of a timing benchmark: ``--quick`` in this process, else pyperf.
-
-    `options` adds the benchmark's own options; `setup` runs around the whole run in the
-    parent process (a server, say) and yields more of those options for the workers.
-    """
-
-    def own_options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-        added = [
-            parser.add_argument("--quick", action="store_true", help="smoke run, no pyperf"),
-            parser.add_argument("--uvloop", action="store_true", help="time on uvloop's loop"),
-            parser.add_argument("--cpu", action="store_true", help="time process CPU, not wall"),
-        ]
-        before = len(parser._actions)  # noqa: SLF001  # which options `options` added
-        options(parser)
-        return added + parser._actions[before:]  # noqa: SLF001
-
+def main(module: str, cases: Callable[[], Sequence[Case]], page: report.Report) -> int:
+    """The command line of a timing benchmark: ``--quick`` in this process, else pyperf."""
     parser = argparse.ArgumentParser(add_help=False)
-    own_options(parser)
+    _flags(parser)
     known, rest = parser.parse_known_args()
+    _use(known)
+    chosen, missing = available(cases())
     if known.quick:
-        return _quick(module, cases, page, parser, rest, setup)
+        return _quick(module, chosen, missing, page, rest, _loop_name(known))
     try:
         import pyperf  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         sys.exit(f"{module}: a full run needs pyperf: pip install -e '.[bench]' (or --quick)")
-    ours: list[argparse.Action] = []
-    with setup(known) as extra:
-        runner = pyperf.Runner(
-            program_args=("-m", module),
-            add_cmdline_args=lambda cmd, args: cmd.extend(_forward(ours, args)),
-            metadata={"loop": _loop_name(known), "clock": "process_time" if known.cpu else "wall"},
-        )
-        ours += own_options(runner.argparser)
-        args = runner.parse_args([*sys.argv[1:], *extra])
-        _use(args)
-        chosen, missing = available(cases(args))
-        if missing and not args.worker:
-            print(f"not installed, not measured: {', '.join(missing)}", file=sys.stderr)
-        for case in chosen:
-            runner.bench_time_func(case.name, _worker_timer(case), inner_loops=case.inner)
+    runner = pyperf.Runner(
+        program_args=("-m", module),
+        add_cmdline_args=lambda cmd, args: cmd.extend(
+            f"--{flag}" for flag in ("uvloop", "cpu") if getattr(args, flag)
+        ),
+        metadata={"loop": _loop_name(known), "clock": "process_time" if known.cpu else "wall"},
+    )
+    _flags(runner.argparser)
+    if missing and not runner.parse_args().worker:
+        print(f"not installed, not measured: {', '.join(missing)}", file=sys.stderr)
+    for case in chosen:
+        runner.bench_time_func(case.name, _worker_timer(case), inner_loops=case.inner)
     return 0
 
 
-def _forward(actions: Sequence[argparse.Action], args: argparse.Namespace) -> list[str]:
-    """Our options as given, for pyperf to pass to its workers."""
-    out = []
-    for action in actions:
-        value = getattr(args, action.dest)
-        if value != action.default:
-            flag = action.option_strings[-1]
-            out += [flag] if value is True else [flag, str(value)]
-    return out
+def _flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="smoke run here, without pyperf")
+    parser.add_argument("--uvloop", action="store_true", help="time on uvloop's event loop")
+    parser.add_argument("--cpu", action="store_true", help="time process CPU, not wall time")
 
 
 def _quick(  # noqa: PLR0917  # main's parts, passed on
     module: str,
-    cases: Callable[[argparse.Namespace], Sequence[Case]],
+    cases: list[Case],
+    missing: list[str],
     page: report.Report,
-    own: argparse.ArgumentParser,
-    rest: list[str],
-    setup: Callable[[argparse.Namespace], AbstractContextManager[list[str]]],
+    argv: list[str],
+    loop: str,
 ) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {module} --quick")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--md", type=Path, help="report here (default: a temp dir)")
-    ns = parser.parse_args(rest, namespace=own.parse_known_args()[0])
+    ns = parser.parse_args(argv)
     if ns.rounds < 1 or ns.calls < 1:
         parser.error("--rounds and --calls must be >= 1")
-    _use(ns)
-    with setup(ns) as extra:
-        chosen, missing = available(cases(own.parse_known_args([*sys.argv[1:], *extra], ns)[0]))
-        samples = _run_loop(interleave(chosen, ns.rounds, ns.calls, ns.seed))
+    samples = _run_loop(interleave(cases, ns.rounds, ns.calls, ns.seed))
     medians = {name: statistics.median(values) for name, values in samples.items()}
     for name, seconds in medians.items():
         print(f"{name:<56} {seconds * 1e9:>12,.0f} ns/call")
     how = f"`--quick`: {ns.rounds} interleaved rounds of {ns.calls:,} calls, in one process"
     path = report_path(ns.md, quick=True, default=Path())
-    text = page.render([medians], chosen, missing, how, report.local_machine(_loop_name(ns)))
-    report.write(path, page, text)
+    report.write(
+        path, page, page.render([medians], cases, missing, how, report.local_machine(loop))
+    )
     print(f"wrote {path}", file=sys.stderr)
     return 0
 

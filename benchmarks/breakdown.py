@@ -13,7 +13,6 @@ Timeout (task lookup, context variable, clock).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextvars
 import time
@@ -50,7 +49,7 @@ def _context_var() -> Callable[[], object]:
     return lambda: var.reset(var.set(1))
 
 
-def cases(_args: argparse.Namespace | None) -> list[Case]:
+def cases() -> list[Case]:
     """The variants, then the pieces."""
     return [
         Case("bare await", lambda: noop, "await noop()"),

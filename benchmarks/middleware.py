@@ -2,24 +2,22 @@
 What `ResilienceMiddleware` adds to a real aiohttp GET over loopback, next to
 aiohttp-retry's `RetryClient` doing the same retries.
 
-    python -m benchmarks.middleware -o /tmp/m1.json    # pyperf; then benchmarks.report
+    python -m benchmarks.middleware -o /tmp/m1.json         # pyperf; then benchmarks.report
     python -m benchmarks.middleware --cpu -o /tmp/c1.json   # the client's CPU time instead
     python -m benchmarks.middleware --quick --md /tmp/m.md
 
-A trivial aiohttp handler (200 "ok") runs in a separate process on 127.0.0.1, started
-once by the parent process (its port goes to pyperf's workers), so its CPU time is not
-billed to the client. Each case is a client session with its own keep-alive connection;
-one call is a GET with its body read. Happy path only: no retry, backoff or breaker
-transition happens.
+A trivial aiohttp handler (200 "ok") answers in a separate process on 127.0.0.1 (one per
+timing process, started on first use), so its CPU time is not billed to the client. Each
+case is a client session with its own keep-alive connection; one call is a GET with its
+body read. Happy path only: no retry, backoff or breaker transition happens.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import atexit
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -58,11 +56,23 @@ def full_pipeline(key: str) -> Policy:
     )
 
 
-def _getter(args: argparse.Namespace, session: Callable[[], Any]) -> Callable[[], Any]:
+def _url() -> str:
+    """The server's URL; the server starts on first use and stops when this process exits."""
+    if not _SERVER:
+        server = ServerProcess("benchmarks.middleware", ["--server-lifetime", "1800"])
+        _SERVER.append(server.__enter__())
+        atexit.register(server.__exit__)
+    return f"http://{HOST}:{_SERVER[0].port}/"
+
+
+_SERVER: list[ServerProcess] = []
+
+
+def _getter(session: Callable[[], Any]) -> Callable[[], Any]:
     """A builder: opens `session()` in the loop; each call GETs / and reads the body."""
 
     async def build() -> Callable[[], Any]:
-        client, url = session(), f"http://{HOST}:{args.port}/"
+        client, url = session(), _url()
         _perf.close_at_end(client.close)
 
         async def get() -> int:
@@ -81,43 +91,25 @@ def _retry_client() -> Any:
     return RetryClient(retry_options=ExponentialRetry(attempts=3), raise_for_status=False)
 
 
-def cases(args: argparse.Namespace | None) -> list[Case]:
+def cases() -> list[Case]:
     """One case per client."""
-    ns = args or argparse.Namespace(port=0)
     session = aiohttp.ClientSession
     return [
-        Case("bare ClientSession", _getter(ns, session), "aiohttp.ClientSession()"),
+        Case("bare ClientSession", _getter(session), "aiohttp.ClientSession()"),
         Case("ResilienceMiddleware() (default policy)",
-             _getter(ns, lambda: session(middlewares=[ResilienceMiddleware()])),
+             _getter(lambda: session(middlewares=[ResilienceMiddleware()])),
              "ClientSession(middlewares=[ResilienceMiddleware()])"),
         Case("ResilienceMiddleware, full pipeline per host",
-             _getter(ns, lambda: session(middlewares=[ResilienceMiddleware(full_pipeline)])),
+             _getter(lambda: session(middlewares=[ResilienceMiddleware(full_pipeline)])),
              "ResilienceMiddleware(lambda key: pipeline(Timeout(10), Retry(3,"
              " budget=RetryBudget(0.1)), CircuitBreaker(5, 30), Bulkhead(10)))"),
         Case("same, propagate=False (no deadline or trace headers)",
-             _getter(ns, lambda: session(middlewares=[
+             _getter(lambda: session(middlewares=[
                  ResilienceMiddleware(full_pipeline, propagate=False)])),
              "ResilienceMiddleware(<same factory>, propagate=False)"),
-        Case("aiohttp-retry RetryClient", _getter(ns, _retry_client),
+        Case("aiohttp-retry RetryClient", _getter(_retry_client),
              "RetryClient(retry_options=ExponentialRetry(attempts=3))", ("aiohttp_retry",)),
     ]  # fmt: skip
-
-
-def options(parser: argparse.ArgumentParser) -> None:
-    """The server's port (set by the parent for pyperf's workers) and lifetime."""
-    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--server-lifetime", type=float, default=900.0)
-
-
-@contextmanager
-def server(args: argparse.Namespace) -> Iterator[list[str]]:
-    """Start the server unless a port was given; yield its port for the workers."""
-    if args.port:
-        yield []
-        return
-    lifetime = ["--server-lifetime", str(args.server_lifetime)]
-    with ServerProcess("benchmarks.middleware", lifetime) as s:
-        yield ["--port", str(s.port)]
 
 
 BARE = "bare ClientSession"
@@ -156,6 +148,4 @@ if __name__ == "__main__":
         lifetime = sys.argv[sys.argv.index("--server-lifetime") + 1]
         serve(float(lifetime))
         raise SystemExit(0)
-    raise SystemExit(
-        _perf.main("benchmarks.middleware", cases, PAGE, options=options, setup=server)
-    )
+    raise SystemExit(_perf.main("benchmarks.middleware", cases, PAGE))

@@ -16,7 +16,6 @@ observed layer pays for, each timed alone.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 from typing import Any
@@ -136,7 +135,7 @@ def _pieces() -> dict[str, tuple[Callable[[], object], str]]:
     }  # fmt: skip
 
 
-def cases(_args: argparse.Namespace | None) -> list[Case]:
+def cases() -> list[Case]:
     """Every workload under every observer, then the pieces."""
     out = [c for label, (_, make) in WORKLOADS.items() for c in _workload_cases(label, make)]
     out += [

@@ -13,7 +13,6 @@ target is at most 1.2x.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -80,7 +79,7 @@ def _stack(*hooks: object) -> Any:
     return policy(noop)
 
 
-def cases(_args: argparse.Namespace | None) -> list[Case]:
+def cases() -> list[Case]:
     """Every variant."""
     return [
         Case("bare", lambda: noop, "await noop()"),

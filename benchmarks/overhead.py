@@ -15,7 +15,6 @@ stdlib equivalents: lower bounds, not peers.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import functools
@@ -272,7 +271,7 @@ async def _none(*_: object, **__: object) -> None:
     return None
 
 
-def cases(_args: argparse.Namespace | None) -> list[Case]:
+def cases() -> list[Case]:
     """Every case, this tree's policies first."""
     return [PEER_CASES[0], *resilient_cases(resilient), *PEER_CASES[1:]]
 

@@ -18,7 +18,6 @@ flight, and the memory a policy holds, each next to the fastest alternative.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import gc
@@ -130,7 +129,7 @@ def _tenacity_failing(fn: Any) -> Any:
     )(fn)
 
 
-def cases(_args: argparse.Namespace | None) -> list[Case]:
+def cases() -> list[Case]:
     """Every case of the three timed paths."""
     return [
         Case("failure/bare failing call", lambda: failing(lambda f: f, 1), "await fail()"),

@@ -12,7 +12,6 @@ admitted call.
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any
 
@@ -83,7 +82,7 @@ def _call() -> Any:
     return through_call
 
 
-def cases(_args: argparse.Namespace | None) -> list[Case]:
+def cases() -> list[Case]:
     """Every limiter."""
     return [
         Case("bare", lambda: noop, "await noop()"),

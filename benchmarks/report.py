@@ -228,8 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     module: Any = importlib.import_module(f"benchmarks.{args.benchmark}")
     runs, machine, variant = load(args.runs)
-    cases: list[Case] = [c for c in module.cases(None) if all(c.name in r for r in runs)]
-    missing = sorted({c.name for c in module.cases(None)} - {c.name for c in cases})
+    cases: list[Case] = [c for c in module.cases() if all(c.name in r for r in runs)]
+    missing = sorted({c.name for c in module.cases()} - {c.name for c in cases})
     how = (
         f"{len(runs)} runs of `python -m benchmarks.{args.benchmark}"
         + (" --uvloop" if "uvloop" in variant else "")
