@@ -22,6 +22,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+import resilient
 from benchmarks import _perf
 from benchmarks._perf import Case, noop, synchronous
 from benchmarks.overhead import _stack
@@ -29,16 +30,10 @@ from benchmarks.report import Figure, Report
 from resilient import CallCancelled, CallFailed, CallSucceeded, Event, Policy, Retry, add_hook
 from resilient.integrations.prometheus import ResilienceMetrics
 
-WORKLOADS: dict[str, tuple[int, Callable[[], Policy]]] = {
-    "Retry(attempts=3)": (1, lambda: Retry(3)),
-    "Timeout + Retry + CircuitBreaker + Bulkhead": (4, lambda: _stack(_resilient(), "s")),
+WORKLOADS: dict[str, Callable[[], Policy]] = {
+    "Retry(attempts=3)": lambda: Retry(3),
+    "Timeout + Retry + CircuitBreaker + Bulkhead": lambda: _stack(resilient, "s"),
 }
-
-
-def _resilient() -> Any:
-    import resilient
-
-    return resilient
 
 
 class NoopListener:
@@ -89,7 +84,7 @@ def _counted(
             raise RuntimeError("the test call was not counted")
         return fn
 
-    return build, (None if own_hook else metrics.install)  # fmt: skip
+    return build, (None if own_hook else metrics.install)
 
 
 def _workload_cases(label: str, make: Callable[[], Policy]) -> list[Case]:
@@ -137,7 +132,7 @@ def _pieces() -> dict[str, tuple[Callable[[], object], str]]:
 
 def cases() -> list[Case]:
     """Every workload under every observer, then the pieces."""
-    out = [c for label, (_, make) in WORKLOADS.items() for c in _workload_cases(label, make)]
+    out = [c for label, make in WORKLOADS.items() for c in _workload_cases(label, make)]
     out += [
         Case(f"piece: {name}", _piece(name), api, timer=synchronous, check=False)
         for name, (_, api) in _pieces().items()

@@ -224,10 +224,6 @@ def memory_lines() -> list[str]:
     ]
 
 
-def _over(case: str, base: str) -> tuple[str, str]:
-    return (case, base)
-
-
 FAIL, OPEN, CONC = "failure/bare failing call", "open/bare", "concurrent/bare"
 # fmt: off
 PAGE = Report(
@@ -235,21 +231,21 @@ PAGE = Report(
     "Failures, open breakers, 10,000 in flight, memory",
     None,
     [
-        Figure("failure path (3 attempts): Retry / hyx", _over("failure/resilient Retry", FAIL),
-               [_over("failure/hyx retry", FAIL)], 1.0),
-        Figure("failure path: Retry / tenacity", _over("failure/resilient Retry", FAIL),
-               [_over("failure/tenacity retry", FAIL)]),
+        Figure("failure path (3 attempts): Retry / hyx", ("failure/resilient Retry", FAIL),
+               [("failure/hyx retry", FAIL)], 1.0),
+        Figure("failure path: Retry / tenacity", ("failure/resilient Retry", FAIL),
+               [("failure/tenacity retry", FAIL)]),
         Figure("open breaker rejection: resilient / hyx",
-               _over("open/resilient CircuitBreaker", OPEN),
-               [_over("open/hyx consecutive_breaker", OPEN)], 1.0),
+               ("open/resilient CircuitBreaker", OPEN),
+               [("open/hyx consecutive_breaker", OPEN)], 1.0),
         Figure("open breaker rejection: resilient / aiobreaker",
-               _over("open/resilient CircuitBreaker", OPEN), [_over("open/aiobreaker", OPEN)]),
+               ("open/resilient CircuitBreaker", OPEN), [("open/aiobreaker", OPEN)]),
         Figure("10k in flight, gc on: pipeline / asyncio.timeout + Semaphore",
-               _over("concurrent/resilient pipeline", CONC),
-               [_over("concurrent/asyncio.timeout + Semaphore (floor)", CONC)], 1.0),
+               ("concurrent/resilient pipeline", CONC),
+               [("concurrent/asyncio.timeout + Semaphore (floor)", CONC)], 1.0),
         Figure("10k in flight, gc on: Timeout / asyncio.timeout",
-               _over("concurrent/resilient Timeout", CONC),
-               [_over("concurrent/asyncio.timeout (floor)", CONC)], 1.0),
+               ("concurrent/resilient Timeout", CONC),
+               [("concurrent/asyncio.timeout (floor)", CONC)], 1.0),
     ],
     notes="Each figure divides two overheads over the bare case of its path, same run."
     " The failure path counts the calls each case makes and fails the check unless it"
