@@ -156,7 +156,8 @@ def main(module: str, cases: Callable[[], Sequence[Case]], page: report.Report) 
     _use(known)
     chosen, missing = available(cases())
     if known.quick:
-        return _quick(module, chosen, missing, page, rest, _loop_name(known))
+        variant = "-".join(f for f in ("uvloop", "cpu") if getattr(known, f))
+        return _quick(module, chosen, missing, page, rest, variant)
     try:
         import pyperf  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
@@ -188,7 +189,7 @@ def _quick(  # noqa: PLR0917  # main's parts, passed on
     missing: list[str],
     page: report.Report,
     argv: list[str],
-    loop: str,
+    variant: str,
 ) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {module} --quick")
     parser.add_argument("--rounds", type=int, default=3)
@@ -204,9 +205,9 @@ def _quick(  # noqa: PLR0917  # main's parts, passed on
         print(f"{name:<56} {seconds * 1e9:>12,.0f} ns/call")
     how = f"`--quick`: {ns.rounds} interleaved rounds of {ns.calls:,} calls, in one process"
     path = report_path(ns.md, quick=True, default=Path())
-    report.write(
-        path, page, page.render([medians], cases, missing, how, report.local_machine(loop))
-    )
+    machine = report.local_machine("uvloop" if "uvloop" in variant else "asyncio")
+    text = page.render([medians], cases, missing, how, machine, variant)
+    report.write(path, page, text, variant)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 
