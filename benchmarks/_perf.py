@@ -247,6 +247,8 @@ def _worker_timer(case: Case) -> Callable[[int], float]:
     def time_func(loops: int) -> float:
         if not fn:
             fn.append(_run_loop(built(case)))
+            gc.collect()
+            gc.freeze()  # as in `interleave`: setup objects out of every later collection
         result: float = _run_loop(timed(case, fn[0], loops))
         return result
 
