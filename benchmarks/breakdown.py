@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import resilient as r
-from resilient._policy import Args, AsyncFn, Kwargs, Policy
+from resilient._engine.policy import Args, AsyncFn, Kwargs, Policy
 
 T = TypeVar("T")
 

@@ -69,7 +69,7 @@ from resilient import (
     add_hook,
     pipeline,
 )
-from resilient._events import deliver
+from resilient._engine.events import deliver
 from resilient.integrations.prometheus import ResilienceMetrics
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from resilient import Instance, RegistryStatus
-from resilient._validate import check_seconds
+from resilient._engine.validate import check_seconds
 
 from ._etcd_gateway import EtcdGateway, WatchStream
 from ._etcd_wire import (

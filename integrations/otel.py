@@ -82,7 +82,7 @@ from resilient import (
     add_hook,
     remove_hook,
 )
-from resilient._plan import global_hooks
+from resilient._engine.hooks import global_hooks
 
 from ._otel_common import (
     ATTEMPT,

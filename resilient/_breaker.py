@@ -33,11 +33,11 @@ from ._breaker_window import (
     check_window,
     rate_rule,
 )
-from ._clock import Clock
-from ._errors import PROGRAMMING_ERRORS, CircuitOpenError, RejectedError
-from ._events import Hook, Rejected, RejectionReason, StateChanged
-from ._policy import Args, AsyncFn, Kwargs, Policy
-from ._validate import check_fraction, check_int, check_seconds, error_matcher
+from ._engine.clock import Clock
+from ._engine.errors import PROGRAMMING_ERRORS, CircuitOpenError, RejectedError
+from ._engine.events import Hook, Rejected, RejectionReason, StateChanged
+from ._engine.policy import Args, AsyncFn, Kwargs, Policy
+from ._engine.validate import check_fraction, check_int, check_seconds, error_matcher
 
 if TYPE_CHECKING:
     import pybreaker

@@ -22,10 +22,10 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from ._clock import TimerHandle
-from ._events import Event
-from ._plan import add_hook
-from ._retry import instant_retries_enabled, set_instant_retries
+from ._engine.clock import TimerHandle
+from ._engine.events import Event
+from ._engine.hooks import add_hook
+from ._policies.retry import instant_retries_enabled, set_instant_retries
 
 __all__ = ["FakeClock", "capture_events", "instant_retries", "set_instant_retries"]
 

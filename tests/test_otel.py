@@ -38,7 +38,7 @@ from resilient import (
     TimeoutExceeded,
     pipeline,
 )
-from resilient._plan import global_hooks
+from resilient._engine.hooks import global_hooks
 from resilient.integrations.aiohttp import (
     DEADLINE_HEADER,
     ResilienceMiddleware,

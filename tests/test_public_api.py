@@ -54,15 +54,15 @@ CONTRACT = (
 # Names in a private module's `__all__` that deliberately stay out of `resilient.__all__`,
 # with the reason. A new public name must be exported or listed here.
 INTERNAL = {
-    "_no_retries": {"retries_allowed"},  # read by Retry and Hedge; users call no_retries()
+    "_engine.context": {"DEADLINE", "retries_allowed"},  # set by Timeout; read by Retry, Hedge
     "_breaker_shared": {"SharedState", "pybreaker_listener_hook"},  # behind storage=
     "_breaker_window": {"Accounting", "Consecutive", "CountWindow", "TimeWindow", "WindowTotals"}
     | {"check_window"},  # shared with AdaptiveThrottle
-    "_policy": {"Args", "AsyncFn", "Kwargs"},  # the shape of `_run`'s arguments, internal
-    "_rate_limit": {"check_rate", "permits_of"},  # shared with RedisRateLimiter
-    "_retry": {"set_instant_retries"},  # public as resilient.testing.set_instant_retries
-    "_timeout": {"current_deadline"},  # for the integrations that forward deadlines
-    "_validate": {
+    "_engine.policy": {"Args", "AsyncFn", "Kwargs"},  # the shape of `_run`'s arguments
+    "_engine.window": {"BUCKETS", "BucketedWindow"},  # RetryBudget's (and breakers') window
+    "_policies.rate_limit": {"check_rate", "permits_of"},  # shared with RedisRateLimiter
+    "_policies.retry": {"set_instant_retries"},  # public as resilient.testing.set_instant_retries
+    "_engine.validate": {
         "check_clock",
         "check_exception_types",
         "check_fraction",
@@ -73,11 +73,11 @@ INTERNAL = {
         "error_matcher",
         "retryable_by_default",
     },
-    "_watchdog": {"Watched", "Watchdog", "Watchdogs"},  # the engine of Timeout
-    "_bulkhead": {"shedding"},  # its repr's tail, shared with AdaptiveConcurrency
-    "_priority": {"parse_priority"},  # for the aiohttp server reading the priority header
+    "_policies.watchdog": {"Watched", "Watchdog", "Watchdogs"},  # the engine of Timeout
+    "_policies.bulkhead": {"shedding"},  # its repr's tail, shared with AdaptiveConcurrency
+    "_policies.priority": {"parse_priority"},  # for the aiohttp server reading the header
     # The bulkhead's priority queue, shared with AdaptiveConcurrency.
-    "_wait_queue": {
+    "_policies.wait_queue": {
         "GRANTED",
         "SERVICE_TIME_WEIGHT",
         "TIMED_OUT",
@@ -88,9 +88,9 @@ INTERNAL = {
         "leave",
         "why_left",
     },
-    "_callables": {"awaitable_checked", "check_async", "label", "not_callable"},  # Policy, checks
+    "_engine.callables": {"awaitable_checked", "check_async", "label", "not_callable"},
     # Behind Policy._emit; users configure the `resilient.<kind>` loggers, not these.
-    "_logging": {"DecisionLog", "decision_log", "level_of"},
+    "_engine.logging": {"DecisionLog", "decision_log", "level_of"},
 }
 
 # ``import resilient`` must not load these: integrations' libraries (DESIGN.md), and
@@ -98,15 +98,20 @@ INTERNAL = {
 HEAVY_MODULES = ("aiohttp", "prometheus_client", "opentelemetry", "pybreaker", "redis")
 
 
-def private_modules() -> list[ModuleType]:
+def private_modules(package: ModuleType = resilient) -> list[ModuleType]:
     """
-    Every ``resilient._name`` module, imported.
+    Every private module of `resilient` (``resilient._name``, and every module inside a
+    private package such as ``resilient._engine``, at any depth), imported.
     """
-    return [
-        importlib.import_module(f"resilient.{info.name}")
-        for info in pkgutil.iter_modules(resilient.__path__)
-        if info.name.startswith("_")
-    ]
+    modules = []
+    for info in pkgutil.iter_modules(package.__path__, f"{package.__name__}."):
+        if package is resilient and not info.name.startswith("resilient._"):
+            continue  # public: resilient.testing, resilient.integrations
+        module = importlib.import_module(info.name)
+        modules.append(module)
+        if info.ispkg:
+            modules += private_modules(module)
+    return modules
 
 
 def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -155,7 +160,7 @@ def test_public_names_of_private_modules_are_exported() -> None:
     """
     unexported = []
     for module in private_modules():
-        short = module.__name__.rpartition(".")[2]
+        short = module.__name__.removeprefix("resilient.")
         declared = getattr(module, "__all__", None)
         assert declared is not None, f"{module.__name__} has no __all__"
         internal = INTERNAL.get(short, set())

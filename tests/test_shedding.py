@@ -29,8 +29,8 @@ from resilient import (
     deadline,
     priority,
 )
-from resilient._priority import parse_priority
-from resilient._wait_queue import Waiter, enqueue
+from resilient._policies.priority import parse_priority
+from resilient._policies.wait_queue import Waiter, enqueue
 from resilient.testing import FakeClock, capture_events
 from tests._aio import settle
 

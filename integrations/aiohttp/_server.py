@@ -32,8 +32,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from resilient import Policy, Priority, deadline, priority
-from resilient._priority import parse_priority
-from resilient._validate import check_seconds
+from resilient._engine.validate import check_seconds
+from resilient._policies.priority import parse_priority
 
 from ._admission import DEFAULT_EXEMPT, admit, check_exempt, is_exempt
 from ._propagation import (

@@ -10,11 +10,14 @@ wrapped: `Retry` re-raises the last one unchanged and the other policies let the
     │   ├── CircuitOpenError          the breaker is open (or its probes are all taken)
     │   ├── BulkheadFullError         no free slot and no room (or time) to queue
     │   ├── ConcurrencyLimitError     an adaptive concurrency limit is reached
-    │   ├── NoHealthyInstanceError    discovery knows no instance, or all are ejected
+    │   ├── NoHealthyInstanceError    discovery knows no instance, or all are ejected (*)
     │   ├── RateLimitedError          no permit now (or within max_wait); has retry_after
     │   └── ThrottledError            adaptive throttling refused the call locally
     ├── TimeoutExceeded               also a builtin TimeoutError
     └── PolicyMisuseError             a policy used where it can't serve (a RuntimeError)
+
+    (*) defined by the service layer, in `_service/errors.py`, beside the pool that
+        raises it; the engine knows nothing of services.
 
 `asyncio.CancelledError` is never raised, swallowed or translated by a policy other
 than the timeout that cancelled its own scope.
@@ -26,14 +29,13 @@ don't answer them, unless told to by name (docs/policies.md, "Programming errors
 
 from __future__ import annotations
 
-from ._events import RejectionReason
+from .events import RejectionReason
 
 __all__ = [
     "PROGRAMMING_ERRORS",
     "BulkheadFullError",
     "CircuitOpenError",
     "ConcurrencyLimitError",
-    "NoHealthyInstanceError",
     "PolicyMisuseError",
     "RateLimitedError",
     "RejectedError",
@@ -110,26 +112,6 @@ class BulkheadFullError(RejectedError):
     ) -> tuple[type[BulkheadFullError], tuple[str, int, int, str, RejectionReason]]:
         args = (self.name, self.max_concurrent, self.max_queue, self.why, self.reason)
         return (type(self), args)
-
-
-class NoHealthyInstanceError(RejectedError):
-    """
-    No instance of the service could take the call: none known, or all ejected.
-
-    Attributes:
-        service: The service name.
-        known: Instances known.
-        ejected: Of those, how many were ejected (breaker open).
-    """
-
-    def __init__(self, service: str, known: int, ejected: int) -> None:
-        self.service = service
-        self.known = known
-        self.ejected = ejected
-        super().__init__(f"no healthy instance of {service!r}: {known} known, {ejected} ejected")
-
-    def __reduce__(self) -> tuple[type[NoHealthyInstanceError], tuple[str, int, int]]:
-        return (type(self), (self.service, self.known, self.ejected))
 
 
 class RateLimitedError(RejectedError):

@@ -24,10 +24,10 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
-from ._events import CallCancelled, CallFailed, CallStarted, CallSucceeded, Event, Hook
+from .events import CallCancelled, CallFailed, CallStarted, CallSucceeded, Event, Hook
 
 if TYPE_CHECKING:
-    from ._policy import Policy
+    from .policy import Policy
 
 __all__ = ["CallListener", "add_hook", "remove_hook"]
 

@@ -27,7 +27,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from ._events import (
+from .events import (
     Event,
     FallbackUsed,
     HedgeSent,

@@ -25,9 +25,9 @@ import functools
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, ParamSpec, TypeVar
 
-from ._callables import check_async
-from ._events import Hook
-from ._policy import Args, AsyncFn, Kwargs, Policy
+from .callables import check_async
+from .events import Hook
+from .policy import Args, AsyncFn, Kwargs, Policy
 
 __all__ = ["Pipeline", "pipeline"]
 

@@ -24,9 +24,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from types import FunctionType
 from typing import Any, ClassVar, ParamSpec, TypeAlias, TypeVar
 
-from ._callables import awaitable_checked, check_async, label
-from ._clock import Clock
-from ._events import (
+from .callables import awaitable_checked, check_async, label
+from .clock import Clock
+from .events import (
     CallCancelled,
     CallFailed,
     CallStarted,
@@ -36,8 +36,7 @@ from ._events import (
     deliver,
     maker,
 )
-from ._logging import DecisionLog, decision_log, level_of
-from ._plan import (
+from .hooks import (
     NOT_STARTED,
     STALE,
     Plan,
@@ -46,7 +45,8 @@ from ._plan import (
     log_listener_failure,
     plan_of,
 )
-from ._validate import check_clock, check_hooks, check_name
+from .logging import DecisionLog, decision_log, level_of
+from .validate import check_clock, check_hooks, check_name
 
 __all__ = ["Args", "AsyncFn", "Kwargs", "Policy"]
 

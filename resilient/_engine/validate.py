@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable
 
 from tenacity.retry import retry_base
 
-from ._clock import SYSTEM_CLOCK, Clock
-from ._errors import PROGRAMMING_ERRORS, RejectedError
-from ._events import Hook
+from .clock import SYSTEM_CLOCK, Clock
+from .errors import PROGRAMMING_ERRORS, RejectedError
+from .events import Hook
 
 __all__ = [
     "check_clock",

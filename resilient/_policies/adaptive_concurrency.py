@@ -28,14 +28,14 @@ from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Any, NoReturn, TypeVar
 
-from ._bulkhead import Bulkhead, BulkheadStatistics, shedding
-from ._clock import Clock
-from ._errors import ConcurrencyLimitError, RejectedError
-from ._events import Hook, Rejected, RejectionReason
-from ._limit_algorithms import Gradient2, LimitAlgorithm
-from ._policy import Args, AsyncFn, Kwargs
-from ._validate import check_int, check_seconds, error_matcher
-from ._wait_queue import GRANTED, ewma
+from .._engine.clock import Clock
+from .._engine.errors import ConcurrencyLimitError, RejectedError
+from .._engine.events import Hook, Rejected, RejectionReason
+from .._engine.policy import Args, AsyncFn, Kwargs
+from .._engine.validate import check_int, check_seconds, error_matcher
+from .bulkhead import Bulkhead, BulkheadStatistics, shedding
+from .limit_algorithms import Gradient2, LimitAlgorithm
+from .wait_queue import GRANTED, ewma
 
 __all__ = ["AdaptiveConcurrency", "AdaptiveConcurrencyStatistics"]
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._clock import Clock
-from ._validate import check_clock, check_fraction, check_seconds
+from .._engine.clock import Clock
+from .._engine.validate import check_clock, check_fraction, check_seconds
+from .._engine.window import BucketedWindow
 
 __all__ = ["RetryBudget", "RetryBudgetStatistics"]
 
-_SLOTS = 10
+_CALLS, _RETRIES = 0, 1  # the window's counters
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,19 +47,7 @@ class RetryBudget:
         ValueError: A parameter is out of range.
     """
 
-    __slots__ = (
-        "_calls",
-        "_clock",
-        "_deposits",
-        "_epoch",
-        "_rejected",
-        "_retries",
-        "_slot_width",
-        "_withdrawals",
-        "min_per_second",
-        "ratio",
-        "ttl",
-    )
+    __slots__ = ("_clock", "_rejected", "_window", "min_per_second", "ratio", "ttl")
 
     def __init__(
         self,
@@ -74,57 +63,39 @@ class RetryBudget:
         )
         self.ttl = check_seconds("RetryBudget", "ttl", ttl)
         self._clock = check_clock("RetryBudget", clock)
-        self._slot_width = self.ttl / _SLOTS
-        self._deposits = [0] * _SLOTS
-        self._withdrawals = [0] * _SLOTS
-        self._calls = 0  # sum of _deposits
-        self._retries = 0  # sum of _withdrawals
-        self._epoch = int(self._clock.monotonic() / self._slot_width)
+        self._window = BucketedWindow(self.ttl, 2, self._clock.monotonic)
         self._rejected = 0
-
-    def _advance(self) -> int:
-        epoch = int(self._clock.monotonic() / self._slot_width)
-        if epoch != self._epoch:
-            # Clear the slots that fell out of the window since the last visit.
-            for stale in range(self._epoch + 1, min(epoch, self._epoch + _SLOTS) + 1):
-                slot = stale % _SLOTS
-                self._calls -= self._deposits[slot]
-                self._retries -= self._withdrawals[slot]
-                self._deposits[slot] = 0
-                self._withdrawals[slot] = 0
-            self._epoch = epoch
-        return epoch % _SLOTS
 
     def deposit(self) -> None:
         """
         Record one call (not a retry) made to the dependency.
         """
-        self._deposits[self._advance()] += 1
-        self._calls += 1
+        self._window.add(_CALLS)
 
     def _available(self) -> float:
-        return self.min_per_second * self.ttl + self.ratio * self._calls - self._retries
+        calls, retries = self._window.sums
+        return self.min_per_second * self.ttl + self.ratio * calls - retries
 
     def try_withdraw(self) -> bool:
         """
         Take one retry from the budget; False (and nothing taken) when it is spent.
         """
-        slot = self._advance()
+        self._window.advance()
         if self._available() < 1.0:
             self._rejected += 1
             return False
-        self._withdrawals[slot] += 1
-        self._retries += 1
+        self._window.add(_RETRIES)
         return True
 
     def statistics(self) -> RetryBudgetStatistics:
         """
         Return a snapshot of the current window.
         """
-        self._advance()
+        self._window.advance()
+        calls, retries = self._window.sums
         return RetryBudgetStatistics(
-            calls=self._calls,
-            retries=self._retries,
+            calls=calls,
+            retries=retries,
             available=max(0.0, self._available()),
             rejected=self._rejected,
         )

@@ -39,14 +39,14 @@ from dataclasses import KW_ONLY, dataclass
 from types import TracebackType
 from typing import NoReturn, TypeVar
 
-from ._clock import Clock, TimerHandle
-from ._errors import BulkheadFullError, PolicyMisuseError
-from ._events import Hook, Rejected, RejectionReason
-from ._policy import Args, AsyncFn, Kwargs, Policy
-from ._priority import current_priority
-from ._timeout import remaining_time
-from ._validate import check_int, check_seconds
-from ._wait_queue import GRANTED, TIMED_OUT, Outcome, Waiter, enqueue, ewma, leave, why_left
+from .._engine.clock import Clock, TimerHandle
+from .._engine.context import remaining_time
+from .._engine.errors import BulkheadFullError, PolicyMisuseError
+from .._engine.events import Hook, Rejected, RejectionReason
+from .._engine.policy import Args, AsyncFn, Kwargs, Policy
+from .._engine.validate import check_int, check_seconds
+from .priority import current_priority
+from .wait_queue import GRANTED, TIMED_OUT, Outcome, Waiter, enqueue, ewma, leave, why_left
 
 __all__ = ["Bulkhead", "BulkheadStatistics", "shedding"]
 

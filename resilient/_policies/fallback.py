@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from ._clock import Clock
-from ._events import FallbackUsed, Hook
-from ._policy import Args, AsyncFn, Kwargs, Policy
-from ._validate import error_matcher
+from .._engine.clock import Clock
+from .._engine.events import FallbackUsed, Hook
+from .._engine.policy import Args, AsyncFn, Kwargs, Policy
+from .._engine.validate import error_matcher
 
 __all__ = ["Fallback", "FallbackStatistics"]
 

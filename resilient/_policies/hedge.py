@@ -19,12 +19,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ._clock import Clock, TimerHandle
-from ._errors import PROGRAMMING_ERRORS
-from ._events import HedgeSent, Hook
-from ._no_retries import retries_allowed
-from ._policy import Args, AsyncFn, Kwargs, Policy
-from ._validate import check_int, check_seconds, error_matcher, retryable_by_default
+from .._engine.clock import Clock, TimerHandle
+from .._engine.context import retries_allowed
+from .._engine.errors import PROGRAMMING_ERRORS
+from .._engine.events import HedgeSent, Hook
+from .._engine.policy import Args, AsyncFn, Kwargs, Policy
+from .._engine.validate import check_int, check_seconds, error_matcher, retryable_by_default
 
 __all__ = ["Hedge", "HedgeStatistics"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from ._validate import check_fraction, check_int, check_seconds
+from .._engine.validate import check_fraction, check_int, check_seconds
 
 __all__ = ["AIMD", "Gradient2", "LimitAlgorithm"]
 

@@ -35,13 +35,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
-from ._clock import Clock
-from ._errors import RateLimitedError
-from ._events import Hook, Rejected, RejectionReason
-from ._policy import Args, AsyncFn, Kwargs, Policy
-from ._priority import Priority, current_priority
-from ._timeout import remaining_time
-from ._validate import check_int, check_seconds
+from .._engine.clock import Clock
+from .._engine.context import remaining_time
+from .._engine.errors import RateLimitedError
+from .._engine.events import Hook, Rejected, RejectionReason
+from .._engine.policy import Args, AsyncFn, Kwargs, Policy
+from .._engine.validate import check_int, check_seconds
+from .priority import Priority, current_priority
 
 __all__ = ["RateLimiter", "RateLimiterStatistics", "check_rate", "permits_of"]
 

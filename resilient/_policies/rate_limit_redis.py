@@ -31,11 +31,11 @@ import dataclasses
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, TypeVar
 
-from ._clock import Clock
-from ._events import Hook, RejectionReason
-from ._policy import Args, AsyncFn, Kwargs
-from ._rate_limit import Cost, RateLimiter, RateLimiterStatistics, permits_of
-from ._validate import check_seconds
+from .._engine.clock import Clock
+from .._engine.events import Hook, RejectionReason
+from .._engine.policy import Args, AsyncFn, Kwargs
+from .._engine.validate import check_seconds
+from .rate_limit import Cost, RateLimiter, RateLimiterStatistics, permits_of
 
 if TYPE_CHECKING:
     import redis.asyncio

@@ -20,13 +20,12 @@ from tenacity.retry import retry_base
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from ._budget import RetryBudget
-from ._clock import Clock
-from ._events import Hook, Rejected, RejectionReason, RetryScheduled
-from ._no_retries import retries_allowed
-from ._policy import Args, AsyncFn, Kwargs, Policy
-from ._timeout import remaining_time
-from ._validate import check_int, check_seconds, error_matcher, retryable_by_default
+from .._engine.clock import Clock
+from .._engine.context import remaining_time, retries_allowed
+from .._engine.events import Hook, Rejected, RejectionReason, RetryScheduled
+from .._engine.policy import Args, AsyncFn, Kwargs, Policy
+from .._engine.validate import check_int, check_seconds, error_matcher, retryable_by_default
+from .budget import RetryBudget
 
 __all__ = ["Retry", "RetryStatistics", "set_instant_retries"]
 

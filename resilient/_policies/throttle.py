@@ -30,12 +30,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
-from ._breaker_window import TimeWindow, check_window, rate_rule
-from ._clock import Clock
-from ._errors import RejectedError, ThrottledError
-from ._events import Hook, Rejected, RejectionReason
-from ._policy import Args, AsyncFn, Kwargs, Policy
-from ._validate import error_matcher
+from .._breaker_window import TimeWindow, check_window, rate_rule
+from .._engine.clock import Clock
+from .._engine.errors import RejectedError, ThrottledError
+from .._engine.events import Hook, Rejected, RejectionReason
+from .._engine.policy import Args, AsyncFn, Kwargs, Policy
+from .._engine.validate import error_matcher
 
 __all__ = ["AdaptiveThrottle", "AdaptiveThrottleStatistics"]
 

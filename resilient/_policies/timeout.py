@@ -1,12 +1,10 @@
 """
-Timeouts and the deadline that travels with a call.
+Timeouts: enforce the deadline that travels with a call.
 
 `Timeout(seconds)` cancels the guarded call when its budget runs out and raises
-`TimeoutExceeded`. The absolute deadline is kept in a context variable, so:
-
-- a nested timeout never outlives the budget left by an enclosing one;
-- `remaining_time()` tells any code (a retry deciding whether to sleep, an HTTP client
-  sending ``X-Request-Timeout`` to the next hop) how long the call may still take.
+`TimeoutExceeded`. The absolute deadline is kept in the context variable of
+`_engine.context` (its one home, with `deadline()` and `remaining_time()`), so a nested
+timeout never outlives the budget left by an enclosing one.
 
 The cancellation mechanics follow `asyncio.timeout` (Python 3.11): the timer cancels the
 task, and on the way out `Task.uncancel()` tells our cancellation from anyone else's, so a
@@ -16,73 +14,23 @@ cancellation from outside is never swallowed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar, Token
+from collections.abc import Iterable
+from contextvars import Token
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
 
-from ._clock import Clock
-from ._errors import TimeoutExceeded
-from ._events import Hook, TimedOut
-from ._policy import Args, AsyncFn, Kwargs, Policy
-from ._validate import check_clock, check_seconds
-from ._watchdog import Watchdog, Watchdogs
+from .._engine.clock import Clock
+from .._engine.context import DEADLINE
+from .._engine.errors import TimeoutExceeded
+from .._engine.events import Hook, TimedOut
+from .._engine.policy import Args, AsyncFn, Kwargs, Policy
+from .._engine.validate import check_seconds
+from .watchdog import Watchdog, Watchdogs
 
-__all__ = ["Timeout", "TimeoutStatistics", "current_deadline", "deadline", "remaining_time"]
+__all__ = ["Timeout", "TimeoutStatistics"]
 
 T = TypeVar("T")
-
-# (absolute deadline, the clock it is measured on); None outside every timeout.
-_DEADLINE: ContextVar[tuple[float, Clock] | None] = ContextVar("resilient_deadline", default=None)
-
-
-def remaining_time() -> float | None:
-    """
-    Seconds left before the innermost enclosing deadline, or None when there is none.
-
-    Never negative: 0.0 means the budget is spent.
-    """
-    current = _DEADLINE.get()
-    if current is None:
-        return None
-    deadline, clock = current
-    return max(0.0, deadline - clock.monotonic())
-
-
-def current_deadline() -> tuple[float, Clock] | None:
-    """
-    The innermost deadline as (monotonic time, clock), or None; for integrations.
-    """
-    return _DEADLINE.get()
-
-
-@contextmanager
-def deadline(seconds: float, *, clock: Clock | None = None) -> Iterator[None]:
-    """
-    Make a deadline visible without enforcing it.
-
-    Inside the block `remaining_time()` counts down from `seconds` (or from less, when
-    an enclosing deadline leaves less), nested `Timeout`s are capped by it, `Retry`
-    won't sleep past it and integrations send it on; but nothing is cancelled when it
-    passes. A server uses this to honour a caller's deadline it chose not to enforce.
-
-    Raises:
-        ValueError: `seconds` is negative or not finite.
-    """
-    budget = check_seconds("deadline", "seconds", seconds, allow_zero=True)
-    clock = check_clock("deadline", clock)
-    at = clock.monotonic() + budget
-    outer = _DEADLINE.get()
-    if outer is not None:
-        at = min(at, clock.monotonic() + outer[0] - outer[1].monotonic())
-    token = _DEADLINE.set((at, clock))
-    try:
-        yield
-    finally:
-        _DEADLINE.reset(token)
-
 
 @dataclass(frozen=True, slots=True)
 class TimeoutStatistics:
@@ -178,7 +126,7 @@ class Timeout(Policy):
         clock = self._clock
         now = clock.monotonic()
         deadline = now + self.seconds
-        outer = _DEADLINE.get()
+        outer = DEADLINE.get()
         if outer is not None:
             outer_at, outer_clock = outer
             # Compare on our clock: an outer deadline set on another clock is converted.
@@ -192,7 +140,7 @@ class Timeout(Policy):
             dog = self._watchdogs.switch(task.get_loop())
         scope = _Scope(task, deadline, max(0.0, deadline - now), dog)
         dog.watch(scope)
-        scope.token = _DEADLINE.set((deadline, clock))
+        scope.token = DEADLINE.set((deadline, clock))
         return scope
 
     def _exit(self, scope: _Scope) -> bool:
@@ -201,7 +149,7 @@ class Timeout(Policy):
         """
         scope.watchdog.unwatch(scope)
         if scope.token is not None:
-            _DEADLINE.reset(scope.token)
+            DEADLINE.reset(scope.token)
         # Withdraw our cancel request whatever happened, as asyncio.timeout does, so a
         # call that swallowed it doesn't leave the task with a stray pending cancel.
         return scope.fired and scope.task.uncancel() <= scope.cancelling

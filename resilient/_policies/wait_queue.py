@@ -20,8 +20,8 @@ import bisect
 from collections import deque
 from typing import Final, TypeAlias
 
-from ._events import RejectionReason
-from ._priority import Priority
+from .._engine.events import RejectionReason
+from .priority import Priority
 
 __all__ = [
     "GRANTED",

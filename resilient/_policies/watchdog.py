@@ -20,7 +20,7 @@ import math
 import threading
 from typing import Protocol
 
-from ._clock import Clock, TimerHandle
+from .._engine.clock import Clock, TimerHandle
 
 __all__ = ["Watchdog", "Watchdogs", "Watched"]
 

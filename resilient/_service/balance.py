@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from ._discovery import Instance
+from .discovery import Instance
 
 __all__ = ["Balancer", "LeastInFlight", "PowerOfTwoChoices", "RandomChoice", "RoundRobin"]
 

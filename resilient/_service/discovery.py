@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
-from ._clock import Clock
-from ._validate import check_clock, check_seconds
+from .._engine.clock import Clock
+from .._engine.validate import check_clock, check_seconds
 
 __all__ = [
     "InMemoryRegistry",

@@ -30,12 +30,14 @@ from collections.abc import Awaitable, Callable
 from inspect import isawaitable, iscoroutine
 from types import MappingProxyType, TracebackType
 
-from ._breaker import CircuitBreaker, CircuitState
-from ._callables import not_callable
-from ._clock import Clock
-from ._discovery import Instance, Registry
-from ._events import Event, StateChanged
-from ._health_check import (
+from .._breaker import CircuitBreaker, CircuitState
+from .._engine.callables import not_callable
+from .._engine.clock import Clock
+from .._engine.events import Event, StateChanged
+from .._engine.validate import check_clock, check_int, check_name, check_seconds
+from .._policies.timeout import Timeout
+from .discovery import Instance, Registry
+from .health_check import (
     SEVERITY,
     UNHEALTHY,
     CheckState,
@@ -49,8 +51,6 @@ from ._health_check import (
     run_check,
     worst,
 )
-from ._timeout import Timeout
-from ._validate import check_clock, check_int, check_name, check_seconds
 
 __all__ = ["HealthMonitor"]
 

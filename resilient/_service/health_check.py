@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeAlias, TypeGuard
 
-from ._breaker import CircuitBreaker, CircuitState
-from ._clock import TimerHandle
-from ._discovery import RegistryStatus
-from ._errors import TimeoutExceeded
-from ._timeout import Timeout
+from .._breaker import CircuitBreaker, CircuitState
+from .._engine.clock import TimerHandle
+from .._engine.errors import TimeoutExceeded
+from .._policies.timeout import Timeout
+from .discovery import RegistryStatus
 
 # Internal names (CheckState, run_check, worst, ...) stay out of __all__: they are
 # shared with `_health` only.

@@ -14,14 +14,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ._balance import Balancer, RoundRobin
-from ._breaker import CircuitBreaker, CircuitState
-from ._callables import not_callable
-from ._discovery import Instance, ServiceView
-from ._errors import CircuitOpenError, NoHealthyInstanceError
-from ._no_retries import retries_allowed
-from ._timeout import remaining_time
-from ._validate import check_int, error_matcher, retryable_by_default
+from .._breaker import CircuitBreaker, CircuitState
+from .._engine.callables import not_callable
+from .._engine.context import remaining_time, retries_allowed
+from .._engine.errors import CircuitOpenError
+from .._engine.validate import check_int, error_matcher, retryable_by_default
+from .balance import Balancer, RoundRobin
+from .discovery import Instance, ServiceView
+from .errors import NoHealthyInstanceError
 
 __all__ = ["EndpointPool", "PoolStatistics"]
 
