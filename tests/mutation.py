@@ -5,7 +5,7 @@ bugs no test noticed (the survivors).
 Not part of CI (a full run takes hours): run it on the code you changed, with the tests
 that cover it, before you call the tests done. See docs/contributing.md.
 
-    python -m tests.mutation resilient/_discovery.py::ServiceView._follow \\
+    python -m tests.mutation resilient/_service/discovery.py::ServiceView._follow \\
         --tests "tests/test_discovery.py"
 
 Each target is a file (every mutant in it) or ``file::Qualified.name`` (the mutants in
