@@ -32,6 +32,7 @@ __all__ = ["Timeout", "TimeoutStatistics"]
 
 T = TypeVar("T")
 
+
 @dataclass(frozen=True, slots=True)
 class TimeoutStatistics:
     """
