@@ -49,6 +49,7 @@ from ._engine.events import (
 from ._engine.hooks import CallListener, add_hook, remove_hook
 from ._engine.pipeline import Pipeline, pipeline
 from ._engine.policy import Policy
+from ._engine.public import publish
 from ._policies.adaptive_concurrency import AdaptiveConcurrency, AdaptiveConcurrencyStatistics
 from ._policies.budget import RetryBudget, RetryBudgetStatistics
 from ._policies.bulkhead import Bulkhead, BulkheadStatistics
@@ -168,3 +169,5 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+publish(globals())  # each public name's __module__ is "resilient", not its private home

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from types import ModuleType
+from types import FunctionType, ModuleType
 
 import pytest
 
@@ -60,6 +60,7 @@ INTERNAL = {
     | {"check_window"},  # shared with AdaptiveThrottle
     "_engine.policy": {"Args", "AsyncFn", "Kwargs"},  # the shape of `_run`'s arguments
     "_engine.window": {"BUCKETS", "BucketedWindow"},  # RetryBudget's (and breakers') window
+    "_engine.public": {"publish"},  # run by each public module on its own names
     "_policies.rate_limit": {"check_rate", "permits_of"},  # shared with RedisRateLimiter
     "_policies.retry": {"set_instant_retries"},  # public as resilient.testing.set_instant_retries
     "_engine.validate": {
@@ -75,7 +76,6 @@ INTERNAL = {
     },
     "_policies.watchdog": {"Watched", "Watchdog", "Watchdogs"},  # the engine of Timeout
     "_policies.bulkhead": {"shedding"},  # its repr's tail, shared with AdaptiveConcurrency
-    "_policies.priority": {"parse_priority"},  # for the aiohttp server reading the header
     # The bulkhead's priority queue, shared with AdaptiveConcurrency.
     "_policies.wait_queue": {
         "GRANTED",
@@ -173,6 +173,51 @@ def test_public_names_of_private_modules_are_exported() -> None:
             else:
                 assert getattr(resilient, name) is getattr(module, name), name
     assert unexported == []
+
+
+PUBLIC_MODULES = (
+    "resilient",
+    "resilient.testing",
+    "resilient.validation",
+    "resilient.integrations.aiohttp",
+    "resilient.integrations.etcd",
+    "resilient.integrations.otel",
+    "resilient.integrations.prometheus",
+)
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_public_names_show_their_public_module(name: str) -> None:
+    """
+    Every class and function a public module exports says it lives there (its
+    ``__module__``, hence its repr, pickle path and docs), not in the private module
+    that defines it: ``resilient.CircuitOpenError``, as trio does.
+    """
+    module = importlib.import_module(name)
+    exported = [getattr(module, attr) for attr in module.__all__]
+    checked = [obj for obj in exported if isinstance(obj, type | FunctionType)]
+    assert checked  # the check sees something in every module
+    assert {obj.__qualname__: obj.__module__ for obj in checked if obj.__module__ != name} == {}
+    if name == "resilient":
+        assert repr(CircuitOpenError) == "<class 'resilient.CircuitOpenError'>"
+
+
+def test_validation_module_checks_like_the_policies() -> None:
+    """
+    `resilient.validation`, public for users' own policies and for the integrations,
+    returns the checked value and names owner, parameter and value in its errors.
+    """
+    from resilient.validation import check_fraction, check_int, check_seconds
+
+    assert check_seconds("Debounce", "seconds", 2) == 2.0
+    assert check_int("Debounce", "burst", 3, minimum=1) == 3
+    assert check_fraction("Debounce", "share", 1) == 1.0
+    with pytest.raises(ValueError, match=r"Debounce\(seconds=-1\): seconds must be finite"):
+        check_seconds("Debounce", "seconds", -1)
+    with pytest.raises(TypeError, match=r"Debounce\(burst=...\): expected an int"):
+        check_int("Debounce", "burst", True, minimum=1)
+    with pytest.raises(ValueError, match=r"Debounce\(share=0\): share must be in \(0, 1\]"):
+        check_fraction("Debounce", "share", 0)
 
 
 def test_testing_module_exports_exist() -> None:

@@ -32,8 +32,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from resilient import Policy, Priority, deadline, priority
-from resilient._engine.validate import check_seconds
-from resilient._policies.priority import parse_priority
+from resilient.validation import check_seconds
 
 from ._admission import DEFAULT_EXEMPT, admit, check_exempt, is_exempt
 from ._propagation import (
@@ -147,7 +146,7 @@ _NO_PRIORITY = contextlib.nullcontext()
 def _caller_priority(
     request: web.Request, header: str | None, ceiling: Priority
 ) -> AbstractContextManager[Any]:
-    level = None if header is None else parse_priority(request.headers.get(header))
+    level = None if header is None else Priority.parse(request.headers.get(header))
     return _NO_PRIORITY if level is None else priority(min(level, ceiling))
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-__all__ = ["Priority", "current_priority", "parse_priority", "priority"]
+__all__ = ["Priority", "current_priority", "priority"]
 
 
 class Priority(enum.IntEnum):
@@ -41,6 +41,18 @@ class Priority(enum.IntEnum):
     """The default: a user waits on it."""
     CRITICAL_PLUS = 3
     """Shed last; keep it for the few calls whose failure is an outage."""
+
+    @classmethod
+    def parse(cls, value: str | None) -> Priority | None:
+        """
+        A priority from its name (any case, surrounding spaces ignored); None otherwise.
+
+        For untrusted input such as a request header: anything that is not a name
+        (a number, an unknown word, a very long string) gives None, never an error.
+        """
+        if value is None or len(value) > 32:  # noqa: PLR2004  # longer than any name
+            return None
+        return _BY_NAME.get(value.strip().lower())
 
 
 _PRIORITY: ContextVar[Priority] = ContextVar("resilient_priority", default=Priority.CRITICAL)
@@ -78,23 +90,12 @@ def priority(level: Priority | str | int) -> Iterator[Priority]:
         _PRIORITY.reset(token)
 
 
-def parse_priority(value: str | None) -> Priority | None:
-    """
-    A priority from its name (any case, surrounding spaces ignored); None otherwise.
-
-    For untrusted input such as a header: anything that is not a name gives None.
-    """
-    if value is None or len(value) > 32:  # noqa: PLR2004  # longer than any name
-        return None
-    return _BY_NAME.get(value.strip().lower())
-
-
 def _check(level: object) -> Priority:
     if isinstance(level, Priority):
         return level
     if type(level) is int and level in Priority._value2member_map_:
         return Priority(level)
-    if isinstance(level, str) and (parsed := parse_priority(level)) is not None:
+    if isinstance(level, str) and (parsed := Priority.parse(level)) is not None:
         return parsed
     names = ", ".join(_BY_NAME)
     raise ValueError(f"priority(level={level!r}): expected a Priority or one of {names}")
