@@ -246,7 +246,7 @@ class CircuitBreaker(Policy):
         self._rejections = self._slow_calls = self._opened = 0
         self._shared: SharedState | None = None
         if storage is not None:
-            from ._breaker_shared import SharedState
+            from ._breaker_shared import SharedState  # noqa: PLC0415  # loads pybreaker: only with storage=
 
             if windowed:
                 raise ValueError(
@@ -279,7 +279,7 @@ class CircuitBreaker(Policy):
         code calling `breaker` and async code calling this policy see one state. State
         changes, successes and failures are reported to `breaker`'s listeners.
         """
-        from ._breaker_shared import pybreaker_listener_hook
+        from ._breaker_shared import pybreaker_listener_hook  # noqa: PLC0415  # as above
 
         return cls(
             breaker.name or None,

@@ -30,6 +30,7 @@ from resilient import (
     ThrottledError,
     TimeoutExceeded,
 )
+from resilient.validation import check_fraction, check_int, check_seconds
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -207,8 +208,6 @@ def test_validation_module_checks_like_the_policies() -> None:
     `resilient.validation`, public for users' own policies and for the integrations,
     returns the checked value and names owner, parameter and value in its errors.
     """
-    from resilient.validation import check_fraction, check_int, check_seconds
-
     assert check_seconds("Debounce", "seconds", 2) == 2.0
     assert check_int("Debounce", "burst", 3, minimum=1) == 3
     assert check_fraction("Debounce", "share", 1) == 1.0

@@ -14,7 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .bench import add_bench_arguments, run_bench
+from .cli import add_client_commands, run_client
 from .config import ConfigError, add_node_arguments, node_config
+from .demo import add_demo_arguments, run_demo
+from .server import run
 
 __all__ = ["main"]
 
@@ -25,14 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     add_node_arguments(commands.add_parser("node", help="run a node"))
-    from .cli import add_client_commands
-
     add_client_commands(commands)
-    from .demo import add_demo_arguments
-
     add_demo_arguments(commands.add_parser("demo", help="watch a local cluster survive a kill"))
-    from .bench import add_bench_arguments
-
     add_bench_arguments(
         commands.add_parser("bench", help="throughput and latency, with and without resilient")
     )
@@ -51,19 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as error:
             print(f"kv node: error: {error}", file=sys.stderr)
             return 2
-        from .server import run
-
         return run(config)
     if args.command == "demo":
-        from .demo import run_demo
-
         return run_demo(args)
     if args.command == "bench":
-        from .bench import run_bench
-
         return run_bench(args, sys.argv[1:] if argv is None else argv)
-    from .cli import run_client
-
     return run_client(args)
 
 

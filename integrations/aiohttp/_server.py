@@ -169,13 +169,13 @@ class _trace_context:  # noqa: N801  # used like a function: `with _trace_contex
     def __enter__(self) -> None:
         context = extract_trace_context(self._headers)
         if context is not None:
-            from opentelemetry import context as otel_context
+            from opentelemetry import context as otel_context  # noqa: PLC0415  # optional extra
 
             self._token = otel_context.attach(context)  # type: ignore[arg-type]
 
     def __exit__(self, *exc_info: object) -> None:
         if self._token is not None:
-            from opentelemetry import context as otel_context
+            from opentelemetry import context as otel_context  # noqa: PLC0415  # optional extra
 
             otel_context.detach(self._token)  # type: ignore[arg-type]
 
@@ -195,7 +195,7 @@ def add_metrics_route(
         ImportError: The ``prometheus`` extra is not installed.
     """
     try:
-        import prometheus_client
+        import prometheus_client  # noqa: PLC0415  # the optional prometheus extra
     except ImportError as exc:
         raise ImportError(
             "add_metrics_route needs prometheus-client: pip install 'resilient[prometheus]'"

@@ -129,7 +129,7 @@ class RedisRateLimiter(RateLimiter):
         hooks: Iterable[Hook] | None = None,
     ) -> None:
         try:
-            from redis.exceptions import RedisError  # optional extra
+            from redis.exceptions import RedisError  # noqa: PLC0415  # the optional redis extra
         except ImportError as exc:  # pragma: no cover - the dev extra installs redis
             raise ImportError(
                 'RedisRateLimiter needs redis-py: pip install "resilient[redis]"'
