@@ -73,13 +73,8 @@ from ._service.discovery import (
 )
 from ._service.errors import NoHealthyInstanceError
 from ._service.health import HealthMonitor
-from ._service.health_check import (
-    CheckReport,
-    CheckResult,
-    HealthReport,
-    HealthStatus,
-    discovery_check,
-)
+from ._service.health_check import discovery_check
+from ._service.health_report import CheckReport, CheckResult, HealthReport, HealthStatus
 from ._service.pool import EndpointPool, PoolStatistics
 
 __all__ = [

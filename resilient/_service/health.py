@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from inspect import isawaitable, iscoroutine
+from inspect import isawaitable
 from types import MappingProxyType, TracebackType
 
 from .._breaker import CircuitBreaker, CircuitState
@@ -37,66 +37,22 @@ from .._engine.events import Event, StateChanged
 from .._engine.validate import check_clock, check_int, check_name, check_seconds
 from .._policies.timeout import Timeout
 from .discovery import Instance, Registry
-from .health_check import (
+from .health_check import CheckState, run_check
+from .health_report import (
     SEVERITY,
     UNHEALTHY,
-    CheckState,
     HealthCheck,
     HealthReport,
     HealthStatus,
     ReportKind,
     TransitionHook,
-    WatchedBreaker,
-    away_from,
-    run_check,
     worst,
 )
+from .health_watch import Registration, WatchedBreaker, away_from, spawn
 
 __all__ = ["HealthMonitor"]
 
 _log = logging.getLogger("resilient.health")
-
-
-class _Registration:
-    """
-    One instance kept in a registry while the service is ready.
-    """
-
-    __slots__ = ("instance", "registered", "registry", "task")
-
-    def __init__(self, registry: Registry, instance: Instance) -> None:
-        self.registry, self.instance = registry, instance
-        # None: unknown. It may have been registered before us, or a call failed midway.
-        self.registered: bool | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    def due(self, status: HealthStatus) -> bool:
-        idle = self.task is None or self.task.done()
-        return idle and self.registered != (status is not UNHEALTHY)
-
-    async def sync(self, status: Callable[[], HealthStatus]) -> None:
-        # Loop: the verdict may change while the registry call is in flight.
-        while (want := status() is not UNHEALTHY) != self.registered:
-            if not await self.set(want):
-                return  # retried after the next evaluation
-
-    async def set(self, registered: bool) -> bool:
-        action = self.registry.register if registered else self.registry.deregister
-        verb = "register" if registered else "deregister"
-        self.registered = None
-        try:
-            await action(self.instance)
-        except Exception as error:  # noqa: BLE001  # a registry outage must not stop the monitor
-            _log.warning(
-                "health: could not %s %r (%s); will retry",
-                verb,
-                self.instance.id,
-                type(error).__name__,  # the message may name a URL with credentials
-            )
-            return False
-        self.registered = registered
-        _log.info("health: %sed %r (%s)", verb, self.instance.id, type(self.registry).__name__)
-        return True
 
 
 class HealthMonitor:
@@ -115,7 +71,7 @@ class HealthMonitor:
         self._checks: dict[str, CheckState] = {}
         self._breakers: dict[str, WatchedBreaker] = {}
         self._hooks: list[TransitionHook] = []
-        self._registrations: list[_Registration] = []
+        self._registrations: list[Registration] = []
         self._status = UNHEALTHY  # not ready until the first evaluation says otherwise
         self._running = False
         self._stopped = False  # stop() was called: remediation is off until start()
@@ -264,7 +220,7 @@ class HealthMonitor:
             raise TypeError(
                 f"HealthMonitor.keep_registered: expected an Instance, got {instance!r}"
             )
-        self._registrations.append(_Registration(registry, instance))
+        self._registrations.append(Registration(registry, instance))
         if self._running:
             self._evaluate()
 
@@ -417,17 +373,7 @@ class HealthMonitor:
             self._spawn(outcome, f"transition hook {hook!r}")
 
     def _spawn(self, awaitable: Awaitable[object], what: str) -> asyncio.Task[None] | None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # a breaker tripped from synchronous code, outside any loop
-            if iscoroutine(awaitable):
-                awaitable.close()
-            _log.warning("health: no running event loop; %s skipped", what)
-            return None
-        task = loop.create_task(_guarded(awaitable, what), name=f"health: {what}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return spawn(self._tasks, awaitable, what)
 
     def _on_breaker_event(self, watched: WatchedBreaker, event: Event) -> None:
         if isinstance(event, StateChanged):
@@ -454,10 +400,3 @@ class HealthMonitor:
             f"<HealthMonitor {self.name!r} {self._status.value} checks={len(self._checks)}"
             f" breakers={len(self._breakers)}{running}>"
         )
-
-
-async def _guarded(awaitable: Awaitable[object], what: str) -> None:
-    try:
-        await awaitable
-    except Exception:  # noqa: BLE001  # logged; the monitor carries on
-        _log.exception("health: %s failed", what)

@@ -1,9 +1,10 @@
 """
-The parts of a health verdict: statuses, reports, one check's tally, a watched breaker.
+One health check: how it runs and how its outcomes add up.
 
-`HealthMonitor` (in `_health`) owns the checks; this module knows how a single check
-runs, how its outcomes add up (the thresholds), how a breaker's state counts, and what
-a report holds.
+It runs on the loop or in a thread, under a timeout, and flips by thresholds.
+
+`HealthMonitor` (in `health`) owns the checks; what a report holds is in
+`health_report`, watched breakers and registrations in `health_watch`.
 
 A check starts failing ("not checked yet") and flips only after
 `successes_before_healthy` passes or `failures_before_unhealthy` failures in a row, as
@@ -14,118 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import inspect
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Literal, Protocol, TypeAlias, TypeGuard
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
-from .._breaker import CircuitBreaker, CircuitState
-from .._engine.clock import TimerHandle
 from .._engine.errors import TimeoutExceeded
 from .._policies.timeout import Timeout
 from .discovery import RegistryStatus
+from .health_report import (
+    DEGRADED,
+    HEALTHY,
+    UNHEALTHY,
+    CheckReport,
+    CheckResult,
+    HealthCheck,
+)
 
-# Internal names (CheckState, run_check, worst, ...) stay out of __all__: they are
-# shared with `_health` only.
-__all__ = ["CheckReport", "CheckResult", "HealthReport", "HealthStatus", "discovery_check"]
+# Internal names (CheckState, run_check, ...) stay out of __all__: they are shared with
+# `health` only.
+__all__ = ["discovery_check"]
 
 _log = logging.getLogger("resilient.health")
-
-
-class HealthStatus(enum.Enum):
-    """
-    The verdict on a service, or on one of its checks.
-    """
-
-    HEALTHY = "healthy"
-    DEGRADED = "degraded"
-    UNHEALTHY = "unhealthy"
-
-
-HEALTHY, DEGRADED, UNHEALTHY = HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY
-SEVERITY = {HEALTHY: 0, DEGRADED: 1, UNHEALTHY: 2}
-
-
-def worst(statuses: Iterable[HealthStatus]) -> HealthStatus:
-    """
-    Return the most severe of `statuses`; HEALTHY when there are none.
-    """
-    return max(statuses, key=SEVERITY.__getitem__, default=HEALTHY)
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    """
-    What a check may return to say more than True or False.
-
-    Attributes:
-        healthy: Whether the check passed.
-        detail: A short, secret-free explanation, shown in reports.
-    """
-
-    healthy: bool
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class CheckReport:
-    """
-    One check, as of its last run.
-
-    Attributes:
-        status: HEALTHY when passing; when failing, UNHEALTHY if critical, else DEGRADED.
-        detail: The last run's explanation (for an exception, only its type's name).
-        critical: Whether a failure makes the service UNHEALTHY.
-        liveness: Whether the check counts for liveness.
-        last_checked: The monitor clock's monotonic time of the last run, or None.
-        duration: Seconds the last run took, or None.
-        consecutive_failures: Failed runs in a row, up to the last one.
-        consecutive_successes: Passed runs in a row, up to the last one.
-    """
-
-    status: HealthStatus
-    detail: str
-    critical: bool
-    liveness: bool
-    last_checked: float | None
-    duration: float | None
-    consecutive_failures: int
-    consecutive_successes: int
-
-    @property
-    def healthy(self) -> bool:
-        """
-        Whether the check counts as passing (after the thresholds).
-        """
-        return self.status is HEALTHY
-
-
-@dataclass(frozen=True, slots=True)
-class HealthReport:
-    """
-    The service's health at one moment.
-
-    Attributes:
-        status: The aggregate verdict.
-        checks: Each check's report by name (liveness reports hold liveness checks only).
-        breakers: Each watched breaker's state value by name (empty for liveness).
-        time: The monitor clock's monotonic time the report was made.
-    """
-
-    status: HealthStatus
-    checks: Mapping[str, CheckReport]
-    breakers: Mapping[str, str]
-    time: float
-
-
-HealthCheck: TypeAlias = Callable[
-    [], Awaitable[bool | CheckResult | None] | bool | CheckResult | None
-]
-TransitionHook: TypeAlias = Callable[[HealthStatus, HealthStatus, HealthReport], object]
-ReportKind: TypeAlias = Literal["readiness", "liveness"]
 
 
 class CheckState:
@@ -355,62 +267,6 @@ def _verdict(result: object) -> tuple[bool, str]:
     if isinstance(result, CheckResult):
         return bool(result.healthy), result.detail
     return False, f"check returned a {type(result).__name__}, not a bool or CheckResult"
-
-
-def away_from(home: asyncio.AbstractEventLoop | None) -> TypeGuard[asyncio.AbstractEventLoop]:
-    """
-    Whether `home` is running, but not in this thread: work for it must be handed over.
-    """
-    if home is None or not home.is_running():
-        return False
-    try:
-        return asyncio.get_running_loop() is not home
-    except RuntimeError:  # sync code in another thread
-        return True
-
-
-class WatchedBreaker:
-    """
-    A breaker whose state counts towards readiness (internal).
-    """
-
-    __slots__ = ("breaker", "critical", "timer", "unhook")
-
-    def __init__(self, breaker: CircuitBreaker, critical: bool) -> None:
-        self.breaker, self.critical = breaker, critical
-        self.unhook: Callable[[], None] = lambda: None
-        self.timer: TimerHandle | None = None
-
-    def status(self) -> HealthStatus:
-        """
-        Return what the breaker's current state means for readiness.
-        """
-        state = self.breaker.state
-        if state is CircuitState.CLOSED:
-            return HEALTHY
-        # Past reset_timeout an open breaker lets the next call probe; an instance taken
-        # out of rotation would never make that call, so from then on it only degrades.
-        if state is CircuitState.OPEN and self.critical and self.breaker.retry_in() > 0:
-            return UNHEALTHY
-        return DEGRADED
-
-    def arm(self, evaluate: Callable[[], None]) -> None:
-        """
-        Call `evaluate` once the open breaker is due a probe (it then only degrades).
-        """
-        clock = self.breaker.clock
-        # Without a running loop (tripped from synchronous code) no timer can be set;
-        # the check loops' next evaluation catches up instead.
-        with contextlib.suppress(RuntimeError):
-            self.timer = clock.call_at(clock.monotonic() + self.breaker.retry_in(), evaluate)
-
-    def cancel_timer(self) -> None:
-        """
-        Call off a pending `arm` timer.
-        """
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
 
 class _HasStatus(Protocol):
