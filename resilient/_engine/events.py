@@ -2,7 +2,7 @@
 Typed events for every decision a policy makes, and the hooks that receive them.
 
 A hook is any callable taking one `Event`. Hooks are registered globally with
-`add_hook` or per policy (`hooks=` or `policy.add_hook`); `_plan` keeps track of who
+`add_hook` or per policy (`hooks=` or `policy.add_hook`); the `hooks` module keeps track of who
 hears whom. A hook may narrow what it receives with an ``event_types`` attribute (the
 `Event` classes it wants). An event is only built when some hook wants it, so an
 unobserved policy pays nothing for events, and a metrics hook that ignores `CallStarted`
@@ -10,7 +10,7 @@ doesn't pay for building it. A hook that raises is logged and skipped: observing
 must never break it.
 
 The Prometheus and OpenTelemetry integrations are hook consumers; they hear calls as
-`CallListener`s (see `_plan`) and decisions as events.
+`CallListener`s (see the `hooks` module) and decisions as events.
 """
 
 from __future__ import annotations

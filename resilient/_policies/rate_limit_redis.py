@@ -1,7 +1,7 @@
 """
 RedisRateLimiter: one `RateLimiter` bucket shared by every process through Redis.
 
-The GCRA state (see `_rate_limit`) is one Redis key holding the theoretical arrival
+The GCRA state (see `rate_limit`) is one Redis key holding the theoretical arrival
 time in microseconds of Redis's own clock (``TIME``), so processes on different hosts
 need not agree on the time. Each call is one ``EVALSHA`` of a Lua script that reads the
 key, decides and writes it back: Redis runs scripts atomically, so no two processes can
