@@ -1,14 +1,18 @@
 """
-A policy written by a user, as docs/extending.md describes, is a first-class policy:
-it composes in a pipeline, its calls and decisions reach hooks, call listeners, metrics
-and traces, it is named after the function it decorates, and the built-in policies treat
-its refusals as rejections.
+The extension points of docs/extending.md, written as a user would.
+
+A user's policy is a first-class policy: it composes in a pipeline, its calls and
+decisions reach hooks, call listeners, metrics and traces, it is named after the function
+it decorates, and the built-in policies treat its refusals as rejections. A user's
+`Balancer` steers an `EndpointPool`, and a `Registry` written from scratch (not derived
+from a shipped one) feeds a `ServiceView`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -19,17 +23,23 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 from resilient import (
+    Balancer,
     CallFailed,
     CallStarted,
     CallSucceeded,
     Clock,
+    EndpointPool,
     Event,
     Hook,
+    Instance,
     Policy,
+    Registry,
+    RegistryStatus,
     Rejected,
     RejectedError,
     RejectionReason,
     Retry,
+    ServiceView,
     Timeout,
     add_hook,
     pipeline,
@@ -187,3 +197,92 @@ async def test_cancellation_passes_through_and_is_reported() -> None:
     with pytest.raises(asyncio.CancelledError):
         await within(task)
     assert [type(event).__name__ for event in heard] == ["CallStarted", "CallCancelled"]
+
+
+def instance(name: str) -> Instance:
+    return Instance(service="orders", id=name, host="127.0.0.1", port=8000)
+
+
+class LeastLoadedThenById:
+    """A user's balancer: the least loaded instance, ties to the smallest id."""
+
+    def pick(
+        self, candidates: Sequence[Instance], in_flight: Callable[[Instance], int]
+    ) -> Instance:
+        return min(candidates, key=lambda i: (in_flight(i), i.id))
+
+
+async def test_a_user_balancer_steers_the_pool_and_its_failover() -> None:
+    """EndpointPool accepts a user's Balancer and asks it among the candidates left:
+    the first pick, then (after that instance failed) the next among the others."""
+    balancer = LeastLoadedThenById()
+    assert isinstance(balancer, Balancer)
+    pool = EndpointPool([instance("c"), instance("a"), instance("b")], balancer=balancer)
+    tried: list[str] = []
+
+    async def call(chosen: Instance) -> str:
+        tried.append(chosen.id)
+        if chosen.id == "a":
+            raise ConnectionError("refused")
+        return chosen.id
+
+    assert await pool.call(call) == "b"
+    assert tried == ["a", "b"]
+
+
+class DictRegistry:
+    """A user's registry from scratch: a dict, and a condition to watch it by."""
+
+    def __init__(self) -> None:
+        self._instances: dict[str, Instance] = {}
+        self._changed = asyncio.Condition()
+        self._version = 0
+
+    async def register(self, instance: Instance) -> None:
+        async with self._changed:
+            self._instances[instance.id] = instance
+            self._version += 1
+            self._changed.notify_all()
+
+    async def deregister(self, instance: Instance) -> None:
+        async with self._changed:
+            if self._instances.pop(instance.id, None) is not None:
+                self._version += 1
+                self._changed.notify_all()
+
+    async def instances(self, service: str) -> list[Instance]:
+        found = [i for i in self._instances.values() if i.service == service]
+        return sorted(found, key=lambda i: i.id)
+
+    async def watch(self, service: str) -> AsyncIterator[list[Instance]]:
+        seen = self._version
+        yield await self.instances(service)
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(functools.partial(self._changed_since, seen))
+                seen = self._version
+            yield await self.instances(service)
+
+    def _changed_since(self, version: int) -> bool:
+        return self._version != version
+
+    def status(self) -> RegistryStatus:
+        return RegistryStatus(connected=True)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_user_registry_feeds_a_service_view() -> None:
+    """ServiceView follows a Registry written from scratch: the first snapshot, then
+    every change its watch reports."""
+    registry = DictRegistry()
+    assert isinstance(registry, Registry)
+    await registry.register(instance("a"))
+    async with ServiceView(registry, "orders") as view:
+        assert [i.id for i in view.instances] == ["a"]
+        await registry.register(instance("b"))
+        await within(view.wait_for(lambda found: [i.id for i in found] == ["a", "b"]))
+        await registry.deregister(instance("a"))
+        await within(view.wait_for(lambda found: [i.id for i in found] == ["b"]))
+        assert view.status().connected
