@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -128,6 +129,47 @@ def test_clock_ignores_a_version_far_in_the_future() -> None:
     clock = HybridClock("n1", millis=lambda: 1000)
     clock.observe(Version(1000 + 86_400_000, 0, "n2"))
     assert clock.now().wall == 1000
+
+
+def test_a_clock_stepped_back_across_a_restart_still_stamps_newer(tmp_path: Path) -> None:
+    """A new clock on the same mark file stamps past every stamp of the old one."""
+    mark = tmp_path / "clock"
+    before = HybridClock("n1", millis=lambda: 500_000, mark=mark)
+    last = [before.now() for _ in range(3)][-1]
+    after = HybridClock("n1", millis=lambda: 200_000, mark=mark)  # 5 minutes back
+    assert after.now() > last
+    assert int(mark.read_text()) <= 500_000 + 2_000  # the ceiling stays near real time
+
+
+def test_a_clock_mark_is_written_about_once_a_second(tmp_path: Path) -> None:
+    """Stamps within the ceiling write nothing; the first past it moves the ceiling."""
+    now = [10_000]
+    mark = tmp_path / "clock"
+    clock = HybridClock("n1", millis=lambda: now[0], mark=mark)
+    clock.now()
+    ceiling = int(mark.read_text())
+    mark.unlink()
+    now[0] = ceiling - 1
+    clock.now()
+    assert not mark.exists()
+    now[0] = ceiling
+    clock.now()
+    assert int(mark.read_text()) > ceiling
+
+
+def test_a_clock_mark_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
+    """A corrupted mark file is a clear error naming it, not a clock starting at 0."""
+    mark = tmp_path / "clock"
+    mark.write_text("garbage")
+    with pytest.raises(ValueError, match="clock ceiling"):
+        HybridClock("n1", mark=mark)
+
+
+def test_advance_moves_past_an_own_stamp_however_far_ahead() -> None:
+    """advance (own stamps found in storage) is not bounded like observe."""
+    clock = HybridClock("n1", millis=lambda: 1000)
+    clock.advance(Version(1000 + 86_400_000, 3, "n1"))
+    assert clock.now() > Version(1000 + 86_400_000, 3, "n1")
 
 
 def test_clock_rejects_a_bad_node_id() -> None:

@@ -44,6 +44,17 @@ def peer_status(breaker_state: str | None) -> str:
     return "suspect" if breaker_state == CircuitState.HALF_OPEN.value else "down"
 
 
+def _restored_clock(node: str, storage: Storage) -> HybridClock:
+    # The ceiling file covers every version this node stamped, those it sent only to
+    # other replicas included; its own newest stored write covers a data directory
+    # from before the file existed, or one whose file was lost.
+    clock = HybridClock(node, mark=storage.path.with_name("clock"))
+    newest = storage.newest_stamped_by(node)
+    if newest is not None:
+        clock.advance(newest)
+    return clock
+
+
 class Node:
     """
     Storage, clock, ring, peers and coordinator of one member, and its metrics.
@@ -67,7 +78,7 @@ class Node:
         if self.tracing is not None:
             hooks.append(OpenTelemetryHooks(tracer_provider=self.tracing.provider))
         self.storage = Storage(config.data_dir)
-        self.clock = HybridClock(config.node_id)
+        self.clock = _restored_clock(config.node_id, self.storage)
         self.members = dict(config.peers)
         self.ring = Ring(self.members)
         self.peers = Peers(

@@ -148,6 +148,16 @@ class Storage:
         done = await self.submit((), purge_before=before)
         return len(done)
 
+    def newest_stamped_by(self, node: str) -> Version | None:
+        """
+        The newest version stored that `node` stamped, or None (a scan: call it at start).
+        """
+        row = self._reader.execute(
+            "SELECT wall, logical FROM kv WHERE node = ? ORDER BY wall DESC, logical DESC LIMIT 1",
+            (node,),
+        ).fetchone()
+        return None if row is None else Version(row[0], row[1], node)
+
     def count(self) -> int:
         """
         How many keys are stored, tombstones included.
