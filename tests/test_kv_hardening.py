@@ -4,12 +4,18 @@ Attacks on real KV node processes, each one a defect that was found and fixed.
 
 from __future__ import annotations
 
+import gzip
+import socket
 import sqlite3
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
+from examples.kv.launch import LOCALHOST
 from examples.kv.ring import Ring
-from tests._kv import KVCluster
+from tests._kv import SINGLE, KVCluster, running_cluster
 
 STEP_MS = 5 * 60 * 1000  # how far the machine's clock is stepped back
 
@@ -55,3 +61,72 @@ def test_a_write_after_a_restart_with_the_clock_stepped_back_is_not_lost(
             assert (got.status, got.body) == (200, b"after"), (holder, key, got.headers)
     finally:
         cluster.stop_all()
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KVCluster]:
+    with running_cluster(tmp_path_factory.mktemp("kv-single"), ["s1"], extra_args=SINGLE) as kv:
+        yield kv
+
+
+def _raw(cluster: KVCluster, data: bytes, *, then_close: bool = False) -> bytes:
+    """
+    Send `data` on a fresh connection; the status line and headers answered (b"" when
+    the node closed without one). With `then_close`, close instead of reading.
+    """
+    with socket.create_connection((LOCALHOST, cluster.ports["s1"]), timeout=10) as sock:
+        sock.sendall(data)
+        if then_close:
+            return b""
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def test_a_gzip_encoded_value_is_stored_whole_and_decoded(single: KVCluster) -> None:
+    """Content-Encoding: gzip stores the decoded value, not Content-Length bytes of it."""
+    value = b"hello world " * 100
+    put = single.request("s1", "PUT", "/kv/gz", gzip.compress(value), {"Content-Encoding": "gzip"})
+    assert put.status == 204, put.body
+    assert single.request("s1", "GET", "/kv/gz").body == value
+
+
+def test_a_gzip_bomb_is_a_413_and_stores_nothing(single: KVCluster) -> None:
+    """A 50 KB body that decodes to 50 MiB: over the 1 MiB limit, refused, not truncated."""
+    bomb = gzip.compress(bytes(50 << 20))
+    put = single.request("s1", "PUT", "/kv/bomb", bomb, {"Content-Encoding": "gzip"})
+    assert put.status == 413, put.body
+    assert "1048576" in put.json()["error"]
+    assert single.request("s1", "GET", "/kv/bomb").status == 404
+
+
+@pytest.mark.parametrize("framing", ["Content-Length: 10", "Transfer-Encoding: chunked"])
+def test_a_trickled_body_is_a_408_by_the_deadline(single: KVCluster, framing: str) -> None:
+    """A body that stops arriving can't hold the handler past the caller's deadline."""
+    first = b"v" if framing.startswith("Content") else b"1\r\nv\r\n"
+    head = f"PUT /kv/slow HTTP/1.1\r\nHost: x\r\nX-Request-Timeout-Ms: 300\r\n{framing}\r\n\r\n"
+    answer = _raw(single, head.encode() + first)  # and nothing more
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert single.request("s1", "GET", "/kv/slow").status == 404
+
+
+def test_malformed_bodies_are_400s_and_log_no_traceback(single: KVCluster) -> None:
+    """Bad chunking, an undecodable gzip body, a connection dropped mid-body: no traceback."""
+    bad = [
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        b"Content-Encoding: gzip\r\nContent-Length: 5\r\n\r\nabcde",
+    ]
+    for rest in bad:
+        answer = _raw(single, b"PUT /kv/bad HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + rest)
+        status_line = answer.split(b"\r\n")[0]
+        assert status_line.startswith(b"HTTP/1."), answer
+        assert b" 400 " in status_line, answer
+    _raw(single, b"PUT /kv/bad HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nv", then_close=True)
+    _raw(single, b"GET /kv/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert single.request("s1", "GET", "/kv/bad").status == 404  # and the node is serving
+    log = single.processes["s1"].log_path.read_text()
+    assert "Traceback" not in log, log

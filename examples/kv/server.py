@@ -15,6 +15,7 @@ import signal
 import sys
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
 from resilient import ResilienceError
@@ -94,11 +95,34 @@ async def serve(config: NodeConfig) -> None:
     print(f"kv node {config.node_id} stopped", flush=True)
 
 
+class _ClientFaultsInOneLine(logging.Filter):
+    """
+    Log a client's malformed request as one line, without aiohttp's traceback.
+
+    aiohttp's server logs a malformed request (bad chunking, an undecodable body, a
+    request line too long) with a traceback: anyone could fill the node's log with
+    them. Such a record keeps its line and loses the traceback; others pass unchanged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, _CLIENT_FAULTS):
+            text = " ".join(str(error).split())[:200]
+            record.msg = f"{record.getMessage()}: {type(error).__name__}: {text}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_CLIENT_FAULTS = (HttpProcessingError, web.RequestPayloadError, ConnectionResetError)
+
+
 def run(config: NodeConfig) -> int:
     """
     Run `serve` on a fresh event loop (uvloop's when installed); the exit code.
     """
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.getLogger("aiohttp.server").addFilter(_ClientFaultsInOneLine())
     with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
         runner.run(serve(config))
     return 0

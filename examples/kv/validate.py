@@ -120,17 +120,33 @@ def budget_of(request: web.Request) -> float:
     return min(budget, MAX_BUDGET)
 
 
-async def read_value(request: web.Request) -> bytes:
+async def read_value(request: web.Request, budget: float) -> bytes:
     """
-    The request body, at most 1 MiB.
+    The request body, at most 1 MiB once decoded, received within `budget` seconds.
+
+    A body sent with a ``Content-Encoding`` (gzip, deflate) is stored decoded, as
+    HTTP means it: the limit applies to the decoded value, and ``Content-Length``
+    (the encoded size) is not what is read.
 
     Raises:
-        InputError: The body is larger.
+        InputError: The body is larger (413), arrives too slowly (408) or ends early
+            (400). A body that can't be decoded raises aiohttp's `RequestPayloadError`,
+            a dropped connection `ConnectionResetError` (``node_middleware``: 400).
     """
+    try:
+        async with asyncio.timeout(budget):
+            return await _read_value(request)
+    except TimeoutError:
+        raise InputError(
+            408, f"body not received within the deadline ({budget * 1000:.0f} ms)"
+        ) from None
+
+
+async def _read_value(request: web.Request) -> bytes:
     length = request.content_length
     if length is not None and length > MAX_VALUE_BYTES:
         raise InputError(413, f"value is {length} bytes, more than the limit of {MAX_VALUE_BYTES}")
-    if length is not None:
+    if length is not None and request.headers.get("Content-Encoding", "identity") == "identity":
         # The common case, a Content-Length within the limit: one read, without the
         # async iterator and the copy through a bytearray.
         try:
