@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from examples.kv.hints import HandoffLoop, Hints
+from examples.kv.hints import HandoffLoop, Hints, hint_size
 from examples.kv.hlc import Version
 from examples.kv.storage import TOMBSTONE_GRACE_MS, Record, Storage
 
@@ -126,6 +126,34 @@ def test_hints_keep_the_newest_version_per_peer_and_key(tmp_path: Path) -> None:
         assert hints.targets() == ["n3"]
     finally:
         hints.close()
+
+
+def test_hints_for_one_peer_are_bounded_and_the_excess_counted(tmp_path: Path) -> None:
+    """
+    At the bound a hint for a new key is dropped (and counted), a newer version of a
+    hinted key still replaces it, other peers are unaffected, delivery frees room, and
+    the bound holds across a reopen.
+    """
+    one = hint_size(b"k0", b"x" * 100)
+    hints = Hints(tmp_path, max_bytes=3 * one)
+    try:
+        assert [hints.add("n2", Record(f"k{i}".encode(), v(1), b"x" * 100)) for i in range(5)] == [
+            True, True, True, False, False,
+        ]  # fmt: skip
+        assert (hints.count(), hints.dropped, hints.held_bytes("n2")) == (3, 2, 3 * one)
+        assert hints.add("n2", Record(b"k0", v(2), b"y" * 100))  # newer, same size: kept
+        assert not hints.add("n2", Record(b"k1", v(2), b"y" * 101))  # newer but larger
+        assert hints.add("n3", Record(b"k9", v(1), b"x" * 100))
+        hints.delivered("n2", hints.pending("n2", limit=1))
+        assert hints.add("n2", Record(b"k3", v(1), b"x" * 100))
+    finally:
+        hints.close()
+    reopened = Hints(tmp_path, max_bytes=3 * one)
+    try:
+        assert reopened.held_bytes("n2") == 3 * one
+        assert not reopened.add("n2", Record(b"k4", v(1), b"x" * 100))
+    finally:
+        reopened.close()
 
 
 async def test_handoff_drops_hints_only_once_delivered(tmp_path: Path) -> None:

@@ -171,7 +171,8 @@ class Node:
             "hedges": self.coordinator.hedges, "repairs": self.coordinator.repairs,
             "replicating": self.coordinator.replicating,
             "batching": self.peers.batching(),
-            "hints": self.hints.count(), "handed_off": self.handoff.delivered,
+            "hints": self.hints.count(), "hints_dropped": self.hints.dropped,
+            "handed_off": self.handoff.delivered,
         }  # fmt: skip
 
     async def close(self) -> None:
