@@ -10,9 +10,12 @@ checkpoints the WAL) and returns; the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
+import threading
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -85,6 +88,8 @@ async def serve(config: NodeConfig) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if config.stop_on_stdin_eof:
+        _watch_stdin(loop, stop)
     node.ready = True
     print(f"kv node {config.node_id} listening on {config.host}:{config.port}", flush=True)
     await stop.wait()
@@ -93,6 +98,30 @@ async def serve(config: NodeConfig) -> None:
     await runner.cleanup()  # stop listening, then wait for in-flight handlers
     await node.close()
     print(f"kv node {config.node_id} stopped", flush=True)
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """
+    Set `stop` once stdin reaches its end (``--stop-on-stdin-eof``).
+
+    A parent that starts nodes with a pipe as their stdin keeps the other end; when it
+    exits, however it exits (a SIGKILL included), the kernel closes that end and every
+    node sees end of file and stops gracefully. Unlike ``PR_SET_PDEATHSIG`` this is
+    portable and follows the parent process, not the thread that started the node.
+    A blocking read in a daemon thread: stdin may be a pipe, a file or a terminal.
+    """
+
+    def wait_for_eof() -> None:
+        try:
+            while os.read(0, 4096):
+                pass  # whatever the parent writes means nothing
+        except OSError:
+            pass  # stdin closed or unreadable: the lifeline is gone all the same
+        _log.warning("stdin closed: stopping")
+        with contextlib.suppress(RuntimeError):  # the loop already closed: stopped anyway
+            loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=wait_for_eof, name="kv-stdin-watch", daemon=True).start()
 
 
 class _ClientFaultsInOneLine(logging.Filter):
