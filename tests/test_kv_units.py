@@ -34,6 +34,7 @@ from examples.kv.config import (
 )
 from examples.kv.hlc import HybridClock, Version
 from examples.kv.node import peer_status
+from examples.kv.peers import PeerError, Peers
 from examples.kv.ring import Ring, ring_hash
 from examples.kv.storage import Record
 
@@ -364,3 +365,22 @@ def test_discovery_url_errors_name_the_option(text: str) -> None:
 def test_a_peers_status_follows_its_breaker(state: str | None, status: str) -> None:
     """/cluster reads a probing (half-open) peer as suspect, an open one as down."""
     assert peer_status(state) == status
+
+
+async def test_a_peer_that_left_is_no_longer_called_and_keeps_its_breaker() -> None:
+    """
+    update() with a smaller member set drops the peer's address (no more calls, its
+    hints then dropped); back under the same id it finds its breaker again.
+    """
+    peers = Peers({"n2": "127.0.0.1:1", "n3": "127.0.0.1:2"}, "token")
+    breaker = peers.breakers["n3"]
+    peers.update({"n2": "127.0.0.1:1"})
+    assert set(peers.addresses) == {"n2"}
+    with pytest.raises(PeerError, match="n3 is not a member"):
+        await peers.send_batch("n3", [], 1.0)
+    with pytest.raises(PeerError, match="n3 is not a member"):
+        await peers.read_batch("n3", [b"k"], 1.0)
+    peers.update({"n2": "127.0.0.1:1", "n3": "127.0.0.1:3"})
+    assert peers.addresses["n3"] == "127.0.0.1:3"
+    assert peers.breakers["n3"] is breaker
+    await peers.close()
