@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import socket
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -130,3 +131,13 @@ def test_malformed_bodies_are_400s_and_log_no_traceback(single: KVCluster) -> No
     assert single.request("s1", "GET", "/kv/bad").status == 404  # and the node is serving
     log = single.processes["s1"].log_path.read_text()
     assert "Traceback" not in log, log
+
+
+def test_a_request_whose_headers_never_end_is_closed(single: KVCluster) -> None:
+    """Slowloris: headers sent and never finished; the node closes the connection
+    after its idle timeout (20 s) instead of holding the descriptor for an hour."""
+    with socket.create_connection((LOCALHOST, single.ports["s1"]), timeout=45) as sock:
+        sock.sendall(b"GET /kv/a HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        started = time.monotonic()
+        assert sock.recv(65536) == b""  # closed by the node, before the socket timeout
+        assert time.monotonic() - started < 40

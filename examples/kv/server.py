@@ -35,6 +35,12 @@ __all__ = ["build_app", "serve"]
 
 _INTERNAL_MAX_BYTES = 64 << 20  # a replication batch: up to 4 MiB of records, plus slack
 _DRAIN_SECONDS = 10.0
+_IDLE_SECONDS = 20.0
+"""A connection without a request in progress is closed after this: an idle keep-alive
+connection, and one whose request headers never finish (slowloris), which would
+otherwise hold a file descriptor for aiohttp's default of an hour. Above aiohttp's
+client pool idle time (15 s), so a pooling client (a peer, `KVClient`) drops an idle
+connection before the node closes it under its feet."""
 _log = logging.getLogger("examples.kv")
 
 
@@ -66,8 +72,9 @@ async def serve(config: NodeConfig) -> None:
     """
     node = Node(config)
     runner = web.AppRunner(
-        build_app(node), access_log=None, handle_signals=False, shutdown_timeout=_DRAIN_SECONDS
-    )
+        build_app(node), access_log=None, handle_signals=False,
+        shutdown_timeout=_DRAIN_SECONDS, keepalive_timeout=_IDLE_SECONDS,
+    )  # fmt: skip
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=1024)
     try:
