@@ -141,3 +141,30 @@ def test_a_request_whose_headers_never_end_is_closed(single: KVCluster) -> None:
         started = time.monotonic()
         assert sock.recv(65536) == b""  # closed by the node, before the socket timeout
         assert time.monotonic() - started < 40
+
+
+def test_hints_of_large_values_are_handed_off(tmp_path: Path) -> None:
+    """
+    70 hints of 1 MiB values: one handoff batch of them (70 MiB) was over a peer's
+    64 MiB request limit and was refused every round, forever; batches now stop at
+    4 MiB, and the restarted node gets every write it missed.
+    """
+    keys = [f"big-{i}" for i in range(70)]
+    value = bytes(1 << 20)
+    with running_cluster(tmp_path, ["n1", "n2", "n3"]) as cluster:
+        cluster.kill("n3")
+        for key in keys:
+            put = cluster.request(
+                "n1", "PUT", f"/kv/{key}", value, {"X-Request-Timeout-Ms": "20000"}
+            )
+            assert put.status == 204, put.body
+        deadline = time.monotonic() + 30
+        while cluster.request("n1", "GET", "/cluster").json()["hints"] < len(keys):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        cluster.start("n3")
+        deadline = time.monotonic() + 30
+        while held := cluster.request("n1", "GET", "/cluster").json()["hints"]:
+            assert time.monotonic() < deadline, f"{held} hints not handed off"
+            time.sleep(0.1)
+        assert all(cluster.internal("n3", key).body == value for key in keys)

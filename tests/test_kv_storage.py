@@ -156,6 +156,20 @@ def test_hints_for_one_peer_are_bounded_and_the_excess_counted(tmp_path: Path) -
         reopened.close()
 
 
+def test_pending_hints_stop_at_the_byte_cap_but_give_at_least_one(tmp_path: Path) -> None:
+    """A handoff batch stays under its byte cap; a single larger hint still goes alone."""
+    hints = Hints(tmp_path)
+    try:
+        for i in range(5):
+            hints.add("n2", Record(f"k{i}".encode(), v(1), b"x" * 1000))
+        one = hint_size(b"k0", b"x" * 1000)
+        assert len(hints.pending("n2", max_bytes=2 * one)) == 2
+        assert len(hints.pending("n2", max_bytes=one // 2)) == 1
+        assert len(hints.pending("n2", limit=3)) == 3
+    finally:
+        hints.close()
+
+
 async def test_handoff_drops_hints_only_once_delivered(tmp_path: Path) -> None:
     """A failed delivery keeps the hints for the next round; a skipped peer is not tried."""
     hints = Hints(tmp_path)

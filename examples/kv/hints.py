@@ -27,6 +27,7 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 
 from .hlc import Version
@@ -35,7 +36,10 @@ from .storage import Record
 __all__ = ["HandoffLoop", "Hints"]
 
 _log = logging.getLogger(__name__)
-_BATCH = 256  # hints per handoff request
+_BATCH = 256  # hints per handoff request, at most
+_BATCH_BYTES = 4 << 20  # and at most this much (one hint more, if it alone is larger):
+# a peer refuses a replication request over 64 MiB, and 256 values of up to 1 MiB are
+# 256 MiB; a batch this size never got through, and failed again every round.
 MAX_HINT_BYTES_PER_PEER = 256 << 20
 """The most hints held for one peer may take, in `hint_size` units (about bytes)."""
 HINT_OVERHEAD = 64
@@ -119,15 +123,30 @@ class Hints:
         self._sizes[target] = size
         return True
 
-    def pending(self, target: str, limit: int = 256) -> list[Record]:
+    def pending(
+        self, target: str, limit: int = _BATCH, max_bytes: int = _BATCH_BYTES
+    ) -> list[Record]:
         """
-        Up to `limit` hints held for `target`.
+        Up to `limit` hints held for `target`, together up to `max_bytes`.
+
+        Sizes are `hint_size`; the first hint is returned however large it is.
         """
-        rows = self._db.execute(
-            "SELECT key, wall, logical, node, value FROM hints WHERE target = ? LIMIT ?",
-            (target, limit),
-        )
-        return [Record(row[0], Version(row[1], row[2], row[3]), row[4]) for row in rows]
+        found: list[Record] = []
+        size = 0
+        # Row by row, closed early: fetching `limit` rows of up to 1 MiB each first
+        # would hold what the bound is there to avoid.
+        with closing(
+            self._db.execute(
+                "SELECT key, wall, logical, node, value FROM hints WHERE target = ? LIMIT ?",
+                (target, limit),
+            )
+        ) as rows:
+            for key, wall, logical, node, value in rows:
+                size += hint_size(key, value)
+                if found and size > max_bytes:
+                    break
+                found.append(Record(key, Version(wall, logical, node), value))
+        return found
 
     def targets(self) -> list[str]:
         """
@@ -202,7 +221,11 @@ class HandoffLoop:
             for target in self._hints.targets():
                 # Batch after batch while the peer takes them: a backlog drains in one
                 # round, not one batch per second.
-                while not self._skip(target) and await self._deliver(target) == _BATCH:
+                while (
+                    not self._skip(target)
+                    and await self._deliver(target)
+                    and self._hints.held_bytes(target) > 0
+                ):
                     pass
             await asyncio.sleep(self._interval)
 
@@ -210,7 +233,7 @@ class HandoffLoop:
         """
         Offer `target` one batch of its hints; how many it took (0 on failure).
         """
-        records = self._hints.pending(target, _BATCH)
+        records = self._hints.pending(target)
         try:
             await self._send(target, records)
         except asyncio.CancelledError:
