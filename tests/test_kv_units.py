@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -33,7 +35,7 @@ from examples.kv.config import (
     parse_peers,
 )
 from examples.kv.hlc import HybridClock, Version
-from examples.kv.node import peer_status
+from examples.kv.node import KeyCount, peer_status
 from examples.kv.peers import PeerError, Peers
 from examples.kv.ring import Ring, ring_hash
 from examples.kv.storage import Record
@@ -384,3 +386,37 @@ async def test_a_peer_that_left_is_no_longer_called_and_keeps_its_breaker() -> N
     assert peers.addresses["n3"] == "127.0.0.1:3"
     assert peers.breakers["n3"] is breaker
     await peers.close()
+
+
+async def test_key_count_runs_off_the_loop_shared_and_rate_limited() -> None:
+    """
+    /cluster's key count (a full scan) runs in a worker thread, callers at the same
+    time share one, and a slow one is reused for 9 times its duration.
+    """
+    loop_thread = threading.get_ident()
+    calls: list[int] = []
+
+    def slow_count() -> int:
+        calls.append(threading.get_ident())
+        time.sleep(0.2)  # in the worker thread: the loop keeps serving
+        return len(calls)
+
+    keys = KeyCount(slow_count)
+    together = await asyncio.wait_for(asyncio.gather(keys.get(), keys.get(), keys.get()), 10)
+    assert list(together) == [1, 1, 1]
+    assert len(calls) == 1
+    assert loop_thread not in calls
+    assert await asyncio.wait_for(keys.get(), 10) == 1  # within 9 x 200 ms: reused
+    assert len(calls) == 1
+
+
+async def test_a_fast_key_count_is_never_reused() -> None:
+    """Under 10 ms (a small store) every /cluster counts again: exact for tests."""
+    calls: list[int] = []
+
+    def fast_count() -> int:
+        calls.append(1)
+        return len(calls)
+
+    keys = KeyCount(fast_count)
+    assert [await asyncio.wait_for(keys.get(), 10) for _ in range(3)] == [1, 2, 3]

@@ -197,7 +197,9 @@ async def cluster(request: web.Request) -> web.StreamResponse:
     """
     ``GET /cluster``: members, status as seen from here, ring ownership.
     """
-    view = request.app[NODE_KEY].cluster_view()
+    node = request.app[NODE_KEY]
+    await node.keys_stored.get()  # off the event loop: a full scan (node.KeyCount)
+    view = node.cluster_view()
     return web.Response(body=json.dumps(view).encode(), content_type="application/json")
 
 

@@ -31,6 +31,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +164,15 @@ class Storage:
         How many keys are stored, tombstones included.
         """
         return int(self._reader.execute("SELECT count(*) FROM kv").fetchone()[0])
+
+    def count_apart(self) -> int:
+        """
+        `count` on a connection of its own, so callable from another thread.
+
+        A full scan takes about 0.2 s per million keys, too long for the event loop.
+        """
+        with closing(_open(self.path)) as connection:
+            return int(connection.execute("SELECT count(*) FROM kv").fetchone()[0])
 
     def close(self) -> None:
         """
