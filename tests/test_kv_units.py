@@ -388,35 +388,30 @@ async def test_a_peer_that_left_is_no_longer_called_and_keeps_its_breaker() -> N
     await peers.close()
 
 
-async def test_key_count_runs_off_the_loop_shared_and_rate_limited() -> None:
+async def test_key_count_runs_off_the_loop_one_at_a_time_and_exact() -> None:
     """
-    /cluster's key count (a full scan) runs in a worker thread, callers at the same
-    time share one, and a slow one is reused for 9 times its duration.
+    /cluster's key count (a full scan) runs in a worker thread, never two at once;
+    callers arriving during a count share the next one, begun after they asked.
     """
     loop_thread = threading.get_ident()
     calls: list[int] = []
+    running = threading.Semaphore(1)
 
     def slow_count() -> int:
-        calls.append(threading.get_ident())
-        time.sleep(0.2)  # in the worker thread: the loop keeps serving
-        return len(calls)
+        assert running.acquire(blocking=False), "two counts at once"
+        try:
+            calls.append(threading.get_ident())
+            time.sleep(0.05)  # in the worker thread: the loop keeps serving
+            return len(calls)
+        finally:
+            running.release()
 
     keys = KeyCount(slow_count)
-    together = await asyncio.wait_for(asyncio.gather(keys.get(), keys.get(), keys.get()), 10)
-    assert list(together) == [1, 1, 1]
-    assert len(calls) == 1
+    first = asyncio.ensure_future(keys.get())
+    await asyncio.sleep(0)  # one step: the first caller has begun count 1
+    late = await asyncio.wait_for(asyncio.gather(keys.get(), keys.get(), keys.get()), 10)
+    assert await asyncio.wait_for(first, 10) == 1
+    assert list(late) == [2, 2, 2]  # one count for the three, begun after they asked
+    assert len(calls) == 2
     assert loop_thread not in calls
-    assert await asyncio.wait_for(keys.get(), 10) == 1  # within 9 x 200 ms: reused
-    assert len(calls) == 1
-
-
-async def test_a_fast_key_count_is_never_reused() -> None:
-    """Under 10 ms (a small store) every /cluster counts again: exact for tests."""
-    calls: list[int] = []
-
-    def fast_count() -> int:
-        calls.append(1)
-        return len(calls)
-
-    keys = KeyCount(fast_count)
-    assert [await asyncio.wait_for(keys.get(), 10) for _ in range(3)] == [1, 2, 3]
+    assert await asyncio.wait_for(keys.get(), 10) == 3  # never a stale value

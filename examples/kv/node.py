@@ -29,7 +29,6 @@ from .tracing import configure_tracing
 __all__ = ["KeyCount", "Node", "peer_status"]
 
 _PURGE_EVERY = 3600.0
-_EXACT_COUNT_SECONDS = 0.01
 _log = logging.getLogger(__name__)
 
 
@@ -61,14 +60,15 @@ def _restored_clock(node: str, storage: Storage) -> HybridClock:
 
 class KeyCount:
     """
-    ``keys_stored`` of ``/cluster``: a full count, in a worker thread, at most 10% of the time.
+    ``keys_stored`` of ``/cluster``: a full count, in a worker thread, one at a time.
 
     ``SELECT count(*)`` scans the table (about 0.2 s per million keys). On the event
     loop it stalled every request for that long, and ``/cluster`` is open to anyone:
     a few requests a second took a node down. Here it runs in a thread (SQLite
-    releases the GIL), callers at the same time share one count, and after a count
-    that took t seconds the next starts no sooner than 9 t later; in between callers
-    get the last value. A count under 10 ms (about 50,000 keys) is never reused.
+    releases the GIL) and never twice at once: callers that arrive while a count
+    runs share the next one, so each gets a count begun after it asked (exact, as
+    tests comparing counts before and after a request need) and a flood of requests
+    costs at most one thread scanning.
 
     Args:
         count: Counts the keys; called in a worker thread.
@@ -77,28 +77,27 @@ class KeyCount:
     def __init__(self, count: Callable[[], int]) -> None:
         self._count = count
         self.value = 0
-        self._next = 0.0
+        self._started = 0  # counts begun so far
+        self._finished = 0  # the last count whose value is in `value`
         self._running: asyncio.Task[None] | None = None
 
     async def get(self) -> int:
         """
-        The number of keys stored, as of the last count.
+        The number of keys stored, from a count begun after this call.
         """
-        loop = asyncio.get_running_loop()
-        if self._running is None and loop.time() >= self._next:
-            self._running = loop.create_task(self._run())
-        if self._running is not None:
+        wanted = self._started + 1
+        while self._finished < wanted:
+            if self._running is None:
+                self._started += 1
+                self._running = asyncio.get_running_loop().create_task(self._run(self._started))
             await asyncio.shield(self._running)  # a caller gone doesn't stop the count
         return self.value
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+    async def _run(self, number: int) -> None:
         try:
             self.value = await asyncio.to_thread(self._count)
+            self._finished = number
         finally:
-            took = loop.time() - started
-            self._next = loop.time() + (9 * took if took >= _EXACT_COUNT_SECONDS else 0.0)
             self._running = None
 
 
