@@ -91,3 +91,6 @@ def test_hints_for_a_node_that_left_the_ring_are_dropped(cluster: KVCluster) -> 
     while held := cluster.request("n1", "GET", "/cluster").json()["hints"]:
         assert time.monotonic() < deadline, f"{held} hints still held for n3, gone for good"
         time.sleep(0.1)
+    view = cluster.request("n1", "GET", "/cluster").json()
+    assert view["handed_off"] == 0  # dropped, not delivered: n3 never came back
+    assert view["hints_dropped"] >= 1

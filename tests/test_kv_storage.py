@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from examples.kv.hints import HandoffLoop, Hints, hint_size
+from examples.kv.hints import GONE, HandoffLoop, Hints, hint_size
 from examples.kv.hlc import Version
 from examples.kv.storage import TOMBSTONE_GRACE_MS, Record, Storage
 
@@ -196,6 +196,23 @@ async def test_handoff_drops_hints_only_once_delivered(tmp_path: Path) -> None:
         assert hints.targets() == ["n3"]
         assert {target for target, _ in sent} == {"n2"}  # n3 skipped (its breaker, say)
         assert loop.delivered == 1
+    finally:
+        hints.close()
+
+
+async def test_hints_for_a_peer_that_left_are_dropped_not_delivered(tmp_path: Path) -> None:
+    """send answers GONE: the hints go, counted as dropped, not as handed off."""
+    hints = Hints(tmp_path)
+
+    async def send(target: str, records: list[Record]) -> object:
+        return GONE
+
+    for i in range(3):
+        hints.add("n2", Record(f"k{i}".encode(), v(1), b"x"))
+    loop = HandoffLoop(hints, send)
+    try:
+        assert await asyncio.wait_for(loop._deliver("n2"), 10) == 3
+        assert (hints.count(), loop.delivered, loop.dropped) == (0, 0, 3)
     finally:
         hints.close()
 

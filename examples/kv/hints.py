@@ -33,7 +33,7 @@ from pathlib import Path
 from .hlc import Version
 from .storage import Record
 
-__all__ = ["HandoffLoop", "Hints"]
+__all__ = ["GONE", "HINT_OVERHEAD", "MAX_HINT_BYTES_PER_PEER", "HandoffLoop", "Hints", "hint_size"]
 
 _log = logging.getLogger(__name__)
 _BATCH = 256  # hints per handoff request, at most
@@ -44,6 +44,8 @@ MAX_HINT_BYTES_PER_PEER = 256 << 20
 """The most hints held for one peer may take, in `hint_size` units (about bytes)."""
 HINT_OVERHEAD = 64
 """What one hint counts for beyond its key and value (the row, the version)."""
+GONE = object()
+"""What a `HandoffLoop`'s `send` returns for a peer that left: drop its hints."""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS hints (
     target TEXT NOT NULL,
@@ -194,7 +196,9 @@ class HandoffLoop:
         send: ``await send(peer, records)`` stores records on a peer or raises. Through
             the peer's breaker: while it is open a round costs one rejected call, and
             once its reset timeout has passed the round is the probe that closes it
-            (an open breaker turns half-open on a call, not by itself).
+            (an open breaker turns half-open on a call, not by itself). It returns
+            `GONE` for a peer that is no longer a member: its hints are dropped
+            (counted in `dropped`, not `delivered`).
         skip: Peers not to try now (default: none).
         interval: Seconds between rounds.
     """
@@ -212,6 +216,7 @@ class HandoffLoop:
         self._skip = skip
         self._interval = interval
         self.delivered = 0
+        self.dropped = 0  # hints for peers that left
 
     async def run(self) -> None:
         """
@@ -235,12 +240,15 @@ class HandoffLoop:
         """
         records = self._hints.pending(target)
         try:
-            await self._send(target, records)
+            sent = await self._send(target, records)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # noqa: BLE001  # the peer is still away: next round
             _log.debug("handoff to %s failed: %r", target, error)
             return 0
         self._hints.delivered(target, records)
-        self.delivered += len(records)
+        if sent is GONE:
+            self.dropped += len(records)
+        else:
+            self.delivered += len(records)
         return len(records)

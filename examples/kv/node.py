@@ -18,7 +18,7 @@ from resilient.integrations.prometheus import ResilienceMetrics
 
 from .config import NodeConfig
 from .coordinator import Coordinator
-from .hints import HandoffLoop, Hints
+from .hints import GONE, HandoffLoop, Hints
 from .hlc import HybridClock
 from .membership import EtcdMembership
 from .peers import Peers
@@ -189,10 +189,10 @@ class Node:
                 _log.exception("tombstone purge failed; trying again in an hour")
             await asyncio.sleep(_PURGE_EVERY)
 
-    async def _hand_off(self, node: str, records: list[Record]) -> None:
+    async def _hand_off(self, node: str, records: list[Record]) -> object:
         if node not in self.peers.addresses:
-            return  # not a member any more (etcd): nothing to deliver to
-        await self.peers.send_batch(node, [(record, None) for record in records], 2.0)
+            return GONE  # not a member any more (etcd): nothing to deliver to
+        return await self.peers.send_batch(node, [(record, None) for record in records], 2.0)
 
     def cluster_view(self) -> dict[str, object]:
         """
@@ -220,7 +220,7 @@ class Node:
             "hedges": self.coordinator.hedges, "repairs": self.coordinator.repairs,
             "replicating": self.coordinator.replicating,
             "batching": self.peers.batching(),
-            "hints": self.hints.count(), "hints_dropped": self.hints.dropped,
+            "hints": self.hints.count(), "hints_dropped": self.hints.dropped + self.handoff.dropped,
             "handed_off": self.handoff.delivered,
         }  # fmt: skip
 
