@@ -33,11 +33,11 @@ from ._breaker_window import (
     check_window,
     rate_rule,
 )
-from ._clock import Clock
-from ._errors import PROGRAMMING_ERRORS, CircuitOpenError, RejectedError
-from ._events import Hook, Rejected, RejectionReason, StateChanged
-from ._policy import Args, AsyncFn, Kwargs, Policy
-from ._validate import check_fraction, check_int, check_seconds, error_matcher
+from ._engine.clock import Clock
+from ._engine.errors import PROGRAMMING_ERRORS, CircuitOpenError, RejectedError
+from ._engine.events import Hook, Rejected, RejectionReason, StateChanged
+from ._engine.policy import Args, AsyncFn, Kwargs, Policy
+from ._engine.validate import check_fraction, check_int, check_seconds, error_matcher
 
 if TYPE_CHECKING:
     import pybreaker
@@ -246,7 +246,7 @@ class CircuitBreaker(Policy):
         self._rejections = self._slow_calls = self._opened = 0
         self._shared: SharedState | None = None
         if storage is not None:
-            from ._breaker_shared import SharedState
+            from ._breaker_shared import SharedState  # noqa: PLC0415  # loads pybreaker: only with storage=
 
             if windowed:
                 raise ValueError(
@@ -279,7 +279,7 @@ class CircuitBreaker(Policy):
         code calling `breaker` and async code calling this policy see one state. State
         changes, successes and failures are reported to `breaker`'s listeners.
         """
-        from ._breaker_shared import pybreaker_listener_hook
+        from ._breaker_shared import pybreaker_listener_hook  # noqa: PLC0415  # as above
 
         return cls(
             breaker.name or None,

@@ -44,9 +44,9 @@ import pybreaker
 
 from ._breaker import CircuitState
 from ._breaker_window import Consecutive
-from ._errors import RejectedError
-from ._events import CallFailed, CallSucceeded, Event, Hook, StateChanged
-from ._policy import Args, AsyncFn, Kwargs
+from ._engine.errors import RejectedError
+from ._engine.events import CallFailed, CallSucceeded, Event, Hook, StateChanged
+from ._engine.policy import Args, AsyncFn, Kwargs
 
 if TYPE_CHECKING:
     from ._breaker import CircuitBreaker

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._validate import check_seconds
+from ._engine.validate import check_seconds
 
 __all__ = ["Accounting", "Consecutive", "CountWindow", "TimeWindow", "WindowTotals", "check_window"]
 

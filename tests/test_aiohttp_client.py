@@ -29,10 +29,11 @@ import pytest
 import tenacity
 from aiohttp import test_utils, web
 from multidict import CIMultiDictProxy
-from opentelemetry import trace
+from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from yarl import URL
 
 from resilient import (
@@ -983,8 +984,6 @@ async def test_trace_context_on_every_attempt(
     backend: Backend, clock: FakeClock, tracer: tuple[trace.Tracer, InMemorySpanExporter]
 ) -> None:
     """Every attempt carries the caller's trace context and baggage."""
-    from opentelemetry import baggage, context
-
     backend.answer(503, 503)
     token = context.attach(baggage.set_baggage("tenant", "acme"))
     try:
@@ -1002,8 +1001,6 @@ async def test_trace_context_on_every_attempt(
 
 async def test_baggage_without_a_span_is_sent(backend: Backend, clock: FakeClock) -> None:
     """Baggage alone, no span: the context isn't empty, so the propagators write it."""
-    from opentelemetry import baggage, context
-
     token = context.attach(baggage.set_baggage("tenant", "acme"))
     try:
         async with session(ResilienceMiddleware(retrying(clock))) as client:
@@ -1033,8 +1030,6 @@ async def test_a_propagator_of_the_users_is_always_asked(
 ) -> None:
     """No span, no baggage: the default propagators would write nothing and are skipped,
     but a propagator the user configured is asked on every attempt all the same."""
-    from opentelemetry import propagate
-
     stock = propagate.get_global_textmap()
     async with session(ResilienceMiddleware(retrying(clock))) as client:
         assert await get(client, backend.url()) == (200, "ok")
@@ -1053,9 +1048,6 @@ async def test_a_lone_stock_propagator_is_judged_as_the_composite(
 ) -> None:
     """W3C trace context alone, not in a composite: nothing written without a span (it
     has nothing to write), its header with one."""
-    from opentelemetry import propagate
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
     stock = propagate.get_global_textmap()
     propagate.set_global_textmap(TraceContextTextMapPropagator())
     try:

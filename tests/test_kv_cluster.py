@@ -144,6 +144,8 @@ def test_internal_replicate_refuses_a_garbage_batch(cluster: KVCluster) -> None:
         ("PUT", "/kv/a?w=two", b"x", {}, 400, "?w="),
         ("PUT", "/kv/a?w=1&w=2", b"x", {}, 400, "?w="),
         ("GET", "/kv/a?r=-1", None, {}, 400, "?r="),
+        ("PUT", "/kv/a?w=" + "1" * 5000, b"x", {}, 400, "?w="),  # past int()'s digit limit
+        ("GET", "/kv/a?r=" + "0" * 5000 + "1", None, {}, 400, "?r="),
         ("GET", "/kv/a?r=%C2%B2", None, {}, 400, "?r="),
         ("PUT", "/kv/a", b"x", {"X-Request-Timeout-Ms": "soon"}, 400, "X-Request-Timeout-Ms"),
         ("PUT", "/kv/a", b"x", {"X-Request-Timeout-Ms": "0"}, 400, "X-Request-Timeout-Ms"),

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import cast
 
@@ -134,6 +135,47 @@ def test_interrupted_demo_stops_its_nodes_and_removes_its_data(
     assert not [pid for pid in pids if node_running(pid)]
     assert not data_dir(out).exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_a_sigkilled_demo_takes_its_nodes_down_with_it(tmp_path: Path) -> None:
+    """
+    SIGKILL leaves the demo no chance to clean up: its nodes still stop by themselves
+    (their stdin pipe from it closes), gracefully, within a few seconds.
+    """
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "examples.kv", "demo", "--plain", "--nodes", "3"]
+    pids: set[int] = set()
+    with subprocess.Popen(
+        command, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    ) as process:
+        watchdog = threading.Timer(_BOUND, process.kill)  # never wait forever for output
+        watchdog.start()
+        try:
+            assert process.stdout is not None
+            seen = ""
+            for line in process.stdout:
+                seen += line
+                if "workload started" in line:
+                    break
+            pids = node_pids(seen)
+            assert len(pids) == 3, seen
+            process.kill()
+            process.wait(_BOUND)
+            deadline = time.monotonic() + 20  # a graceful stop on a loaded machine
+            while running := [pid for pid in pids if node_running(pid)]:
+                assert time.monotonic() < deadline, f"nodes {running} outlived the demo"
+                time.sleep(0.05)
+        finally:
+            watchdog.cancel()
+            for pid in pids:  # whatever happened, leave no node behind
+                if node_running(pid):
+                    os.killpg(pid, signal.SIGKILL)  # the demo starts each in its own group
+    logs = list(tmp_path.glob("kv-demo-*/n*/node.log"))
+    assert len(logs) == 3
+    for log in logs:
+        text = log.read_text()
+        assert "stdin closed: stopping" in text
+        assert re.search(r"^kv node n\d stopped$", text, re.M), text  # drained and flushed
 
 
 @pytest.mark.parametrize(

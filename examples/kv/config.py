@@ -104,6 +104,8 @@ class NodeConfig:
         discovery: Where etcd is, or None (static ``--peers``).
         traces_exporter: ``OTEL_TRACES_EXPORTER``: ``console``, ``otlp`` or ``none``.
         plain_peers: Node-to-node calls without policies (a benchmark's baseline).
+        stop_on_stdin_eof: Stop (as on SIGTERM) when standard input reaches its end:
+            the parent holding the pipe's other end exited, even by SIGKILL.
     """
 
     node_id: str
@@ -119,6 +121,7 @@ class NodeConfig:
     discovery: Discovery | None = None
     traces_exporter: str = "none"
     plain_peers: bool = False
+    stop_on_stdin_eof: bool = False
 
 
 def parse_address(text: str, what: str = "address") -> tuple[str, int]:
@@ -185,6 +188,12 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="benchmark baseline: node-to-node calls with plain aiohttp, no resilient policies",
     )
+    parser.add_argument(
+        "--stop-on-stdin-eof",
+        action="store_true",
+        help="stop gracefully when stdin closes (for a supervisor holding a pipe to it:"
+        " the node then dies with its parent, even a SIGKILLed one)",
+    )
 
 
 def node_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> NodeConfig:
@@ -225,6 +234,7 @@ def node_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
         replicas=args.replicas, write_quorum=args.write_quorum, read_quorum=args.read_quorum,
         cluster_token=token, client_token=env.get(CLIENT_TOKEN_ENV) or None,
         discovery=discovery, traces_exporter=exporter, plain_peers=args.plain_peers,
+        stop_on_stdin_eof=args.stop_on_stdin_eof,
     )  # fmt: skip
 
 

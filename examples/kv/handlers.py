@@ -4,6 +4,7 @@ The HTTP API: client routes under ``/kv/``, node-to-node routes under ``/interna
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -48,6 +49,10 @@ async def node_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return refused if refused is not None else await handler(request)
     except InputError as error:
         return error_response(error.status, error.message)
+    except (ConnectionResetError, web.RequestPayloadError) as error:
+        # The client's fault, not ours: a body that can't be decoded, or a connection
+        # dropped mid-body (then nobody reads this answer). No traceback in the log.
+        return error_response(400, f"body unreadable: {str(error)[:200]}")
     except web.HTTPException as error:
         if error.status < 400 or error.content_type == "application/json":  # noqa: PLR2004
             raise
@@ -112,7 +117,14 @@ async def _write(request: web.Request, *, delete: bool) -> web.StreamResponse:
     key = key_of(request)
     w = quorum_of(request, "w", node.config.write_quorum, node.config.replicas)
     budget = budget_of(request)
-    value = None if delete else await read_value(request)
+    if not delete:
+        # The deadline covers the body too: a client trickling it in can't hold a
+        # handler (and a slot of the drain at SIGTERM) for longer than it asked for.
+        started = asyncio.get_running_loop().time()
+        value = await read_value(request, budget)
+        budget -= asyncio.get_running_loop().time() - started
+    else:
+        value = None
     try:
         record, acked = await node.coordinator.write(key, value, w, budget)
     except QuorumError as error:
@@ -203,7 +215,9 @@ async def cluster(request: web.Request) -> web.StreamResponse:
     """
     ``GET /cluster``: members, status as seen from here, ring ownership.
     """
-    view = request.app[NODE_KEY].cluster_view()
+    node = request.app[NODE_KEY]
+    await node.keys_stored.get()  # off the event loop: a full scan (node.KeyCount)
+    view = node.cluster_view()
     return web.Response(body=json.dumps(view).encode(), content_type="application/json")
 
 

@@ -33,7 +33,7 @@ from aiohttp import ClientRequest, ClientResponse
 from aiohttp.client_middlewares import ClientHandlerType
 
 from resilient import CircuitBreaker, Policy, Retry, RetryBudget, Timeout, pipeline
-from resilient._validate import check_seconds
+from resilient.validation import check_seconds
 
 from ._attempts import Attempts, UnhealthyResponse, parse_retry_after
 from ._policies import DEFAULT_MAX_KEYS, PolicyCache

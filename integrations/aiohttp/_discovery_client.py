@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import ClientResponse, ClientSession
 
 from resilient import Balancer, CircuitBreaker, EndpointPool, Instance, Registry, ServiceView
-from resilient._validate import check_int
+from resilient.validation import check_int
 
 from ._attempts import Attempts, as_payload
 from ._client import IDEMPOTENT_METHODS, is_failure_status

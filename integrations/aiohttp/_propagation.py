@@ -83,10 +83,15 @@ class _Otel:
     """
 
     def __init__(self) -> None:
-        from opentelemetry import context, propagate  # the otel extra is optional
-        from opentelemetry.baggage.propagation import W3CBaggagePropagator
-        from opentelemetry.propagators.composite import CompositePropagator
-        from opentelemetry.trace.propagation.tracecontext import (
+        # Imported here, not at the top: the otel extra is optional (ImportError: no otel).
+        from opentelemetry import context, propagate  # noqa: PLC0415  # optional otel extra
+        from opentelemetry.baggage.propagation import (  # noqa: PLC0415  # optional otel extra
+            W3CBaggagePropagator,
+        )
+        from opentelemetry.propagators.composite import (  # noqa: PLC0415  # optional otel extra
+            CompositePropagator,
+        )
+        from opentelemetry.trace.propagation.tracecontext import (  # noqa: PLC0415  # optional
             TraceContextTextMapPropagator,
         )
 
