@@ -19,6 +19,9 @@ from __future__ import annotations
 from ._adaptive_concurrency import AdaptiveConcurrency, AdaptiveConcurrencyStatistics
 from ._balance import Balancer, LeastInFlight, PowerOfTwoChoices, RandomChoice, RoundRobin
 from ._breaker import BreakerStatistics, CircuitBreaker, CircuitState
+from ._breaker_redis import RedisBreakerStore
+from ._breaker_store import BreakerAdmission, BreakerObservation, BreakerSpec, BreakerStore
+from ._breaker_window import WindowTotals
 from ._budget import RetryBudget, RetryBudgetStatistics
 from ._bulkhead import Bulkhead, BulkheadStatistics
 from ._clock import Clock, SystemClock, TimerHandle
@@ -89,7 +92,11 @@ __all__ = [
     "AdaptiveThrottle",
     "AdaptiveThrottleStatistics",
     "Balancer",
+    "BreakerAdmission",
+    "BreakerObservation",
+    "BreakerSpec",
     "BreakerStatistics",
+    "BreakerStore",
     "Bulkhead",
     "BulkheadFullError",
     "BulkheadStatistics",
@@ -133,6 +140,7 @@ __all__ = [
     "RateLimitedError",
     "RateLimiter",
     "RateLimiterStatistics",
+    "RedisBreakerStore",
     "RedisRateLimiter",
     "Registry",
     "RegistryStatus",
@@ -156,6 +164,7 @@ __all__ = [
     "TimeoutExceeded",
     "TimeoutStatistics",
     "TimerHandle",
+    "WindowTotals",
     "add_hook",
     "current_priority",
     "deadline",

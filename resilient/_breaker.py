@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from ._breaker_link import StoreLink
-from ._breaker_store import Admission, BreakerSpec, BreakerStore, CircuitState
+from ._breaker_store import BreakerAdmission, BreakerSpec, BreakerStore, CircuitState
 from ._breaker_window import (
     Accounting,
     Consecutive,
@@ -351,7 +351,7 @@ class CircuitBreaker(Policy):
         await self._finish_shared(link, ticket, generation, probe, started, None)
         return result
 
-    def _admit_shared(self, ticket: Admission) -> bool:
+    def _admit_shared(self, ticket: BreakerAdmission) -> bool:
         """
         Follow the store's admission; True when the call runs as a half-open probe.
         """
@@ -368,7 +368,7 @@ class CircuitBreaker(Policy):
     async def _finish_shared(  # noqa: PLR0917  # _finish's arguments plus the store's
         self,
         link: StoreLink,
-        ticket: Admission | None,
+        ticket: BreakerAdmission | None,
         generation: int,
         probe: bool,
         started: float,

@@ -22,7 +22,13 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from ._breaker_store import Admission, BreakerSpec, BreakerStore, CircuitState, Observation
+from ._breaker_store import (
+    BreakerAdmission,
+    BreakerObservation,
+    BreakerSpec,
+    BreakerStore,
+    CircuitState,
+)
 from ._breaker_window import WindowTotals
 
 __all__ = ["StoreLink"]
@@ -72,7 +78,7 @@ class StoreLink:
         # Why the last round trip failed (the error's type), None once one answered.
         self._failing: str | None = None
 
-    async def admit(self) -> Admission | None:
+    async def admit(self) -> BreakerAdmission | None:
         """
         Ask the store to admit a call; None when the local state must decide.
         """
@@ -82,8 +88,8 @@ class StoreLink:
         return answer
 
     async def record(
-        self, admission: Admission, failed: bool | None, slow: bool
-    ) -> Observation | None:
+        self, admission: BreakerAdmission, failed: bool | None, slow: bool
+    ) -> BreakerObservation | None:
         """
         Record an outcome in the store; None when the local state must decide.
         """
@@ -92,7 +98,7 @@ class StoreLink:
             self._note(answer.state, answer.totals)
         return answer
 
-    def release(self, admission: Admission) -> None:
+    def release(self, admission: BreakerAdmission) -> None:
         """
         Give a probe permit back without an outcome, in the background (cancellation).
         """
@@ -113,7 +119,7 @@ class StoreLink:
             return
         self._note(seen.state, seen.totals)
 
-    async def _forced(self, call: Coroutine[Any, Any, Observation]) -> None:
+    async def _forced(self, call: Coroutine[Any, Any, BreakerObservation]) -> None:
         seen = await self._ask(call)
         if seen is not None:
             self._note(seen.state, seen.totals)

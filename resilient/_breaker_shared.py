@@ -36,7 +36,7 @@ except ImportError as exc:  # pragma: no cover - the dev extra installs pybreake
         ' pip install "resilient[pybreaker]"'
     ) from exc
 
-from ._breaker_store import Admission, BreakerSpec, CircuitState, Observation
+from ._breaker_store import BreakerAdmission, BreakerObservation, BreakerSpec, CircuitState
 from ._breaker_window import WindowTotals
 from ._clock import Clock
 from ._errors import RejectedError
@@ -102,25 +102,25 @@ class PybreakerStore:
             )
         self._name = spec.name
 
-    async def admit(self, spec: BreakerSpec) -> Admission:
+    async def admit(self, spec: BreakerSpec) -> BreakerAdmission:
         """
         Admit a call (moving an open circuit past reset_timeout to half-open).
         """
         return await self._io(self._admit, spec)
 
     async def record(
-        self, spec: BreakerSpec, admission: Admission, failed: bool | None, slow: bool
-    ) -> Observation:
+        self, spec: BreakerSpec, admission: BreakerAdmission, failed: bool | None, slow: bool
+    ) -> BreakerObservation:
         """
         Count a success or a failure in the state the call was admitted in.
         """
         del slow  # consecutive mode has no slow calls
         if failed is None:  # no permits to give back: the probe limit is per process
-            return Observation(admission.state)
+            return BreakerObservation(admission.state)
         record = self._record_failure if failed else self._record_success
         return await self._io(record, spec, admission.state is _HALF_OPEN)
 
-    async def force(self, spec: BreakerSpec, state: CircuitState) -> Observation:
+    async def force(self, spec: BreakerSpec, state: CircuitState) -> BreakerObservation:
         """
         Open or close the storage's circuit now.
         """
@@ -137,17 +137,17 @@ class PybreakerStore:
 
     # --- round trips (in a worker thread unless the storage is in memory) ---
 
-    def _admit(self, spec: BreakerSpec) -> Admission:
+    def _admit(self, spec: BreakerSpec) -> BreakerAdmission:
         state = self._state()
         if state is not _OPEN:
-            return Admission(admitted=True, state=state)
+            return BreakerAdmission(admitted=True, state=state)
         wait = self._opened_wall() + spec.reset_timeout - self._clock.wall()
         if wait > _ROUND_TRIP_ERROR:
             # Rejections are rare and cheap: learn the run that opened it, for repr().
-            return Admission(False, state, retry_in=wait, totals=self._totals())
+            return BreakerAdmission(False, state, retry_in=wait, totals=self._totals())
         self._storage.state = _HALF_OPEN.value
         self._storage.reset_success_counter()
-        return Admission(admitted=True, state=_HALF_OPEN)
+        return BreakerAdmission(admitted=True, state=_HALF_OPEN)
 
     def _state(self) -> CircuitState:
         return _STATES.get(self._storage.state, _CLOSED)
@@ -160,54 +160,54 @@ class PybreakerStore:
         run = self._storage.counter if failures is None else failures
         return WindowTotals(calls=run, failures=run, slow_calls=0)
 
-    def _stale(self, spec: BreakerSpec, state: CircuitState) -> Observation:
+    def _stale(self, spec: BreakerSpec, state: CircuitState) -> BreakerObservation:
         # The circuit moved on elsewhere while the call ran: record nothing, but learn
         # when it opened so the breaker's retry_in() is right.
         if state is not _OPEN:
-            return Observation(state)
+            return BreakerObservation(state)
         wait = self._opened_wall() + spec.reset_timeout - self._clock.wall()
-        return Observation(state, retry_in=max(0.0, wait))
+        return BreakerObservation(state, retry_in=max(0.0, wait))
 
-    def _record_failure(self, spec: BreakerSpec, probe: bool) -> Observation:
+    def _record_failure(self, spec: BreakerSpec, probe: bool) -> BreakerObservation:
         state = self._state()
         if state is not (_HALF_OPEN if probe else _CLOSED):
             return self._stale(spec, state)
         if probe:
             self._open()
-            return Observation(_OPEN, retry_in=spec.reset_timeout)
+            return BreakerObservation(_OPEN, retry_in=spec.reset_timeout)
         self._storage.increment_counter()
         totals = self._totals()
         if totals.failures < (spec.failure_threshold or 1):
-            return Observation(state, totals=totals)
+            return BreakerObservation(state, totals=totals)
         self._open()
-        return Observation(_OPEN, retry_in=spec.reset_timeout, totals=totals)
+        return BreakerObservation(_OPEN, retry_in=spec.reset_timeout, totals=totals)
 
-    def _record_success(self, spec: BreakerSpec, probe: bool) -> Observation:
+    def _record_success(self, spec: BreakerSpec, probe: bool) -> BreakerObservation:
         state = self._state()
         if state is not (_HALF_OPEN if probe else _CLOSED):
             return self._stale(spec, state)
         if not probe:
             self._storage.reset_counter()
-            return Observation(state, totals=self._totals(0))
+            return BreakerObservation(state, totals=self._totals(0))
         self._storage.increment_success_counter()
         if self._storage.success_counter < spec.success_threshold:
-            return Observation(state)
+            return BreakerObservation(state)
         self._storage.state = _CLOSED.value
         self._storage.reset_counter()
-        return Observation(_CLOSED, totals=self._totals(0))
+        return BreakerObservation(_CLOSED, totals=self._totals(0))
 
     def _open(self) -> None:
         self._storage.opened_at = datetime.fromtimestamp(self._clock.wall(), UTC)
         self._storage.state = _OPEN.value
         self._storage.reset_success_counter()
 
-    def _force(self, spec: BreakerSpec, state: CircuitState) -> Observation:
+    def _force(self, spec: BreakerSpec, state: CircuitState) -> BreakerObservation:
         if state is _OPEN:
             self._open()
-            return Observation(state, retry_in=spec.reset_timeout)
+            return BreakerObservation(state, retry_in=spec.reset_timeout)
         self._storage.state = state.value
         self._storage.reset_counter()
-        return Observation(state, totals=self._totals(0))
+        return BreakerObservation(state, totals=self._totals(0))
 
     def __repr__(self) -> str:
         return f"<PybreakerStore {type(self._storage).__name__}>"

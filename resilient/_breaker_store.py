@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 
 from ._breaker_window import WindowTotals
 
-__all__ = ["Admission", "BreakerSpec", "BreakerStore", "CircuitState", "Observation"]
+__all__ = ["BreakerAdmission", "BreakerObservation", "BreakerSpec", "BreakerStore", "CircuitState"]
 
 
 class CircuitState(enum.Enum):
@@ -72,7 +72,7 @@ class BreakerSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class Admission:
+class BreakerAdmission:
     """
     A store's answer to "may this call run?".
 
@@ -97,7 +97,7 @@ class Admission:
 
 
 @dataclass(frozen=True, slots=True)
-class Observation:
+class BreakerObservation:
     """
     A store's state after a record or a forced transition.
 
@@ -134,7 +134,7 @@ class BreakerStore(Protocol):
             ValueError: The store can't keep this mode (say which parameter).
         """
 
-    async def admit(self, spec: BreakerSpec) -> Admission:
+    async def admit(self, spec: BreakerSpec) -> BreakerAdmission:
         """
         Decide whether a call may run now.
 
@@ -143,8 +143,8 @@ class BreakerStore(Protocol):
         """
 
     async def record(
-        self, spec: BreakerSpec, admission: Admission, failed: bool | None, slow: bool
-    ) -> Observation:
+        self, spec: BreakerSpec, admission: BreakerAdmission, failed: bool | None, slow: bool
+    ) -> BreakerObservation:
         """
         Record the outcome of a call admitted by `admission`.
 
@@ -152,7 +152,7 @@ class BreakerStore(Protocol):
         error): only its permit is given back.
         """
 
-    async def force(self, spec: BreakerSpec, state: CircuitState) -> Observation:
+    async def force(self, spec: BreakerSpec, state: CircuitState) -> BreakerObservation:
         """
         Move to `state` now: open (for reset_timeout) or closed (counts forgotten).
         """

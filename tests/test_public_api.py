@@ -55,8 +55,10 @@ CONTRACT = (
 # with the reason. A new public name must be exported or listed here.
 INTERNAL = {
     "_no_retries": {"retries_allowed"},  # read by Retry and Hedge; users call no_retries()
-    "_breaker_shared": {"SharedState", "pybreaker_listener_hook"},  # behind storage=
-    "_breaker_window": {"Accounting", "Consecutive", "CountWindow", "TimeWindow", "WindowTotals"}
+    "_breaker_shared": {"STORAGE_WORKERS", "PybreakerStore", "pybreaker_listener_hook"},  # storage=
+    "_breaker_link": {"StoreLink"},  # the breaker's bounded round trips to its store
+    "_breaker_lua": {"SCRIPT"},  # RedisBreakerStore's script
+    "_breaker_window": {"Accounting", "Consecutive", "CountWindow", "TimeWindow"}
     | {"check_window"},  # shared with AdaptiveThrottle
     "_policy": {"Args", "AsyncFn", "Kwargs"},  # the shape of `_run`'s arguments, internal
     "_rate_limit": {"check_rate", "permits_of"},  # shared with RedisRateLimiter
