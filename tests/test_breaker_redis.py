@@ -6,11 +6,15 @@ process and across several, and a dead or frozen Redis costing no call more than
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
+import sys
 import time
 import uuid
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -167,7 +171,7 @@ async def test_half_open_permits_are_shared_and_a_lease_frees_a_dead_probers_per
     await until(lambda: first.state is HALF_OPEN)
     assert await outcome(second) == "rejected 0"
     probe.cancel()  # as if the prober died: its permit would never come back ...
-    await until(lambda: probe.done())
+    await until(probe.done)
     with pytest.raises(asyncio.CancelledError):
         await probe
     # ... but a cancelled probe gives it back (in the background): the next call probes.
@@ -198,9 +202,7 @@ async def test_half_open_permits_are_shared_and_a_lease_frees_a_dead_probers_per
     ],
     ids=["count-window", "time-window", "slow-calls"],
 )
-async def test_window_modes_are_shared(
-    aclient: redis.asyncio.Redis, mode: dict[str, float]
-) -> None:
+async def test_window_modes_are_shared(aclient: redis.asyncio.Redis, mode: dict[str, Any]) -> None:
     """
     Count windows, time windows and slow calls are counted in Redis: two breakers' calls
     fill one window, and it opens both.
@@ -226,10 +228,8 @@ async def test_window_modes_are_shared(
         return "slow"
 
     async def call(breaker: CircuitBreaker, good: bool) -> None:
-        try:
+        with contextlib.suppress(Boom):
             await breaker.call(ok if good else bad)
-        except Boom:
-            pass
 
     await call(first, True)
     await call(second, False)
@@ -418,3 +418,123 @@ async def test_caller_with_a_shorter_deadline_than_the_bound_is_not_held_up(
     finally:
         process.send_signal(signal.SIGCONT)
         await client.aclose()
+
+
+# --- several processes ------------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Child:
+    """
+    A `tests._breaker_child` process, driven line by line.
+    """
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    async def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{command}\n".encode())
+        await within(self.process.stdin.drain(), 30)
+
+    async def line(self) -> str:
+        assert self.process.stdout is not None
+        return (await within(self.process.stdout.readline(), 60)).decode().strip()
+
+
+@contextlib.asynccontextmanager
+async def children(
+    server: RedisServer, keys: str, reset_timeout: float, count: int
+) -> AsyncIterator[list[Child]]:
+    """
+    Start `count` child processes sharing the breaker "shared" under `keys`; each has
+    made one successful call when this yields. They quit (or are killed) on exit.
+    """
+    started: list[Child] = []
+    try:
+        for _ in range(count):
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tests._breaker_child",
+                server.url, keys, str(reset_timeout),
+                cwd=REPO_ROOT, stdin=PIPE, stdout=PIPE,
+            )  # fmt: skip
+            started.append(Child(process))
+        for child in started:
+            assert await child.line() == "ready ok"
+        yield started
+    finally:
+        for child in started:
+            if child.process.returncode is None:
+                with contextlib.suppress(OSError):
+                    await child.send("quit")
+        for child in started:
+            try:
+                await within(child.process.wait(), 30)
+            except TimeoutError:
+                child.process.kill()
+                await child.process.wait()
+
+
+def shared_breaker(client: redis.asyncio.Redis, keys: str, reset_timeout: float) -> CircuitBreaker:
+    """
+    This process's breaker "shared" (as the children build it).
+    """
+    return CircuitBreaker(
+        "shared",
+        storage=RedisBreakerStore(client, prefix=keys),
+        failure_threshold=3,
+        reset_timeout=reset_timeout,
+        storage_timeout=10,
+    )
+
+
+async def test_opening_in_one_process_rejects_in_the_others_at_their_next_call(
+    redis_server: RedisServer, aclient: redis.asyncio.Redis
+) -> None:
+    """
+    Three other processes call successfully; this one fails three times and opens the
+    shared breaker. The very next call in each other process is rejected without
+    running: each admission is one round trip to Redis, so no process runs on a stale
+    "closed".
+    """
+    keys = prefix()
+    async with children(redis_server, keys, 60.0, 3) as others:
+        here = shared_breaker(aclient, keys, 60.0)
+        for _ in range(3):
+            assert await outcome(here, fail=True) == "failed"
+        assert here.state is OPEN
+        for child in others:
+            await child.send("call")
+        answers = [await child.line() for child in others]
+    assert [answer.split()[0] for answer in answers] == ["rejected"] * 3
+    assert all(0 < float(answer.split()[1]) <= 60 for answer in answers)
+
+
+async def test_half_open_permit_is_cluster_wide(
+    redis_server: RedisServer, aclient: redis.asyncio.Redis
+) -> None:
+    """
+    With half_open_max_calls=1, four processes calling at once after reset_timeout send
+    exactly one probe: one enters the dependency, three (and this process) are rejected
+    while it runs. Its success closes the breaker for everyone.
+    """
+    keys = prefix()
+    reset = 0.5
+    async with children(redis_server, keys, reset, 4) as others:
+        here = shared_breaker(aclient, keys, reset)
+        for _ in range(3):
+            assert await outcome(here, fail=True) == "failed"
+        await until(lambda: here.retry_in() == 0, seconds=30)
+        for child in others:
+            await child.send("hold")
+        answers = [await child.line() for child in others]
+        assert sorted(answers) == ["entered"] + ["rejected 0.000"] * 3
+        assert await outcome(here) == "rejected 0"
+        prober = others[answers.index("entered")]
+        await prober.send("go on")
+        assert await prober.line() == "ok"
+        assert await outcome(here) == "ok"
+        assert here.state is CLOSED
+        await others[0].send("call")
+        assert await others[0].line() == "ok"
