@@ -62,9 +62,10 @@ local function advance()
     for e = last + 1, math.min(epoch, last + 10) do
       local i = e % 10
       local b = redis.call('HMGET', counts, 'c' .. i, 'f' .. i, 's' .. i)
-      redis.call('HINCRBY', counts, 'wc', -num(b[1]))
-      redis.call('HINCRBY', counts, 'wf', -num(b[2]))
-      redis.call('HINCRBY', counts, 'ws', -num(b[3]))
+      -- 0 - n, not -n: Lua writes -0 as "-0", which HINCRBY refuses as a number
+      redis.call('HINCRBY', counts, 'wc', 0 - num(b[1]))
+      redis.call('HINCRBY', counts, 'wf', 0 - num(b[2]))
+      redis.call('HINCRBY', counts, 'ws', 0 - num(b[3]))
       redis.call('HDEL', counts, 'c' .. i, 'f' .. i, 's' .. i)
     end
     redis.call('HSET', counts, 'ep', epoch)
