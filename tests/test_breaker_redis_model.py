@@ -45,7 +45,7 @@ MODES: dict[str, dict[str, Any]] = {
         "failure_rate": 0.6,
         "slow_call_duration": SLOW,
         "slow_call_rate": 0.5,
-    },  # fmt: skip
+    },
 }
 
 
