@@ -113,7 +113,8 @@ def test_internal_routes_need_the_cluster_token(cluster: KVCluster, token: str |
     for method, path in (("GET", "/internal/kv/x"), ("POST", "/internal/replicate")):
         answer = cluster.request("n1", method, path, b"", headers)
         assert answer.status == (401 if token is None else 403)
-        assert "error" in dict(answer.json())
+        assert "KV_CLUSTER_TOKEN" in answer.json()["error"]  # which token, never its value
+        assert TOKEN not in answer.body.decode()
 
 
 def test_internal_replicate_refuses_a_garbage_batch(cluster: KVCluster) -> None:
@@ -164,6 +165,14 @@ def test_bad_input_is_a_clear_4xx_and_stores_nothing(  # noqa: PLR0917  # parame
     assert answer.status == status
     assert names in str(answer.json()["error"])
     assert stored_counts(cluster) == before
+
+
+def test_a_wrong_method_says_which_would_do(cluster: KVCluster) -> None:
+    """405 carries the Allow header HTTP requires, and the message lists the methods."""
+    answer = cluster.request("n1", "POST", "/kv/a", b"x")
+    assert answer.status == 405
+    assert set(answer.headers["Allow"].split(",")) == {"DELETE", "GET", "HEAD", "PUT"}
+    assert "POST /kv/a; allowed: DELETE, GET, HEAD, PUT" in answer.json()["error"]
 
 
 @FUZZ

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -17,8 +18,9 @@ from typing import cast
 import pytest
 
 from examples.kv import KVClient, KVError
-from examples.kv.demo_monitor import read_counters
-from examples.kv.demo_workload import KeyState, Workload
+from examples.kv.demo_monitor import READING_BACK, DemoState, NodeView, read_counters
+from examples.kv.demo_view import PlainView
+from examples.kv.demo_workload import KeyState, TrafficSnapshot, Workload
 from tests._kv import ROOT
 
 _BOUND = 60.0  # seconds a demo run may take here before the test gives up on it
@@ -220,3 +222,19 @@ def test_read_counters_sums_the_policies_counters() -> None:
     assert counters["bulkhead rejections"] == 1
     assert counters["breaker opens"] == 3
     assert counters["timeouts"] == 0
+
+
+async def test_plain_view_says_the_read_back_is_running_not_zero_traffic() -> None:
+    """After the workload the status line names the read-back instead of showing a
+    rate and latencies of 0, which read as a stalled cluster."""
+    lines: list[str] = []
+    view = PlainView(lines.append, every=0.0)
+    state = DemoState({"n1": NodeView("n1", "127.0.0.1:1", status="up")}, duration=1.0)
+    state.started = asyncio.get_running_loop().time()
+    idle = TrafficSnapshot(0.0, 0.0, 0.0, 0.0, 10, 5, 0, {})
+    view.refresh(state, idle)
+    state.phase = READING_BACK
+    view.refresh(state, idle)
+    assert "0 req/s" in lines[0]
+    assert lines[1].endswith(f"{READING_BACK} | nodes up 1/1")
+    assert "req/s" not in lines[1]

@@ -27,10 +27,12 @@ from examples.kv.config import (
     ConfigError,
     Discovery,
     add_node_arguments,
+    config_warnings,
     node_config,
     parse_discovery,
     parse_peers,
 )
+from examples.kv.coordinator import QuorumError
 from examples.kv.hlc import HybridClock, Version
 from examples.kv.node import peer_status
 from examples.kv.ring import Ring, ring_hash
@@ -227,6 +229,57 @@ def test_config_errors_name_the_option(
     """Each mistake is a ConfigError naming the option and the value."""
     with pytest.raises(ConfigError, match=message.replace("?", r"\?")):
         node_config(_args(*argv), env)
+
+
+def test_node_help_names_the_environment() -> None:
+    """`node --help` says which variables the node reads, the required token first."""
+    parser = argparse.ArgumentParser()
+    add_node_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert "environment: KV_CLUSTER_TOKEN (required)" in text
+    assert "KV_CLIENT_TOKEN" in text
+    assert "OTEL_TRACES_EXPORTER" in text
+
+
+def test_a_missing_token_says_how_to_give_one() -> None:
+    """The error names the variable and shows how to set it, not only that it is unset."""
+    with pytest.raises(ConfigError, match="KV_CLUSTER_TOKEN is not set") as raised:
+        node_config(_args(*BASE), {"KV_CLUSTER_TOKEN": ""})
+    assert "KV_CLUSTER_TOKEN=secret python -m examples.kv node" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "warned"),
+    [
+        (("--peers", "n1=127.0.0.1:7001"), ["writes (--write-quorum 2) and reads (--read"]),
+        (("--peers", "n1=127.0.0.1:7001", "--replicas", "1", "--write-quorum", "1",
+          "--read-quorum", "1"), []),
+        (("--peers", "n1=127.0.0.1:7001,n2=h:2", "--write-quorum", "3"),
+         ["too few for writes (--write-quorum 3): they"]),
+        (("--peers", "n1=127.0.0.1:7002,n2=h:2"), ["listens on 127.0.0.1:7001"]),
+        (("--peers", "n1=10.0.0.5:7002,n2=h:2"), []),  # advertised through a proxy or NAT
+        (("--peers", "n1=127.0.0.1:7001,n2=h:2"), []),
+        (("--discovery", "etcd://127.0.0.1:2379"), []),  # members come and go
+    ],
+)  # fmt: skip
+def test_config_warnings_name_what_cannot_work(argv: tuple[str, ...], warned: list[str]) -> None:
+    """A config the node accepts (the contract) but that cannot serve gets a warning
+    naming the option and what to do; a sound one gets none."""
+    config = node_config(_args(*BASE[:6], *argv), {"KV_CLUSTER_TOKEN": "s"})
+    warnings = config_warnings(config)
+    assert len(warnings) == len(warned), warnings
+    for warning, text in zip(warnings, warned, strict=True):
+        assert text in warning
+        assert "--peers" in warning
+
+
+def test_a_quorum_error_names_the_replicas_and_where_to_look() -> None:
+    """The 503's message says who was asked, how many answered, and what shows the rest."""
+    write = str(QuorumError("write", 1, 2, ("n1", "n2", "n3")))
+    assert write.startswith("write quorum not met: 1 of this key's replicas (n1, n2, n3) ")
+    assert "acknowledged in time, 2 needed" in write
+    assert "GET /cluster" in write
+    assert "1 answered in time, 3 needed" in str(QuorumError("read", 1, 3))
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import ConfigError, add_node_arguments, node_config
+from . import missing_extra
 
 __all__ = ["main"]
 
@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m examples.kv", description=__doc__.split("\n")[1]
     )
+    from .config import add_node_arguments
+
     commands = parser.add_subparsers(dest="command", required=True)
     add_node_arguments(commands.add_parser("node", help="run a node"))
     from .cli import add_client_commands
@@ -46,11 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "node":
+        from .config import ConfigError, config_warnings, node_config
+
         try:
             config = node_config(args)
         except ConfigError as error:
             print(f"kv node: error: {error}", file=sys.stderr)
             return 2
+        for warning in config_warnings(config):
+            print(f"kv node {config.node_id}: warning: {warning}", file=sys.stderr)
         from .server import run
 
         return run(config)
@@ -67,5 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     return run_client(args)
 
 
+def _main_or_missing_extra() -> int:
+    try:
+        return main()
+    except ModuleNotFoundError as error:  # no kv extra: one line saying what to install
+        message = missing_extra(error)
+        if message is None:
+            raise
+        print(f"python -m examples.kv: {message}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main_or_missing_extra())

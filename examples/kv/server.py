@@ -79,7 +79,7 @@ async def serve(config: NodeConfig) -> None:
     except (OSError, ResilienceError) as error:
         await runner.cleanup()
         await node.close()
-        raise SystemExit(f"kv node {config.node_id}: cannot join the cluster: {error!r}") from error
+        raise SystemExit(f"kv node {config.node_id}: {_join_failed(config, error)}") from error
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -102,3 +102,18 @@ def run(config: NodeConfig) -> int:
     with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
         runner.run(serve(config))
     return 0
+
+
+def _join_failed(config: NodeConfig, error: BaseException) -> str:
+    # The innermost cause says what went wrong ("Cannot connect to host ..."); the
+    # wrappers' reprs around it only hide it.
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    reason = str(cause) or type(cause).__name__
+    if config.discovery is None:
+        return f"cannot join the cluster: {reason}"
+    return (
+        f"cannot join the cluster through etcd at {config.discovery.endpoint}: {reason} "
+        "(is etcd running there? --discovery etcd://host:port names its client port)"
+    )
