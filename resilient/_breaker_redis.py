@@ -21,7 +21,7 @@ redis-py is imported when a store is built, so ``import resilient`` never loads 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._breaker_lua import SCRIPT
 from ._breaker_store import BreakerAdmission, BreakerObservation, BreakerSpec, CircuitState
@@ -88,7 +88,7 @@ class RedisBreakerStore:
         )  # fmt: skip
         self._now = now
         self._script = client.register_script(SCRIPT)
-        self._rules: dict[BreakerSpec, tuple[list[str], list[_Arg]]] = {}
+        self._rules: dict[BreakerSpec, tuple[list[str], str]] = {}
 
     def bind(self, spec: BreakerSpec) -> None:
         """
@@ -101,15 +101,15 @@ class RedisBreakerStore:
         base = f"{self.prefix}{{{name}}}"
         return [base, f"{base}:permits", f"{base}:ring", f"{base}:counts"]
 
-    async def _eval(self, op: str, spec: BreakerSpec, *extra: _Arg) -> list[Any]:
+    async def _eval(self, op: str, spec: BreakerSpec, *extra: _Arg) -> list[str]:
         rules = self._rules.get(spec)
         if rules is None:
             self.bind(spec)
             rules = self._rules[spec]
         keys, arguments = rules
         now = "" if self._now is None else repr(self._now())
-        reply: list[Any] = await self._script(keys=keys, args=[op, now, *arguments, *extra])
-        return reply
+        reply: bytes | str = await self._script(keys=keys, args=[op, now, arguments, *extra])
+        return (reply.decode() if isinstance(reply, bytes) else reply).split()
 
     async def admit(self, spec: BreakerSpec) -> BreakerAdmission:
         """
@@ -117,11 +117,11 @@ class RedisBreakerStore:
         """
         admitted, state, generation, wait, permit, *counts = await self._eval("admit", spec)
         return BreakerAdmission(
-            admitted=bool(admitted),
-            state=_state(state),
+            admitted=admitted == "1",
+            state=_STATES[state],
             retry_in=float(wait),
             generation=int(generation),
-            permit=_text(permit) or None,
+            permit=None if permit == "-" else permit,
             totals=_totals(counts),
         )
 
@@ -132,7 +132,7 @@ class RedisBreakerStore:
         Count an outcome in the state it was admitted in, or just give its permit back.
         """
         op = "release" if failed is None else "record"
-        outcome = (admission.generation, admission.permit or "", int(bool(failed)), int(slow))
+        outcome = (admission.generation, admission.permit or "-", int(bool(failed)), int(slow))
         return _observation(await self._eval(op, spec, *outcome))
 
     async def force(self, spec: BreakerSpec, state: CircuitState) -> BreakerObservation:
@@ -146,36 +146,31 @@ class RedisBreakerStore:
         return f"<RedisBreakerStore prefix={self.prefix!r}>"
 
 
-def _arguments(spec: BreakerSpec, lease: float | None) -> list[_Arg]:
+def _arguments(spec: BreakerSpec, lease: float | None) -> str:
     mode = "c" if spec.failure_threshold else ("n" if spec.window else "t")
-    return [
-        mode,
-        spec.failure_threshold or 0,
-        spec.window or 0,
-        repr(spec.window_duration or 0.0),
-        repr(spec.failure_rate),
-        repr(spec.slow_call_rate),
-        spec.min_calls,
-        repr(spec.reset_timeout),
-        spec.success_threshold,
-        spec.half_open_max_calls,
-        repr(spec.reset_timeout if lease is None else lease),
-    ]
+    return " ".join(
+        str(rule)
+        for rule in [
+            mode,
+            spec.failure_threshold or 0,
+            spec.window or 0,
+            repr(spec.window_duration or 0.0),
+            repr(spec.failure_rate),
+            repr(spec.slow_call_rate),
+            spec.min_calls,
+            repr(spec.reset_timeout),
+            spec.success_threshold,
+            spec.half_open_max_calls,
+            repr(spec.reset_timeout if lease is None else lease),
+        ]
+    )
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _state(value: bytes | str) -> CircuitState:
-    return _STATES[_text(value)]
-
-
-def _totals(counts: Sequence[int]) -> WindowTotals | None:
+def _totals(counts: Sequence[str]) -> WindowTotals | None:
     calls, failures, slow = (int(count) for count in counts)
     return None if calls < 0 else WindowTotals(calls, failures, slow)
 
 
-def _observation(reply: list[Any]) -> BreakerObservation:
+def _observation(reply: list[str]) -> BreakerObservation:
     _, state, _, wait, _, *counts = reply
-    return BreakerObservation(_state(state), retry_in=float(wait), totals=_totals(counts))
+    return BreakerObservation(_STATES[state], retry_in=float(wait), totals=_totals(counts))
