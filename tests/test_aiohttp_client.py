@@ -27,7 +27,7 @@ import pytest
 import tenacity
 from aiohttp import test_utils, web
 from multidict import CIMultiDictProxy
-from opentelemetry import trace
+from opentelemetry import baggage, context, trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from yarl import URL
 
@@ -978,8 +978,6 @@ async def test_trace_context_on_every_attempt(
     backend: Backend, clock: FakeClock, tracer: tuple[trace.Tracer, InMemorySpanExporter]
 ) -> None:
     """Every attempt carries the caller's trace context and baggage."""
-    from opentelemetry import baggage, context
-
     backend.answer(503, 503)
     token = context.attach(baggage.set_baggage("tenant", "acme"))
     try:

@@ -164,7 +164,7 @@ def test_without_pybreaker_its_paths_name_the_extra(tmp_path: Path) -> None:
         "except TypeError as error:\n"
         "    print(error)\n"
         "try:\n"
-        "    import resilient._breaker_shared\n"
+        "    import resilient._policies.breaker.pybreaker_store\n"
         "except ImportError as error:\n"
         "    print(error)\n"
     )

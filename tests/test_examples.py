@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.report import Figure
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -114,8 +116,6 @@ def test_revisions_benchmark_compares_a_revision_with_this_tree() -> None:
 def test_report_figures_divide_overheads_of_the_same_run() -> None:
     """A figure divides two overheads of one run, by the fastest of its denominators;
     a missing case or a denominator within noise of zero gives no figure."""
-    from benchmarks.report import Figure
-
     run = {"bare": 1.0, "mine": 3.0, "peer": 5.0, "fast": 2.0, "noise": 1.0}
     assert Figure("x", ("mine", "bare"), [("peer", "bare"), ("fast", "bare")]).value(run) == 2.0
     assert Figure("x", ("mine", "bare"), [("bare", None)], percent=True).value(run) == 200.0

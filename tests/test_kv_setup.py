@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import examples.kv
 from tests._kv import ROOT, TOKEN
 
 # Runs examples.kv as `python -m` does, with aiohttp made unimportable (as in an
@@ -58,8 +59,6 @@ def test_importing_the_client_without_the_kv_extra_names_the_extra() -> None:
 
 def test_an_unknown_attribute_is_still_an_attribute_error() -> None:
     """The lazy loading covers the client's names only."""
-    import examples.kv
-
     with pytest.raises(AttributeError, match="nothing"):
         _ = examples.kv.nothing
 

@@ -22,7 +22,7 @@ from resilient import (
     TimeoutExceeded,
     pipeline,
 )
-from resilient._policy import Args, AsyncFn, Kwargs
+from resilient._engine.policy import Args, AsyncFn, Kwargs
 from resilient.testing import FakeClock, capture_events
 
 T = TypeVar("T")

@@ -39,7 +39,7 @@ def __getattr__(name: str) -> object:
     if name not in {"KVClient", "KVError"}:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     try:
-        from . import client
+        from . import client  # noqa: PLC0415 (lazy: a missing kv extra becomes one line)
     except ModuleNotFoundError as error:
         message = missing_extra(error)
         if message is None:

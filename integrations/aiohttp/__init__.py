@@ -18,6 +18,7 @@ if importlib.util.find_spec("aiohttp") is None:  # pragma: no cover - needs an e
         "resilient.integrations.aiohttp needs aiohttp >= 3.12: pip install 'resilient[aiohttp]'"
     )
 
+from .._public import publish
 from ._client import (
     DEFAULT_MAX_KEYS,
     IDEMPOTENT_METHODS,
@@ -51,3 +52,5 @@ __all__ = [
     "report_json",
     "resilience_middleware",
 ]
+
+publish(globals())  # public names show this path, not their private modules

@@ -34,7 +34,7 @@ from aiohttp import ClientRequest, ClientResponse
 from aiohttp.client_middlewares import ClientHandlerType
 
 from resilient import CircuitBreaker, Policy, Retry, RetryBudget, Timeout, no_retries, pipeline
-from resilient._validate import check_seconds
+from resilient.validation import check_seconds
 
 from ._attempts import (
     Attempts,

@@ -33,7 +33,7 @@ from resilient import (
     ServiceView,
     no_retries,
 )
-from resilient._validate import check_int
+from resilient.validation import check_int
 
 from ._attempts import NotSent as _NotSent
 from ._client import IDEMPOTENT_METHODS, UnhealthyResponse, is_failure_status

@@ -80,7 +80,7 @@ def parse_deadline(value: str | None) -> float | None:
 
 def _load_otel() -> tuple[Callable[..., None], Callable[..., Any], Callable[[], Any]] | None:
     try:
-        from opentelemetry import context, propagate
+        from opentelemetry import context, propagate  # noqa: PLC0415  # optional otel extra
     except ImportError:  # the otel extra is optional
         return None
     return propagate.inject, propagate.extract, context.get_current
