@@ -5,6 +5,7 @@ does with its answers and errors, and pybreaker as an optional extra.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from resilient import (
     WindowTotals,
 )
 from resilient.testing import FakeClock
+from tests._aio import until
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +40,7 @@ class DictStore:
         self.clock = clock
         self.state: dict[str, tuple[CircuitState, int, float, int]] = {}  # state, gen, opened, run
         self.fail_next = False
+        self.fail_records = False
 
     def bind(self, spec: BreakerSpec) -> None:
         if spec.failure_threshold is None:
@@ -61,6 +64,8 @@ class DictStore:
     async def record(
         self, spec: BreakerSpec, admission: BreakerAdmission, failed: bool | None, slow: bool
     ) -> BreakerObservation:
+        if self.fail_records:
+            raise ConnectionError("store down")
         state, gen, opened, run = self._get(spec.name)
         if failed is not None and admission.generation == gen:
             run = run + 1 if failed else 0
@@ -139,6 +144,74 @@ async def test_a_failing_store_leaves_the_decision_to_the_local_state() -> None:
         "rejected 30",
     ]
     assert "failing (ConnectionError), deciding locally" in repr(breaker)
+
+
+async def test_an_outcome_the_store_cant_record_is_judged_locally() -> None:
+    """
+    A call the store admitted whose outcome can't be recorded counts in the local state:
+    two such failures open the breaker here.
+    """
+    clock = FakeClock()
+    store = DictStore(clock)
+    breaker = CircuitBreaker("db", storage=store, failure_threshold=2, clock=clock)
+    store.fail_records = True
+    assert [await outcome(breaker, fail=True) for _ in range(2)] == ["failed", "failed"]
+    assert breaker.state is OPEN
+    assert "failing (ConnectionError), deciding locally" in repr(breaker)
+
+
+class RemoteDictStore(DictStore):
+    """
+    The same store, declared remote: round trips run as tasks, switches in the background.
+    """
+
+    remote = True
+
+
+def test_a_switch_without_a_running_loop_acts_locally_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """
+    `trip()` outside an event loop opens this process's breaker; a remote store can't
+    be written without a loop, which is logged at WARNING.
+    """
+    store = RemoteDictStore(FakeClock())
+    breaker = CircuitBreaker("db", storage=store, failure_threshold=2)
+    breaker.trip()
+    assert breaker.state is OPEN
+    assert "db" not in store.state
+    assert any("no running event loop" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_remote_stores_switch_is_written_in_the_background() -> None:
+    """
+    `trip()` with a remote store opens this process's breaker at once and the store soon.
+    """
+    store = RemoteDictStore(FakeClock())
+    breaker = CircuitBreaker("db", storage=store, failure_threshold=2)
+    breaker.trip()
+    assert breaker.state is OPEN
+    await until(lambda: "db" in store.state)
+    assert store.state["db"][0] is OPEN
+
+
+class SuspendingStore(DictStore):
+    """
+    An in-process store (remote=False) whose force() awaits: a broken promise.
+    """
+
+    async def force(self, spec: BreakerSpec, state: CircuitState) -> BreakerObservation:
+        await asyncio.sleep(0)
+        return await super().force(spec, state)
+
+
+async def test_an_in_process_store_that_suspends_fails_loudly() -> None:
+    """
+    A store declaring remote=False must answer without suspending: `trip()` says so.
+    """
+    breaker = CircuitBreaker("db", storage=SuspendingStore(FakeClock()), failure_threshold=2)
+    with pytest.raises(RuntimeError, match=r"remote=False\) suspended"):
+        breaker.trip()
 
 
 def test_a_store_refusing_the_mode_fails_at_construction() -> None:

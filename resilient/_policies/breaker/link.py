@@ -102,21 +102,23 @@ class StoreLink:
         """
         Give a probe permit back without an outcome, in the background (cancellation).
         """
-        self._detach(self.record(admission, None, False))
+        self._detach(lambda: self.record(admission, None, False))
 
     def force(self, state: CircuitState) -> None:
         """
         Write `state` to the store: at once for an in-process store, else in the background.
         """
-        call = self.store.force(self.spec, state)
         if self.store.remote:
-            self._detach(self._forced(call))
+            self._detach(lambda: self._forced(self.store.force(self.spec, state)))
             return
+        call = self.store.force(self.spec, state)
         try:
             seen = _now(call)
         except _Failure as error:
             self._failed(error)
             return
+        if seen is None:
+            raise RuntimeError("an in-process BreakerStore (remote=False) suspended in force()")
         self._note(seen.state, seen.totals)
 
     async def _forced(self, call: Coroutine[Any, Any, BreakerObservation]) -> None:
@@ -124,16 +126,16 @@ class StoreLink:
         if seen is not None:
             self._note(seen.state, seen.totals)
 
-    def _detach(self, call: Coroutine[Any, Any, object]) -> None:
+    def _detach(self, call: Callable[[], Coroutine[Any, Any, object]]) -> None:
         try:
-            task = asyncio.get_running_loop().create_task(call)
+            loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (a sync operator script): nothing to share it with
-            call.close()
             _log.warning(
                 "circuit_breaker %r: no running event loop; the store was not updated",
                 self.spec.name,
             )
             return
+        task = loop.create_task(call())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -234,9 +236,11 @@ class StoreLink:
         return text
 
 
-def _now(call: Coroutine[Any, Any, R]) -> R:
+def _now(call: Coroutine[Any, Any, R]) -> R | None:
     """
     Run a coroutine that never suspends (an in-process store's) to its end, here.
+
+    Returns None (the coroutine closed) if it suspends after all.
     """
     try:
         call.send(None)
@@ -244,4 +248,4 @@ def _now(call: Coroutine[Any, Any, R]) -> R:
         result: R = done.value
         return result
     call.close()
-    raise RuntimeError("an in-process BreakerStore (remote=False) suspended in force()")
+    return None
