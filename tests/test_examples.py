@@ -60,6 +60,7 @@ QUICK_RUNS = {
     "ratelimit": ("resilient @RateLimiter", "hand-written GCRA (floor)"),
     "observability": ("Retry(attempts=3) / prometheus", "piece: a clock read"),
     "breakdown": ("4 pass-through layers", "full pipeline"),
+    "breaker_store": ("resilient RedisBreakerStore consecutive", "raw EVALSHA of a trivial script"),
 }  # fmt: skip
 
 
