@@ -6,9 +6,11 @@ does with its answers and errors, and pybreaker as an optional extra.
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +25,7 @@ from resilient import (
     WindowTotals,
 )
 from resilient.testing import FakeClock
-from tests._aio import until
+from tests._aio import until, within
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -255,3 +257,86 @@ def test_without_pybreaker_its_paths_name_the_extra(tmp_path: Path) -> None:
     assert 'pip install "resilient[pybreaker]"' in lines[0]
     assert lines[0].startswith("CircuitBreaker(storage=...): expected a BreakerStore")
     assert 'pip install "resilient[pybreaker]"' in lines[1]
+
+
+class GarbageStore(DictStore):
+    """
+    A store whose admit answers something that is no `BreakerAdmission`.
+    """
+
+    def __init__(self, clock: FakeClock, answer: object) -> None:
+        super().__init__(clock)
+        self.answer = answer
+
+    async def admit(self, spec: BreakerSpec) -> BreakerAdmission:
+        return self.answer  # type: ignore[return-value]  # the misbehaviour under test
+
+
+class SyncStore(DictStore):
+    """
+    A store whose admit is a plain function, not a coroutine function.
+    """
+
+    def admit(self, spec: BreakerSpec) -> BreakerAdmission:  # type: ignore[override]
+        return BreakerAdmission(True, CLOSED)
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["in-process", "remote"])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda clock: GarbageStore(clock, None),
+            r"BreakerStore\.admit\(\) answered None, not a BreakerAdmission",
+        ),
+        (
+            lambda clock: GarbageStore(clock, BreakerObservation(OPEN)),
+            r"BreakerStore\.admit\(\) answered BreakerObservation\(.*\), not a BreakerAdmission",
+        ),
+        (
+            SyncStore,
+            r"BreakerStore\.admit\(\) returned BreakerAdmission\(.*\), not a coroutine",
+        ),
+    ],
+    ids=["none", "wrong-dataclass", "not-async"],
+)
+async def test_a_store_answering_the_wrong_type_is_named_and_the_local_state_decides(
+    make: Any, message: str, remote: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """
+    An answer of the wrong type is a failure of the store like any other: the log names
+    the method and what it answered, and the local state decides (the breaker still
+    opens); no AttributeError from deep inside the breaker reaches the caller.
+    """
+    clock = FakeClock()
+    store = make(clock)
+    store.remote = remote
+    breaker = CircuitBreaker("db", storage=store, failure_threshold=2, clock=clock)
+    outcomes = [await within(outcome(breaker, fail=True)) for _ in range(3)]
+    assert outcomes == ["failed", "failed", "rejected 30"]
+    assert re.search(message, caplog.text), caplog.text
+    assert "failing (TypeError), deciding locally" in repr(breaker)
+
+
+class SuspendingAdmitStore(DictStore):
+    """
+    An in-process store (remote=False) whose admit() waits, maybe forever.
+    """
+
+    async def admit(self, spec: BreakerSpec) -> BreakerAdmission:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_an_in_process_store_that_suspends_in_a_call_fails_loudly_not_forever() -> None:
+    """
+    A store declaring remote=False whose admit() waits would hold every call unbounded
+    (only remote round trips are bounded): it fails loudly at the first call instead.
+    """
+    breaker = CircuitBreaker("db", storage=SuspendingAdmitStore(FakeClock()))
+    with pytest.raises(RuntimeError, match=r"remote=False\) suspended in admit\(\)"):
+        await within(breaker.call(ok))
+
+
+async def ok() -> str:
+    return "ok"
