@@ -538,3 +538,126 @@ async def test_half_open_permit_is_cluster_wide(
         assert here.state is CLOSED
         await others[0].send("call")
         assert await others[0].line() == "ok"
+
+
+async def test_a_probe_permit_granted_to_a_caller_that_gave_up_comes_back(
+    aclient: redis.asyncio.Redis,
+) -> None:
+    """
+    A caller cancelled while Redis grants it the half-open permit never runs its probe:
+    the permit goes back as soon as the grant arrives, not after its lease (30 s here),
+    and another process probes at once.
+    """
+    keys = prefix()
+    clock = FakeClock()
+    gate = asyncio.Event()
+
+    class GatedStore(RedisBreakerStore):
+        async def admit(self, spec: Any) -> Any:
+            await gate.wait()  # Redis' answer on its way
+            return await super().admit(spec)
+
+    def breaker(store: RedisBreakerStore) -> CircuitBreaker:
+        return CircuitBreaker(
+            "db", storage=store, failure_threshold=1, reset_timeout=10, clock=clock
+        )
+
+    first = breaker(GatedStore(aclient, prefix=keys, probe_lease=30, now=clock.monotonic))
+    second = breaker(RedisBreakerStore(aclient, prefix=keys, probe_lease=30, now=clock.monotonic))
+    assert await outcome(second, fail=True) == "failed"
+    clock.advance(10)
+    caller = asyncio.create_task(first.call(ok))
+    await until(lambda: len(asyncio.all_tasks()) > 2)  # the round trip's task is running
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await within(caller)
+    gate.set()  # the permit is granted to nobody
+    link = first._shared
+    assert link is not None
+    await until(lambda: not link._parked and not link._background)
+    assert await outcome(second) == "ok"
+    assert second.state is CLOSED
+
+
+async def test_keys_holding_garbage_are_started_afresh(aclient: redis.asyncio.Redis) -> None:
+    """
+    Keys holding another program's data or a layout this version can't read (a wrong
+    type, a count that is no number) are reset to a closed breaker: the breaker still
+    opens, in the store (a second breaker is refused), instead of every round trip
+    failing and each process deciding alone.
+    """
+    for key, field in [("{db}:counts", "fails"), ("{db}", None), ("{db}:permits", None)]:
+        keys = prefix()
+        if field is None:  # a string where a hash or a sorted set belongs
+            await aclient.set(keys + key, "a string")
+        else:  # a count that is no number
+            await aclient.hset(keys + key, field, "many")
+        first, second = (
+            CircuitBreaker(
+                "db",
+                storage=RedisBreakerStore(aclient, prefix=keys),
+                failure_threshold=2,
+                reset_timeout=30,
+            )
+            for _ in range(2)
+        )
+        assert [await outcome(first, fail=True) for _ in range(2)] == ["failed", "failed"]
+        assert first.state is OPEN
+        assert (await outcome(second)).startswith("rejected"), key
+        assert "failing" not in repr(first)
+
+
+async def test_redis_clock_going_back_holds_nothing_longer_than_its_time(
+    aclient: redis.asyncio.Redis,
+) -> None:
+    """
+    When Redis' clock jumps back an hour, an open breaker stays open for reset_timeout
+    from then (not an hour more), and a probe permit held then is dropped (not held for
+    an hour more).
+    """
+    keys = prefix()
+    wall = [100_000.0]  # Redis' clock, which may go back
+    clock = FakeClock()
+
+    def breaker() -> CircuitBreaker:
+        store = RedisBreakerStore(aclient, prefix=keys, probe_lease=30, now=lambda: wall[0])
+        return CircuitBreaker(
+            "db", storage=store, failure_threshold=1, reset_timeout=10, clock=clock
+        )
+
+    first, second = breaker(), breaker()
+    assert await outcome(first, fail=True) == "failed"
+    wall[0] -= 3600
+    assert await outcome(second) == "rejected 10"
+    wall[0] += 10
+    # A permit taken (its prober died), then the clock goes back an hour.
+    spec = first._shared.spec  # type: ignore[union-attr]
+    store = RedisBreakerStore(aclient, prefix=keys, probe_lease=30, now=lambda: wall[0])
+    assert (await store.admit(spec)).permit is not None
+    wall[0] -= 3600  # its lease now ends further ahead than any lease could: dropped
+    assert await outcome(second) == "ok"
+    assert second.state is CLOSED
+
+
+@pytest.mark.parametrize("name", ["db", "}", "}x", "a}b", "{x}", "%7D", "{}"])
+def test_a_breakers_keys_share_one_cluster_hash_slot(name: str) -> None:
+    """
+    Redis Cluster runs a script only over keys of one hash slot: whatever the name (a
+    '}' in it would end the hash tag early or leave it empty), the four keys share one,
+    and two names never share keys.
+    """
+    from redis.crc import key_slot  # noqa: PLC0415  # redis-py's own slot function
+
+    store = RedisBreakerStore(redis.asyncio.Redis())
+    keys = store._keys(name)
+    assert len({key_slot(key.encode()) for key in keys}) == 1, keys
+    others = {n: store._keys(n)[0] for n in ["db", "}", "}x", "a}b", "{x}", "%7D", "{}"]}
+    assert len(set(others.values())) == len(others)
+
+
+def test_a_prefix_splitting_the_slots_is_refused() -> None:
+    """
+    A prefix with an empty hash tag would put the keys in different slots: refused.
+    """
+    with pytest.raises(ValueError, match=r"prefix='app\{\}:'\): an empty hash tag"):
+        RedisBreakerStore(redis.asyncio.Redis(), prefix="app{}:")
