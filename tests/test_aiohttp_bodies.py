@@ -9,22 +9,26 @@ body was sent again whole or not at all (never empty, never cut).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from resilient import InMemoryRegistry, Instance, Retry
+from resilient import Hedge, InMemoryRegistry, Instance, Policy, Retry, pipeline
 from resilient.integrations.aiohttp import DiscoveryClient, ResilienceMiddleware
 from resilient.testing import FakeClock
-from tests._aio import within
+from tests._aio import settle, until, within
+from tests.test_aiohttp_client import acquired
+
+T = TypeVar("T")
 
 VALUE = b"important value"
 
@@ -167,3 +171,73 @@ async def test_a_pipe_is_sent_once(recorder: Recorder, client: str) -> None:
         outcome = await within(CLIENTS[client](recorder, pipe))
     assert outcome == (503, "503")
     assert recorder.bodies == [VALUE]
+
+
+class Counting(Policy):
+    """
+    A user-written policy counting the attempts that reach it (inside the hedge).
+    """
+
+    kind = "counting"
+
+    def __init__(self) -> None:
+        super().__init__(name="counting", clock=None, hooks=None)
+        self.entered = 0
+
+    async def _run(
+        self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        self.entered += 1
+        return await fn(*args, **kwargs)
+
+
+async def test_hedged_attempts_send_a_file_like_body_one_at_a_time() -> None:
+    """
+    A file or BytesIO has one read position: two hedged attempts sending it at once
+    would each send parts of it, short of their Content-Length, and hang. The hedge
+    attempt waits until the first one has its answer; the server gets the body whole
+    and every connection goes back to the pool.
+    """
+    data = bytes(range(256)) * (16 * 2**12)  # 16 MiB: more than loopback buffers hold
+    gate = asyncio.Event()
+    bodies: list[bytes] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        if not bodies:
+            bodies.append(b"")  # the first request: its upload stalls until the gate
+            await gate.wait()
+            bodies[0] = await request.read()
+        else:
+            bodies.append(await request.read())
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=2 * len(data))
+    app.router.add_put("/k", handle)
+    runner = web.AppRunner(app)
+    await within(runner.setup())
+    try:
+        await within(web.TCPSite(runner, "127.0.0.1", 0).start())
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/k"
+        clock = FakeClock()
+        counting = Counting()
+        hedge = Hedge(1.0, clock=clock)
+        connector = aiohttp.TCPConnector()
+        middleware = ResilienceMiddleware(lambda key: pipeline(hedge, counting))
+        async with aiohttp.ClientSession(middlewares=[middleware], connector=connector) as s:
+
+            async def put() -> tuple[int, str]:
+                async with s.put(url, data=io.BytesIO(data)) as response:
+                    return response.status, await response.text()
+
+            call = asyncio.create_task(put())
+            await until(lambda: bool(bodies))  # the first attempt is uploading, stalled
+            clock.advance(1.0)  # the hedge attempt starts
+            await until(lambda: counting.entered == 2)
+            await settle(50)  # time for it to connect and send, were it not waiting
+            gate.set()
+            assert await within(call) == (200, "ok")
+            assert bodies
+            assert all(body == data for body in bodies)
+            assert acquired(connector) == 0
+    finally:
+        await within(runner.cleanup())

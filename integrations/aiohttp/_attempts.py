@@ -16,6 +16,11 @@ Bytes, text, forms and JSON are in memory: sent again whole by both. A seekable 
 rewound by aiohttp within one request, so the middleware re-sends it; `DiscoveryClient`
 does not, since aiohttp closes it when a request ends.
 
+A file-like body (a file, a ``BytesIO``) has one read position that every attempt moves:
+two attempts sending it at once (a `Hedge`) would each send parts of it, cut short of
+their Content-Length, and hang. Attempts with such a body are sent one at a time: a
+hedged one waits until the one before has its answer.
+
 Attempts may overlap: a `Hedge` runs them as concurrent tasks and settles on a winner
 only once its task has finished, so another attempt may start in between. Hence the
 rule for releasing responses (each holds a pooled connection until released):
@@ -30,6 +35,7 @@ rule for releasing responses (each holds a pooled connection until released):
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import math
 import time
@@ -38,7 +44,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import ClientError, ClientResponse, FormData, payload
-from aiohttp.payload import AsyncIterablePayload, Payload
+from aiohttp.payload import AsyncIterablePayload, IOBasePayload, Payload
 
 from resilient import RejectedError, ResilienceError, no_retries
 
@@ -150,7 +156,15 @@ class Attempts(ABC):
         failure_status: Which statuses are failures.
     """
 
-    __slots__ = ("_body", "_failed", "_failure_status", "_held", "_last_error", "_sent")
+    __slots__ = (
+        "_body",
+        "_failed",
+        "_failure_status",
+        "_held",
+        "_last_error",
+        "_one_at_a_time",
+        "_sent",
+    )
 
     def __init__(self, body: object, failure_status: Callable[[int], bool]) -> None:
         self._body = body
@@ -159,6 +173,8 @@ class Attempts(ABC):
         self._failed: list[ClientResponse] = []  # the held ones that failed
         self._last_error: BaseException | None = None
         self._sent = 0
+        # A file-like body has one read position: its attempts must not overlap.
+        self._one_at_a_time = asyncio.Lock() if isinstance(body, IOBasePayload) else None
 
     @abstractmethod
     def _attempt(self, *args: Any) -> Awaitable[ClientResponse]:
@@ -216,6 +232,12 @@ class Attempts(ABC):
         """
         Send one attempt (the policies call this); raise `UnhealthyResponse` on a failure.
         """
+        if self._one_at_a_time is None:
+            return await self._send(args)
+        async with self._one_at_a_time:  # a hedged attempt waits its turn
+            return await self._send(args)
+
+    async def _send(self, args: tuple[Any, ...]) -> ClientResponse:
         if self._sent and self._spent():
             raise CannotResend  # checked before releasing: the caller may get that response
         if self._failed:
