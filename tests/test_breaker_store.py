@@ -6,6 +6,7 @@ does with its answers and errors, and pybreaker as an optional extra.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import subprocess
 import sys
@@ -297,16 +298,25 @@ class SyncStore(DictStore):
             SyncStore,
             r"BreakerStore\.admit\(\) returned BreakerAdmission\(.*\), not a coroutine",
         ),
+        (
+            lambda clock: GarbageStore(clock, BreakerAdmission(True, "closed")),  # type: ignore[arg-type]
+            r"BreakerStore\.admit\(\) answered state='closed', not a CircuitState",
+        ),
+        (
+            lambda clock: GarbageStore(clock, BreakerAdmission(False, OPEN, retry_in=math.nan)),
+            r"BreakerStore\.admit\(\) answered retry_in=nan",
+        ),
     ],
-    ids=["none", "wrong-dataclass", "not-async"],
+    ids=["none", "wrong-dataclass", "not-async", "state-a-string", "retry-in-nan"],
 )
 async def test_a_store_answering_the_wrong_type_is_named_and_the_local_state_decides(
     make: Any, message: str, remote: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """
-    An answer of the wrong type is a failure of the store like any other: the log names
-    the method and what it answered, and the local state decides (the breaker still
-    opens); no AttributeError from deep inside the breaker reaches the caller.
+    An answer of the wrong type, or with a state or retry_in the breaker can't follow, is
+    a failure of the store like any other: the log names the method and what it
+    answered, and the local state decides (the breaker still opens); no AttributeError
+    from deep inside the breaker reaches the caller, and no NaN reaches its clock.
     """
     clock = FakeClock()
     store = make(clock)
@@ -315,7 +325,7 @@ async def test_a_store_answering_the_wrong_type_is_named_and_the_local_state_dec
     outcomes = [await within(outcome(breaker, fail=True)) for _ in range(3)]
     assert outcomes == ["failed", "failed", "rejected 30"]
     assert re.search(message, caplog.text), caplog.text
-    assert "failing (TypeError), deciding locally" in repr(breaker)
+    assert re.search(r"failing \((Type|Value)Error\), deciding locally", repr(breaker))
 
 
 class SuspendingAdmitStore(DictStore):

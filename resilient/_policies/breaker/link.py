@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -33,7 +34,8 @@ from .store import (
 
 __all__ = ["StoreLink"]
 
-R = TypeVar("R")
+# What a store answers: the breaker checks it before believing it.
+R = TypeVar("R", BreakerAdmission, BreakerObservation)
 
 _log = logging.getLogger("resilient.circuit_breaker")
 
@@ -287,10 +289,20 @@ def _coroutine(what: str, call: object) -> Coroutine[Any, Any, object]:
 
 def _checked(what: str, answer: object, kind: type[R]) -> R:
     """
-    `answer` if it is a `kind`; else a TypeError naming the store's method.
+    `answer` if it is a well-formed `kind`; else an error naming the store's method.
+
+    Raises:
+        TypeError: It is no `kind`, or its state no `CircuitState`.
+        ValueError: Its retry_in is not a finite number of seconds >= 0.
     """
     if not isinstance(answer, kind):
         raise TypeError(f"BreakerStore.{what}() answered {answer!r}, not a {kind.__name__}")
+    if not isinstance(answer.state, CircuitState):
+        raise TypeError(
+            f"BreakerStore.{what}() answered state={answer.state!r}, not a CircuitState"
+        )
+    if not 0.0 <= answer.retry_in < math.inf:  # NaN fails too
+        raise ValueError(f"BreakerStore.{what}() answered retry_in={answer.retry_in!r}")
     return answer
 
 
