@@ -661,3 +661,30 @@ def test_a_prefix_splitting_the_slots_is_refused() -> None:
     """
     with pytest.raises(ValueError, match=r"prefix='app\{\}:'\): an empty hash tag"):
         RedisBreakerStore(redis.asyncio.Redis(), prefix="app{}:")
+
+
+async def test_unnamed_breakers_decorating_functions_share_only_their_functions_state(
+    aclient: redis.asyncio.Redis,
+) -> None:
+    """
+    A breaker without a name is named after the function it decorates: its shared state
+    is that function's, not that of every unnamed breaker over the same Redis (a failing
+    `payments` must not open `search`). A breaker decorating the same function in another
+    process (here: another breaker) shares it.
+    """
+    keys = prefix()
+
+    def unnamed() -> CircuitBreaker:
+        return CircuitBreaker(storage=RedisBreakerStore(aclient, prefix=keys), failure_threshold=1)
+
+    async def payments() -> str:
+        raise Boom
+
+    async def search() -> str:
+        return "ok"
+
+    with pytest.raises(Boom):
+        await within(unnamed()(payments)())
+    assert await within(unnamed()(search)()) == "ok"
+    with pytest.raises(CircuitOpenError):
+        await within(unnamed()(payments)())

@@ -22,6 +22,7 @@ follows what it says, and decides alone while the store can't answer within
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -249,6 +250,16 @@ class CircuitBreaker(Policy):
             clock=clock,
             hooks=(*(hooks or ()), pybreaker_listener_hook(breaker)),
         )
+
+    def _name_after(self, fn: object) -> None:
+        super()._name_after(fn)
+        link = self._shared
+        if link is not None and link.spec.name != self.name:
+            # The store keys the shared state by name: an unnamed breaker decorating a
+            # function shares the state of that function's breakers, not of every
+            # unnamed one (all "circuit_breaker" until now).
+            link.spec = dataclasses.replace(link.spec, name=self.name)
+            link.store.bind(link.spec)
 
     @property
     def state(self) -> CircuitState:
