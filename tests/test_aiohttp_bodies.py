@@ -136,6 +136,51 @@ async def test_form_data_is_sent_again_whole(recorder: Recorder, client: str) ->
     assert recorder.bodies == [b"key=value"] * 2
 
 
+def multipart_form() -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("key", "value")
+    form.add_field("blob", VALUE, filename="blob.bin")
+    form.add_field("stream", io.BytesIO(VALUE), filename="stream.bin")
+    return form
+
+
+def multipart_mixed() -> aiohttp.MultipartWriter:
+    writer = aiohttp.MultipartWriter()
+    writer.append("text")
+    writer.append(io.BytesIO(VALUE))
+    return writer
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("body", [multipart_form, multipart_mixed])
+async def test_a_multipart_body_in_memory_is_sent_again_whole(
+    recorder: Recorder, client: str, body: Any
+) -> None:
+    """
+    A multipart body whose parts are in memory (a form with bytes, a BytesIO) is sent
+    again whole by both: aiohttp marks a multipart writer consumed when a request ends,
+    so the discovery client sends each instance a copy sharing the parts.
+    """
+    outcome = await within(CLIENTS[client](recorder, body()))
+    assert outcome == (200, "200")
+    assert len(recorder.bodies) == 2
+    assert recorder.bodies[0] == recorder.bodies[1]
+    assert recorder.bodies[0].count(VALUE) == 2 if body is multipart_form else 1
+
+
+async def test_a_multipart_form_with_a_file_is_not_failed_over(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    """A form with a file part: aiohttp closes the file when the request ends, so the
+    discovery client can't send it to another instance (as a file body)."""
+    with opened(tmp_path) as file:
+        form = aiohttp.FormData()
+        form.add_field("file", file, filename="value")
+        outcome = await within(through_discovery(recorder, form))
+    assert outcome == (503, "503")
+    assert len(recorder.bodies) == 1
+
+
 async def test_a_file_is_rewound_within_one_request(recorder: Recorder, tmp_path: Path) -> None:
     """The middleware re-sends one request: aiohttp rewinds its file, sent whole again."""
     with opened(tmp_path) as file:

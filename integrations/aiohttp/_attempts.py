@@ -14,7 +14,8 @@ classify and release through `Attempts`, and both follow one rule for the body:
 
 Bytes, text, forms and JSON are in memory: sent again whole by both. A seekable file is
 rewound by aiohttp within one request, so the middleware re-sends it; `DiscoveryClient`
-does not, since aiohttp closes it when a request ends.
+does not, since aiohttp closes it when a request ends (and sends each instance a copy of
+a multipart body, which aiohttp marks consumed when a request ends).
 
 A file-like body (a file, a ``BytesIO``) has one read position that every attempt moves:
 two attempts sending it at once (a `Hedge`) would each send parts of it, cut short of
