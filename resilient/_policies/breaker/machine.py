@@ -63,7 +63,7 @@ class CircuitBreaker(Policy):
         name: A label for errors, events and metrics (default ``"circuit_breaker"``).
         failure_threshold: Consecutive failures that open the breaker (default 5).
         failure_rate: Failure share in (0, 1] that opens it (window mode; default 0.5).
-        window: Calls in a count-based window (default 100).
+        window: Calls in a count-based window (default 100, at most 10,000,000).
         window_duration: Seconds in a time-based window instead of a count.
         min_calls: Calls the window needs before rates are judged (default 10, at most
             `window` for a count-based window).
