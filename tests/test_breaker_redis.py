@@ -688,3 +688,37 @@ async def test_unnamed_breakers_decorating_functions_share_only_their_functions_
     assert await within(unnamed()(search)()) == "ok"
     with pytest.raises(CircuitOpenError):
         await within(unnamed()(payments)())
+
+
+async def test_an_outcome_from_before_redis_lost_its_data_counts_for_nothing_after(
+    aclient: redis.asyncio.Redis,
+) -> None:
+    """
+    Redis restarted without its data mid-run: the state starts again, and replays the
+    same transitions. A probe admitted before the wipe that reports after it must not
+    pass for the new probe (close the breaker under it, or free its permit).
+    """
+    keys = prefix()
+    clock = FakeClock()
+    store = RedisBreakerStore(aclient, prefix=keys, probe_lease=30, now=clock.monotonic)
+    breaker = CircuitBreaker(
+        "db", storage=store, failure_threshold=1, reset_timeout=10, clock=clock
+    )
+    spec = breaker._shared.spec  # type: ignore[union-attr]
+
+    async def open_then_probe() -> Any:
+        assert (await store.record(spec, await store.admit(spec), True, False)).state is OPEN
+        clock.advance(10)
+        probe = await store.admit(spec)
+        assert probe.permit is not None
+        return probe
+
+    old = await open_then_probe()
+    for key in await aclient.keys(f"{keys}*"):  # the wipe
+        await aclient.delete(key)
+    clock.advance(1)  # the restart takes a moment
+    new = await open_then_probe()
+    seen = await store.record(spec, old, False, False)  # the old probe's success
+    assert seen.state is HALF_OPEN  # not closed under the new probe
+    assert not (await store.admit(spec)).admitted  # its permit still held
+    assert (await store.record(spec, new, False, False)).state is CLOSED

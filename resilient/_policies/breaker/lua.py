@@ -4,8 +4,9 @@ The Lua script `RedisBreakerStore` runs: the breaker's rules as one atomic step 
 It implements the transitions of `machine` (which is its reference model: the tests
 run both on the same operations and compare) over four keys of one hash slot:
 
-- KEYS[1] a hash: ``state``, ``gen`` (transitions so far), ``opened_at``, ``psucc``
-  (successful probes), ``tokens`` (permit numbers handed out);
+- KEYS[1] a hash: ``state``, ``gen`` (raised by each transition, from the time in ms
+  at the first: no generation repeats after a wipe), ``opened_at``, ``psucc``
+  (successful probes), ``tokens`` (permits handed out, named ``<gen>.<n>``);
 - KEYS[2] a sorted set: the half-open probe permits, scored by when their lease ends
   (a prober that crashed holds its permit only until then);
 - KEYS[3] a string: the count window's ring, one byte per call (bit 0 failed, bit 1
@@ -64,6 +65,7 @@ local state = v[1]
 if state ~= 'open' and state ~= 'half-open' then state = 'closed' end
 local gen = tonumber(v[2]) or 0
 local opened_at = tonumber(v[3]) or 0
+local fresh = false
 if state == 'open' and opened_at > now then
   -- Redis' clock went back: open for reset_timeout from now, not for the jump as well
   opened_at = now
@@ -136,6 +138,13 @@ local function account(failed, slow)
 end
 
 local function move(to)
+  if not fresh then
+    -- the keys' first transition (new, or wiped by a restart): generations start from
+    -- the time in ms, so an outcome or permit from before a wipe never passes for one
+    -- of after it (the counts started again from 0 would meet again)
+    fresh = true
+    if v[2] == false then gen = math.floor(now * 1000) end
+  end
   gen = gen + 1
   state = to
   redis.call('HSET', h, 'state', to, 'gen', gen, 'psucc', 0)
@@ -166,9 +175,10 @@ if op == 'admit' then
   redis.call('ZREMRANGEBYSCORE', permits, '-inf', now)
   redis.call('ZREMRANGEBYSCORE', permits, '(' .. string.format('%.17g', now + lease), '+inf')
   if redis.call('ZCARD', permits) >= max_probes then return reply(0, '-', false) end
-  local token = redis.call('HINCRBY', h, 'tokens', 1)
+  -- permits are named by generation too: one from before a wipe never frees one of after
+  local token = string.format('%d.%d', gen, redis.call('HINCRBY', h, 'tokens', 1))
   redis.call('ZADD', permits, now + lease, token)
-  return reply(1, tostring(token), false)
+  return reply(1, token, false)
 end
 
 if op == 'open' or op == 'close' then
