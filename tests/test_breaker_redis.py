@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -30,7 +32,8 @@ from resilient import (
 )
 from resilient.testing import FakeClock
 from tests._aio import until, within
-from tests.conftest import RedisServer
+from tests._servers import wait_for_port
+from tests.conftest import RedisServer, _redis_command
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 
@@ -722,3 +725,48 @@ async def test_an_outcome_from_before_redis_lost_its_data_counts_for_nothing_aft
     assert seen.state is HALF_OPEN  # not closed under the new probe
     assert not (await store.admit(spec)).admitted  # its permit still held
     assert (await store.record(spec, new, False, False)).state is CLOSED
+
+
+async def test_redis_restarted_without_its_data_takes_back_over(
+    redis_private: RedisServer, tmp_path: Path
+) -> None:
+    """
+    Redis SIGKILLed while the shared breaker is open, then restarted on its port without
+    its data: meanwhile each process's local state decides (open: rejected); once Redis
+    answers, its state (closed, afresh) wins again, and no round trip is left behind.
+    """
+    client = redis.asyncio.Redis(host=redis_private.host, port=redis_private.port)
+    restarted: subprocess.Popen[bytes] | None = None
+    try:
+        first, second = (
+            CircuitBreaker(
+                "db", storage=RedisBreakerStore(client), failure_threshold=1,
+                reset_timeout=30, storage_timeout=BOUND,
+            )
+            for _ in range(2)
+        )  # fmt: skip
+        assert await within(outcome(first, fail=True)) == "failed"
+        assert (await within(outcome(second))).startswith("rejected")
+        redis_private.process.process.kill()
+        await within(asyncio.to_thread(redis_private.process.process.wait))
+        assert (await within(outcome(second))).startswith("rejected")  # decided locally
+        assert "deciding locally" in repr(second)
+        command = _redis_command()(redis_private.port, tmp_path)
+        restarted = subprocess.Popen(command, stdout=subprocess.DEVNULL)  # noqa: ASYNC220  # started at once
+        server = dataclasses.replace(redis_private.process, process=restarted)
+        await within(asyncio.to_thread(wait_for_port, server, 10.0), 20)
+        await within(client.ping())  # the pool's connections to the dead server are gone
+        link = second._shared
+        assert link is not None
+        # Round trips overdue when Redis died (redis-py retrying) hold the store off
+        # until they end: then it decides again.
+        await until(lambda: not link._parked, seconds=20)
+        assert await within(outcome(second)) == "ok"  # closed: Redis' state, afresh
+        assert second.state is CLOSED
+        assert "deciding locally" not in repr(second)
+        await until(lambda: not link._background)
+    finally:
+        if restarted is not None:
+            restarted.kill()
+            restarted.wait(10)
+        await client.aclose()
