@@ -770,3 +770,41 @@ async def test_redis_restarted_without_its_data_takes_back_over(
             restarted.kill()
             restarted.wait(10)
         await client.aclose()
+
+
+@pytest.mark.parametrize("switch", ["trip", "reset"])
+async def test_a_switch_wins_over_the_store_until_it_has_landed(
+    aclient: redis.asyncio.Redis, switch: str
+) -> None:
+    """
+    `trip()` / `reset()` act on this process at once and reach Redis in the background:
+    a call right after must follow the switch, not Redis' older state (which would
+    undo the switch here until it lands). Once it has landed, Redis decides again.
+    """
+    keys = prefix()
+    landed = asyncio.Event()
+
+    class SlowSwitchStore(RedisBreakerStore):
+        async def force(self, spec: Any, state: CircuitState) -> Any:
+            await landed.wait()  # the write still on its way
+            return await super().force(spec, state)
+
+    def breaker(store: RedisBreakerStore) -> CircuitBreaker:
+        return CircuitBreaker("db", storage=store, failure_threshold=1, reset_timeout=30)
+
+    operated = breaker(SlowSwitchStore(aclient, prefix=keys))
+    other = breaker(RedisBreakerStore(aclient, prefix=keys))
+    if switch == "reset":
+        assert await within(outcome(other, fail=True)) == "failed"  # open in Redis
+        operated.reset()
+        expected = "ok"
+    else:
+        operated.trip()
+        expected = "rejected"
+    assert (await within(outcome(operated))).startswith(expected)
+    assert operated.state is (CLOSED if switch == "reset" else OPEN)
+    landed.set()
+    link = operated._shared
+    assert link is not None
+    await until(lambda: not link._background)
+    assert (await within(outcome(other))).startswith(expected)  # Redis has it now

@@ -56,6 +56,7 @@ class StoreLink:
     __slots__ = (
         "_background",
         "_failing",
+        "_forcing",
         "_monotonic",
         "_parked",
         "_seen",
@@ -83,14 +84,22 @@ class StoreLink:
         self._seen: tuple[CircuitState, WindowTotals | None, float] | None = None
         # Why the last round trip failed (the error's type), None once one answered.
         self._failing: str | None = None
+        # trip()/reset() writes on their way to a remote store: until they land, the
+        # store's state is older than the local one, which decides.
+        self._forcing = 0
 
     async def admit(self) -> BreakerAdmission | None:
         """
         Ask the store to admit a call; None when the local state must decide.
         """
+        if self._forcing:
+            return None
         answer = await self._ask(
             "admit", self.store.admit(self.spec), BreakerAdmission, self._orphan
         )
+        if answer is not None and self._forcing:  # a switch thrown meanwhile wins
+            self._orphan(answer)
+            return None
         if answer is not None:
             self._note(answer.state, answer.totals)
         return answer
@@ -110,6 +119,8 @@ class StoreLink:
         answer = await self._ask(
             "record", self.store.record(self.spec, admission, failed, slow), BreakerObservation
         )
+        if answer is not None and self._forcing:  # a switch thrown meanwhile wins
+            return None
         if answer is not None:
             self._note(answer.state, answer.totals)
         return answer
@@ -125,7 +136,10 @@ class StoreLink:
         Write `state` to the store: at once for an in-process store, else in the background.
         """
         if self.store.remote:
-            self._detach(lambda: self._forced(self.store.force(self.spec, state)))
+            task = self._detach(lambda: self._forced(self.store.force(self.spec, state)))
+            if task is not None:
+                self._forcing += 1
+                task.add_done_callback(self._forced_done)
             return
         try:
             seen = _answer("force", self.store.force(self.spec, state), BreakerObservation)
@@ -136,12 +150,17 @@ class StoreLink:
             return
         self._note(seen.state, seen.totals)
 
+    def _forced_done(self, _: object) -> None:
+        self._forcing -= 1
+
     async def _forced(self, call: object) -> None:
         seen = await self._ask("force", call, BreakerObservation)
         if seen is not None:
             self._note(seen.state, seen.totals)
 
-    def _detach(self, call: Callable[[], Coroutine[Any, Any, object]]) -> None:
+    def _detach(
+        self, call: Callable[[], Coroutine[Any, Any, object]]
+    ) -> asyncio.Task[object] | None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (a sync operator script): nothing to share it with
@@ -149,10 +168,11 @@ class StoreLink:
                 "circuit_breaker %r: no running event loop; the store was not updated",
                 self.spec.name,
             )
-            return
+            return None
         task = loop.create_task(call())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _ask(
         self,
