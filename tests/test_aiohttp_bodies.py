@@ -22,7 +22,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from resilient import Hedge, InMemoryRegistry, Instance, Policy, Retry, pipeline
+from resilient import (
+    CircuitBreaker,
+    CircuitState,
+    Hedge,
+    InMemoryRegistry,
+    Instance,
+    Policy,
+    Retry,
+    pipeline,
+)
 from resilient.integrations.aiohttp import DiscoveryClient, ResilienceMiddleware
 from resilient.testing import FakeClock
 from tests._aio import settle, until, within
@@ -236,24 +245,22 @@ class Counting(Policy):
         return await fn(*args, **kwargs)
 
 
-async def test_hedged_attempts_send_a_file_like_body_one_at_a_time() -> None:
+async def test_a_hedge_never_sends_a_file_like_body_another_attempt_is_sending() -> None:
     """
     A file or BytesIO has one read position: two hedged attempts sending it at once
     would each send parts of it, short of their Content-Length, and hang. The hedge
-    attempt waits until the first one has its answer; the server gets the body whole
-    and every connection goes back to the pool.
+    attempt is refused instead (not sent, not counted as a failure by the breaker it
+    passed, not waiting with what it holds); the first attempt sends the body whole and
+    answers the caller, and every connection goes back to the pool.
     """
     data = bytes(range(256)) * (16 * 2**12)  # 16 MiB: more than loopback buffers hold
     gate = asyncio.Event()
     bodies: list[bytes] = []
 
     async def handle(request: web.Request) -> web.Response:
-        if not bodies:
-            bodies.append(b"")  # the first request: its upload stalls until the gate
-            await gate.wait()
-            bodies[0] = await request.read()
-        else:
-            bodies.append(await request.read())
+        bodies.append(b"")  # the first request's upload stalls until the gate opens
+        await gate.wait()
+        bodies[-1] = await request.read()
         return web.Response(text="ok")
 
     app = web.Application(client_max_size=2 * len(data))
@@ -266,8 +273,9 @@ async def test_hedged_attempts_send_a_file_like_body_one_at_a_time() -> None:
         clock = FakeClock()
         counting = Counting()
         hedge = Hedge(1.0, clock=clock)
+        breaker = CircuitBreaker("backend", failure_threshold=1)
         connector = aiohttp.TCPConnector()
-        middleware = ResilienceMiddleware(lambda key: pipeline(hedge, counting))
+        middleware = ResilienceMiddleware(lambda key: pipeline(hedge, breaker, counting))
         async with aiohttp.ClientSession(middlewares=[middleware], connector=connector) as s:
 
             async def put() -> tuple[int, str]:
@@ -278,11 +286,13 @@ async def test_hedged_attempts_send_a_file_like_body_one_at_a_time() -> None:
             await until(lambda: bool(bodies))  # the first attempt is uploading, stalled
             clock.advance(1.0)  # the hedge attempt starts
             await until(lambda: counting.entered == 2)
-            await settle(50)  # time for it to connect and send, were it not waiting
+            await settle(50)  # time for it to connect and send, were it let through
             gate.set()
             assert await within(call) == (200, "ok")
-            assert bodies
-            assert all(body == data for body in bodies)
+            assert bodies == [data]
+            assert hedge.statistics().hedges == 1
+            assert breaker.statistics().failures == 0
+            assert breaker.state is CircuitState.CLOSED
             assert acquired(connector) == 0
     finally:
         await within(runner.cleanup())

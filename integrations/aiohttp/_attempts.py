@@ -19,8 +19,11 @@ a multipart body, which aiohttp marks consumed when a request ends).
 
 A file-like body (a file, a ``BytesIO``) has one read position that every attempt moves:
 two attempts sending it at once (a `Hedge`) would each send parts of it, cut short of
-their Content-Length, and hang. Attempts with such a body are sent one at a time: a
-hedged one waits until the one before has its answer.
+their Content-Length, and hang. An attempt that would overlap one still sending such a
+body is refused (`CannotResend`, a rejection: no breaker counts it, the hedge waits for
+the attempt in flight). It is refused rather than made to wait: waiting, it would hold
+what the policies inside the hedge gave it (a half-open breaker's probe, a timeout's
+budget) for a request not sent.
 
 Attempts may overlap: a `Hedge` runs them as concurrent tasks and settles on a winner
 only once its task has finished, so another attempt may start in between. Hence the
@@ -36,7 +39,6 @@ rule for releasing responses (each holds a pooled connection until released):
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import math
 import time
@@ -105,10 +107,11 @@ class UnhealthyResponse(Exception):
 
 class CannotResend(RejectedError):
     """
-    The request's body was a one-shot stream, already sent.
+    The request's body can't be sent by this attempt.
 
-    Another attempt would send an empty body; the caller gets the last attempt's
-    outcome instead.
+    It is a one-shot stream already sent, or a file-like body another attempt is sending
+    now. The attempt would send an empty or interleaved body; the caller gets the last
+    attempt's outcome instead.
     """
 
 
@@ -161,9 +164,10 @@ class Attempts(ABC):
         "_body",
         "_failed",
         "_failure_status",
+        "_file_like",
         "_held",
         "_last_error",
-        "_one_at_a_time",
+        "_sending",
         "_sent",
     )
 
@@ -175,7 +179,8 @@ class Attempts(ABC):
         self._last_error: BaseException | None = None
         self._sent = 0
         # A file-like body has one read position: its attempts must not overlap.
-        self._one_at_a_time = asyncio.Lock() if isinstance(body, IOBasePayload) else None
+        self._file_like = isinstance(body, IOBasePayload)
+        self._sending = False
 
     @abstractmethod
     def _attempt(self, *args: Any) -> Awaitable[ClientResponse]:
@@ -233,10 +238,15 @@ class Attempts(ABC):
         """
         Send one attempt (the policies call this); raise `UnhealthyResponse` on a failure.
         """
-        if self._one_at_a_time is None:
+        if not self._file_like:
             return await self._send(args)
-        async with self._one_at_a_time:  # a hedged attempt waits its turn
+        if self._sending:  # a hedge, while another attempt sends the body
+            raise CannotResend("another attempt is sending this file-like body")
+        self._sending = True
+        try:
             return await self._send(args)
+        finally:
+            self._sending = False
 
     async def _send(self, args: tuple[Any, ...]) -> ClientResponse:
         if self._sent and self._spent():
