@@ -157,10 +157,21 @@ class Node:
             "resilient_peers": not self.peers.plain,
             "write_quorum": self.config.write_quorum, "read_quorum": self.config.read_quorum,
             "members": members, "keys_stored": self.storage.count(),
-            "hedges": self.coordinator.hedges, "repairs": self.coordinator.repairs,
+            "hedges": self.coordinator.hedges,
+            "hedges_refused": self.coordinator.hedge_budget.statistics().rejected,
+            "repairs": self.coordinator.repairs,
             "replicating": self.coordinator.replicating,
-            "batching": self.peers.batching(),
+            "batching": self.peers.batching(), "storage": self._storage_view(),
             "hints": self.hints.count(), "handed_off": self.handoff.delivered,
+        }  # fmt: skip
+
+    def _storage_view(self) -> dict[str, float]:
+        storage, checkpointer = self.storage, self.storage.checkpointer
+        return {
+            "commits": storage.commits, "writes": storage.writes,
+            "slowest_commit_ms": round(storage.slowest_commit * 1000, 2),
+            "checkpoints": checkpointer.checkpoints, "wal_pages": checkpointer.wal_pages,
+            "slowest_checkpoint_ms": round(checkpointer.slowest * 1000, 2),
         }  # fmt: skip
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ checkpoints the WAL) and returns; the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -80,6 +81,7 @@ async def serve(config: NodeConfig) -> None:
         await runner.cleanup()
         await node.close()
         raise SystemExit(f"kv node {config.node_id}: cannot join the cluster: {error!r}") from error
+    _freeze_startup_objects()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -92,6 +94,16 @@ async def serve(config: NodeConfig) -> None:
     await runner.cleanup()  # stop listening, then wait for in-flight handlers
     await node.close()
     print(f"kv node {config.node_id} stopped", flush=True)
+
+
+def _freeze_startup_objects() -> None:
+    # What exists once the node is up (modules, the app, the node) lives as long as the
+    # process. Frozen, a full collection under load scans only what requests left
+    # behind, not these tens of thousands of objects again: that scan stopped the event
+    # loop, every request with it, for tens of milliseconds now and then (measured with
+    # ``python -m examples.kv bench``). gc.freeze as in Instagram's Python servers.
+    gc.collect()
+    gc.freeze()
 
 
 def run(config: NodeConfig) -> int:
