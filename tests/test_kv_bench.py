@@ -103,8 +103,19 @@ def test_the_cost_target_is_judged_on_the_pairs_with_an_interval(
     args = argparse.Namespace(rounds=1, seconds=5.0, keys=10, value_bytes=100, connections=96,
                               generators=2, pairs=len(ratios), pair_seconds=2.0)  # fmt: skip
     page = tmp_path / "benchmarks.md"
-    write_docs(page, phases, ["bench"], began=0.0, args=args)
+    internals = {
+        variant: {"slowest_commit_ms": 12.5, "slowest_checkpoint_ms": 3.0, "full_gcs": 4,
+                  "slowest_full_gc_ms": 9.0, "hedges": 1200, "hedges_refused": 30,
+                  "keys_per_read_batch": 8.25, "records_per_write_batch": 13.0}
+        for variant in ("resilient", "plain")
+    }  # fmt: skip
+    write_docs(page, phases, ["bench"], began=0.0, args=args, internals=internals)
     text = page.read_text()
+    assert (
+        "slowest group commit 12.5 / 12.5 ms, slowest background WAL checkpoint 3.0 / 3.0 ms,"
+        " full GCs 4 / 4 (slowest 9.0 / 9.0 ms), hedged reads 1,200 / 1,200 (refused by the"
+        " budget 30 / 30), keys per read batch 8.2 / 8.2" in text
+    )
     assert (
         "- GET: `resilient` costs at most 10% of throughput: resilient/plain"
         f" {statistics.median(ratios):.2f} {verdict}" in text

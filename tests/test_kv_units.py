@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 from collections import Counter
 from pathlib import Path
 from typing import cast
@@ -34,6 +35,7 @@ from examples.kv.config import (
     parse_peers,
 )
 from examples.kv.coordinator import Coordinator, QuorumError
+from examples.kv.gcpauses import GcPauses
 from examples.kv.hlc import HybridClock, Version
 from examples.kv.node import peer_status
 from examples.kv.peers import Peers
@@ -382,3 +384,22 @@ async def test_hedges_stay_within_their_budget(tmp_path: Path) -> None:
     assert answered == [False, True, False, True, False, True]
     assert coordinator.hedges == 3
     assert all(future.cancelled() for future in peers.hung)  # given up, not leaked
+
+
+def test_gc_pauses_count_full_collections_only_while_installed() -> None:
+    """Full collections are counted and timed between install and uninstall, not after."""
+    pauses = GcPauses()
+    pauses.install()
+    pauses.install()  # idempotent: still heard once per collection
+    try:
+        gc.collect(0)  # a young collection is not a full one
+        assert pauses.collections == 0
+        gc.collect()
+        gc.collect()
+    finally:
+        pauses.uninstall()
+    assert pauses.collections == 2
+    assert 0 < pauses.slowest <= pauses.total
+    gc.collect()
+    assert pauses.collections == 2
+    assert pauses.view()["full_collections"] == 2

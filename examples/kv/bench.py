@@ -157,6 +157,7 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
                 cluster.wait_healthy(node)
         _wait_floor(floor, floor_port)
         phases = _rounds(args, clusters, (floor.pid, f"127.0.0.1:{floor_port}"))
+        internals = {name: _internals(cluster) for name, cluster in clusters.items()}
     except ClusterStartError as error:
         print(f"kv bench: a cluster did not start: {error}", file=sys.stderr)
         return 3
@@ -166,15 +167,38 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
         for cluster in clusters.values():
             cluster.stop_all()
         shutil.rmtree(root, ignore_errors=True)
-    from .bench_report import print_table, write_docs
+    from .bench_report import internals_line, print_table, write_docs
 
     print_table(phases)
+    print(internals_line(internals))
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(p) for p in phases], indent=1))
     if not args.no_docs:
-        write_docs(args.docs, phases, argv, began=began, args=args)
+        write_docs(args.docs, phases, argv, began=began, args=args, internals=internals)
         print(f"kv bench: wrote the kv region of {args.docs}")
     return 0
+
+
+def _internals(cluster: LocalCluster) -> dict[str, float]:
+    # What the nodes saw over the whole run (GET /cluster), to lay latency tails beside.
+    views = []
+    for node in cluster.ids:
+        url = f"http://{cluster.address(node)}/cluster"
+        with urllib.request.urlopen(url, timeout=10.0) as answer:
+            views.append(json.load(answer))
+    batching = [view["batching"] for view in views]
+    return {
+        "slowest_commit_ms": max(v["storage"]["slowest_commit_ms"] for v in views),
+        "slowest_checkpoint_ms": max(v["storage"]["slowest_checkpoint_ms"] for v in views),
+        "full_gcs": sum(v["gc"]["full_collections"] for v in views),
+        "slowest_full_gc_ms": max(v["gc"]["slowest_full_ms"] for v in views),
+        "hedges": sum(v["hedges"] for v in views),
+        "hedges_refused": sum(v["hedges_refused"] for v in views),
+        "keys_per_read_batch": sum(b["keys"] for b in batching)
+        / max(1, sum(b["read_batches"] for b in batching)),
+        "records_per_write_batch": sum(b["records"] for b in batching)
+        / max(1, sum(b["write_batches"] for b in batching)),
+    }
 
 
 def _wait_floor(process: subprocess.Popen[bytes], port: int) -> None:

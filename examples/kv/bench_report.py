@@ -132,6 +132,25 @@ HEADER = [
 ]  # fmt: skip
 
 
+def internals_line(internals: dict[str, dict[str, float]]) -> str:
+    """
+    What the nodes saw over the run, resilient / plain (from each node's ``/cluster``).
+    """
+
+    def both(key: str, fmt: str) -> str:
+        return " / ".join(format(internals[v][key], fmt) for v in VARIANTS if v in internals)
+
+    return (
+        "Inside the nodes over the whole run (resilient / plain): slowest group commit"
+        f" {both('slowest_commit_ms', '.1f')} ms, slowest background WAL checkpoint"
+        f" {both('slowest_checkpoint_ms', '.1f')} ms, full GCs {both('full_gcs', '.0f')}"
+        f" (slowest {both('slowest_full_gc_ms', '.1f')} ms), hedged reads"
+        f" {both('hedges', ',.0f')} (refused by the budget {both('hedges_refused', ',.0f')}),"
+        f" keys per read batch {both('keys_per_read_batch', '.1f')}, records per write"
+        f" batch {both('records_per_write_batch', '.1f')}"
+    )
+
+
 def print_table(phases: Sequence[Phase]) -> None:
     """
     The summary table and the resilient/plain ratios, on stdout.
@@ -168,7 +187,8 @@ def _targets(phases: Sequence[Phase]) -> list[str]:
 
 
 def region(phases: Sequence[Phase], argv: list[str], *, began: float,
-           args: argparse.Namespace) -> str:  # fmt: skip
+           args: argparse.Namespace,
+           internals: dict[str, dict[str, float]] | None = None) -> str:  # fmt: skip
     """
     The ``kv`` region of docs/benchmarks.md.
     """
@@ -226,6 +246,7 @@ def region(phases: Sequence[Phase], argv: list[str], *, began: float,
             for op in OPERATIONS
             if _ratios(phases, op, load="pair")
         ),
+        *([f"- {internals_line(internals)}"] if internals else []),
         "",
         "Targets (issue #9):",
         "",
@@ -236,10 +257,11 @@ def region(phases: Sequence[Phase], argv: list[str], *, began: float,
 
 
 def write_docs(path: Path, phases: Sequence[Phase], argv: list[str], *, began: float,
-               args: argparse.Namespace) -> None:  # fmt: skip
+               args: argparse.Namespace,
+               internals: dict[str, dict[str, float]] | None = None) -> None:  # fmt: skip
     """
     Rewrite the ``kv`` region of `path` (appended when it has none).
     """
     existing = path.read_text() if path.exists() else None
-    text = region(phases, argv, began=began, args=args)
+    text = region(phases, argv, began=began, args=args, internals=internals)
     path.write_text(merge_region(existing, text, begin=BEGIN, end=END))

@@ -18,6 +18,7 @@ from resilient.integrations.prometheus import ResilienceMetrics
 
 from .config import NodeConfig
 from .coordinator import Coordinator
+from .gcpauses import GcPauses
 from .hints import HandoffLoop, Hints
 from .hlc import HybridClock
 from .membership import EtcdMembership
@@ -81,6 +82,7 @@ class Node:
         )  # fmt: skip
         self.handoff = HandoffLoop(self.hints, self._hand_off)
         self.ready = False
+        self.gc_pauses = GcPauses()
         self.membership: EtcdMembership | None = None
         self._background: list[asyncio.Task[None]] = []
 
@@ -111,6 +113,7 @@ class Node:
         """
         Join the cluster: with etcd discovery, register and learn the members.
         """
+        self.gc_pauses.install()
         loop = asyncio.get_running_loop()
         self._background = [
             loop.create_task(self._purge_tombstones()),
@@ -162,6 +165,7 @@ class Node:
             "repairs": self.coordinator.repairs,
             "replicating": self.coordinator.replicating,
             "batching": self.peers.batching(), "storage": self._storage_view(),
+            "gc": self.gc_pauses.view(),
             "hints": self.hints.count(), "handed_off": self.handoff.delivered,
         }  # fmt: skip
 
@@ -179,6 +183,7 @@ class Node:
         Finish background work, close the peers' session, flush and close storage.
         """
         self.ready = False
+        self.gc_pauses.uninstall()
         for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
