@@ -153,6 +153,8 @@ class _ClientFaultsInOneLine(logging.Filter):
 
 
 _CLIENT_FAULTS = (HttpProcessingError, web.RequestPayloadError, ConnectionResetError)
+
+
 def _freeze_startup_objects() -> None:
     # What exists once the node is up (modules, the app, the node: some 44,000 objects)
     # lives as long as the process. Frozen, a full collection under load scans only what
