@@ -3,10 +3,18 @@ One timer for many deadlines, per event loop.
 
 Scheduling a loop timer per call costs a heap push on the way in and leaves a cancelled
 handle in the loop's heap on the way out; at thousands of calls a second that is most of
-a timeout's price. A `Watchdog` keeps the guarded calls in a dict and one timer armed for
-the earliest deadline. A call registers and unregisters in O(1); the timer re-arms only
-when a new deadline is earlier than the armed one (rare: with a fixed budget, deadlines
-arrive in order) or when it fires (about once per budget under steady traffic).
+a timeout's price. A `Watchdog` keeps the guarded calls in deadline order and one timer
+armed for the earliest deadline. A call registers and unregisters in O(1); the timer
+re-arms only when a new deadline is earlier than the armed one (rare: with a fixed budget,
+deadlines arrive in order) or when it fires.
+
+A firing costs what expired, not what is in flight. Deadlines that arrive in order (a
+fixed budget) go to the end of a queue, the others (capped by an enclosing deadline) to a
+heap; a call that ends only marks its entry dead, and a firing pops entries from the
+front until it meets a live deadline still ahead, so each entry is looked at once on its
+way out however often the timer fires (calls ending just before their deadlines make it
+fire once per call). Dead entries held between firings are bounded by compacting when
+the queue doubles.
 
 A timer belongs to one event loop, so a policy keeps one `Watchdog` per loop in
 `Watchdogs`: a policy shared by loops in several threads enforces every loop's deadlines
@@ -16,22 +24,31 @@ on that loop's own timer, and never touches another loop's state.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
+import os
+import sys
 import threading
+from collections import deque
 from typing import Protocol
 
 from ._clock import Clock, TimerHandle
 
-__all__ = ["Watchdog", "Watchdogs", "Watched"]
+__all__ = ["FORKS", "LOOKUP_PAYS_GETPID", "Watchdog", "Watchdogs", "Watched"]
+
+# Compaction happens when the queue holds more than this many entries (doubled after).
+_ROOM = 64
 
 
 class Watched(Protocol):
     """
     Something with a deadline to enforce.
+
+    `live` is the watchdog's: True from `watch` until `unwatch` or expiry.
     """
 
     deadline: float
-    task: asyncio.Task[object]
+    live: bool
 
     def expire(self) -> None:
         """
@@ -46,12 +63,26 @@ class Watchdog:
     Used only from the thread running `loop`.
     """
 
-    __slots__ = ("_active", "_armed_at", "_clock", "_handle", "loop")
+    __slots__ = (
+        "_armed_at",
+        "_clock",
+        "_handle",
+        "_late",
+        "_limit",
+        "_queue",
+        "_tail",
+        "forks",
+        "loop",
+    )
 
     def __init__(self, clock: Clock, loop: asyncio.AbstractEventLoop | None) -> None:
         self._clock = clock
         self.loop = loop
-        self._active: dict[Watched, None] = {}
+        self.forks = FORKS[0]  # which process it was made in (see LOOKUP_PAYS_GETPID)
+        self._queue: deque[Watched] = deque()  # deadlines in order; dead ones dropped lazily
+        self._tail = -math.inf  # the deadline last queued
+        self._late: list[tuple[float, int, Watched]] = []  # a heap of out-of-order ones
+        self._limit = _ROOM
         self._handle: TimerHandle | None = None
         self._armed_at = math.inf
 
@@ -59,18 +90,33 @@ class Watchdog:
         """
         Start enforcing `item.deadline`.
         """
-        self._active[item] = None
-        if item.deadline < self._armed_at:
-            self._arm(item.deadline)
+        item.live = True
+        deadline = item.deadline
+        if deadline >= self._tail:
+            queue = self._queue
+            queue.append(item)
+            self._tail = deadline
+            if len(queue) > self._limit:
+                self._compact()
+        else:  # id(item): no two items compared, and no two live ones share it
+            heapq.heappush(self._late, (deadline, id(item), item))
+        if deadline < self._armed_at:
+            self._arm(deadline)
 
     def unwatch(self, item: Watched) -> None:
         """
         Stop enforcing `item`'s deadline; a no-op once it expired.
         """
-        self._active.pop(item, None)
+        item.live = False
 
     def __len__(self) -> int:
-        return len(self._active)
+        return sum(item.live for item in self._queue) + sum(e[2].live for e in self._late)
+
+    def _compact(self) -> None:
+        self._queue = deque(item for item in self._queue if item.live)
+        self._late = [entry for entry in self._late if entry[2].live]
+        heapq.heapify(self._late)
+        self._limit = 2 * (len(self._queue) + len(self._late)) + _ROOM
 
     def _arm(self, at: float) -> None:
         if self._handle is not None:
@@ -82,15 +128,20 @@ class Watchdog:
         self._handle = None
         self._armed_at = math.inf
         now = self._clock.monotonic()
-        earliest = math.inf
-        for item in tuple(self._active):
-            if item.deadline <= now:
-                del self._active[item]
-                item.expire()
-            elif item.deadline < earliest:
-                earliest = item.deadline
+        queue, late = self._queue, self._late
+        while queue and not (queue[0].live and queue[0].deadline > now):
+            _expire(queue.popleft())
+        while late and not (late[0][2].live and late[0][0] > now):
+            _expire(heapq.heappop(late)[2])
+        earliest = min(queue[0].deadline if queue else math.inf, late[0][0] if late else math.inf)
         if earliest < math.inf:
             self._arm(earliest)
+
+
+def _expire(item: Watched) -> None:
+    if item.live:  # else it ended before its deadline: only its entry is left
+        item.live = False
+        item.expire()
 
 
 class Watchdogs:
@@ -136,3 +187,22 @@ class Watchdogs:
                 dog = self._by_loop[loop] = Watchdog(self._clock, loop)
             self.last = dog
             return dog
+
+
+# `asyncio.current_task()` asks `get_running_loop()`, which on 3.11 pays a getpid() system
+# call (to tell a forked child from its parent); 3.12 resets the running loop in a forked
+# child instead, and the lookup is free. So on 3.11 a policy that knows the loop it ran on
+# last asks `asyncio.current_task(loop)` directly when that loop is the one running in
+# this thread now (asyncio's loops record the thread running them in `_thread_id`; other
+# loops take the long way) and this is the process its watchdog was made in (a forked
+# child counts one more fork here, as 3.12's asyncio resets its running loop).
+LOOKUP_PAYS_GETPID = sys.version_info < (3, 12)
+FORKS = [0]
+
+
+def _forked() -> None:
+    FORKS[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
