@@ -29,15 +29,32 @@ import math
 import os
 import sys
 import threading
-from collections import deque
 from typing import Protocol
 
-from ._clock import Clock, TimerHandle
+from ._clock import SYSTEM_CLOCK, Clock, TimerHandle
 
 __all__ = ["FORKS", "LOOKUP_PAYS_GETPID", "Watchdog", "Watchdogs", "Watched"]
 
 # Compaction happens when the queue holds more than this many entries (doubled after).
 _ROOM = 64
+
+# `asyncio.current_task()` asks `get_running_loop()`, which on 3.11 pays a getpid() system
+# call (to tell a forked child from its parent); 3.12 resets the running loop in a forked
+# child instead, and the lookup is free. So on 3.11 a policy that knows the loop it ran on
+# last asks `asyncio.current_task(loop)` directly when that loop is the one running in
+# this thread now (asyncio's loops record the thread running them in `_thread_id`; other
+# loops take the long way) and this is the process its watchdog was made in (a forked
+# child counts one more fork here, as 3.12's asyncio resets its running loop).
+LOOKUP_PAYS_GETPID = sys.version_info < (3, 12)
+FORKS = [0]
+
+
+def _forked() -> None:
+    FORKS[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 class Watched(Protocol):
@@ -67,6 +84,7 @@ class Watchdog:
         "_armed_at",
         "_clock",
         "_handle",
+        "_head",
         "_late",
         "_limit",
         "_queue",
@@ -79,7 +97,10 @@ class Watchdog:
         self._clock = clock
         self.loop = loop
         self.forks = FORKS[0]  # which process it was made in (see LOOKUP_PAYS_GETPID)
-        self._queue: deque[Watched] = deque()  # deadlines in order; dead ones dropped lazily
+        # Deadlines in order from _head on (a list, not a ~760-byte deque); dead ones
+        # dropped lazily.
+        self._queue: list[Watched] = []
+        self._head = 0
         self._tail = -math.inf  # the deadline last queued
         self._late: list[tuple[float, int, Watched]] = []  # a heap of out-of-order ones
         self._limit = _ROOM
@@ -110,10 +131,12 @@ class Watchdog:
         item.live = False
 
     def __len__(self) -> int:
-        return sum(item.live for item in self._queue) + sum(e[2].live for e in self._late)
+        queued = self._queue[self._head :]
+        return sum(item.live for item in queued) + sum(e[2].live for e in self._late)
 
     def _compact(self) -> None:
-        self._queue = deque(item for item in self._queue if item.live)
+        self._queue = [item for item in self._queue[self._head :] if item.live]
+        self._head = 0
         self._late = [entry for entry in self._late if entry[2].live]
         heapq.heapify(self._late)
         self._limit = 2 * (len(self._queue) + len(self._late)) + _ROOM
@@ -128,12 +151,22 @@ class Watchdog:
         self._handle = None
         self._armed_at = math.inf
         now = self._clock.monotonic()
-        queue, late = self._queue, self._late
-        while queue and not (queue[0].live and queue[0].deadline > now):
-            _expire(queue.popleft())
+        queue, late, head = self._queue, self._late, self._head
+        while head < len(queue) and not (queue[head].live and queue[head].deadline > now):
+            _expire(queue[head])
+            head += 1
+        if head == len(queue):
+            queue.clear()
+            head = 0
+        elif head > _ROOM and 2 * head > len(queue):
+            del queue[:head]  # the popped front, in one go
+            head = 0
+        self._head = head
         while late and not (late[0][2].live and late[0][0] > now):
             _expire(heapq.heappop(late)[2])
-        earliest = min(queue[0].deadline if queue else math.inf, late[0][0] if late else math.inf)
+        earliest = min(
+            queue[head].deadline if queue else math.inf, late[0][0] if late else math.inf
+        )
         if earliest < math.inf:
             self._arm(earliest)
 
@@ -142,6 +175,10 @@ def _expire(item: Watched) -> None:
     if item.live:  # else it ended before its deadline: only its entry is left
         item.live = False
         item.expire()
+
+
+# Every `Watchdogs.last` until its first call: one for all, since it watches nothing.
+_NOWHERE = Watchdog(SYSTEM_CLOCK, None)
 
 
 class Watchdogs:
@@ -164,7 +201,7 @@ class Watchdogs:
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self.last = Watchdog(clock, None)  # matches no loop: the first call switches
+        self.last = _NOWHERE  # matches no loop: the first call switches
         self._by_loop: dict[asyncio.AbstractEventLoop, Watchdog] = {}
         self._lock = threading.Lock()  # loops in two threads may switch at once
 
@@ -187,22 +224,3 @@ class Watchdogs:
                 dog = self._by_loop[loop] = Watchdog(self._clock, loop)
             self.last = dog
             return dog
-
-
-# `asyncio.current_task()` asks `get_running_loop()`, which on 3.11 pays a getpid() system
-# call (to tell a forked child from its parent); 3.12 resets the running loop in a forked
-# child instead, and the lookup is free. So on 3.11 a policy that knows the loop it ran on
-# last asks `asyncio.current_task(loop)` directly when that loop is the one running in
-# this thread now (asyncio's loops record the thread running them in `_thread_id`; other
-# loops take the long way) and this is the process its watchdog was made in (a forked
-# child counts one more fork here, as 3.12's asyncio resets its running loop).
-LOOKUP_PAYS_GETPID = sys.version_info < (3, 12)
-FORKS = [0]
-
-
-def _forked() -> None:
-    FORKS[0] += 1
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forked)
