@@ -25,7 +25,7 @@ import functools
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, ParamSpec, TypeVar
 
-from ._callables import check_async
+from ._callables import check_async, label
 from ._events import Hook
 from ._policy import Args, AsyncFn, Kwargs, Policy
 
@@ -64,8 +64,9 @@ class Pipeline(Policy):
                 function.
         """
         check_async(type(self).__name__, fn)
+        name = label(fn)
         for policy in self.policies:
-            policy._name_after(fn)  # noqa: SLF001  # Policy's own protocol
+            policy._name_after(fn, name)  # noqa: SLF001  # Policy's own protocol
         guarded = self._outer._guard(self._chain(fn))  # noqa: SLF001  # Policy's own protocol
         return functools.wraps(fn)(guarded)
 

@@ -181,6 +181,11 @@ def _expire(item: Watched) -> None:
 _NOWHERE = Watchdog(SYSTEM_CLOCK, None)
 
 
+# Loops in two threads may switch at once. One lock for every policy (a lock is ~90
+# bytes): it is taken only when a policy meets a loop other than the one it used last.
+_SWITCHING = threading.Lock()
+
+
 class Watchdogs:
     """
     One `Watchdog` per event loop, for a policy that may be used from several loops.
@@ -197,26 +202,25 @@ class Watchdogs:
     sequential `asyncio.run` calls leave nothing behind.
     """
 
-    __slots__ = ("_by_loop", "_clock", "_lock", "last")
+    __slots__ = ("_by_loop", "_clock", "last")
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self.last = _NOWHERE  # matches no loop: the first call switches
         self._by_loop: dict[asyncio.AbstractEventLoop, Watchdog] = {}
-        self._lock = threading.Lock()  # loops in two threads may switch at once
 
     def watched(self) -> int:
         """
         Count the deadlines enforced now, on every loop.
         """
-        with self._lock:
+        with _SWITCHING:
             return sum(len(dog) for dog in self._by_loop.values())
 
     def switch(self, loop: asyncio.AbstractEventLoop) -> Watchdog:
         """
         Return the watchdog of `loop`, the running loop, and make it `last`.
         """
-        with self._lock:
+        with _SWITCHING:
             for finished in [other for other in self._by_loop if not other.is_running()]:
                 del self._by_loop[finished]  # `loop` runs: we are in one of its tasks
             dog = self._by_loop.get(loop)
