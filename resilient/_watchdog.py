@@ -33,7 +33,7 @@ from typing import Protocol
 
 from ._clock import SYSTEM_CLOCK, Clock, TimerHandle
 
-__all__ = ["FORKS", "LOOKUP_PAYS_GETPID", "Watchdog", "Watchdogs", "Watched"]
+__all__ = ["Watchdog", "Watchdogs", "Watched"]
 
 # Compaction happens when the queue holds more than this many entries (doubled after).
 _ROOM = 64
