@@ -19,10 +19,10 @@ wrapped: `Retry` re-raises the last one unchanged and the other policies let the
 `asyncio.CancelledError` is never raised, swallowed or translated by a policy other
 than the timeout that cancelled its own scope.
 
-Messages are built in ``__str__``, only when someone reads them: an open breaker, a full
-bulkhead or a limiter under load rejects far more calls than anybody logs, and
-formatting the message was a third of a rejection's cost. ``args`` holds the
-constructor's arguments (as ``__reduce__`` does), every attribute is set at once.
+The rejections build their messages in ``__str__``, only when someone reads them: an
+open breaker, a full bulkhead or a limiter under load rejects far more calls than anybody
+logs, and formatting the message was a third of a rejection's cost. Their ``args`` hold
+the constructor's arguments (as ``__reduce__`` does); every attribute is set at once.
 
 `PROGRAMMING_ERRORS` names the exceptions that mean the calling code is wrong rather
 than the dependency: policies don't retry them, breakers don't count them and fallbacks
@@ -254,12 +254,12 @@ class TimeoutExceeded(ResilienceError, TimeoutError):
     """
 
     def __init__(self, name: str, timeout: float) -> None:
-        super().__init__(name, timeout)
         self.name = name
         self.timeout = timeout
-
-    def __str__(self) -> str:
-        return f"{self.name!r} timed out after {self.timeout:.3f}s"
+        # Formatted here, unlike the rejections' messages: as an OSError it must hold a
+        # single argument (two would be read as errno and strerror, and aiohttp would
+        # wrap it as a ClientOSError), and a timeout is not the path a rejection is.
+        super().__init__(f"{name!r} timed out after {timeout:.3f}s")
 
     def __reduce__(self) -> tuple[type[TimeoutExceeded], tuple[str, float]]:
         return (type(self), (self.name, self.timeout))
