@@ -60,8 +60,7 @@ class SystemClock:
     """
     The real clock: `time.monotonic`, `time.time` and the running event loop's timers.
 
-    `monotonic()` is `time.monotonic()`, `wall()` is `time.time()` and `sleep(seconds)`
-    is `asyncio.sleep(seconds)`.
+    `monotonic()` is `time.monotonic()` and `wall()` is `time.time()`.
     """
 
     __slots__ = ()
@@ -70,8 +69,12 @@ class SystemClock:
     # and a Python-level method around it doubles its cost.
     monotonic = staticmethod(time.monotonic)
     wall = staticmethod(time.time)
-    # asyncio.sleep itself, not a coroutine awaiting it: one coroutine less per retry.
-    sleep = staticmethod(asyncio.sleep)
+
+    async def sleep(self, seconds: float) -> None:
+        """
+        Await `asyncio.sleep(seconds)`.
+        """
+        await asyncio.sleep(seconds)
 
     def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandle:
         """

@@ -158,6 +158,7 @@ class Watchdog:
         if head == len(queue):
             queue.clear()
             head = 0
+            self._tail = -math.inf  # any deadline may queue again
         elif head > _ROOM and 2 * head > len(queue):
             del queue[:head]  # the popped front, in one go
             head = 0
