@@ -22,7 +22,7 @@ from resilient import (
 )
 from resilient import _timeout as timeout_module
 from resilient import _watchdog as watchdog_module
-from resilient._watchdog import Watchdog
+from resilient._policies.watchdog import Watchdog
 from resilient.testing import FakeClock, capture_events
 from tests._aio import result_of, settle
 

@@ -27,7 +27,7 @@ from .._engine.context import DEADLINE
 from .._engine.errors import TimeoutExceeded
 from .._engine.events import Hook, TimedOut
 from .._engine.policy import Args, AsyncFn, Kwargs, Policy
-from .._engine.validate import check_clock, check_seconds
+from .._engine.validate import check_seconds
 from .watchdog import FORKS, LOOKUP_PAYS_GETPID, Watchdogs
 
 __all__ = ["Timeout", "TimeoutStatistics"]
