@@ -20,8 +20,8 @@ from resilient import (
     TimeoutStatistics,
     remaining_time,
 )
-from resilient import _timeout as timeout_module
-from resilient import _watchdog as watchdog_module
+from resilient._policies import timeout as timeout_module
+from resilient._policies import watchdog as watchdog_module
 from resilient._policies.watchdog import Watchdog
 from resilient.testing import FakeClock, capture_events
 from tests._aio import result_of, settle
