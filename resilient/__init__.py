@@ -80,6 +80,7 @@ from ._rate_limit_redis import RedisRateLimiter
 from ._retry import Retry, RetryStatistics
 from ._throttle import AdaptiveThrottle, AdaptiveThrottleStatistics
 from ._timeout import Timeout, TimeoutStatistics, deadline, remaining_time
+from ._vegas import Vegas
 
 __all__ = [
     "AIMD",
@@ -156,6 +157,7 @@ __all__ = [
     "TimeoutExceeded",
     "TimeoutStatistics",
     "TimerHandle",
+    "Vegas",
     "add_hook",
     "current_priority",
     "deadline",
