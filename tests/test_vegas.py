@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilient import AdaptiveConcurrency, Vegas
+from resilient import AdaptiveConcurrency, ConcurrencyLimitError, Vegas
 from resilient.testing import FakeClock
 from tests._aio import settle
 
@@ -346,3 +346,38 @@ async def test_the_default_policy_learns_a_limit_with_vegas() -> None:
         history.append(policy.statistics().limit)
     assert history[4] > 20
     assert history[-1] < history[4]
+
+
+async def test_a_probe_holds_the_policy_at_probe_limit_then_gives_the_limit_back() -> None:
+    """
+    Under FakeClock: once a probe starts, the policy admits probe_limit calls and refuses
+    the next; when probe_samples calls started at that concurrency have finished, the
+    limit the probe found is back, and the no-load latency is theirs.
+    """
+    clock = FakeClock(auto_advance=False)
+    vegas = Vegas(initial=6, probe_interval=1, probe_samples=2, random=lambda: 0.0)
+    policy = AdaptiveConcurrency(vegas, clock=clock)
+
+    async def call(seconds: float) -> None:
+        await clock.sleep(seconds)
+
+    async def round_of(count: int, seconds: float) -> None:
+        tasks = [asyncio.create_task(policy.call(call, seconds)) for _ in range(count)]
+        await settle()
+        clock.advance(seconds)
+        await asyncio.gather(*tasks)
+
+    while not vegas.probing:
+        await round_of(policy.limit, 0.01)
+    held = math.floor(vegas.estimate)
+    assert held >= 6
+    assert policy.limit == 3
+    running = [asyncio.create_task(policy.call(call, 0.02)) for _ in range(3)]
+    await settle()
+    with pytest.raises(ConcurrencyLimitError):
+        await policy.call(call, 0)
+    clock.advance(0.02)
+    await asyncio.gather(*running)
+    assert not vegas.probing
+    assert policy.limit >= held  # (the third call, after the probe, is a sample too)
+    assert vegas.no_load_rtt() == pytest.approx(0.02)
