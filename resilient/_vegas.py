@@ -19,10 +19,11 @@ two ways, both for a dependency whose latency varies from call to call:
   the limit drops to `probe_limit` calls, and the median latency of `probe_samples`
   calls started at that concurrency becomes the baseline, as in Envoy's adaptive
   concurrency filter ("minRTT calculation", at `min_concurrency`, p50 of
-  `request_count` calls) and BBR's ProbeRTT. Between probes the baseline follows the
-  average latency down. (Envoy also probes when its limit sits at the minimum; Vegas's
-  cannot stick there on latency alone: with `n` calls in flight at most `n` of them
-  wait, so a dependency that got slower for good lowers the limit only to where
+  `request_count` calls) and BBR's ProbeRTT; the first probe is simply the first
+  calls. Between probes the baseline follows the average latency down. (Envoy also
+  probes when its limit sits at the minimum; Vegas's cannot stick there on latency
+  alone: with `n` calls in flight at most `n` of them wait, so a dependency that got
+  slower for good lowers the limit only to where
   ``limit * (1 - no_load / latency)`` is `beta`, until the next probe.) The fastest
   single call, which Netflix's takes as the baseline (and resets to the latest call
   every ``30 * limit`` calls), is the luckiest call rather than the typical one:
@@ -74,9 +75,11 @@ class Vegas(LimitAlgorithm):
     puts the limit back. It comes every `probe_interval` round trips spent using the
     limit (between half and one and a half times that, at random: clients started
     together do not probe together); a client that uses less than half its limit never
-    probes.
-    On a dependency latency that varies from call to call this holds a latency target
-    where `Gradient2` drifts (docs/overload.md, "Under overload: a simulation").
+    probes. The first probe is the first `probe_samples` calls, at whatever
+    concurrency they come (a starting client's calls are not refused for it), and
+    only drops move the limit until it ends. On a dependency whose latency varies from
+    call to call this holds a latency target where `Gradient2` drifts
+    (docs/overload.md, "Under overload: a simulation").
 
     Args:
         initial: The starting limit (default 20).
@@ -126,20 +129,22 @@ class Vegas(LimitAlgorithm):
             raise TypeError(f"Vegas(random=...): expected a function, got {random!r}")
         self._random = random
         self.estimate = float(self.initial)  # the limit before truncation to an int
-        self._baseline = 0.0  # the no-load latency; 0 until the first sample
+        self._baseline = 0.0  # the no-load latency; 0 until the first probe ends
         self._latency = 0.0  # the average over the last round trip
-        self._probe: list[float] | None = None  # the latencies of a probe under way
-        self._countdown = self._next_probe()
+        # The latencies of a probe under way. The first starts at once (as Envoy's) but
+        # leaves the limit alone: it is not worth refusing a starting client's calls.
+        self._probe: list[float] | None = []
+        self._countdown = 0.0  # round trips at the limit until the next probe
 
     def no_load_rtt(self) -> float:
         """
-        The no-load latency the limit is judged against, in seconds (0 before a sample).
+        The no-load latency the limit is judged against, in seconds (0 at first).
         """
         return self._baseline
 
     def rtt(self) -> float:
         """
-        The average latency over the last round trip, in seconds (0 before a sample).
+        The average latency over the last round trip, in seconds (0 at first).
         """
         return self._latency
 
@@ -162,13 +167,11 @@ class Vegas(LimitAlgorithm):
         return self._limit()
 
     def _limit(self) -> int:
-        if self._probe is None:
+        if self._probe is None or not self._baseline:  # (the first probe holds nothing)
             return self._clamp(self.estimate)
         return max(self.min_limit, min(self.probe_limit, int(self.estimate)))
 
     def _sample(self, rtt: float, in_flight: int) -> None:
-        if not self._baseline:
-            self._baseline = self._latency = rtt
         window = self.estimate
         self._latency += (rtt - self._latency) / window
         self._baseline = min(self._baseline, self._latency)  # the dependency got faster
@@ -187,7 +190,7 @@ class Vegas(LimitAlgorithm):
         return -1.0 if queued > self.beta else 0.0
 
     def _probe_sample(self, probe: list[float], rtt: float, in_flight: int) -> None:
-        if in_flight > self._limit():
+        if self._baseline and in_flight > self._limit():
             return  # started before the probe drained the calls in flight
         probe.append(rtt)
         if len(probe) >= self.probe_samples:

@@ -34,7 +34,7 @@ samples = st.lists(
 )
 
 
-def vegas_model(  # noqa: PLR0912, PLR0917  # the algorithm, plainly, in one place
+def vegas_model(  # noqa: PLR0917  # the algorithm, plainly, in one place
     initial: int,
     lo: int,
     hi: int,
@@ -50,29 +50,28 @@ def vegas_model(  # noqa: PLR0912, PLR0917  # the algorithm, plainly, in one pla
     The algorithm written out plainly: the calls queued at the dependency are
     limit * (1 - no_load / average), the average over a round trip (weight 1/limit);
     per call at half the limit or more: +beta/limit with at most one queued, +1/limit
-    below alpha, -1/limit above beta; -1 per drop. Probes every interval x U[0.5, 1.5)
+    below alpha, -1/limit above beta; -1 per drop. The first probe is the first
+    probe_samples calls, limit untouched; then probes every interval x U[0.5, 1.5)
     round trips at the limit: the limit is
     min(probe_limit, limit) (at least lo) until probe_samples calls started at it have
     finished; their median is the new no-load latency. Returns the limits and no_load.
     """
     limit, no_load, average = float(initial), 0.0, 0.0
-    probe: list[float] | None = None
-    countdown = interval * (0.5 + jitter())
+    probe: list[float] | None = []  # the first probe: the first calls, limit untouched
+    countdown = 0.0
     out = []
     for rtt, in_flight, dropped in trace:
         probe_at = max(lo, min(probe_limit, math.floor(limit)))
         if dropped:
             limit = max(lo, limit - 1)
         elif probe is not None:
-            if in_flight <= probe_at:
+            if no_load == 0 or in_flight <= probe_at:
                 probe.append(rtt)
             if len(probe) == probe_samples:
                 no_load = statistics.median(probe)
                 average = max(average, no_load)
                 probe, countdown = None, interval * (0.5 + jitter())
         else:
-            if no_load == 0:
-                no_load = average = rtt
             average += (rtt - average) / limit
             no_load = min(no_load, average)
             if 2 * in_flight >= limit:
@@ -87,7 +86,7 @@ def vegas_model(  # noqa: PLR0912, PLR0917  # the algorithm, plainly, in one pla
                 countdown -= 1 / before
                 if countdown <= 0:
                     probe = []
-        if probe is None:
+        if probe is None or no_load == 0:
             out.append(max(lo, min(hi, math.floor(limit))))
         else:
             out.append(max(lo, min(probe_limit, math.floor(limit))))
@@ -148,9 +147,29 @@ def steady(n: int, rtt: float, in_flight: int) -> list[Sample]:
     return [(rtt, in_flight, False)] * n
 
 
-def no_probe(**knobs: int) -> Vegas:
-    """A Vegas whose periodic probe does not come within these tests' samples."""
-    return Vegas(probe_interval=10**6, random=lambda: 0.5, **knobs)
+def measured(no_load: float, **knobs: int) -> Vegas:
+    """A Vegas whose first probe measured `no_load` (its first calls, one at a time);
+    by default its next probe does not come within these tests' samples."""
+    vegas = Vegas(**{"probe_interval": 10**6, **knobs}, random=lambda: 0.5)
+    assert vegas.probing  # the first probe: the first calls
+    run(vegas, steady(vegas.probe_samples, no_load, 1))
+    assert not vegas.probing
+    assert vegas.no_load_rtt() == vegas.rtt() == no_load
+    assert vegas.estimate == vegas.initial  # the first probe moved nothing
+    return vegas
+
+
+def test_the_first_calls_are_the_first_probe_and_refuse_nothing() -> None:
+    """
+    Until probe_samples calls have finished the limit stays at initial, whatever the
+    calls in flight; their median latency is the first no-load latency.
+    """
+    vegas = Vegas(initial=20, probe_samples=5)
+    trace = [(0.1, 20, False), (0.3, 1, False), (0.2, 15, False), (0.9, 20, False),
+             (0.15, 3, False)]  # fmt: skip
+    assert run(vegas, trace) == [20] * 5
+    assert vegas.no_load_rtt() == 0.2
+    assert not vegas.probing
 
 
 def test_without_a_queue_the_limit_grows_by_beta_a_round_trip() -> None:
@@ -158,7 +177,7 @@ def test_without_a_queue_the_limit_grows_by_beta_a_round_trip() -> None:
     At full use and steady latency nothing is queued: each of the first round trip's
     10 calls adds beta/limit, so the limit grows by about beta (4) per round trip.
     """
-    vegas = no_probe(initial=10)
+    vegas = measured(0.1, initial=10)
     limits = run(vegas, steady(10, 0.1, 10))
     assert limits == sorted(limits)
     assert limits[-1] == 13  # 10 + 4/10 + 4/10.4 + ... (the round trip grows as it goes)
@@ -171,9 +190,7 @@ def test_a_queue_between_alpha_and_beta_holds_the_limit() -> None:
     Latency a third above the no-load one at a limit of 10 means 10 x (1 - 1/1.3) =
     2.3 calls waiting: between alpha (2) and beta (4), so the limit holds.
     """
-    vegas = no_probe(initial=10)
-    run(vegas, [(0.1, 10, False)])  # the no-load latency
-    vegas.estimate = 10.0
+    vegas = measured(0.1, initial=10)
     vegas._latency = 0.13  # a round trip's average, set outright
     assert run(vegas, steady(20, 0.13, 10)) == [10] * 20
 
@@ -184,8 +201,7 @@ def test_a_queue_beyond_beta_shrinks_the_limit_until_beta_are_waiting() -> None:
     within a round trip, the limit falls by one a round trip, and settles where
     limit x (1 - 1/2) = beta, just under 8, for as long as the latency stays.
     """
-    vegas = no_probe(initial=20)
-    run(vegas, [(0.1, 20, False)])
+    vegas = measured(0.1, initial=20)
     limits = run(vegas, steady(100, 0.2, 20))
     assert limits == sorted(limits, reverse=True)
     assert limits[50] > 10  # 50 calls: fewer than four round trips
@@ -197,9 +213,7 @@ def test_a_small_queue_grows_the_limit_by_one_a_round_trip() -> None:
     """
     One to alpha calls waiting: growth slows from beta to one per round trip.
     """
-    vegas = no_probe(initial=10)
-    run(vegas, [(0.1, 10, False)])
-    vegas.estimate = 10.0
+    vegas = measured(0.1, initial=10)
     vegas._latency = 0.115  # set outright: 10 x (1 - 1/1.15) = 1.3 calls waiting
     run(vegas, steady(10, 0.115, 10))
     assert vegas.estimate == pytest.approx(11.0, abs=0.05)
@@ -210,9 +224,9 @@ def test_a_drop_lowers_the_limit_by_one_at_once() -> None:
     Each overload failure takes one off the limit, down to min_limit, and its latency
     (a deadline's) is no sample of the dependency's.
     """
-    vegas = no_probe(initial=3, min_limit=2)
+    vegas = measured(0.1, initial=3, min_limit=2)
     assert run(vegas, [(0.5, 3, True)] * 3) == [2, 2, 2]
-    assert vegas.rtt() == vegas.no_load_rtt() == 0
+    assert vegas.rtt() == vegas.no_load_rtt() == 0.1
 
 
 def test_an_app_limited_client_holds_its_limit_and_never_probes() -> None:
@@ -220,7 +234,7 @@ def test_an_app_limited_client_holds_its_limit_and_never_probes() -> None:
     With fewer than half the limit in flight the latency says nothing about more calls:
     the limit holds (though the averages learn) and no round trip counts toward a probe.
     """
-    vegas = Vegas(initial=20, probe_interval=1, random=lambda: 0.0)
+    vegas = measured(0.1, initial=20, probe_interval=1)
     assert run(vegas, [(0.1, 9, False), (0.3, 9, False), (0.5, 1, False)] * 30) == [20] * 90
     assert not vegas.probing
     assert vegas.rtt() > vegas.no_load_rtt() == 0.1
@@ -232,7 +246,7 @@ def test_a_probe_measures_the_no_load_latency_then_restores_the_limit() -> None:
     started before the drop are ignored, the median of the next probe_samples calls is
     the new no-load latency, and the limit comes back where it was.
     """
-    vegas = Vegas(initial=10, probe_interval=1, probe_samples=3, random=lambda: 0.5)
+    vegas = measured(0.1, initial=10, probe_interval=1, probe_samples=3)
     limits = []
     while not vegas.probing:
         limits += run(vegas, [(0.1, 10, False)])
@@ -254,8 +268,7 @@ def test_a_dependency_slower_for_good_is_measured_by_the_next_probe() -> None:
     (at most the calls in flight can wait); the next probe measures the new no-load
     latency, and the limit grows again.
     """
-    vegas = Vegas(initial=20, probe_interval=40, probe_samples=3, random=lambda: 0.5)
-    run(vegas, [(0.1, 20, False)])
+    vegas = measured(0.1, initial=20, probe_interval=40, probe_samples=3)
     limits = []
     while not vegas.probing:
         limits += run(vegas, [(0.2, 20, False)])
@@ -270,13 +283,15 @@ def test_a_probe_stays_within_the_limit_and_above_min_limit() -> None:
     A probe holds the limit at probe_limit, or at the limit it found if that is lower,
     and never below min_limit.
     """
-    low = Vegas(initial=2, probe_interval=1, random=lambda: 0.0, probe_limit=5)
-    assert run(low, steady(1, 0.1, 2)) == [4]  # grew by beta / 2, then the probe began
-    assert low.probing
-    floor = Vegas(initial=6, min_limit=5, probe_interval=1, random=lambda: 0.0)
+    low = measured(0.1, initial=2, probe_interval=1, probe_limit=50)
+    limits = []
+    while not low.probing:
+        limits += run(low, steady(1, 0.1, 100))
+    assert limits[-1] == math.floor(low.estimate) < 50
+    floor = measured(0.1, initial=6, min_limit=5, probe_interval=1)
     limits = []
     while not floor.probing:
-        limits += run(floor, steady(1, 0.1, 6))
+        limits += run(floor, steady(1, 0.1, 100))
     assert limits[-1] == 5
 
 
@@ -355,7 +370,7 @@ async def test_a_probe_holds_the_policy_at_probe_limit_then_gives_the_limit_back
     limit the probe found is back, and the no-load latency is theirs.
     """
     clock = FakeClock(auto_advance=False)
-    vegas = Vegas(initial=6, probe_interval=1, probe_samples=2, random=lambda: 0.0)
+    vegas = measured(0.01, initial=6, probe_interval=1, probe_samples=2)
     policy = AdaptiveConcurrency(vegas, clock=clock)
 
     async def call(seconds: float) -> None:
