@@ -1,5 +1,4 @@
-"""Benchmarks for ``resilient``.
-
-Run ``python -m benchmarks.overhead --help`` from the repository root; see
-``benchmarks/README.md`` for what is measured and how.
+"""
+Benchmarks for ``resilient``, run with pyperf: ``python -m benchmarks.overhead -o run.json``,
+then ``python -m benchmarks.report overhead run*.json``. See benchmarks/README.md.
 """

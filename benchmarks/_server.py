@@ -10,7 +10,6 @@ parent closes its stdin or after `lifetime` seconds, so it never outlives the ru
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -21,26 +20,10 @@ from typing import IO, Any
 
 from aiohttp import web
 
-__all__ = ["HOST", "ServerProcess", "cpu_pair", "pin", "serve_app"]
+__all__ = ["HOST", "ServerProcess", "serve_app"]
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def pin(cpu: int | None) -> str:
-    """Pin this process to one CPU, when asked and possible; say which."""
-    if cpu is None or not hasattr(os, "sched_setaffinity"):
-        return "not pinned"
-    os.sched_setaffinity(0, {cpu})
-    return f"CPU {cpu}"
-
-
-def cpu_pair() -> tuple[int, int] | None:
-    """Two distinct usable CPUs (client, server), or None when there are fewer."""
-    if not hasattr(os, "sched_getaffinity"):
-        return None
-    usable = sorted(os.sched_getaffinity(0))
-    return (usable[0], usable[1]) if len(usable) >= 2 else None
 
 
 async def serve_app(app: web.Application, lifetime: float, **runner_options: Any) -> None:

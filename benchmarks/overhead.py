@@ -1,245 +1,323 @@
-"""Happy-path per-call overhead of resilience wrappers, resilient vs peers.
+"""
+Happy-path cost per call of each policy and of the pipeline, against the peers and the
+stdlib floors doing the same job.
 
-Usage (from the repository root)::
+    python -m benchmarks.overhead -o /tmp/o1.json       # pyperf; then benchmarks.report
+    python -m benchmarks.overhead --quick --md /tmp/o.md
 
-    python -m benchmarks.overhead                 # full run, updates docs/
-    python -m benchmarks.overhead --quick         # CI smoke run (< 20 s), temp dir
-    python -m benchmarks.overhead --rounds 50 --calls 50000 --json results.json
-
-Every contender wraps the same no-op ``async def``; all are timed in one
-process and one event loop, in interleaved rounds (see ``_harness``).
+Every case wraps the same ``async def noop(): return 42``. Peers are set up the way
+their docs recommend for asyncio, in their fastest sensible configuration, for the same
+job: retry 3 attempts with exponential backoff 0.1 s x2 capped at 5 s; breaker threshold
+5, reset 30 s; bulkhead 10 concurrent; timeout 2 s; fallback None; hedge 50 ms, one
+hedged call; a stack of timeout + retry + breaker + bulkhead. Floors are hand-written
+stdlib equivalents: lower bounds, not peers.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import gc
-import sys
-import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+import datetime as dt
+import functools
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
-from benchmarks import _peers, _report, _resilient
-from benchmarks._cli import add_run_options, run_size
-from benchmarks._harness import (
-    BARE_KEY,
-    Contender,
-    Summary,
-    Unavailable,
-    noop,
-    run_rounds,
-    summarise,
-    verify,
-)
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MD = REPO_ROOT / "docs" / "benchmarks.md"
-DEFAULT_PNG = REPO_ROOT / "docs" / "benchmarks-overhead.png"
-
-FULL = {"rounds": 30, "calls": 20_000, "warmup": 2}
-QUICK = {"rounds": 5, "calls": 2_000, "warmup": 1}
+import resilient
+from benchmarks import _perf
+from benchmarks._perf import Case, noop
+from benchmarks.report import Figure, Report
 
 
-@dataclass(frozen=True)
-class Options:
-    """Parsed command line."""
-
-    rounds: int
-    calls: int
-    warmup: int
-    seed: int
-    quick: bool
-    md: Path | None
-    png: Path | None
-    json: Path | None
-    argv: tuple[str, ...]
-
-
-def parse_args(argv: Sequence[str]) -> Options:
-    """Parse ``argv`` (without the program name)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.overhead",
-        description="Happy-path per-call overhead of resilient vs peer libraries.",
-    )
-    add_run_options(parser, FULL, default_md=DEFAULT_MD)
-    parser.add_argument("--png", type=Path, help=f"bar chart (default {DEFAULT_PNG})")
-    ns = parser.parse_args(argv)
-    rounds, calls, warmup = run_size(parser, ns, FULL, QUICK)
-    return Options(
-        rounds=rounds,
-        calls=calls,
-        warmup=warmup,
-        seed=ns.seed,
-        quick=ns.quick,
-        md=ns.md,
-        png=ns.png,
-        json=ns.json,
-        argv=tuple(argv),
+def _stack(r: ModuleType, name: str) -> Any:
+    return r.pipeline(
+        r.Timeout(2.0),
+        r.Retry(attempts=3),
+        r.CircuitBreaker(name=name, failure_threshold=5, reset_timeout=30.0),
+        r.Bulkhead(max_concurrent=10),
     )
 
 
-def output_paths(opts: Options) -> tuple[Path, Path]:
-    """Where the markdown and the chart go.
-
-    A quick run must not overwrite the committed full-run figures, so unless
-    told otherwise it writes into a fresh temporary directory.
-    """
-    if opts.quick:
-        tmp = Path(tempfile.mkdtemp(prefix="resilient-bench-"))
-        return (
-            opts.md or tmp / "benchmarks.md",
-            opts.png or tmp / "benchmarks-overhead.png",
-        )
-    return opts.md or DEFAULT_MD, opts.png or DEFAULT_PNG
-
-
-def bare_contender() -> Contender:
-    """The baseline: ``await noop()`` with nothing around it."""
-    return Contender(
-        key=BARE_KEY,
-        category="bare",
-        label="bare await noop()",
-        library="-",
-        kind="bare",
-        fn=noop,
-        api="await noop()",
-    )
+# fmt: off
+def resilient_cases(r: ModuleType) -> list[Case]:
+    """This project's policies, built from package `r` (this tree, or another revision)."""
+    stack = functools.partial(_stack, r, "bench-stack")
+    return [
+        Case("retry/resilient Retry", lambda: r.Retry(attempts=3)(noop), "@Retry(attempts=3)"),
+        Case("retry/resilient Retry.call", lambda: functools.partial(r.Retry(3).call, noop),
+             "Retry(attempts=3).call(noop)"),
+        Case("breaker/resilient CircuitBreaker",
+             lambda: r.CircuitBreaker(name="b", failure_threshold=5, reset_timeout=30.0)(noop),
+             "@CircuitBreaker(name='b', failure_threshold=5, reset_timeout=30.0)"),
+        Case("bulkhead/resilient Bulkhead", lambda: r.Bulkhead(10)(noop), "@Bulkhead(10)"),
+        Case("timeout/resilient Timeout", lambda: r.Timeout(2.0)(noop), "@Timeout(2.0)"),
+        Case("fallback/resilient Fallback", lambda: r.Fallback(value=None)(noop),
+             "@Fallback(value=None)"),
+        Case("hedge/resilient Hedge", lambda: r.Hedge(0.05, max_hedged=1)(noop), "@Hedge(0.05)"),
+        Case("stack/resilient pipeline", lambda: stack()(noop),
+             "@pipeline(Timeout(2.0), Retry(3), CircuitBreaker(5, 30.0), Bulkhead(10))"),
+        Case("stack/resilient Pipeline.call", lambda: functools.partial(stack().call, noop),
+             "the same pipeline, .call(noop)"),
+    ]
+# fmt: on
 
 
-def build_contenders() -> tuple[list[Contender], list[Unavailable]]:
-    """Build every contender that can be built; record the rest with a reason.
-
-    Must run inside the event loop.
-    """
-    built: list[Contender] = [bare_contender()]
-    missing: list[Unavailable] = list(_peers.LACKS)
-    for category, library, builder in _peers.BUILDERS:
-        try:
-            built.append(builder())
-        except Exception as exc:  # a broken peer only loses its row
-            missing.append(Unavailable(category, library, f"{type(exc).__name__}: {exc}"))
-    module, why = _resilient.import_resilient()
-    for category, rbuilder in _resilient.BUILDERS:
-        if module is None:
-            missing.append(Unavailable(category, _resilient.LIBRARY, why))
-            continue
-        try:
-            built.append(rbuilder(module))
-        except Exception as exc:  # API may be half-written
-            missing.append(
-                Unavailable(category, _resilient.LIBRARY, f"{type(exc).__name__}: {exc}")
-            )
-    return _dedupe_missing(built, missing)
+# -- peers: imports inside the builders, so a missing peer loses its own rows only ---------
 
 
-def _dedupe_missing(
-    built: list[Contender], missing: list[Unavailable]
-) -> tuple[list[Contender], list[Unavailable]]:
-    """Drop repeated (category, library, reason) entries (e.g. Retry and Retry.call)."""
-    seen: set[tuple[str, str, str]] = set()
-    unique = []
-    for u in missing:
-        if (u.category, u.library, u.reason) not in seen:
-            seen.add((u.category, u.library, u.reason))
-            unique.append(u)
-    return built, unique
+def _tenacity() -> Any:
+    import tenacity
+
+    return tenacity.retry(
+        stop=tenacity.stop_after_attempt(3),
+        wait=tenacity.wait_exponential(multiplier=0.1, exp_base=2, max=5),
+        reraise=True,
+    )(noop)
 
 
-async def verified(
-    contenders: list[Contender],
-) -> tuple[list[Contender], list[Unavailable]]:
-    """Keep contenders whose single test call returns noop's result."""
-    good, bad = [], []
-    for c in contenders:
-        reason = await verify(c)
-        if reason is None:
-            good.append(c)
-        else:
-            bad.append(Unavailable(c.category, c.library, f"{c.label}: {reason}"))
-    return good, bad
+def _stamina(fn: Any = noop) -> Any:
+    import stamina
+
+    stamina.set_testing(False)
+    return stamina.retry(
+        on=Exception, attempts=3, timeout=None, wait_initial=0.1, wait_max=5, wait_exp_base=2
+    )(fn)
 
 
-def _progress(done: int, total: int) -> None:
-    print(
-        f"\r  round {done}/{total}",
-        end="" if done < total else "\n",
-        file=sys.stderr,
-        flush=True,
-    )
+def _backoff() -> Any:
+    import backoff
+
+    return backoff.on_exception(
+        backoff.expo, Exception, max_tries=3, factor=0.1, base=2, max_value=5
+    )(noop)
 
 
-async def measure(opts: Options) -> tuple[list[Summary], list[Unavailable]]:
-    """Build, verify and time all contenders inside one event loop."""
-    contenders, missing = build_contenders()
-    contenders, broken = await verified(contenders)
-    gc.collect()
-    gc.freeze()  # setup objects stay out of every later collection
-    print(
-        f"timing {len(contenders)} contenders: {opts.rounds} rounds x "
-        f"{opts.calls:,} calls (+{opts.warmup} warm-up) on {_report.python_info()}",
-        file=sys.stderr,
-    )
-    samples = await run_rounds(
-        contenders,
-        rounds=opts.rounds,
-        calls=opts.calls,
-        warmup=opts.warmup,
-        seed=opts.seed,
-        progress=_progress,
-    )
-    return summarise(samples), missing + broken
+def _hyx_retry(fn: Any = noop) -> Any:
+    from hyx.retry import retry
+    from hyx.retry.backoffs import expo
+
+    backoff = expo(min_delay_secs=0.1, base=2, max_delay_secs=5)
+    return retry(on=Exception, attempts=2, backoff=backoff)(fn)  # attempts = retries
 
 
-def write_outputs(opts: Options, summaries: list[Summary], unavailable: list[Unavailable]) -> None:
-    """Print the summary and write markdown, chart and (optionally) JSON."""
-    module, _ = _resilient.import_resilient()
-    versions = _report.package_versions(_peers.PEER_LIBRARIES)
-    versions["resilient"] = _resilient.version(module) if module else "not importable"
-    versions["matplotlib (chart only)"] = _report.package_versions(["matplotlib"])["matplotlib"]
-    info = _report.RunInfo(
-        command=_report.command_line(opts.argv),
-        rounds=opts.rounds,
-        calls=opts.calls,
-        warmup=opts.warmup,
-        seed=opts.seed,
-        started=_report.now_utc(),
-        machine=_report.machine_info(),
-        versions=versions,
-    )
-    ratios = _report.headline_ratios(summaries)
-    print(_report.text_summary(summaries, ratios))
-    md_path, png_path = output_paths(opts)
-    chart_ref = _relative(png_path, md_path.parent)
-    _report.write_chart(png_path, summaries, _report.chart_title(info))
-    _report.write_markdown(
-        md_path,
-        _report.render_markdown(info, summaries, unavailable, ratios, chart_ref),
-    )
-    print(f"wrote {md_path} and {png_path}", file=sys.stderr)
-    if opts.json is not None:
-        _report.write_json(opts.json, info, summaries, unavailable, ratios)
-        print(f"wrote {opts.json}", file=sys.stderr)
+def _hyx_breaker(fn: Any = noop) -> Any:
+    from hyx.circuitbreaker import consecutive_breaker
+
+    return consecutive_breaker(failure_threshold=5, recovery_time_secs=30)(fn)
 
 
-def _relative(target: Path, start: Path) -> str:
-    """``target`` relative to ``start`` when possible, else absolute (POSIX)."""
-    import os
+def _hyx_stack() -> Any:
+    from hyx.bulkhead import bulkhead
+    from hyx.timeout import timeout
 
+    limited = bulkhead(max_concurrency=10, max_capacity=10)(noop)
+    return timeout(2.0)(_hyx_retry(_hyx_breaker(limited)))
+
+
+def _pyres(**config: Any) -> Any:
+    import pyresilience as p
+
+    made: dict[str, Callable[[], Any]] = {
+        "retry": lambda: p.RetryConfig(max_attempts=3, delay=0.1, backoff_factor=2, max_delay=5),
+        "circuit_breaker": lambda: p.CircuitBreakerConfig(failure_threshold=5,
+                                                          recovery_timeout=30),
+        "bulkhead": lambda: p.BulkheadConfig(max_concurrent=10),
+        "timeout": lambda: p.TimeoutConfig(seconds=2.0, per_attempt=False),
+        "fallback": lambda: p.FallbackConfig(handler=lambda _exc: None),
+    }  # fmt: skip
+    chosen: dict[str, Any] = {key: made[key]() for key in config}
+    return p.resilient(**chosen)(noop)
+
+
+def _aiobreaker() -> Any:
+    import aiobreaker  # type: ignore[import-untyped, unused-ignore]
+
+    breaker = aiobreaker.CircuitBreaker(fail_max=5, timeout_duration=dt.timedelta(seconds=30))
+    return breaker(noop)
+
+
+def _purgatory(fn: Any = noop) -> Any:
+    import purgatory
+
+    factory = purgatory.AsyncCircuitBreakerFactory(default_threshold=5, default_ttl=30)
+    return factory("bench")(fn)
+
+
+def _hyx(module: str, name: str, *args: Any, **kwargs: Any) -> Any:
+    return getattr(__import__(f"hyx.{module}", fromlist=[name]), name)(*args, **kwargs)(noop)
+
+
+# -- floors and hand-composed stacks -------------------------------------------------------
+
+
+def _floor_semaphore() -> Any:
+    sem = asyncio.Semaphore(10)
+
+    async def fn() -> int:
+        async with sem:
+            return await noop()
+
+    return fn
+
+
+async def _floor_timeout() -> int:
+    async with asyncio.timeout(2.0):
+        return await noop()
+
+
+async def _floor_wait_for() -> int:
+    return await asyncio.wait_for(noop(), 2.0)
+
+
+async def _floor_fallback() -> int | None:
     try:
-        return Path(os.path.relpath(target.resolve(), start.resolve())).as_posix()
-    except ValueError:
-        return target.resolve().as_posix()
+        return await noop()
+    except Exception:  # this is the fallback
+        return None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
-    opts = parse_args(sys.argv[1:] if argv is None else argv)
-    summaries, unavailable = asyncio.run(measure(opts))
-    write_outputs(opts, summaries, unavailable)
-    return 0
+async def _floor_hedge() -> int:
+    task = asyncio.ensure_future(noop())
+    await asyncio.wait((task,), timeout=0.05)  # a real hedge would start a second call
+    return await task
+
+
+def _composed(retry: Any, breaker: Any) -> Any:
+    """asyncio.timeout around `retry` around `breaker` around a Semaphore, by hand."""
+    sem = asyncio.Semaphore(10)
+
+    async def limited() -> int:
+        async with sem:
+            return await noop()
+
+    guarded = retry(breaker(limited))
+
+    async def fn() -> int:
+        async with asyncio.timeout(2.0):
+            result: int = await guarded()
+            return result
+
+    return fn
+
+
+def _floor_stack() -> Any:
+    sem = asyncio.Semaphore(10)
+
+    async def fn() -> int:
+        async with asyncio.timeout(2.0), sem:
+            return await noop()
+
+    return fn
+
+
+HYX, PYRES = ("hyx",), ("pyresilience",)
+PEER_CASES = [
+    Case("bare", lambda: noop, "await noop()"),
+    Case("retry/tenacity @retry", _tenacity, "@retry(stop_after_attempt(3),"
+         " wait_exponential(0.1, max=5), reraise=True)", ("tenacity",)),
+    Case("retry/stamina @retry", _stamina, "@stamina.retry(on=Exception, attempts=3,"
+         " timeout=None, wait_initial=0.1, wait_max=5); set_testing(False)", ("stamina",)),
+    Case("retry/backoff @on_exception", _backoff, "@on_exception(expo, Exception, max_tries=3,"
+         " factor=0.1, max_value=5)", ("backoff",)),
+    Case("retry/hyx @retry", _hyx_retry, "@retry(on=Exception, attempts=2 (retries),"
+         " backoff=expo(0.1, max_delay_secs=5))", HYX),
+    Case("retry/pyresilience", lambda: _pyres(retry=1), "@resilient(retry=RetryConfig(3, ...))",
+         PYRES),
+    Case("breaker/aiobreaker", _aiobreaker, "@CircuitBreaker(fail_max=5, timeout_duration=30 s)",
+         ("aiobreaker",)),
+    Case("breaker/purgatory", _purgatory, "@AsyncCircuitBreakerFactory(default_threshold=5,"
+         " default_ttl=30)('bench')", ("purgatory",)),
+    Case("breaker/hyx consecutive_breaker", _hyx_breaker, "@consecutive_breaker(5, 30)", HYX),
+    Case("breaker/pyresilience", lambda: _pyres(circuit_breaker=1),
+         "@resilient(circuit_breaker=CircuitBreakerConfig(5, 30))", PYRES),
+    Case("bulkhead/asyncio.Semaphore (floor)", _floor_semaphore,
+         "async with Semaphore(10): await noop()"),
+    Case("bulkhead/hyx bulkhead", lambda: _hyx("bulkhead", "bulkhead", max_concurrency=10,
+         max_capacity=10), "@bulkhead(max_concurrency=10, max_capacity=10)", HYX),
+    Case("bulkhead/pyresilience", lambda: _pyres(bulkhead=1),
+         "@resilient(bulkhead=BulkheadConfig(10))", PYRES),
+    Case("timeout/asyncio.timeout (floor)", lambda: _floor_timeout,
+         "async with asyncio.timeout(2.0): await noop()"),
+    Case("timeout/asyncio.wait_for (floor)", lambda: _floor_wait_for,
+         "await asyncio.wait_for(noop(), 2.0)"),
+    Case("timeout/hyx timeout", lambda: _hyx("timeout", "timeout", 2.0), "@timeout(2.0)", HYX),
+    Case("timeout/pyresilience", lambda: _pyres(timeout=1),
+         "@resilient(timeout=TimeoutConfig(2.0))", PYRES),
+    Case("fallback/try-except (floor)", lambda: _floor_fallback,
+         "try: return await noop() except Exception: return None"),
+    Case("fallback/hyx fallback", lambda: _hyx("fallback", "fallback", _none, on=Exception),
+         "@fallback(async handler -> None, on=Exception)", HYX),
+    Case("fallback/pyresilience", lambda: _pyres(fallback=1),
+         "@resilient(fallback=FallbackConfig(handler=lambda exc: None))", PYRES),
+    Case("hedge/Task + asyncio.wait (floor)", lambda: _floor_hedge,
+         "ensure_future(noop()); await asyncio.wait({task}, timeout=0.05)"),
+    Case("stack/hyx stacked decorators", _hyx_stack,
+         "@timeout(2) @retry(2, expo) @consecutive_breaker(5, 30) @bulkhead(10, 10)", HYX),
+    Case("stack/pyresilience", lambda: _pyres(timeout=1, retry=1, circuit_breaker=1, bulkhead=1),
+         "@resilient(timeout=..., retry=..., circuit_breaker=..., bulkhead=...)", PYRES),
+    Case("stack/fastest composed: asyncio.timeout+hyx retry+hyx breaker+Semaphore",
+         lambda: _composed(_hyx_retry, _hyx_breaker),
+         "async with timeout(2): @hyx retry @hyx consecutive_breaker async with Semaphore(10)",
+         HYX),
+    Case("stack/stamina+purgatory: asyncio.timeout+stamina+purgatory+Semaphore",
+         lambda: _composed(_stamina, _purgatory),
+         "async with timeout(2): @stamina.retry @purgatory breaker async with Semaphore(10)",
+         ("stamina", "purgatory")),
+    Case("stack/asyncio.timeout + Semaphore (floor)", _floor_stack,
+         "async with asyncio.timeout(2.0), Semaphore(10): await noop()"),
+]  # fmt: skip
+
+
+async def _none(*_: object, **__: object) -> None:
+    return None
+
+
+def cases() -> list[Case]:
+    """Every case, this tree's policies first."""
+    return [PEER_CASES[0], *resilient_cases(resilient), *PEER_CASES[1:]]
+
+
+def _over(name: str) -> tuple[str, str]:
+    return (name, "bare")
+
+
+def _category_figures() -> list[Figure]:
+    out = []
+    for case in resilient_cases(resilient):
+        category = case.name.split("/")[0]
+        if case.name.endswith(".call"):
+            continue
+        peers = [_over(c.name) for c in PEER_CASES if c.name.startswith(category + "/")]
+        floors = [t for t in peers if t[0].endswith("(floor)")]
+        others = [t for t in peers if t not in floors and not t[0].startswith("stack/")]
+        if others:
+            out.append(Figure(f"{case.name} / fastest peer", _over(case.name), others, 1.0))
+        if floors:
+            out.append(Figure(f"{case.name} / stdlib floor", _over(case.name), floors))
+    return out
+
+
+# fmt: off
+PAGE = Report(
+    "overhead",
+    "Happy-path overhead per call",
+    "bare",
+    [
+        Figure("Retry / tenacity @retry", _over("retry/resilient Retry"),
+               [_over("retry/tenacity @retry")], 0.1),
+        Figure("pipeline / fastest composed peer stack", _over("stack/resilient pipeline"),
+               [_over(PEER_CASES[-3].name)], 0.4),
+        Figure("pipeline / fastest single-library stack", _over("stack/resilient pipeline"),
+               [_over("stack/hyx stacked decorators"), _over("stack/pyresilience")], 0.4),
+        Figure("pipeline / asyncio.timeout+stamina+purgatory+Semaphore",
+               _over("stack/resilient pipeline"), [_over(PEER_CASES[-2].name)]),
+        Figure("Pipeline.call / decorated pipeline", _over("stack/resilient Pipeline.call"),
+               [_over("stack/resilient pipeline")], 1.15),
+        *_category_figures(),
+    ],
+    chart="benchmarks-overhead.png",
+)
+# fmt: on
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_perf.main("benchmarks.overhead", cases, PAGE))

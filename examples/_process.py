@@ -41,7 +41,7 @@ def uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     Uvloop's loop factory for `asyncio.Runner`, or None (asyncio's) when not installed.
     """
     try:
-        import uvloop
+        import uvloop  # noqa: PLC0415  # optional: the kv extra installs it where it builds
     except ImportError:  # optional: the kv extra installs it where it builds
         return None
     return uvloop.new_event_loop

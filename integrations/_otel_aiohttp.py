@@ -55,7 +55,7 @@ def aiohttp_server_span_middleware(
         ImportError: aiohttp is not installed.
     """
     try:
-        from aiohttp import web
+        from aiohttp import web  # noqa: PLC0415  # the aiohttp extra is optional for otel
     except ImportError as exc:  # pragma: no cover - needs an environment without aiohttp
         raise ImportError(
             "aiohttp_server_span_middleware needs aiohttp: pip install 'resilient[aiohttp]'"

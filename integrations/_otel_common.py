@@ -49,7 +49,7 @@ def error_type(error: BaseException) -> str:
     The exception's fully qualified class name, as ``error.type`` wants it.
 
     The public path where there is one: ``resilient.CircuitOpenError``, not
-    ``resilient._errors.CircuitOpenError``.
+    ``resilient._engine.errors.CircuitOpenError``.
     """
     cls = type(error)
     name = _ERROR_TYPES.get(cls)

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from resilient import Instance, RegistryStatus
-from resilient._validate import check_seconds
+from resilient.validation import check_seconds
 
 from ._etcd_gateway import EtcdGateway, WatchStream
 from ._etcd_wire import (
@@ -68,6 +68,7 @@ from ._etcd_wire import (
     decode_instance,
     encode_instance,
 )
+from ._public import publish
 
 __all__ = [
     "EtcdError",
@@ -414,3 +415,6 @@ async def _stop(registration: _Registration) -> None:
         # wait() rather than `await task`: a CancelledError aimed at our caller must
         # propagate, not be mistaken for the task's own and swallowed.
         await asyncio.wait([registration.task])
+
+
+publish(globals())  # public names show this path, not their private modules

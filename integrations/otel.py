@@ -82,7 +82,6 @@ from resilient import (
     add_hook,
     remove_hook,
 )
-from resilient._plan import global_hooks
 
 from ._otel_common import (
     ATTEMPT,
@@ -181,8 +180,10 @@ class OpenTelemetryHooks:
             end their spans and restore their context (a call's end goes to whoever
             heard its start); decisions they make afterwards are not recorded.
         """
-        if self not in global_hooks():  # installing twice would deliver every event twice
-            add_hook(self)
+        # Installing twice would deliver every event twice: take out the one a previous
+        # install added (a no-op if none) before adding.
+        remove_hook(self)
+        add_hook(self)
         return self._uninstall
 
     def _uninstall(self) -> None:
@@ -339,3 +340,6 @@ def _state_changed(event: StateChanged) -> None:
 
 # Re-exported here, defined apart to keep each module small.
 from ._otel_aiohttp import aiohttp_server_span_middleware  # noqa: E402
+from ._public import publish  # noqa: E402
+
+publish(globals())  # public names show this path, not their private modules

@@ -16,26 +16,13 @@ Integrations live in `resilient.integrations` and are never imported from here.
 
 from __future__ import annotations
 
-from ._adaptive_concurrency import AdaptiveConcurrency, AdaptiveConcurrencyStatistics
-from ._balance import Balancer, LeastInFlight, PowerOfTwoChoices, RandomChoice, RoundRobin
-from ._breaker import BreakerStatistics, CircuitBreaker, CircuitState
-from ._budget import RetryBudget, RetryBudgetStatistics
-from ._bulkhead import Bulkhead, BulkheadStatistics
-from ._clock import Clock, SystemClock, TimerHandle
-from ._discovery import (
-    InMemoryRegistry,
-    Instance,
-    Registry,
-    RegistryStatus,
-    ServiceView,
-    StaticRegistry,
-)
-from ._errors import (
+from ._engine.clock import Clock, SystemClock, TimerHandle
+from ._engine.context import deadline, no_retries, remaining_time
+from ._engine.errors import (
     PROGRAMMING_ERRORS,
     BulkheadFullError,
     CircuitOpenError,
     ConcurrencyLimitError,
-    NoHealthyInstanceError,
     PolicyMisuseError,
     RateLimitedError,
     RejectedError,
@@ -43,7 +30,7 @@ from ._errors import (
     ThrottledError,
     TimeoutExceeded,
 )
-from ._events import (
+from ._engine.events import (
     CallCancelled,
     CallFailed,
     CallStarted,
@@ -58,29 +45,46 @@ from ._events import (
     StateChanged,
     TimedOut,
 )
-from ._fallback import Fallback, FallbackStatistics
-from ._health import HealthMonitor
-from ._health_check import (
-    CheckReport,
-    CheckResult,
-    HealthReport,
-    HealthStatus,
-    discovery_check,
+from ._engine.hooks import CallListener, add_hook, remove_hook
+from ._engine.pipeline import Pipeline, pipeline
+from ._engine.policy import Policy
+from ._engine.public import publish
+from ._policies.adaptive_concurrency import AdaptiveConcurrency, AdaptiveConcurrencyStatistics
+from ._policies.breaker.accounting import WindowTotals
+from ._policies.breaker.machine import BreakerStatistics, CircuitBreaker, CircuitState
+from ._policies.breaker.redis_store import RedisBreakerStore
+from ._policies.breaker.store import (
+    BreakerAdmission,
+    BreakerObservation,
+    BreakerSpec,
+    BreakerStore,
 )
-from ._hedge import Hedge, HedgeStatistics
-from ._limit_algorithms import AIMD, Gradient2, LimitAlgorithm
-from ._no_retries import no_retries
-from ._pipeline import Pipeline, pipeline
-from ._plan import CallListener, add_hook, remove_hook
-from ._policy import Policy
-from ._pool import EndpointPool, PoolStatistics
-from ._priority import Priority, current_priority, priority
-from ._rate_limit import RateLimiter, RateLimiterStatistics
-from ._rate_limit_redis import RedisRateLimiter
-from ._retry import Retry, RetryStatistics
-from ._throttle import AdaptiveThrottle, AdaptiveThrottleStatistics
-from ._timeout import Timeout, TimeoutStatistics, deadline, remaining_time
-from ._vegas import Vegas
+from ._policies.budget import RetryBudget, RetryBudgetStatistics
+from ._policies.bulkhead import Bulkhead, BulkheadStatistics
+from ._policies.fallback import Fallback, FallbackStatistics
+from ._policies.hedge import Hedge, HedgeStatistics
+from ._policies.limit_algorithms import AIMD, Gradient2, LimitAlgorithm
+from ._policies.priority import Priority, current_priority, priority
+from ._policies.rate_limit import RateLimiter, RateLimiterStatistics
+from ._policies.rate_limit_redis import RedisRateLimiter
+from ._policies.retry import Retry, RetryStatistics
+from ._policies.throttle import AdaptiveThrottle, AdaptiveThrottleStatistics
+from ._policies.timeout import Timeout, TimeoutStatistics
+from ._policies.vegas import Vegas
+from ._service.balance import Balancer, LeastInFlight, PowerOfTwoChoices, RandomChoice, RoundRobin
+from ._service.discovery import (
+    InMemoryRegistry,
+    Instance,
+    Registry,
+    RegistryStatus,
+    ServiceView,
+    StaticRegistry,
+)
+from ._service.errors import NoHealthyInstanceError
+from ._service.health import HealthMonitor
+from ._service.health_check import discovery_check
+from ._service.health_report import CheckReport, CheckResult, HealthReport, HealthStatus
+from ._service.pool import EndpointPool, PoolStatistics
 
 __all__ = [
     "AIMD",
@@ -90,7 +94,11 @@ __all__ = [
     "AdaptiveThrottle",
     "AdaptiveThrottleStatistics",
     "Balancer",
+    "BreakerAdmission",
+    "BreakerObservation",
+    "BreakerSpec",
     "BreakerStatistics",
+    "BreakerStore",
     "Bulkhead",
     "BulkheadFullError",
     "BulkheadStatistics",
@@ -134,6 +142,7 @@ __all__ = [
     "RateLimitedError",
     "RateLimiter",
     "RateLimiterStatistics",
+    "RedisBreakerStore",
     "RedisRateLimiter",
     "Registry",
     "RegistryStatus",
@@ -158,6 +167,7 @@ __all__ = [
     "TimeoutStatistics",
     "TimerHandle",
     "Vegas",
+    "WindowTotals",
     "add_hook",
     "current_priority",
     "deadline",
@@ -170,3 +180,5 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+publish(globals())  # each public name's __module__ is "resilient", not its private home

@@ -22,10 +22,11 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from ._clock import TimerHandle
-from ._events import Event
-from ._plan import add_hook
-from ._retry import instant_retries_enabled, set_instant_retries
+from ._engine.clock import TimerHandle
+from ._engine.events import Event
+from ._engine.hooks import add_hook
+from ._engine.public import publish
+from ._policies.retry import instant_retries_enabled, set_instant_retries
 
 __all__ = ["FakeClock", "capture_events", "instant_retries", "set_instant_retries"]
 
@@ -202,3 +203,6 @@ def capture_events(kind: type[Event] = Event) -> Iterator[list[Event]]:
         yield captured
     finally:
         remove()
+
+
+publish(globals())  # set_instant_retries shows resilient.testing

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from yarl import URL
 
-from resilient._plan import global_hooks
+from resilient._engine.hooks import global_hooks
 from tests._servers import (
     LOCALHOST,
     ServerProcess,

@@ -5,7 +5,7 @@ bugs no test noticed (the survivors).
 Not part of CI (a full run takes hours): run it on the code you changed, with the tests
 that cover it, before you call the tests done. See docs/contributing.md.
 
-    python -m tests.mutation resilient/_discovery.py::ServiceView._follow \\
+    python -m tests.mutation resilient/_service/discovery.py::ServiceView._follow \\
         --tests "tests/test_discovery.py"
 
 Each target is a file (every mutant in it) or ``file::Qualified.name`` (the mutants in
@@ -147,7 +147,7 @@ def keep_in_scope(session: Path, targets: Sequence[Target]) -> int:
     Drop the session's mutants outside the targets' lines or in annotations; return how
     many are left.
     """
-    from cosmic_ray.work_db import use_db
+    from cosmic_ray.work_db import use_db  # noqa: PLC0415  # the optional mutation extra
 
     notes = {t.path: annotation_spans(session.parent / t.path) for t in targets}
     with use_db(str(session)) as db:
@@ -187,8 +187,8 @@ def report(session: Path) -> int:
     """
     Print the survivors and the score; return how many survived.
     """
-    from cosmic_ray.work_db import WorkDB, use_db
-    from cosmic_ray.work_item import TestOutcome
+    from cosmic_ray.work_db import WorkDB, use_db  # noqa: PLC0415  # the optional mutation extra
+    from cosmic_ray.work_item import TestOutcome  # noqa: PLC0415  # as above
 
     counts = dict.fromkeys(TestOutcome, 0)
     with use_db(str(session), WorkDB.Mode.open) as db:

@@ -12,6 +12,7 @@ import pickle
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from resilient import (
     AIMD,
@@ -24,6 +25,7 @@ from resilient import (
     RejectionReason,
     Vegas,
 )
+from resilient.integrations.prometheus import ResilienceMetrics
 from resilient.testing import FakeClock, capture_events
 from tests._aio import settle
 
@@ -397,10 +399,6 @@ async def test_the_limit_is_exported_as_a_gauge() -> None:
     Prometheus integration's bulkhead gauges, read at scrape time, and its rejection
     counter starts at 0 under its own reason.
     """
-    from prometheus_client import CollectorRegistry  # optional extra
-
-    from resilient.integrations.prometheus import ResilienceMetrics
-
     registry = CollectorRegistry()
     policy = AdaptiveConcurrency(AIMD(initial=3), name="db", clock=FakeClock())
     ResilienceMetrics(registry).track(policy)

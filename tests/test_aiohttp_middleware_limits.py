@@ -28,7 +28,7 @@ from resilient import (
     TimeoutExceeded,
     pipeline,
 )
-from resilient._policy import Args, AsyncFn, Kwargs
+from resilient._engine.policy import Args, AsyncFn, Kwargs
 from resilient.integrations.aiohttp import (
     DEADLINE_HEADER,
     DEFAULT_MAX_KEYS,

@@ -38,6 +38,7 @@ from resilient.integrations.aiohttp import (
     parse_deadline,
     resilience_middleware,
 )
+from resilient.integrations.aiohttp._propagation import extract_trace_context
 from resilient.testing import capture_events
 from tests._web import Get, Serve, json_body, live_app
 
@@ -554,8 +555,6 @@ async def test_deadline_after_streaming_started_writes_no_second_status(serve: S
 def test_extracted_context_keeps_the_current_span_without_headers() -> None:
     """With no trace headers, extraction keeps the current context (an outer server
     span stays the parent) instead of replacing it with an empty one."""
-    from resilient.integrations.aiohttp._propagation import extract_trace_context
-
     provider = TracerProvider()
     tracer = provider.get_tracer("test")
     with tracer.start_as_current_span("outer") as outer:

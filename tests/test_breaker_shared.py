@@ -40,7 +40,7 @@ from resilient import (
     Timeout,
     TimeoutExceeded,
 )
-from resilient._breaker_shared import STORAGE_WORKERS
+from resilient._policies.breaker.pybreaker_store import STORAGE_WORKERS
 from resilient.testing import FakeClock
 from tests.conftest import RedisServer
 

@@ -14,8 +14,8 @@ from unittest.mock import Mock, patch
 
 import pytest
 
-import resilient._events
-import resilient._policy
+import resilient._engine.events
+import resilient._engine.policy
 from resilient import (
     CallListener,
     CallStarted,
@@ -31,7 +31,7 @@ from resilient import (
     add_hook,
     pipeline,
 )
-from resilient._plan import global_hooks
+from resilient._engine.hooks import global_hooks
 from resilient.testing import FakeClock, instant_retries
 
 pytestmark = pytest.mark.usefixtures("no_global_hooks")
@@ -135,7 +135,7 @@ async def test_no_call_events_are_built_for_listeners() -> None:
     """A listener hook makes the policy build and deliver no event on a plain success."""
     hook = Recorder()
     delivered: list[Event] = []
-    original = resilient._events.deliver
+    original = resilient._engine.events.deliver
 
     def spy(hooks: tuple[Hook, ...], event: Event) -> None:
         delivered.append(event)
@@ -143,7 +143,7 @@ async def test_no_call_events_are_built_for_listeners() -> None:
 
     remove = add_hook(hook)
     try:
-        with patch.object(resilient._policy, "deliver", spy):
+        with patch.object(resilient._engine.policy, "deliver", spy):
             assert await pipeline(Timeout(5.0), Retry(3))(ok)() == "ok"
     finally:
         remove()

@@ -33,6 +33,7 @@ from resilient.integrations.etcd import (
     EtcdRegistry,
     EtcdResponseError,
     EtcdUnavailableError,
+    _Registration,
 )
 from tests._servers import free_port
 from tests.conftest import EtcdServer
@@ -699,8 +700,6 @@ async def test_keepalive_repair_leaves_a_moved_registration_alone() -> None:
     """A keepalive that saw its lease lost does not re-register when register() or
     deregister() already changed the registration: writing the old one back would leave
     the key on a lease nobody refreshes."""
-    from resilient.integrations.etcd import _Registration
-
     # Nothing listens on port 9: any attempt to write would fail loudly.
     registry = EtcdRegistry("http://127.0.0.1:9", ttl=5)
     instance = Instance("svc", "svc-1", "127.0.0.1", 9001)

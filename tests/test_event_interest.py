@@ -11,8 +11,8 @@ from unittest.mock import patch
 
 import pytest
 
-import resilient._events
-import resilient._policy
+import resilient._engine.events
+import resilient._engine.policy
 from resilient import (
     CallFailed,
     CallStarted,
@@ -53,14 +53,14 @@ async def test_unwanted_events_are_never_built() -> None:
     hook = Narrow(CallSucceeded)
     remove = add_hook(hook)
     built: list[str] = []
-    original = resilient._events.deliver
+    original = resilient._engine.events.deliver
 
     def spy(hooks: tuple[object, ...], event: Event) -> None:
         built.append(type(event).__name__)
         original(hooks, event)  # type: ignore[arg-type]
 
     try:
-        with patch.object(resilient._policy, "deliver", spy):
+        with patch.object(resilient._engine.policy, "deliver", spy):
             await Retry(3).call(ok)
     finally:
         remove()

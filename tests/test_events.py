@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 import tenacity
 
-import resilient._policy
+import resilient._engine.policy
 from resilient import (
     CallCancelled,
     CallFailed,
@@ -31,7 +31,7 @@ from resilient import (
     add_hook,
     remove_hook,
 )
-from resilient._plan import global_hooks
+from resilient._engine.hooks import global_hooks
 from resilient.testing import FakeClock
 from tests._aio import result_of
 
@@ -220,7 +220,7 @@ async def test_no_events_built_without_listeners(monkeypatch: pytest.MonkeyPatch
         return await self._run(fn, args, kwargs)
 
     monkeypatch.setattr(Policy, "_emit", spy_emit)
-    monkeypatch.setattr(resilient._policy, "deliver", spy_dispatch)
+    monkeypatch.setattr(resilient._engine.policy, "deliver", spy_dispatch)
     monkeypatch.setattr(Policy, "_observe", spy_observe)
 
     clock = FakeClock()

@@ -11,11 +11,13 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from aiohttp import web
 
 from examples._process import free_port
 from examples.kv import KVClient, KVError
 from resilient import CircuitState, Event, StateChanged
 from tests._kv import ROOT, SINGLE, TOKEN, KVCluster, running_cluster
+from tests._web import Serve
 
 IDS = ["n1", "n2", "n3"]
 CLIENT_TOKEN = "client-secret"  # noqa: S105  # a test secret
@@ -70,6 +72,18 @@ async def test_client_raises_kv_error_with_the_nodes_detail(cluster: KVCluster) 
         assert bad_quorum.value.status == 400
 
 
+async def test_a_404_from_another_server_is_not_a_missing_key(serve: Serve) -> None:
+    """A wrong address answering 404 (not a KV node) raises KVError naming it; None is
+    kept for a node's own "key not found"."""
+    app = web.Application()  # answers 404 to everything, as a proxy or a wrong port does
+    url = await serve(app)
+    async with KVClient([f"{url.host}:{url.port}"]) as kv:
+        with pytest.raises(KVError, match="answered 404 without 'key not found'") as raised:
+            await kv.get("greeting")
+    assert raised.value.status == 404
+    assert f"{url.host}:{url.port}" in str(raised.value)
+
+
 def test_client_refuses_no_nodes() -> None:
     """KVClient() without nodes or registry is a ValueError naming the parameter."""
     with pytest.raises(ValueError, match="nodes"):
@@ -111,7 +125,11 @@ def test_cli_reports_refusals_and_unreachable_nodes(cluster: KVCluster) -> None:
         timeout=30, check=False,
     )  # fmt: skip
     assert down.returncode == 2
-    assert b"no node answered" in down.stderr
+    message = down.stderr.decode()
+    assert len(message.strip().splitlines()) == 1, message
+    assert "no node answered (tried 127.0.0.1:1)" in message
+    assert "is a node running there?" in message
+    assert "ConnectionKey(" not in message  # text, not nested reprs
 
 
 async def test_client_fails_over_and_ejects_a_dead_node(
@@ -137,9 +155,14 @@ async def test_client_token_guards_the_client_api(
     root = tmp_path_factory.mktemp("kv-token")
     env = {"KV_CLIENT_TOKEN": CLIENT_TOKEN}
     with running_cluster(root, ["t1"], extra_args=SINGLE, env=env) as kv_cluster:
-        assert kv_cluster.request("t1", "PUT", "/kv/a", b"v").status == 401
+        missing = kv_cluster.request("t1", "PUT", "/kv/a", b"v")
+        assert missing.status == 401
+        assert "KV_CLIENT_TOKEN" in missing.json()["error"]  # which token, never its value
         wrong = {"Authorization": "Bearer nope"}
-        assert kv_cluster.request("t1", "PUT", "/kv/a", b"v", wrong).status == 403
+        wrong_answer = kv_cluster.request("t1", "PUT", "/kv/a", b"v", wrong)
+        assert wrong_answer.status == 403
+        assert "KV_CLIENT_TOKEN" in wrong_answer.json()["error"]
+        assert CLIENT_TOKEN not in wrong_answer.body.decode()
         cluster_token = {"Authorization": f"Bearer {TOKEN}"}
         assert kv_cluster.request("t1", "GET", "/kv/a", headers=cluster_token).status == 403
         assert kv_cluster.request("t1", "GET", "/health").status == 200

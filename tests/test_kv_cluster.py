@@ -113,7 +113,8 @@ def test_internal_routes_need_the_cluster_token(cluster: KVCluster, token: str |
     for method, path in (("GET", "/internal/kv/x"), ("POST", "/internal/replicate")):
         answer = cluster.request("n1", method, path, b"", headers)
         assert answer.status == (401 if token is None else 403)
-        assert "error" in dict(answer.json())
+        assert "KV_CLUSTER_TOKEN" in answer.json()["error"]  # which token, never its value
+        assert TOKEN not in answer.body.decode()
 
 
 def test_internal_replicate_refuses_a_garbage_batch(cluster: KVCluster) -> None:
@@ -143,6 +144,8 @@ def test_internal_replicate_refuses_a_garbage_batch(cluster: KVCluster) -> None:
         ("PUT", "/kv/a?w=two", b"x", {}, 400, "?w="),
         ("PUT", "/kv/a?w=1&w=2", b"x", {}, 400, "?w="),
         ("GET", "/kv/a?r=-1", None, {}, 400, "?r="),
+        ("PUT", "/kv/a?w=" + "1" * 5000, b"x", {}, 400, "?w="),  # past int()'s digit limit
+        ("GET", "/kv/a?r=" + "0" * 5000 + "1", None, {}, 400, "?r="),
         ("GET", "/kv/a?r=%C2%B2", None, {}, 400, "?r="),
         ("PUT", "/kv/a", b"x", {"X-Request-Timeout-Ms": "soon"}, 400, "X-Request-Timeout-Ms"),
         ("PUT", "/kv/a", b"x", {"X-Request-Timeout-Ms": "0"}, 400, "X-Request-Timeout-Ms"),
@@ -164,6 +167,14 @@ def test_bad_input_is_a_clear_4xx_and_stores_nothing(  # noqa: PLR0917  # parame
     assert answer.status == status
     assert names in str(answer.json()["error"])
     assert stored_counts(cluster) == before
+
+
+def test_a_wrong_method_says_which_would_do(cluster: KVCluster) -> None:
+    """405 carries the Allow header HTTP requires, and the message lists the methods."""
+    answer = cluster.request("n1", "POST", "/kv/a", b"x")
+    assert answer.status == 405
+    assert set(answer.headers["Allow"].split(",")) == {"DELETE", "GET", "HEAD", "PUT"}
+    assert "POST /kv/a; allowed: DELETE, GET, HEAD, PUT" in answer.json()["error"]
 
 
 @FUZZ

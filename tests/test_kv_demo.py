@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -11,14 +12,16 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import cast
 
 import pytest
 
 from examples.kv import KVClient, KVError
-from examples.kv.demo_monitor import read_counters
-from examples.kv.demo_workload import KeyState, Workload
+from examples.kv.demo_monitor import READING_BACK, DemoState, NodeView, read_counters
+from examples.kv.demo_view import PlainView
+from examples.kv.demo_workload import KeyState, TrafficSnapshot, Workload
 from tests._kv import ROOT
 
 _BOUND = 60.0  # seconds a demo run may take here before the test gives up on it
@@ -134,6 +137,47 @@ def test_interrupted_demo_stops_its_nodes_and_removes_its_data(
     assert not list(tmp_path.iterdir())
 
 
+def test_a_sigkilled_demo_takes_its_nodes_down_with_it(tmp_path: Path) -> None:
+    """
+    SIGKILL leaves the demo no chance to clean up: its nodes still stop by themselves
+    (their stdin pipe from it closes), gracefully, within a few seconds.
+    """
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "examples.kv", "demo", "--plain", "--nodes", "3"]
+    pids: set[int] = set()
+    with subprocess.Popen(
+        command, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    ) as process:
+        watchdog = threading.Timer(_BOUND, process.kill)  # never wait forever for output
+        watchdog.start()
+        try:
+            assert process.stdout is not None
+            seen = ""
+            for line in process.stdout:
+                seen += line
+                if "workload started" in line:
+                    break
+            pids = node_pids(seen)
+            assert len(pids) == 3, seen
+            process.kill()
+            process.wait(_BOUND)
+            deadline = time.monotonic() + 20  # a graceful stop on a loaded machine
+            while running := [pid for pid in pids if node_running(pid)]:
+                assert time.monotonic() < deadline, f"nodes {running} outlived the demo"
+                time.sleep(0.05)
+        finally:
+            watchdog.cancel()
+            for pid in pids:  # whatever happened, leave no node behind
+                if node_running(pid):
+                    os.killpg(pid, signal.SIGKILL)  # the demo starts each in its own group
+    logs = list(tmp_path.glob("kv-demo-*/n*/node.log"))
+    assert len(logs) == 3
+    for log in logs:
+        text = log.read_text()
+        assert "stdin closed: stopping" in text
+        assert re.search(r"^kv node n\d stopped$", text, re.M), text  # drained and flushed
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [
@@ -220,3 +264,19 @@ def test_read_counters_sums_the_policies_counters() -> None:
     assert counters["bulkhead rejections"] == 1
     assert counters["breaker opens"] == 3
     assert counters["timeouts"] == 0
+
+
+async def test_plain_view_says_the_read_back_is_running_not_zero_traffic() -> None:
+    """After the workload the status line names the read-back instead of showing a
+    rate and latencies of 0, which read as a stalled cluster."""
+    lines: list[str] = []
+    view = PlainView(lines.append, every=0.0)
+    state = DemoState({"n1": NodeView("n1", "127.0.0.1:1", status="up")}, duration=1.0)
+    state.started = asyncio.get_running_loop().time()
+    idle = TrafficSnapshot(0.0, 0.0, 0.0, 0.0, 10, 5, 0, {})
+    view.refresh(state, idle)
+    state.phase = READING_BACK
+    view.refresh(state, idle)
+    assert "0 req/s" in lines[0]
+    assert lines[1].endswith(f"{READING_BACK} | nodes up 1/1")
+    assert "req/s" not in lines[1]

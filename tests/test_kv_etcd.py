@@ -71,3 +71,26 @@ def test_a_killed_node_leaves_every_view_and_a_new_one_joins(cluster: KVCluster)
     assert cluster.request("n4", "PUT", "/kv/after-join?w=3", b"j").status == 204
     for node in ("n1", "n2", "n4"):
         assert cluster.request(node, "GET", "/kv/after-join?r=1").body == b"j"
+
+
+def test_hints_for_a_node_that_left_the_ring_are_dropped(cluster: KVCluster) -> None:
+    """
+    Writes n3 misses between its SIGKILL and its lease expiring leave hints for it;
+    once it has left every view, they are dropped, not offered to it forever.
+    """
+    wait_members(cluster, ["n1", "n2", "n3"], ["n1", "n2", "n3"], within=10)
+    cluster.kill("n3")
+    for i in range(10):  # W=2 on n1 and n2; the copies for n3 fail and become hints
+        assert cluster.request("n1", "PUT", f"/kv/missed-{i}", b"m").status in {204, 503}
+    deadline = time.monotonic() + 10
+    while cluster.request("n1", "GET", "/cluster").json()["hints"] == 0:
+        assert time.monotonic() < deadline, "no hint was kept for n3"
+        time.sleep(0.05)
+    wait_members(cluster, ["n1", "n2"], ["n1", "n2"], within=TTL + 1 + 1)
+    deadline = time.monotonic() + 10  # a handoff round every second
+    while held := cluster.request("n1", "GET", "/cluster").json()["hints"]:
+        assert time.monotonic() < deadline, f"{held} hints still held for n3, gone for good"
+        time.sleep(0.1)
+    view = cluster.request("n1", "GET", "/cluster").json()
+    assert view["handed_off"] == 0  # dropped, not delivered: n3 never came back
+    assert view["hints_dropped"] >= 1

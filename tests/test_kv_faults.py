@@ -69,6 +69,7 @@ def test_two_nodes_down_is_a_503_within_the_deadline(cluster: KVCluster) -> None
             detail = answer.json()
             assert (detail["acked"], detail["needed"]) == (1, 2)
             assert kind in str(detail["error"])
+            assert "(n1, n2, n3)" in str(detail["error"])  # the replicas asked
             assert elapsed < 0.8 + 0.7, f"{method} took {elapsed:.2f}s for an 800 ms deadline"
     finally:
         for node in ("n2", "n3"):

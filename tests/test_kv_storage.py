@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from examples.kv.hints import HandoffLoop, Hints
+from examples.kv.hints import GONE, HandoffLoop, Hints, hint_size
 from examples.kv.hlc import Version
 from examples.kv.storage import TOMBSTONE_GRACE_MS, Record, Storage
 
@@ -128,6 +128,48 @@ def test_hints_keep_the_newest_version_per_peer_and_key(tmp_path: Path) -> None:
         hints.close()
 
 
+def test_hints_for_one_peer_are_bounded_and_the_excess_counted(tmp_path: Path) -> None:
+    """
+    At the bound a hint for a new key is dropped (and counted), a newer version of a
+    hinted key still replaces it, other peers are unaffected, delivery frees room, and
+    the bound holds across a reopen.
+    """
+    one = hint_size(b"k0", b"x" * 100)
+    hints = Hints(tmp_path, max_bytes=3 * one)
+    try:
+        assert [hints.add("n2", Record(f"k{i}".encode(), v(1), b"x" * 100)) for i in range(5)] == [
+            True, True, True, False, False,
+        ]  # fmt: skip
+        assert (hints.count(), hints.dropped, hints.held_bytes("n2")) == (3, 2, 3 * one)
+        assert hints.add("n2", Record(b"k0", v(2), b"y" * 100))  # newer, same size: kept
+        assert not hints.add("n2", Record(b"k1", v(2), b"y" * 101))  # newer but larger
+        assert hints.add("n3", Record(b"k9", v(1), b"x" * 100))
+        hints.delivered("n2", hints.pending("n2", limit=1))
+        assert hints.add("n2", Record(b"k3", v(1), b"x" * 100))
+    finally:
+        hints.close()
+    reopened = Hints(tmp_path, max_bytes=3 * one)
+    try:
+        assert reopened.held_bytes("n2") == 3 * one
+        assert not reopened.add("n2", Record(b"k4", v(1), b"x" * 100))
+    finally:
+        reopened.close()
+
+
+def test_pending_hints_stop_at_the_byte_cap_but_give_at_least_one(tmp_path: Path) -> None:
+    """A handoff batch stays under its byte cap; a single larger hint still goes alone."""
+    hints = Hints(tmp_path)
+    try:
+        for i in range(5):
+            hints.add("n2", Record(f"k{i}".encode(), v(1), b"x" * 1000))
+        one = hint_size(b"k0", b"x" * 1000)
+        assert len(hints.pending("n2", max_bytes=2 * one)) == 2
+        assert len(hints.pending("n2", max_bytes=one // 2)) == 1
+        assert len(hints.pending("n2", limit=3)) == 3
+    finally:
+        hints.close()
+
+
 async def test_handoff_drops_hints_only_once_delivered(tmp_path: Path) -> None:
     """A failed delivery keeps the hints for the next round; a skipped peer is not tried."""
     hints = Hints(tmp_path)
@@ -154,6 +196,23 @@ async def test_handoff_drops_hints_only_once_delivered(tmp_path: Path) -> None:
         assert hints.targets() == ["n3"]
         assert {target for target, _ in sent} == {"n2"}  # n3 skipped (its breaker, say)
         assert loop.delivered == 1
+    finally:
+        hints.close()
+
+
+async def test_hints_for_a_peer_that_left_are_dropped_not_delivered(tmp_path: Path) -> None:
+    """send answers GONE: the hints go, counted as dropped, not as handed off."""
+    hints = Hints(tmp_path)
+
+    async def send(target: str, records: list[Record]) -> object:
+        return GONE
+
+    for i in range(3):
+        hints.add("n2", Record(f"k{i}".encode(), v(1), b"x"))
+    loop = HandoffLoop(hints, send)
+    try:
+        assert await asyncio.wait_for(loop._deliver("n2"), 10) == 3
+        assert (hints.count(), loop.delivered, loop.dropped) == (0, 0, 3)
     finally:
         hints.close()
 

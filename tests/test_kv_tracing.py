@@ -79,8 +79,7 @@ def test_an_unknown_exporter_is_refused_at_start(tmp_path_factory: pytest.TempPa
     kv = KVCluster(
         tmp_path_factory.mktemp("kv-bad"), ["b1"], env={"OTEL_TRACES_EXPORTER": "zipkin"}
     )
-    process = kv.launch("b1").process
-    assert process.wait(30) == 2
+    assert kv.launch("b1").wait(30) == 2  # and closes its stdin pipe
     lines = kv.processes["b1"].log_path.read_text().strip().splitlines()
     assert len(lines) == 1
     assert "OTEL_TRACES_EXPORTER" in lines[0]

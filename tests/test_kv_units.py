@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import threading
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -27,12 +30,15 @@ from examples.kv.config import (
     ConfigError,
     Discovery,
     add_node_arguments,
+    config_warnings,
     node_config,
     parse_discovery,
     parse_peers,
 )
+from examples.kv.coordinator import QuorumError
 from examples.kv.hlc import HybridClock, Version
-from examples.kv.node import peer_status
+from examples.kv.node import KeyCount, peer_status
+from examples.kv.peers import PeerError, Peers
 from examples.kv.ring import Ring, ring_hash
 from examples.kv.storage import Record
 
@@ -128,6 +134,47 @@ def test_clock_ignores_a_version_far_in_the_future() -> None:
     clock = HybridClock("n1", millis=lambda: 1000)
     clock.observe(Version(1000 + 86_400_000, 0, "n2"))
     assert clock.now().wall == 1000
+
+
+def test_a_clock_stepped_back_across_a_restart_still_stamps_newer(tmp_path: Path) -> None:
+    """A new clock on the same mark file stamps past every stamp of the old one."""
+    mark = tmp_path / "clock"
+    before = HybridClock("n1", millis=lambda: 500_000, mark=mark)
+    last = [before.now() for _ in range(3)][-1]
+    after = HybridClock("n1", millis=lambda: 200_000, mark=mark)  # 5 minutes back
+    assert after.now() > last
+    assert int(mark.read_text()) <= 500_000 + 2_000  # the ceiling stays near real time
+
+
+def test_a_clock_mark_is_written_about_once_a_second(tmp_path: Path) -> None:
+    """Stamps within the ceiling write nothing; the first past it moves the ceiling."""
+    now = [10_000]
+    mark = tmp_path / "clock"
+    clock = HybridClock("n1", millis=lambda: now[0], mark=mark)
+    clock.now()
+    ceiling = int(mark.read_text())
+    mark.unlink()
+    now[0] = ceiling - 1
+    clock.now()
+    assert not mark.exists()
+    now[0] = ceiling
+    clock.now()
+    assert int(mark.read_text()) > ceiling
+
+
+def test_a_clock_mark_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
+    """A corrupted mark file is a clear error naming it, not a clock starting at 0."""
+    mark = tmp_path / "clock"
+    mark.write_text("garbage")
+    with pytest.raises(ValueError, match="clock ceiling"):
+        HybridClock("n1", mark=mark)
+
+
+def test_advance_moves_past_an_own_stamp_however_far_ahead() -> None:
+    """advance (own stamps found in storage) is not bounded like observe."""
+    clock = HybridClock("n1", millis=lambda: 1000)
+    clock.advance(Version(1000 + 86_400_000, 3, "n1"))
+    assert clock.now() > Version(1000 + 86_400_000, 3, "n1")
 
 
 def test_clock_rejects_a_bad_node_id() -> None:
@@ -229,6 +276,57 @@ def test_config_errors_name_the_option(
         node_config(_args(*argv), env)
 
 
+def test_node_help_names_the_environment() -> None:
+    """`node --help` says which variables the node reads, the required token first."""
+    parser = argparse.ArgumentParser()
+    add_node_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert "environment: KV_CLUSTER_TOKEN (required)" in text
+    assert "KV_CLIENT_TOKEN" in text
+    assert "OTEL_TRACES_EXPORTER" in text
+
+
+def test_a_missing_token_says_how_to_give_one() -> None:
+    """The error names the variable and shows how to set it, not only that it is unset."""
+    with pytest.raises(ConfigError, match="KV_CLUSTER_TOKEN is not set") as raised:
+        node_config(_args(*BASE), {"KV_CLUSTER_TOKEN": ""})
+    assert "KV_CLUSTER_TOKEN=secret python -m examples.kv node" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "warned"),
+    [
+        (("--peers", "n1=127.0.0.1:7001"), ["writes (--write-quorum 2) and reads (--read"]),
+        (("--peers", "n1=127.0.0.1:7001", "--replicas", "1", "--write-quorum", "1",
+          "--read-quorum", "1"), []),
+        (("--peers", "n1=127.0.0.1:7001,n2=h:2", "--write-quorum", "3"),
+         ["too few for writes (--write-quorum 3): they"]),
+        (("--peers", "n1=127.0.0.1:7002,n2=h:2"), ["listens on 127.0.0.1:7001"]),
+        (("--peers", "n1=10.0.0.5:7002,n2=h:2"), []),  # advertised through a proxy or NAT
+        (("--peers", "n1=127.0.0.1:7001,n2=h:2"), []),
+        (("--discovery", "etcd://127.0.0.1:2379"), []),  # members come and go
+    ],
+)  # fmt: skip
+def test_config_warnings_name_what_cannot_work(argv: tuple[str, ...], warned: list[str]) -> None:
+    """A config the node accepts (the contract) but that cannot serve gets a warning
+    naming the option and what to do; a sound one gets none."""
+    config = node_config(_args(*BASE[:6], *argv), {"KV_CLUSTER_TOKEN": "s"})
+    warnings = config_warnings(config)
+    assert len(warnings) == len(warned), warnings
+    for warning, text in zip(warnings, warned, strict=True):
+        assert text in warning
+        assert "--peers" in warning
+
+
+def test_a_quorum_error_names_the_replicas_and_where_to_look() -> None:
+    """The 503's message says who was asked, how many answered, and what shows the rest."""
+    write = str(QuorumError("write", 1, 2, ("n1", "n2", "n3")))
+    assert write.startswith("write quorum not met: 1 of this key's replicas (n1, n2, n3) ")
+    assert "acknowledged in time, 2 needed" in write
+    assert "GET /cluster" in write
+    assert "1 answered in time, 3 needed" in str(QuorumError("read", 1, 3))
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -322,3 +420,51 @@ def test_discovery_url_errors_name_the_option(text: str) -> None:
 def test_a_peers_status_follows_its_breaker(state: str | None, status: str) -> None:
     """/cluster reads a probing (half-open) peer as suspect, an open one as down."""
     assert peer_status(state) == status
+
+
+async def test_a_peer_that_left_is_no_longer_called_and_keeps_its_breaker() -> None:
+    """
+    update() with a smaller member set drops the peer's address (no more calls, its
+    hints then dropped); back under the same id it finds its breaker again.
+    """
+    peers = Peers({"n2": "127.0.0.1:1", "n3": "127.0.0.1:2"}, "token")
+    breaker = peers.breakers["n3"]
+    peers.update({"n2": "127.0.0.1:1"})
+    assert set(peers.addresses) == {"n2"}
+    with pytest.raises(PeerError, match="n3 is not a member"):
+        await peers.send_batch("n3", [], 1.0)
+    with pytest.raises(PeerError, match="n3 is not a member"):
+        await peers.read_batch("n3", [b"k"], 1.0)
+    peers.update({"n2": "127.0.0.1:1", "n3": "127.0.0.1:3"})
+    assert peers.addresses["n3"] == "127.0.0.1:3"
+    assert peers.breakers["n3"] is breaker
+    await peers.close()
+
+
+async def test_key_count_runs_off_the_loop_one_at_a_time_and_exact() -> None:
+    """
+    /cluster's key count (a full scan) runs in a worker thread, never two at once;
+    callers arriving during a count share the next one, begun after they asked.
+    """
+    loop_thread = threading.get_ident()
+    calls: list[int] = []
+    running = threading.Semaphore(1)
+
+    def slow_count() -> int:
+        assert running.acquire(blocking=False), "two counts at once"
+        try:
+            calls.append(threading.get_ident())
+            time.sleep(0.05)  # in the worker thread: the loop keeps serving
+            return len(calls)
+        finally:
+            running.release()
+
+    keys = KeyCount(slow_count)
+    first = asyncio.ensure_future(keys.get())
+    await asyncio.sleep(0)  # one step: the first caller has begun count 1
+    late = await asyncio.wait_for(asyncio.gather(keys.get(), keys.get(), keys.get()), 10)
+    assert await asyncio.wait_for(first, 10) == 1
+    assert list(late) == [2, 2, 2]  # one count for the three, begun after they asked
+    assert len(calls) == 2
+    assert loop_thread not in calls
+    assert await asyncio.wait_for(keys.get(), 10) == 3  # never a stale value

@@ -176,9 +176,7 @@ async def test_closing_a_suspended_hedged_call_is_clean() -> None:
     await started.wait()
     coro.close()
     await settle()
-    attempts = [
-        t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()
-    ]
+    attempts = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
     assert attempts == []
     assert clock.pending_timers == 0
 

@@ -19,5 +19,6 @@ def test_help_keeps_the_example_command_as_written(capsys: pytest.CaptureFixture
         mutation.main(["--help"])
     assert exit_info.value.code == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "    python -m tests.mutation resilient/_discovery.py::ServiceView._follow \\" in lines
+    example = "    python -m tests.mutation resilient/_service/discovery.py::ServiceView._follow \\"
+    assert example in lines
     assert '        --tests "tests/test_discovery.py"' in lines

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -38,7 +39,8 @@ from resilient import (
     TimeoutExceeded,
     pipeline,
 )
-from resilient._plan import global_hooks
+from resilient._engine.hooks import global_hooks
+from resilient.integrations._otel_common import error_type
 from resilient.integrations.aiohttp import (
     DEADLINE_HEADER,
     ResilienceMiddleware,
@@ -1087,3 +1089,23 @@ def test_otel_benchmark_quick_run(tmp_path: Path) -> None:
     assert "<!-- otel:begin -->" in text
     assert "<!-- otel:end -->" in text
     assert "OpenTelemetryHooks" in text
+
+
+def test_error_type_names_the_public_path_of_another_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    For a class defined in a private module and exported by its package, ``error.type``
+    is the package's path (as for resilient's own errors, whose ``__module__`` already
+    says ``resilient``); a class its package doesn't export keeps its full path.
+    """
+    package, private = ModuleType("vendorlib"), ModuleType("vendorlib._impl")
+    exported = type("VendorError", (Exception,), {"__module__": "vendorlib._impl"})
+    hidden = type("HiddenError", (Exception,), {"__module__": "vendorlib._impl"})
+    package.VendorError = exported  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vendorlib", package)
+    monkeypatch.setitem(sys.modules, "vendorlib._impl", private)
+    assert error_type(exported("x")) == "vendorlib.VendorError"
+    assert error_type(hidden("x")) == "vendorlib._impl.HiddenError"
+    assert error_type(CircuitOpenError("db", 1.0)) == "resilient.CircuitOpenError"
+    assert error_type(KeyError("k")) == "KeyError"

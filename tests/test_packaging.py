@@ -99,6 +99,7 @@ def test_wheel_holds_every_module_under_resilient(wheel: Path) -> None:
         f"resilient/integrations/{name}" for name in modules_under(REPO_ROOT / "integrations")
     }
     assert "resilient/integrations/aiohttp/_client.py" in linked  # the walk saw subpackages
+    assert {"resilient/_engine/policy.py", "resilient/_service/pool.py"} <= core  # and layers
     assert core | linked <= names
     tops = {name.split("/")[0] for name in names}
     assert {top for top in tops if not top.endswith(".dist-info")} == {"resilient"}

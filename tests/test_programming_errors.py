@@ -23,6 +23,7 @@ from resilient import (
     Retry,
     pipeline,
 )
+from resilient._engine import validate as _validate
 from resilient.testing import FakeClock, instant_retries
 
 
@@ -265,8 +266,6 @@ def test_default_verdicts_are_remembered_per_class_up_to_a_bound(
 ) -> None:
     """The default judgement is the same whether remembered or not, and classes beyond
     the bound (e.g. made on the fly) are judged without being remembered."""
-    from resilient import _validate
-
     assert _validate.retryable_by_default(ConnectionError("x")) is True
     assert ConnectionError in _validate._VERDICTS
     monkeypatch.setattr(_validate, "_MAX_VERDICTS", 0)

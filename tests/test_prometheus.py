@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-import resilient._events
-import resilient._policy
+import resilient._engine.events
+import resilient._engine.policy
 from resilient import (
     Bulkhead,
     BulkheadFullError,
@@ -369,13 +369,13 @@ async def test_calls_are_counted_without_building_events(
 ) -> None:
     """Policies report calls to the hook's listener: no call event is built or delivered."""
     delivered: list[object] = []
-    original = resilient._events.deliver
+    original = resilient._engine.events.deliver
 
     def spy(hooks: tuple[Hook, ...], event: Event) -> None:
         delivered.append(event)
         original(hooks, event)
 
-    with patch.object(resilient._policy, "deliver", spy):
+    with patch.object(resilient._engine.policy, "deliver", spy):
         await Retry(3, name="quiet", hooks=[metrics]).call(ok)
     assert delivered == []
     labels = {"kind": "retry", "policy": "quiet", "outcome": "success"}

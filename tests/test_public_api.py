@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from types import ModuleType
+from types import FunctionType, ModuleType
 
 import pytest
 
@@ -24,12 +24,14 @@ from resilient import (
     BulkheadFullError,
     CircuitOpenError,
     ConcurrencyLimitError,
+    NoHealthyInstanceError,
     RateLimitedError,
     RejectedError,
     ResilienceError,
     ThrottledError,
     TimeoutExceeded,
 )
+from resilient.validation import check_fraction, check_int, check_seconds
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,15 +56,24 @@ CONTRACT = (
 # Names in a private module's `__all__` that deliberately stay out of `resilient.__all__`,
 # with the reason. A new public name must be exported or listed here.
 INTERNAL = {
-    "_no_retries": {"retries_allowed"},  # read by Retry and Hedge; users call no_retries()
-    "_breaker_shared": {"SharedState", "pybreaker_listener_hook"},  # behind storage=
-    "_breaker_window": {"Accounting", "Consecutive", "CountWindow", "TimeWindow", "WindowTotals"}
+    "_engine.context": {"DEADLINE", "retries_allowed"},  # set by Timeout; read by Retry, Hedge
+    # storage=pybreaker...Storage() and from_pybreaker(), behind the optional extra
+    "_policies.breaker.pybreaker_store": {
+        "STORAGE_WORKERS",
+        "PybreakerStore",
+        "pybreaker_listener_hook",
+    },
+    "_policies.breaker.accounting": {"Accounting", "Consecutive", "CountWindow", "TimeWindow"}
     | {"check_window"},  # shared with AdaptiveThrottle
-    "_policy": {"Args", "AsyncFn", "Kwargs"},  # the shape of `_run`'s arguments, internal
-    "_rate_limit": {"check_rate", "permits_of"},  # shared with RedisRateLimiter
-    "_retry": {"set_instant_retries"},  # public as resilient.testing.set_instant_retries
-    "_timeout": {"current_deadline"},  # for the integrations that forward deadlines
-    "_validate": {
+    "_policies.breaker.link": {"StoreLink"},  # the breaker's bounded round trips to its store
+    "_policies.breaker.lua": {"SCRIPT"},  # RedisBreakerStore's script
+    "_policies.breaker.settings": {"Rules", "store_of", "window_accounting"},  # breaker setup
+    "_engine.policy": {"Args", "AsyncFn", "Kwargs"},  # the shape of `_run`'s arguments
+    "_engine.window": {"BUCKETS", "BucketedWindow"},  # RetryBudget's (and breakers') window
+    "_engine.public": {"publish"},  # run by each public module on its own names
+    "_policies.rate_limit": {"check_rate", "permits_of"},  # shared with RedisRateLimiter
+    "_policies.retry": {"set_instant_retries"},  # public as resilient.testing.set_instant_retries
+    "_engine.validate": {
         "check_clock",
         "check_exception_types",
         "check_fraction",
@@ -73,11 +84,10 @@ INTERNAL = {
         "error_matcher",
         "retryable_by_default",
     },
-    "_watchdog": {"Watched", "Watchdog", "Watchdogs"},  # the engine of Timeout
-    "_bulkhead": {"shedding"},  # its repr's tail, shared with AdaptiveConcurrency
-    "_priority": {"parse_priority"},  # for the aiohttp server reading the priority header
+    "_policies.watchdog": {"Watched", "Watchdog", "Watchdogs"},  # the engine of Timeout
+    "_policies.bulkhead": {"shedding"},  # its repr's tail, shared with AdaptiveConcurrency
     # The bulkhead's priority queue, shared with AdaptiveConcurrency.
-    "_wait_queue": {
+    "_policies.wait_queue": {
         "GRANTED",
         "SERVICE_TIME_WEIGHT",
         "TIMED_OUT",
@@ -88,9 +98,9 @@ INTERNAL = {
         "leave",
         "why_left",
     },
-    "_callables": {"awaitable_checked", "check_async", "label", "not_callable"},  # Policy, checks
+    "_engine.callables": {"awaitable_checked", "check_async", "label", "not_callable"},
     # Behind Policy._emit; users configure the `resilient.<kind>` loggers, not these.
-    "_logging": {"DecisionLog", "decision_log", "level_of"},
+    "_engine.logging": {"DecisionLog", "decision_log", "level_of"},
 }
 
 # ``import resilient`` must not load these: integrations' libraries (DESIGN.md), and
@@ -98,15 +108,20 @@ INTERNAL = {
 HEAVY_MODULES = ("aiohttp", "prometheus_client", "opentelemetry", "pybreaker", "redis")
 
 
-def private_modules() -> list[ModuleType]:
+def private_modules(package: ModuleType = resilient) -> list[ModuleType]:
     """
-    Every ``resilient._name`` module, imported.
+    Every private module of `resilient` (``resilient._name``, and every module inside a
+    private package such as ``resilient._engine``, at any depth), imported.
     """
-    return [
-        importlib.import_module(f"resilient.{info.name}")
-        for info in pkgutil.iter_modules(resilient.__path__)
-        if info.name.startswith("_")
-    ]
+    modules = []
+    for info in pkgutil.iter_modules(package.__path__, f"{package.__name__}."):
+        if package is resilient and not info.name.startswith("resilient._"):
+            continue  # public: resilient.testing, resilient.integrations
+        module = importlib.import_module(info.name)
+        modules.append(module)
+        if info.ispkg:
+            modules += private_modules(module)
+    return modules
 
 
 def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -155,7 +170,7 @@ def test_public_names_of_private_modules_are_exported() -> None:
     """
     unexported = []
     for module in private_modules():
-        short = module.__name__.rpartition(".")[2]
+        short = module.__name__.removeprefix("resilient.")
         declared = getattr(module, "__all__", None)
         assert declared is not None, f"{module.__name__} has no __all__"
         internal = INTERNAL.get(short, set())
@@ -168,6 +183,49 @@ def test_public_names_of_private_modules_are_exported() -> None:
             else:
                 assert getattr(resilient, name) is getattr(module, name), name
     assert unexported == []
+
+
+PUBLIC_MODULES = (
+    "resilient",
+    "resilient.testing",
+    "resilient.validation",
+    "resilient.integrations.aiohttp",
+    "resilient.integrations.etcd",
+    "resilient.integrations.otel",
+    "resilient.integrations.prometheus",
+)
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_public_names_show_their_public_module(name: str) -> None:
+    """
+    Every class and function a public module exports says it lives there (its
+    ``__module__``, hence its repr, pickle path and docs), not in the private module
+    that defines it: ``resilient.CircuitOpenError``, as trio does.
+    """
+    module = importlib.import_module(name)
+    exported = [getattr(module, attr) for attr in module.__all__]
+    checked = [obj for obj in exported if isinstance(obj, type | FunctionType)]
+    assert checked  # the check sees something in every module
+    assert {obj.__qualname__: obj.__module__ for obj in checked if obj.__module__ != name} == {}
+    if name == "resilient":
+        assert repr(CircuitOpenError) == "<class 'resilient.CircuitOpenError'>"
+
+
+def test_validation_module_checks_like_the_policies() -> None:
+    """
+    `resilient.validation`, public for users' own policies and for the integrations,
+    returns the checked value and names owner, parameter and value in its errors.
+    """
+    assert check_seconds("Debounce", "seconds", 2) == 2.0
+    assert check_int("Debounce", "burst", 3, minimum=1) == 3
+    assert check_fraction("Debounce", "share", 1) == 1.0
+    with pytest.raises(ValueError, match=r"Debounce\(seconds=-1\): seconds must be finite"):
+        check_seconds("Debounce", "seconds", -1)
+    with pytest.raises(TypeError, match=r"Debounce\(burst=...\): expected an int"):
+        check_int("Debounce", "burst", True, minimum=1)
+    with pytest.raises(ValueError, match=r"Debounce\(share=0\): share must be in \(0, 1\]"):
+        check_fraction("Debounce", "share", 0)
 
 
 def test_testing_module_exports_exist() -> None:
@@ -215,6 +273,7 @@ def test_timeout_exceeded_is_a_builtin_timeout_error() -> None:
         RateLimitedError("api", 0.25, 2, "redis unreachable"),
         ConcurrencyLimitError("db", 7, "queue full"),
         ThrottledError("pricing", 0.5),
+        NoHealthyInstanceError("orders", 3, 3),
         TimeoutExceeded("fetch", 2.0),
     ],
     ids=lambda error: type(error).__name__,

@@ -29,8 +29,7 @@ from resilient import (
     deadline,
     priority,
 )
-from resilient._priority import parse_priority
-from resilient._wait_queue import Waiter, enqueue
+from resilient._policies.wait_queue import Waiter, enqueue
 from resilient.testing import FakeClock, capture_events
 from tests._aio import settle
 
@@ -144,7 +143,7 @@ def test_a_bad_priority_is_a_value_error_naming_it(level: object) -> None:
 )
 def test_parse_priority_takes_names_only(value: str | None, expected: Priority | None) -> None:
     """Untrusted text gives a priority only when it is one's name; else None, no error."""
-    assert parse_priority(value) is expected
+    assert Priority.parse(value) is expected
 
 
 # --- the bulkhead's queue by priority ---

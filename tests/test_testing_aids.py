@@ -20,8 +20,8 @@ from resilient import (
     RetryScheduled,
     Timeout,
 )
-from resilient._plan import global_hooks
-from resilient._retry import instant_retries_enabled
+from resilient._engine.hooks import global_hooks
+from resilient._policies.retry import instant_retries_enabled
 from resilient.testing import FakeClock, capture_events, instant_retries, set_instant_retries
 from tests._aio import result_of
 

@@ -11,61 +11,24 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from .config import ConfigError, add_node_arguments, node_config
-
-__all__ = ["main"]
+from . import missing_extra
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m examples.kv", description=__doc__.split("\n")[1]
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    add_node_arguments(commands.add_parser("node", help="run a node"))
-    from .cli import add_client_commands
+def _main_or_missing_extra() -> int:
+    try:
+        # Lazily, so that a missing kv extra (aiohttp, rich...) is one line, not a traceback.
+        from .commands import main  # noqa: PLC0415
 
-    add_client_commands(commands)
-    from .demo import add_demo_arguments
-
-    add_demo_arguments(commands.add_parser("demo", help="watch a local cluster survive a kill"))
-    from .bench import add_bench_arguments
-
-    add_bench_arguments(
-        commands.add_parser("bench", help="throughput and latency, with and without resilient")
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """
-    Parse `argv` and run the command; the exit code.
-    """
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command == "node":
-        try:
-            config = node_config(args)
-        except ConfigError as error:
-            print(f"kv node: error: {error}", file=sys.stderr)
-            return 2
-        from .server import run
-
-        return run(config)
-    if args.command == "demo":
-        from .demo import run_demo
-
-        return run_demo(args)
-    if args.command == "bench":
-        from .bench import run_bench
-
-        return run_bench(args, sys.argv[1:] if argv is None else argv)
-    from .cli import run_client
-
-    return run_client(args)
+        return main()
+    except ModuleNotFoundError as error:  # no kv extra: one line saying what to install
+        message = missing_extra(error)
+        if message is None:
+            raise
+        print(f"python -m examples.kv: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main_or_missing_extra())

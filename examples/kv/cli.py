@@ -50,10 +50,19 @@ def run_client(args: argparse.Namespace) -> int:
     except KVError as error:
         print(f"kv {args.command}: {error}", file=sys.stderr)
     except (ResilienceError, OSError) as error:
-        print(f"kv {args.command}: no node answered: {error!r}", file=sys.stderr)
+        print(f"kv {args.command}: {_unanswered(args.node, error)}", file=sys.stderr)
     except ValueError as error:
         print(f"kv {args.command}: error: {error}", file=sys.stderr)
     return 2
+
+
+def _unanswered(nodes: list[str], error: BaseException) -> str:
+    # str, not repr: aiohttp's connector errors read well as text and as reprs do not.
+    reason = str(error) or type(error).__name__
+    return (
+        f"no node answered (tried {', '.join(nodes)}): {reason}; is a node running there? "
+        "(a node serves once GET /health answers 200)"
+    )
 
 
 async def _run(args: argparse.Namespace) -> int:

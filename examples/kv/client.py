@@ -38,7 +38,7 @@ from resilient.integrations.aiohttp import (
     is_failure_status,
 )
 
-from .config import parse_address
+from .config import KEY_NOT_FOUND, parse_address
 
 __all__ = ["SERVICE", "KVClient", "KVError"]
 
@@ -131,7 +131,8 @@ class KVClient:
         The value of `key`, or None when it does not exist.
 
         Raises:
-            KVError: The node refused (bad input, quorum not met).
+            KVError: The node refused (bad input, quorum not met), or the address answered
+                a 404 that is not a node's "key not found" (not a KV node).
             resilient.ResilienceError: No node answered within the timeout.
         """
         found = await self.get_versioned(key, r=r)
@@ -164,6 +165,7 @@ class KVClient:
         query = {} if r is None else {"r": str(r)}
         async with await self._client.get(SERVICE, _path(key, query)) as response:
             if response.status == 404:  # noqa: PLR2004
+                await _check_not_found(response)
                 return None
             if response.status != 200:  # noqa: PLR2004
                 raise KVError(response.status, await _detail(response))
@@ -217,6 +219,16 @@ def _path(key: str | bytes, query: dict[str, str]) -> str:
     raw = key.encode() if isinstance(key, str) else key
     path = "/kv/" + quote(raw, safe="")
     return str(URL(path, encoded=True).with_query(query)) if query else path
+
+
+async def _check_not_found(response: aiohttp.ClientResponse) -> None:
+    # A node's 404 says "key not found"; another server's 404 (a wrong port, a proxy)
+    # must not read as a missing key.
+    detail = await _detail(response)
+    if detail.get("error") != KEY_NOT_FOUND:
+        where = f"{response.url.host}:{response.url.port}"
+        message = f"{where} answered 404 without {KEY_NOT_FOUND!r}: is it a KV node?"
+        raise KVError(404, {**detail, "error": message})
 
 
 async def _detail(response: aiohttp.ClientResponse) -> dict[str, object]:

@@ -22,10 +22,12 @@ from .hlc import NODE_ID
 __all__ = [
     "CLIENT_TOKEN_ENV",
     "CLUSTER_TOKEN_ENV",
+    "KEY_NOT_FOUND",
     "ConfigError",
     "Discovery",
     "NodeConfig",
     "add_node_arguments",
+    "config_warnings",
     "node_config",
     "parse_address",
     "parse_discovery",
@@ -34,6 +36,8 @@ __all__ = [
 
 CLUSTER_TOKEN_ENV = "KV_CLUSTER_TOKEN"  # noqa: S105  # a variable name, not a secret
 CLIENT_TOKEN_ENV = "KV_CLIENT_TOKEN"  # noqa: S105  # a variable name, not a secret
+KEY_NOT_FOUND = "key not found"
+"""A GET's 404 error on the wire: it tells a node's "no such key" from another server's 404."""
 _MAX_PORT = 65535
 
 
@@ -100,6 +104,8 @@ class NodeConfig:
         discovery: Where etcd is, or None (static ``--peers``).
         traces_exporter: ``OTEL_TRACES_EXPORTER``: ``console``, ``otlp`` or ``none``.
         plain_peers: Node-to-node calls without policies (a benchmark's baseline).
+        stop_on_stdin_eof: Stop (as on SIGTERM) when standard input reaches its end:
+            the parent holding the pipe's other end exited, even by SIGKILL.
     """
 
     node_id: str
@@ -115,6 +121,7 @@ class NodeConfig:
     discovery: Discovery | None = None
     traces_exporter: str = "none"
     plain_peers: bool = False
+    stop_on_stdin_eof: bool = False
 
 
 def parse_address(text: str, what: str = "address") -> tuple[str, int]:
@@ -158,8 +165,15 @@ def parse_peers(text: str) -> dict[str, str]:
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     """
-    Declare the ``node`` command's options on `parser`.
+    Declare the ``node`` command's options on `parser`, and its environment in the help.
     """
+    parser.epilog = (
+        f"environment: {CLUSTER_TOKEN_ENV} (required) is the secret every node of the "
+        f"cluster shares for /internal/; {CLIENT_TOKEN_ENV}, when set, guards /kv/ too; "
+        "OTEL_TRACES_EXPORTER=console|otlp|none and OTEL_SERVICE_NAME (default kv-<id>) "
+        "set up tracing. A node serves once GET /health answers 200. "
+        "See examples/kv/README.md."
+    )
     parser.add_argument("--id", required=True, dest="node_id", help="this node's id")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, required=True, help="port to listen on")
@@ -174,6 +188,12 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="benchmark baseline: node-to-node calls with plain aiohttp, no resilient policies",
     )
+    parser.add_argument(
+        "--stop-on-stdin-eof",
+        action="store_true",
+        help="stop gracefully when stdin closes (for a supervisor holding a pipe to it:"
+        " the node then dies with its parent, even a SIGKILLed one)",
+    )
 
 
 def node_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> NodeConfig:
@@ -186,7 +206,10 @@ def node_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
     env = os.environ if environ is None else environ
     token = env.get(CLUSTER_TOKEN_ENV, "")
     if not token:
-        raise ConfigError(f"{CLUSTER_TOKEN_ENV} is not set: the node needs the cluster token")
+        raise ConfigError(
+            f"{CLUSTER_TOKEN_ENV} is not set: give every node of the cluster the same secret, "
+            f"e.g. {CLUSTER_TOKEN_ENV}=secret python -m examples.kv node ..."
+        )
     node_id: str = args.node_id
     if not NODE_ID.fullmatch(node_id):
         raise ConfigError(f"--id {node_id!r}: must match [A-Za-z0-9_-]{{1,64}}")
@@ -211,7 +234,49 @@ def node_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
         replicas=args.replicas, write_quorum=args.write_quorum, read_quorum=args.read_quorum,
         cluster_token=token, client_token=env.get(CLIENT_TOKEN_ENV) or None,
         discovery=discovery, traces_exporter=exporter, plain_peers=args.plain_peers,
+        stop_on_stdin_eof=args.stop_on_stdin_eof,
     )  # fmt: skip
+
+
+def config_warnings(config: NodeConfig) -> list[str]:
+    """
+    What in a valid `config` is almost certainly a mistake, for stderr.
+
+    The node starts anyway: its command line is a contract, and etcd membership changes.
+    """
+    if config.discovery is not None:
+        return []
+    found = (_too_few_members(config), _wrong_own_address(config))
+    return [warning for warning in found if warning is not None]
+
+
+def _too_few_members(config: NodeConfig) -> str | None:
+    members = len(config.peers)
+    short = [
+        f"{name} ({option} {value})"
+        for name, option, value in (
+            ("writes", "--write-quorum", config.write_quorum),
+            ("reads", "--read-quorum", config.read_quorum),
+        )
+        if value > members
+    ]
+    if not short:
+        return None
+    return (
+        f"--peers lists {members} member(s), too few for {' and '.join(short)}: they will "
+        "answer 503; list every member in --peers (this node included), or for one node "
+        "pass --replicas 1 --write-quorum 1 --read-quorum 1"
+    )
+
+
+def _wrong_own_address(config: NodeConfig) -> str | None:
+    listed, here = config.peers[config.node_id], f"{config.host}:{config.port}"
+    if listed == here or not listed.startswith(f"{config.host}:"):  # other host: a proxy
+        return None
+    return (
+        f"--peers lists {config.node_id} at {listed} but it listens on {here}: "
+        "the other nodes will not reach it"
+    )
 
 
 def _check_quorums(args: argparse.Namespace) -> None:

@@ -40,11 +40,16 @@ class QuorumError(Exception):
     Fewer than the needed replicas acknowledged (a write) or answered (a read).
     """
 
-    def __init__(self, kind: str, acked: int, needed: int) -> None:
+    def __init__(self, kind: str, acked: int, needed: int, replicas: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.acked = acked
         self.needed = needed
-        super().__init__(f"{kind} quorum not met: {acked} of {needed} replicas answered")
+        did = "acknowledged" if kind == "write" else "answered"
+        among = f" of this key's replicas ({', '.join(replicas)})" if replicas else ""
+        super().__init__(
+            f"{kind} quorum not met: {acked}{among} {did} in time, {needed} needed; "
+            "GET /cluster shows which members are down"
+        )
 
 
 class Coordinator:
@@ -106,7 +111,7 @@ class Coordinator:
         futures = [self._store(node, record, until) for node in targets]
         acked = await _quorum(futures, w, budget * (1 - _MARGIN))
         if acked < w:
-            raise QuorumError("write", acked, w)
+            raise QuorumError("write", acked, w, tuple(sorted(targets)))
         return record, acked
 
     def _store(self, node: str, record: Record, until: float) -> asyncio.Future[object]:
@@ -167,7 +172,7 @@ class Coordinator:
         for future in pending:
             future.cancel()
         if len(answers) < r:
-            raise QuorumError("read", len(answers), r)
+            raise QuorumError("read", len(answers), r, tuple(sorted(targets)))
         return self._newest_and_repair(answers)
 
     def _read_order(self, targets: tuple[str, ...]) -> list[str]:

@@ -35,7 +35,7 @@ import aiohttp
 
 from .client import KVClient
 from .config import CLIENT_TOKEN_ENV
-from .demo_monitor import ClientEvents, DemoState, Monitor, NodeView
+from .demo_monitor import READING_BACK, ClientEvents, DemoState, Monitor, NodeView
 from .demo_view import Outcome, PlainView, RichView, View, summary_lines
 from .demo_workload import Workload
 from .launch import ClusterStartError, LocalCluster
@@ -233,8 +233,8 @@ class _Scenario:
         try:
             chaos = loop.create_task(self._chaos(victim, *plan))
             await workload.run(state.started + state.duration)
-            state.phase = "reading every key back"
-            state.add("workload stopped; reading every key back", "bold")
+            state.phase = READING_BACK
+            state.add(f"workload stopped; {READING_BACK}", "bold")
             killed_at, restarted_at, healthy_after = await chaos
             verification = await workload.verify()
         finally:

@@ -21,7 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from resilient import CircuitState, Event, Rejected, StateChanged, TimedOut
 
-__all__ = ["ClientEvents", "DemoState", "Monitor", "NodeView", "TimelineEntry"]
+__all__ = ["READING_BACK", "ClientEvents", "DemoState", "Monitor", "NodeView", "TimelineEntry"]
+
+READING_BACK = "reading every key back"
+"""The phase after the workload: its traffic figures stand still while keys are read."""
 
 _POLL_SECONDS = 0.5
 _CLOSED = CircuitState.CLOSED

@@ -17,7 +17,7 @@ from rich.text import Text
 
 from resilient import CircuitState
 
-from .demo_monitor import DemoState, NodeView, TimelineEntry
+from .demo_monitor import READING_BACK, DemoState, NodeView, TimelineEntry
 from .demo_workload import TrafficSnapshot, Verification, Workload, percentile
 
 __all__ = ["Outcome", "PlainView", "RichView", "View", "summary_lines"]
@@ -115,6 +115,9 @@ class PlainView:
             return
         self._last = at
         up = sum(1 for node in state.nodes.values() if node.status == "up")
+        if state.phase == READING_BACK:  # no workload: its rate and latency would read 0
+            self._write(f"[{at:5.1f}s] {READING_BACK} | nodes up {up}/{len(state.nodes)}")
+            return
         opened = sum(
             1
             for node in state.nodes.values()

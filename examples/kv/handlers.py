@@ -4,6 +4,7 @@ The HTTP API: client routes under ``/kv/``, node-to-node routes under ``/interna
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -12,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from .codec import decode_keys, decode_traced, encode_acks, encode_found
+from .config import KEY_NOT_FOUND
 from .coordinator import QuorumError
 from .node import Node
 from .validate import InputError, budget_of, error_response, key_of, quorum_of, read_value
@@ -20,6 +22,8 @@ __all__ = ["NODE_KEY", "node_middleware", "routes"]
 
 NODE_KEY = web.AppKey("node", Node)
 VERSION_HEADER = "X-KV-Version"
+_NEEDS_CLUSTER = "send the cluster token (the nodes' KV_CLUSTER_TOKEN)"
+_NEEDS_CLIENT = "send the client token (the nodes' KV_CLIENT_TOKEN)"
 _log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -37,27 +41,46 @@ async def node_middleware(request: web.Request, handler: Handler) -> web.StreamR
         config = request.app[NODE_KEY].config
         path = request.path
         if path.startswith("/internal"):
-            refused = _bearer_ok(request, config.cluster_token)
+            refused = _bearer_ok(request, config.cluster_token, _NEEDS_CLUSTER)
         elif config.client_token is not None and path.startswith("/kv"):
-            refused = _bearer_ok(request, config.client_token)
+            refused = _bearer_ok(request, config.client_token, _NEEDS_CLIENT)
         else:
             refused = None
         return refused if refused is not None else await handler(request)
     except InputError as error:
         return error_response(error.status, error.message)
+    except (ConnectionResetError, web.RequestPayloadError) as error:
+        # The client's fault, not ours: a body that can't be decoded, or a connection
+        # dropped mid-body (then nobody reads this answer). No traceback in the log.
+        return error_response(400, f"body unreadable: {str(error)[:200]}")
     except web.HTTPException as error:
         if error.status < 400 or error.content_type == "application/json":  # noqa: PLR2004
             raise
-        return error_response(error.status, error.reason, path=request.path[:200])
+        return _http_error(request, error)
     except Exception:  # noqa: BLE001  # the last line of defence: never a traceback
         _log.exception("%s %s failed", request.method, request.path[:200])
         return error_response(500, "internal error")
 
 
-def _bearer_ok(request: web.Request, token: str) -> web.Response | None:
+def _http_error(request: web.Request, error: web.HTTPException) -> web.Response:
+    # aiohttp's own errors (404, 405) as JSON; a 405 keeps its Allow header (RFC 9110
+    # requires it) and says which methods would do.
+    path = request.path[:200]
+    if isinstance(error, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(error.allowed_methods))
+        response = error_response(
+            405, f"{error.reason}: {request.method[:20]} {path}; allowed: {allowed}", path=path
+        )
+        response.headers["Allow"] = ",".join(sorted(error.allowed_methods))
+        return response
+    return error_response(error.status, error.reason, path=path)
+
+
+def _bearer_ok(request: web.Request, token: str, which: str) -> web.Response | None:
+    # `which` names the variable that holds the token, never the token itself.
     given = request.headers.get("Authorization")
     if given is None:
-        response = error_response(401, "missing Authorization: Bearer <token>")
+        response = error_response(401, f"missing Authorization: Bearer <token>: {which}")
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
     scheme, _, secret = given.partition(" ")
@@ -65,7 +88,7 @@ def _bearer_ok(request: web.Request, token: str) -> web.Response | None:
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         secret.strip().encode("utf-8", "replace"), expected
     ):
-        return error_response(403, "wrong token")
+        return error_response(403, f"wrong token: {which}")
     return None
 
 
@@ -94,7 +117,14 @@ async def _write(request: web.Request, *, delete: bool) -> web.StreamResponse:
     key = key_of(request)
     w = quorum_of(request, "w", node.config.write_quorum, node.config.replicas)
     budget = budget_of(request)
-    value = None if delete else await read_value(request)
+    if not delete:
+        # The deadline covers the body too: a client trickling it in can't hold a
+        # handler (and a slot of the drain at SIGTERM) for longer than it asked for.
+        started = asyncio.get_running_loop().time()
+        value = await read_value(request, budget)
+        budget -= asyncio.get_running_loop().time() - started
+    else:
+        value = None
     try:
         record, acked = await node.coordinator.write(key, value, w, budget)
     except QuorumError as error:
@@ -118,7 +148,7 @@ async def get_key(request: web.Request) -> web.StreamResponse:
         return _quorum_failed(node, "get", error)
     if record is None or record.value is None:
         node.count("get", "404")
-        response = error_response(404, "key not found")
+        response = error_response(404, KEY_NOT_FOUND)
         if record is not None:
             response.headers[VERSION_HEADER] = str(record.version)
         return response
@@ -185,7 +215,9 @@ async def cluster(request: web.Request) -> web.StreamResponse:
     """
     ``GET /cluster``: members, status as seen from here, ring ownership.
     """
-    view = request.app[NODE_KEY].cluster_view()
+    node = request.app[NODE_KEY]
+    await node.keys_stored.get()  # off the event loop: a full scan (node.KeyCount)
+    view = node.cluster_view()
     return web.Response(body=json.dumps(view).encode(), content_type="application/json")
 
 

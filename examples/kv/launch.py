@@ -11,7 +11,9 @@ Start, kill, restart and stop node processes on loopback: ``python -m examples.k
 
 Used by the demo and by the tests. Ports come from the kernel before the nodes start
 (every node must know every member's address); each node has its own data directory
-and log file under `root`.
+and log file under `root`. Each node's stdin is a pipe from this process, started with
+``--stop-on-stdin-eof``: should this process die without stopping them (SIGKILL, a
+crash), the kernel closes the pipe and the nodes stop by themselves.
 """
 
 from __future__ import annotations
@@ -98,12 +100,30 @@ class NodeProcess:
             else:
                 self.process.send_signal(signum)
 
+    def wait(self, timeout: float) -> int:
+        """
+        Wait for the node to exit, then close this end of its stdin; its exit status.
+
+        Raises:
+            subprocess.TimeoutExpired: It still runs after `timeout` seconds.
+        """
+        status = self.process.wait(timeout)
+        self.release()
+        return status
+
+    def release(self) -> None:
+        """
+        Close this end of the node's stdin pipe (a running node then stops); idempotent.
+        """
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+
     def kill(self, timeout: float = 10.0) -> None:
         """
         SIGKILL the node and reap it.
         """
         self.signal(signal.SIGKILL)
-        self.process.wait(timeout)
+        self.wait(timeout)
 
     def stop(self, timeout: float = 5.0) -> int:
         """
@@ -111,7 +131,7 @@ class NodeProcess:
         """
         self.signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout)
+            return self.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill(timeout)
             return self.process.returncode
@@ -179,13 +199,18 @@ class LocalCluster:
             sys.executable, "-m", "examples.kv", "node", "--id", node,
             "--port", str(self.ports[node]), "--data-dir", str(self.root / node / "data"),
             *(("--discovery", self.discovery) if self.discovery else ("--peers", self.peers)),
-            *self.extra_args,
+            "--stop-on-stdin-eof", *self.extra_args,
         ]  # fmt: skip
 
     def launch(self, node: str) -> NodeProcess:
         """
         Start `node`'s process without waiting for it.
+
+        Its stdin is a pipe from this process (see the module docstring).
         """
+        previous = self.processes.get(node)
+        if previous is not None and previous.process.poll() is not None:
+            previous.release()
         directory = self.root / node
         directory.mkdir(parents=True, exist_ok=True)
         log_path = directory / "node.log"
@@ -193,7 +218,7 @@ class LocalCluster:
         env = {**os.environ, CLUSTER_TOKEN_ENV: self.token, "PYTHONPATH": path, **self.env}
         with log_path.open("ab") as log:
             process = subprocess.Popen(  # noqa: S603  # argv built here, no shell
-                self.command(node), stdin=subprocess.DEVNULL, stdout=log,
+                self.command(node), stdin=subprocess.PIPE, stdout=log,
                 stderr=subprocess.STDOUT, cwd=ROOT, env=env,
                 process_group=0 if self.own_groups else None,
             )  # fmt: skip
@@ -262,7 +287,7 @@ class LocalCluster:
         """
         server = self.processes[node]
         server.signal(signal.SIGTERM)
-        return server.process.wait(timeout)
+        return server.wait(timeout)
 
     def stop_all(self, timeout: float = 5.0) -> None:
         """
@@ -274,3 +299,5 @@ class LocalCluster:
             server.signal(signal.SIGTERM)
         for server in running:
             server.stop(timeout)
+        for server in self.processes.values():
+            server.release()  # those that had exited already

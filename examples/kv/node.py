@@ -18,7 +18,7 @@ from resilient.integrations.prometheus import ResilienceMetrics
 
 from .config import NodeConfig
 from .coordinator import Coordinator
-from .hints import HandoffLoop, Hints
+from .hints import GONE, HandoffLoop, Hints
 from .hlc import HybridClock
 from .membership import EtcdMembership
 from .peers import Peers
@@ -26,7 +26,7 @@ from .ring import Ring
 from .storage import Record, Storage
 from .tracing import configure_tracing
 
-__all__ = ["Node", "peer_status"]
+__all__ = ["KeyCount", "Node", "peer_status"]
 
 _PURGE_EVERY = 3600.0
 _log = logging.getLogger(__name__)
@@ -42,6 +42,63 @@ def peer_status(breaker_state: str | None) -> str:
     if breaker_state in (None, CircuitState.CLOSED.value):
         return "up"
     return "suspect" if breaker_state == CircuitState.HALF_OPEN.value else "down"
+
+
+def _restored_clock(node: str, storage: Storage) -> HybridClock:
+    # The ceiling file covers every version this node stamped, those it sent only to
+    # other replicas included. Without it (a data directory from before the file
+    # existed, or one whose file was lost), its own newest stored write: a full scan
+    # (about a second per million keys), so only then.
+    mark = storage.path.with_name("clock")
+    missing = not mark.exists()
+    clock = HybridClock(node, mark=mark)
+    newest = storage.newest_stamped_by(node) if missing else None
+    if newest is not None:
+        clock.advance(newest)
+    return clock
+
+
+class KeyCount:
+    """
+    ``keys_stored`` of ``/cluster``: a full count, in a worker thread, one at a time.
+
+    ``SELECT count(*)`` scans the table (about 0.2 s per million keys). On the event
+    loop it stalled every request for that long, and ``/cluster`` is open to anyone:
+    a few requests a second took a node down. Here it runs in a thread (SQLite
+    releases the GIL) and never twice at once: callers that arrive while a count
+    runs share the next one, so each gets a count begun after it asked (exact, as
+    tests comparing counts before and after a request need) and a flood of requests
+    costs at most one thread scanning.
+
+    Args:
+        count: Counts the keys; called in a worker thread.
+    """
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self._count = count
+        self.value = 0
+        self._started = 0  # counts begun so far
+        self._finished = 0  # the last count whose value is in `value`
+        self._running: asyncio.Task[None] | None = None
+
+    async def get(self) -> int:
+        """
+        The number of keys stored, from a count begun after this call.
+        """
+        wanted = self._started + 1
+        while self._finished < wanted:
+            if self._running is None:
+                self._started += 1
+                self._running = asyncio.get_running_loop().create_task(self._run(self._started))
+            await asyncio.shield(self._running)  # a caller gone doesn't stop the count
+        return self.value
+
+    async def _run(self, number: int) -> None:
+        try:
+            self.value = await asyncio.to_thread(self._count)
+            self._finished = number
+        finally:
+            self._running = None
 
 
 class Node:
@@ -67,7 +124,7 @@ class Node:
         if self.tracing is not None:
             hooks.append(OpenTelemetryHooks(tracer_provider=self.tracing.provider))
         self.storage = Storage(config.data_dir)
-        self.clock = HybridClock(config.node_id)
+        self.clock = _restored_clock(config.node_id, self.storage)
         self.members = dict(config.peers)
         self.ring = Ring(self.members)
         self.peers = Peers(
@@ -80,6 +137,7 @@ class Node:
             replicas=config.replicas, hints=self.hints,
         )  # fmt: skip
         self.handoff = HandoffLoop(self.hints, self._hand_off)
+        self.keys_stored = KeyCount(self.storage.count_apart)
         self.ready = False
         self.membership: EtcdMembership | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -131,14 +189,16 @@ class Node:
                 _log.exception("tombstone purge failed; trying again in an hour")
             await asyncio.sleep(_PURGE_EVERY)
 
-    async def _hand_off(self, node: str, records: list[Record]) -> None:
+    async def _hand_off(self, node: str, records: list[Record]) -> object:
         if node not in self.peers.addresses:
-            return  # not a member any more (etcd): nothing to deliver to
-        await self.peers.send_batch(node, [(record, None) for record in records], 2.0)
+            return GONE  # not a member any more (etcd): nothing to deliver to
+        return await self.peers.send_batch(node, [(record, None) for record in records], 2.0)
 
     def cluster_view(self) -> dict[str, object]:
         """
         The ``GET /cluster`` document: members, their status as seen here, ring shares.
+
+        ``keys_stored`` is `keys_stored`'s last count: await ``keys_stored.get()`` first.
         """
         shares = self.ring.ownership()
         members = []
@@ -156,11 +216,12 @@ class Node:
             "node": self.id, "replicas": self.config.replicas,
             "resilient_peers": not self.peers.plain,
             "write_quorum": self.config.write_quorum, "read_quorum": self.config.read_quorum,
-            "members": members, "keys_stored": self.storage.count(),
+            "members": members, "keys_stored": self.keys_stored.value,
             "hedges": self.coordinator.hedges, "repairs": self.coordinator.repairs,
             "replicating": self.coordinator.replicating,
             "batching": self.peers.batching(),
-            "hints": self.hints.count(), "handed_off": self.handoff.delivered,
+            "hints": self.hints.count(), "hints_dropped": self.hints.dropped + self.handoff.dropped,
+            "handed_off": self.handoff.delivered,
         }  # fmt: skip
 
     async def close(self) -> None:

@@ -54,7 +54,7 @@ _UNBOUNDED = aiohttp.ClientTimeout(total=None)  # made once: this is on every pe
 
 class PeerError(Exception):
     """
-    A peer answered, but not with what the protocol expects.
+    A peer answered, but not with what the protocol expects; or it left the cluster.
     """
 
 
@@ -104,11 +104,23 @@ class Peers:
 
     def update(self, addresses: dict[str, str]) -> None:
         """
-        Follow a membership change; known peers keep their policies.
+        Follow a membership change: `addresses` are now all the peers.
+
+        A peer that left is no longer called (its hints are dropped: `Node`); its
+        policy, breaker and coalescers are kept, so a member that comes back under the
+        same id (a restart, with etcd) finds its breaker as it left it, and its series
+        in ``/metrics`` stay one per id ever seen.
         """
+        for node in set(self.addresses) - set(addresses):
+            origin = f"http://{self.addresses.pop(node)}"
+            if self._by_origin.get(origin) == node:
+                del self._by_origin[origin]
         for node, address in addresses.items():
-            if self.addresses.get(node) == address:
+            previous = self.addresses.get(node)
+            if previous == address:
                 continue
+            if previous is not None and self._by_origin.get(f"http://{previous}") == node:
+                del self._by_origin[f"http://{previous}"]  # moved
             self.addresses[node] = address
             self._by_origin[f"http://{address}"] = node
             if node in self.policies:
@@ -211,6 +223,12 @@ class Peers:
         """
         return self._readers[node].submit(key, until)
 
+    def _url(self, node: str, path: str) -> str:
+        address = self.addresses.get(node)
+        if address is None:  # left while the batch waited
+            raise PeerError(f"{node} is not a member any more")
+        return f"http://{address}{path}"
+
     async def send_batch(
         self, node: str, items: list[tuple[Record, str | None]], budget: float
     ) -> list[bool]:
@@ -218,10 +236,10 @@ class Peers:
         Store records (each with its writer's traceparent) on `node` in one request.
 
         Raises:
-            PeerError: The peer answered something unexpected.
+            PeerError: The peer answered something unexpected, or is not a member.
             resilient.ResilienceError, aiohttp.ClientError: The call failed.
         """
-        url = f"http://{self.addresses[node]}/internal/replicate"
+        url = self._url(node, "/internal/replicate")
         with deadline(budget):
             body = encode_records([record for record, _ in items], [trace for _, trace in items])
             async with self.session.post(url, data=body, timeout=self._timeout(budget)) as response:
@@ -237,10 +255,10 @@ class Peers:
         faster than backing off and asking the same one again.
 
         Raises:
-            PeerError: The peer answered something unexpected.
+            PeerError: The peer answered something unexpected, or is not a member.
             resilient.ResilienceError, aiohttp.ClientError: The call failed.
         """
-        url = f"http://{self.addresses[node]}/internal/read"
+        url = self._url(node, "/internal/read")
         with deadline(budget), no_retries():
             response = await self.session.post(
                 url, data=encode_keys(keys), timeout=self._timeout(budget)

@@ -72,9 +72,10 @@ def configure_tracing(node_id: str, name: str) -> Tracing | None:
     env = os.environ
     if name == "none":
         return None
-    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import (
+    # The SDK (optional: a node traces nothing without it) loads only when tracing is on.
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource  # noqa: PLC0415
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import (  # noqa: PLC0415
         BatchSpanProcessor,
         ConsoleSpanExporter,
         SimpleSpanProcessor,
@@ -86,7 +87,9 @@ def configure_tracing(node_id: str, name: str) -> Tracing | None:
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
     elif name == "otlp":
         try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+                OTLPSpanExporter,  # optional, as the error below says
+            )
         except ImportError as exc:
             raise ImportError(
                 "OTEL_TRACES_EXPORTER=otlp needs opentelemetry-exporter-otlp-proto-http:"

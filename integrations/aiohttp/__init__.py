@@ -18,6 +18,7 @@ if importlib.util.find_spec("aiohttp") is None:  # pragma: no cover - needs an e
         "resilient.integrations.aiohttp needs aiohttp >= 3.12: pip install 'resilient[aiohttp]'"
     )
 
+from .._public import publish
 from ._client import (
     DEFAULT_MAX_KEYS,
     IDEMPOTENT_METHODS,
@@ -27,8 +28,8 @@ from ._client import (
     is_failure_status,
     parse_retry_after,
 )
-from ._discovery import DiscoveryClient, DiscoveryRequest
-from ._health import add_health_routes, health_routes, report_json
+from ._discovery_client import DiscoveryClient, DiscoveryRequest
+from ._health_routes import add_health_routes, health_routes, report_json
 from ._propagation import DEADLINE_HEADER, PRIORITY_HEADER, parse_deadline
 from ._server import add_metrics_route, resilience_middleware
 
@@ -51,3 +52,5 @@ __all__ = [
     "report_json",
     "resilience_middleware",
 ]
+
+publish(globals())  # public names show this path, not their private modules

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 
 from resilient import CircuitBreaker, CircuitState, Pipeline, Policy
-from resilient._validate import check_int
+from resilient.validation import check_int
 
 __all__ = ["DEFAULT_MAX_KEYS", "PolicyCache"]
 

@@ -32,8 +32,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from resilient import Policy, Priority, deadline, priority
-from resilient._priority import parse_priority
-from resilient._validate import check_seconds
+from resilient.validation import check_seconds
 
 from ._admission import DEFAULT_EXEMPT, admit, check_exempt, is_exempt
 from ._propagation import (
@@ -147,7 +146,7 @@ _NO_PRIORITY = contextlib.nullcontext()
 def _caller_priority(
     request: web.Request, header: str | None, ceiling: Priority
 ) -> AbstractContextManager[Any]:
-    level = None if header is None else parse_priority(request.headers.get(header))
+    level = None if header is None else Priority.parse(request.headers.get(header))
     return _NO_PRIORITY if level is None else priority(min(level, ceiling))
 
 
@@ -170,13 +169,13 @@ class _trace_context:  # noqa: N801  # used like a function: `with _trace_contex
     def __enter__(self) -> None:
         context = extract_trace_context(self._headers)
         if context is not None:
-            from opentelemetry import context as otel_context
+            from opentelemetry import context as otel_context  # noqa: PLC0415  # optional extra
 
             self._token = otel_context.attach(context)  # type: ignore[arg-type]
 
     def __exit__(self, *exc_info: object) -> None:
         if self._token is not None:
-            from opentelemetry import context as otel_context
+            from opentelemetry import context as otel_context  # noqa: PLC0415  # optional extra
 
             otel_context.detach(self._token)  # type: ignore[arg-type]
 
@@ -196,7 +195,7 @@ def add_metrics_route(
         ImportError: The ``prometheus`` extra is not installed.
     """
     try:
-        import prometheus_client
+        import prometheus_client  # noqa: PLC0415  # the optional prometheus extra
     except ImportError as exc:
         raise ImportError(
             "add_metrics_route needs prometheus-client: pip install 'resilient[prometheus]'"

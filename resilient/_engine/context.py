@@ -1,0 +1,95 @@
+"""
+Call-scoped context: the deadline that travels with a call, and the no-retries switch.
+
+Both live in context variables, so they apply to the calls made inside a block (and the
+tasks those start) and to nothing else. This module is their one home: `Timeout` sets the
+deadline, `Retry`, `Bulkhead`, `RateLimiter` and `EndpointPool` read it, and integrations
+forward it through the public `remaining_time()`.
+
+- The deadline: the absolute time (on a given clock) by which the call must finish. A
+  nested deadline never outlives the budget an enclosing one leaves, and
+  `remaining_time()` tells any code (a retry deciding whether to sleep, an HTTP client
+  sending ``X-Request-Timeout`` to the next hop) how long the call may still take.
+- `no_retries()`: some calls must run at most once whatever the policies say (a
+  non-idempotent HTTP request, a payment). `Retry` reads the switch only after a failure
+  and `Hedge` once per call, so it costs nothing on the happy path of calls that don't
+  use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from .clock import Clock
+from .validate import check_clock, check_seconds
+
+__all__ = ["DEADLINE", "deadline", "no_retries", "remaining_time", "retries_allowed"]
+
+# (absolute deadline, the clock it is measured on); None outside every deadline. Set by
+# `deadline()` here and by `Timeout` (which enforces it), read by everything else.
+DEADLINE: ContextVar[tuple[float, Clock] | None] = ContextVar("resilient_deadline", default=None)
+
+_OFF: ContextVar[bool] = ContextVar("resilient_no_retries", default=False)
+
+
+def remaining_time() -> float | None:
+    """
+    Seconds left before the innermost enclosing deadline, or None when there is none.
+
+    Never negative: 0.0 means the budget is spent.
+    """
+    current = DEADLINE.get()
+    if current is None:
+        return None
+    at, clock = current
+    return max(0.0, at - clock.monotonic())
+
+
+@contextmanager
+def deadline(seconds: float, *, clock: Clock | None = None) -> Iterator[None]:
+    """
+    Make a deadline visible without enforcing it.
+
+    Inside the block `remaining_time()` counts down from `seconds` (or from less, when
+    an enclosing deadline leaves less), nested `Timeout`s are capped by it, `Retry`
+    won't sleep past it and integrations send it on; but nothing is cancelled when it
+    passes. A server uses this to honour a caller's deadline it chose not to enforce.
+
+    Raises:
+        ValueError: `seconds` is negative or not finite.
+    """
+    budget = check_seconds("deadline", "seconds", seconds, allow_zero=True)
+    clock = check_clock("deadline", clock)
+    at = clock.monotonic() + budget
+    outer = DEADLINE.get()
+    if outer is not None:
+        at = min(at, clock.monotonic() + outer[0] - outer[1].monotonic())
+    token = DEADLINE.set((at, clock))
+    try:
+        yield
+    finally:
+        DEADLINE.reset(token)
+
+
+@contextmanager
+def no_retries() -> Iterator[None]:
+    """
+    Within the block, `Retry` makes one attempt and `Hedge` sends no extra attempts.
+
+    Breakers, bulkheads, timeouts and fallbacks still apply, so the failure is counted
+    and a fallback can still answer.
+    """
+    token = _OFF.set(True)
+    try:
+        yield
+    finally:
+        _OFF.reset(token)
+
+
+def retries_allowed() -> bool:
+    """
+    False inside a `no_retries()` block.
+    """
+    return not _OFF.get()

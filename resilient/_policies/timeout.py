@@ -1,0 +1,198 @@
+"""
+Timeouts: enforce the deadline that travels with a call.
+
+`Timeout(seconds)` cancels the guarded call when its budget runs out and raises
+`TimeoutExceeded`. The absolute deadline is kept in the context variable of
+`_engine.context` (its one home, with `deadline()` and `remaining_time()`), so a nested
+timeout never outlives the budget left by an enclosing one.
+
+The cancellation mechanics follow `asyncio.timeout` (Python 3.11): the timer cancels the
+task, and on the way out `Task.uncancel()` tells our cancellation from anyone else's, so a
+cancellation from outside is never swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from contextvars import Token
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TypeVar
+
+from .._engine.clock import Clock
+from .._engine.context import DEADLINE
+from .._engine.errors import TimeoutExceeded
+from .._engine.events import Hook, TimedOut
+from .._engine.policy import Args, AsyncFn, Kwargs, Policy
+from .._engine.validate import check_seconds
+from .watchdog import Watchdog, Watchdogs
+
+__all__ = ["Timeout", "TimeoutStatistics"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutStatistics:
+    """
+    A snapshot of a `Timeout`'s counters.
+    """
+
+    seconds: float
+    calls: int
+    timeouts: int
+
+
+class _Scope:
+    """
+    One guarded call: deadline, its loop's watchdog, context token, whether it expired.
+    """
+
+    __slots__ = ("budget", "cancelling", "deadline", "fired", "task", "token", "watchdog")
+
+    def __init__(
+        self, task: asyncio.Task[object], deadline: float, budget: float, watchdog: Watchdog
+    ) -> None:
+        self.task = task
+        self.watchdog = watchdog
+        self.deadline = deadline
+        self.budget = budget
+        self.cancelling = task.cancelling()
+        self.fired = False
+        self.token: Token[tuple[float, Clock] | None] | None = None
+
+    def expire(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+
+class Timeout(Policy):
+    """
+    Bound a call's duration; raise `TimeoutExceeded` when the budget runs out.
+
+    Usable as a decorator, with `.call(fn, ...)`, or as ``async with Timeout(2.0):``.
+
+    Args:
+        seconds: The budget, > 0. An enclosing deadline with less time left wins.
+        name: A label for events and metrics (default ``"timeout"``).
+        clock: Time source (default: the system clock).
+        hooks: Event hooks for this policy only.
+
+    Raises:
+        ValueError: `seconds` is not a finite number > 0.
+    """
+
+    kind = "timeout"
+    __slots__ = ("_calls", "_scopes", "_timeouts", "_watchdogs", "seconds")
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        name: str | None = None,
+        clock: Clock | None = None,
+        hooks: Iterable[Hook] | None = None,
+    ) -> None:
+        super().__init__(name=name, clock=clock, hooks=hooks)
+        self.seconds: float = check_seconds("Timeout", "seconds", seconds)
+        self._calls = 0
+        self._timeouts = 0
+        self._scopes: dict[asyncio.Task[object], list[_Scope]] = {}
+        # One per event loop: a Timeout shared by loops in several threads is safe.
+        self._watchdogs = Watchdogs(self._clock)
+
+    async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
+        scope = self._enter()
+        if scope.budget <= 0.0:
+            # An enclosing deadline is already spent: don't start work that can't finish.
+            self._exit(scope)
+            raise self._expired(scope)
+        try:
+            result = await fn(*args, **kwargs)
+        except asyncio.CancelledError as cancelled:
+            if self._exit(scope):
+                raise self._expired(scope) from cancelled
+            raise
+        except BaseException:
+            self._exit(scope)
+            raise
+        self._exit(scope)
+        return result
+
+    def _enter(self) -> _Scope:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("Timeout must be used inside an asyncio task")
+        clock = self._clock
+        now = clock.monotonic()
+        deadline = now + self.seconds
+        outer = DEADLINE.get()
+        if outer is not None:
+            outer_at, outer_clock = outer
+            # Compare on our clock: an outer deadline set on another clock is converted.
+            outer_here = (
+                outer_at if outer_clock is clock else now + outer_at - outer_clock.monotonic()
+            )
+            deadline = min(deadline, outer_here)
+        self._calls += 1
+        dog = self._watchdogs.last
+        if dog.loop is not task.get_loop():  # cheaper than asyncio.get_running_loop()
+            dog = self._watchdogs.switch(task.get_loop())
+        scope = _Scope(task, deadline, max(0.0, deadline - now), dog)
+        dog.watch(scope)
+        scope.token = DEADLINE.set((deadline, clock))
+        return scope
+
+    def _exit(self, scope: _Scope) -> bool:
+        """
+        Leave the scope; True when our own timer is why the task was cancelled.
+        """
+        scope.watchdog.unwatch(scope)
+        if scope.token is not None:
+            DEADLINE.reset(scope.token)
+        # Withdraw our cancel request whatever happened, as asyncio.timeout does, so a
+        # call that swallowed it doesn't leave the task with a stray pending cancel.
+        return scope.fired and scope.task.uncancel() <= scope.cancelling
+
+    def _expired(self, scope: _Scope) -> TimeoutExceeded:
+        self._timeouts += 1
+        if self._listening():
+            self._emit(TimedOut, timeout=scope.budget)
+        return TimeoutExceeded(self.name, scope.budget)
+
+    async def __aenter__(self) -> Timeout:
+        scope = self._enter()
+        if scope.budget <= 0.0:
+            self._exit(scope)  # as in _run: a spent outer deadline fails before the body
+            raise self._expired(scope)
+        self._scopes.setdefault(scope.task, []).append(scope)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task = asyncio.current_task()
+        stack = self._scopes.get(task)  # type: ignore[arg-type]  # None never stored
+        if not stack:
+            raise RuntimeError("Timeout.__aexit__ without a matching __aenter__ in this task")
+        scope = stack.pop()
+        if not stack:
+            del self._scopes[scope.task]
+        if self._exit(scope) and exc_type is asyncio.CancelledError:
+            raise self._expired(scope) from exc
+
+    def statistics(self) -> TimeoutStatistics:
+        """
+        Return a snapshot of this timeout's counters.
+        """
+        return TimeoutStatistics(seconds=self.seconds, calls=self._calls, timeouts=self._timeouts)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Timeout {self.name!r} {self.seconds:g}s calls={self._calls}"
+            f" timeouts={self._timeouts}>"
+        )
