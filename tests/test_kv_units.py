@@ -473,6 +473,8 @@ async def test_key_count_runs_off_the_loop_one_at_a_time_and_exact() -> None:
     assert len(calls) == 2
     assert loop_thread not in calls
     assert await asyncio.wait_for(keys.get(), 10) == 3  # never a stale value
+
+
 class _HungFirstPeers:
     """
     Peers whose first answer for each key never comes; any later ask answers at once.
