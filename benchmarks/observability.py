@@ -39,7 +39,13 @@ WORKLOADS: dict[str, Callable[[], Policy]] = {
 
 
 class NoopListener:
-    """Hears what `ResilienceMetrics` hears, the same way, and does nothing."""
+    """
+    Hears what `ResilienceMetrics` hears, the same way, and does nothing.
+
+    No ``call_started``, as `ResilienceMetrics`' listener has none: one that returned
+    None would tell the policy it wants no end, and the policy would skip the clock
+    reads and the end this row is meant to measure.
+    """
 
     event_types = ResilienceMetrics.event_types
 
@@ -48,9 +54,6 @@ class NoopListener:
 
     def listen_calls(self, _policy: Policy) -> NoopListener:
         return self
-
-    def call_started(self) -> None:
-        return None
 
     def call_ended(self, _token: None, _duration: float, _error: BaseException | None) -> None:
         return None
@@ -219,9 +222,10 @@ PAGE = Report(
     " no-op listener row, paid per layer, so the four-layer pipeline pays it four times."
     " No event object is built for a call: hooks that define `listen_calls` hear calls"
     " through plain method calls. The Prometheus listener adds to plain per-thread"
-    " counters and builds metric families only when scraped (a cached prometheus_client"
-    " child's `inc()` plus `observe()` would cost more than the whole layer, each taking a"
-    " lock: see the pieces).",
+    " counters and builds metric families only when scraped. The floor of counting with"
+    " prometheus_client's own metrics instead is the `prometheus_client floor` row: a"
+    " cached Counter child's `inc()` plus a Histogram child's `observe()` per layer, each"
+    " taking a lock, cost more than the whole layer does here (see the pieces).",
 )
 
 
