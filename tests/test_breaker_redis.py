@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio
 
 from resilient import (
@@ -26,6 +27,7 @@ from resilient import (
     CircuitOpenError,
     CircuitState,
     RedisBreakerStore,
+    RedisRateLimiter,
     Timeout,
 )
 from resilient.testing import FakeClock
@@ -103,6 +105,26 @@ def test_store_options_are_validated(
     """
     with pytest.raises(error, match=message):
         RedisBreakerStore(redis.asyncio.Redis(), **options)
+
+
+@pytest.mark.parametrize(
+    ("client", "message"),
+    [
+        (redis.Redis(), r"is a synchronous Redis client; use redis\.asyncio\.Redis"),
+        (None, r"expected a redis\.asyncio client .*got None"),
+    ],
+    ids=["sync-client", "no-client"],
+)
+def test_redis_users_refuse_a_client_that_is_not_asyncio(client: object, message: str) -> None:
+    """
+    A synchronous ``redis.Redis`` (or no client at all) fails at construction with a
+    TypeError saying to use ``redis.asyncio``, for the breaker store and the rate limiter
+    alike: it used to be accepted, and then blocked the loop and shared nothing.
+    """
+    with pytest.raises(TypeError, match=rf"^RedisBreakerStore\(client=\.\.\.\): .*{message}"):
+        RedisBreakerStore(client)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=rf"^RedisRateLimiter\(client=\.\.\.\): .*{message}"):
+        RedisRateLimiter(client, "k", 10, fail_open=True)  # type: ignore[arg-type]
 
 
 async def test_breakers_in_one_process_share_the_state_in_redis(
