@@ -358,6 +358,29 @@ async def test_unreachable_redis_leaves_the_decision_to_the_local_state(
         await client.aclose()
 
 
+async def test_a_client_without_retries_names_the_refused_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """
+    With ``retry=None`` (docs/policies.md's advice) a refused connection fails the round
+    trip at once: no call waits for the bound, and the log and the repr name the
+    ConnectionError instead of an overdue round trip.
+    """
+    client = redis.asyncio.Redis(host="127.0.0.1", port=1, retry=None, socket_connect_timeout=1)
+    try:
+        breaker = CircuitBreaker(
+            "db", storage=RedisBreakerStore(client), failure_threshold=3, storage_timeout=5
+        )  # redis-py's default retries outlast 5 s: the round trip would be overdue
+        results = [await within(outcome(breaker, fail=op == "f"), 30) for op in "offff"]
+        assert [r.split()[0] for r in results] == ["ok", "failed", "failed", "failed", "rejected"]
+        assert repr(breaker).endswith("failing (ConnectionError), deciding locally>")
+        warnings = [r for r in caplog.records if "storage round trip failed" in r.getMessage()]
+        assert len(warnings) == 1
+        assert "ConnectionError" in warnings[0].getMessage()
+    finally:
+        await client.aclose()
+
+
 async def timed_calls(breaker: CircuitBreaker, seconds: float) -> list[tuple[str, float]]:
     """
     Call through `breaker` from 8 tasks for `seconds`; return each call's outcome and
