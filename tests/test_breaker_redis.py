@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+import redis.asyncio.retry
+import redis.backoff
 
 from resilient import (
     BreakerStore,
@@ -362,11 +364,14 @@ async def test_a_client_without_retries_names_the_refused_connection(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """
-    With ``retry=None`` (docs/policies.md's advice) a refused connection fails the round
+    With no retries (docs/policies.md's advice) a refused connection fails the round
     trip at once: no call waits for the bound, and the log and the repr name the
     ConnectionError instead of an overdue round trip.
     """
-    client = redis.asyncio.Redis(host="127.0.0.1", port=1, retry=None, socket_connect_timeout=1)
+    no_retries = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), retries=0)
+    client = redis.asyncio.Redis(
+        host="127.0.0.1", port=1, retry=no_retries, socket_connect_timeout=1
+    )
     try:
         breaker = CircuitBreaker(
             "db", storage=RedisBreakerStore(client), failure_threshold=3, storage_timeout=5
