@@ -109,7 +109,8 @@ def check_async_redis(owner: str, client: object) -> None:
             f"{owner}(client=...): expected a redis.asyncio client"
             f" (redis.asyncio.Redis or RedisCluster), got {client!r}"
         )
-    if not inspect.iscoroutinefunction(getattr(type(client), "execute_command", None)):
+    # On the instance, not its class: an AsyncMock standing in for a client passes.
+    if not inspect.iscoroutinefunction(getattr(client, "execute_command", None)):
         raise TypeError(
             f"{owner}(client=...): {client!r} is a synchronous Redis client; use"
             " redis.asyncio.Redis (or redis.asyncio.RedisCluster): it runs on your event loop"
