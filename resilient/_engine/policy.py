@@ -119,6 +119,11 @@ class Policy(ABC):
         """
         return self._clock
 
+    def __repr__(self) -> str:
+        # A user's policy that defines no repr of its own still reads like the built-in
+        # ones (which override this with live state) in a pipeline's repr and in logs.
+        return f"<{type(self).__name__} {self.name!r}>"
+
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """
         Decorate an async function so that every call goes through this policy.
