@@ -9,9 +9,11 @@ pipeline, around the no-op coroutine) seen by one observer: nobody (``bare``); a
 hook hearing calls as a `resilient.CallListener` and doing nothing (the core's cost of
 reporting a call, the floor any listener pays); a global hook wanting the call events
 and doing nothing (what events would cost instead); `ResilienceMetrics` installed
-globally; the same passed as the policies' own hook. A global hook is switched on just
-around its case's batches, so it never observes another case. Then the pieces one
-observed layer pays for, each timed alone.
+globally; the same passed as the policies' own hook; and the floor of the same counting
+with prometheus_client's own metrics (a cached Counter child's ``inc()`` and Histogram
+child's ``observe()`` per layer and call, as the policies' own hook). A global hook is
+switched on just around its case's batches, so it never observes another case. Then the
+pieces one observed layer pays for, each timed alone.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from benchmarks._perf import Case, noop, synchronous
 from benchmarks.overhead import _stack
 from benchmarks.report import Figure, Report
 from resilient import CallCancelled, CallFailed, CallSucceeded, Event, Policy, Retry, add_hook
-from resilient.integrations.prometheus import ResilienceMetrics
+from resilient.integrations.prometheus import DEFAULT_BUCKETS, ResilienceMetrics
 
 WORKLOADS: dict[str, Callable[[], Policy]] = {
     "Retry(attempts=3)": lambda: Retry(3),
@@ -37,7 +39,13 @@ WORKLOADS: dict[str, Callable[[], Policy]] = {
 
 
 class NoopListener:
-    """Hears what `ResilienceMetrics` hears, the same way, and does nothing."""
+    """
+    Hears what `ResilienceMetrics` hears, the same way, and does nothing.
+
+    No ``call_started``, as `ResilienceMetrics`' listener has none: one that returned
+    None would tell the policy it wants no end, and the policy would skip the clock
+    reads and the end this row is meant to measure.
+    """
 
     event_types = ResilienceMetrics.event_types
 
@@ -46,9 +54,6 @@ class NoopListener:
 
     def listen_calls(self, _policy: Policy) -> NoopListener:
         return self
-
-    def call_started(self) -> None:
-        return None
 
     def call_ended(self, _token: None, _duration: float, _error: BaseException | None) -> None:
         return None
@@ -61,6 +66,43 @@ class NoopEventHook:
 
     def __call__(self, _event: Event) -> None:
         return None
+
+
+class ClientListener:
+    """
+    The floor of counting with prometheus_client's own metrics: per policy, a cached
+    ``Counter`` child and a cached ``Histogram`` child (the same buckets), and per call
+    one ``inc()`` and one ``observe()``, heard as a `CallListener` like `ResilienceMetrics`.
+    """
+
+    event_types = ResilienceMetrics.event_types
+
+    def __init__(self) -> None:
+        registry = CollectorRegistry()
+        self._calls = Counter("c", "c", ("kind", "policy", "outcome"), registry=registry)
+        self._seconds = Histogram(
+            "h", "h", ("kind", "policy"), registry=registry, buckets=DEFAULT_BUCKETS
+        )
+
+    def __call__(self, _event: Event) -> None:
+        return None
+
+    def listen_calls(self, policy: Policy) -> _ClientCalls:
+        return _ClientCalls(
+            self._calls.labels(policy.kind, policy.name, "success"),
+            self._seconds.labels(policy.kind, policy.name),
+        )
+
+
+class _ClientCalls:
+    __slots__ = ("_inc", "_observe")
+
+    def __init__(self, counter: Any, histogram: Any) -> None:
+        self._inc, self._observe = counter.inc, histogram.observe
+
+    def call_ended(self, _token: None, duration: float, _error: BaseException | None) -> None:
+        self._inc()
+        self._observe(duration)
 
 
 def _counted(
@@ -103,7 +145,15 @@ def _workload_cases(label: str, make: Callable[[], Policy]) -> list[Case]:
              activate=prom_on),
         Case(f"{label} / prometheus hooks=", prom_hooks,
              "ResilienceMetrics as the policies' own hook"),
+        Case(f"{label} / prometheus_client floor", lambda: _hooked(make, ClientListener()),
+             "a cached Counter child inc() + Histogram child observe() per layer, own hook"),
     ]  # fmt: skip
+
+
+def _hooked(make: Callable[[], Policy], hook: object) -> Callable[[], Any]:
+    policy = make()
+    policy.add_hook(hook)  # type: ignore[arg-type]  # a hook with listen_calls
+    return policy(noop)
 
 
 def _pieces() -> dict[str, tuple[Callable[[], object], str]]:
@@ -153,6 +203,11 @@ def _figures() -> list[Figure]:
             Figure(f"{label}: of which the core's report", (f"{label} / no-op listener", bare)),
             Figure(f"{label}: Prometheus hooks= adds", (f"{label} / prometheus hooks=", bare)),
             Figure(f"{label}: call events would add", (f"{label} / no-op event hook", bare)),
+            Figure(
+                f"{label}: Prometheus hooks= / prometheus_client floor",
+                (f"{label} / prometheus hooks=", bare),
+                ((f"{label} / prometheus_client floor", bare),),
+            ),
         ]
     return out
 
@@ -167,9 +222,10 @@ PAGE = Report(
     " no-op listener row, paid per layer, so the four-layer pipeline pays it four times."
     " No event object is built for a call: hooks that define `listen_calls` hear calls"
     " through plain method calls. The Prometheus listener adds to plain per-thread"
-    " counters and builds metric families only when scraped (a cached prometheus_client"
-    " child's `inc()` plus `observe()` would cost more than the whole layer, each taking a"
-    " lock: see the pieces).",
+    " counters and builds metric families only when scraped. The floor of counting with"
+    " prometheus_client's own metrics instead is the `prometheus_client floor` row: a"
+    " cached Counter child's `inc()` plus a Histogram child's `observe()` per layer, each"
+    " taking a lock, cost more than the whole layer does here (see the pieces).",
 )
 
 

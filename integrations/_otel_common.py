@@ -1,15 +1,20 @@
 """
 What `resilient.integrations.otel` and its aiohttp server helper share.
 
-Attribute names, the tracer, and how an error is described on a span.
+Attribute names, the tracer, how an error is described on a span, and the current
+OpenTelemetry context read and set without the API's indirection.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from contextvars import ContextVar, Token
 from typing import Final
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.trace import Span, Status, StatusCode
 
 import resilient
@@ -21,8 +26,11 @@ __all__ = [
     "KIND",
     "NAME",
     "OUTCOME",
+    "attach",
+    "detach",
     "error_type",
     "fail",
+    "get_current",
     "tracer_for",
 ]
 
@@ -68,3 +76,37 @@ def error_type(error: BaseException) -> str:
 def fail(span: Span, error: BaseException) -> None:
     span.record_exception(error)
     span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+
+def _context_variable() -> ContextVar[otel_context.Context] | None:
+    # The API's get_current/attach/detach each go through two Python calls to reach one
+    # ContextVar method; a pipeline layer reads the context on every call, so with the
+    # default runtime context (nearly always) that variable is used directly. Any other
+    # runtime context (OTEL_PYTHON_CONTEXT), or an API that no longer has these
+    # attributes, gets the API's functions: only the speed differs.
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    variable = getattr(runtime, "_current_context", None)
+    if type(runtime) is ContextVarsRuntimeContext and isinstance(variable, ContextVar):
+        return variable
+    return None
+
+
+_VARIABLE: Final = _context_variable()
+
+get_current: Callable[[], otel_context.Context] = (
+    otel_context.get_current if _VARIABLE is None else _VARIABLE.get
+)
+"""The current OpenTelemetry context, as `opentelemetry.context.get_current`."""
+
+attach: Callable[[otel_context.Context], Token[otel_context.Context]] = (
+    otel_context.attach if _VARIABLE is None else _VARIABLE.set
+)
+"""Make a context current, as `opentelemetry.context.attach`."""
+
+detach: Callable[[Token[otel_context.Context]], None] = (
+    otel_context.detach if _VARIABLE is None else _VARIABLE.reset
+)
+"""
+Restore the context `attach` replaced; unlike `opentelemetry.context.detach` the fast
+one raises (ValueError, RuntimeError) on a token of another context, instead of logging.
+"""

@@ -90,8 +90,11 @@ from ._otel_common import (
     KIND,
     NAME,
     OUTCOME,
+    attach,
+    detach,
     error_type,
     fail,
+    get_current,
     tracer_for,
 )
 
@@ -219,7 +222,7 @@ class PolicySpans:
 
         Returns None (no end wanted) for a call folded into the current call's span.
         """
-        parent = otel_context.get_current()
+        parent = get_current()
         current = _CALL.get()
         if current is not None and not current.done and parent is current.context:
             return None  # an inner layer of a traced call: its decisions go to that span
@@ -228,7 +231,7 @@ class PolicySpans:
         try:
             if span.is_recording():
                 call = _Call(span, trace.set_span_in_context(span, parent))
-                call.otel_token = otel_context.attach(call.context)
+                call.otel_token = attach(call.context)
             else:
                 call = _Call(span, parent)  # no SDK, or sampled out: nothing to attach
         except Exception:
@@ -246,7 +249,7 @@ class PolicySpans:
             # Before anything that could fail, so nothing stays attached.
             _CALL.reset(call.token)  # type: ignore[arg-type]  # set in call_started
             if call.otel_token is not None:
-                otel_context.detach(call.otel_token)
+                detach(call.otel_token)
         except (ValueError, RuntimeError):
             pass  # not the context the call started in: a coroutine closed by the GC
         span = call.span

@@ -70,6 +70,7 @@ from ._policies.rate_limit_redis import RedisRateLimiter
 from ._policies.retry import Retry, RetryStatistics
 from ._policies.throttle import AdaptiveThrottle, AdaptiveThrottleStatistics
 from ._policies.timeout import Timeout, TimeoutStatistics
+from ._policies.vegas import Vegas
 from ._service.balance import Balancer, LeastInFlight, PowerOfTwoChoices, RandomChoice, RoundRobin
 from ._service.discovery import (
     InMemoryRegistry,
@@ -165,6 +166,7 @@ __all__ = [
     "TimeoutExceeded",
     "TimeoutStatistics",
     "TimerHandle",
+    "Vegas",
     "WindowTotals",
     "add_hook",
     "current_priority",

@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio
+import redis.asyncio.retry
+import redis.backoff
 
 from resilient import (
     BreakerStore,
@@ -28,6 +31,7 @@ from resilient import (
     CircuitOpenError,
     CircuitState,
     RedisBreakerStore,
+    RedisRateLimiter,
     Timeout,
 )
 from resilient.testing import FakeClock
@@ -106,6 +110,26 @@ def test_store_options_are_validated(
     """
     with pytest.raises(error, match=message):
         RedisBreakerStore(redis.asyncio.Redis(), **options)
+
+
+@pytest.mark.parametrize(
+    ("client", "message"),
+    [
+        (redis.Redis(), r"is a synchronous Redis client; use redis\.asyncio\.Redis"),
+        (None, r"expected a redis\.asyncio client .*got None"),
+    ],
+    ids=["sync-client", "no-client"],
+)
+def test_redis_users_refuse_a_client_that_is_not_asyncio(client: object, message: str) -> None:
+    """
+    A synchronous ``redis.Redis`` (or no client at all) fails at construction with a
+    TypeError saying to use ``redis.asyncio``, for the breaker store and the rate limiter
+    alike: it used to be accepted, and then blocked the loop and shared nothing.
+    """
+    with pytest.raises(TypeError, match=rf"^RedisBreakerStore\(client=\.\.\.\): .*{message}"):
+        RedisBreakerStore(client)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=rf"^RedisRateLimiter\(client=\.\.\.\): .*{message}"):
+        RedisRateLimiter(client, "k", 10, fail_open=True)  # type: ignore[arg-type]
 
 
 async def test_breakers_in_one_process_share_the_state_in_redis(
@@ -335,6 +359,32 @@ async def test_unreachable_redis_leaves_the_decision_to_the_local_state(
         )
         warnings = [r for r in caplog.records if "storage round trip failed" in r.getMessage()]
         assert len(warnings) == 1
+    finally:
+        await client.aclose()
+
+
+async def test_a_client_without_retries_names_the_refused_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """
+    With no retries (docs/policies.md's advice) a refused connection fails the round
+    trip at once: no call waits for the bound, and the log and the repr name the
+    ConnectionError instead of an overdue round trip.
+    """
+    no_retries = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), retries=0)
+    client = redis.asyncio.Redis(
+        host="127.0.0.1", port=1, retry=no_retries, socket_connect_timeout=1
+    )
+    try:
+        breaker = CircuitBreaker(
+            "db", storage=RedisBreakerStore(client), failure_threshold=3, storage_timeout=5
+        )  # redis-py's default retries outlast 5 s: the round trip would be overdue
+        results = [await within(outcome(breaker, fail=op == "f"), 30) for op in "offff"]
+        assert [r.split()[0] for r in results] == ["ok", "failed", "failed", "failed", "rejected"]
+        assert repr(breaker).endswith("failing (ConnectionError), deciding locally>")
+        warnings = [r for r in caplog.records if "storage round trip failed" in r.getMessage()]
+        assert len(warnings) == 1
+        assert "ConnectionError" in warnings[0].getMessage()
     finally:
         await client.aclose()
 

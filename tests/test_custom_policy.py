@@ -152,6 +152,23 @@ async def test_decorating_names_it_after_the_function() -> None:
     assert gate.name.endswith("lookup")
 
 
+async def test_without_a_repr_of_its_own_it_shows_its_class_and_name() -> None:
+    """A user's policy that defines no `__repr__` reads like a built-in one, alone and in
+    a pipeline's repr, and follows the name decorating gives it."""
+    gate = Gate(name="orders", clock=FakeClock())
+    assert repr(gate) == "<Gate 'orders'>"
+    assert repr(pipeline(Retry(attempts=2, name="r"), gate)).endswith(", <Gate 'orders'>)")
+    unnamed = Gate(clock=FakeClock())
+    assert repr(unnamed) == "<Gate 'gate'>"
+
+    @unnamed
+    async def lookup() -> str:
+        return "found"
+
+    assert repr(unnamed) == f"<Gate {unnamed.name!r}>"
+    assert unnamed.name.endswith("lookup")
+
+
 async def test_global_hooks_call_listeners_metrics_and_traces_see_it() -> None:
     """Installed process-wide, Prometheus counts the gate's calls and rejections under
     kind "gate" and OpenTelemetry traces its calls, like any built-in policy's."""

@@ -283,6 +283,31 @@ def test_view_rejects_bad_retry_delay() -> None:
         ServiceView(InMemoryRegistry(), "svc", retry_delay=0)
 
 
+@pytest.mark.parametrize(
+    ("registry", "service", "message"),
+    [
+        (
+            {"svc": [A]},
+            "svc",
+            r"ServiceView\(registry=\.\.\.\): expected a Registry \(register,.*got \{",
+        ),
+        (InMemoryRegistry(), 3, r"ServiceView\(service=\.\.\.\): expected a service name, got 3"),
+        (InMemoryRegistry(), "", r"ServiceView\(service=\.\.\.\): expected a service name, got ''"),
+    ],
+    ids=["not-a-registry", "service-not-a-string", "service-empty"],
+)
+def test_view_rejects_what_is_not_a_registry_or_a_name(
+    registry: object, service: object, message: str
+) -> None:
+    """
+    Something that is not a `Registry`, or a service that is not a name, fails at
+    construction: it used to make a view that waited for its first snapshot and then
+    reported "watch failed: AttributeError" for ever.
+    """
+    with pytest.raises(TypeError, match=message):
+        ServiceView(registry, service)  # type: ignore[arg-type]
+
+
 async def test_fake_clock_sleep_cancelled_leaves_no_timer() -> None:
     """A cancelled manual-mode sleep withdraws its timer."""
     clock = FakeClock(auto_advance=False)

@@ -40,6 +40,7 @@ from resilient import (
     pipeline,
 )
 from resilient._engine.hooks import global_hooks
+from resilient.integrations import _otel_common
 from resilient.integrations._otel_common import error_type
 from resilient.integrations.aiohttp import (
     DEADLINE_HEADER,
@@ -535,6 +536,31 @@ async def test_no_context_is_left_attached_after_a_call(
         assert await outcome(calls[scenario]()) == expected  # the fate the scenario names
         assert context.get_current() is before
     assert len(ours(exporter)) == 1
+
+
+def test_the_context_is_read_and_set_through_opentelemetrys_own_variable() -> None:
+    """With the default runtime context the hot path uses its ContextVar directly, and
+    that is the same context the API reads and sets."""
+    runtime = context._RUNTIME_CONTEXT  # what the shortcut relies on
+    variable = runtime._current_context  # type: ignore[attr-defined]
+    assert _otel_common.get_current == variable.get
+    assert _otel_common.attach == variable.set
+    assert _otel_common.detach == variable.reset
+    before = context.get_current()
+    ours_ = context.set_value("resilient-test", 1)
+    token = _otel_common.attach(ours_)
+    assert context.get_current() is ours_
+    _otel_common.detach(token)
+    assert context.get_current() is before
+
+
+def test_another_runtime_context_gets_the_api_functions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime context other than the default one (OTEL_PYTHON_CONTEXT), or an API
+    without the attributes, is not bypassed."""
+    monkeypatch.setattr(context, "_RUNTIME_CONTEXT", object())
+    assert _otel_common._context_variable() is None
+    monkeypatch.delattr(context, "_RUNTIME_CONTEXT")
+    assert _otel_common._context_variable() is None
 
 
 async def test_no_context_is_left_attached_after_a_cancelled_call(

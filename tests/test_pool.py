@@ -20,6 +20,7 @@ from resilient import (
     NoHealthyInstanceError,
     PowerOfTwoChoices,
     RandomChoice,
+    Retry,
     RoundRobin,
     ServiceView,
     Timeout,
@@ -246,3 +247,20 @@ def test_pool_rejects_a_non_balancer() -> None:
     """A balancer that is not a Balancer is a TypeError at construction."""
     with pytest.raises(TypeError, match="balancer"):
         EndpointPool([A], balancer=object())  # type: ignore[arg-type]
+
+
+async def test_pool_refuses_a_breaker_factory_that_returns_no_breaker() -> None:
+    """
+    A `breaker=` factory that returns something else than a CircuitBreaker fails the
+    first call with a TypeError naming the factory and what it returned (it used to be
+    an AttributeError about `state`).
+    """
+    pool = EndpointPool([A], breaker=lambda instance: Retry(name=instance.id))  # type: ignore[arg-type, return-value]
+
+    async def call(instance: Instance) -> str:
+        return instance.id
+
+    with pytest.raises(
+        TypeError, match=r"EndpointPool\(breaker=\.\.\.\): .* for 'svc-1' it returned <Retry"
+    ):
+        await pool.call(call)

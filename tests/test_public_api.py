@@ -74,6 +74,7 @@ INTERNAL = {
     "_policies.rate_limit": {"check_rate", "permits_of"},  # shared with RedisRateLimiter
     "_policies.retry": {"set_instant_retries"},  # public as resilient.testing.set_instant_retries
     "_engine.validate": {
+        "check_async_redis",
         "check_clock",
         "check_exception_types",
         "check_fraction",

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from types import FunctionType
 from typing import Any, ParamSpec, TypeVar
 
-from .callables import check_async
+from .callables import check_async, label
 from .events import Hook
 from .hooks import global_hooks
 from .policy import Args, AsyncFn, Kwargs, Policy
@@ -73,8 +73,9 @@ class Pipeline(Policy):
                 function.
         """
         check_async(type(self).__name__, fn)
+        name = label(fn)
         for policy in self.policies:
-            policy._name_after(fn)  # noqa: SLF001  # Policy's own protocol
+            policy._name_after(fn, name)  # noqa: SLF001  # Policy's own protocol
         guarded = self._outer._guard(self._chain(fn))  # noqa: SLF001  # Policy's own protocol
         return functools.wraps(fn)(guarded)
 

@@ -8,6 +8,7 @@ policy and the parameter, so a misconfiguration fails where it was written.
 from __future__ import annotations
 
 import builtins
+import inspect
 import math
 from collections.abc import Callable, Iterable
 
@@ -18,6 +19,7 @@ from .errors import PROGRAMMING_ERRORS, RejectedError
 from .events import Hook
 
 __all__ = [
+    "check_async_redis",
     "check_clock",
     "check_exception_types",
     "check_fraction",
@@ -92,6 +94,27 @@ def check_clock(owner: str, value: object) -> Clock:
             f"{owner}(clock=...): expected a Clock (monotonic, wall, sleep, call_at), got {value!r}"
         )
     return value
+
+
+def check_async_redis(owner: str, client: object) -> None:
+    """
+    Raise `TypeError` unless `client` is an asyncio Redis client (``redis.asyncio``).
+
+    Duck-typed, so redis-py is not imported here: its commands must be coroutines. A
+    synchronous ``redis.Redis`` would block the event loop on every command and then
+    fail when its reply is awaited, so it is refused here, where it was written.
+    """
+    if not hasattr(client, "register_script"):
+        raise TypeError(
+            f"{owner}(client=...): expected a redis.asyncio client"
+            f" (redis.asyncio.Redis or RedisCluster), got {client!r}"
+        )
+    # On the instance, not its class: an AsyncMock standing in for a client passes.
+    if not inspect.iscoroutinefunction(getattr(client, "execute_command", None)):
+        raise TypeError(
+            f"{owner}(client=...): {client!r} is a synchronous Redis client; use"
+            " redis.asyncio.Redis (or redis.asyncio.RedisCluster): it runs on your event loop"
+        )
 
 
 def check_hooks(owner: str, value: Iterable[Hook] | None) -> tuple[Hook, ...]:

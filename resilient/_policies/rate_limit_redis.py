@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, TypeVar
 from .._engine.clock import Clock
 from .._engine.events import Hook, RejectionReason
 from .._engine.policy import Args, AsyncFn, Kwargs
-from .._engine.validate import check_seconds
+from .._engine.validate import check_async_redis, check_seconds
 from .rate_limit import Cost, RateLimiter, RateLimiterStatistics, permits_of
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ class RedisRateLimiter(RateLimiter):
 
     Raises:
         ValueError: A parameter is out of range.
-        TypeError: A parameter has the wrong type.
+        TypeError: A parameter has the wrong type (`client` a synchronous ``redis.Redis``).
         ImportError: redis-py is not installed (``pip install "resilient[redis]"``).
     """
 
@@ -139,6 +139,7 @@ class RedisRateLimiter(RateLimiter):
             name=name, clock=clock, hooks=hooks,
         )  # fmt: skip
         owner = type(self).__name__
+        check_async_redis(owner, client)
         if not isinstance(key, str) or not key:
             raise ValueError(f"{owner}(key={key!r}): key must be a non-empty string")
         if not isinstance(fail_open, bool):

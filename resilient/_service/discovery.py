@@ -283,6 +283,7 @@ class ServiceView:
 
     Raises:
         ValueError: `retry_delay` is not a positive number of seconds.
+        TypeError: `registry` is not a `Registry`, or `service` not a non-empty string.
     """
 
     def __init__(
@@ -293,6 +294,15 @@ class ServiceView:
         retry_delay: float = 0.5,
         clock: Clock | None = None,
     ) -> None:
+        # Checked here: a wrong registry would otherwise surface only as a view that
+        # never connects ("watch failed: AttributeError"), after `start` waited for it.
+        if not isinstance(registry, Registry):
+            raise TypeError(
+                "ServiceView(registry=...): expected a Registry (register, deregister,"
+                f" instances, watch, status, close), got {registry!r}"
+            )
+        if not isinstance(service, str) or not service:
+            raise TypeError(f"ServiceView(service=...): expected a service name, got {service!r}")
         self.registry = registry
         self.service = service
         self.instances: list[Instance] = []

@@ -126,11 +126,23 @@ class EndpointPool:
     def breaker_for(self, instance: Instance) -> CircuitBreaker:
         """
         The breaker guarding `instance`, built on first use.
+
+        Raises:
+            TypeError: The `breaker` factory returned something else than a
+                `CircuitBreaker`.
         """
         key = _key(instance)
         breaker = self._breakers.get(key)
         if breaker is None:
-            breaker = self._breakers[key] = self._make_breaker(instance)
+            breaker = self._make_breaker(instance)
+            # Checked here, the first time: a factory that returns something else (a
+            # Retry, a pipeline) would otherwise fail later as "has no attribute 'state'".
+            if not isinstance(breaker, CircuitBreaker):
+                raise TypeError(
+                    "EndpointPool(breaker=...): the factory must return a CircuitBreaker for"
+                    f" the Instance it is given; for {instance.id!r} it returned {breaker!r}"
+                )
+            self._breakers[key] = breaker
         return breaker
 
     def in_flight(self, instance: Instance) -> int:

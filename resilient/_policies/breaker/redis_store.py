@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..._engine.validate import check_seconds
+from ..._engine.validate import check_async_redis, check_seconds
 from .accounting import WindowTotals
 from .lua import SCRIPT
 from .store import BreakerAdmission, BreakerObservation, BreakerSpec, CircuitState
@@ -59,7 +59,8 @@ class RedisBreakerStore:
     Raises:
         ValueError: `probe_lease` is not a finite number of seconds > 0, or `prefix`
             holds an empty hash tag (``{}``).
-        TypeError: `prefix` is not a string.
+        TypeError: `client` is not a ``redis.asyncio`` client (a synchronous
+            ``redis.Redis`` included), or `prefix` is not a string.
         ImportError: redis-py is not installed (``pip install "resilient[redis]"``).
     """
 
@@ -82,6 +83,7 @@ class RedisBreakerStore:
                 'RedisBreakerStore needs redis-py: pip install "resilient[redis]"'
             ) from exc
         owner = type(self).__name__
+        check_async_redis(owner, client)
         if not isinstance(prefix, str):
             raise TypeError(f"{owner}(prefix={prefix!r}): prefix must be a string")
         self.prefix = prefix
