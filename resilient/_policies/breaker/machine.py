@@ -251,8 +251,8 @@ class CircuitBreaker(Policy):
             hooks=(*(hooks or ()), pybreaker_listener_hook(breaker)),
         )
 
-    def _name_after(self, fn: object) -> None:
-        super()._name_after(fn)
+    def _name_after(self, fn: object, name: str | None = None) -> None:
+        super()._name_after(fn, name)
         link = self._shared
         if link is not None and link.spec.name != self.name:
             # The store keys the shared state by name: an unnamed breaker decorating a
