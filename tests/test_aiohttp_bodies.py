@@ -9,22 +9,35 @@ body was sent again whole or not at all (never empty, never cut).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from resilient import InMemoryRegistry, Instance, Retry
+from resilient import (
+    CircuitBreaker,
+    CircuitState,
+    Hedge,
+    InMemoryRegistry,
+    Instance,
+    Policy,
+    Retry,
+    pipeline,
+)
 from resilient.integrations.aiohttp import DiscoveryClient, ResilienceMiddleware
 from resilient.testing import FakeClock
-from tests._aio import within
+from tests._aio import settle, until, within
+from tests.test_aiohttp_client import acquired
+
+T = TypeVar("T")
 
 VALUE = b"important value"
 
@@ -132,6 +145,51 @@ async def test_form_data_is_sent_again_whole(recorder: Recorder, client: str) ->
     assert recorder.bodies == [b"key=value"] * 2
 
 
+def multipart_form() -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("key", "value")
+    form.add_field("blob", VALUE, filename="blob.bin")
+    form.add_field("stream", io.BytesIO(VALUE), filename="stream.bin")
+    return form
+
+
+def multipart_mixed() -> aiohttp.MultipartWriter:
+    writer = aiohttp.MultipartWriter()
+    writer.append("text")
+    writer.append(io.BytesIO(VALUE))
+    return writer
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("body", [multipart_form, multipart_mixed])
+async def test_a_multipart_body_in_memory_is_sent_again_whole(
+    recorder: Recorder, client: str, body: Any
+) -> None:
+    """
+    A multipart body whose parts are in memory (a form with bytes, a BytesIO) is sent
+    again whole by both: aiohttp marks a multipart writer consumed when a request ends,
+    so the discovery client sends each instance a copy sharing the parts.
+    """
+    outcome = await within(CLIENTS[client](recorder, body()))
+    assert outcome == (200, "200")
+    assert len(recorder.bodies) == 2
+    assert recorder.bodies[0] == recorder.bodies[1]
+    assert recorder.bodies[0].count(VALUE) == 2 if body is multipart_form else 1
+
+
+async def test_a_multipart_form_with_a_file_is_not_failed_over(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    """A form with a file part: aiohttp closes the file when the request ends, so the
+    discovery client can't send it to another instance (as a file body)."""
+    with opened(tmp_path) as file:
+        form = aiohttp.FormData()
+        form.add_field("file", file, filename="value")
+        outcome = await within(through_discovery(recorder, form))
+    assert outcome == (503, "503")
+    assert len(recorder.bodies) == 1
+
+
 async def test_a_file_is_rewound_within_one_request(recorder: Recorder, tmp_path: Path) -> None:
     """The middleware re-sends one request: aiohttp rewinds its file, sent whole again."""
     with opened(tmp_path) as file:
@@ -167,3 +225,74 @@ async def test_a_pipe_is_sent_once(recorder: Recorder, client: str) -> None:
         outcome = await within(CLIENTS[client](recorder, pipe))
     assert outcome == (503, "503")
     assert recorder.bodies == [VALUE]
+
+
+class Counting(Policy):
+    """
+    A user-written policy counting the attempts that reach it (inside the hedge).
+    """
+
+    kind = "counting"
+
+    def __init__(self) -> None:
+        super().__init__(name="counting", clock=None, hooks=None)
+        self.entered = 0
+
+    async def _run(
+        self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        self.entered += 1
+        return await fn(*args, **kwargs)
+
+
+async def test_a_hedge_never_sends_a_file_like_body_another_attempt_is_sending() -> None:
+    """
+    A file or BytesIO has one read position: two hedged attempts sending it at once
+    would each send parts of it, short of their Content-Length, and hang. The hedge
+    attempt is refused instead (not sent, not counted as a failure by the breaker it
+    passed, not waiting with what it holds); the first attempt sends the body whole and
+    answers the caller, and every connection goes back to the pool.
+    """
+    data = bytes(range(256)) * (16 * 2**12)  # 16 MiB: more than loopback buffers hold
+    gate = asyncio.Event()
+    bodies: list[bytes] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        bodies.append(b"")  # the first request's upload stalls until the gate opens
+        await gate.wait()
+        bodies[-1] = await request.read()
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=2 * len(data))
+    app.router.add_put("/k", handle)
+    runner = web.AppRunner(app)
+    await within(runner.setup())
+    try:
+        await within(web.TCPSite(runner, "127.0.0.1", 0).start())
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/k"
+        clock = FakeClock()
+        counting = Counting()
+        hedge = Hedge(1.0, clock=clock)
+        breaker = CircuitBreaker("backend", failure_threshold=1)
+        connector = aiohttp.TCPConnector()
+        middleware = ResilienceMiddleware(lambda key: pipeline(hedge, breaker, counting))
+        async with aiohttp.ClientSession(middlewares=[middleware], connector=connector) as s:
+
+            async def put() -> tuple[int, str]:
+                async with s.put(url, data=io.BytesIO(data)) as response:
+                    return response.status, await response.text()
+
+            call = asyncio.create_task(put())
+            await until(lambda: bool(bodies))  # the first attempt is uploading, stalled
+            clock.advance(1.0)  # the hedge attempt starts
+            await until(lambda: counting.entered == 2)
+            await settle(50)  # time for it to connect and send, were it let through
+            gate.set()
+            assert await within(call) == (200, "ok")
+            assert bodies == [data]
+            assert hedge.statistics().hedges == 1
+            assert breaker.statistics().failures == 0
+            assert breaker.state is CircuitState.CLOSED
+            assert acquired(connector) == 0
+    finally:
+        await within(runner.cleanup())

@@ -869,6 +869,8 @@ BAD_PARAMETERS: list[tuple[dict[str, Any], str, type[Exception]]] = [
     ({"min_calls": 0}, "min_calls", ValueError),
     ({"window_duration": 5.0, "min_calls": 0}, "min_calls", ValueError),
     ({"min_calls": "10"}, "min_calls", TypeError),
+    # Accepted, this tried to allocate 10 GB (a byte per call in the window).
+    ({"window": 10**10}, "window", ValueError),
     ({"slow_call_duration": 0}, "slow_call_duration", ValueError),
     ({"slow_call_duration": math.nan}, "slow_call_duration", ValueError),
     ({"slow_call_duration": True}, "slow_call_duration", TypeError),

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -34,7 +36,8 @@ from resilient import (
 )
 from resilient.testing import FakeClock
 from tests._aio import until, within
-from tests.conftest import RedisServer
+from tests._servers import wait_for_port
+from tests.conftest import RedisServer, _redis_command
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 
@@ -588,3 +591,270 @@ async def test_half_open_permit_is_cluster_wide(
         assert here.state is CLOSED
         await others[0].send("call")
         assert await others[0].line() == "ok"
+
+
+async def test_a_probe_permit_granted_to_a_caller_that_gave_up_comes_back(
+    aclient: redis.asyncio.Redis,
+) -> None:
+    """
+    A caller cancelled while Redis grants it the half-open permit never runs its probe:
+    the permit goes back as soon as the grant arrives, not after its lease (30 s here),
+    and another process probes at once.
+    """
+    keys = prefix()
+    clock = FakeClock()
+    gate = asyncio.Event()
+
+    class GatedStore(RedisBreakerStore):
+        async def admit(self, spec: Any) -> Any:
+            await gate.wait()  # Redis' answer on its way
+            return await super().admit(spec)
+
+    def breaker(store: RedisBreakerStore) -> CircuitBreaker:
+        return CircuitBreaker(
+            "db", storage=store, failure_threshold=1, reset_timeout=10, clock=clock
+        )
+
+    first = breaker(GatedStore(aclient, prefix=keys, probe_lease=30, now=clock.monotonic))
+    second = breaker(RedisBreakerStore(aclient, prefix=keys, probe_lease=30, now=clock.monotonic))
+    assert await outcome(second, fail=True) == "failed"
+    clock.advance(10)
+    caller = asyncio.create_task(first.call(ok))
+    await until(lambda: len(asyncio.all_tasks()) > 2)  # the round trip's task is running
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await within(caller)
+    gate.set()  # the permit is granted to nobody
+    link = first._shared
+    assert link is not None
+    await until(lambda: not link._parked and not link._background)
+    assert await outcome(second) == "ok"
+    assert second.state is CLOSED
+
+
+async def test_keys_holding_garbage_are_started_afresh(aclient: redis.asyncio.Redis) -> None:
+    """
+    Keys holding another program's data or a layout this version can't read (a wrong
+    type, a count that is no number) are reset to a closed breaker: the breaker still
+    opens, in the store (a second breaker is refused), instead of every round trip
+    failing and each process deciding alone.
+    """
+    for key, field in [("{db}:counts", "fails"), ("{db}", None), ("{db}:permits", None)]:
+        keys = prefix()
+        if field is None:  # a string where a hash or a sorted set belongs
+            await aclient.set(keys + key, "a string")
+        else:  # a count that is no number
+            await aclient.hset(keys + key, field, "many")
+        first, second = (
+            CircuitBreaker(
+                "db",
+                storage=RedisBreakerStore(aclient, prefix=keys),
+                failure_threshold=2,
+                reset_timeout=30,
+            )
+            for _ in range(2)
+        )
+        assert [await outcome(first, fail=True) for _ in range(2)] == ["failed", "failed"]
+        assert first.state is OPEN
+        assert (await outcome(second)).startswith("rejected"), key
+        assert "failing" not in repr(first)
+
+
+async def test_redis_clock_going_back_holds_nothing_longer_than_its_time(
+    aclient: redis.asyncio.Redis,
+) -> None:
+    """
+    When Redis' clock jumps back an hour, an open breaker stays open for reset_timeout
+    from then (not an hour more), and a probe permit held then is dropped (not held for
+    an hour more).
+    """
+    keys = prefix()
+    wall = [100_000.0]  # Redis' clock, which may go back
+    clock = FakeClock()
+
+    def breaker() -> CircuitBreaker:
+        store = RedisBreakerStore(aclient, prefix=keys, probe_lease=30, now=lambda: wall[0])
+        return CircuitBreaker(
+            "db", storage=store, failure_threshold=1, reset_timeout=10, clock=clock
+        )
+
+    first, second = breaker(), breaker()
+    assert await outcome(first, fail=True) == "failed"
+    wall[0] -= 3600
+    assert await outcome(second) == "rejected 10"
+    wall[0] += 10
+    # A permit taken (its prober died), then the clock goes back an hour.
+    spec = first._shared.spec  # type: ignore[union-attr]
+    store = RedisBreakerStore(aclient, prefix=keys, probe_lease=30, now=lambda: wall[0])
+    assert (await store.admit(spec)).permit is not None
+    wall[0] -= 3600  # its lease now ends further ahead than any lease could: dropped
+    assert await outcome(second) == "ok"
+    assert second.state is CLOSED
+
+
+@pytest.mark.parametrize("name", ["db", "}", "}x", "a}b", "{x}", "%7D", "{}"])
+def test_a_breakers_keys_share_one_cluster_hash_slot(name: str) -> None:
+    """
+    Redis Cluster runs a script only over keys of one hash slot: whatever the name (a
+    '}' in it would end the hash tag early or leave it empty), the four keys share one,
+    and two names never share keys.
+    """
+    from redis.crc import key_slot  # noqa: PLC0415  # redis-py's own slot function
+
+    store = RedisBreakerStore(redis.asyncio.Redis())
+    keys = store._keys(name)
+    assert len({key_slot(key.encode()) for key in keys}) == 1, keys
+    others = {n: store._keys(n)[0] for n in ["db", "}", "}x", "a}b", "{x}", "%7D", "{}"]}
+    assert len(set(others.values())) == len(others)
+
+
+def test_a_prefix_splitting_the_slots_is_refused() -> None:
+    """
+    A prefix with an empty hash tag would put the keys in different slots: refused.
+    """
+    with pytest.raises(ValueError, match=r"prefix='app\{\}:'\): an empty hash tag"):
+        RedisBreakerStore(redis.asyncio.Redis(), prefix="app{}:")
+
+
+async def test_unnamed_breakers_decorating_functions_share_only_their_functions_state(
+    aclient: redis.asyncio.Redis,
+) -> None:
+    """
+    A breaker without a name is named after the function it decorates: its shared state
+    is that function's, not that of every unnamed breaker over the same Redis (a failing
+    `payments` must not open `search`). A breaker decorating the same function in another
+    process (here: another breaker) shares it.
+    """
+    keys = prefix()
+
+    def unnamed() -> CircuitBreaker:
+        return CircuitBreaker(storage=RedisBreakerStore(aclient, prefix=keys), failure_threshold=1)
+
+    async def payments() -> str:
+        raise Boom
+
+    async def search() -> str:
+        return "ok"
+
+    with pytest.raises(Boom):
+        await within(unnamed()(payments)())
+    assert await within(unnamed()(search)()) == "ok"
+    with pytest.raises(CircuitOpenError):
+        await within(unnamed()(payments)())
+
+
+async def test_an_outcome_from_before_redis_lost_its_data_counts_for_nothing_after(
+    aclient: redis.asyncio.Redis,
+) -> None:
+    """
+    Redis restarted without its data mid-run: the state starts again, and replays the
+    same transitions. A probe admitted before the wipe that reports after it must not
+    pass for the new probe (close the breaker under it, or free its permit).
+    """
+    keys = prefix()
+    clock = FakeClock()
+    store = RedisBreakerStore(aclient, prefix=keys, probe_lease=30, now=clock.monotonic)
+    breaker = CircuitBreaker(
+        "db", storage=store, failure_threshold=1, reset_timeout=10, clock=clock
+    )
+    spec = breaker._shared.spec  # type: ignore[union-attr]
+
+    async def open_then_probe() -> Any:
+        assert (await store.record(spec, await store.admit(spec), True, False)).state is OPEN
+        clock.advance(10)
+        probe = await store.admit(spec)
+        assert probe.permit is not None
+        return probe
+
+    old = await open_then_probe()
+    for key in await aclient.keys(f"{keys}*"):  # the wipe
+        await aclient.delete(key)
+    clock.advance(1)  # the restart takes a moment
+    new = await open_then_probe()
+    seen = await store.record(spec, old, False, False)  # the old probe's success
+    assert seen.state is HALF_OPEN  # not closed under the new probe
+    assert not (await store.admit(spec)).admitted  # its permit still held
+    assert (await store.record(spec, new, False, False)).state is CLOSED
+
+
+async def test_redis_restarted_without_its_data_takes_back_over(
+    redis_private: RedisServer, tmp_path: Path
+) -> None:
+    """
+    Redis SIGKILLed while the shared breaker is open, then restarted on its port without
+    its data: meanwhile each process's local state decides (open: rejected); once Redis
+    answers, its state (closed, afresh) wins again, and no round trip is left behind.
+    """
+    client = redis.asyncio.Redis(host=redis_private.host, port=redis_private.port)
+    restarted: subprocess.Popen[bytes] | None = None
+    try:
+        first, second = (
+            CircuitBreaker(
+                "db", storage=RedisBreakerStore(client), failure_threshold=1,
+                reset_timeout=30, storage_timeout=BOUND,
+            )
+            for _ in range(2)
+        )  # fmt: skip
+        assert await within(outcome(first, fail=True)) == "failed"
+        assert (await within(outcome(second))).startswith("rejected")
+        redis_private.process.process.kill()
+        await within(asyncio.to_thread(redis_private.process.process.wait))
+        assert (await within(outcome(second))).startswith("rejected")  # decided locally
+        assert "deciding locally" in repr(second)
+        command = _redis_command()(redis_private.port, tmp_path)
+        restarted = subprocess.Popen(command, stdout=subprocess.DEVNULL)  # noqa: ASYNC220  # started at once
+        server = dataclasses.replace(redis_private.process, process=restarted)
+        await within(asyncio.to_thread(wait_for_port, server, 10.0), 20)
+        await within(client.ping())  # the pool's connections to the dead server are gone
+        link = second._shared
+        assert link is not None
+        # Round trips overdue when Redis died (redis-py retrying) hold the store off
+        # until they end: then it decides again.
+        await until(lambda: not link._parked, seconds=20)
+        assert await within(outcome(second)) == "ok"  # closed: Redis' state, afresh
+        assert second.state is CLOSED
+        assert "deciding locally" not in repr(second)
+        await until(lambda: not link._background)
+    finally:
+        if restarted is not None:
+            restarted.kill()
+            restarted.wait(10)
+        await client.aclose()
+
+
+@pytest.mark.parametrize("switch", ["trip", "reset"])
+async def test_a_switch_wins_over_the_store_until_it_has_landed(
+    aclient: redis.asyncio.Redis, switch: str
+) -> None:
+    """
+    `trip()` / `reset()` act on this process at once and reach Redis in the background:
+    a call right after must follow the switch, not Redis' older state (which would
+    undo the switch here until it lands). Once it has landed, Redis decides again.
+    """
+    keys = prefix()
+    landed = asyncio.Event()
+
+    class SlowSwitchStore(RedisBreakerStore):
+        async def force(self, spec: Any, state: CircuitState) -> Any:
+            await landed.wait()  # the write still on its way
+            return await super().force(spec, state)
+
+    def breaker(store: RedisBreakerStore) -> CircuitBreaker:
+        return CircuitBreaker("db", storage=store, failure_threshold=1, reset_timeout=30)
+
+    operated = breaker(SlowSwitchStore(aclient, prefix=keys))
+    other = breaker(RedisBreakerStore(aclient, prefix=keys))
+    if switch == "reset":
+        assert await within(outcome(other, fail=True)) == "failed"  # open in Redis
+        operated.reset()
+        expected = "ok"
+    else:
+        operated.trip()
+        expected = "rejected"
+    assert (await within(outcome(operated))).startswith(expected)
+    assert operated.state is (CLOSED if switch == "reset" else OPEN)
+    landed.set()
+    link = operated._shared
+    assert link is not None
+    await until(lambda: not link._background)
+    assert (await within(outcome(other))).startswith(expected)  # Redis has it now

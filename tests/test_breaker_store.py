@@ -6,9 +6,12 @@ does with its answers and errors, and pybreaker as an optional extra.
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +26,7 @@ from resilient import (
     WindowTotals,
 )
 from resilient.testing import FakeClock
-from tests._aio import until
+from tests._aio import until, within
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -255,3 +258,95 @@ def test_without_pybreaker_its_paths_name_the_extra(tmp_path: Path) -> None:
     assert 'pip install "resilient[pybreaker]"' in lines[0]
     assert lines[0].startswith("CircuitBreaker(storage=...): expected a BreakerStore")
     assert 'pip install "resilient[pybreaker]"' in lines[1]
+
+
+class GarbageStore(DictStore):
+    """
+    A store whose admit answers something that is no `BreakerAdmission`.
+    """
+
+    def __init__(self, clock: FakeClock, answer: object) -> None:
+        super().__init__(clock)
+        self.answer = answer
+
+    async def admit(self, spec: BreakerSpec) -> BreakerAdmission:
+        return self.answer  # type: ignore[return-value]  # the misbehaviour under test
+
+
+class SyncStore(DictStore):
+    """
+    A store whose admit is a plain function, not a coroutine function.
+    """
+
+    def admit(self, spec: BreakerSpec) -> BreakerAdmission:  # type: ignore[override]
+        return BreakerAdmission(True, CLOSED)
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["in-process", "remote"])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda clock: GarbageStore(clock, None),
+            r"BreakerStore\.admit\(\) answered None, not a BreakerAdmission",
+        ),
+        (
+            lambda clock: GarbageStore(clock, BreakerObservation(OPEN)),
+            r"BreakerStore\.admit\(\) answered BreakerObservation\(.*\), not a BreakerAdmission",
+        ),
+        (
+            SyncStore,
+            r"BreakerStore\.admit\(\) returned BreakerAdmission\(.*\), not a coroutine",
+        ),
+        (
+            lambda clock: GarbageStore(clock, BreakerAdmission(True, "closed")),  # type: ignore[arg-type]
+            r"BreakerStore\.admit\(\) answered state='closed', not a CircuitState",
+        ),
+        (
+            lambda clock: GarbageStore(clock, BreakerAdmission(False, OPEN, retry_in=math.nan)),
+            r"BreakerStore\.admit\(\) answered retry_in=nan",
+        ),
+    ],
+    ids=["none", "wrong-dataclass", "not-async", "state-a-string", "retry-in-nan"],
+)
+async def test_a_store_answering_the_wrong_type_is_named_and_the_local_state_decides(
+    make: Any, message: str, remote: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """
+    An answer of the wrong type, or with a state or retry_in the breaker can't follow, is
+    a failure of the store like any other: the log names the method and what it
+    answered, and the local state decides (the breaker still opens); no AttributeError
+    from deep inside the breaker reaches the caller, and no NaN reaches its clock.
+    """
+    clock = FakeClock()
+    store = make(clock)
+    store.remote = remote
+    breaker = CircuitBreaker("db", storage=store, failure_threshold=2, clock=clock)
+    outcomes = [await within(outcome(breaker, fail=True)) for _ in range(3)]
+    assert outcomes == ["failed", "failed", "rejected 30"]
+    assert re.search(message, caplog.text), caplog.text
+    assert re.search(r"failing \((Type|Value)Error\), deciding locally", repr(breaker))
+
+
+class SuspendingAdmitStore(DictStore):
+    """
+    An in-process store (remote=False) whose admit() waits, maybe forever.
+    """
+
+    async def admit(self, spec: BreakerSpec) -> BreakerAdmission:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_an_in_process_store_that_suspends_in_a_call_fails_loudly_not_forever() -> None:
+    """
+    A store declaring remote=False whose admit() waits would hold every call unbounded
+    (only remote round trips are bounded): it fails loudly at the first call instead.
+    """
+    breaker = CircuitBreaker("db", storage=SuspendingAdmitStore(FakeClock()))
+    with pytest.raises(RuntimeError, match=r"remote=False\) suspended in admit\(\)"):
+        await within(breaker.call(ok))
+
+
+async def ok() -> str:
+    return "ok"

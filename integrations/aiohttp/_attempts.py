@@ -14,7 +14,16 @@ classify and release through `Attempts`, and both follow one rule for the body:
 
 Bytes, text, forms and JSON are in memory: sent again whole by both. A seekable file is
 rewound by aiohttp within one request, so the middleware re-sends it; `DiscoveryClient`
-does not, since aiohttp closes it when a request ends.
+does not, since aiohttp closes it when a request ends (and sends each instance a copy of
+a multipart body, which aiohttp marks consumed when a request ends).
+
+A file-like body (a file, a ``BytesIO``) has one read position that every attempt moves:
+two attempts sending it at once (a `Hedge`) would each send parts of it, cut short of
+their Content-Length, and hang. An attempt that would overlap one still sending such a
+body is refused (`CannotResend`, a rejection: no breaker counts it, the hedge waits for
+the attempt in flight). It is refused rather than made to wait: waiting, it would hold
+what the policies inside the hedge gave it (a half-open breaker's probe, a timeout's
+budget) for a request not sent.
 
 Attempts may overlap: a `Hedge` runs them as concurrent tasks and settles on a winner
 only once its task has finished, so another attempt may start in between. Hence the
@@ -38,7 +47,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import ClientError, ClientResponse, FormData, payload
-from aiohttp.payload import AsyncIterablePayload, Payload
+from aiohttp.payload import AsyncIterablePayload, IOBasePayload, Payload
 
 from resilient import RejectedError, ResilienceError, no_retries
 
@@ -98,10 +107,11 @@ class UnhealthyResponse(Exception):
 
 class CannotResend(RejectedError):
     """
-    The request's body was a one-shot stream, already sent.
+    The request's body can't be sent by this attempt.
 
-    Another attempt would send an empty body; the caller gets the last attempt's
-    outcome instead.
+    It is a one-shot stream already sent, or a file-like body another attempt is sending
+    now. The attempt would send an empty or interleaved body; the caller gets the last
+    attempt's outcome instead.
     """
 
 
@@ -150,7 +160,16 @@ class Attempts(ABC):
         failure_status: Which statuses are failures.
     """
 
-    __slots__ = ("_body", "_failed", "_failure_status", "_held", "_last_error", "_sent")
+    __slots__ = (
+        "_body",
+        "_failed",
+        "_failure_status",
+        "_file_like",
+        "_held",
+        "_last_error",
+        "_sending",
+        "_sent",
+    )
 
     def __init__(self, body: object, failure_status: Callable[[int], bool]) -> None:
         self._body = body
@@ -159,6 +178,9 @@ class Attempts(ABC):
         self._failed: list[ClientResponse] = []  # the held ones that failed
         self._last_error: BaseException | None = None
         self._sent = 0
+        # A file-like body has one read position: its attempts must not overlap.
+        self._file_like = isinstance(body, IOBasePayload)
+        self._sending = False
 
     @abstractmethod
     def _attempt(self, *args: Any) -> Awaitable[ClientResponse]:
@@ -216,6 +238,17 @@ class Attempts(ABC):
         """
         Send one attempt (the policies call this); raise `UnhealthyResponse` on a failure.
         """
+        if not self._file_like:
+            return await self._send(args)
+        if self._sending:  # a hedge, while another attempt sends the body
+            raise CannotResend("another attempt is sending this file-like body")
+        self._sending = True
+        try:
+            return await self._send(args)
+        finally:
+            self._sending = False
+
+    async def _send(self, args: tuple[Any, ...]) -> ClientResponse:
         if self._sent and self._spent():
             raise CannotResend  # checked before releasing: the caller may get that response
         if self._failed:

@@ -18,11 +18,12 @@ first request ends.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator
 from types import TracebackType
 from typing import Any
 
-from aiohttp import ClientResponse, ClientSession
+from aiohttp import ClientResponse, ClientSession, MultipartWriter
 
 from resilient import Balancer, CircuitBreaker, EndpointPool, Instance, Registry, ServiceView
 from resilient.validation import check_int
@@ -280,7 +281,14 @@ class _ServiceAttempts(Attempts):
 
     def _attempt(self, instance: Instance) -> Awaitable[ClientResponse]:
         url = instance.url + self._path
-        return self._session.request(self._method, url, data=self._body, **self._kwargs)
+        body = self._body
+        if isinstance(body, MultipartWriter):
+            # aiohttp closes a request's body when the request ends, and a closed
+            # multipart writer says it is consumed even when its parts are all in memory
+            # (a form with bytes): each attempt sends a copy sharing the parts, whose
+            # `consumed` still tells when one can't be sent again (a file part closed).
+            body = copy.copy(body)
+        return self._session.request(self._method, url, data=body, **self._kwargs)
 
 
 class _Balancers:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -33,13 +34,18 @@ from .store import (
 
 __all__ = ["StoreLink"]
 
-R = TypeVar("R")
+# What a store answers: the breaker checks it before believing it.
+R = TypeVar("R", BreakerAdmission, BreakerObservation)
 
 _log = logging.getLogger("resilient.circuit_breaker")
 
 # Errors that mean "the store can't answer now" rather than a bug here; a store's own
 # errors (redis-py's, a pybreaker storage's) are all Exceptions.
 _Failure = Exception
+
+
+class _SuspendedError(RuntimeError):
+    """An in-process store broke its promise not to wait: a bug to fail on, loudly."""
 
 
 class StoreLink:
@@ -50,6 +56,7 @@ class StoreLink:
     __slots__ = (
         "_background",
         "_failing",
+        "_forcing",
         "_monotonic",
         "_parked",
         "_seen",
@@ -77,15 +84,31 @@ class StoreLink:
         self._seen: tuple[CircuitState, WindowTotals | None, float] | None = None
         # Why the last round trip failed (the error's type), None once one answered.
         self._failing: str | None = None
+        # trip()/reset() writes on their way to a remote store: until they land, the
+        # store's state is older than the local one, which decides.
+        self._forcing = 0
 
     async def admit(self) -> BreakerAdmission | None:
         """
         Ask the store to admit a call; None when the local state must decide.
         """
-        answer = await self._ask(self.store.admit(self.spec))
+        if self._forcing:
+            return None
+        answer = await self._ask(
+            "admit", self.store.admit(self.spec), BreakerAdmission, self._orphan
+        )
+        if answer is not None and self._forcing:  # a switch thrown meanwhile wins
+            self._orphan(answer)
+            return None
         if answer is not None:
             self._note(answer.state, answer.totals)
         return answer
+
+    def _orphan(self, admission: BreakerAdmission) -> None:
+        # An admission nobody waited for (the caller gave up, or it came back overdue):
+        # a probe permit in it would be held for nothing until its lease ends.
+        if admission.permit is not None:
+            self.release(admission)
 
     async def record(
         self, admission: BreakerAdmission, failed: bool | None, slow: bool
@@ -93,7 +116,11 @@ class StoreLink:
         """
         Record an outcome in the store; None when the local state must decide.
         """
-        answer = await self._ask(self.store.record(self.spec, admission, failed, slow))
+        answer = await self._ask(
+            "record", self.store.record(self.spec, admission, failed, slow), BreakerObservation
+        )
+        if answer is not None and self._forcing:  # a switch thrown meanwhile wins
+            return None
         if answer is not None:
             self._note(answer.state, answer.totals)
         return answer
@@ -109,24 +136,31 @@ class StoreLink:
         Write `state` to the store: at once for an in-process store, else in the background.
         """
         if self.store.remote:
-            self._detach(lambda: self._forced(self.store.force(self.spec, state)))
+            task = self._detach(lambda: self._forced(self.store.force(self.spec, state)))
+            if task is not None:
+                self._forcing += 1
+                task.add_done_callback(self._forced_done)
             return
-        call = self.store.force(self.spec, state)
         try:
-            seen = _now(call)
+            seen = _answer("force", self.store.force(self.spec, state), BreakerObservation)
+        except _SuspendedError:
+            raise
         except _Failure as error:
             self._failed(error)
             return
-        if seen is None:
-            raise RuntimeError("an in-process BreakerStore (remote=False) suspended in force()")
         self._note(seen.state, seen.totals)
 
-    async def _forced(self, call: Coroutine[Any, Any, BreakerObservation]) -> None:
-        seen = await self._ask(call)
+    def _forced_done(self, _: object) -> None:
+        self._forcing -= 1
+
+    async def _forced(self, call: object) -> None:
+        seen = await self._ask("force", call, BreakerObservation)
         if seen is not None:
             self._note(seen.state, seen.totals)
 
-    def _detach(self, call: Callable[[], Coroutine[Any, Any, object]]) -> None:
+    def _detach(
+        self, call: Callable[[], Coroutine[Any, Any, object]]
+    ) -> asyncio.Task[object] | None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (a sync operator script): nothing to share it with
@@ -134,20 +168,36 @@ class StoreLink:
                 "circuit_breaker %r: no running event loop; the store was not updated",
                 self.spec.name,
             )
-            return
+            return None
         task = loop.create_task(call())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
-    async def _ask(self, call: Coroutine[Any, Any, R]) -> R | None:
+    async def _ask(
+        self,
+        what: str,
+        call: object,
+        kind: type[R],
+        orphan: Callable[[R], None] | None = None,
+    ) -> R | None:
         """
-        The store's answer, or None (logged) when it failed or is overdue.
+        The store's answer, or None (logged) when it failed, is overdue or is no `kind`.
+
+        `orphan` gets an answer that comes back after the caller stopped waiting.
         """
         if self.stalled():
-            call.close()
+            if isinstance(call, Coroutine):
+                call.close()
             return None
         try:
-            result = await (self._bounded(call) if self.store.remote else call)
+            if self.store.remote:
+                coroutine = _coroutine(what, call)
+                result = _checked(what, await self._bounded(coroutine, kind, orphan), kind)
+            else:
+                result = _answer(what, call, kind)
+        except _SuspendedError:
+            raise
         except _Failure as error:
             self._failed(error)
             return None
@@ -156,19 +206,24 @@ class StoreLink:
             _log.info("circuit_breaker %r: its storage answers again", self.spec.name)
         return result
 
-    async def _bounded(self, call: Coroutine[Any, Any, R]) -> R:
+    async def _bounded(
+        self,
+        call: Coroutine[Any, Any, object],
+        kind: type[R],
+        orphan: Callable[[R], None] | None,
+    ) -> object:
         task = asyncio.get_running_loop().create_task(call)
         due = time.monotonic() + self.timeout
         try:
             async with asyncio.timeout(self.timeout):
                 return await asyncio.shield(task)
         except TimeoutError:
-            if task.done():  # the store's own timeout
-                raise
-            self._park(task, due)
+            if task.done():  # the store's own timeout, or an answer just in time
+                return task.result()
+            self._park(task, due, kind, orphan)
             raise TimeoutError(f"no answer within storage_timeout={self.timeout}s") from None
         except asyncio.CancelledError:
-            self._park(task, due)
+            self._park(task, due, kind, orphan)
             raise
 
     def _failed(self, error: Exception) -> None:
@@ -183,7 +238,15 @@ class StoreLink:
             )
         self._failing = type(error).__name__
 
-    def _park(self, task: asyncio.Task[Any], due: float) -> None:
+    def _park(
+        self,
+        task: asyncio.Task[object],
+        due: float,
+        kind: type[R],
+        orphan: Callable[[R], None] | None,
+    ) -> None:
+        if orphan is not None:
+            task.add_done_callback(lambda done: _salvage(done, kind, orphan))
         if task.done():
             return
         self._parked[task] = due
@@ -236,16 +299,56 @@ class StoreLink:
         return text
 
 
-def _now(call: Coroutine[Any, Any, R]) -> R | None:
-    """
-    Run a coroutine that never suspends (an in-process store's) to its end, here.
+def _coroutine(what: str, call: object) -> Coroutine[Any, Any, object]:
+    if not isinstance(call, Coroutine):
+        raise TypeError(
+            f"BreakerStore.{what}() returned {call!r}, not a coroutine: it must be async def"
+        )
+    return call
 
-    Returns None (the coroutine closed) if it suspends after all.
+
+def _checked(what: str, answer: object, kind: type[R]) -> R:
     """
+    `answer` if it is a well-formed `kind`; else an error naming the store's method.
+
+    Raises:
+        TypeError: It is no `kind`, or its state no `CircuitState`.
+        ValueError: Its retry_in is not a finite number of seconds >= 0.
+    """
+    if not isinstance(answer, kind):
+        raise TypeError(f"BreakerStore.{what}() answered {answer!r}, not a {kind.__name__}")
+    if not isinstance(answer.state, CircuitState):
+        raise TypeError(
+            f"BreakerStore.{what}() answered state={answer.state!r}, not a CircuitState"
+        )
+    if not 0.0 <= answer.retry_in < math.inf:  # NaN fails too
+        raise ValueError(f"BreakerStore.{what}() answered retry_in={answer.retry_in!r}")
+    return answer
+
+
+def _answer(what: str, call: object, kind: type[R]) -> R:
+    """
+    Run an in-process store's coroutine, which must not suspend, to its end, here.
+
+    Raises:
+        RuntimeError: It suspended (it was closed): a store that waits must say remote=True.
+        TypeError: It is no coroutine, or its answer is not a `kind`.
+    """
+    coroutine = _coroutine(what, call)
     try:
-        call.send(None)
+        coroutine.send(None)
     except StopIteration as done:
-        result: R = done.value
-        return result
-    call.close()
-    return None
+        return _checked(what, done.value, kind)
+    coroutine.close()
+    raise _SuspendedError(
+        f"an in-process BreakerStore (remote=False) suspended in {what}();"
+        " a store that waits must say remote=True, so its round trips are bounded"
+    )
+
+
+def _salvage(task: asyncio.Future[Any], kind: type[R], orphan: Callable[[R], None]) -> None:
+    """
+    Hand `orphan` what a round trip nobody waited for answered, if it answered a `kind`.
+    """
+    if not task.cancelled() and task.exception() is None and isinstance(task.result(), kind):
+        orphan(task.result())

@@ -4,8 +4,9 @@ The Lua script `RedisBreakerStore` runs: the breaker's rules as one atomic step 
 It implements the transitions of `machine` (which is its reference model: the tests
 run both on the same operations and compare) over four keys of one hash slot:
 
-- KEYS[1] a hash: ``state``, ``gen`` (transitions so far), ``opened_at``, ``psucc``
-  (successful probes), ``tokens`` (permit numbers handed out);
+- KEYS[1] a hash: ``state``, ``gen`` (raised by each transition, from the time in ms
+  at the first: no generation repeats after a wipe), ``opened_at``, ``psucc``
+  (successful probes), ``tokens`` (permits handed out, named ``<gen>.<n>``);
 - KEYS[2] a sorted set: the half-open probe permits, scored by when their lease ends
   (a prober that crashed holds its permit only until then);
 - KEYS[3] a string: the count window's ring, one byte per call (bit 0 failed, bit 1
@@ -26,6 +27,12 @@ Returns one string, space-separated: admitted (0/1), state, generation, retry_in
 permit (- for none), calls, failures, slow calls (the counts -1 when not read).
 One string, not an array, and the rules in one argument: the client packs and parses
 fewer items (most of a round trip's cost on the client). Fractions leave as %.17g.
+
+Keys that hold something else (a wrong type, a count that is no number: another
+program's data or another layout) are deleted and the decision runs again on fresh keys,
+rather than every call failing. When Redis' clock goes back, an open breaker stays open
+for at most reset_timeout from now, a permit for at most its lease from now, and a time
+window starts afresh.
 """
 
 from __future__ import annotations
@@ -49,19 +56,29 @@ local min_calls, reset = tonumber(r[7]), tonumber(r[8])
 local success_threshold, max_probes = tonumber(r[9]), tonumber(r[10])
 local lease = tonumber(r[11])
 
+local function num(x) return tonumber(x) or 0 end
+
+-- The whole decision, a function: run again on fresh keys if they held garbage (below).
+local function decide()
 local v = redis.call('HMGET', h, 'state', 'gen', 'opened_at')
 local state = v[1]
 if state ~= 'open' and state ~= 'half-open' then state = 'closed' end
 local gen = tonumber(v[2]) or 0
 local opened_at = tonumber(v[3]) or 0
-
-local function num(x) return tonumber(x) or 0 end
+local fresh = false
+if state == 'open' and opened_at > now then
+  -- Redis' clock went back: open for reset_timeout from now, not for the jump as well
+  opened_at = now
+  redis.call('HSET', h, 'opened_at', string.format('%.17g', now))
+end
 
 local function advance()
   local width = duration / 10
   local epoch = math.floor(now / width)
   local last = tonumber(redis.call('HGET', counts, 'ep'))
-  if last == nil then
+  if last == nil or epoch < last then
+    -- no window yet, or the clock went back by a bucket or more: start a new one
+    if last ~= nil then redis.call('DEL', counts) end
     redis.call('HSET', counts, 'ep', epoch)
   elseif epoch > last then
     for e = last + 1, math.min(epoch, last + 10) do
@@ -121,6 +138,13 @@ local function account(failed, slow)
 end
 
 local function move(to)
+  if not fresh then
+    -- the keys' first transition (new, or wiped by a restart): generations start from
+    -- the time in ms, so an outcome or permit from before a wipe never passes for one
+    -- of after it (the counts started again from 0 would meet again)
+    fresh = true
+    if v[2] == false then gen = math.floor(now * 1000) end
+  end
   gen = gen + 1
   state = to
   redis.call('HSET', h, 'state', to, 'gen', gen, 'psucc', 0)
@@ -147,11 +171,14 @@ if op == 'admit' then
     if opened_at + reset - now > 0 then return reply(0, '-', true) end
     move('half-open')
   end
+  -- leases that ended, and leases no clock could have given (the clock went back)
   redis.call('ZREMRANGEBYSCORE', permits, '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', permits, '(' .. string.format('%.17g', now + lease), '+inf')
   if redis.call('ZCARD', permits) >= max_probes then return reply(0, '-', false) end
-  local token = redis.call('HINCRBY', h, 'tokens', 1)
+  -- permits are named by generation too: one from before a wipe never frees one of after
+  local token = string.format('%d.%d', gen, redis.call('HINCRBY', h, 'tokens', 1))
   redis.call('ZADD', permits, now + lease, token)
-  return reply(1, tostring(token), false)
+  return reply(1, token, false)
 end
 
 if op == 'open' or op == 'close' then
@@ -178,4 +205,20 @@ elseif state == 'closed' and account(failed, slow) then
   move('open')
 end
 return reply(1, '-', state ~= 'half-open')
+end
+
+local done, answer = pcall(decide)
+if done then return answer end
+local message = type(answer) == 'table' and answer.err or tostring(answer)
+local garbage = false
+for _, sign in ipairs({'WRONGTYPE', 'not an integer', 'not a valid float'}) do
+  garbage = garbage or string.find(message, sign, 1, true) ~= nil
+end
+if not garbage then
+  return redis.error_reply(message)
+end
+-- The keys hold something else (another program's data, another layout): start afresh
+-- (closed, nothing counted) rather than fail every call and share nothing.
+redis.call('DEL', h, permits, ring, counts)
+return decide()
 """

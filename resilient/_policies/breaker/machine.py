@@ -22,6 +22,7 @@ follows what it says, and decides alone while the store can't answer within
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -62,7 +63,7 @@ class CircuitBreaker(Policy):
         name: A label for errors, events and metrics (default ``"circuit_breaker"``).
         failure_threshold: Consecutive failures that open the breaker (default 5).
         failure_rate: Failure share in (0, 1] that opens it (window mode; default 0.5).
-        window: Calls in a count-based window (default 100).
+        window: Calls in a count-based window (default 100, at most 10,000,000).
         window_duration: Seconds in a time-based window instead of a count.
         min_calls: Calls the window needs before rates are judged (default 10, at most
             `window` for a count-based window).
@@ -249,6 +250,16 @@ class CircuitBreaker(Policy):
             clock=clock,
             hooks=(*(hooks or ()), pybreaker_listener_hook(breaker)),
         )
+
+    def _name_after(self, fn: object, name: str | None = None) -> None:
+        super()._name_after(fn, name)
+        link = self._shared
+        if link is not None and link.spec.name != self.name:
+            # The store keys the shared state by name: an unnamed breaker decorating a
+            # function shares the state of that function's breakers, not of every
+            # unnamed one (all "circuit_breaker" until now).
+            link.spec = dataclasses.replace(link.spec, name=self.name)
+            link.store.bind(link.spec)
 
     @property
     def state(self) -> CircuitState:

@@ -57,7 +57,8 @@ class RedisBreakerStore:
         now: Time source in seconds, for tests (default: Redis' ``TIME``).
 
     Raises:
-        ValueError: `probe_lease` is not a finite number of seconds > 0.
+        ValueError: `probe_lease` is not a finite number of seconds > 0, or `prefix`
+            holds an empty hash tag (``{}``).
         TypeError: `client` is not a ``redis.asyncio`` client (a synchronous
             ``redis.Redis`` included), or `prefix` is not a string.
         ImportError: redis-py is not installed (``pip install "resilient[redis]"``).
@@ -76,6 +77,7 @@ class RedisBreakerStore:
     ) -> None:
         try:
             import redis.asyncio  # noqa: F401, PLC0415  # optional extra: fail here, named
+            from redis.crc import key_slot  # noqa: PLC0415  # the same extra
         except ImportError as exc:  # pragma: no cover - the dev extra installs redis
             raise ImportError(
                 'RedisBreakerStore needs redis-py: pip install "resilient[redis]"'
@@ -85,6 +87,11 @@ class RedisBreakerStore:
         if not isinstance(prefix, str):
             raise TypeError(f"{owner}(prefix={prefix!r}): prefix must be a string")
         self.prefix = prefix
+        if len({key_slot(key.encode()) for key in self._keys("x")}) > 1:
+            raise ValueError(
+                f"{owner}(prefix={prefix!r}): an empty hash tag ('{{}}') in the prefix puts"
+                " a breaker's keys in different Redis Cluster slots; remove it"
+            )
         self.probe_lease = None if probe_lease is None else check_seconds(
             owner, "probe_lease", probe_lease
         )  # fmt: skip
@@ -100,7 +107,10 @@ class RedisBreakerStore:
 
     def _keys(self, name: str) -> list[str]:
         # One hash slot for the four keys: Redis Cluster runs a script over one slot.
-        base = f"{self.prefix}{{{name}}}"
+        # The tag is the whole name: a '}' in it would end the tag early, or leave it
+        # empty (then each key hashes whole, to a slot of its own), so it is escaped.
+        tag = name.replace("%", "%25").replace("}", "%7D")
+        base = f"{self.prefix}{{{tag}}}"
         return [base, f"{base}:permits", f"{base}:ring", f"{base}:counts"]
 
     async def _eval(self, op: str, spec: BreakerSpec, *extra: _Arg) -> list[str]:

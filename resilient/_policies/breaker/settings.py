@@ -16,6 +16,8 @@ from .store import BreakerStore, CircuitState
 
 __all__ = ["BreakerStatistics", "Rules", "store_of", "window_accounting"]
 
+MAX_WINDOW = 10_000_000  # calls in a count-based window
+
 # A window's settings as a store needs them: window, window_duration, failure_rate,
 # slow_call_rate, min_calls.
 Rules = tuple[int | None, float | None, float, float, int]
@@ -75,6 +77,13 @@ def window_accounting(
         timed = TimeWindow(duration, rate_rule(rate, slow_rate, least), clock.monotonic)
         return timed, (None, duration, rate, slow_rate, least)
     size = check_int(owner, "window", 100 if window is None else window, minimum=1)
+    if size > MAX_WINDOW:
+        # A byte per call, here and in Redis' ring: a typo'd 10**10 would try to
+        # allocate 10 GB. Beyond this, window_duration counts any volume in ten buckets.
+        raise ValueError(
+            f"{owner}(window={size}): window must be <= {MAX_WINDOW:_} calls;"
+            " for more, use window_duration="
+        )
     least = check_int(
         owner, "min_calls", min(10, size) if min_calls is None else min_calls, minimum=1
     )
