@@ -172,11 +172,10 @@ PAGE = Report(
     " makes several commands per call (state, counters): through `storage=` they run in a"
     " worker thread; pybreaker's own `call` runs them on the caller's thread, which in an"
     " asyncio program blocks the event loop for every round trip. The last figure divides"
-    " by one raw round trip (so about 2 would be two bare round trips). The figures here"
-    " come from `-p 4 --min-time 0.05` runs in a shared window with other jobs on the"
-    " machine (load average about 11 on 2 CPUs): round trips cost several times what a"
-    " quiet machine shows, and redis.asyncio's per-command work in Python (asyncio"
-    " streams, its RESP parser) weighs more than the blocking client's in that state.",
+    " by one raw round trip (so about 2 would be two bare round trips). The runs used"
+    " `-p 4 --min-time 0.05`. Most of a call's cost is redis.asyncio's per-command work in"
+    " Python (asyncio streams, its RESP parser): a raw EVALSHA alone costs about a third"
+    " of a shared-breaker call, and the blocking client's per-command work is lighter.",
 )
 # fmt: on
 
