@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ __all__ = [
     "running_server",
     "servers_required",
     "start_server",
+    "wait_for_http",
     "wait_for_port",
 ]
 
@@ -186,6 +188,39 @@ def wait_for_port(server: ServerProcess, timeout: float) -> None:
                 f" its last output:\n{server.output_tail()}"
             )
         time.sleep(0.02)
+
+
+def wait_for_http(
+    server: ServerProcess,
+    url: str,
+    timeout: float,
+    *,
+    ready: Callable[[bytes], bool] = lambda _body: True,
+    state: str = "ready",
+) -> None:
+    """
+    Return once a GET of `url` answers 2xx with a body `ready` accepts.
+
+    For servers that listen before they serve (etcd before electing a leader, Prometheus
+    before its TSDB is open): refused, failed and unready answers are retried.
+
+    Raises:
+        ServerStartError: Not `state` within `timeout` seconds; the message carries the
+            tail of the server's output.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            # Our own http:// URL on loopback, never a file: or custom scheme.
+            with urllib.request.urlopen(url, timeout=1.0) as answer:  # noqa: S310
+                if ready(answer.read()):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise ServerStartError(
+        f"{server.name} not {state} within {timeout:g}s:\n{server.output_tail()}"
+    )
 
 
 def start_server(

@@ -15,7 +15,7 @@ import pytest
 from examples.kv.bench import Phase
 from examples.kv.bench_load import percentile
 from examples.kv.bench_report import BEGIN, END, write_docs
-from tests._kv import ROOT
+from tests.kv._kv import ROOT
 
 
 def _phase(variant: str, op: str, load: str, rate: float, rnd: int = 1) -> Phase:

@@ -16,8 +16,8 @@ from aiohttp import web
 from examples._process import free_port
 from examples.kv import KVClient, KVError
 from resilient import CircuitState, Event, StateChanged
-from tests._kv import ROOT, SINGLE, TOKEN, KVCluster, running_cluster
 from tests._web import Serve
+from tests.kv._kv import ROOT, SINGLE, TOKEN, KVCluster, running_cluster
 
 IDS = ["n1", "n2", "n3"]
 CLIENT_TOKEN = "client-secret"  # noqa: S105  # a test secret

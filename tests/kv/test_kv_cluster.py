@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from examples.kv.ring import Ring
-from tests._kv import ROOT, TOKEN, KVCluster, running_cluster
+from tests.kv._kv import ROOT, TOKEN, KVCluster, running_cluster
 
 IDS = ["n1", "n2", "n3", "n4"]
 FUZZ = settings(

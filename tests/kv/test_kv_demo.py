@@ -22,7 +22,7 @@ from examples.kv import KVClient, KVError
 from examples.kv.demo_monitor import READING_BACK, DemoState, NodeView, read_counters
 from examples.kv.demo_view import PlainView
 from examples.kv.demo_workload import KeyState, TrafficSnapshot, Workload
-from tests._kv import ROOT
+from tests.kv._kv import ROOT
 
 _BOUND = 60.0  # seconds a demo run may take here before the test gives up on it
 

@@ -1,7 +1,7 @@
 """
 examples/kv/README.md's hand-run cluster and its `KVClient` program run as written.
 
-The blocks marked ``<!-- runs: tests/test_kv_docs.py ... -->`` are what a newcomer types:
+The blocks marked ``<!-- runs: tests/kv/test_kv_docs.py ... -->`` are what a newcomer types:
 the shell ones run in one bash script (free ports for 7001-7003, a temporary ``./data``,
 this interpreter as ``python``); the Python one against a running cluster.
 """
@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from examples._process import free_port
-from tests._kv import ROOT, running_cluster
+from tests.kv._kv import ROOT, running_cluster
 
 README = ROOT / "examples" / "kv" / "README.md"
 BLOCK = re.compile(
-    r"<!-- runs: tests/test_kv_docs\.py[^>]*-->\n```(?P<lang>\w+)\n(?P<code>.*?)```", re.S
+    r"<!-- runs: tests/kv/test_kv_docs\.py[^>]*-->\n```(?P<lang>\w+)\n(?P<code>.*?)```", re.S
 )
 PORTS = ("7001", "7002", "7003")
 ACTIVATE = ". .venv/bin/activate\n"

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests._kv import KVCluster, running_cluster
-from tests.conftest import EtcdServer
+from tests._etcd import EtcdServer
+from tests.kv._kv import KVCluster, running_cluster
 
 TTL = 2
 IDS = ["n1", "n2", "n3"]

@@ -13,8 +13,8 @@ from typing import cast
 import pytest
 
 from examples.kv.ring import Ring
-from tests._kv import KVCluster, Response, running_cluster
-from tests.conftest import PrometheusServer
+from tests._prometheus import PrometheusServer
+from tests.kv._kv import KVCluster, Response, running_cluster
 
 IDS = ["n1", "n2", "n3"]
 KEYS = [f"key-{i}" for i in range(40)]

@@ -16,7 +16,7 @@ import pytest
 
 from examples.kv.launch import LOCALHOST
 from examples.kv.ring import Ring
-from tests._kv import SINGLE, KVCluster, running_cluster
+from tests.kv._kv import SINGLE, KVCluster, running_cluster
 
 STEP_MS = 5 * 60 * 1000  # how far the machine's clock is stepped back
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import examples.kv
-from tests._kv import ROOT, TOKEN
+from tests.kv._kv import ROOT, TOKEN
 
 # Runs examples.kv as `python -m` does, with aiohttp made unimportable (as in an
 # interpreter without the kv extra): None in sys.modules makes `import aiohttp` fail.

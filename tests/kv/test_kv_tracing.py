@@ -14,7 +14,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from examples.kv import KVClient
-from tests._kv import SINGLE, KVCluster, running_cluster
+from tests.kv._kv import SINGLE, KVCluster, running_cluster
 
 IDS = ["n1", "n2", "n3"]
 

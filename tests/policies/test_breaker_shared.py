@@ -23,7 +23,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pybreaker
@@ -42,11 +41,11 @@ from resilient import (
 )
 from resilient._breaker_shared import STORAGE_WORKERS
 from resilient.testing import FakeClock
-from tests.conftest import RedisServer
+from tests._paths import REPO_ROOT
+from tests._redis import RedisServer
 
 T = TypeVar("T")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 
@@ -692,7 +691,8 @@ def run_worker(server: RedisServer, namespace: str, ops: str) -> dict[str, Any]:
     Run `worker_main` in a fresh interpreter and return what it printed.
     """
     code = (
-        "import sys; from tests.test_breaker_shared import worker_main as main; main(sys.argv[1:])"
+        "import sys; from tests.policies.test_breaker_shared import worker_main as main;"
+        " main(sys.argv[1:])"
     )
     completed = subprocess.run(  # our own interpreter and arguments
         [sys.executable, "-c", code, server.url, namespace, ops],

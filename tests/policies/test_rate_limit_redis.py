@@ -13,7 +13,6 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio
@@ -28,9 +27,8 @@ from resilient import (
     priority,
 )
 from resilient.testing import FakeClock, capture_events
-from tests.conftest import RedisServer
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests._paths import REPO_ROOT
+from tests._redis import RedisServer
 
 # What a loaded 2-core machine may add to a call's wait beyond the bound it was given
 # (scheduling, a connect attempt's own setup); the bound itself is much smaller than
@@ -144,7 +142,13 @@ def test_processes_hold_the_global_rate_within_five_percent(redis_server: RedisS
     10 s, run 200 * 10 + burst calls between them, within 5%.
     """
     rate, burst, duration, processes = 200, 10, 10.0, 4
-    command = [sys.executable, "-m", "tests._rate_limit_child", redis_server.url, fresh_key()]
+    command = [
+        sys.executable,
+        "-m",
+        "tests.policies._rate_limit_child",
+        redis_server.url,
+        fresh_key(),
+    ]
     command += [str(rate), str(burst), str(duration)]
     children = [
         subprocess.Popen(

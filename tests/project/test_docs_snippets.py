@@ -15,14 +15,14 @@ and this test runs it, warnings as errors; when the page then says "It prints:" 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import RedisServer
-from tests.test_examples import run_python
+from tests._paths import REPO_ROOT
+from tests._redis import RedisServer
+from tests.project.test_examples import run_python
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = REPO_ROOT / "docs"
 REDIS_PORT = "port=6379"
 
 FENCE = re.compile(

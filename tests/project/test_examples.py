@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.report import Figure
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests._paths import REPO_ROOT as ROOT
 
 
 def run_module(*args: str, timeout: float = 60.0) -> str:

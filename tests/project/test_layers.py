@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests._paths import REPO_ROOT
+
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 CONTRACTS = (
     "Layers: the service layer on the policies on the engine",

@@ -21,4 +21,4 @@ def test_help_keeps_the_example_command_as_written(capsys: pytest.CaptureFixture
     lines = capsys.readouterr().out.splitlines()
     example = "    python -m tests.mutation resilient/_service/discovery.py::ServiceView._follow \\"
     assert example in lines
-    assert '        --tests "tests/test_discovery.py"' in lines
+    assert '        --tests "tests/service/test_discovery.py"' in lines

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests._paths import REPO_ROOT
 
 
 def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -32,8 +32,7 @@ from resilient import (
     TimeoutExceeded,
 )
 from resilient.validation import check_fraction, check_int, check_seconds
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests._paths import REPO_ROOT
 
 # The names DESIGN.md's core API contract promises.
 CONTRACT = (
@@ -320,7 +319,7 @@ def test_integrations_import_as_resilient_integrations(tmp_path: Path) -> None:
     """
     Outside the source tree, ``import resilient.integrations`` works and comes from the
     `integrations/` folder. (That an installed wheel has no top-level ``integrations``
-    is checked in tests/test_packaging.py; the editable install is the project root on
+    is checked in tests/project/test_packaging.py; the editable install is the project root on
     sys.path, which shows every top-level folder.)
     """
     completed = run_python(

@@ -17,11 +17,11 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests._paths import REPO_ROOT as ROOT
+
 README = ROOT / "README.md"
 
 FENCE = re.compile(r"(?:<!-- fragment: (?P<names>[\w, ]+) -->\n)?```python\n(?P<code>.*?)```", re.S)

@@ -55,9 +55,9 @@ from resilient.integrations.aiohttp import (
 )
 from resilient.testing import FakeClock, capture_events, instant_retries
 from tests._aio import until, within
+from tests._paths import REPO_ROOT as ROOT
 from tests._servers import LOCALHOST, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 GUARD = 60.0  # seconds before a hang (a leaked connection) fails a test; busy machines are slow
 
 # -- a scripted backend ------------------------------------------------------------------

@@ -9,7 +9,6 @@ import re
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,9 +27,8 @@ from resilient import (
     TimeoutExceeded,
 )
 from resilient.integrations.aiohttp import DiscoveryClient
-from tests.test_examples import run_python
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests._paths import REPO_ROOT as ROOT
+from tests.project.test_examples import run_python
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -1,7 +1,7 @@
 """
 A separate process that registers one instance on etcd, for the lease tests.
 
-    python -m tests._etcd_child <endpoint> <prefix> <service> <id> <ttl>
+    python -m tests.integrations.etcd._etcd_child <endpoint> <prefix> <service> <id> <ttl>
 
 Prints ``ready`` once registered, then holds the registration until SIGTERM, when it
 closes the registry (revoking its lease) and exits 0. SIGKILL leaves the lease to expire.

@@ -20,7 +20,6 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -35,10 +34,9 @@ from resilient.integrations.etcd import (
     EtcdUnavailableError,
     _Registration,
 )
+from tests._etcd import EtcdServer
+from tests._paths import REPO_ROOT
 from tests._servers import free_port
-from tests.conftest import EtcdServer
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 MakeRegistry = Callable[..., EtcdRegistry]
 
@@ -102,7 +100,7 @@ async def next_snapshot(watch: AsyncIterator[list[Instance]]) -> list[Instance]:
 
 class Child:
     """
-    A separate process holding one registration (`tests._etcd_child`).
+    A separate process holding one registration (`tests.integrations.etcd._etcd_child`).
     """
 
     def __init__(self, process: subprocess.Popen[str]) -> None:
@@ -129,9 +127,18 @@ def child_process(
     endpoint: str, prefix: str, service: str, name: str, ttl: float
 ) -> Iterator[Child]:
     """
-    Run `tests._etcd_child` registering `service`/`name`; kill it on exit.
+    Run `tests.integrations.etcd._etcd_child` registering `service`/`name`; kill it on exit.
     """
-    argv = [sys.executable, "-m", "tests._etcd_child", endpoint, prefix, service, name, str(ttl)]
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.integrations.etcd._etcd_child",
+        endpoint,
+        prefix,
+        service,
+        name,
+        str(ttl),
+    ]
     process = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     try:
         yield Child(process)

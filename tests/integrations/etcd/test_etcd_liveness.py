@@ -26,9 +26,9 @@ from aiohttp import web
 
 from resilient import ServiceView
 from resilient.integrations.etcd import EtcdRegistry, EtcdResponseError, EtcdUnavailableError
+from tests._etcd import EtcdServer
 from tests._web import Serve
-from tests.conftest import EtcdServer
-from tests.test_etcd import eventually, ids, instance
+from tests.integrations.etcd.test_etcd import eventually, ids, instance
 
 PROBE = 1.0
 """watch_probe_interval of the views under test, seconds."""

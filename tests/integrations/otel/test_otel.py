@@ -48,10 +48,8 @@ from resilient.integrations.aiohttp import (
 )
 from resilient.integrations.otel import OpenTelemetryHooks, aiohttp_server_span_middleware
 from resilient.testing import FakeClock
+from tests._paths import REPO_ROOT
 from tests._web import Serve
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 # -- fixtures and helpers ------------------------------------------------------------------
 

@@ -14,10 +14,11 @@ from prometheus_client import CollectorRegistry
 
 from resilient import InMemoryRegistry, ServiceView
 from resilient.integrations.prometheus import DiscoveryCollector, ResilienceMetrics
+from tests._paths import REPO_ROOT
 
 __all__ = ["DASHBOARD", "dashboard_queries", "doc_queries", "exported_names", "metric_names_in"]
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = REPO_ROOT / "docs"
 DASHBOARD = DOCS / "grafana-dashboard.json"
 _PROMQL_BLOCK = re.compile(r"```promql\n(.*?)```", re.DOTALL)
 

@@ -43,7 +43,7 @@ from resilient import (
 from resilient.integrations._prometheus_export import metric_names
 from resilient.integrations.prometheus import DEFAULT_BUCKETS, ResilienceMetrics
 from resilient.testing import FakeClock, instant_retries
-from tests._promql import (
+from tests.integrations.prometheus._promql import (
     DASHBOARD,
     dashboard_queries,
     doc_queries,

@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry
 from resilient import CircuitBreaker, CircuitOpenError, Retry, pipeline
 from resilient.integrations.aiohttp import add_metrics_route
 from resilient.integrations.prometheus import ResilienceMetrics
-from tests._promql import dashboard_queries, doc_queries
-from tests.conftest import PrometheusServer
+from tests._prometheus import PrometheusServer
+from tests.integrations.prometheus._promql import dashboard_queries, doc_queries
 
 WAIT = 20.0
 """Seconds Prometheus gets to show the expected values (it scrapes every second)."""
