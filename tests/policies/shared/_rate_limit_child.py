@@ -1,7 +1,7 @@
 """
 One of several processes sharing a `RedisRateLimiter`, for the global-rate test.
 
-    python -m tests.policies._rate_limit_child <redis url> <key> <rate> <burst> <duration>
+    python -m tests.policies.shared._rate_limit_child <redis url> <key> <rate> <burst> <duration>
 
 Connects, prints ``ready``, reads the start time (seconds since the epoch) from stdin,
 waits until the wall clock reaches it, then calls through the limiter as fast as it

@@ -691,7 +691,7 @@ def run_worker(server: RedisServer, namespace: str, ops: str) -> dict[str, Any]:
     Run `worker_main` in a fresh interpreter and return what it printed.
     """
     code = (
-        "import sys; from tests.policies.test_breaker_shared import worker_main as main;"
+        "import sys; from tests.policies.shared.test_breaker_shared import worker_main as main;"
         " main(sys.argv[1:])"
     )
     completed = subprocess.run(  # our own interpreter and arguments

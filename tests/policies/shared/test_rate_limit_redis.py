@@ -145,7 +145,7 @@ def test_processes_hold_the_global_rate_within_five_percent(redis_server: RedisS
     command = [
         sys.executable,
         "-m",
-        "tests.policies._rate_limit_child",
+        "tests.policies.shared._rate_limit_child",
         redis_server.url,
         fresh_key(),
     ]
