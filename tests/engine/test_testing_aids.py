@@ -23,17 +23,9 @@ from resilient import (
 from resilient._engine.hooks import global_hooks
 from resilient._policies.retry import instant_retries_enabled
 from resilient.testing import FakeClock, capture_events, instant_retries, set_instant_retries
-from tests._aio import result_of
+from tests._aio import result_of, settle
 
 T = TypeVar("T")
-
-
-async def settle(rounds: int = 3) -> None:
-    """
-    Let the event loop run the callbacks and task steps that are ready.
-    """
-    for _ in range(rounds):
-        await asyncio.sleep(0)
 
 
 async def fail() -> None:
@@ -84,13 +76,13 @@ async def test_manual_mode_sleep_waits_for_advance() -> None:
     """With auto_advance=False, sleep returns only once advance() passes its end."""
     clock = FakeClock(auto_advance=False)
     task = asyncio.create_task(clock.sleep(2.0))
-    await settle()
+    await settle(3)
     assert clock.sleeps == [2.0]
     clock.advance(1.5)
-    await settle()
+    await settle(3)
     assert not task.done()
     clock.advance(0.5)
-    await settle()
+    await settle(3)
     assert task.done()
     assert clock.monotonic() == 2.0
 
@@ -99,12 +91,12 @@ async def test_cancelled_manual_sleep_is_harmless() -> None:
     """Cancelling a manual-mode sleep and later advancing past its end raises nothing."""
     clock = FakeClock(auto_advance=False)
     task = asyncio.create_task(clock.sleep(1.0))
-    await settle()
+    await settle(3)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await result_of(task)
     clock.advance(2.0)
-    await settle()
+    await settle(3)
     assert clock.pending_timers == 0
 
 
@@ -120,11 +112,11 @@ async def test_advance_fires_due_timers_in_order_from_the_loop() -> None:
     assert clock.pending_timers == 5
     clock.advance(5.0)
     assert fired == []  # not inside advance(): from the event loop
-    await settle()
+    await settle(3)
     assert fired == ["t1", "t2a", "t2b", "t3"]
     assert clock.pending_timers == 1
     clock.advance(4.0)
-    await settle()
+    await settle(3)
     assert fired[-1] == "t9"
     assert clock.pending_timers == 0
 
@@ -139,7 +131,7 @@ async def test_cancelled_timer_does_not_fire() -> None:
     assert clock.pending_timers == 1
     clock.advance(2.0)
     late.cancel()  # due and queued on the loop, but not yet run
-    await settle()
+    await settle(3)
     assert fired == []
 
 
@@ -149,7 +141,7 @@ async def test_timer_in_the_past_fires_soon() -> None:
     fired: list[float] = []
     clock.call_at(5.0, lambda: fired.append(clock.monotonic()))
     assert fired == []
-    await settle()
+    await settle(3)
     assert fired == [10.0]
 
 
@@ -171,12 +163,12 @@ async def test_fake_clock_drives_policies() -> None:
     """A policy built with the fake clock times out exactly when the clock is advanced."""
     clock = FakeClock(auto_advance=False)
     task = asyncio.create_task(Timeout(30.0, clock=clock).call(clock.sleep, 60))
-    await settle()
+    await settle(3)
     clock.advance(29.0)
-    await settle()
+    await settle(3)
     assert not task.done()
     clock.advance(1.0)
-    await settle()
+    await settle(3)
     assert task.done()
     assert isinstance(task.exception(), TimeoutError)
 

@@ -6,17 +6,15 @@ Each answer is one line on stderr that says what to do, never a traceback.
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import examples.kv
-from tests.kv._kv import ROOT, TOKEN
+from tests._run import python
+from tests.kv._kv import TOKEN
 
 # Runs examples.kv as `python -m` does, with aiohttp made unimportable (as in an
 # interpreter without the kv extra): None in sys.modules makes `import aiohttp` fail.
@@ -28,16 +26,9 @@ WITHOUT_AIOHTTP = (
 )
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env={**os.environ, **(env or {})},
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-
-
 def test_the_cli_without_the_kv_extra_says_which_extra_to_install() -> None:
     """`python -m examples.kv` where aiohttp is missing: one line naming the extra."""
-    done = run("-c", WITHOUT_AIOHTTP, "get", "k", "--node", "127.0.0.1:1")
+    done = python("-c", WITHOUT_AIOHTTP, "get", "k", "--node", "127.0.0.1:1")
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -52,7 +43,7 @@ def test_importing_the_client_without_the_kv_extra_names_the_extra() -> None:
         "try:\n    from examples.kv import KVClient\n"
         "except ImportError as error:\n    print(error)\n"
     )
-    done = run("-c", code)
+    done = python("-c", code)
     assert done.returncode == 0, done.stderr
     assert "examples.kv needs the kv extra ('aiohttp' is not installed)" in done.stdout
 
@@ -78,7 +69,7 @@ def test_a_node_that_cannot_reach_etcd_says_where_it_looked(
     with socket.socket() as own:
         own.bind(("127.0.0.1", 0))
         port = own.getsockname()[1]
-    done = run(
+    done = python(
         "-m", "examples.kv", "node", "--id", "n1", "--port", str(port),
         "--data-dir", str(tmp_path), "--discovery", f"etcd://127.0.0.1:{closed_port}",
         env={"KV_CLUSTER_TOKEN": TOKEN},

@@ -28,6 +28,7 @@ from resilient import (
     StateChanged,
 )
 from resilient.testing import FakeClock
+from tests._aio import settle
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 
@@ -71,11 +72,6 @@ async def rejection(breaker: CircuitBreaker) -> CircuitOpenError:
         await breaker.call(fn)
     assert not called
     return info.value
-
-
-async def settle(rounds: int = 5) -> None:
-    for _ in range(rounds):
-        await asyncio.sleep(0)
 
 
 class Pending:

@@ -23,6 +23,7 @@ from hypothesis.stateful import (
 
 from resilient import CircuitBreaker, CircuitOpenError, CircuitState
 from resilient.testing import FakeClock
+from tests._aio import settle
 
 T = TypeVar("T")
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
@@ -144,11 +145,6 @@ class InFlight:
         if self.outcome == "excluded":
             raise Excluded
         return "ok"
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 class BreakerMachine(RuleBasedStateMachine):

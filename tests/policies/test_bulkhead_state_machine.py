@@ -23,6 +23,7 @@ from hypothesis.stateful import (
 
 from resilient import Bulkhead, BulkheadFullError
 from resilient.testing import FakeClock
+from tests._aio import settle
 
 T = TypeVar("T")
 
@@ -54,11 +55,6 @@ class Call:
             return "rejected"
         assert self.task.result() == "done"
         return "finished"
-
-
-async def settle() -> None:
-    for _ in range(10):
-        await asyncio.sleep(0)
 
 
 class BulkheadMachine(RuleBasedStateMachine):
@@ -130,14 +126,14 @@ class BulkheadMachine(RuleBasedStateMachine):
                 self.expire()  # max_wait=0: the wait is over at once
             else:
                 self.rejected += 1
-            self.run(settle())
+            self.run(settle(10))
 
     @precondition(lambda self: bool(self.running))
     @rule(data=st.data())
     def finish_running(self, data: st.DataObject) -> None:
         call = data.draw(st.sampled_from(self.running))
         call.gate.set()
-        self.run(settle())
+        self.run(settle(10))
         assert call.status() == "finished"
         self.running.remove(call)
         self.finished += 1
@@ -148,7 +144,7 @@ class BulkheadMachine(RuleBasedStateMachine):
     def cancel_running(self, data: st.DataObject) -> None:
         call = data.draw(st.sampled_from(self.running))
         call.task.cancel()
-        self.run(settle())
+        self.run(settle(10))
         assert call.status() == "cancelled"
         self.running.remove(call)
         self.cancelled += 1
@@ -159,7 +155,7 @@ class BulkheadMachine(RuleBasedStateMachine):
     def cancel_queued(self, data: st.DataObject) -> None:
         call, deadline = data.draw(st.sampled_from(self.queue))
         call.task.cancel()
-        self.run(settle())
+        self.run(settle(10))
         assert call.status() == "cancelled"
         self.queue.remove((call, deadline))
         self.cancelled += 1
@@ -180,7 +176,7 @@ class BulkheadMachine(RuleBasedStateMachine):
         async def race() -> None:
             call.gate.set()  # wakes `call` first, which releases on this turn ...
             asyncio.get_running_loop().call_soon(cancel_heir)  # ... then the cancel
-            await settle()
+            await settle(10)
 
         self.run(race())
         # The heir had already been handed the slot (it was out of the queue) when cancelled.
@@ -196,7 +192,7 @@ class BulkheadMachine(RuleBasedStateMachine):
     def advance(self, seconds: int) -> None:
         async def step() -> None:
             self.clock.advance(seconds)
-            await settle()
+            await settle(10)
 
         self.run(step())
         self.expire()
@@ -205,7 +201,7 @@ class BulkheadMachine(RuleBasedStateMachine):
     def drain(self) -> None:
         for call in self.calls:
             call.task.cancel()
-        self.run(settle())
+        self.run(settle(10))
         assert all(call.task.done() for call in self.calls)
         assert (self.bulkhead.in_flight, self.bulkhead.queued) == (0, 0)
         self.cancelled += len(self.running) + len(self.queue)
@@ -258,7 +254,7 @@ class BulkheadMachine(RuleBasedStateMachine):
         try:
             for call in self.calls:
                 call.task.cancel()
-            self.run(settle())
+            self.run(settle(10))
         finally:
             self.loop.close()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import pickle
 from collections import deque
-from collections.abc import Awaitable
 from typing import Any, SupportsIndex, TypeVar
 
 import pytest
@@ -31,7 +30,7 @@ from resilient import (
 )
 from resilient._policies.wait_queue import Waiter, enqueue
 from resilient.testing import FakeClock, capture_events
-from tests._aio import settle
+from tests._aio import settle, within
 
 T = TypeVar("T")
 
@@ -68,17 +67,11 @@ class Held:
 
     async def release(self) -> None:
         self.gate.set()
-        await within(self.task)
+        await within(self.task, 2.0)
 
     def error(self) -> BaseException | None:
         assert self.task.done()
         return self.task.exception()
-
-
-async def within(awaitable: Awaitable[T], seconds: float = 2.0) -> T:
-    """Await, but fail instead of hanging when a bug strands the call."""
-    async with asyncio.timeout(seconds):
-        return await awaitable
 
 
 async def queued_then_running(bulkhead: Bulkhead, log: list[str]) -> Held:
@@ -449,7 +442,7 @@ async def test_a_queued_call_that_fails_is_a_service_time_sample() -> None:
     await settle()
     clock.advance(2.0)
     with pytest.raises(LookupError):
-        await within(queued)
+        await within(queued, 2.0)
     assert bulkhead.statistics().service_time == 2.0
     assert bulkhead.in_flight == 0
 
@@ -522,7 +515,7 @@ async def test_a_sheddable_call_does_not_wait_for_a_permit() -> None:
     waiting = asyncio.create_task(limiter.call(_ok))
     await settle()
     clock.advance(1.0)
-    assert await within(waiting) == "ok"
+    assert await within(waiting, 2.0) == "ok"
 
 
 async def test_a_call_does_not_wait_past_its_deadline_for_a_permit() -> None:
@@ -541,7 +534,7 @@ async def test_a_call_does_not_wait_past_its_deadline_for_a_permit() -> None:
         waiting = asyncio.create_task(limiter.call(_ok))
         await settle()
     clock.advance(1.0)
-    assert await within(waiting) == "ok"
+    assert await within(waiting, 2.0) == "ok"
     brief = RateLimiter(1, burst=1, max_wait=0.5, clock=clock)
     await brief.call(_ok)
     with priority(Priority.SHEDDABLE), pytest.raises(RateLimitedError) as too_far:
@@ -566,7 +559,7 @@ async def test_a_critical_plus_call_waits_for_a_permit_and_a_shed_one_says_its_c
         await settle()
     assert limiter.statistics().waiting == 1
     clock.advance(0.25)
-    assert await within(waiting) == "ok"
+    assert await within(waiting, 2.0) == "ok"
 
 
 async def _ok() -> str:

@@ -20,7 +20,7 @@ import pytest
 
 from tests._paths import REPO_ROOT
 from tests._redis import RedisServer
-from tests.project.test_examples import run_python
+from tests._run import run_python
 
 DOCS = REPO_ROOT / "docs"
 REDIS_PORT = "port=6379"

@@ -4,34 +4,12 @@ Smoke tests: the runnable example and the benchmark harness still work end to en
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks.report import Figure
-from tests._paths import REPO_ROOT as ROOT
-
-
-def run_module(*args: str, timeout: float = 60.0) -> str:
-    return run_python("-m", *args, timeout=timeout)
-
-
-def run_python(*args: str, timeout: float = 60.0) -> str:
-    """
-    Run this interpreter with `args` from the repository root; return what it printed.
-    """
-    done = subprocess.run(
-        [sys.executable, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+from tests._run import run_module
 
 
 def summary(output: str) -> dict[str, int]:

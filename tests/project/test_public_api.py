@@ -10,8 +10,6 @@ import importlib.resources
 import json
 import pickle
 import pkgutil
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from types import FunctionType, ModuleType
@@ -33,6 +31,7 @@ from resilient import (
 )
 from resilient.validation import check_fraction, check_int, check_seconds
 from tests._paths import REPO_ROOT
+from tests._run import python
 
 # The names DESIGN.md's core API contract promises.
 CONTRACT = (
@@ -113,20 +112,6 @@ def private_modules(package: ModuleType = resilient) -> list[ModuleType]:
         if info.ispkg:
             modules += private_modules(module)
     return modules
-
-
-def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """
-    Run `code` in a fresh, isolated interpreter (no cwd or PYTHONPATH on sys.path).
-    """
-    return subprocess.run(  # our own interpreter and code
-        [sys.executable, "-I", "-c", code],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_all_is_sorted_without_duplicates() -> None:
@@ -295,7 +280,7 @@ def test_import_loads_no_optional_dependencies(tmp_path: Path) -> None:
         "                if m.split('.')[0] in heavy or m.startswith('resilient.integrations'))\n"
         "print(json.dumps(loaded))\n"
     )
-    completed = run_python(code, tmp_path)
+    completed = python("-I", "-c", code, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout) == []
 
@@ -310,7 +295,7 @@ def test_detection_of_loaded_modules_works(tmp_path: Path) -> None:
         "import resilient.integrations\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith('resilient.'))))\n"
     )
-    completed = run_python(code, tmp_path)
+    completed = python("-I", "-c", code, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr
     assert "resilient.integrations" in json.loads(completed.stdout)
 
@@ -322,8 +307,11 @@ def test_integrations_import_as_resilient_integrations(tmp_path: Path) -> None:
     is checked in tests/project/test_packaging.py; the editable install is the project root on
     sys.path, which shows every top-level folder.)
     """
-    completed = run_python(
-        "import resilient.integrations as i; print(i.__name__, i.__file__)", tmp_path
+    completed = python(
+        "-I",
+        "-c",
+        "import resilient.integrations as i; print(i.__name__, i.__file__)",
+        cwd=tmp_path,
     )
     assert completed.returncode == 0, completed.stderr
     name, path = completed.stdout.split()

@@ -28,7 +28,7 @@ from resilient import (
     Instance,
 )
 from resilient.testing import FakeClock
-from tests._aio import promptly
+from tests._aio import promptly, settle
 
 HEALTHY, DEGRADED, UNHEALTHY = HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY
 INSTANCE = Instance("orders", "orders-1", "127.0.0.1", 8080)
@@ -52,14 +52,6 @@ class Switch:
 
 class Secret(Exception):
     """An error whose message holds something that must never be reported."""
-
-
-async def settle(rounds: int = 10) -> None:
-    """
-    Let the event loop run the callbacks and task steps that are ready.
-    """
-    for _ in range(rounds):
-        await asyncio.sleep(0)
 
 
 def monitor_with(*checks: tuple[str, Any, dict[str, Any]], **kwargs: Any) -> HealthMonitor:
@@ -318,7 +310,7 @@ async def test_a_sync_check_run_in_progress_is_shared_not_failed() -> None:
     monitor = monitor_with(("db", slow, {"timeout": 20}))
     first = asyncio.create_task(monitor.check_now())
     second = asyncio.create_task(monitor.check_now())
-    await settle()  # both runs started; the thread is blocked until released
+    await settle(10)  # both runs started; the thread is blocked until released
     release.set()
     reports = await asyncio.gather(first, second)
     assert [report.checks["db"].detail for report in reports] == ["", ""]
@@ -336,12 +328,12 @@ async def test_slow_check_times_out() -> None:
 
     monitor = monitor_with(("db", slow, {"timeout": 1.5}), clock=clock)
     task = asyncio.create_task(monitor.check_now())
-    await settle()
+    await settle(10)
     clock.advance(1.4)
-    await settle()
+    await settle(10)
     assert not task.done()
     clock.advance(0.1)
-    await settle()
+    await settle(10)
     report = (await promptly(task)).checks["db"]
     assert (report.healthy, report.detail) == (False, "timed out after 1.5s")
     assert report.duration == pytest.approx(1.5)
@@ -528,16 +520,16 @@ async def test_checks_run_on_their_own_intervals() -> None:
         assert (fast.calls, slow.calls) == (1, 1)
         for _ in range(4):
             clock.advance(1.0)
-            await settle()
+            await settle(10)
         assert (fast.calls, slow.calls) == (5, 1)
         clock.advance(0.5)
-        await settle()
+        await settle(10)
         assert (fast.calls, slow.calls) == (5, 1)
         clock.advance(0.5)
-        await settle()
+        await settle(10)
         assert (fast.calls, slow.calls) == (6, 2)
     clock.advance(10.0)
-    await settle()
+    await settle(10)
     assert (fast.calls, slow.calls) == (6, 2)
 
 
@@ -552,10 +544,10 @@ async def test_background_runs_update_status_and_fire_transitions() -> None:
         assert transitions.seen == [(UNHEALTHY, HEALTHY)]
         switch.answer = Secret("boom")
         clock.advance(9.0)
-        await settle()
+        await settle(10)
         assert monitor.status is HEALTHY
         clock.advance(1.0)
-        await settle()
+        await settle(10)
         assert monitor.status is UNHEALTHY
         assert transitions.seen[-1] == (HEALTHY, UNHEALTHY)
         assert transitions.reports[-1].checks["db"].detail == "Secret"
@@ -616,7 +608,7 @@ async def test_stop_while_a_check_runs_cancels_it() -> None:
     monitor.add_check("db", Switch(), interval=1.0)
     monitor.add_check("slow", slow, interval=1.0, timeout=60.0)
     start = asyncio.create_task(monitor.start())
-    await settle()
+    await settle(10)
     assert runs == ["started"]
     start.cancel()  # start() waits for the first round: cancelling it is allowed
     with pytest.raises(asyncio.CancelledError):
@@ -654,7 +646,7 @@ async def test_async_hooks_run_as_tasks() -> None:
     monitor.on_transition(remediate)
     await monitor.check_now()
     assert seen == []
-    await settle()
+    await settle(10)
     assert seen == [(UNHEALTHY, HEALTHY)]
 
 
@@ -676,7 +668,7 @@ async def test_failing_hooks_are_logged_and_others_still_run(
     monitor.on_transition(transitions)
     with caplog.at_level(logging.ERROR, logger="resilient.health"):
         report = await monitor.check_now()
-        await settle()
+        await settle(10)
     assert report.status is HEALTHY
     assert transitions.seen == [(UNHEALTHY, HEALTHY)]
     failures = [r for r in caplog.records if r.exc_info]
@@ -756,10 +748,10 @@ async def test_critical_open_breaker_is_unhealthy_until_due_a_probe() -> None:
         breaker.trip()
         assert monitor.status is UNHEALTHY
         clock.advance(29.0)
-        await settle()
+        await settle(10)
         assert monitor.status is UNHEALTHY
         clock.advance(1.0)
-        await settle()
+        await settle(10)
         assert monitor.status is DEGRADED
         breaker.reset()
         assert monitor.status is HEALTHY
@@ -851,7 +843,7 @@ def test_breaker_tripped_outside_an_event_loop(caplog: pytest.LogCaptureFixture)
 
 
 async def registered(registry: InMemoryRegistry) -> list[str]:
-    await settle()
+    await settle(10)
     return [instance.id for instance in await registry.instances("orders")]
 
 
@@ -964,7 +956,7 @@ async def test_status_change_during_a_registry_call_is_followed() -> None:
     monitor.watch_breaker(breaker, critical=True)
     monitor.keep_registered(registry, INSTANCE)
     async with monitor:
-        await settle()
+        await settle(10)
         breaker.trip()  # UNHEALTHY while register() still waits
         gate.set()
         assert await registered(registry) == []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -45,6 +45,7 @@ from resilient.integrations.aiohttp import (
     resilience_middleware,
 )
 from resilient.integrations.aiohttp._admission import refusal_response
+from tests._aio import until
 from tests._web import Get, Serve, json_body, live_app
 
 Json = dict[str, Any]
@@ -84,26 +85,12 @@ def guarded_app(admission: Policy, gate: Gate, **options: Any) -> web.Applicatio
     return app
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    """A plain client session: headers are sent exactly as the test writes them."""
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def fetch(
     client: aiohttp.ClientSession, url: URL, headers: Mapping[str, str] | None = None
 ) -> tuple[int, Json, Mapping[str, str]]:
     """GET `url`; the status, the JSON body ({} when not JSON) and the headers."""
     async with client.get(url, headers=headers) as response:
         return response.status, json_body(await response.text()), response.headers
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Yield to the loop until `condition` holds (bounded: fails rather than hangs)."""
-    async with asyncio.timeout(5):
-        while not condition():  # noqa: ASYNC110  # server-side state: no event to await
-            await asyncio.sleep(0.01)
 
 
 # -- the priority header -------------------------------------------------------------------
@@ -242,11 +229,11 @@ async def test_a_full_bulkhead_is_answered_503_and_sheds_low_priority_first(
     bulkhead = Bulkhead(1, max_queue=1)
     root = await serve(guarded_app(bulkhead, gate))
     first = asyncio.create_task(fetch(client, root / "hold" % {"who": "first"}))
-    await until(lambda: gate.entered == ["first"])
+    await until(lambda: gate.entered == ["first"], seconds=5)
     low = asyncio.create_task(
         fetch(client, root / "hold" % {"who": "low"}, {PRIORITY_HEADER: "sheddable"})
     )
-    await until(lambda: bulkhead.queued == 1)
+    await until(lambda: bulkhead.queued == 1, seconds=5)
     high = asyncio.create_task(fetch(client, root / "hold" % {"who": "high"}))
     status, body, _ = await asyncio.wait_for(low, 5)
     assert (status, body["error"]) == (503, "overloaded")
@@ -270,7 +257,7 @@ async def test_a_queued_request_whose_deadline_passes_gets_504(
     policy = AdaptiveConcurrency(AIMD(initial=1, max_limit=1), max_queue=4)
     root = await serve(guarded_app(policy, gate, enforce_deadline=False))
     first = asyncio.create_task(fetch(client, root / "hold" % {"who": "first"}))
-    await until(lambda: gate.entered == ["first"])
+    await until(lambda: gate.entered == ["first"], seconds=5)
     status, body, _ = await fetch(client, root / "hold" % {"who": "late"}, {DEADLINE_HEADER: "200"})
     assert (status, body["error"]) == (504, "deadline_exceeded")
     assert policy.statistics().expired == 1
@@ -335,14 +322,14 @@ async def test_a_client_cannot_shed_others_by_claiming_critical_plus(
     bulkhead = Bulkhead(1, max_queue=1)
     root = await serve(guarded_app(bulkhead, gate))
     first = asyncio.create_task(fetch(client, root / "hold" % {"who": "first"}))
-    await until(lambda: gate.entered == ["first"])
+    await until(lambda: gate.entered == ["first"], seconds=5)
     honest = asyncio.create_task(fetch(client, root / "hold" % {"who": "honest"}))
-    await until(lambda: bulkhead.queued == 1)
+    await until(lambda: bulkhead.queued == 1, seconds=5)
     spoofer = asyncio.create_task(
         fetch(client, root / "hold" % {"who": "spoofer"}, {PRIORITY_HEADER: "critical_plus"})
     )
     try:
-        await until(lambda: honest.done() or spoofer.done())
+        await until(lambda: honest.done() or spoofer.done(), seconds=5)
         assert not honest.done(), "the honest request was shed for the spoofed priority"
     finally:
         gate.open.set()

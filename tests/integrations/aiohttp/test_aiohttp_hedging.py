@@ -23,6 +23,7 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, web
 from resilient import Hedge
 from resilient.integrations.aiohttp import ResilienceMiddleware, UnhealthyResponse
 from resilient.testing import FakeClock
+from tests._run import run_module
 from tests.integrations.aiohttp.test_aiohttp_client import (  # noqa: F401  # backend, backends: fixtures
     GUARD,
     ROOT,
@@ -34,7 +35,6 @@ from tests.integrations.aiohttp.test_aiohttp_client import (  # noqa: F401  # ba
     reply,
     stall,
 )
-from tests.project.test_examples import run_module
 
 BIG = "x" * 2**20  # more than aiohttp buffers: only release() frees the connection
 

@@ -39,6 +39,7 @@ from resilient.integrations.aiohttp import _client as client_module
 from resilient.integrations.aiohttp import _policies as policies_module
 from resilient.integrations.aiohttp._propagation import MAX_DEADLINE_MS
 from resilient.testing import FakeClock, instant_retries
+from tests._run import run_module
 from tests.integrations.aiohttp.test_aiohttp_client import (  # noqa: F401  # backend, backends: fixtures
     GUARD,
     ROOT,
@@ -49,7 +50,6 @@ from tests.integrations.aiohttp.test_aiohttp_client import (  # noqa: F401  # ba
     reply,
     stall,
 )
-from tests.project.test_examples import run_module
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -92,15 +92,6 @@ def probe_app(
     app.router.add_get("/probe", probe)
     app.router.add_get("/sleep", sleep)
     return app, fates
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    """
-    A plain client session: headers are sent exactly as the test writes them.
-    """
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def fetch(

@@ -28,7 +28,7 @@ from resilient import (
 )
 from resilient.integrations.aiohttp import DiscoveryClient
 from tests._paths import REPO_ROOT as ROOT
-from tests.project.test_examples import run_python
+from tests._run import run_python
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

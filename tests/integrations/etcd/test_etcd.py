@@ -34,6 +34,7 @@ from resilient.integrations.etcd import (
     EtcdUnavailableError,
     _Registration,
 )
+from tests._aio import until
 from tests._etcd import EtcdServer
 from tests._paths import REPO_ROOT
 from tests._servers import free_port
@@ -56,18 +57,6 @@ def instance(service: str, instance_id: str, port: int = 8080, **metadata: str) 
     An instance on loopback.
     """
     return Instance(service, instance_id, "127.0.0.1", port, metadata=metadata)
-
-
-async def eventually(predicate: Callable[[], bool], *, within: float = 5.0) -> float:
-    """
-    Wait until `predicate()` holds; return how long that took.
-    """
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > within:
-            raise AssertionError(f"condition not met within {within:g}s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
 
 
 async def etcd_call(endpoint: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -640,8 +629,8 @@ async def outage(
     Take etcd down, check the stale view and statuses, and return a restart coroutine.
     """
     await asyncio.to_thread(stop)
-    await eventually(lambda: not view.status().connected, within=15.0)
-    await eventually(lambda: not owner.status().connected, within=15.0)  # keepalive noticed
+    await until(lambda: not view.status().connected, seconds=15.0)
+    await until(lambda: not owner.status().connected, seconds=15.0)  # keepalive noticed
     assert ids(view.instances) == ["orders-1", "orders-2"]  # stale, but served
     assert view.status().stale_since is not None
     for status in (owner.status(), view.registry.status()):
@@ -684,8 +673,8 @@ async def test_views_serve_stale_through_an_outage_and_heal_after_restart(
         # Generous bounds: under `stress` a restarted etcd takes seconds to answer. The
         # printed figure is the one to read; the assertion is that it heals at all.
         await view.wait_for(lambda found: ids(found) == ["orders-1", "orders-2"], within=20.0)
-        healed = await eventually(
-            lambda: view.status().connected and owner.status().connected, within=20.0
+        healed = await until(
+            lambda: view.status().connected and owner.status().connected, seconds=20.0
         )
         print(f"\netcd restart ({'wiped' if wipe else 'same data'}): views healed"
               f" {time.monotonic() - restarted:.2f}s after etcd answered again")  # fmt: skip

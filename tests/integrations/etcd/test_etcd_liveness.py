@@ -26,9 +26,10 @@ from aiohttp import web
 
 from resilient import ServiceView
 from resilient.integrations.etcd import EtcdRegistry, EtcdResponseError, EtcdUnavailableError
+from tests._aio import until
 from tests._etcd import EtcdServer
 from tests._web import Serve
-from tests.integrations.etcd.test_etcd import eventually, ids, instance
+from tests.integrations.etcd.test_etcd import ids, instance
 
 PROBE = 1.0
 """watch_probe_interval of the views under test, seconds."""
@@ -151,7 +152,7 @@ async def stale_after(view: ServiceView, since: float) -> float:
     """
     Wait until `view` reports stale; return the seconds since `since`.
     """
-    await eventually(lambda: not view.status().connected, within=BOUND + 10.0)
+    await until(lambda: not view.status().connected, seconds=BOUND + 10.0)
     return time.monotonic() - since
 
 
@@ -184,7 +185,7 @@ async def test_frozen_etcd_turns_the_view_stale_and_it_catches_up_after(
     monkeypatch.setattr(registry, "_in_step", counted)
     async with ServiceView(registry, "orders", retry_delay=0.2) as view:
         await view.wait_for(lambda found: ids(found) == ["orders-1"])
-        await eventually(lambda: len(probed) >= 2)
+        await until(lambda: len(probed) >= 2)
         assert probed[:2] == [True, True]
         assert view.status().connected
         frozen = freezer.freeze()
@@ -197,7 +198,7 @@ async def test_frozen_etcd_turns_the_view_stale_and_it_catches_up_after(
         resumed = freezer.thaw()
         await joining
         await view.wait_for(lambda found: ids(found) == ["orders-1", "orders-2"], within=15.0)
-        await eventually(lambda: view.status().connected, within=15.0)
+        await until(lambda: view.status().connected, seconds=15.0)
         healed = time.monotonic() - resumed
     print(f"\netcd SIGSTOP with the watch open: stale after {elapsed:.2f}s (bound {BOUND:g}s);"
           f" connected and caught up {healed:.2f}s after SIGCONT")  # fmt: skip
@@ -240,11 +241,11 @@ async def test_etcd_frozen_between_read_and_watch_never_reports_connected(
         return bool(frozen) and status.stale_since is not None
 
     async with view:
-        await eventually(stale)
+        await until(stale)
         elapsed = time.monotonic() - frozen[0]
         freezer.thaw()
         await view.wait_for(lambda found: ids(found) == ["orders-1"], within=15.0)
-        await eventually(lambda: view.status().connected, within=15.0)
+        await until(lambda: view.status().connected, seconds=15.0)
     print(f"\netcd SIGSTOP before the watch opened: stale after {elapsed:.2f}s"
           f" (request_timeout {TIMEOUT:g}s)")  # fmt: skip
     assert seen == {False}
@@ -371,7 +372,7 @@ async def test_watch_never_answered_leaves_the_view_stale(
             return fake.watches >= before + 2
 
         # Each further watch request is a retry that read the new instances first.
-        await eventually(retried_twice, within=15.0)
+        await until(retried_twice, seconds=15.0)
         assert connected == {False}
         assert view.status().stale_since is not None
     print(f"\nwatch never answered: stale after {elapsed:.2f}s (request_timeout {TIMEOUT:g}s)")
@@ -390,12 +391,12 @@ async def test_silent_watch_turns_the_view_stale_then_it_catches_up(
     _, endpoint = stand_in
     prefix = "/services/"
     async with follow(registries, endpoint, prefix) as view:
-        await eventually(lambda: view.status().connected)
+        await until(lambda: view.status().connected)
         await join_two(registries, endpoint, prefix)
         joined = time.monotonic()
         elapsed = await stale_after(view, joined)
         await view.wait_for(lambda found: ids(found) == ["orders-1", "orders-2"], within=10.0)
-        await eventually(lambda: view.status().connected, within=10.0)
+        await until(lambda: view.status().connected, seconds=10.0)
     print(f"\nsilent watch: stale after {elapsed:.2f}s (bound {BOUND:g}s), then caught up")
     assert elapsed <= BOUND + SLACK
 
@@ -411,7 +412,7 @@ async def test_stop_during_a_hung_watch_is_prompt_and_leaves_no_task(
     fake, endpoint = stand_in
     view = follow(registries, endpoint, "/services/")
     await view.start(wait=None)
-    await eventually(lambda: fake.watches >= 1)
+    await until(lambda: fake.watches >= 1)
     async with asyncio.timeout(1.0):
         await view.stop()
 

@@ -49,6 +49,7 @@ from resilient.integrations.aiohttp import (
 from resilient.integrations.otel import OpenTelemetryHooks, aiohttp_server_span_middleware
 from resilient.testing import FakeClock
 from tests._paths import REPO_ROOT
+from tests._run import python
 from tests._web import Serve
 
 # -- fixtures and helpers ------------------------------------------------------------------
@@ -821,28 +822,22 @@ async def test_decisions_outside_a_call_go_to_the_current_span(
 # -- the import contract -------------------------------------------------------------------
 
 
-def run_python(code: str) -> subprocess.CompletedProcess[str]:
-    """
-    Run `code` in a fresh interpreter from the repository root.
-    """
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=False
-    )
-
-
 def test_missing_extra_names_the_extra_to_install() -> None:
     """Without opentelemetry, importing the module fails with ``pip install 'resilient[otel]'``."""
-    result = run_python(
+    result = python(
+        "-c",
         "import sys; sys.modules['opentelemetry'] = None\n"
         "try:\n    import resilient.integrations.otel\n"
-        "except ImportError as e:\n    print(e)\n"
+        "except ImportError as e:\n    print(e)\n",
     )
     assert "pip install 'resilient[otel]'" in result.stdout, result.stderr
 
 
 def test_importing_the_module_does_not_import_aiohttp() -> None:
     """The module works without aiohttp: it is imported only by the server middleware."""
-    result = run_python("import sys, resilient.integrations.otel\nprint('aiohttp' in sys.modules)")
+    result = python(
+        "-c", "import sys, resilient.integrations.otel\nprint('aiohttp' in sys.modules)"
+    )
     assert result.stdout.strip() == "False", result.stderr
 
 

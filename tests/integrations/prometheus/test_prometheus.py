@@ -43,6 +43,7 @@ from resilient import (
 from resilient.integrations._prometheus_export import metric_names
 from resilient.integrations.prometheus import DEFAULT_BUCKETS, ResilienceMetrics
 from resilient.testing import FakeClock, instant_retries
+from tests._aio import settle
 from tests.integrations.prometheus._promql import (
     DASHBOARD,
     dashboard_queries,
@@ -72,11 +73,6 @@ def calls(registry: CollectorRegistry, kind: str, policy: str, outcome: str) -> 
 
 def observed(registry: CollectorRegistry, kind: str, policy: str) -> float | None:
     return sample(registry, "resilient_call_duration_seconds_count", kind=kind, policy=policy)
-
-
-async def settle(rounds: int = 10) -> None:
-    for _ in range(rounds):
-        await asyncio.sleep(0)
 
 
 async def ok() -> str:
@@ -243,7 +239,7 @@ async def test_bulkhead_gauges_and_rejections(
     gate = asyncio.Event()
     holder = asyncio.create_task(bulkhead.call(gate.wait))
     waiter = asyncio.create_task(bulkhead.call(ok))
-    await settle()
+    await settle(10)
 
     def gauge(name: str) -> float | None:
         return sample(registry, f"resilient_bulkhead_{name}", policy="reports")
@@ -270,7 +266,7 @@ async def test_timeout_counts_a_timeout_outcome(
     clock = FakeClock(auto_advance=False)
     timeout = Timeout(1.0, name="quote", clock=clock, hooks=[metrics])
     task = asyncio.create_task(timeout.call(clock.sleep, 5))
-    await settle()
+    await settle(10)
     clock.advance(1.0)
     with pytest.raises(TimeoutExceeded):
         await task
@@ -298,7 +294,7 @@ async def test_hedge_sent_is_counted(
         return f"attempt {started}"
 
     task = asyncio.create_task(hedge.call(attempt))
-    await settle()
+    await settle(10)
     clock.advance(0.5)
     assert await task == "attempt 2"
     assert sample(registry, "resilient_hedges_total", policy="search") == 1
@@ -321,7 +317,7 @@ async def test_cancelled_call_is_counted_but_not_observed(
     """Cancelling the caller counts as cancelled, never as failure, and adds no duration."""
     retry = Retry(3, name="slow", hooks=[metrics])
     task = asyncio.create_task(retry.call(asyncio.Event().wait))
-    await settle()
+    await settle(10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
