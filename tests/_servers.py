@@ -52,6 +52,7 @@ __all__ = [
     "start_server",
     "wait_for_http",
     "wait_for_port",
+    "wait_until",
 ]
 
 REQUIRE_SERVERS_ENV = "RESILIENT_REQUIRE_SERVERS"
@@ -157,6 +158,41 @@ class ServerProcess:
                     process.kill()
                 process.wait(timeout)
         return process.returncode
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    *,
+    seconds: float,
+    interval: float = 0.05,
+    state: Callable[[], object] | None = None,
+) -> float:
+    """
+    Poll `predicate()` every `interval` seconds until it holds; fail after `seconds`.
+
+    The blocking sibling of `tests._aio.until`, for state kept by another process (a
+    node's view of its cluster, a metric in Prometheus, a process still running).
+
+    Args:
+        predicate: The condition; it may act as well as look (send the request whose
+            effect it checks).
+        seconds: How long it may take.
+        interval: The pause between two polls.
+        state: What to show when it fails (called once, then); default: the predicate.
+
+    Returns:
+        How long the wait took, in seconds.
+
+    Raises:
+        AssertionError: `predicate()` still false after `seconds`.
+    """
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started >= seconds:
+            shown = state() if state is not None else predicate
+            raise AssertionError(f"still waiting after {seconds:g}s: {shown!r}")
+        time.sleep(interval)
+    return time.monotonic() - started
 
 
 def wait_for_port(server: ServerProcess, timeout: float) -> None:

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from examples.kv.ring import Ring
+from tests._servers import wait_until
 from tests.kv._kv import ROOT, TOKEN, KVCluster, running_cluster
 
 IDS = ["n1", "n2", "n3", "n4"]
@@ -36,13 +38,15 @@ def stored_counts(cluster: KVCluster) -> list[object]:
     """
     Keys stored per node, once no node has a replica write in flight.
     """
-    deadline = time.monotonic() + 10
-    while True:
+    views: list[dict[str, Any]] = []
+
+    def settled() -> bool:
+        nonlocal views
         views = [cluster.request(node, "GET", "/cluster").json() for node in IDS]
-        if not any(view["replicating"] for view in views):
-            return [view["keys_stored"] for view in views]
-        assert time.monotonic() < deadline, views
-        time.sleep(0.01)
+        return not any(view["replicating"] for view in views)
+
+    wait_until(settled, seconds=10, interval=0.01, state=lambda: views)
+    return [view["keys_stored"] for view in views]
 
 
 def test_a_write_on_one_node_reads_back_on_every_node(cluster: KVCluster) -> None:

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import cast
 
@@ -22,6 +21,7 @@ from examples.kv import KVClient, KVError
 from examples.kv.demo_monitor import READING_BACK, DemoState, NodeView, read_counters
 from examples.kv.demo_view import PlainView
 from examples.kv.demo_workload import KeyState, TrafficSnapshot, Workload
+from tests._servers import wait_until
 from tests.kv._kv import ROOT
 
 _BOUND = 60.0  # seconds a demo run may take here before the test gives up on it
@@ -161,10 +161,11 @@ def test_a_sigkilled_demo_takes_its_nodes_down_with_it(tmp_path: Path) -> None:
             assert len(pids) == 3, seen
             process.kill()
             process.wait(_BOUND)
-            deadline = time.monotonic() + 20  # a graceful stop on a loaded machine
-            while running := [pid for pid in pids if node_running(pid)]:
-                assert time.monotonic() < deadline, f"nodes {running} outlived the demo"
-                time.sleep(0.05)
+            wait_until(  # a graceful stop on a loaded machine
+                lambda: not any(node_running(pid) for pid in pids),
+                seconds=20,
+                state=lambda: f"nodes {[p for p in pids if node_running(p)]} outlived the demo",
+            )
         finally:
             watchdog.cancel()
             for pid in pids:  # whatever happened, leave no node behind

@@ -4,7 +4,6 @@ A KV cluster whose members find each other through a real etcd (``--discovery``)
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests._etcd import EtcdServer
+from tests._servers import wait_until
 from tests.kv._kv import KVCluster, running_cluster
 
 TTL = 2
@@ -37,15 +37,20 @@ def members(cluster: KVCluster, node: str) -> list[str]:
     return [str(member["id"]) for member in view(cluster, node)]
 
 
+def hints(cluster: KVCluster) -> int:
+    held: int = cluster.request("n1", "GET", "/cluster").json()["hints"]
+    return held
+
+
 def wait_members(cluster: KVCluster, nodes: list[str], wanted: list[str], within: float) -> float:
     """
     Seconds until every node in `nodes` lists exactly `wanted`; fails after `within`.
     """
-    started = time.monotonic()
-    while not all(members(cluster, node) == wanted for node in nodes):
-        assert time.monotonic() - started < within, {n: members(cluster, n) for n in nodes}
-        time.sleep(0.05)
-    return time.monotonic() - started
+    return wait_until(
+        lambda: all(members(cluster, node) == wanted for node in nodes),
+        seconds=within,
+        state=lambda: {n: members(cluster, n) for n in nodes},
+    )
 
 
 def test_members_find_each_other_and_serve(cluster: KVCluster) -> None:
@@ -82,15 +87,18 @@ def test_hints_for_a_node_that_left_the_ring_are_dropped(cluster: KVCluster) -> 
     cluster.kill("n3")
     for i in range(10):  # W=2 on n1 and n2; the copies for n3 fail and become hints
         assert cluster.request("n1", "PUT", f"/kv/missed-{i}", b"m").status in {204, 503}
-    deadline = time.monotonic() + 10
-    while cluster.request("n1", "GET", "/cluster").json()["hints"] == 0:
-        assert time.monotonic() < deadline, "no hint was kept for n3"
-        time.sleep(0.05)
+    wait_until(
+        lambda: hints(cluster) != 0,
+        seconds=10,
+        state=lambda: "no hint was kept for n3",
+    )
     wait_members(cluster, ["n1", "n2"], ["n1", "n2"], within=TTL + 1 + 1)
-    deadline = time.monotonic() + 10  # a handoff round every second
-    while held := cluster.request("n1", "GET", "/cluster").json()["hints"]:
-        assert time.monotonic() < deadline, f"{held} hints still held for n3, gone for good"
-        time.sleep(0.1)
+    wait_until(  # a handoff round every second
+        lambda: hints(cluster) == 0,
+        seconds=10,
+        interval=0.1,
+        state=lambda: f"{hints(cluster)} hints still held for n3, gone for good",
+    )
     view = cluster.request("n1", "GET", "/cluster").json()
     assert view["handed_off"] == 0  # dropped, not delivered: n3 never came back
     assert view["hints_dropped"] >= 1

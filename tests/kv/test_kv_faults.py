@@ -14,6 +14,7 @@ import pytest
 
 from examples.kv.ring import Ring
 from tests._prometheus import PrometheusServer
+from tests._servers import wait_until
 from tests.kv._kv import KVCluster, Response, running_cluster
 
 IDS = ["n1", "n2", "n3"]
@@ -134,14 +135,15 @@ def test_prometheus_sees_the_breaker_to_a_dead_peer_open(
     prometheus = prometheus_server(cluster.address("n1"))
     cluster.kill("n3")
     query = 'resilient_circuit_state{policy="peer-n3",state="open"}'
-    deadline = time.monotonic() + 20
-    while True:
+    result: list[dict[str, object]] = []
+
+    def opened() -> bool:
+        nonlocal result
         write_all(cluster, "n1", ["breaker-probe"], b"v")  # W=2 still met by n1 and n2
         result = prometheus.query(query)
-        if result and cast("list[object]", result[0]["value"])[1] == "1":  # [time, "1"]
-            break
-        assert time.monotonic() < deadline, result
-        time.sleep(0.2)
+        return bool(result) and cast("list[object]", result[0]["value"])[1] == "1"  # [t, "1"]
+
+    wait_until(opened, seconds=20, interval=0.2, state=lambda: result)
     view = cluster.request("n1", "GET", "/cluster").json()["members"]
     assert [m["status"] for m in view] == ["up", "up", "down"]
 
