@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests._paths import REPO_ROOT as ROOT
+from tests._paths import REPO_ROOT
 
 # Not copied to the scratch tree: caches, virtualenvs and build output.
 IGNORED = shutil.ignore_patterns(
@@ -271,7 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="seconds one test run may take"
     )
-    parser.add_argument("--source", default=str(ROOT), help="the tree to copy (default: this one)")
+    parser.add_argument(
+        "--source", default=str(REPO_ROOT), help="the tree to copy (default: this one)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch tree afterwards")
     return run(parser.parse_args(argv))
 

@@ -20,9 +20,9 @@ import sys
 
 import pytest
 
-from tests._paths import REPO_ROOT as ROOT
+from tests._paths import REPO_ROOT
 
-README = ROOT / "README.md"
+README = REPO_ROOT / "README.md"
 
 FENCE = re.compile(r"(?:<!-- fragment: (?P<names>[\w, ]+) -->\n)?```python\n(?P<code>.*?)```", re.S)
 
@@ -69,7 +69,7 @@ def test_snippet_runs_as_written(line: int, names: list[str], code: str) -> None
     preamble = "".join(STAND_INS[name] for name in names)
     done = subprocess.run(
         [sys.executable, "-W", "error", "-c", preamble + code],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=60,

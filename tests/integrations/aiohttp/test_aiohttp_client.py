@@ -55,7 +55,7 @@ from resilient.integrations.aiohttp import (
 )
 from resilient.testing import FakeClock, capture_events, instant_retries
 from tests._aio import until, within
-from tests._paths import REPO_ROOT as ROOT
+from tests._paths import REPO_ROOT
 from tests._servers import LOCALHOST, free_port
 
 GUARD = 60.0  # seconds before a hang (a leaked connection) fails a test; busy machines are slow
@@ -1023,7 +1023,7 @@ def test_middleware_benchmark_quick_run(tmp_path: Path) -> None:
     report.write_text("# Benchmarks\n\nkept\n")
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.middleware", "--quick", "--md", str(report)],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=120,

@@ -26,7 +26,6 @@ from resilient.testing import FakeClock
 from tests._run import run_module
 from tests.integrations.aiohttp.test_aiohttp_client import (  # noqa: F401  # backend, backends: fixtures
     GUARD,
-    ROOT,
     Backend,
     abort,
     acquired,

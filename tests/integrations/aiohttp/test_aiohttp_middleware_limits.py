@@ -42,7 +42,6 @@ from resilient.testing import FakeClock, instant_retries
 from tests._run import run_module
 from tests.integrations.aiohttp.test_aiohttp_client import (  # noqa: F401  # backend, backends: fixtures
     GUARD,
-    ROOT,
     Backend,
     backend,
     backends,

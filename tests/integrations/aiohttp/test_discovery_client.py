@@ -27,7 +27,7 @@ from resilient import (
     TimeoutExceeded,
 )
 from resilient.integrations.aiohttp import DiscoveryClient
-from tests._paths import REPO_ROOT as ROOT
+from tests._paths import REPO_ROOT
 from tests._run import run_python
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -428,7 +428,7 @@ def test_the_docs_example_runs_and_prints_what_the_docs_say() -> None:
     docs/discovery.md's DiscoveryClient program runs as written, in a fresh interpreter,
     and prints exactly the output the page shows.
     """
-    page = (ROOT / "docs" / "discovery.md").read_text()
+    page = (REPO_ROOT / "docs" / "discovery.md").read_text()
     section = page.split("## Calling a service: `DiscoveryClient`", 1)[1]
     blocks = re.findall(r"```(python|text)\n(.*?)```", section, flags=re.DOTALL)
     program = next(code for kind, code in blocks if kind == "python" and "asyncio.run" in code)
