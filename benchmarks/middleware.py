@@ -136,7 +136,8 @@ PAGE = Report(
     ],
     notes="The middleware's work per request: choosing the host's policy, running it, and"
     " stamping the deadline and trace headers (opentelemetry-api is installed and no span"
-    " is active, so `propagate.inject` runs and writes nothing). A trivial handler on"
+    " is active: the default propagators would write nothing, so they are not asked). A"
+    " trivial handler on"
     " loopback is the worst case for the share: against a service a millisecond away the"
     " same microseconds are a few percent.",
 )

@@ -49,6 +49,7 @@ from resilient import (
     RejectedError,
     Timeout,
     TimeoutExceeded,
+    Vegas,
     pipeline,
 )
 
@@ -139,6 +140,8 @@ SCENARIOS = (
     Scenario("bulkhead", "Bulkhead(32)", lambda _: Bulkhead(32)),
     Scenario("bulkhead_k", f"Bulkhead({WORKERS}), sized to the server",
              lambda _: Bulkhead(WORKERS)),
+    Scenario("vegas", "AdaptiveConcurrency(), the default: Vegas()",
+             lambda rng: AdaptiveConcurrency(Vegas(random=rng.random))),
     Scenario("gradient2", "AdaptiveConcurrency(Gradient2())",
              lambda _: AdaptiveConcurrency(Gradient2())),
     Scenario("gradient2_t1", "AdaptiveConcurrency(Gradient2(tolerance=1, queue_size=1))",

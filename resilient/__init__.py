@@ -16,7 +16,6 @@ Integrations live in `resilient.integrations` and are never imported from here.
 
 from __future__ import annotations
 
-from ._breaker import BreakerStatistics, CircuitBreaker, CircuitState
 from ._engine.clock import Clock, SystemClock, TimerHandle
 from ._engine.context import deadline, no_retries, remaining_time
 from ._engine.errors import (
@@ -51,6 +50,15 @@ from ._engine.pipeline import Pipeline, pipeline
 from ._engine.policy import Policy
 from ._engine.public import publish
 from ._policies.adaptive_concurrency import AdaptiveConcurrency, AdaptiveConcurrencyStatistics
+from ._policies.breaker.accounting import WindowTotals
+from ._policies.breaker.machine import BreakerStatistics, CircuitBreaker, CircuitState
+from ._policies.breaker.redis_store import RedisBreakerStore
+from ._policies.breaker.store import (
+    BreakerAdmission,
+    BreakerObservation,
+    BreakerSpec,
+    BreakerStore,
+)
 from ._policies.budget import RetryBudget, RetryBudgetStatistics
 from ._policies.bulkhead import Bulkhead, BulkheadStatistics
 from ._policies.fallback import Fallback, FallbackStatistics
@@ -62,6 +70,7 @@ from ._policies.rate_limit_redis import RedisRateLimiter
 from ._policies.retry import Retry, RetryStatistics
 from ._policies.throttle import AdaptiveThrottle, AdaptiveThrottleStatistics
 from ._policies.timeout import Timeout, TimeoutStatistics
+from ._policies.vegas import Vegas
 from ._service.balance import Balancer, LeastInFlight, PowerOfTwoChoices, RandomChoice, RoundRobin
 from ._service.discovery import (
     InMemoryRegistry,
@@ -85,7 +94,11 @@ __all__ = [
     "AdaptiveThrottle",
     "AdaptiveThrottleStatistics",
     "Balancer",
+    "BreakerAdmission",
+    "BreakerObservation",
+    "BreakerSpec",
     "BreakerStatistics",
+    "BreakerStore",
     "Bulkhead",
     "BulkheadFullError",
     "BulkheadStatistics",
@@ -129,6 +142,7 @@ __all__ = [
     "RateLimitedError",
     "RateLimiter",
     "RateLimiterStatistics",
+    "RedisBreakerStore",
     "RedisRateLimiter",
     "Registry",
     "RegistryStatus",
@@ -152,6 +166,8 @@ __all__ = [
     "TimeoutExceeded",
     "TimeoutStatistics",
     "TimerHandle",
+    "Vegas",
+    "WindowTotals",
     "add_hook",
     "current_priority",
     "deadline",

@@ -14,6 +14,12 @@ each cluster and operation a round measures:
 2. half of it: an open loop at half that round's saturation rate, p50/p99 measured from
    when each request was due.
 
+After the rounds, ``--pairs`` pairs of short saturation phases per operation load the
+two clusters back to back (in ABBA order, so a linear drift of the machine cancels
+out): the resilient/plain throughput ratio is judged on the median of those pairs, with
+a distribution-free interval, since a round's ratio alone is noisier than the 10% it
+judges on a shared machine.
+
 Node CPU per request (``/proc/<pid>/stat``, summed over the three nodes) and the
 generator's own CPU are recorded for every phase: what bounds the cluster, and whether
 the generator was a bottleneck. Results go to stdout, ``--json`` and (unless
@@ -59,7 +65,8 @@ class Phase:
         round: Round number (from 1).
         variant: ``resilient`` or ``plain``.
         op: ``PUT`` or ``GET``.
-        load: ``saturation`` (closed loop) or ``half`` (open loop at half of it).
+        load: ``saturation`` (closed loop), ``half`` (open loop at half of it) or
+            ``pair`` (a short saturation phase of a resilient/plain pair).
         rate: Answered requests per second.
         target: The rate asked for (open loop), 0 for saturation.
         errors: Requests that failed or got a status other than 200/204.
@@ -98,6 +105,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--value-bytes", type=_positive(int), default=100)
     parser.add_argument("--generators", type=_positive(int), default=2,
                         help="open-loop generator processes")  # fmt: skip
+    parser.add_argument("--pairs", type=_positive(int), default=8,
+                        help="resilient/plain saturation pairs per operation")  # fmt: skip
+    parser.add_argument("--pair-seconds", type=_positive(float), default=2.0,
+                        help="per phase of a pair")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every phase as JSON here")
     parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"),
                         help="the page whose kv region is rewritten")  # fmt: skip
@@ -123,7 +134,7 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
     """
     if args.quick:
         args.rounds, args.seconds, args.keys, args.connections = 1, 1.0, 100, 12
-        args.generators = 1
+        args.generators, args.pairs, args.pair_seconds = 1, 2, 1.0
         args.no_docs = True
     root = Path(tempfile.mkdtemp(prefix="kv-bench-"))
     token = secrets.token_hex(16)
@@ -146,6 +157,7 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
                 cluster.wait_healthy(node)
         _wait_floor(floor, floor_port)
         phases = _rounds(args, clusters, (floor.pid, f"127.0.0.1:{floor_port}"))
+        internals = {name: _internals(cluster) for name, cluster in clusters.items()}
     except ClusterStartError as error:
         print(f"kv bench: a cluster did not start: {error}", file=sys.stderr)
         return 3
@@ -156,15 +168,38 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
             cluster.stop_all()
         shutil.rmtree(root, ignore_errors=True)
     # Imported here: bench_report imports this module (and the repo's benchmarks/ package).
-    from .bench_report import print_table, write_docs  # noqa: PLC0415
+    from .bench_report import internals_line, print_table, write_docs  # noqa: PLC0415
 
     print_table(phases)
+    print(internals_line(internals))
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(p) for p in phases], indent=1))
     if not args.no_docs:
-        write_docs(args.docs, phases, argv, began=began, args=args)
+        write_docs(args.docs, phases, argv, began=began, args=args, internals=internals)
         print(f"kv bench: wrote the kv region of {args.docs}")
     return 0
+
+
+def _internals(cluster: LocalCluster) -> dict[str, float]:
+    # What the nodes saw over the whole run (GET /cluster), to lay latency tails beside.
+    views = []
+    for node in cluster.ids:
+        url = f"http://{cluster.address(node)}/cluster"
+        with urllib.request.urlopen(url, timeout=10.0) as answer:
+            views.append(json.load(answer))
+    batching = [view["batching"] for view in views]
+    return {
+        "slowest_commit_ms": max(v["storage"]["slowest_commit_ms"] for v in views),
+        "slowest_checkpoint_ms": max(v["storage"]["slowest_checkpoint_ms"] for v in views),
+        "full_gcs": sum(v["gc"]["full_collections"] for v in views),
+        "slowest_full_gc_ms": max(v["gc"]["slowest_full_ms"] for v in views),
+        "hedges": sum(v["hedges"] for v in views),
+        "hedges_refused": sum(v["hedges_refused"] for v in views),
+        "keys_per_read_batch": sum(b["keys"] for b in batching)
+        / max(1, sum(b["read_batches"] for b in batching)),
+        "records_per_write_batch": sum(b["records"] for b in batching)
+        / max(1, sum(b["write_batches"] for b in batching)),
+    }
 
 
 def _wait_floor(process: subprocess.Popen[bytes], port: int) -> None:
@@ -196,6 +231,32 @@ def _rounds(
                 phases += _measure(args, number, name, op, addresses[name], pids)
                 print(_progress(phases[-2:]), flush=True)
         phases += [_measure_floor(args, number, op, *floor) for op in OPERATIONS]
+    return phases + _pairs(args, clusters, addresses)
+
+
+def _pairs(
+    args: argparse.Namespace, clusters: dict[str, LocalCluster], addresses: dict[str, list[str]]
+) -> list[Phase]:
+    # Short saturation phases, the two clusters back to back, ABBA: what judges the ratio.
+    phases: list[Phase] = []
+    names = list(clusters)
+    for op in OPERATIONS:
+        for number in range(1, args.pairs + 1):
+            for name in names if number % 2 else names[::-1]:
+                pids = [p.pid for p in clusters[name].processes.values()]
+                cpu = _cpu(pids)
+                result = closed_loop(
+                    addresses[name], op, connections=args.connections,
+                    seconds=args.pair_seconds, keys=args.keys, value_bytes=args.value_bytes,
+                )  # fmt: skip
+                phases.append(_phase(number, name, op, "pair", result, 0.0, _cpu(pids) - cpu))
+            resilient, plain = (next(p for p in phases[-2:] if p.variant == n) for n in names)
+            print(
+                f"pair {number} {op}: resilient/plain throughput"
+                f" {resilient.rate / max(plain.rate, 1e-9):.2f}, node CPU per request"
+                f" {resilient.node_cpu_us / max(plain.node_cpu_us, 1e-9):.2f}",
+                flush=True,
+            )
     return phases
 
 

@@ -12,6 +12,14 @@ Read: ask R replicas (this node first when it is one, then peers whose breaker i
 closed), hedge to the next replica of the preference list when an answer is slower than
 `hedge_delay` or a replica fails, return the newest version, and write it back to the
 replicas that answered with an older one (read repair, as in Dynamo and Cassandra).
+
+Hedges are budgeted: at most 5% of recent reads (plus one a second) may send one, as
+Finagle's ``BackupRequestFilter`` caps backup requests with a retry budget
+(``maxExtraLoad``) and as "The Tail at Scale" (Dean and Barroso, 2013) advises. Without
+the cap a saturated cluster, whose answers are slower than `hedge_delay` because it is
+saturated, hedged up to a fifth of its reads (``hedges`` in ``GET /cluster`` after a
+saturation phase on a busy 2-core machine): more load exactly when there is no spare
+capacity. A failed replica is replaced at once whatever the budget: that is not a hedge.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Iterable
 from typing import Any
+
+from resilient import RetryBudget
 
 from .hints import Hints
 from .hlc import HybridClock
@@ -64,6 +74,8 @@ class Coordinator:
         clock: This node's hybrid logical clock.
         replicas: N, copies per key.
         hedge_delay: Seconds before a read also asks the next replica.
+        hedge_budget: Caps hedges to a share of reads (default: 5% of the reads of the
+            last 10 s, plus 1 a second).
         hints: Where writes a peer missed are kept (None: not kept).
     """
 
@@ -77,6 +89,7 @@ class Coordinator:
         *,
         replicas: int = 3,
         hedge_delay: float = 0.05,
+        hedge_budget: RetryBudget | None = None,
         hints: Hints | None = None,
     ) -> None:
         self.hints = hints
@@ -87,6 +100,9 @@ class Coordinator:
         self.clock = clock
         self.replicas = replicas
         self.hedge_delay = hedge_delay
+        self.hedge_budget = (
+            RetryBudget(0.05, min_per_second=1.0) if hedge_budget is None else hedge_budget
+        )
         self._background: set[asyncio.Task[object]] = set()
         self.repairs = 0
         self.hedges = 0
@@ -151,6 +167,7 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         until = loop.time() + budget * (1 - _MARGIN)
         queue = list(targets)
+        self.hedge_budget.deposit()
         while len(answers) < r:
             while queue and len(answers) + len(pending) < r:
                 self._ask(queue.pop(0), key, until, answers, pending)
@@ -162,7 +179,7 @@ class Coordinator:
             wait = min(left, self.hedge_delay) if queue else left
             await _first_done(pending, wait)
             done = [future for future in pending if future.done()]
-            if not done and queue:
+            if not done and queue and self.hedge_budget.try_withdraw():
                 self.hedges += 1
                 self._ask(queue.pop(0), key, until, answers, pending)  # hedge: one more replica
             for future in done:

@@ -18,6 +18,7 @@ from resilient.integrations.prometheus import ResilienceMetrics
 
 from .config import NodeConfig
 from .coordinator import Coordinator
+from .gcpauses import GcPauses
 from .hints import GONE, HandoffLoop, Hints
 from .hlc import HybridClock
 from .membership import EtcdMembership
@@ -139,6 +140,7 @@ class Node:
         self.handoff = HandoffLoop(self.hints, self._hand_off)
         self.keys_stored = KeyCount(self.storage.count_apart)
         self.ready = False
+        self.gc_pauses = GcPauses()
         self.membership: EtcdMembership | None = None
         self._background: list[asyncio.Task[None]] = []
 
@@ -169,6 +171,7 @@ class Node:
         """
         Join the cluster: with etcd discovery, register and learn the members.
         """
+        self.gc_pauses.install()
         loop = asyncio.get_running_loop()
         self._background = [
             loop.create_task(self._purge_tombstones()),
@@ -217,11 +220,23 @@ class Node:
             "resilient_peers": not self.peers.plain,
             "write_quorum": self.config.write_quorum, "read_quorum": self.config.read_quorum,
             "members": members, "keys_stored": self.keys_stored.value,
-            "hedges": self.coordinator.hedges, "repairs": self.coordinator.repairs,
+            "hedges": self.coordinator.hedges,
+            "hedges_refused": self.coordinator.hedge_budget.statistics().rejected,
+            "repairs": self.coordinator.repairs,
             "replicating": self.coordinator.replicating,
-            "batching": self.peers.batching(),
+            "batching": self.peers.batching(), "storage": self._storage_view(),
+            "gc": self.gc_pauses.view(),
             "hints": self.hints.count(), "hints_dropped": self.hints.dropped + self.handoff.dropped,
             "handed_off": self.handoff.delivered,
+        }  # fmt: skip
+
+    def _storage_view(self) -> dict[str, float]:
+        storage, checkpointer = self.storage, self.storage.checkpointer
+        return {
+            "commits": storage.commits, "writes": storage.writes,
+            "slowest_commit_ms": round(storage.slowest_commit * 1000, 2),
+            "checkpoints": checkpointer.checkpoints, "wal_pages": checkpointer.wal_pages,
+            "slowest_checkpoint_ms": round(checkpointer.slowest * 1000, 2),
         }  # fmt: skip
 
     async def close(self) -> None:
@@ -229,6 +244,7 @@ class Node:
         Finish background work, close the peers' session, flush and close storage.
         """
         self.ready = False
+        self.gc_pauses.uninstall()
         for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

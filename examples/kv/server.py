@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -91,6 +92,7 @@ async def serve(config: NodeConfig) -> None:
         await runner.cleanup()
         await node.close()
         raise SystemExit(f"kv node {config.node_id}: {_join_failed(config, error)}") from error
+    _freeze_startup_objects()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -151,6 +153,16 @@ class _ClientFaultsInOneLine(logging.Filter):
 
 
 _CLIENT_FAULTS = (HttpProcessingError, web.RequestPayloadError, ConnectionResetError)
+
+
+def _freeze_startup_objects() -> None:
+    # What exists once the node is up (modules, the app, the node: some 44,000 objects)
+    # lives as long as the process. Frozen, a full collection under load scans only what
+    # requests left behind, not all of these again, and a full collection stops the
+    # event loop and every request on it while it scans (GET /cluster counts them and
+    # their durations). gc.freeze as in Instagram's Python servers.
+    gc.collect()
+    gc.freeze()
 
 
 def run(config: NodeConfig) -> int:

@@ -28,8 +28,8 @@ from ._client import (
     is_failure_status,
     parse_retry_after,
 )
-from ._discovery import DiscoveryClient, DiscoveryRequest
-from ._health import add_health_routes, health_routes, report_json
+from ._discovery_client import DiscoveryClient, DiscoveryRequest
+from ._health_routes import add_health_routes, health_routes, report_json
 from ._propagation import DEADLINE_HEADER, PRIORITY_HEADER, parse_deadline
 from ._server import add_metrics_route, resilience_middleware
 

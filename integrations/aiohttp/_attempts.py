@@ -1,5 +1,20 @@
 """
-The attempts of one request through `ResilienceMiddleware`, and what they raise.
+The attempts of one request, and what they raise: one routine for both clients.
+
+`ResilienceMiddleware` re-sends one aiohttp request through its policies;
+`DiscoveryClient` sends one aiohttp request per instance it fails over to. Both send,
+classify and release through `Attempts`, and both follow one rule for the body:
+
+- a body is sent again only while aiohttp can send it whole: not once its payload says
+  it is ``consumed`` (a stream or generator that was read, a file that can't seek back,
+  a file aiohttp closed at the end of an earlier request), checked before each attempt
+  but the first; the caller then gets the last attempt's outcome;
+- a streamed body (an async iterable) runs once from the start (`no_retries`): a
+  retry would find it consumed, and a hedge would read it twice at once.
+
+Bytes, text, forms and JSON are in memory: sent again whole by both. A seekable file is
+rewound by aiohttp within one request, so the middleware re-sends it; `DiscoveryClient`
+does not, since aiohttp closes it when a request ends.
 
 Attempts may overlap: a `Hedge` runs them as concurrent tasks and settles on a winner
 only once its task has finished, so another attempt may start in between. Hence the
@@ -18,15 +33,23 @@ from __future__ import annotations
 import email.utils
 import math
 import time
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from aiohttp import ClientError, ClientRequest, ClientResponse
-from aiohttp.client_middlewares import ClientHandlerType
-from aiohttp.payload import AsyncIterablePayload
+from aiohttp import ClientError, ClientResponse, FormData, payload
+from aiohttp.payload import AsyncIterablePayload, Payload
 
-from resilient import RejectedError, ResilienceError
+from resilient import RejectedError, ResilienceError, no_retries
 
-__all__ = ["Attempts", "CannotResend", "NotSent", "UnhealthyResponse", "parse_retry_after"]
+__all__ = [
+    "Attempts",
+    "CannotResend",
+    "NotSent",
+    "UnhealthyResponse",
+    "as_payload",
+    "parse_retry_after",
+]
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -96,72 +119,112 @@ class NotSent(RejectedError):
         super().__init__(f"request not sent: {error!r}")
 
 
-def one_shot_body(request: ClientRequest) -> bool:
+def as_payload(data: Any) -> Payload | None:
     """
-    Whether the request's body can be read only once.
+    The aiohttp payload that ``session.request(data=data)`` would send (None: no body).
+
+    Built once, so every attempt sends the same payload and its ``consumed`` tells
+    whether another attempt could send it whole. As aiohttp's own
+    ``ClientRequest.update_body_from_data`` builds it, so nothing about the request
+    changes (headers, form encoding).
     """
-    # An async iterable (a generator, a stream) can be read once; bytes, str, JSON and
-    # seekable files are re-sent whole by aiohttp.
-    return isinstance(request.body, AsyncIterablePayload)
+    if data is None:
+        return None
+    if isinstance(data, FormData):
+        data = data()
+    try:
+        return payload.PAYLOAD_REGISTRY.get(data, disposition=None)
+    except payload.LookupError:
+        return FormData(data)()
 
 
-def _body_spent(request: ClientRequest) -> bool:
-    return bool(getattr(request.body, "consumed", False))
-
-
-class Attempts:
+class Attempts(ABC):
     """
     The attempts of one request: sends each, releases every response but the caller's.
 
+    A subclass says how one attempt is sent (`_attempt`); this class classifies it,
+    keeps the rule for the body and turns the policies' outcome into the caller's.
+
     Args:
-        request: The request, sent once per attempt.
-        handler: aiohttp's next handler.
-        stamp: Writes the per-attempt headers (deadline, trace context).
+        body: The request's payload, sent by every attempt (None: no body).
         failure_status: Which statuses are failures.
     """
 
-    __slots__ = (
-        "_failed",
-        "_failure_status",
-        "_handler",
-        "_held",
-        "_last_error",
-        "_request",
-        "_sent",
-        "_stamp",
-    )
+    __slots__ = ("_body", "_failed", "_failure_status", "_held", "_last_error", "_sent")
 
-    def __init__(
-        self,
-        request: ClientRequest,
-        handler: ClientHandlerType,
-        *,
-        stamp: Callable[[ClientRequest], None],
-        failure_status: Callable[[int], bool],
-    ) -> None:
-        self._request = request
-        self._handler = handler
-        self._stamp = stamp
+    def __init__(self, body: object, failure_status: Callable[[int], bool]) -> None:
+        self._body = body
         self._failure_status = failure_status
         self._held: list[ClientResponse] = []  # received, not released yet
         self._failed: list[ClientResponse] = []  # the held ones that failed
         self._last_error: BaseException | None = None
         self._sent = 0
 
-    async def send(self) -> ClientResponse:
+    @abstractmethod
+    def _attempt(self, *args: Any) -> Awaitable[ClientResponse]:
+        """
+        Send one attempt; what it raises before its awaitable is the caller's error too.
+        """
+
+    def _spent(self) -> bool:
+        """
+        Whether the body was consumed: another attempt would not send it whole.
+        """
+        return bool(getattr(self._body, "consumed", False))
+
+    def one_shot(self) -> bool:
+        """
+        Whether the body is a stream, read once: then the request runs once.
+        """
+        return isinstance(self._body, AsyncIterablePayload)
+
+    async def run(
+        self, call: Callable[..., Awaitable[ClientResponse]], *args: Any, once: bool
+    ) -> ClientResponse:
+        """
+        The response for the caller of ``call(*args)``, the policies calling `send`.
+
+        Args:
+            call: Runs the policies (`Policy.call`, `EndpointPool.call`).
+            *args: Its arguments.
+            once: Whether to run a single attempt (`resilient.no_retries`).
+
+        Raises:
+            Exception: What the policies raised, or what the request raised by the
+                caller's own error (`NotSent`), as without the policies.
+        """
+        try:
+            if once or self.one_shot():
+                with no_retries():
+                    response = await call(*args)
+            else:
+                response = await call(*args)
+        except UnhealthyResponse as failed:
+            response = self.outcome_of(failed)  # no attempt left: the caller gets it
+        except CannotResend:
+            response = self.last_outcome()
+        except NotSent as not_sent:
+            self.release_all()
+            raise not_sent.error from not_sent.error.__cause__  # as if no policy
+        except BaseException:
+            self.release_all()
+            raise
+        self.keep(response)
+        return response
+
+    async def send(self, *args: Any) -> ClientResponse:
         """
         Send one attempt (the policies call this); raise `UnhealthyResponse` on a failure.
         """
-        if self._sent and _body_spent(self._request):
+        if self._sent and self._spent():
             raise CannotResend  # checked before releasing: the caller may get that response
         if self._failed:
             self._release(self._failed)
         self._sent += 1
         try:
-            # Stamped inside the try: a header that can't be written is the caller's
-            # error (NotSent), never an attempt that failed.
-            self._stamp(self._request)
-            response = await self._handler(self._request)
+            # Inside the try: a header that can't be written, a URL aiohttp refuses, is
+            # the caller's error (NotSent), never an attempt that failed.
+            response = await self._attempt(*args)
         except (ClientError, OSError, ResilienceError) as error:
             self._last_error = error
             raise  # the network, the server, or an inner policy: judged by the policies
@@ -202,7 +265,10 @@ class Attempts:
         """
         Hand `response` to the caller; release every other one.
         """
-        doomed = [held for held in self._held if held is not response]
+        held = self._held
+        if len(held) == 1 and held[0] is response:
+            return  # the common case, one attempt that answered: nothing to release
+        doomed = [other for other in held if other is not response]
         if doomed:
             self._release(doomed)
 

@@ -26,24 +26,16 @@ carries the remaining deadline and the trace context.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
-from contextlib import nullcontext
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Literal
 
 from aiohttp import ClientRequest, ClientResponse
 from aiohttp.client_middlewares import ClientHandlerType
 
-from resilient import CircuitBreaker, Policy, Retry, RetryBudget, Timeout, no_retries, pipeline
+from resilient import CircuitBreaker, Policy, Retry, RetryBudget, Timeout, pipeline
 from resilient.validation import check_seconds
 
-from ._attempts import (
-    Attempts,
-    CannotResend,
-    NotSent,
-    UnhealthyResponse,
-    one_shot_body,
-    parse_retry_after,
-)
+from ._attempts import Attempts, UnhealthyResponse, parse_retry_after
 from ._policies import DEFAULT_MAX_KEYS, PolicyCache
 from ._propagation import (
     DEADLINE_HEADER,
@@ -103,8 +95,21 @@ def default_policy(key: str, *, total: float = 30.0, per_attempt: float = 10.0) 
     )
 
 
+# Origin strings by (scheme, host, explicit port): building one costs a URL and its text,
+# and every request of a host needs the same. Cleared when full (a crawler's hosts).
+_ORIGINS: dict[tuple[str, str | None, int | None], str] = {}
+_MAX_ORIGINS = 1024
+
+
 def _origin(request: ClientRequest) -> str:
-    return str(request.url.origin())
+    url = request.url
+    key = (url.scheme, url.raw_host, url.explicit_port)
+    origin = _ORIGINS.get(key)
+    if origin is None:
+        if len(_ORIGINS) >= _MAX_ORIGINS:
+            _ORIGINS.clear()
+        origin = _ORIGINS[key] = str(url.origin())
+    return origin
 
 
 def _route(request: ClientRequest) -> str:
@@ -170,9 +175,12 @@ class ResilienceMiddleware:
         self._key = _key_function(key)
         self._retry_methods = frozenset(m.upper() for m in retry_methods)
         self._failure_status = failure_status
-        self._propagate = propagate
         self._deadline_header = deadline_header
         self._priority_header = priority_header
+        # Chosen once: each attempt of each request calls it.
+        self._stamp: Callable[[ClientRequest], None] = (
+            self._stamp_headers if propagate else _stamp_nothing
+        )
 
     @property
     def max_keys(self) -> int:
@@ -197,30 +205,18 @@ class ResilienceMiddleware:
         if entry is None:
             self._stamp(request)
             return await handler(request)
-        attempts = Attempts(
-            request, handler, stamp=self._stamp, failure_status=self._failure_status
-        )
-        once = (
-            no_retries()
-            if request.method not in self._retry_methods or one_shot_body(request)
-            else nullcontext()
-        )
+        attempts = _RequestAttempts(request, handler, self._stamp, self._failure_status)
         try:
-            with once:
-                response = await entry.policy.call(attempts.send)
-        except UnhealthyResponse as failed:
-            response = attempts.outcome_of(failed)  # no attempt left: the caller gets it
-        except CannotResend:
-            response = attempts.last_outcome()
-        except NotSent as not_sent:
-            attempts.release_all()
-            raise not_sent.error from not_sent.error.__cause__  # as if no middleware
-        except BaseException:
-            attempts.release_all()
-            raise
+            # The unbound `send`, not `attempts.send`: a policy remembers a plain function
+            # it has vetted, so the call skips that check (a bound method is new each time).
+            response = await attempts.run(
+                entry.policy.call,
+                _RequestAttempts.send,
+                attempts,
+                once=request.method not in self._retry_methods,
+            )
         finally:
             self._policies.leave(entry)
-        attempts.keep(response)
         if not isinstance(response, ClientResponse):
             raise TypeError(
                 f"ResilienceMiddleware: the policy for {request.url.origin()} returned"
@@ -229,11 +225,11 @@ class ResilienceMiddleware:
             )
         return response
 
-    def _stamp(self, request: ClientRequest) -> None:
-        if self._propagate:
-            set_deadline_header(request.headers, self._deadline_header)
-            set_priority_header(request.headers, self._priority_header)
-            inject_trace_context(request.headers)
+    def _stamp_headers(self, request: ClientRequest) -> None:
+        headers = request.headers
+        set_deadline_header(headers, self._deadline_header)
+        set_priority_header(headers, self._priority_header)
+        inject_trace_context(headers)
 
     def __repr__(self) -> str:
         policies = self._policies
@@ -241,6 +237,38 @@ class ResilienceMiddleware:
             f"<ResilienceMiddleware key={self._key_name!r} keys={len(policies)}"
             f"/{policies.max_keys} in_flight={policies.in_flight}>"
         )
+
+
+class _RequestAttempts(Attempts):
+    """
+    The attempts of one request through the middleware: the same request, re-sent.
+    """
+
+    __slots__ = ("_handler", "_request", "_stamp")
+
+    def __init__(
+        self,
+        request: ClientRequest,
+        handler: ClientHandlerType,
+        stamp: Callable[[ClientRequest], None],
+        failure_status: Callable[[int], bool],
+    ) -> None:
+        super().__init__(request.body, failure_status)
+        self._request = request
+        self._handler = handler
+        self._stamp = stamp
+
+    def _spent(self) -> bool:
+        # The request's body as it is now: a middleware inside ours may have replaced it.
+        return bool(getattr(self._request.body, "consumed", False))
+
+    def _attempt(self) -> Awaitable[ClientResponse]:
+        self._stamp(self._request)  # per attempt: the deadline left shrinks
+        return self._handler(self._request)
+
+
+def _stamp_nothing(_: ClientRequest) -> None:
+    pass
 
 
 def _key_function(key: object) -> Callable[[ClientRequest], str]:

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any
+from collections.abc import Mapping, MutableMapping
 
 from resilient import Priority, current_priority, remaining_time
 
@@ -78,12 +77,62 @@ def parse_deadline(value: str | None) -> float | None:
     return millis / 1000
 
 
-def _load_otel() -> tuple[Callable[..., None], Callable[..., Any], Callable[[], Any]] | None:
-    try:
+class _Otel:
+    """
+    The parts of opentelemetry-api the hops use, and when injecting can be skipped.
+    """
+
+    def __init__(self) -> None:
+        # Imported here, not at the top: the otel extra is optional (ImportError: no otel).
         from opentelemetry import context, propagate  # noqa: PLC0415  # optional otel extra
+        from opentelemetry.baggage.propagation import (  # noqa: PLC0415  # optional otel extra
+            W3CBaggagePropagator,
+        )
+        from opentelemetry.propagators.composite import (  # noqa: PLC0415  # optional otel extra
+            CompositePropagator,
+        )
+        from opentelemetry.trace.propagation.tracecontext import (  # noqa: PLC0415  # optional
+            TraceContextTextMapPropagator,
+        )
+
+        self.inject = propagate.inject
+        self.extract = propagate.extract
+        self.get_current = context.get_current
+        self.textmap = propagate.get_global_textmap
+        self._composite = CompositePropagator
+        self._stock = (TraceContextTextMapPropagator, W3CBaggagePropagator)
+        self._judged: object = None  # the last global propagator judged, and its verdict
+        self._quiet = False
+
+    def has_nothing_to_send(self) -> bool:
+        """
+        Whether `inject` would write nothing: an empty context, stock propagators.
+
+        W3C trace context and baggage (the default propagators) write nothing from a
+        context holding no span and no baggage. Any other propagator is asked every
+        time: it may write something from an empty context.
+        """
+        if self.get_current():
+            return False
+        textmap = self.textmap()
+        if textmap is not self._judged:  # the user set another propagator: judge it once
+            self._quiet = self._stock_only(textmap)
+            self._judged = textmap
+        return self._quiet
+
+    def _stock_only(self, textmap: object) -> bool:
+        if type(textmap) is self._composite:
+            # Private, so read with a default: should it go, every call injects again.
+            parts = getattr(textmap, "_propagators", None)
+            return parts is not None and all(type(p) in self._stock for p in parts)
+        return type(textmap) in self._stock
+
+
+def _load_otel() -> _Otel | None:
+    try:
+        return _Otel()
     except ImportError:  # the otel extra is optional
         return None
-    return propagate.inject, propagate.extract, context.get_current
 
 
 _OTEL = _load_otel()
@@ -92,9 +141,13 @@ _OTEL = _load_otel()
 def inject_trace_context(headers: MutableMapping[str, str]) -> None:
     """
     Write the current trace context into `headers` (no-op without opentelemetry).
+
+    With nothing to send (no span nor baggage, the default propagators) it writes
+    nothing without asking the propagators: this runs on every attempt of every request.
     """
-    if _OTEL is not None:
-        _OTEL[0](headers)
+    otel = _OTEL
+    if otel is not None and not otel.has_nothing_to_send():
+        otel.inject(headers)
 
 
 def extract_trace_context(headers: Mapping[str, str]) -> object | None:
@@ -108,7 +161,7 @@ def extract_trace_context(headers: Mapping[str, str]) -> object | None:
     try:
         # On top of the current context, not instead of it: an outer server
         # instrumentation's span stays the parent when no trace header came in.
-        context: object = _OTEL[1](headers, context=_OTEL[2]())
+        context: object = _OTEL.extract(headers, context=_OTEL.get_current())
     except Exception:  # noqa: BLE001  # a hostile header must never fail the request
         return None
     return context

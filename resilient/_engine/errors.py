@@ -22,6 +22,11 @@ wrapped: `Retry` re-raises the last one unchanged and the other policies let the
 `asyncio.CancelledError` is never raised, swallowed or translated by a policy other
 than the timeout that cancelled its own scope.
 
+The rejections build their messages in ``__str__``, only when someone reads them: an
+open breaker, a full bulkhead or a limiter under load rejects far more calls than anybody
+logs, and formatting the message was a third of a rejection's cost. Their ``args`` hold
+the constructor's arguments (as ``__reduce__`` does); every attribute is set at once.
+
 `PROGRAMMING_ERRORS` names the exceptions that mean the calling code is wrong rather
 than the dependency: policies don't retry them, breakers don't count them and fallbacks
 don't answer them, unless told to by name (docs/policies.md, "Programming errors").
@@ -68,9 +73,12 @@ class CircuitOpenError(RejectedError):
     """
 
     def __init__(self, name: str, retry_in: float) -> None:
+        super().__init__(name, retry_in)
         self.name = name
         self.retry_in = retry_in
-        super().__init__(f"circuit {name!r} is open; next probe in {retry_in:.3f}s")
+
+    def __str__(self) -> str:
+        return f"circuit {self.name!r} is open; next probe in {self.retry_in:.3f}s"
 
     def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, float]]:
         return (type(self), (self.name, self.retry_in))
@@ -97,14 +105,17 @@ class BulkheadFullError(RejectedError):
         why: str,
         reason: RejectionReason = RejectionReason.BULKHEAD_FULL,
     ) -> None:
+        super().__init__(name, max_concurrent, max_queue, why)
         self.name = name
         self.max_concurrent = max_concurrent
         self.max_queue = max_queue
         self.why = why
         self.reason = reason
-        super().__init__(
-            f"bulkhead {name!r} is full ({why}; max_concurrent={max_concurrent},"
-            f" max_queue={max_queue})"
+
+    def __str__(self) -> str:
+        return (
+            f"bulkhead {self.name!r} is full ({self.why}; max_concurrent={self.max_concurrent},"
+            f" max_queue={self.max_queue})"
         )
 
     def __reduce__(
@@ -140,8 +151,6 @@ class RateLimitedError(RejectedError):
         why: str = "",
         reason: RejectionReason = RejectionReason.RATE_LIMITED,
     ) -> None:
-        # The message is built in __str__, only if someone reads it: a limiter under
-        # load rejects far more calls than anybody logs.
         super().__init__(name, retry_after, permits, why)
         self.name = name
         self.retry_after = retry_after
@@ -229,6 +238,9 @@ class TimeoutExceeded(ResilienceError, TimeoutError):
     def __init__(self, name: str, timeout: float) -> None:
         self.name = name
         self.timeout = timeout
+        # Formatted here, unlike the rejections' messages: as an OSError it must hold a
+        # single argument (two would be read as errno and strerror, and aiohttp would
+        # wrap it as a ClientOSError), and a timeout is not the path a rejection is.
         super().__init__(f"{name!r} timed out after {timeout:.3f}s")
 
     def __reduce__(self) -> tuple[type[TimeoutExceeded], tuple[str, float]]:

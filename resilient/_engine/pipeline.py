@@ -23,16 +23,23 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from types import FunctionType
 from typing import Any, ParamSpec, TypeVar
 
-from .callables import check_async
+from .callables import check_async, label
 from .events import Hook
+from .hooks import global_hooks
 from .policy import Args, AsyncFn, Kwargs, Policy
 
 __all__ = ["Pipeline", "pipeline"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
+
+_GLOBAL_HOOKS = global_hooks()
+# Functions whose chains `.call` keeps: a handful in practice (the middleware calls one),
+# a bound so a pipeline handed ever new functions doesn't grow without end.
+_MAX_CHAINS = 32
 
 
 class Pipeline(Policy):
@@ -43,7 +50,7 @@ class Pipeline(Policy):
     """
 
     kind = "pipeline"
-    __slots__ = ("_inner", "_outer", "policies")
+    __slots__ = ("_chains", "_inner", "_outer", "policies")
 
     def __init__(self, *policies: Policy) -> None:
         flat = _flatten(policies)
@@ -51,6 +58,8 @@ class Pipeline(Policy):
         self.policies: tuple[Policy, ...] = flat
         self._outer = flat[0]
         self._inner = tuple(reversed(flat[1:]))
+        # `.call`'s layer chains by function, built on a function's first call.
+        self._chains: dict[Callable[..., Any], AsyncFn[Any]] = {}
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """
@@ -64,8 +73,9 @@ class Pipeline(Policy):
                 function.
         """
         check_async(type(self).__name__, fn)
+        name = label(fn)
         for policy in self.policies:
-            policy._name_after(fn)  # noqa: SLF001  # Policy's own protocol
+            policy._name_after(fn, name)  # noqa: SLF001  # Policy's own protocol
         guarded = self._outer._guard(self._chain(fn))  # noqa: SLF001  # Policy's own protocol
         return functools.wraps(fn)(guarded)
 
@@ -73,19 +83,36 @@ class Pipeline(Policy):
         """
         Run `fn(*args, **kwargs)` through every policy, outermost first.
 
+        The layers around a plain function are chained on its first call and kept, so
+        calling it again costs what a decorated call does; a bound method, a closure or
+        another callable is chained on each call (the chain would keep it alive).
+
         Raises:
             TypeError: As `Policy.call` says, when `fn` gives nothing to await.
         """
-        if fn is not self._vetted:
-            fn = self._vet(fn)
-        return await self._run(fn, args, kwargs)
+        inner = self._chains.get(fn) if type(fn) is FunctionType else None
+        if inner is None:
+            inner = self._inner_chain(fn)
+        outer = self._outer
+        # The outer layer written out, as the decorator's wrapper does (`Policy._guard`).
+        if outer._hooks or _GLOBAL_HOOKS:  # noqa: SLF001  # Policy's own protocol
+            return await outer._observe(inner, args, kwargs)  # noqa: SLF001
+        return await outer._run(inner, args, kwargs)  # noqa: SLF001
+
+    def _inner_chain(self, fn: Callable[..., Awaitable[T]]) -> AsyncFn[T]:
+        chain = self._chain(self._vet(fn))
+        # Kept only when holding it keeps nothing else alive (as `Policy._vet` says).
+        if type(fn) is FunctionType and fn.__closure__ is None and len(self._chains) < _MAX_CHAINS:
+            self._chains[fn] = chain
+        return chain
 
     def _chain(self, fn: AsyncFn[T]) -> AsyncFn[T]:
         for policy in self._inner:
             fn = policy._bind(fn)  # noqa: SLF001  # Policy's own protocol
         return fn
 
-    def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> Awaitable[T]:
+    def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> Awaitable[T]:  # pragma: no cover
+        # The contract's method, never a layer's: `pipeline()` flattens a nested pipeline.
         return self._outer._bind(self._chain(fn))(*args, **kwargs)  # noqa: SLF001
 
     def add_hook(self, hook: Hook) -> Callable[[], None]:

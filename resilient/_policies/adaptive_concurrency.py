@@ -2,7 +2,7 @@
 AdaptiveConcurrency: a concurrency limit that finds itself from latency and errors.
 
 A `Bulkhead` whose size is not configured but learned: every finished call is a sample
-fed to a `LimitAlgorithm` (`Gradient2` by default, or `AIMD`), which moves the limit
+fed to a `LimitAlgorithm` (`Vegas` by default, `Gradient2` or `AIMD`), which moves the limit
 (the bulkhead's `max_concurrent`) between its `min_limit` and `max_limit`. This is the
 model of Netflix's concurrency-limits (`SimpleLimiter` with a blocking queue): calls
 beyond the limit wait in the bulkhead's bounded FIFO queue (for at most `max_wait`), or
@@ -34,7 +34,8 @@ from .._engine.events import Hook, Rejected, RejectionReason
 from .._engine.policy import Args, AsyncFn, Kwargs
 from .._engine.validate import check_int, check_seconds, error_matcher
 from .bulkhead import Bulkhead, BulkheadStatistics, shedding
-from .limit_algorithms import Gradient2, LimitAlgorithm
+from .limit_algorithms import LimitAlgorithm
+from .vegas import Vegas
 from .wait_queue import GRANTED, ewma
 
 __all__ = ["AdaptiveConcurrency", "AdaptiveConcurrencyStatistics"]
@@ -69,7 +70,7 @@ class AdaptiveConcurrency(Bulkhead):
     integration as its bulkhead ``max_concurrent`` gauge.
 
     Args:
-        algorithm: How the limit moves: `Gradient2()` (default) or `AIMD()`; each
+        algorithm: How the limit moves: `Vegas()` (default), `Gradient2()` or `AIMD()`; each
             carries its initial, min and max limit. Use one instance per policy.
         max_queue: Callers allowed to wait for a slot (default 0: reject at once).
         max_wait: Longest wait in the queue, in seconds (default: no limit).
@@ -100,11 +101,11 @@ class AdaptiveConcurrency(Bulkhead):
     ) -> None:
         owner = type(self).__name__
         if algorithm is None:
-            algorithm = Gradient2()
+            algorithm = Vegas()
         if not isinstance(algorithm, LimitAlgorithm):
             raise TypeError(
-                f"{owner}(algorithm=...): expected an AIMD or Gradient2 instance"
-                f" (such as Gradient2()), got {algorithm!r}"
+                f"{owner}(algorithm=...): expected a Vegas, Gradient2 or AIMD instance"
+                f" (such as Vegas()), got {algorithm!r}"
             )
         # Checked here too, so that errors name this class rather than Bulkhead.
         check_int(owner, "max_queue", max_queue, minimum=0)

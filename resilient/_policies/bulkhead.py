@@ -56,6 +56,9 @@ _thread_id = threading.get_ident  # a global lookup on the hot path, not two
 _ADOPTING = threading.Lock()  # two loops taking a bulkhead over at once: one wins
 
 
+_NO_WAITERS: deque[Waiter] = deque(maxlen=0)
+
+
 @dataclass(frozen=True, slots=True)
 class BulkheadStatistics:
     """
@@ -156,7 +159,10 @@ class Bulkhead(Policy):
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it serves ...
         self._thread = 0  # ... and the thread running it (get_ident() is never 0)
         self._in_flight = 0
-        self._waiters: deque[Waiter] = deque()  # by priority, then FIFO (_wait_queue)
+        # By priority, then FIFO (_wait_queue). A deque costs ~760 bytes: a bulkhead gets
+        # its own when a first caller has to wait; until then it shares an empty one that
+        # can't be filled by mistake (maxlen=0 drops what is appended).
+        self._waiters: deque[Waiter] = _NO_WAITERS
         self._accepted = self._rejected = self._shed = self._expired = 0
         self._service_time = 0.0  # EWMA of queued calls' durations; 0.0: none yet
 
@@ -251,6 +257,8 @@ class Bulkhead(Policy):
         if full:
             self._shed_last()
         waiter = Waiter(asyncio.get_running_loop(), level)
+        if self._waiters is _NO_WAITERS:
+            self._waiters = deque()
         enqueue(self._waiters, waiter)
         timer = self._start_timer(waiter, left, expected)
         try:

@@ -1,7 +1,8 @@
 """
-How an `AdaptiveConcurrency` limit moves: AIMD (loss-based) and Gradient2 (latency-based).
+How an `AdaptiveConcurrency` limit moves: AIMD (loss-based) and Gradient2 (by latency).
 
-Both follow Netflix's concurrency-limits library (`AIMDLimit`, `Gradient2Limit`,
+(Vegas, latency-based and the default, is in `vegas`.) AIMD and Gradient2 follow
+Netflix's concurrency-limits library (`AIMDLimit`, `Gradient2Limit`,
 https://github.com/Netflix/concurrency-limits), which borrows from TCP congestion
 control: the concurrency limit plays the congestion window. Each finished call is one
 sample (its latency, the calls in flight when it started, and whether it was dropped:
@@ -21,7 +22,10 @@ _MAX_COUNT = 2**53
 """The largest count the algorithms take: they compute in floats, exact up to here."""
 
 
-def _count(owner: str, param: str, value: object, *, minimum: int) -> int:
+def check_count(owner: str, param: str, value: object, *, minimum: int) -> int:
+    """
+    Return `value` if it is an int of at least `minimum` and at most 2**53.
+    """
     # A bigger int (10**400) was accepted, then broke every call's sample with an
     # OverflowError once the algorithm turned it into a float.
     count = check_int(owner, param, value, minimum=minimum)
@@ -32,7 +36,7 @@ def _count(owner: str, param: str, value: object, *, minimum: int) -> int:
 
 class LimitAlgorithm:
     """
-    The interface `AdaptiveConcurrency` drives; `AIMD` and `Gradient2` implement it.
+    The interface `AdaptiveConcurrency` drives; `Vegas`, `AIMD` and `Gradient2` implement it.
 
     Attributes:
         initial: The limit before any sample.
@@ -44,7 +48,7 @@ class LimitAlgorithm:
 
     def __init__(self, owner: str, initial: int, min_limit: int, max_limit: int) -> None:
         self.min_limit = check_int(owner, "min_limit", min_limit, minimum=1)
-        self.max_limit = _count(owner, "max_limit", max_limit, minimum=self.min_limit)
+        self.max_limit = check_count(owner, "max_limit", max_limit, minimum=self.min_limit)
         self.initial = check_int(owner, "initial", initial, minimum=self.min_limit)
         if self.initial > self.max_limit:
             raise ValueError(
@@ -179,8 +183,8 @@ class Gradient2(LimitAlgorithm):
         if not (math.isfinite(tolerance) and tolerance >= 1):
             raise ValueError(f"Gradient2(tolerance={tolerance!r}): tolerance must be >= 1")
         self.tolerance = float(tolerance)
-        self.long_window = _count("Gradient2", "long_window", long_window, minimum=1)
-        self.queue_size = _count("Gradient2", "queue_size", queue_size, minimum=0)
+        self.long_window = check_count("Gradient2", "long_window", long_window, minimum=1)
+        self.queue_size = check_count("Gradient2", "queue_size", queue_size, minimum=0)
         self.estimate = float(self.initial)  # the limit before truncation to an int
         self._long = 0.0
         self._samples = 0

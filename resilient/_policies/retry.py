@@ -6,12 +6,20 @@ with a `tenacity.RetryCallState`, but only after a failure: the first attempt is
 ``await`` (tenacity's own `AsyncRetrying` loop costs ~19 us a call even when nothing
 fails). After the last attempt the last exception is re-raised unchanged, or the last
 result returned when results were being retried.
+
+The tenacity objects are built only when a call fails, and as few as will do: one
+`RetryCallState` per failing call, an `AsyncRetrying` (the state's ``retry_object``) once
+per policy on its first failure, and per attempt an outcome that is a `tenacity.Future`
+without the `threading.Condition` every `concurrent.futures.Future` builds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures._base import FINISHED
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -20,7 +28,7 @@ from tenacity.retry import retry_base
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from .._engine.clock import Clock
+from .._engine.clock import Clock, SystemClock
 from .._engine.context import remaining_time, retries_allowed
 from .._engine.events import Hook, Rejected, RejectionReason, RetryScheduled
 from .._engine.policy import Args, AsyncFn, Kwargs, Policy
@@ -32,6 +40,12 @@ __all__ = ["Retry", "RetryStatistics", "set_instant_retries"]
 T = TypeVar("T")
 
 _instant = False
+
+# Shared by every Retry without wait=: tenacity's strategies keep no state of their own.
+_DEFAULT_WAIT = tenacity.wait_random_exponential(multiplier=0.1, max=10.0)
+# Waits that read nothing of the RetryCallState they are given (exact types: a subclass
+# may read it).
+_FIXED_WAITS = (tenacity.wait_fixed, tenacity.wait_none)
 
 
 def set_instant_retries(enabled: bool) -> None:
@@ -109,6 +123,7 @@ class Retry(Policy):
         "_gave_up",
         "_on",
         "_on_result",
+        "_reads_state",
         "_retries",
         "_retrying",
         "_stop",
@@ -152,20 +167,22 @@ class Retry(Policy):
         if on_result is not None and not callable(on_result):
             raise TypeError(f"Retry(on_result=...): expected a predicate, got {on_result!r}")
         self._on_result = on_result
-        self._wait = _checked_strategy("wait", wait, wait_base) or tenacity.wait_random_exponential(
-            multiplier=0.1, max=10.0
-        )
+        self._wait = _checked_strategy("wait", wait, wait_base) or _DEFAULT_WAIT
         self._stop = _checked_strategy("stop", stop, stop_base)
         if budget is not None and not isinstance(budget, RetryBudget):
             raise TypeError(f"Retry(budget=...): expected a RetryBudget, got {budget!r}")
         self._budget = budget
+        # A fixed wait reads no RetryCallState: with no retry_* or stop_* strategy
+        # either, a failing call builds none (nor its outcomes).
+        self._reads_state = not (
+            self._strategy is None and self._stop is None and type(self._wait) in _FIXED_WAITS
+        )
         self.retry_after_cap = check_seconds(
             "Retry", "retry_after_cap", retry_after_cap, allow_zero=True
         )
-        # Handed to strategies as retry_state.retry_object, for those that look at it.
-        self._retrying = tenacity.AsyncRetrying(
-            stop=self._stop or tenacity.stop_never, wait=self._wait, sleep=self._clock.sleep
-        )
+        # Handed to strategies as retry_state.retry_object, for those that look at it;
+        # built on the first failure (~1 KB, most policies never need it).
+        self._retrying: tenacity.AsyncRetrying | None = None
         self._calls = self._retries = self._gave_up = self._budget_rejections = 0
 
     async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
@@ -186,7 +203,11 @@ class Retry(Policy):
                 return result  # type: ignore[no-any-return]  # the call's T
         # Retried outside the except block: later attempts must not run "during the
         # handling" of this error, or the error re-raised at the end gets it as context.
-        return await self._retry(fn, args, kwargs, started, error, result)
+        # And not from a frame that still holds it: its traceback holds this frame, a
+        # reference cycle per failing call left for the gc (see _retry).
+        retrying = self._retry(fn, args, kwargs, started, error, result)
+        del error, result
+        return await retrying
 
     async def _retry(  # noqa: PLR0917  # the call plus the first attempt's outcome
         self,
@@ -197,71 +218,102 @@ class Retry(Policy):
         error: Exception | None,
         result: Any,
     ) -> T:
-        state = tenacity.RetryCallState(self._retrying, fn=None, args=(), kwargs={})
+        state = self._new_state(started) if self._reads_state else None
+        monotonic, attempt = self._clock.monotonic, 1
+        # The system clock's sleep is asyncio.sleep: awaited directly, one coroutine less
+        # per attempt (a subclass may sleep its own way).
+        sleep = asyncio.sleep if type(self._clock) is SystemClock else self._clock.sleep
+        try:
+            if state is not None:
+                _record(state, attempt, error, result, monotonic())
+            # _run judged the first attempt already, unless a tenacity strategy decides.
+            again = state is None or self._strategy is None or bool(self._strategy(state))
+            while again:
+                delay = self._next_delay(state, attempt, error)
+                if delay is None:
+                    self._gave_up += 1
+                    break
+                await sleep(0.0 if _instant else delay)
+                attempt += 1
+                self._retries += 1
+                if state is not None:
+                    state.prepare_for_next_attempt()
+                try:
+                    result, error = await fn(*args, **kwargs), None
+                except Exception as exc:  # noqa: BLE001  # any attempt error is judged by `on`
+                    result, error = None, exc
+                if state is not None:
+                    _record(state, attempt, error, result, monotonic())
+                again = self._should_retry(state, error, result)
+            if error is not None:
+                raise error
+            return result  # type: ignore[no-any-return]  # the last attempt's T
+        finally:
+            # The error's traceback holds this frame: the frame lets go of the error (and
+            # of the state holding it) on the way out, as asyncio.timeout's __aexit__
+            # does, so a failed call is freed at once instead of by the gc.
+            del error, state
+
+    def _new_state(self, started: float) -> tenacity.RetryCallState:
+        retrying = self._retrying
+        if retrying is None:
+            retrying = self._retrying = tenacity.AsyncRetrying(
+                stop=self._stop or tenacity.stop_never, wait=self._wait, sleep=self._clock.sleep
+            )
+        state = tenacity.RetryCallState(retrying, fn=None, args=(), kwargs={})
         state.start_time = started
-        attempt = 1
-        while True:
-            _record(state, attempt, error, result, self._clock.monotonic())
-            if not self._should_retry(state, error, result):
-                return _outcome(error, result)  # type: ignore[no-any-return]  # the attempt's T
-            if not await self._pause(state, error):
-                self._gave_up += 1
-                return _outcome(error, result)  # type: ignore[no-any-return]  # the attempt's T
-            attempt += 1
-            self._retries += 1
-            state.prepare_for_next_attempt()
-            try:
-                result, error = await fn(*args, **kwargs), None
-            except Exception as exc:  # noqa: BLE001  # any attempt error is judged by `on`
-                result, error = None, exc
+        return state
 
     def _should_retry(
-        self, state: tenacity.RetryCallState, error: Exception | None, result: Any
+        self, state: tenacity.RetryCallState | None, error: Exception | None, result: Any
     ) -> bool:
         if self._strategy is not None:
-            return bool(self._strategy(state))
+            return bool(self._strategy(state))  # type: ignore[arg-type]  # a strategy: a state
         if error is not None:
             return self._on(error)
         return self._on_result is not None and bool(self._on_result(result))
 
-    async def _pause(self, state: tenacity.RetryCallState, error: Exception | None) -> bool:
+    def _next_delay(
+        self, state: tenacity.RetryCallState | None, attempt: int, error: Exception | None
+    ) -> float | None:
         """
-        Wait before the next attempt; False when no next attempt may be made.
+        The wait before the next attempt; None when no next attempt may be made.
         """
-        attempt = state.attempt_number
-        if not retries_allowed():
-            return False  # inside no_retries(): this call runs once
         if self.attempts is not None and attempt >= self.attempts:
-            return False
+            return None
+        if not retries_allowed():
+            return None  # inside no_retries(): this call runs once
         # The wait before the stop strategy, as tenacity does: stop_before_delay reads it.
         delay = self._delay(state, error)
-        state.upcoming_sleep = delay
+        if state is not None:
+            state.upcoming_sleep = delay
         if self._stop is not None and self._stop(state):
-            return False
+            return None
         left = remaining_time()
         if left is not None and delay >= left:
-            return False  # the next attempt could not start before the deadline
+            return None  # the next attempt could not start before the deadline
         if self._budget is not None and not self._budget.try_withdraw():
             self._budget_rejections += 1
             if self._listening(Rejected):
                 self._emit(Rejected, reason=RejectionReason.RETRY_BUDGET)
-            return False
+            return None
         if self._listening(RetryScheduled):
             self._emit(RetryScheduled, attempt=attempt, delay=delay, error=error)
-        state.idle_for += delay
-        await self._clock.sleep(0.0 if _instant else delay)
-        return True
+        if state is not None:
+            state.idle_for += delay
+        return delay
 
-    def _delay(self, state: tenacity.RetryCallState, error: Exception | None) -> float:
-        delay = float(self._wait(state))
+    def _delay(self, state: tenacity.RetryCallState | None, error: Exception | None) -> float:
+        delay = float(self._wait(state))  # type: ignore[arg-type]  # None for a fixed wait
         hinted = getattr(error, "retry_after", None)
         if (
-            isinstance(hinted, int | float)
+            hinted is not None
+            and isinstance(hinted, int | float)
             and not isinstance(hinted, bool)
             and math.isfinite(hinted)
         ):
             delay = max(delay, min(max(0.0, float(hinted)), self.retry_after_cap))
-        return max(0.0, delay)
+        return delay if delay > 0.0 else 0.0  # max(0.0, delay): NaN and -0.0 too
 
     def statistics(self) -> RetryStatistics:
         """
@@ -282,22 +334,35 @@ class Retry(Policy):
         )
 
 
-def _outcome(error: Exception | None, result: Any) -> Any:
-    if error is not None:
-        raise error
-    return result
+class _Outcome(tenacity.Future):
+    """
+    One finished attempt, as tenacity's strategies read it.
+
+    They read ``failed``, ``result()``, ``exception()`` and ``attempt_number``. Still a
+    `tenacity.Future`, so still a `concurrent.futures.Future`, but born finished: no
+    `threading.Condition` built and no waiters notified per attempt (a quarter of a
+    failing call's cost). Nobody can wait on a finished future, so the state it never
+    leaves, one condition and the (empty) lists of waiters and callbacks its methods
+    touch under that condition are shared by all.
+    """
+
+    _condition = threading.Condition()
+    _state = FINISHED
+    _waiters: list[Any] = []  # noqa: RUF012  # shared on purpose, see above
+    _done_callbacks: list[Any] = []  # noqa: RUF012  # shared on purpose, see above
+
+    def __init__(self, attempt_number: int, error: Exception | None, result: Any) -> None:
+        # No super().__init__(): it builds the Condition and lists this class shares.
+        self.attempt_number = attempt_number
+        self._result = result
+        self._exception = error
 
 
 def _record(
     state: tenacity.RetryCallState, attempt: int, error: Exception | None, result: Any, now: float
 ) -> None:
-    outcome = tenacity.Future(attempt)
-    if error is not None:
-        outcome.set_exception(error)
-    else:
-        outcome.set_result(result)
     state.attempt_number = attempt
-    state.outcome = outcome
+    state.outcome = _Outcome(attempt, error, result)
     state.outcome_timestamp = now
 
 

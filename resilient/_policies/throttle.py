@@ -17,7 +17,7 @@ k = 2 and a two-minute window; a smaller `k` throttles more aggressively.
 
 A cancelled call, and one refused by an inner policy (a `RejectedError`: the dependency
 never saw it), is not counted. The counts live in ten buckets of ``window / 10``
-seconds, the circuit breaker's time window (`_breaker_window.TimeWindow`).
+seconds, the circuit breaker's time window (`breaker.accounting.TimeWindow`).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
-from .._breaker_window import TimeWindow, check_window, rate_rule
 from .._engine.clock import Clock
 from .._engine.errors import RejectedError, ThrottledError
 from .._engine.events import Hook, Rejected, RejectionReason
 from .._engine.policy import Args, AsyncFn, Kwargs, Policy
 from .._engine.validate import error_matcher
+from .breaker.accounting import TimeWindow, check_window, rate_rule
 
 __all__ = ["AdaptiveThrottle", "AdaptiveThrottleStatistics"]
 

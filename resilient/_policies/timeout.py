@@ -14,9 +14,11 @@ cancellation from outside is never swallowed.
 from __future__ import annotations
 
 import asyncio
+from asyncio import current_task
 from collections.abc import Iterable
 from contextvars import Token
 from dataclasses import dataclass
+from threading import get_ident
 from types import TracebackType
 from typing import TypeVar
 
@@ -26,7 +28,7 @@ from .._engine.errors import TimeoutExceeded
 from .._engine.events import Hook, TimedOut
 from .._engine.policy import Args, AsyncFn, Kwargs, Policy
 from .._engine.validate import check_seconds
-from .watchdog import Watchdog, Watchdogs
+from .watchdog import FORKS, LOOKUP_PAYS_GETPID, Watchdogs
 
 __all__ = ["Timeout", "TimeoutStatistics"]
 
@@ -46,25 +48,27 @@ class TimeoutStatistics:
 
 class _Scope:
     """
-    One guarded call: deadline, its loop's watchdog, context token, whether it expired.
+    One guarded call: its task, deadline, context token, whether it expired.
+
+    Its watchdog may hold it a while after the call (until a firing or a compaction
+    drops it), so it lets go of the task and the token when the call ends.
     """
 
-    __slots__ = ("budget", "cancelling", "deadline", "fired", "task", "token", "watchdog")
+    __slots__ = ("budget", "cancelling", "deadline", "fired", "live", "task", "token")
 
-    def __init__(
-        self, task: asyncio.Task[object], deadline: float, budget: float, watchdog: Watchdog
-    ) -> None:
-        self.task = task
-        self.watchdog = watchdog
+    def __init__(self, task: asyncio.Task[object], deadline: float, budget: float) -> None:
+        self.task: asyncio.Task[object] | None = task
         self.deadline = deadline
         self.budget = budget
         self.cancelling = task.cancelling()
         self.fired = False
+        self.live = False  # the watchdog's
         self.token: Token[tuple[float, Clock] | None] | None = None
 
     def expire(self) -> None:
         self.fired = True
-        self.task.cancel()
+        if self.task is not None:  # always, while watched
+            self.task.cancel()
 
 
 class Timeout(Policy):
@@ -121,7 +125,20 @@ class Timeout(Policy):
         return result
 
     def _enter(self) -> _Scope:
-        task = asyncio.current_task()
+        dog = self._watchdogs.last
+        loop = dog.loop
+        if (
+            LOOKUP_PAYS_GETPID
+            and getattr(loop, "_thread_id", None) == get_ident()
+            and dog.forks == FORKS[0]
+        ):  # `loop` runs in this thread now: its task, without a syscall (see _watchdog)
+            task = current_task(loop)
+        else:
+            task = current_task()
+            if task is not None and loop is not task.get_loop():
+                dog = self._watchdogs.switch(task.get_loop())
+            elif task is not None:
+                dog.forks = FORKS[0]  # asyncio found `loop` running in this process
         if task is None:
             raise RuntimeError("Timeout must be used inside an asyncio task")
         clock = self._clock
@@ -136,10 +153,7 @@ class Timeout(Policy):
             )
             deadline = min(deadline, outer_here)
         self._calls += 1
-        dog = self._watchdogs.last
-        if dog.loop is not task.get_loop():  # cheaper than asyncio.get_running_loop()
-            dog = self._watchdogs.switch(task.get_loop())
-        scope = _Scope(task, deadline, max(0.0, deadline - now), dog)
+        scope = _Scope(task, deadline, max(0.0, deadline - now))
         dog.watch(scope)
         scope.token = DEADLINE.set((deadline, clock))
         return scope
@@ -148,12 +162,14 @@ class Timeout(Policy):
         """
         Leave the scope; True when our own timer is why the task was cancelled.
         """
-        scope.watchdog.unwatch(scope)
+        scope.live = False  # Watchdog.unwatch(scope), written out: every call pays it
         if scope.token is not None:
             DEADLINE.reset(scope.token)
+            scope.token = None
         # Withdraw our cancel request whatever happened, as asyncio.timeout does, so a
         # call that swallowed it doesn't leave the task with a stray pending cancel.
-        return scope.fired and scope.task.uncancel() <= scope.cancelling
+        task, scope.task = scope.task, None
+        return scope.fired and task is not None and task.uncancel() <= scope.cancelling
 
     def _expired(self, scope: _Scope) -> TimeoutExceeded:
         self._timeouts += 1
@@ -166,7 +182,7 @@ class Timeout(Policy):
         if scope.budget <= 0.0:
             self._exit(scope)  # as in _run: a spent outer deadline fails before the body
             raise self._expired(scope)
-        self._scopes.setdefault(scope.task, []).append(scope)
+        self._scopes.setdefault(scope.task, []).append(scope)  # type: ignore[arg-type]  # set
         return self
 
     async def __aexit__(
@@ -181,7 +197,7 @@ class Timeout(Policy):
             raise RuntimeError("Timeout.__aexit__ without a matching __aenter__ in this task")
         scope = stack.pop()
         if not stack:
-            del self._scopes[scope.task]
+            del self._scopes[task]  # type: ignore[arg-type]  # the stack's, so not None
         if self._exit(scope) and exc_type is asyncio.CancelledError:
             raise self._expired(scope) from exc
 

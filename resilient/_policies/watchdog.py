@@ -3,10 +3,18 @@ One timer for many deadlines, per event loop.
 
 Scheduling a loop timer per call costs a heap push on the way in and leaves a cancelled
 handle in the loop's heap on the way out; at thousands of calls a second that is most of
-a timeout's price. A `Watchdog` keeps the guarded calls in a dict and one timer armed for
-the earliest deadline. A call registers and unregisters in O(1); the timer re-arms only
-when a new deadline is earlier than the armed one (rare: with a fixed budget, deadlines
-arrive in order) or when it fires (about once per budget under steady traffic).
+a timeout's price. A `Watchdog` keeps the guarded calls in deadline order and one timer
+armed for the earliest deadline. A call registers and unregisters in O(1); the timer
+re-arms only when a new deadline is earlier than the armed one (rare: with a fixed budget,
+deadlines arrive in order) or when it fires.
+
+A firing costs what expired, not what is in flight. Deadlines that arrive in order (a
+fixed budget) go to the end of a queue, the others (capped by an enclosing deadline) to a
+heap; a call that ends only marks its entry dead, and a firing pops entries from the
+front until it meets a live deadline still ahead, so each entry is looked at once on its
+way out however often the timer fires (calls ending just before their deadlines make it
+fire once per call). Dead entries held between firings are bounded by compacting when
+the queue doubles.
 
 A timer belongs to one event loop, so a policy keeps one `Watchdog` per loop in
 `Watchdogs`: a policy shared by loops in several threads enforces every loop's deadlines
@@ -16,22 +24,48 @@ on that loop's own timer, and never touches another loop's state.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
+import os
+import sys
 import threading
 from typing import Protocol
 
-from .._engine.clock import Clock, TimerHandle
+from .._engine.clock import SYSTEM_CLOCK, Clock, TimerHandle
 
 __all__ = ["Watchdog", "Watchdogs", "Watched"]
+
+# Compaction happens when the queue holds more than this many entries (doubled after).
+_ROOM = 64
+
+# `asyncio.current_task()` asks `get_running_loop()`, which on 3.11 pays a getpid() system
+# call (to tell a forked child from its parent); 3.12 resets the running loop in a forked
+# child instead, and the lookup is free. So on 3.11 a policy that knows the loop it ran on
+# last asks `asyncio.current_task(loop)` directly when that loop is the one running in
+# this thread now (asyncio's loops record the thread running them in `_thread_id`; other
+# loops take the long way) and this is the process its watchdog was made in (a forked
+# child counts one more fork here, as 3.12's asyncio resets its running loop).
+LOOKUP_PAYS_GETPID = sys.version_info < (3, 12)
+FORKS = [0]
+
+
+def _forked() -> None:
+    FORKS[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 class Watched(Protocol):
     """
     Something with a deadline to enforce.
+
+    `live` is the watchdog's: True from `watch` until `unwatch` or expiry.
     """
 
     deadline: float
-    task: asyncio.Task[object]
+    live: bool
 
     def expire(self) -> None:
         """
@@ -46,12 +80,30 @@ class Watchdog:
     Used only from the thread running `loop`.
     """
 
-    __slots__ = ("_active", "_armed_at", "_clock", "_handle", "loop")
+    __slots__ = (
+        "_armed_at",
+        "_clock",
+        "_handle",
+        "_head",
+        "_late",
+        "_limit",
+        "_queue",
+        "_tail",
+        "forks",
+        "loop",
+    )
 
     def __init__(self, clock: Clock, loop: asyncio.AbstractEventLoop | None) -> None:
         self._clock = clock
         self.loop = loop
-        self._active: dict[Watched, None] = {}
+        self.forks = FORKS[0]  # which process it was made in (see LOOKUP_PAYS_GETPID)
+        # Deadlines in order from _head on (a list, not a ~760-byte deque); dead ones
+        # dropped lazily.
+        self._queue: list[Watched] = []
+        self._head = 0
+        self._tail = -math.inf  # the deadline last queued
+        self._late: list[tuple[float, int, Watched]] = []  # a heap of out-of-order ones
+        self._limit = _ROOM
         self._handle: TimerHandle | None = None
         self._armed_at = math.inf
 
@@ -59,18 +111,35 @@ class Watchdog:
         """
         Start enforcing `item.deadline`.
         """
-        self._active[item] = None
-        if item.deadline < self._armed_at:
-            self._arm(item.deadline)
+        item.live = True
+        deadline = item.deadline
+        if deadline >= self._tail:
+            queue = self._queue
+            queue.append(item)
+            self._tail = deadline
+            if len(queue) > self._limit:
+                self._compact()
+        else:  # id(item): no two items compared, and no two live ones share it
+            heapq.heappush(self._late, (deadline, id(item), item))
+        if deadline < self._armed_at:
+            self._arm(deadline)
 
     def unwatch(self, item: Watched) -> None:
         """
         Stop enforcing `item`'s deadline; a no-op once it expired.
         """
-        self._active.pop(item, None)
+        item.live = False
 
     def __len__(self) -> int:
-        return len(self._active)
+        queued = self._queue[self._head :]
+        return sum(item.live for item in queued) + sum(e[2].live for e in self._late)
+
+    def _compact(self) -> None:
+        self._queue = [item for item in self._queue[self._head :] if item.live]
+        self._head = 0
+        self._late = [entry for entry in self._late if entry[2].live]
+        heapq.heapify(self._late)
+        self._limit = 2 * (len(self._queue) + len(self._late)) + _ROOM
 
     def _arm(self, at: float) -> None:
         if self._handle is not None:
@@ -82,15 +151,40 @@ class Watchdog:
         self._handle = None
         self._armed_at = math.inf
         now = self._clock.monotonic()
-        earliest = math.inf
-        for item in tuple(self._active):
-            if item.deadline <= now:
-                del self._active[item]
-                item.expire()
-            elif item.deadline < earliest:
-                earliest = item.deadline
+        queue, late, head = self._queue, self._late, self._head
+        while head < len(queue) and not (queue[head].live and queue[head].deadline > now):
+            _expire(queue[head])
+            head += 1
+        if head == len(queue):
+            queue.clear()
+            head = 0
+            self._tail = -math.inf  # any deadline may queue again
+        elif head > _ROOM and 2 * head > len(queue):
+            del queue[:head]  # the popped front, in one go
+            head = 0
+        self._head = head
+        while late and not (late[0][2].live and late[0][0] > now):
+            _expire(heapq.heappop(late)[2])
+        earliest = min(
+            queue[head].deadline if queue else math.inf, late[0][0] if late else math.inf
+        )
         if earliest < math.inf:
             self._arm(earliest)
+
+
+def _expire(item: Watched) -> None:
+    if item.live:  # else it ended before its deadline: only its entry is left
+        item.live = False
+        item.expire()
+
+
+# Every `Watchdogs.last` until its first call: one for all, since it watches nothing.
+_NOWHERE = Watchdog(SYSTEM_CLOCK, None)
+
+
+# Loops in two threads may switch at once. One lock for every policy (a lock is ~90
+# bytes): it is taken only when a policy meets a loop other than the one it used last.
+_SWITCHING = threading.Lock()
 
 
 class Watchdogs:
@@ -109,26 +203,25 @@ class Watchdogs:
     sequential `asyncio.run` calls leave nothing behind.
     """
 
-    __slots__ = ("_by_loop", "_clock", "_lock", "last")
+    __slots__ = ("_by_loop", "_clock", "last")
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self.last = Watchdog(clock, None)  # matches no loop: the first call switches
+        self.last = _NOWHERE  # matches no loop: the first call switches
         self._by_loop: dict[asyncio.AbstractEventLoop, Watchdog] = {}
-        self._lock = threading.Lock()  # loops in two threads may switch at once
 
     def watched(self) -> int:
         """
         Count the deadlines enforced now, on every loop.
         """
-        with self._lock:
+        with _SWITCHING:
             return sum(len(dog) for dog in self._by_loop.values())
 
     def switch(self, loop: asyncio.AbstractEventLoop) -> Watchdog:
         """
         Return the watchdog of `loop`, the running loop, and make it `last`.
         """
-        with self._lock:
+        with _SWITCHING:
             for finished in [other for other in self._by_loop if not other.is_running()]:
                 del self._by_loop[finished]  # `loop` runs: we are in one of its tasks
             dog = self._by_loop.get(loop)

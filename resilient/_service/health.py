@@ -30,11 +30,11 @@ from collections.abc import Awaitable, Callable
 from inspect import isawaitable
 from types import MappingProxyType, TracebackType
 
-from .._breaker import CircuitBreaker, CircuitState
 from .._engine.callables import not_callable
 from .._engine.clock import Clock
 from .._engine.events import Event, StateChanged
 from .._engine.validate import check_clock, check_int, check_name, check_seconds
+from .._policies.breaker.machine import CircuitBreaker, CircuitState
 from .._policies.timeout import Timeout
 from .discovery import Instance, Registry
 from .health_check import CheckState, run_check

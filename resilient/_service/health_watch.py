@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 from inspect import iscoroutine
 from typing import TypeGuard
 
-from .._breaker import CircuitBreaker, CircuitState
 from .._engine.clock import TimerHandle
+from .._policies.breaker.machine import CircuitBreaker, CircuitState
 from .discovery import Instance, Registry
 from .health_report import DEGRADED, HEALTHY, UNHEALTHY, HealthStatus
 

@@ -14,11 +14,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .._breaker import CircuitBreaker, CircuitState
 from .._engine.callables import not_callable
 from .._engine.context import remaining_time, retries_allowed
 from .._engine.errors import CircuitOpenError
 from .._engine.validate import check_int, error_matcher, retryable_by_default
+from .._policies.breaker.machine import CircuitBreaker, CircuitState
 from .balance import Balancer, RoundRobin
 from .discovery import Instance, ServiceView
 from .errors import NoHealthyInstanceError

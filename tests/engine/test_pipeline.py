@@ -4,7 +4,9 @@ Tests for `pipeline()`: ordering, flattening, hooks and what each position guard
 
 from __future__ import annotations
 
+import gc
 import inspect
+import weakref
 from typing import Any, TypeVar
 
 import pytest
@@ -298,3 +300,57 @@ async def test_member_hooks_still_work_in_pipeline() -> None:
 
     await pipeline(Fallback(0), timeout).call(fn)
     assert [e.kind for e in seen] == ["timeout", "timeout"]
+
+
+# -- `.call` keeps the chain of a plain function -------------------------------------------
+
+
+async def test_call_of_a_kept_chain_still_hears_hooks_added_later() -> None:
+    """The second `.call` of one function reuses its chain, which still asks each policy
+    for its hooks: a hook added between the calls hears the second one."""
+    policy = pipeline(Retry(2), Timeout(5.0))
+    assert await policy.call(_answer, 1) == 1
+    with capture_events() as events:
+        assert await policy.call(_answer, 2) == 2
+    assert [type(e) for e in events if isinstance(e, CallStarted)] == [CallStarted] * 2
+
+
+async def test_call_keeps_no_closure_alive() -> None:
+    """A closure (it may hold a request's data) is chained per call, never kept."""
+    policy = pipeline(Retry(2), Timeout(5.0))
+    payload = bytearray(b"big")
+
+    async def send() -> int:
+        return len(payload)
+
+    assert await policy.call(send) == 3
+    held = weakref.ref(send)
+    del send
+    gc.collect()
+    assert held() is None
+
+
+async def test_call_of_a_plain_function_fails_every_time() -> None:
+    """A non-async function is refused on each call, its kept chain included."""
+    policy = pipeline(Retry(2), Timeout(5.0))
+
+    def not_async() -> int:
+        return 1
+
+    for _ in range(2):
+        with pytest.raises(TypeError, match="async"):
+            await policy.call(not_async)  # type: ignore[arg-type]  # the misuse tested
+
+
+async def test_call_keeps_a_bounded_number_of_chains() -> None:
+    """A pipeline handed ever new functions keeps at most a few dozen chains."""
+    policy = pipeline(Retry(2))
+    for number in range(100):
+        namespace: dict[str, Any] = {}
+        exec(f"async def fn_{number}(): return {number}", namespace)  # noqa: S102  # fresh functions
+        assert await policy.call(namespace[f"fn_{number}"]) == number
+    assert 0 < len(policy._chains) <= 32  # the cache's bound, seen from inside
+
+
+async def _answer(value: int) -> int:
+    return value

@@ -101,6 +101,23 @@ def test_cluster_view_lists_members_status_and_ownership(cluster: KVCluster) -> 
     assert (view["replicas"], view["write_quorum"], view["read_quorum"]) == (3, 2, 2)
 
 
+def test_cluster_view_shows_what_stalls_a_node(cluster: KVCluster) -> None:
+    """
+    GET /cluster counts group commits, background checkpoints and full GCs, and shows
+    the start-up objects frozen out of the collector (a running node, not a unit).
+    """
+    for i in range(5):
+        assert cluster.request("n1", "PUT", f"/kv/stall-{i}", b"v").status == 204
+    view = cluster.request("n1", "GET", "/cluster").json()
+    storage, collector = view["storage"], view["gc"]
+    assert storage["commits"] >= 1
+    assert storage["slowest_commit_ms"] > 0
+    assert set(storage) >= {"checkpoints", "wal_pages", "slowest_checkpoint_ms"}
+    assert collector["frozen_objects"] > 10_000  # modules and the app
+    assert set(collector) >= {"full_collections", "slowest_full_ms", "full_ms_total"}
+    assert view["hedges_refused"] >= 0
+
+
 def test_health_and_metrics(cluster: KVCluster) -> None:
     """/health is 200; /metrics is Prometheus text with per-peer breaker state."""
     assert cluster.request("n1", "GET", "/health").json()["status"] == "ok"

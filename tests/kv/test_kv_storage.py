@@ -5,16 +5,20 @@ The KV node's storage: group commit, last-writer-wins, tombstones, durability.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from examples.kv.checkpoint import Checkpointer
 from examples.kv.hints import GONE, HandoffLoop, Hints, hint_size
 from examples.kv.hlc import Version
 from examples.kv.storage import TOMBSTONE_GRACE_MS, Record, Storage
+from tests._aio import until, within
 
 
 @pytest.fixture
@@ -239,3 +243,91 @@ async def test_handoff_drains_a_backlog_in_one_round(tmp_path: Path) -> None:
     finally:
         task.cancel()
         hints.close()
+
+
+def _checkpointed_since(storage: Storage, done: int) -> bool:
+    return storage.checkpointer.checkpoints > done
+
+
+def _wal_bytes(storage: Storage) -> int:
+    wal = storage.path.with_name(storage.path.name + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+async def test_commits_do_not_wait_for_a_slow_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A checkpoint that takes long (a slow disk) holds up its own thread only: writes
+    keep being committed and acknowledged while it runs.
+    """
+    storage = Storage(tmp_path, checkpoint_interval=0.0)
+    entered, release = threading.Event(), threading.Event()
+    original = storage.checkpointer.checkpoint
+
+    def slow_checkpoint() -> None:
+        entered.set()
+        release.wait(30)
+        original()
+
+    monkeypatch.setattr(storage.checkpointer, "checkpoint", slow_checkpoint)
+    try:
+        await within(storage.apply([Record(b"first", v(1), b"x")]))
+        assert await within(asyncio.to_thread(entered.wait, 10))  # the checkpoint is stuck
+        for i in range(20):
+            assert await within(storage.apply([Record(f"k{i}".encode(), v(1), b"x")])) == [True]
+        assert storage.checkpointer.checkpoints == 0  # all of them while it was stuck
+    finally:
+        release.set()
+        storage.close()
+
+
+async def test_background_checkpoints_keep_the_log_small(tmp_path: Path) -> None:
+    """
+    With checkpoints caught up between commits, each commit starts the log afresh: it
+    stays the size of a commit or two, not of everything written.
+    """
+    storage = Storage(tmp_path, checkpoint_interval=0.0)
+    value = b"x" * 2000
+    try:
+        for round_ in range(80):
+            records = [Record(f"k{round_}-{i}".encode(), v(1), value) for i in range(10)]
+            done = storage.checkpointer.checkpoints
+            await within(storage.apply(records))
+            await until(functools.partial(_checkpointed_since, storage, done))
+        written = 80 * 10 * len(value)
+        assert _wal_bytes(storage) < written / 10
+    finally:
+        storage.close()
+
+
+async def test_the_log_stays_bounded_when_checkpoints_fall_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    With the background checkpoints stalled, the writer checkpoints inline once the log
+    passes `wal_limit_pages`: the log does not grow without bound.
+    """
+    storage = Storage(tmp_path, wal_limit_pages=16, checkpoint_interval=0.0)
+    release = threading.Event()
+    monkeypatch.setattr(storage.checkpointer, "checkpoint", lambda: release.wait(30))
+    value = b"x" * 2000
+    try:
+        for round_ in range(60):
+            records = [Record(f"k{round_}-{i}".encode(), v(1), value) for i in range(10)]
+            await within(storage.apply(records))
+        written = 60 * 10 * len(value)
+        frame = 4096 + 24  # SQLite's default page size, and a WAL frame's header
+        assert _wal_bytes(storage) < (16 + 16) * frame < written
+        assert storage.checkpointer.checkpoints == 0
+    finally:
+        release.set()
+        storage.close()
+
+
+def test_bad_checkpoint_settings_are_refused(tmp_path: Path) -> None:
+    """A log limit below one page or a negative interval is an error naming it."""
+    with pytest.raises(ValueError, match="wal_limit_pages=0"):
+        Storage(tmp_path, wal_limit_pages=0)
+    with pytest.raises(ValueError, match="interval=-1"):
+        Checkpointer(sqlite3.connect(":memory:"), interval=-1)

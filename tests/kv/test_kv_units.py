@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 import pytest
 from hypothesis import given
@@ -35,12 +37,15 @@ from examples.kv.config import (
     parse_discovery,
     parse_peers,
 )
-from examples.kv.coordinator import QuorumError
+from examples.kv.coordinator import Coordinator, QuorumError
+from examples.kv.gcpauses import GcPauses
 from examples.kv.hlc import HybridClock, Version
 from examples.kv.node import KeyCount, peer_status
 from examples.kv.peers import PeerError, Peers
 from examples.kv.ring import Ring, ring_hash
-from examples.kv.storage import Record
+from examples.kv.storage import Record, Storage
+from resilient import RetryBudget
+from tests._aio import within
 
 node_ids = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
 versions = st.builds(Version, st.integers(0, 10**15 - 1), st.integers(0, 10**9 - 1), node_ids)
@@ -468,3 +473,76 @@ async def test_key_count_runs_off_the_loop_one_at_a_time_and_exact() -> None:
     assert len(calls) == 2
     assert loop_thread not in calls
     assert await asyncio.wait_for(keys.get(), 10) == 3  # never a stale value
+
+
+class _HungFirstPeers:
+    """
+    Peers whose first answer for each key never comes; any later ask answers at once.
+    """
+
+    def __init__(self, records: dict[bytes, Record]) -> None:
+        self.records = records
+        self.asked: Counter[bytes] = Counter()
+        self.hung: list[asyncio.Future[Record | None]] = []
+
+    def is_open(self, node: str) -> bool:
+        return False
+
+    def read(self, node: str, key: bytes, until: float) -> asyncio.Future[Record | None]:
+        future: asyncio.Future[Record | None] = asyncio.get_running_loop().create_future()
+        self.asked[key] += 1
+        if self.asked[key] == 1:
+            self.hung.append(future)
+        else:
+            future.set_result(self.records[key])
+        return future
+
+
+async def test_hedges_stay_within_their_budget(tmp_path: Path) -> None:
+    """
+    A read hedges only while the budget allows (here half the reads, no floor); past it
+    the read waits for the slow replica (here until its deadline) instead of adding load.
+    """
+    records = {
+        f"k{i}".encode(): Record(f"k{i}".encode(), Version(1, 0, "n1"), b"v") for i in range(6)
+    }
+    storage = Storage(tmp_path)
+    try:
+        await storage.apply(list(records.values()))
+        peers = _HungFirstPeers(records)
+        coordinator = Coordinator(
+            "n1", Ring({"n1": "a:1", "n2": "b:1", "n3": "c:1"}), storage,
+            cast("Peers", peers), HybridClock("n1"), hedge_delay=0.005,
+            hedge_budget=RetryBudget(0.5, min_per_second=0),
+        )  # fmt: skip
+        answered = []
+        for key in records:
+            try:
+                answered.append(await within(coordinator.read(key, 2, 0.2)) is not None)
+            except QuorumError:
+                answered.append(False)
+    finally:
+        storage.close()
+    # The budget after read k allows 0.5 * k hedges, each needing a whole one.
+    assert answered == [False, True, False, True, False, True]
+    assert coordinator.hedges == 3
+    assert all(future.cancelled() for future in peers.hung)  # given up, not leaked
+
+
+def test_gc_pauses_count_full_collections_only_while_installed() -> None:
+    """Full collections are counted and timed between install and uninstall, not after."""
+    pauses = GcPauses()
+    pauses.install()
+    pauses.install()  # idempotent: still heard once per collection
+    try:
+        gc.collect(0)  # a young collection is not a full one
+        assert pauses.collections == 0
+        gc.collect()
+        gc.collect()
+    finally:
+        pauses.uninstall()
+    assert pauses.collections == 2
+    assert 0 < pauses.slowest <= pauses.total
+    gc.collect()
+    assert pauses.collections == 2
+    assert pauses.view()["full_collections"] == 2

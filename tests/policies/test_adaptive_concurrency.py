@@ -23,6 +23,7 @@ from resilient import (
     LimitAlgorithm,
     Rejected,
     RejectionReason,
+    Vegas,
 )
 from resilient.integrations.prometheus import ResilienceMetrics
 from resilient.testing import FakeClock, capture_events
@@ -477,7 +478,7 @@ async def test_a_limit_outside_the_algorithms_bounds_is_clamped(answer: int, lim
             ValueError,
             r"^AdaptiveConcurrency\(max_wait=1\.0\)",
         ),
-        (lambda: AdaptiveConcurrency(Gradient2), TypeError, r"instance \(such as Gradient2\(\)\)"),  # type: ignore[arg-type]
+        (lambda: AdaptiveConcurrency(Vegas), TypeError, r"instance \(such as Vegas\(\)\)"),  # type: ignore[arg-type]
         (lambda: AIMD(backoff=1.5), ValueError, r"must be in \(0, 1\) "),
         (lambda: AIMD(backoff=0), ValueError, r"must be in \(0, 1\) "),
         (lambda: AIMD(backoff=1), ValueError, r"must be in \(0, 1\) "),

@@ -5,10 +5,13 @@ Tests for `Retry`: attempts, what is retried, waits, stops, deadlines and events
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import inspect
 import math
 import random
 import time
+import weakref
 from typing import Any, TypeVar
 
 import pytest
@@ -533,6 +536,77 @@ async def test_happy_path_skips_tenacity_machinery(monkeypatch: pytest.MonkeyPat
     # The spy does see the state being built once a failure needs the strategies.
     assert await plain.call(Script(ValueError("x"), "ok")) == "ok"
     assert used == ["RetryCallState"]
+
+
+async def test_fixed_wait_builds_no_tenacity_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing call with a fixed wait and no retry_*/stop_* strategy builds no state."""
+    built: list[str] = []
+    original_init = tenacity.RetryCallState.__init__
+
+    def spy_init(self: tenacity.RetryCallState, *args: Any, **kwargs: Any) -> None:
+        built.append("RetryCallState")
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(tenacity.RetryCallState, "__init__", spy_init)
+    clock = FakeClock()
+    for wait in (tenacity.wait_fixed(0.5), tenacity.wait_none()):
+        script = Script(ValueError("1"), ValueError("2"), "ok")
+        assert await Retry(attempts=3, wait=wait, clock=clock).call(script) == "ok"
+        assert script.calls == 3
+    assert built == []
+    assert clock.sleeps == [0.5, 0.5]  # (a zero wait is no sleep to a FakeClock)
+    # A strategy that may read the state still gets one, once per failing call.
+    stopped = Retry(attempts=3, wait=tenacity.wait_none(), stop=tenacity.stop_after_delay(9))
+    assert await stopped.call(Script(ValueError("1"), "ok")) == "ok"
+    assert built == ["RetryCallState"]
+
+
+async def test_strategies_read_each_attempts_outcome() -> None:
+    """Strategies get each attempt's outcome as a finished tenacity.Future."""
+    seen: list[tuple[int, bool, object]] = []
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        outcome = state.outcome
+        assert isinstance(outcome, tenacity.Future)
+        assert outcome.done()
+        assert outcome.attempt_number == state.attempt_number
+        value = outcome.exception() if outcome.failed else outcome.result()
+        seen.append((state.attempt_number, outcome.failed, value))
+        return 0.0
+
+    boom = ValueError("boom")
+    retry = Retry(attempts=3, wait=wait, on_result=lambda r: r == "again", clock=FakeClock())
+    assert await retry.call(Script(boom, "again", "ok")) == "ok"
+    assert seen == [(1, True, boom), (2, False, "again")]
+
+
+@pytest.mark.parametrize("wait", [None, tenacity.wait_none()], ids=["default", "fixed"])
+async def test_failed_call_frees_its_errors_without_the_gc(wait: Any) -> None:
+    """A call that failed every attempt leaves no reference cycle: its errors are freed
+    as soon as the caller drops the last one, with the gc off."""
+    errors: list[weakref.ref[BaseException]] = []
+
+    class Down(Exception):
+        pass
+
+    def tracked() -> Down:
+        error = Down()
+        errors.append(weakref.ref(error))
+        return error
+
+    async def fail() -> None:
+        raise tracked()  # a local in this frame would hold its own error: a cycle
+
+    retry = Retry(attempts=3, wait=wait)
+    gc.collect()
+    gc.disable()
+    try:
+        with instant_retries(), contextlib.suppress(Down):
+            await retry.call(fail)
+        assert len(errors) == 3
+        assert [ref() for ref in errors] == [None, None, None]
+    finally:
+        gc.enable()
 
 
 # -- events, statistics, repr ---------------------------------------------------------

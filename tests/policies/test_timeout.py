@@ -20,6 +20,9 @@ from resilient import (
     TimeoutStatistics,
     remaining_time,
 )
+from resilient._policies import timeout as timeout_module
+from resilient._policies import watchdog as watchdog_module
+from resilient._policies.watchdog import Watchdog
 from resilient.testing import FakeClock, capture_events
 from tests._aio import result_of, settle
 
@@ -519,6 +522,98 @@ async def test_watchdog_real_clock_many_scopes() -> None:
             assert isinstance(outcome, TimeoutExceeded)
         else:
             assert outcome == "done"
+
+
+class Deadline:
+    """A watched item that counts how often the watchdog looks at it."""
+
+    looks = 0
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self._live = False
+        self.expired = False
+
+    @property
+    def live(self) -> bool:
+        Deadline.looks += 1
+        return self._live
+
+    @live.setter
+    def live(self, value: bool) -> None:
+        self._live = value
+
+    def expire(self) -> None:
+        self.expired = True
+
+
+async def test_watchdog_firing_costs_what_expired_not_what_is_in_flight() -> None:
+    """Calls ending just before their deadlines make the watchdog fire once per call;
+    each firing looks at a few entries, not at every call in flight."""
+    clock = FakeClock(auto_advance=False)
+    dog = Watchdog(clock, asyncio.get_running_loop())
+    calls = [Deadline(float(i)) for i in range(1, 2_001)]  # a fixed budget: in order
+    for item in calls:
+        dog.watch(item)
+    Deadline.looks = 0
+    for item in calls[:1_000]:
+        clock.advance(item.deadline - 0.001 - clock.monotonic())
+        dog.unwatch(item)  # done just before its deadline
+        clock.advance(0.001)  # the timer armed for it fires, and re-arms
+        await settle(1)
+        assert clock.pending_timers == 1
+    assert Deadline.looks < 1_000 * 10  # not ~1,500 per firing
+    assert len(dog) == 1_000
+    assert not any(item.expired for item in calls)
+    early = Deadline(1_500.5)  # out of order (an enclosing deadline's): before the tail
+    dog.watch(early)
+    clock.advance(1_500.6 - clock.monotonic())
+    await settle()
+    assert early.expired
+    assert [item.expired for item in calls[1_000:]] == [i <= 1_500 for i in range(1_001, 2_001)]
+    clock.advance(1_000.0)
+    await settle()
+    assert all(item.expired for item in calls[1_000:])
+    assert len(dog) == 0
+    assert clock.pending_timers == 0
+
+
+async def test_watchdog_holds_a_bounded_number_of_ended_calls() -> None:
+    """Ended calls are dropped by compaction: a long budget and many short calls don't
+    pile up entries (or their tasks) until the first firing."""
+    clock = FakeClock(auto_advance=False)
+    timeout = Timeout(3_600.0, clock=clock)
+    for _ in range(5_000):
+        assert await timeout.call(asyncio.sleep, 0, "done") == "done"
+    dog = timeout._watchdogs.last
+    assert len(dog._queue) <= 200
+    assert all(entry.task is None for entry in dog._queue)  # type: ignore[attr-defined]
+    assert timeout._watchdogs.watched() == 0
+
+
+async def test_timeout_finds_its_task_through_the_loop_it_knows() -> None:
+    """On 3.11, after the first call a Timeout asks asyncio for the task of the loop it
+    knows (no getpid() system call); after a fork (simulated) it asks the long way."""
+    seen: list[tuple[object, ...]] = []
+    real = asyncio.current_task
+
+    def spy(*args: Any) -> Any:
+        seen.append(args)
+        return real(*args)
+
+    timeout = Timeout(10.0)
+    loop = asyncio.get_running_loop()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(timeout_module, "current_task", spy)
+        for _ in range(3):
+            assert await timeout.call(asyncio.sleep, 0, "ok") == "ok"
+        watchdog_module._forked()
+        assert await timeout.call(asyncio.sleep, 0, "ok") == "ok"
+        assert await timeout.call(asyncio.sleep, 0, "ok") == "ok"
+    if watchdog_module.LOOKUP_PAYS_GETPID:
+        assert seen == [(), (loop,), (loop,), (), (loop,)]
+    else:
+        assert seen == [(), (), (), (), ()]
 
 
 def test_works_across_event_loops() -> None:

@@ -37,6 +37,7 @@ QUICK_RUNS = {
     "ratelimit": ("resilient @RateLimiter", "hand-written GCRA (floor)"),
     "observability": ("Retry(attempts=3) / prometheus", "piece: a clock read"),
     "breakdown": ("4 pass-through layers", "full pipeline"),
+    "breaker_store": ("resilient RedisBreakerStore consecutive", "raw EVALSHA of a trivial script"),
 }  # fmt: skip
 
 
@@ -67,17 +68,17 @@ def test_overload_benchmark_quick_run(tmp_path: Path) -> None:
     """
     report, chart = tmp_path / "overload.md", tmp_path / "overload.png"
     output = run_module(
-        "benchmarks.overload", "--quick", "--only", "none", "gradient2",
+        "benchmarks.overload", "--quick", "--only", "none", "vegas",
         "--md", str(report), "--png", str(chart), timeout=60.0,
     )  # fmt: skip
-    assert "AdaptiveConcurrency(Gradient2())" in output
+    assert "AdaptiveConcurrency(), the default: Vegas()" in output
     text = report.read_text()
     assert text.count("<!-- overload-sim:begin -->") == 1
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[0] for row in rows[1:]] == [
         "| unloaded (30% of capacity, no limiter)",
         "| no limiter",
-        "| AdaptiveConcurrency(Gradient2())",
+        "| AdaptiveConcurrency(), the default: Vegas()",
     ]
     assert chart.stat().st_size > 10_000
 

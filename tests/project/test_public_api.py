@@ -55,9 +55,17 @@ CONTRACT = (
 # with the reason. A new public name must be exported or listed here.
 INTERNAL = {
     "_engine.context": {"DEADLINE", "retries_allowed"},  # set by Timeout; read by Retry, Hedge
-    "_breaker_shared": {"SharedState", "pybreaker_listener_hook"},  # behind storage=
-    "_breaker_window": {"Accounting", "Consecutive", "CountWindow", "TimeWindow", "WindowTotals"}
+    # storage=pybreaker...Storage() and from_pybreaker(), behind the optional extra
+    "_policies.breaker.pybreaker_store": {
+        "STORAGE_WORKERS",
+        "PybreakerStore",
+        "pybreaker_listener_hook",
+    },
+    "_policies.breaker.accounting": {"Accounting", "Consecutive", "CountWindow", "TimeWindow"}
     | {"check_window"},  # shared with AdaptiveThrottle
+    "_policies.breaker.link": {"StoreLink"},  # the breaker's bounded round trips to its store
+    "_policies.breaker.lua": {"SCRIPT"},  # RedisBreakerStore's script
+    "_policies.breaker.settings": {"Rules", "store_of", "window_accounting"},  # breaker setup
     "_engine.policy": {"Args", "AsyncFn", "Kwargs"},  # the shape of `_run`'s arguments
     "_engine.window": {"BUCKETS", "BucketedWindow"},  # RetryBudget's (and breakers') window
     "_engine.public": {"publish"},  # run by each public module on its own names

@@ -21,14 +21,19 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 import pytest
 import tenacity
 from aiohttp import test_utils, web
 from multidict import CIMultiDictProxy
-from opentelemetry import baggage, context, trace
+from opentelemetry import baggage, context, propagate, trace
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from yarl import URL
 
 from resilient import (
@@ -53,6 +58,7 @@ from resilient.integrations.aiohttp import (
     default_policy,
     parse_retry_after,
 )
+from resilient.integrations.aiohttp import _client as client_module
 from resilient.testing import FakeClock, capture_events, instant_retries
 from tests._aio import until, within
 from tests._paths import REPO_ROOT
@@ -991,6 +997,78 @@ async def test_trace_context_on_every_attempt(
     assert len(parents) == 3
     assert all(value is not None and value.split("-")[1] == trace_id for value in parents)
     assert backend.header("baggage") == ["tenant=acme"] * 3
+
+
+async def test_baggage_without_a_span_is_sent(backend: Backend, clock: FakeClock) -> None:
+    """Baggage alone, no span: the context isn't empty, so the propagators write it."""
+    token = context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        async with session(ResilienceMiddleware(retrying(clock))) as client:
+            assert await get(client, backend.url()) == (200, "ok")
+    finally:
+        context.detach(token)
+    assert backend.header("baggage") == ["tenant=acme"]
+    assert backend.header("traceparent") == [None]
+
+
+class _Stamping(TextMapPropagator):
+    """A propagator writing a header from any context, an empty one included."""
+
+    def extract(self, carrier: Any, context: Any = None, getter: Any = None) -> Any:
+        return context
+
+    def inject(self, carrier: Any, context: Any = None, setter: Any = None) -> None:
+        carrier["X-Stamped"] = "yes"
+
+    @property
+    def fields(self) -> set[str]:
+        return {"X-Stamped"}
+
+
+async def test_a_propagator_of_the_users_is_always_asked(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """No span, no baggage: the default propagators would write nothing and are skipped,
+    but a propagator the user configured is asked on every attempt all the same."""
+    stock = propagate.get_global_textmap()
+    async with session(ResilienceMiddleware(retrying(clock))) as client:
+        assert await get(client, backend.url()) == (200, "ok")
+        propagate.set_global_textmap(CompositePropagator([stock, _Stamping()]))
+        try:
+            backend.answer(503)
+            assert await get(client, backend.url()) == (200, "ok")
+        finally:
+            propagate.set_global_textmap(stock)
+        assert await get(client, backend.url()) == (200, "ok")
+    assert backend.header("X-Stamped") == [None, "yes", "yes", None]
+
+
+async def test_a_lone_stock_propagator_is_judged_as_the_composite(
+    backend: Backend, clock: FakeClock, tracer: tuple[trace.Tracer, InMemorySpanExporter]
+) -> None:
+    """W3C trace context alone, not in a composite: nothing written without a span (it
+    has nothing to write), its header with one."""
+    stock = propagate.get_global_textmap()
+    propagate.set_global_textmap(TraceContextTextMapPropagator())
+    try:
+        async with session(ResilienceMiddleware(retrying(clock))) as client:
+            assert await get(client, backend.url()) == (200, "ok")
+            with tracer[0].start_as_current_span("caller"):
+                assert await get(client, backend.url()) == (200, "ok")
+    finally:
+        propagate.set_global_textmap(stock)
+    first, second = backend.header("traceparent")
+    assert first is None
+    assert second is not None
+
+
+def test_origins_stay_right_past_the_cache_bound() -> None:
+    """Past the cache's bound (a crawler's hosts), every key is still the URL's origin."""
+    urls = [URL(f"http://user:pw@host-{n}.test:{8000 + n % 3}/p?q={n}") for n in range(2500)]
+    urls += [URL("https://HOST-1.test/"), URL("http://host-1.test:80/")]
+    for url in urls:
+        assert client_module._origin(SimpleNamespace(url=url)) == str(url.origin())  # type: ignore[arg-type]
+    assert len(client_module._ORIGINS) <= client_module._MAX_ORIGINS
 
 
 async def test_propagate_false_sends_nothing(

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from resilient import CheckResult, CircuitBreaker, HealthMonitor, HealthReport
-from resilient.integrations.aiohttp._health import (
+from resilient.integrations.aiohttp._health_routes import (
     add_health_routes,
     health_routes,
     report_json,

@@ -39,7 +39,7 @@ from resilient import (
     Timeout,
     TimeoutExceeded,
 )
-from resilient._breaker_shared import STORAGE_WORKERS
+from resilient._policies.breaker.pybreaker_store import STORAGE_WORKERS
 from resilient.testing import FakeClock
 from tests._paths import REPO_ROOT
 from tests._redis import RedisServer

@@ -14,85 +14,38 @@ Only outcomes of calls admitted in the current state count: a slow call that sta
 before the breaker opened cannot re-open or close it later. Cancellation is never an
 outcome, and a cancelled probe gives its permit back.
 
-With `storage=` (a pybreaker storage, e.g. `CircuitRedisStorage`) state and counters live
-in that storage, shared by every process using it; see `_breaker_shared`.
+With `storage=` a `BreakerStore` (`RedisBreakerStore`, or a pybreaker storage through
+its adapter) holds the state every process shares and decides atomically; this machine
+follows what it says, and decides alone while the store can't answer within
+`storage_timeout` (see `store`, `link`).
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from ._breaker_window import (
-    Accounting,
-    Consecutive,
-    CountWindow,
-    TimeWindow,
-    check_window,
-    rate_rule,
-)
-from ._engine.clock import Clock
-from ._engine.errors import PROGRAMMING_ERRORS, CircuitOpenError, RejectedError
-from ._engine.events import Hook, Rejected, RejectionReason, StateChanged
-from ._engine.policy import Args, AsyncFn, Kwargs, Policy
-from ._engine.validate import check_fraction, check_int, check_seconds, error_matcher
+from ..._engine.clock import Clock
+from ..._engine.errors import PROGRAMMING_ERRORS, CircuitOpenError, RejectedError
+from ..._engine.events import Hook, Rejected, RejectionReason, StateChanged
+from ..._engine.policy import Args, AsyncFn, Kwargs, Policy
+from ..._engine.validate import check_int, check_seconds, error_matcher
+from .accounting import Accounting, Consecutive, WindowTotals
+from .link import StoreLink
+from .settings import BreakerStatistics, Rules, store_of, window_accounting
+from .store import BreakerAdmission, BreakerSpec, BreakerStore, CircuitState
 
 if TYPE_CHECKING:
     import pybreaker
-
-    from ._breaker_shared import SharedState
 
 __all__ = ["BreakerStatistics", "CircuitBreaker", "CircuitState"]
 
 T = TypeVar("T")
 
 
-class CircuitState(enum.Enum):
-    """
-    The three states of a circuit breaker; values match pybreaker's state names.
-    """
-
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half-open"
-
-
 _CLOSED = CircuitState.CLOSED
+_HALF_OPEN = CircuitState.HALF_OPEN
 _NOT_AN_OUTCOME: tuple[type[Exception], ...] = (RejectedError, *PROGRAMMING_ERRORS)
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerStatistics:
-    """
-    A snapshot of a `CircuitBreaker`.
-
-    Attributes:
-        state: The current state.
-        calls: Admitted calls that have finished: successes + failures + ignored.
-        successes: Admitted calls that succeeded.
-        failures: Admitted calls that failed and counted as failures.
-        ignored: Admitted calls that ended in an excluded exception or were cancelled.
-        rejections: Calls refused with `CircuitOpenError`.
-        slow_calls: Admitted calls at least `slow_call_duration` long.
-        window_calls: Calls in the current window (consecutive mode: the failure run).
-        window_failures: Failures in the current window.
-        opened: Times the breaker opened.
-        retry_in: Seconds until an open breaker lets a probe through (0 otherwise).
-    """
-
-    state: CircuitState
-    calls: int
-    successes: int
-    failures: int
-    ignored: int
-    rejections: int
-    slow_calls: int
-    window_calls: int
-    window_failures: int
-    opened: int
-    retry_in: float
 
 
 class CircuitBreaker(Policy):
@@ -121,11 +74,13 @@ class CircuitBreaker(Policy):
         exclude: Exception types, or a predicate, that are neither success nor failure.
             `RejectedError` (e.g. an inner full bulkhead) and `PROGRAMMING_ERRORS`
             (``TypeError``, ``AttributeError``, ...) are always excluded.
-        storage: A pybreaker storage (`CircuitMemoryStorage`, `CircuitRedisStorage`) to
-            keep state in, shared between processes; consecutive mode only.
+        storage: A `BreakerStore` to keep the state in, shared between processes:
+            `RedisBreakerStore` (every mode), or a pybreaker storage
+            (`CircuitMemoryStorage`, `CircuitRedisStorage`; consecutive mode only,
+            needs the ``pybreaker`` extra).
         storage_timeout: Seconds a storage round trip may take (default 1.0; only with
             `storage=`). Past it, or when the storage fails, this process's own view
-            of the state decides the call (see `_breaker_shared`).
+            of the state decides the call.
         clock: Time source (default: the system clock).
         hooks: Event hooks for this policy only.
 
@@ -173,7 +128,7 @@ class CircuitBreaker(Policy):
         success_threshold: int = 1,
         half_open_max_calls: int = 1,
         exclude: Any = (),
-        storage: pybreaker.CircuitBreakerStorage | None = None,
+        storage: BreakerStore | pybreaker.CircuitBreakerStorage | None = None,
         storage_timeout: float | None = None,
         clock: Clock | None = None,
         hooks: Iterable[Hook] | None = None,
@@ -197,7 +152,10 @@ class CircuitBreaker(Policy):
                 " with window parameters (failure_rate, window, window_duration, min_calls,"
                 " slow_call_duration, slow_call_rate); pass one or the other"
             )
-        if slow_call_rate is not None and slow_call_duration is None and storage is None:
+        store = store_of(storage, self._clock)
+        # A pybreaker storage's adapter rejects every window parameter, with its reason.
+        adapted = store is not None and store is not storage
+        if slow_call_rate is not None and slow_call_duration is None and not adapted:
             raise ValueError(
                 "CircuitBreaker(slow_call_rate=...): needs slow_call_duration= to say which"
                 " calls are slow"
@@ -214,8 +172,10 @@ class CircuitBreaker(Policy):
         )
         self._slow = self.slow_call_duration is not None
         self.failure_threshold: int | None = None
+        rules: Rules = (None, None, 0.5, 1.0, 1)
         if windowed:
-            self._accounting: Accounting = _window(
+            self._accounting: Accounting
+            self._accounting, rules = window_accounting(
                 owner,
                 failure_rate=failure_rate,
                 window=window,
@@ -244,19 +204,17 @@ class CircuitBreaker(Policy):
         self._probes = self._probe_successes = 0
         self._successes = self._failures = self._ignored = 0
         self._rejections = self._slow_calls = self._opened = 0
-        self._shared: SharedState | None = None
-        if storage is not None:
-            from ._breaker_shared import SharedState  # noqa: PLC0415  # loads pybreaker: only with storage=
-
-            if windowed:
-                raise ValueError(
-                    "CircuitBreaker(storage=...): shared storage holds consecutive-failure"
-                    " counters only; drop the window parameters"
-                )
-            timeout = 1.0 if storage_timeout is None else storage_timeout
-            self._shared = SharedState(
-                self, storage, check_seconds(owner, "storage_timeout", timeout)
+        self._shared: StoreLink | None = None
+        if store is not None:
+            timeout = check_seconds(
+                owner, "storage_timeout", 1.0 if storage_timeout is None else storage_timeout
             )
+            spec = BreakerSpec(
+                self.name, self.failure_threshold, *rules, self.reset_timeout,
+                self.success_threshold, self.half_open_max_calls,
+            )  # fmt: skip
+            store.bind(spec)
+            self._shared = StoreLink(store, spec, timeout, self._clock.monotonic)
         elif storage_timeout is not None:
             raise ValueError(
                 f"CircuitBreaker(storage_timeout={storage_timeout!r}): storage_timeout"
@@ -279,7 +237,7 @@ class CircuitBreaker(Policy):
         code calling `breaker` and async code calling this policy see one state. State
         changes, successes and failures are reported to `breaker`'s listeners.
         """
-        from ._breaker_shared import pybreaker_listener_hook  # noqa: PLC0415  # as above
+        from .pybreaker_store import pybreaker_listener_hook  # noqa: PLC0415  # optional extra
 
         return cls(
             breaker.name or None,
@@ -304,7 +262,7 @@ class CircuitBreaker(Policy):
 
     async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         if self._shared is not None:
-            return await self._shared.run(fn, args, kwargs)
+            return await self._run_shared(self._shared, fn, args, kwargs)
         probe = False if self._state is _CLOSED else self._admit()
         generation = self._generation
         started = self._clock.monotonic() if self._slow else 0.0
@@ -324,6 +282,89 @@ class CircuitBreaker(Policy):
             if self._accounting.record(False, False):
                 self._transition(CircuitState.OPEN)
         return result
+
+    async def _run_shared(self, link: StoreLink, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
+        # The same machine, with the store deciding admission and outcomes; the local
+        # state follows it, and decides alone whenever the store can't answer in time.
+        ticket = await link.admit()
+        probe = (
+            self._state is not _CLOSED and self._admit()
+            if ticket is None
+            else self._admit_shared(ticket)
+        )
+        generation = self._generation
+        started = self._clock.monotonic() if self._slow else 0.0
+        try:
+            result = await fn(*args, **kwargs)
+        except Exception as error:
+            await self._finish_shared(link, ticket, generation, probe, started, error)
+            raise
+        except BaseException:
+            self._finish(generation, probe, started, None, cancelled=True)
+            if ticket is not None and ticket.permit is not None:
+                link.release(ticket)
+            raise
+        await self._finish_shared(link, ticket, generation, probe, started, None)
+        return result
+
+    def _admit_shared(self, ticket: BreakerAdmission) -> bool:
+        """
+        Follow the store's admission; True when the call runs as a half-open probe.
+        """
+        self._follow(ticket.state, ticket.retry_in, ticket.totals)
+        probe = ticket.state is _HALF_OPEN
+        # A store without permits (pybreaker's) leaves the probe limit to each process.
+        if not ticket.admitted or (
+            probe and ticket.permit is None and self._probes >= self.half_open_max_calls
+        ):
+            self._reject(ticket.retry_in)
+        self._probes += probe
+        return probe
+
+    async def _finish_shared(  # noqa: PLR0917  # _finish's arguments plus the store's
+        self,
+        link: StoreLink,
+        ticket: BreakerAdmission | None,
+        generation: int,
+        probe: bool,
+        started: float,
+        error: BaseException | None,
+    ) -> None:
+        if ticket is None:  # admitted by the local state: it records the outcome too
+            self._finish(generation, probe, started, error)
+            return
+        current = generation == self._generation
+        if probe and current:
+            self._probes -= 1
+        if error is not None and self._excluded(error):
+            self._ignored += 1
+            if ticket.permit is not None:
+                link.release(ticket)
+            return
+        slow = self._slow and self._clock.monotonic() - started >= self.slow_call_duration  # type: ignore[operator]  # set when _slow
+        failed = error is not None
+        self._count(failed, slow)
+        if not current and ticket.permit is None:
+            # Admitted before this process saw the breaker move on (as in the native
+            # breaker): a stale outcome must not re-open, extend or close the circuit.
+            return
+        seen = await link.record(ticket, failed, slow)
+        if seen is not None:
+            self._follow(seen.state, seen.retry_in, seen.totals)
+        elif current:
+            self._judge(probe, failed or slow, slow, failed)
+
+    def _follow(self, state: CircuitState, retry_in: float, totals: WindowTotals | None) -> None:
+        """
+        Take the store's state as this process's own (events fire as usual).
+        """
+        self._transition(state)
+        if state is CircuitState.OPEN:
+            # The store's opening time, in this clock: it may have opened elsewhere.
+            self._opened_at = self._clock.monotonic() + retry_in - self.reset_timeout
+        if totals is not None and isinstance(self._accounting, Consecutive):
+            # Continue from the shared failure run should the store stop answering.
+            self._accounting.failures = totals.failures
 
     def _admit(self) -> bool:
         """
@@ -404,8 +445,6 @@ class CircuitBreaker(Policy):
         """
         Seconds until an open breaker lets a probe through; 0 when not open.
         """
-        if self._shared is not None:
-            return self._shared.retry_in()
         if self._state is not CircuitState.OPEN:
             return 0.0
         return max(0.0, self._opened_at + self.reset_timeout - self._clock.monotonic())
@@ -427,11 +466,18 @@ class CircuitBreaker(Policy):
         self._transition(_CLOSED)
         self._accounting.reset()
 
+    def _totals(self) -> WindowTotals:
+        shared = None if self._shared is None else self._shared.totals()
+        return self._accounting.totals() if shared is None else shared
+
     def statistics(self) -> BreakerStatistics:
         """
         Return a snapshot of this breaker's state and counters.
+
+        With `storage=`, the window counts are what the store reported last (the
+        counters are this process's own).
         """
-        totals = self._accounting.totals()
+        totals = self._totals()
         return BreakerStatistics(
             state=self._state,
             calls=self._successes + self._failures + self._ignored,
@@ -447,39 +493,10 @@ class CircuitBreaker(Policy):
         )
 
     def __repr__(self) -> str:
-        totals = self._accounting.totals()
+        totals = self._totals()
         if self.failure_threshold is not None:
             counts = f"failures={totals.failures}/{self.failure_threshold}"
         else:
             counts = f"window={totals.failures}/{totals.calls} failed"
         shared = "" if self._shared is None else f" shared, {self._shared.describe()}"
         return f"<CircuitBreaker {self.name!r} {self._state.value} {counts}{shared}>"
-
-
-def _window(
-    owner: str,
-    *,
-    failure_rate: float | None,
-    window: int | None,
-    window_duration: float | None,
-    min_calls: int | None,
-    slow_call_rate: float | None,
-    clock: Clock,
-) -> Accounting:
-    rate = check_fraction(owner, "failure_rate", 0.5 if failure_rate is None else failure_rate)
-    slow_rate = check_fraction(
-        owner, "slow_call_rate", 1.0 if slow_call_rate is None else slow_call_rate
-    )
-    if window is not None and window_duration is not None:
-        raise ValueError(f"{owner}(window=..., window_duration=...): choose a count or a duration")
-    if window_duration is not None:
-        duration = check_window(owner, "window_duration", window_duration)
-        least = check_int(owner, "min_calls", 10 if min_calls is None else min_calls, minimum=1)
-        return TimeWindow(duration, rate_rule(rate, slow_rate, least), clock.monotonic)
-    size = check_int(owner, "window", 100 if window is None else window, minimum=1)
-    least = check_int(
-        owner, "min_calls", min(10, size) if min_calls is None else min_calls, minimum=1
-    )
-    if least > size:
-        raise ValueError(f"{owner}(min_calls={least}): min_calls can't exceed window={size}")
-    return CountWindow(size, rate_rule(rate, slow_rate, least))

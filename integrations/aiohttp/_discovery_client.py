@@ -8,44 +8,29 @@ A discovery-aware HTTP client: call a service by name, not by address.
 For each service it follows the registry through a `ServiceView` and sends requests
 through an `EndpointPool`: balanced across the healthy instances, with a breaker per
 instance that ejects it while open, failing over to another instance within the
-caller's deadline. Responses are classified as in `ResilienceMiddleware` (5xx and 429
-fail over, other statuses are answers); when every attempt fails the caller gets the
-last response. Non-idempotent methods are sent to one instance only.
+caller's deadline. Attempts are sent, classified and released by the middleware's
+routine (`_attempts`): 5xx and 429 fail over, other statuses are answers; when every
+attempt fails the caller gets the last response. Non-idempotent methods, and streamed
+bodies, are sent to one instance only; a file body too, as aiohttp closes it when the
+first request ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Coroutine, Generator
-from contextlib import nullcontext
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator
 from types import TracebackType
 from typing import Any
 
-from aiohttp import ClientError, ClientResponse, ClientSession
+from aiohttp import ClientResponse, ClientSession
 
-from resilient import (
-    Balancer,
-    CircuitBreaker,
-    EndpointPool,
-    Instance,
-    Registry,
-    ResilienceError,
-    ServiceView,
-    no_retries,
-)
+from resilient import Balancer, CircuitBreaker, EndpointPool, Instance, Registry, ServiceView
 from resilient.validation import check_int
 
-from ._attempts import NotSent as _NotSent
-from ._client import IDEMPOTENT_METHODS, UnhealthyResponse, is_failure_status
+from ._attempts import Attempts, as_payload
+from ._client import IDEMPOTENT_METHODS, is_failure_status
 
 __all__ = ["DiscoveryClient", "DiscoveryRequest"]
-
-
-def _resendable(kwargs: dict[str, Any]) -> bool:
-    # A body that can be sent again whole: none, bytes, text, a form dict or JSON.
-    # Anything else (a generator, a stream, a file) may be read only once.
-    data = kwargs.get("data")
-    return data is None or isinstance(data, bytes | bytearray | str | dict)
 
 
 class DiscoveryRequest(Coroutine[Any, Any, ClientResponse]):
@@ -221,40 +206,10 @@ class DiscoveryClient:
         """
         pool = await self.pool(service)
         method = method.upper()
-        responses: list[ClientResponse] = []
-
-        async def send(instance: Instance) -> ClientResponse:
-            for earlier in responses:
-                earlier.release()  # a failed attempt's connection goes back to the pool
-            try:
-                response = await self._session.request(method, instance.url + path, **kwargs)
-            except (ClientError, OSError, ResilienceError):
-                raise  # the network, the instance, or a policy: judged by the pool
-            except Exception as error:
-                raise _NotSent(error) from error  # the caller's mistake: no instance's fault
-            responses.append(response)
-            if self._failure_status(response.status):
-                raise UnhealthyResponse(response)
-            return response
-
-        once = (
-            no_retries()
-            if method not in self._retry_methods or not _resendable(kwargs)
-            else nullcontext()
+        attempts = _ServiceAttempts(
+            self._session, method, path, kwargs, failure_status=self._failure_status
         )
-        kept: ClientResponse | None = None
-        try:
-            with once:
-                kept = await pool.call(send)
-        except UnhealthyResponse as failed:
-            kept = failed.response
-        except _NotSent as not_sent:
-            raise not_sent.error from not_sent.error.__cause__
-        finally:
-            for response in responses:
-                if response is not kept:
-                    response.release()
-        return kept
+        return await attempts.run(pool.call, attempts.send, once=method not in self._retry_methods)
 
     def get(self, service: str, path: str, **kwargs: Any) -> DiscoveryRequest:
         """
@@ -298,6 +253,34 @@ class DiscoveryClient:
             f"<DiscoveryClient {services or 'no service called yet'};"
             f" balancer={self._balancer.label} max_attempts={self._max_attempts}>"
         )
+
+
+class _ServiceAttempts(Attempts):
+    """
+    The attempts of one request to a service: a request per instance tried.
+    """
+
+    __slots__ = ("_kwargs", "_method", "_path", "_session")
+
+    def __init__(
+        self,
+        session: ClientSession,
+        method: str,
+        path: str,
+        kwargs: dict[str, Any],
+        *,
+        failure_status: Callable[[int], bool],
+    ) -> None:
+        # One payload for every attempt: whether it can be sent again is its to say.
+        super().__init__(as_payload(kwargs.pop("data", None)), failure_status)
+        self._session = session
+        self._method = method
+        self._path = path
+        self._kwargs = kwargs
+
+    def _attempt(self, instance: Instance) -> Awaitable[ClientResponse]:
+        url = instance.url + self._path
+        return self._session.request(self._method, url, data=self._body, **self._kwargs)
 
 
 class _Balancers:

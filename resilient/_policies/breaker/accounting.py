@@ -6,8 +6,8 @@ Three accountings share one small interface (`record`, `reset`, `tripped`):
 - `Consecutive`: trips after N failures in a row (pybreaker's model).
 - `CountWindow`: the last N calls, in a ring buffer with running totals (resilience4j's
   COUNT_BASED sliding window): O(1) per call.
-- `TimeWindow`: the calls of the last T seconds, in ten buckets with running totals
-  (resilience4j's TIME_BASED window, which aggregates per epoch the same way).
+- `TimeWindow`: the calls of the last T seconds, in the engine's bucketed window
+  (`_engine.window`; resilience4j's TIME_BASED window aggregates per epoch the same way).
 
 The windowed ones trip on a failure rate or a slow-call rate once `min_calls` is reached.
 """
@@ -17,11 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._engine.validate import check_seconds
+from ..._engine.validate import check_seconds
+from ..._engine.window import BucketedWindow
 
 __all__ = ["Accounting", "Consecutive", "CountWindow", "TimeWindow", "WindowTotals", "check_window"]
-
-_BUCKETS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,43 +163,27 @@ class TimeWindow(Accounting):
     The outcomes of the calls that finished in the last `duration` seconds.
     """
 
-    __slots__ = ("_buckets", "_epoch", "_now", "_rule", "_sums", "_width")
+    __slots__ = ("_rule", "_window")
 
     def __init__(self, duration: float, rule: _RateRule, now: Callable[[], float]) -> None:
         self._rule = rule
-        self._now = now
-        self._width = duration / _BUCKETS
-        self._buckets = [[0, 0, 0] for _ in range(_BUCKETS)]  # calls, failures, slow
-        self._sums = [0, 0, 0]
-        self._epoch = int(now() / self._width)
-
-    def _current(self) -> list[int]:
-        epoch = int(self._now() / self._width)
-        if epoch != self._epoch:
-            for stale in range(self._epoch + 1, min(epoch, self._epoch + _BUCKETS) + 1):
-                bucket = self._buckets[stale % _BUCKETS]
-                for i in range(3):
-                    self._sums[i] -= bucket[i]
-                    bucket[i] = 0
-            self._epoch = epoch
-        return self._buckets[epoch % _BUCKETS]
+        self._window = BucketedWindow(duration, 3, now)  # calls, failures, slow calls
 
     def record(self, failed: bool, slow: bool) -> bool:
-        bucket = self._current()
+        window = self._window
+        bucket, sums = window.advance(), window.sums
         for i, count in enumerate((1, int(failed), int(slow))):
             bucket[i] += count
-            self._sums[i] += count
-        calls, failures, slow_calls = self._sums
+            sums[i] += count
+        calls, failures, slow_calls = sums
         return self._rule.exceeded(calls, failures, slow_calls)
 
     def reset(self) -> None:
-        for bucket in self._buckets:
-            bucket[:] = [0, 0, 0]
-        self._sums = [0, 0, 0]
+        self._window.reset()
 
     def totals(self) -> WindowTotals:
-        self._current()
-        calls, failures, slow_calls = self._sums
+        self._window.advance()
+        calls, failures, slow_calls = self._window.sums
         return WindowTotals(calls=calls, failures=failures, slow_calls=slow_calls)
 
 
