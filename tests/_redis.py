@@ -8,16 +8,17 @@ The fixtures are imported by the conftest of each folder whose tests use them
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio
 
 from tests._servers import LOCALHOST, ServerProcess, require_binary, running_server
 
-__all__ = ["RedisServer", "redis_client", "redis_private", "redis_server"]
+__all__ = ["RedisServer", "aclient", "redis_client", "redis_private", "redis_server"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +104,15 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+async def aclient(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
+    """
+    An asyncio client of `redis_server` (closed after the test; nothing flushed).
+    """
+    client = redis.asyncio.Redis(host=redis_server.host, port=redis_server.port)
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -24,9 +24,9 @@ from resilient import (
 )
 from resilient.testing import FakeClock
 from tests._aio import until
+from tests._paths import REPO_ROOT
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class DictStore:

@@ -1,7 +1,7 @@
 """
 One of several processes sharing a circuit breaker through `RedisBreakerStore`.
 
-    python -m tests._breaker_child <redis url> <key prefix> <reset_timeout>
+    python -m tests.policies.shared._breaker_child <redis url> <key prefix> <reset_timeout>
 
 Builds the breaker (name "shared", failure_threshold=3), makes one successful call and
 prints ``ready <outcome>``. Then obeys one command per stdin line, printing one line:

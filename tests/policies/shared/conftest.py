@@ -4,4 +4,9 @@ rate limiter on a real Redis. In a folder of their own, so the other policy test
 without redis (nor the OpenTelemetry SDK it imports) loaded.
 """
 
-from tests._redis import redis_client, redis_private, redis_server  # noqa: F401  # fixtures
+from tests._redis import (  # noqa: F401  # fixtures
+    aclient,
+    redis_client,
+    redis_private,
+    redis_server,
+)

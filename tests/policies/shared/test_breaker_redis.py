@@ -14,7 +14,6 @@ import time
 import uuid
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +29,8 @@ from resilient import (
 )
 from resilient.testing import FakeClock
 from tests._aio import until, within
-from tests.conftest import RedisServer
+from tests._paths import REPO_ROOT
+from tests._redis import RedisServer
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 
@@ -57,18 +57,6 @@ async def outcome(breaker: CircuitBreaker, fail: bool = False) -> str:
         return f"rejected {error.retry_in:g}"
     except Boom:
         return "failed"
-
-
-@pytest.fixture
-async def aclient(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
-    """
-    An asyncio client of the session's redis-server.
-    """
-    client = redis.asyncio.Redis(host=redis_server.host, port=redis_server.port)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def prefix() -> str:
@@ -422,12 +410,10 @@ async def test_caller_with_a_shorter_deadline_than_the_bound_is_not_held_up(
 
 # --- several processes ------------------------------------------------------------------
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 class Child:
     """
-    A `tests._breaker_child` process, driven line by line.
+    A `tests.policies.shared._breaker_child` process, driven line by line.
     """
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
@@ -455,7 +441,7 @@ async def children(
     try:
         for _ in range(count):
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests._breaker_child",
+                sys.executable, "-m", "tests.policies.shared._breaker_child",
                 server.url, keys, str(reset_timeout),
                 cwd=REPO_ROOT, stdin=PIPE, stdout=PIPE,
             )  # fmt: skip

@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 from resilient import CircuitBreaker, CircuitOpenError, RedisBreakerStore
 from resilient.testing import FakeClock
 from tests._aio import until
-from tests.conftest import RedisServer
+from tests._redis import RedisServer
 
 T = TypeVar("T")
 RESET = 10

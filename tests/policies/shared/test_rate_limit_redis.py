@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio
@@ -38,15 +37,6 @@ SLACK = 0.5
 
 async def ok() -> int:
     return 42
-
-
-@pytest.fixture
-async def aclient(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
-    client = redis.asyncio.Redis(host=redis_server.host, port=redis_server.port)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def fresh_key() -> str:
