@@ -35,7 +35,7 @@ from resilient import (
 from resilient.integrations.aiohttp import DiscoveryClient, ResilienceMiddleware
 from resilient.testing import FakeClock
 from tests._aio import settle, until, within
-from tests.test_aiohttp_client import acquired
+from tests.integrations.aiohttp.test_aiohttp_client import acquired
 
 T = TypeVar("T")
 
