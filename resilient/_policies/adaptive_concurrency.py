@@ -116,6 +116,7 @@ class AdaptiveConcurrency(Bulkhead):
             algorithm.initial, max_queue=max_queue, max_wait=max_wait, name=name,
             clock=clock, hooks=hooks,
         )  # fmt: skip
+        self._drive(owner, algorithm)
         self.algorithm = algorithm
         self._dropped = 0
         # Calls inside ``async with``, per task: (start, calls in flight), innermost last.
@@ -123,6 +124,17 @@ class AdaptiveConcurrency(Bulkhead):
         # closed elsewhere) leaves its entry behind until the entering task is gone.
         self._entered: weakref.WeakKeyDictionary[asyncio.Task[Any], list[tuple[float, int]]]
         self._entered = weakref.WeakKeyDictionary()
+
+    def _drive(self, owner: str, algorithm: LimitAlgorithm) -> None:
+        # One instance shared by two policies mixed their samples into one estimate and
+        # each policy's limit jumped to the other's at its next call: refused here.
+        driver = algorithm._driver() if algorithm._driver is not None else None  # noqa: SLF001  # the field is this class's
+        if driver is not None:
+            raise ValueError(
+                f"{owner}(algorithm={algorithm!r}): this instance already drives"
+                f" {driver!r}; give each policy its own"
+            )
+        algorithm._driver = weakref.ref(self)  # noqa: SLF001  # (weak: the policy may go)
 
     @property
     def limit(self) -> int:

@@ -156,10 +156,14 @@ class Vegas(LimitAlgorithm):
         return self._probe is not None
 
     def update(self, limit: int, rtt: float, in_flight: int, dropped: bool) -> int:
-        if rtt <= 0:
-            return limit  # no information (a clock that did not move)
         if dropped:  # its latency is the deadline's, not the dependency's
+            # Counted whatever the latency: a call refused at once (0 on a coarse clock,
+            # or a FakeClock) is still a drop, and it used to leave the limit alone.
             self.estimate = max(float(self.min_limit), self.estimate - 1)
+        elif not 0 < rtt < math.inf:
+            # No information (a clock that did not move or went back), and NaN or inf
+            # would stay in the average for good and freeze the limit.
+            return limit
         elif self._probe is not None:
             self._probe_sample(self._probe, rtt, in_flight)
         else:
@@ -174,6 +178,8 @@ class Vegas(LimitAlgorithm):
     def _sample(self, rtt: float, in_flight: int) -> None:
         window = self.estimate
         self._latency += (rtt - self._latency) / window
+        if not self._latency > 0:  # rounding ate it (samples 2**53 times apart, or
+            self._latency = rtt  # subnormal): it divides below, so start again from rtt
         self._baseline = min(self._baseline, self._latency)  # the dependency got faster
         if in_flight * 2 < window:
             return  # app-limited: this latency says nothing about more calls
@@ -194,7 +200,9 @@ class Vegas(LimitAlgorithm):
             return  # started before the probe drained the calls in flight
         probe.append(rtt)
         if len(probe) >= self.probe_samples:
-            self._baseline = statistics.median(probe)
+            # (The middle two's mean overflows past 8.9e307 s: then the lower one.)
+            median = statistics.median(probe)
+            self._baseline = median if median < math.inf else statistics.median_low(probe)
             # The average must not pull a baseline that rose straight back down.
             self._latency = max(self._latency, self._baseline)
             self._probe = None
