@@ -6,6 +6,7 @@ shared by two policies; and long random trajectories.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from resilient import AIMD, AdaptiveConcurrency, Gradient2, Vegas
 from resilient.testing import FakeClock
+from tests._aio import promptly, settle
 
 BROKEN = [math.nan, math.inf, -math.inf]
 
@@ -171,3 +173,39 @@ def test_a_probe_of_huge_latencies_measures_a_finite_one() -> None:
     assert vegas.no_load_rtt() == 1.7e308
     vegas.update(20, 1.0, 20, dropped=False)
     assert math.isfinite(vegas.rtt())
+
+
+async def test_a_probe_whose_calls_are_cancelled_waits_for_calls_that_finish() -> None:
+    """
+    Calls cancelled during a probe (an outer Timeout, a caller gone) free their slots and
+    are no samples: the probe holds the limit at probe_limit until probe_samples calls
+    finish, then gives the limit back. Nothing leaks: no slot, no waiter.
+    """
+    clock = FakeClock(auto_advance=False)
+    vegas = Vegas(initial=6, probe_interval=1, probe_samples=2, random=lambda: 0.5)
+    policy = AdaptiveConcurrency(vegas, max_queue=10, clock=clock)
+
+    async def round_of(count: int, seconds: float) -> None:
+        tasks = [asyncio.create_task(policy.call(clock.sleep, seconds)) for _ in range(count)]
+        await settle()
+        clock.advance(seconds)
+        await promptly(asyncio.gather(*tasks))
+
+    await round_of(2, 0.01)  # the first probe: the first two calls
+    while not vegas.probing:
+        await round_of(policy.limit, 0.01)
+    held = math.floor(vegas.estimate)
+    assert policy.limit == 3
+    doomed = [asyncio.create_task(policy.call(clock.sleep, 1.0)) for _ in range(8)]
+    await settle()
+    assert (policy.in_flight, policy.queued) == (3, 5)
+    for task in doomed:
+        task.cancel()
+    await settle()
+    assert all(task.cancelled() for task in doomed)
+    assert (policy.in_flight, policy.queued, policy.limit) == (0, 0, 3)
+    assert vegas.probing  # nothing finished: nothing measured
+    await round_of(2, 0.02)
+    assert not vegas.probing
+    assert policy.limit == held
+    assert vegas.no_load_rtt() == pytest.approx(0.02)
