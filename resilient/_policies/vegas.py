@@ -89,7 +89,7 @@ class Vegas(LimitAlgorithm):
             Netflix's is 3).
         beta: Most calls to keep waiting, > alpha (default 4, as Linux's; Netflix's 6).
         probe_interval: Round trips at the limit between probes, >= 1 (default 300,
-            so a probe costs about 1% of the throughput).
+            so probes take under 2% of the time: about 5 round trips in 300).
         probe_limit: Calls in flight during a probe, >= 1 (default 3, as Envoy's
             `min_concurrency`); never below `min_limit`, never above the limit.
         probe_samples: Calls a probe measures, >= 1 (default 10).
