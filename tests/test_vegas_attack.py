@@ -209,3 +209,64 @@ async def test_a_probe_whose_calls_are_cancelled_waits_for_calls_that_finish() -
     assert not vegas.probing
     assert policy.limit == held
     assert vegas.no_load_rtt() == pytest.approx(0.02)
+
+
+class Overloaded(Exception):
+    """The dependency's "too busy"."""
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(1, 25),  # calls arriving together
+            st.sampled_from([0.0, 0.001, 0.01, 0.1, 1.0]),  # their latency
+            st.sampled_from(["ok", "overloaded", "other", "cancel"]),  # how they end
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    max_queue=st.integers(0, 5),
+)
+def test_a_random_run_of_the_policy_leaks_nothing(
+    steps: list[tuple[int, float, str]], max_queue: int
+) -> None:
+    """
+    Bursts of calls that succeed, fail (as overload or not) or are cancelled, through a
+    Vegas-driven policy with a queue: every call ends, the limit stays within its bounds,
+    the counters add up and, once all have ended, no slot or waiter is left.
+    """
+
+    async def scenario() -> None:
+        clock = FakeClock(auto_advance=False)
+        vegas = Vegas(initial=4, min_limit=2, max_limit=12, probe_interval=2, probe_samples=3)
+        policy = AdaptiveConcurrency(vegas, max_queue=max_queue, overload_on=Overloaded,
+                                     clock=clock)  # fmt: skip
+
+        async def call(seconds: float, ending: str) -> None:
+            await clock.sleep(seconds)
+            if ending == "overloaded":
+                raise Overloaded
+            if ending == "other":
+                raise LookupError
+
+        issued = 0
+        for count, seconds, ending in steps:
+            tasks = [asyncio.create_task(policy.call(call, seconds, ending)) for _ in range(count)]
+            issued += count
+            await settle()
+            if ending == "cancel":
+                for task in tasks[::2]:
+                    task.cancel()
+            for _ in range(count + 2):  # queued calls run after those before them
+                clock.advance(seconds or 0.001)
+                await settle()
+            assert all(task.done() for task in tasks)
+            await promptly(asyncio.gather(*tasks, return_exceptions=True))
+            stats = policy.statistics()
+            assert 2 <= stats.limit == policy.limit <= 12
+            assert (stats.in_flight, stats.queued) == (0, 0)
+            assert stats.accepted + stats.rejected <= issued
+        assert f"0/{policy.limit} in flight (limit 2..12), 0/{max_queue} queued" in repr(policy)
+
+    asyncio.run(scenario())
