@@ -270,3 +270,15 @@ def test_a_random_run_of_the_policy_leaks_nothing(
         assert f"0/{policy.limit} in flight (limit 2..12), 0/{max_queue} queued" in repr(policy)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("jitter", [math.nan, -1.0, 1.0, 7, "0.5"])
+def test_a_random_source_out_of_range_fails_loudly(jitter: object) -> None:
+    """
+    `random` must return a float in [0, 1): NaN used to stop probes for good and a
+    negative value to start one at every call; it raises, naming the parameter, when
+    the first probe ends.
+    """
+    vegas = Vegas(probe_samples=1, random=lambda: jitter)  # type: ignore[arg-type,return-value]
+    with pytest.raises(ValueError, match=r"^Vegas\(random=\.\.\.\): returned .* \[0, 1\)"):
+        vegas.update(20, 0.1, 1, dropped=False)

@@ -94,7 +94,8 @@ class Vegas(LimitAlgorithm):
             `min_concurrency`); never below `min_limit`, never above the limit.
         probe_samples: Calls a probe measures, >= 1 (default 10).
         random: Returns a float in [0, 1) per probe, for the jitter (default
-            `random.random`); give a seeded one for reproducible tests.
+            `random.random`); give a seeded one for reproducible tests. Any other
+            value raises ValueError when a probe ends.
 
     Raises:
         ValueError: A parameter is out of range.
@@ -209,7 +210,15 @@ class Vegas(LimitAlgorithm):
             self._countdown = self._next_probe()
 
     def _next_probe(self) -> float:
-        return self.probe_interval * (0.5 + self._random())
+        jitter = self._random()
+        # Checked here, where it is used (calling it at construction would shift a seeded
+        # sequence): NaN never probed again, a negative value probed at every call.
+        if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
+            raise ValueError(
+                f"Vegas(random=...): returned {jitter!r}, expected a float in [0, 1)"
+                " (such as random.random)"
+            )
+        return self.probe_interval * (0.5 + jitter)
 
     def __repr__(self) -> str:
         return (
