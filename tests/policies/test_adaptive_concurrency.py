@@ -27,7 +27,7 @@ from resilient import (
 )
 from resilient.integrations.prometheus import ResilienceMetrics
 from resilient.testing import FakeClock, capture_events
-from tests._aio import settle
+from tests._aio import promptly, settle
 
 Sample = tuple[float, int, bool]  # rtt, in flight, dropped
 
@@ -179,7 +179,7 @@ async def test_aimd_limit_grows_under_use_and_falls_on_drops() -> None:
     tasks = [calls.start(0.01) for _ in range(4)]
     await settle()
     clock.advance(0.01)
-    await asyncio.gather(*tasks)
+    await promptly(asyncio.gather(*tasks))
     assert policy.limit == 6  # 4 samples of in_flight 4: +1 each, capped at 6
     failing = calls.start(0.01, TimeoutError())
     await settle()
@@ -205,7 +205,7 @@ async def test_gradient2_shrinks_when_latency_rises_and_grows_while_it_holds() -
         tasks = [calls.start(latency) for _ in range(policy.limit)]
         await settle()
         clock.advance(latency)
-        await asyncio.gather(*tasks)
+        await promptly(asyncio.gather(*tasks))
         history.append(policy.limit)
     assert history[19] > 10
     assert history[-1] < history[19]
@@ -228,7 +228,7 @@ async def test_calls_beyond_the_limit_queue_then_are_rejected() -> None:
     assert caught.value.limit == 2
     assert [e.reason for e in events] == [RejectionReason.CONCURRENCY_LIMIT]  # type: ignore[attr-defined]
     clock.advance(1.0)
-    await asyncio.gather(*running)
+    await promptly(asyncio.gather(*running))
     await settle()
     clock.advance(1.0)
     assert await queued == "ok"
@@ -254,7 +254,7 @@ async def test_a_grown_limit_admits_several_waiters_at_once() -> None:
     clock.advance(1.0)
     await settle()
     clock.advance(1.0)
-    await asyncio.gather(*waiting)
+    await promptly(asyncio.gather(*waiting))
 
 
 async def test_cancelled_calls_release_their_slot_without_a_sample() -> None:

@@ -20,6 +20,8 @@ import pytest
 from tenacity import wait_none
 
 from resilient import (
+    AIMD,
+    AdaptiveConcurrency,
     Bulkhead,
     BulkheadFullError,
     CircuitBreaker,
@@ -221,12 +223,27 @@ async def test_bulkhead_is_refused_while_the_other_loop_runs_then_taken_over() -
     assert bulkhead.statistics().accepted == 2
 
 
-def test_bulkhead_wakes_a_waiter_of_another_thread_from_that_thread() -> None:
+# An AdaptiveConcurrency hands its slots over by its own release (the limit may have
+# moved): it must reach another loop's waiter as the bulkhead's does.
+ONE_SLOT = pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Bulkhead(1, max_queue=1),
+        lambda: AdaptiveConcurrency(AIMD(initial=1, max_limit=1), max_queue=1),
+    ],
+    ids=["bulkhead", "adaptive_concurrency"],
+)
+
+
+@ONE_SLOT
+def test_bulkhead_wakes_a_waiter_of_another_thread_from_that_thread(
+    make: Callable[[], Bulkhead],
+) -> None:
     """A thread that moved on to a new loop (so the bulkhead still thinks it serves the
     old one) holds the only slot while another thread's loop takes the bulkhead over and
     queues: releasing the slot hands it to that waiter through its own loop, which
     wakes at once (resolving the future from the wrong thread left it asleep)."""
-    bulkhead = Bulkhead(1, max_queue=1)
+    bulkhead = make()
     holding, queued = threading.Event(), threading.Event()
 
     async def wait_for_slot() -> float:
@@ -269,10 +286,13 @@ def _queue_on_a_stopped_loop(bulkhead: Bulkhead) -> tuple[asyncio.AbstractEventL
     return loop, waiting
 
 
-def test_bulkhead_slot_sent_to_a_waiter_cancelled_on_the_way_is_passed_on() -> None:
+@ONE_SLOT
+def test_bulkhead_slot_sent_to_a_waiter_cancelled_on_the_way_is_passed_on(
+    make: Callable[[], Bulkhead],
+) -> None:
     """A slot handed to a waiter of another loop, which is cancelled before that loop
     runs the hand-over, is released again rather than lost."""
-    bulkhead = Bulkhead(1, max_queue=1)
+    bulkhead = make()
     asyncio.run(bulkhead.call(asyncio.sleep, 0))  # the bulkhead serves this (closed) loop
     loop, waiting = _queue_on_a_stopped_loop(bulkhead)
     try:
@@ -285,10 +305,13 @@ def test_bulkhead_slot_sent_to_a_waiter_cancelled_on_the_way_is_passed_on() -> N
     assert (bulkhead.in_flight, bulkhead.queued) == (0, 0)
 
 
-def test_bulkhead_slot_released_outside_any_loop_reaches_the_waiter() -> None:
+@ONE_SLOT
+def test_bulkhead_slot_released_outside_any_loop_reaches_the_waiter(
+    make: Callable[[], Bulkhead],
+) -> None:
     """A slot released with no loop running (a coroutine finalised by the garbage
     collector, say) still reaches a waiter of another loop, through that loop."""
-    bulkhead = Bulkhead(1, max_queue=1)
+    bulkhead = make()
     asyncio.run(bulkhead.call(asyncio.sleep, 0))
     loop, waiting = _queue_on_a_stopped_loop(bulkhead)
     try:
@@ -300,10 +323,11 @@ def test_bulkhead_slot_released_outside_any_loop_reaches_the_waiter() -> None:
     assert (bulkhead.in_flight, bulkhead.queued) == (0, 0)
 
 
-def test_bulkhead_skips_a_waiter_whose_loop_was_closed() -> None:
+@ONE_SLOT
+def test_bulkhead_skips_a_waiter_whose_loop_was_closed(make: Callable[[], Bulkhead]) -> None:
     """A waiter left behind on a loop closed without cancelling its tasks is skipped: the
     slot is freed instead of raising 'Event loop is closed' in the releasing call."""
-    bulkhead = Bulkhead(1, max_queue=1)
+    bulkhead = make()
     asyncio.run(bulkhead.call(asyncio.sleep, 0))
     loop, waiting = _queue_on_a_stopped_loop(bulkhead)
     loop.close()

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from resilient import AdaptiveConcurrency, ConcurrencyLimitError, Vegas
 from resilient.testing import FakeClock
-from tests._aio import settle
+from tests._aio import promptly, settle
 
 Sample = tuple[float, int, bool]  # rtt, in flight, dropped
 
@@ -357,7 +357,7 @@ async def test_the_default_policy_learns_a_limit_with_vegas() -> None:
         tasks = [asyncio.create_task(policy.call(call, latency)) for _ in range(policy.limit)]
         await settle()
         clock.advance(latency)
-        await asyncio.gather(*tasks)
+        await promptly(asyncio.gather(*tasks))
         history.append(policy.statistics().limit)
     assert history[4] > 20
     assert history[-1] < history[4]
@@ -380,7 +380,7 @@ async def test_a_probe_holds_the_policy_at_probe_limit_then_gives_the_limit_back
         tasks = [asyncio.create_task(policy.call(call, seconds)) for _ in range(count)]
         await settle()
         clock.advance(seconds)
-        await asyncio.gather(*tasks)
+        await promptly(asyncio.gather(*tasks))
 
     while not vegas.probing:
         await round_of(policy.limit, 0.01)
@@ -392,7 +392,7 @@ async def test_a_probe_holds_the_policy_at_probe_limit_then_gives_the_limit_back
     with pytest.raises(ConcurrencyLimitError):
         await policy.call(call, 0)
     clock.advance(0.02)
-    await asyncio.gather(*running)
+    await promptly(asyncio.gather(*running))
     assert not vegas.probing
     assert policy.limit >= held  # (the third call, after the probe, is a sample too)
     assert vegas.no_load_rtt() == pytest.approx(0.02)
