@@ -10,6 +10,7 @@ are generous (a loaded machine keeps them); pytest-timeout is the backstop behin
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -52,12 +53,15 @@ async def promptly(awaitable: Awaitable[T]) -> T:
     return await within(awaitable)
 
 
-async def until(predicate: Callable[[], bool], *, seconds: float = 10.0) -> None:
+async def until(predicate: Callable[[], bool], *, seconds: float = 10.0) -> float:
     """
     Wait until `predicate()` holds (polled every few milliseconds); fail after `seconds`.
 
     For conditions reached through real I/O, where no event says when (a connection
     closed by the peer); anything the test itself can signal uses an `asyncio.Event`.
+
+    Returns:
+        How long the wait took, in seconds of real time (for tests that report it).
     """
 
     async def poll() -> None:
@@ -65,7 +69,9 @@ async def until(predicate: Callable[[], bool], *, seconds: float = 10.0) -> None
         while not predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.005)
 
+    started = time.monotonic()
     try:
         await within(poll(), seconds)
     except TimeoutError:
         raise AssertionError(f"{predicate!r} still false after {seconds}s") from None
+    return time.monotonic() - started

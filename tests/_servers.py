@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -49,7 +50,9 @@ __all__ = [
     "running_server",
     "servers_required",
     "start_server",
+    "wait_for_http",
     "wait_for_port",
+    "wait_until",
 ]
 
 REQUIRE_SERVERS_ENV = "RESILIENT_REQUIRE_SERVERS"
@@ -157,6 +160,41 @@ class ServerProcess:
         return process.returncode
 
 
+def wait_until(
+    predicate: Callable[[], bool],
+    *,
+    seconds: float,
+    interval: float = 0.05,
+    state: Callable[[], object] | None = None,
+) -> float:
+    """
+    Poll `predicate()` every `interval` seconds until it holds; fail after `seconds`.
+
+    The blocking sibling of `tests._aio.until`, for state kept by another process (a
+    node's view of its cluster, a metric in Prometheus, a process still running).
+
+    Args:
+        predicate: The condition; it may act as well as look (send the request whose
+            effect it checks).
+        seconds: How long it may take.
+        interval: The pause between two polls.
+        state: What to show when it fails (called once, then); default: the predicate.
+
+    Returns:
+        How long the wait took, in seconds.
+
+    Raises:
+        AssertionError: `predicate()` still false after `seconds`.
+    """
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started >= seconds:
+            shown = state() if state is not None else predicate
+            raise AssertionError(f"still waiting after {seconds:g}s: {shown!r}")
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
 def wait_for_port(server: ServerProcess, timeout: float) -> None:
     """
     Return once `server` accepts TCP connections on its port.
@@ -186,6 +224,39 @@ def wait_for_port(server: ServerProcess, timeout: float) -> None:
                 f" its last output:\n{server.output_tail()}"
             )
         time.sleep(0.02)
+
+
+def wait_for_http(
+    server: ServerProcess,
+    url: str,
+    timeout: float,
+    *,
+    ready: Callable[[bytes], bool] = lambda _body: True,
+    state: str = "ready",
+) -> None:
+    """
+    Return once a GET of `url` answers 2xx with a body `ready` accepts.
+
+    For servers that listen before they serve (etcd before electing a leader, Prometheus
+    before its TSDB is open): refused, failed and unready answers are retried.
+
+    Raises:
+        ServerStartError: Not `state` within `timeout` seconds; the message carries the
+            tail of the server's output.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            # Our own http:// URL on loopback, never a file: or custom scheme.
+            with urllib.request.urlopen(url, timeout=1.0) as answer:  # noqa: S310
+                if ready(answer.read()):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise ServerStartError(
+        f"{server.name} not {state} within {timeout:g}s:\n{server.output_tail()}"
+    )
 
 
 def start_server(

@@ -1,26 +1,46 @@
 """
-Shapes shared by the tests that serve aiohttp applications (fixtures in conftest.py).
+Serving aiohttp applications in tests: the `serve` fixture (imported by the conftest of
+each folder whose tests use it) and the shapes those tests share.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import test_utils, web
 from yarl import URL
 
 from tests._servers import LOCALHOST
 
-__all__ = ["Get", "Serve", "json_body", "live_app"]
+__all__ = ["Get", "Serve", "json_body", "live_app", "serve"]
 
 Serve = Callable[[web.Application], Awaitable[URL]]
 Get = Callable[[Mapping[str, str]], tuple[int, dict[str, Any]]]
 """GET a fixed path with these headers: the status and the JSON body ({} if not JSON)."""
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """
+    Serve applications on 127.0.0.1 and ephemeral ports; stop them afterwards.
+    """
+    servers: list[test_utils.TestServer] = []
+
+    async def start(app: web.Application) -> URL:
+        server = test_utils.TestServer(app, host=LOCALHOST)
+        servers.append(server)
+        await server.start_server()
+        return server.make_url("/")
+
+    yield start
+    for server in servers:
+        await server.close()
 
 
 def json_body(text: str) -> dict[str, Any]:

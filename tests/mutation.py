@@ -6,7 +6,7 @@ Not part of CI (a full run takes hours): run it on the code you changed, with th
 that cover it, before you call the tests done. See docs/contributing.md.
 
     python -m tests.mutation resilient/_service/discovery.py::ServiceView._follow \\
-        --tests "tests/test_discovery.py"
+        --tests "tests/service/test_discovery.py"
 
 Each target is a file (every mutant in it) or ``file::Qualified.name`` (the mutants in
 that function or class). The tree is copied to a scratch directory and mutated there, so
@@ -30,7 +30,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests._paths import REPO_ROOT
+
 # Not copied to the scratch tree: caches, virtualenvs and build output.
 IGNORED = shutil.ignore_patterns(
     ".git",
@@ -270,7 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="seconds one test run may take"
     )
-    parser.add_argument("--source", default=str(ROOT), help="the tree to copy (default: this one)")
+    parser.add_argument(
+        "--source", default=str(REPO_ROOT), help="the tree to copy (default: this one)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch tree afterwards")
     return run(parser.parse_args(argv))
 

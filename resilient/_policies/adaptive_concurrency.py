@@ -33,7 +33,7 @@ from .._engine.errors import ConcurrencyLimitError, RejectedError
 from .._engine.events import Hook, Rejected, RejectionReason
 from .._engine.policy import Args, AsyncFn, Kwargs
 from .._engine.validate import check_int, check_seconds, error_matcher
-from .bulkhead import Bulkhead, BulkheadStatistics, shedding
+from .bulkhead import Bulkhead, BulkheadStatistics, _thread_id, shedding
 from .limit_algorithms import LimitAlgorithm
 from .vegas import Vegas
 from .wait_queue import GRANTED, ewma
@@ -116,6 +116,7 @@ class AdaptiveConcurrency(Bulkhead):
             algorithm.initial, max_queue=max_queue, max_wait=max_wait, name=name,
             clock=clock, hooks=hooks,
         )  # fmt: skip
+        self._drive(owner, algorithm)
         self.algorithm = algorithm
         self._dropped = 0
         # Calls inside ``async with``, per task: (start, calls in flight), innermost last.
@@ -123,6 +124,17 @@ class AdaptiveConcurrency(Bulkhead):
         # closed elsewhere) leaves its entry behind until the entering task is gone.
         self._entered: weakref.WeakKeyDictionary[asyncio.Task[Any], list[tuple[float, int]]]
         self._entered = weakref.WeakKeyDictionary()
+
+    def _drive(self, owner: str, algorithm: LimitAlgorithm) -> None:
+        # One instance shared by two policies mixed their samples into one estimate and
+        # each policy's limit jumped to the other's at its next call: refused here.
+        driver = algorithm._driver() if algorithm._driver is not None else None  # noqa: SLF001  # the field is this class's
+        if driver is not None:
+            raise ValueError(
+                f"{owner}(algorithm={algorithm!r}): this instance already drives"
+                f" {driver!r}; give each policy its own"
+            )
+        algorithm._driver = weakref.ref(self)  # noqa: SLF001  # (weak: the policy may go)
 
     @property
     def limit(self) -> int:
@@ -167,11 +179,18 @@ class AdaptiveConcurrency(Bulkhead):
         self._in_flight -= 1
         # Hand free slots to waiters, in order: none while the limit has shrunk below
         # the calls in flight, several after it grew.
+        # A waiter of another loop gets its slot through that loop, as the bulkhead's
+        # (resolving its future from here left it asleep, or raised "Event loop is
+        # closed" into the releasing call when that loop had gone).
         while self._waiters and self._in_flight < self.max_concurrent:
             waiter = self._waiters.popleft()
-            if not waiter.done():
-                self._in_flight += 1
+            if waiter.done():
+                continue
+            if waiter.get_loop() is self._loop and self._thread == _thread_id():
                 waiter.set_result(GRANTED)
+            elif not self._hand_over(waiter):
+                continue  # its loop is closed: nobody waits there any more
+            self._in_flight += 1
 
     def _reject(
         self, why: str, reason: RejectionReason = RejectionReason.CONCURRENCY_LIMIT
@@ -194,7 +213,10 @@ class AdaptiveConcurrency(Bulkhead):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        task = asyncio.current_task()
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no loop: a coroutine finalised by the garbage collector
+            task = None
         if task is None or not (stack := self._entered.get(task)):
             # Left in another task than it was entered in: when it started is unknown,
             # so no sample, but the slot is freed (it stayed taken for good, KeyError).

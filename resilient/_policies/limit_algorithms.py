@@ -12,6 +12,7 @@ failed with an overload error); the algorithm returns the new limit.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from .._engine.validate import check_fraction, check_int, check_seconds
 
@@ -44,12 +45,15 @@ class LimitAlgorithm:
         max_limit: The limit never goes above this.
     """
 
-    __slots__ = ("initial", "max_limit", "min_limit")
+    __slots__ = ("_driver", "initial", "max_limit", "min_limit")
 
     def __init__(self, owner: str, initial: int, min_limit: int, max_limit: int) -> None:
         self.min_limit = check_int(owner, "min_limit", min_limit, minimum=1)
         self.max_limit = check_count(owner, "max_limit", max_limit, minimum=self.min_limit)
         self.initial = check_int(owner, "initial", initial, minimum=self.min_limit)
+        # The policy this instance drives (a weak reference), set by AdaptiveConcurrency:
+        # its state (Vegas's estimate, Gradient2's average) belongs to one policy.
+        self._driver: Callable[[], object] | None = None
         if self.initial > self.max_limit:
             raise ValueError(
                 f"{owner}(initial={initial!r}): initial must be <= max_limit ({max_limit})"
@@ -205,8 +209,11 @@ class Gradient2(LimitAlgorithm):
         return self._long
 
     def update(self, limit: int, rtt: float, in_flight: int, dropped: bool) -> int:  # noqa: ARG002  # drops unused, as in the original
-        if rtt <= 0:
-            return limit  # no information (a clock that did not move)
+        if not 0 < rtt < math.inf:
+            # No information (a clock that did not move or went back); NaN or inf
+            # would stay in the long average for good, and a NaN gradient reads as 1:
+            # the limit grew to max_limit whatever the latency.
+            return limit
         long = self._average(rtt)
         if long / rtt > 2:  # noqa: PLR2004  # Netflix's threshold
             self._long = long * 0.95

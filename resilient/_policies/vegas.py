@@ -89,12 +89,13 @@ class Vegas(LimitAlgorithm):
             Netflix's is 3).
         beta: Most calls to keep waiting, > alpha (default 4, as Linux's; Netflix's 6).
         probe_interval: Round trips at the limit between probes, >= 1 (default 300,
-            so a probe costs about 1% of the throughput).
+            so probes take under 2% of the time: about 5 round trips in 300).
         probe_limit: Calls in flight during a probe, >= 1 (default 3, as Envoy's
             `min_concurrency`); never below `min_limit`, never above the limit.
         probe_samples: Calls a probe measures, >= 1 (default 10).
         random: Returns a float in [0, 1) per probe, for the jitter (default
-            `random.random`); give a seeded one for reproducible tests.
+            `random.random`); give a seeded one for reproducible tests. Any other
+            value raises ValueError when a probe ends.
 
     Raises:
         ValueError: A parameter is out of range.
@@ -156,10 +157,14 @@ class Vegas(LimitAlgorithm):
         return self._probe is not None
 
     def update(self, limit: int, rtt: float, in_flight: int, dropped: bool) -> int:
-        if rtt <= 0:
-            return limit  # no information (a clock that did not move)
         if dropped:  # its latency is the deadline's, not the dependency's
+            # Counted whatever the latency: a call refused at once (0 on a coarse clock,
+            # or a FakeClock) is still a drop, and it used to leave the limit alone.
             self.estimate = max(float(self.min_limit), self.estimate - 1)
+        elif not 0 < rtt < math.inf:
+            # No information (a clock that did not move or went back), and NaN or inf
+            # would stay in the average for good and freeze the limit.
+            return limit
         elif self._probe is not None:
             self._probe_sample(self._probe, rtt, in_flight)
         else:
@@ -174,6 +179,8 @@ class Vegas(LimitAlgorithm):
     def _sample(self, rtt: float, in_flight: int) -> None:
         window = self.estimate
         self._latency += (rtt - self._latency) / window
+        if not self._latency > 0:  # rounding ate it (samples 2**53 times apart, or
+            self._latency = rtt  # subnormal): it divides below, so start again from rtt
         self._baseline = min(self._baseline, self._latency)  # the dependency got faster
         if in_flight * 2 < window:
             return  # app-limited: this latency says nothing about more calls
@@ -194,14 +201,24 @@ class Vegas(LimitAlgorithm):
             return  # started before the probe drained the calls in flight
         probe.append(rtt)
         if len(probe) >= self.probe_samples:
-            self._baseline = statistics.median(probe)
+            # (The middle two's mean overflows past 8.9e307 s: then the lower one.)
+            median = statistics.median(probe)
+            self._baseline = median if median < math.inf else statistics.median_low(probe)
             # The average must not pull a baseline that rose straight back down.
             self._latency = max(self._latency, self._baseline)
             self._probe = None
             self._countdown = self._next_probe()
 
     def _next_probe(self) -> float:
-        return self.probe_interval * (0.5 + self._random())
+        jitter = self._random()
+        # Checked here, where it is used (calling it at construction would shift a seeded
+        # sequence): NaN never probed again, a negative value probed at every call.
+        if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
+            raise ValueError(
+                f"Vegas(random=...): returned {jitter!r}, expected a float in [0, 1)"
+                " (such as random.random)"
+            )
+        return self.probe_interval * (0.5 + jitter)
 
     def __repr__(self) -> str:
         return (

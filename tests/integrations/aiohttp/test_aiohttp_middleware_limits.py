@@ -1,0 +1,364 @@
+"""
+`ResilienceMiddleware`'s bounds: policies kept per key, timeouts by default, deadlines
+on the wire, and its repr. Real aiohttp servers on loopback where a request is sent.
+"""
+
+# ruff: noqa: F811  # test parameters named after the fixtures imported below
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+import tracemalloc
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from resilient import (
+    CircuitBreaker,
+    CircuitState,
+    Pipeline,
+    Policy,
+    Retry,
+    Timeout,
+    TimeoutExceeded,
+    pipeline,
+)
+from resilient._engine.policy import Args, AsyncFn, Kwargs
+from resilient.integrations.aiohttp import (
+    DEADLINE_HEADER,
+    DEFAULT_MAX_KEYS,
+    ResilienceMiddleware,
+    default_policy,
+)
+from resilient.integrations.aiohttp import _client as client_module
+from resilient.integrations.aiohttp import _policies as policies_module
+from resilient.integrations.aiohttp._propagation import MAX_DEADLINE_MS
+from resilient.testing import FakeClock, instant_retries
+from tests._run import run_module
+from tests.integrations.aiohttp.test_aiohttp_client import (  # noqa: F401  # backend, backends: fixtures
+    GUARD,
+    Backend,
+    backend,
+    backends,
+    get,
+    reply,
+    stall,
+)
+
+T = TypeVar("T")
+
+
+def held(middleware: ResilienceMiddleware) -> int:
+    """
+    How many keys' policies the middleware holds (from its repr, the public view).
+    """
+    return int(repr(middleware).split("keys=")[1].split("/")[0])
+
+
+def by_path(request: aiohttp.ClientRequest) -> str:
+    """
+    A key function: the request's path.
+    """
+    return request.url.path
+
+
+# -- a bounded cache of policies -----------------------------------------------------------
+
+
+def test_100k_origins_hold_at_most_the_cap() -> None:
+    """100,000 origins leave at most `DEFAULT_MAX_KEYS` policies held; the newest are kept."""
+    middleware = ResilienceMiddleware(lambda key: CircuitBreaker(name=key))
+    for n in range(100_000):
+        middleware.policy_for(f"http://host-{n}:80")
+    assert held(middleware) == DEFAULT_MAX_KEYS == middleware.max_keys
+    newest = middleware.policy_for("http://host-99999:80")
+    assert held(middleware) == DEFAULT_MAX_KEYS  # a held key is not built again
+    assert newest is middleware.policy_for("http://host-99999:80")
+
+
+def test_memory_held_by_many_default_policies_is_bounded() -> None:
+    """
+    10,000 origins with the default policy and ``max_keys=100`` keep what 100 policies take.
+
+    A default policy takes about 3 KiB; unbounded, 10,000 of them held ~28 MiB.
+    """
+    middleware = ResilienceMiddleware(max_keys=100)
+    tracemalloc.start()
+    try:
+        for n in range(10_000):
+            middleware.policy_for(f"http://host-{n}:80")
+        current, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held(middleware) == 100
+    assert current < 2 * 2**20
+
+
+async def test_busy_key_is_never_dropped(backend: Backend) -> None:
+    """A key with a request in flight keeps its policy past the cap; it is dropped once idle."""
+
+    a_arrived = asyncio.Event()
+
+    async def stall_a(b: Backend, request: web.Request) -> web.StreamResponse:
+        if request.path != "/a":
+            return await reply()(b, request)
+        a_arrived.set()
+        return await stall(b, request)
+
+    backend.forever(stall_a)
+    middleware = ResilienceMiddleware(lambda key: Retry(2, name=key), key=by_path, max_keys=1)
+    async with asyncio.timeout(GUARD), aiohttp.ClientSession(middlewares=[middleware]) as client:
+        busy = asyncio.create_task(get(client, backend.url("/a")))
+        await a_arrived.wait()
+        policy_a = middleware.policy_for("/a")
+        for path in ("/b", "/c"):
+            assert await get(client, backend.url(path)) == (200, "ok")
+        assert middleware.policy_for("/a") is policy_a  # kept while in flight
+        assert "in_flight=1" in repr(middleware)
+        busy.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await busy
+        assert held(middleware) == 1  # over the cap only while busy
+        assert await get(client, backend.url("/d")) == (200, "ok")
+        assert middleware.policy_for("/a") is not policy_a  # idle, dropped, built again
+
+
+async def test_open_breaker_is_kept_until_it_would_probe(backend: Backend) -> None:
+    """An idle key whose breaker is open stays held past the cap until its reset_timeout ends."""
+    clock = FakeClock()
+    backend.answer(500)
+    middleware = ResilienceMiddleware(
+        lambda key: CircuitBreaker(name=key, failure_threshold=1, reset_timeout=10, clock=clock),
+        key=by_path,
+        max_keys=1,
+    )
+    async with asyncio.timeout(GUARD), aiohttp.ClientSession(middlewares=[middleware]) as client:
+        assert (await get(client, backend.url("/down")))[0] == 500
+        breaker = middleware.policy_for("/down")
+        assert isinstance(breaker, CircuitBreaker)
+        assert breaker.state is CircuitState.OPEN
+        for path in ("/b", "/c"):
+            assert await get(client, backend.url(path)) == (200, "ok")
+        assert middleware.policy_for("/down") is breaker  # not reset by eviction
+        clock.advance(10)  # now it would let a probe through
+        assert await get(client, backend.url("/e")) == (200, "ok")
+        assert middleware.policy_for("/down") is not breaker
+
+
+def test_mapped_policies_are_never_dropped() -> None:
+    """Policies given as a mapping are all kept, whatever ``max_keys`` says."""
+    mapping = {f"http://h{n}": CircuitBreaker(name=f"h{n}") for n in range(5)}
+    middleware = ResilienceMiddleware(mapping, max_keys=1)
+    assert all(middleware.policy_for(key) is policy for key, policy in mapping.items())
+    assert held(middleware) == 5
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        (0, ValueError, r"max_keys=0\): max_keys must be >= 1"),
+        (-5, ValueError, r"max_keys=-5\)"),
+        (1.5, TypeError, r"max_keys=...\): expected an int, got 1.5"),
+        (True, TypeError, "expected an int"),
+    ],
+)
+def test_max_keys_is_validated(value: object, error: type[Exception], message: str) -> None:
+    """A bad ``max_keys`` raises at construction, naming the parameter and the value."""
+    with pytest.raises(error, match=message):
+        ResilienceMiddleware(max_keys=value)  # type: ignore[arg-type]
+
+
+async def test_repr_shows_keys_cap_and_requests_in_flight(backend: Backend) -> None:
+    """The repr tells the key kind, the keys held over the cap, and requests in flight."""
+    middleware = ResilienceMiddleware(key="route", max_keys=50)
+    assert repr(middleware) == "<ResilienceMiddleware key='route' keys=0/50 in_flight=0>"
+    async with aiohttp.ClientSession(middlewares=[middleware]) as client:
+        await get(client, backend.url("/x"))
+        await get(client, backend.url("/y"))
+    assert repr(middleware) == "<ResilienceMiddleware key='route' keys=2/50 in_flight=0>"
+    assert "key='by_path'" in repr(ResilienceMiddleware(key=by_path))
+
+
+# -- timeouts by default -------------------------------------------------------------------
+
+
+def test_default_policy_has_a_total_and_a_per_attempt_timeout() -> None:
+    """The default policy: Timeout(30) outermost, Retry, breaker, Timeout(10) per attempt."""
+    policy = ResilienceMiddleware().policy_for("http://api")
+    assert isinstance(policy, Pipeline)
+    kinds = [type(layer) for layer in policy.policies]
+    assert kinds == [Timeout, Retry, CircuitBreaker, Timeout]
+    total, per_attempt = policy.policies[0], policy.policies[3]
+    assert isinstance(total, Timeout)
+    assert isinstance(per_attempt, Timeout)
+    assert (total.seconds, per_attempt.seconds) == (30.0, 10.0)
+    assert all(layer.name == "http://api" for layer in policy.policies)
+
+
+@pytest.mark.parametrize("param", ["total", "per_attempt"])
+def test_default_policy_timeouts_are_validated(param: str) -> None:
+    """A bad timeout for the default policy names its parameter."""
+    with pytest.raises(ValueError, match=rf"default_policy\({param}=0\)"):
+        default_policy("k", **{param: 0})
+
+
+async def test_hung_server_costs_the_timeouts_not_aiohttps_300_s(backend: Backend) -> None:
+    """
+    Against a server that never answers, each attempt ends at `per_attempt`, the call at
+    `total`: TimeoutExceeded, after more than one attempt, in seconds, not 300.
+    """
+    backend.forever(stall)
+    factory = functools.partial(default_policy, total=0.6, per_attempt=0.2)
+    started = time.monotonic()
+    with instant_retries():
+        async with aiohttp.ClientSession(middlewares=[ResilienceMiddleware(factory)]) as client:
+            with pytest.raises(TimeoutExceeded):
+                await get(client, backend.url())
+    assert time.monotonic() - started < GUARD  # aiohttp's own default is 300 s
+    assert backend.attempts >= 2  # the per-attempt timeout cut the first attempt short
+
+
+# -- what goes on the wire -----------------------------------------------------------------
+
+
+async def test_huge_deadline_goes_on_the_wire_as_a_day(backend: Backend) -> None:
+    """Inside ``Timeout(1e306)`` the request is sent once, with a day as its deadline."""
+    middleware = ResilienceMiddleware(lambda key: Retry(3, name=key))
+    with instant_retries():
+        async with aiohttp.ClientSession(middlewares=[middleware]) as client, Timeout(1e306):
+            assert await get(client, backend.url()) == (200, "ok")
+    assert backend.header(DEADLINE_HEADER) == [str(MAX_DEADLINE_MS)]
+
+
+async def test_stamping_error_is_not_an_attempt(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A header that can't be written (a propagator raising) reaches the caller as is:
+    not retried, not counted by the breaker, nothing sent.
+    """
+
+    def broken_propagator(_: object) -> None:
+        raise RuntimeError("propagator bug")
+
+    monkeypatch.setattr(client_module, "inject_trace_context", broken_propagator)
+    clock = FakeClock()
+    retry = Retry(3, clock=clock)
+    breaker = CircuitBreaker(name="api", failure_threshold=1, clock=clock)
+    middleware = ResilienceMiddleware({backend.origin: pipeline(retry, breaker)})
+    async with aiohttp.ClientSession(middlewares=[middleware]) as client:
+        with pytest.raises(RuntimeError, match="propagator bug"):
+            await get(client, backend.url())
+    assert backend.attempts == 0
+    assert clock.sleeps == []  # no retry
+    assert breaker.statistics().failures == 0
+    assert breaker.state is CircuitState.CLOSED
+
+
+class _Twice(Policy):
+    """
+    A policy that ignores `no_retries()`: it tries once more after any failure.
+    """
+
+    kind = "twice"
+
+    async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except Exception:  # the point: a second try, whatever happened
+            return await fn(*args, **kwargs)
+
+
+async def test_a_spent_one_shot_body_is_never_resent_even_by_a_policy_that_insists(
+    backend: Backend,
+) -> None:
+    """A policy retrying a request whose streamed body was sent gets the first attempt's
+    response back (readable), and nothing is sent again."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"once"
+
+    backend.answer(reply(503, "first"))
+    middleware = ResilienceMiddleware({backend.origin: _Twice(name=None, clock=None, hooks=None)})
+    async with (
+        aiohttp.ClientSession(middlewares=[middleware]) as client,
+        client.put(backend.url(), data=chunks()) as response,
+    ):
+        assert (response.status, await response.text()) == (503, "first")
+    assert backend.attempts == 1
+
+
+def test_middleware_keys_benchmark_quick_run() -> None:
+    """`benchmarks.middleware_keys` runs and reports the cap it was given."""
+    output = run_module(
+        "benchmarks.middleware_keys", "--keys", "500", "--max-keys", "50", timeout=120
+    )
+    assert "after 500 origins" in output
+    assert "keys=50/50 in_flight=0" in output
+
+
+async def test_idle_half_open_breaker_does_not_pin_its_key(backend: Backend) -> None:
+    """
+    A key whose breaker is half-open with no probe in flight is dropped like any idle one.
+
+    Say a probe passed but `success_threshold` wants more, and the key is never called
+    again (a crawler's host): kept forever, such keys would grow the cache past the cap.
+    """
+    clock = FakeClock()
+    backend.answer(500)
+    middleware = ResilienceMiddleware(
+        lambda key: CircuitBreaker(
+            name=key, failure_threshold=1, success_threshold=2, reset_timeout=10, clock=clock
+        ),
+        key=by_path,
+        max_keys=1,
+    )
+    async with asyncio.timeout(GUARD), aiohttp.ClientSession(middlewares=[middleware]) as client:
+        assert (await get(client, backend.url("/down")))[0] == 500
+        clock.advance(10)
+        assert await get(client, backend.url("/down")) == (200, "ok")  # one probe passed
+        breaker = middleware.policy_for("/down")
+        assert isinstance(breaker, CircuitBreaker)
+        assert breaker.state is CircuitState.HALF_OPEN
+        for path in ("/b", "/c"):
+            assert await get(client, backend.url(path)) == (200, "ok")
+        assert held(middleware) == 1
+        assert middleware.policy_for("/down") is not breaker
+
+
+def test_keys_pinned_past_the_cap_cost_little_per_new_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    With thousands of keys that can't be dropped (breakers open, or requests in flight)
+    past the cap, a new key looks at a few of them, not all: the idleness checks grow
+    linearly with the keys, not quadratically (4,000 busy keys cost the event loop ~8 s
+    before). Once they settle, new keys bring the cache back down to the cap.
+    """
+    checks = 0
+    real_idle = policies_module._idle
+
+    def counted(entry: Any) -> bool:
+        nonlocal checks
+        checks += 1
+        return real_idle(entry)
+
+    monkeypatch.setattr(policies_module, "_idle", counted)
+    clock = FakeClock()
+    middleware = ResilienceMiddleware(
+        lambda key: CircuitBreaker(name=key, reset_timeout=60, clock=clock), max_keys=10
+    )
+    pinned = 2000
+    for n in range(pinned):
+        breaker = middleware.policy_for(f"http://down-{n}")
+        assert isinstance(breaker, CircuitBreaker)
+        breaker.trip()
+    assert held(middleware) == pinned  # all open: none may be dropped
+    assert checks < 20 * pinned  # the old code: ~2,000,000 (every key, for every new one)
+    clock.advance(60)  # every breaker would now let a probe through: all idle
+    for n in range(pinned // 10):
+        middleware.policy_for(f"http://up-{n}")
+    assert held(middleware) == 10

@@ -1,0 +1,154 @@
+"""
+``python -m examples.kv bench``: a smoke run at tiny size, and the docs region it writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from examples.kv.bench import Phase
+from examples.kv.bench_load import percentile
+from examples.kv.bench_report import BEGIN, END, median_interval, write_docs
+from tests.kv._kv import ROOT
+
+
+def _phase(variant: str, op: str, load: str, rate: float, rnd: int = 1) -> Phase:
+    return Phase(rnd, variant, op, load, rate, rate if load == "half" else 0.0, 0, 1.0, 4.0,
+                 300.0, 0.2, "wrk", 1.5)  # fmt: skip
+
+
+def test_quick_bench_measures_both_clusters_without_errors(tmp_path: Path) -> None:
+    """
+    A --quick run loads both clusters with PUT and GET, at saturation and half of it,
+    then in back-to-back pairs, and a bare aiohttp server (the floor) at saturation.
+    """
+    out = tmp_path / "phases.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.kv", "bench", "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    phases = [Phase(**p) for p in json.loads(out.read_text())]
+    seen = {(p.variant, p.op, p.load) for p in phases}
+    assert seen == {
+        (variant, op, load)
+        for variant in ("resilient", "plain")
+        for op in ("PUT", "GET")
+        for load in ("saturation", "half", "pair")
+    } | {("bare aiohttp", "PUT", "saturation"), ("bare aiohttp", "GET", "saturation")}
+    assert sorted(p.round for p in phases if p.load == "pair") == [1] * 4 + [2] * 4
+    assert all(p.rate > 0 and p.errors == 0 and p.node_cpu_us > 0 for p in phases)
+    assert b"resilient/plain" in done.stdout
+
+
+def test_docs_region_is_rewritten_and_the_rest_kept(tmp_path: Path) -> None:
+    """The kv region replaces the old one; other regions and text stay; targets are judged."""
+    page = tmp_path / "benchmarks.md"
+    page.write_text(f"# Benchmarks\n\nintro\n\n{BEGIN}\nold figures\n{END}\n\n<!-- x:begin -->x\n")
+    phases = [
+        _phase("resilient", "PUT", "saturation", 3100.0),
+        _phase("plain", "PUT", "saturation", 3200.0),
+        _phase("resilient", "GET", "saturation", 5000.0),
+        _phase("plain", "GET", "saturation", 6000.0),
+        _phase("resilient", "PUT", "half", 1550.0), _phase("plain", "PUT", "half", 1600.0),
+        _phase("resilient", "GET", "half", 2500.0), _phase("plain", "GET", "half", 3000.0),
+    ]  # fmt: skip
+    args = argparse.Namespace(rounds=1, seconds=5.0, keys=10, value_bytes=100, connections=96,
+                              generators=2)  # fmt: skip
+    write_docs(page, phases, ["bench"], began=0.0, args=args)
+    text = page.read_text()
+    assert "old figures" not in text
+    assert text.startswith("# Benchmarks\n\nintro\n")
+    assert text.count(BEGIN) == text.count(END) == 1
+    assert "<!-- x:begin -->x" in text
+    assert "`python -m examples.kv bench`" in text
+    assert "PUT at saturation >= 3,000/s: 3,100/s (median), met" in text
+    assert "GET at saturation >= 6,000/s: 5,000/s (median), **not met**" in text
+    assert "resilient/plain 0.97 (median of 1 rounds; 0% interval 0.97-0.97), met" in text
+    assert "resilient/plain 0.83 (median of 1 rounds; 0% interval 0.83-0.83), **not met**" in text
+
+
+@pytest.mark.parametrize(
+    ("ratios", "verdict"),
+    [([0.95, 0.97, 0.93, 1.0, 0.96, 0.94, 0.99, 0.92], "(median of 8 back-to-back pairs;"
+      " 93% interval 0.93-0.99), met"),
+     ([0.8, 0.82, 0.85, 0.79, 0.84, 0.81, 0.83, 0.86], "(median of 8 back-to-back pairs;"
+      " 93% interval 0.80-0.85), **not met**"),
+     ([0.8, 1.0, 0.85, 0.95, 0.84, 0.97, 0.83, 0.99], "(median of 8 back-to-back pairs;"
+      " 93% interval 0.83-0.99), **not resolved** (the interval straddles 0.90)")],
+)  # fmt: skip
+def test_the_cost_target_is_judged_on_the_pairs_with_an_interval(
+    tmp_path: Path, ratios: list[float], verdict: str
+) -> None:
+    """
+    The 10% target is judged on the back-to-back pairs, not the rounds: met only when
+    the median's interval clears 0.90, not met only when it lies below, else unresolved.
+    """
+    phases = [
+        _phase(variant, op, "saturation", 1000.0)
+        for variant in ("resilient", "plain") for op in ("PUT", "GET")
+    ] + [_phase(variant, op, "half", 500.0)
+         for variant in ("resilient", "plain") for op in ("PUT", "GET")]  # fmt: skip
+    for number, ratio in enumerate(ratios, 1):
+        for op in ("PUT", "GET"):
+            phases += [_phase("resilient", op, "pair", 1000.0 * ratio, number),
+                       _phase("plain", op, "pair", 1000.0, number)]  # fmt: skip
+    args = argparse.Namespace(rounds=1, seconds=5.0, keys=10, value_bytes=100, connections=96,
+                              generators=2, pairs=len(ratios), pair_seconds=2.0)  # fmt: skip
+    page = tmp_path / "benchmarks.md"
+    internals = {
+        variant: {"slowest_commit_ms": 12.5, "slowest_checkpoint_ms": 3.0, "full_gcs": 4,
+                  "slowest_full_gc_ms": 9.0, "hedges": 1200, "hedges_refused": 30,
+                  "keys_per_read_batch": 8.25, "records_per_write_batch": 13.0}
+        for variant in ("resilient", "plain")
+    }  # fmt: skip
+    write_docs(page, phases, ["bench"], began=0.0, args=args, internals=internals)
+    text = page.read_text()
+    assert (
+        "slowest group commit 12.5 / 12.5 ms, slowest background WAL checkpoint 3.0 / 3.0 ms,"
+        " full GCs 4 / 4 (slowest 9.0 / 9.0 ms), hedged reads 1,200 / 1,200 (refused by the"
+        " budget 30 / 30), keys per read batch 8.2 / 8.2" in text
+    )
+    assert (
+        "- GET: `resilient` costs at most 10% of throughput: resilient/plain"
+        f" {statistics.median(ratios):.2f} {verdict}" in text
+    )
+    assert "8 pairs per operation of 2 s saturation phases" in text
+
+
+@pytest.mark.parametrize(("n", "coverage"), [(5, 0.9375), (8, 0.9296875), (10, 0.978515625)])
+def test_median_interval_is_the_narrowest_with_the_coverage(n: int, coverage: float) -> None:
+    """Order statistics around the median, as narrow as the 90% coverage allows."""
+    low, high, covered = median_interval([float(x) for x in range(n)])
+    assert covered == pytest.approx(coverage)
+    assert covered >= 0.9
+    assert high - low == n - 1 - 2 * (int(low))
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [([], 0.5, 0.0), ([5.0], 0.99, 5.0), ([1.0, 2.0, 3.0, 4.0], 0.5, 2.0),
+     (list(map(float, range(1, 101))), 0.99, 99.0)],
+)  # fmt: skip
+def test_percentile_is_nearest_rank(values: list[float], q: float, expected: float) -> None:
+    """Nearest-rank percentiles: the smallest value with at least q of the values at or below."""
+    assert percentile(values, q) == expected
+
+
+def test_peer_call_comparison_prints_both_sides_and_the_difference() -> None:
+    """bench_peers times resilient and plain peer calls and prints the per-round difference."""
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.kv.bench_peers", "--rounds", "2", "--calls", "20"],
+        cwd=ROOT, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    lines = done.stdout.decode().splitlines()
+    assert [line.split()[0] for line in lines] == ["resilient", "plain", "resilient"]
+    assert all(" us (" in line for line in lines)

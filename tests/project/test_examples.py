@@ -1,0 +1,101 @@
+"""
+Smoke tests: the runnable example and the benchmark harness still work end to end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.report import Figure
+from tests._run import run_module
+
+
+def summary(output: str) -> dict[str, int]:
+    lines = output.split("\nsummary\n", 1)[1].splitlines()
+    return {key: int(value) for key, value in (line.split() for line in lines if line.strip())}
+
+
+def test_quickstart_survives_the_outage() -> None:
+    """The quickstart's breaker opens during the outage, falls back, and closes again."""
+    counts = summary(run_module("examples.quickstart", "--seconds", "2", "--quiet"))
+    assert counts["served"] > 0
+    assert counts["fallback"] > 0
+    assert counts["breaker_open"] >= 1
+    assert counts["breaker_closed"] >= 1  # recovered after the outage
+    assert counts["rejected_circuit_open"] > 0
+    # The breaker spared the dependency: fewer calls reached it than callers made.
+    assert counts["dependency_calls"] < counts["served"] + counts["fallback"]
+
+
+# What each benchmark's report must show whatever peers are installed: resilient's rows.
+QUICK_RUNS = {
+    "overhead": ("stack/resilient pipeline", "stack/resilient Pipeline.call", "Retry / tenacity"),
+    "paths": ("failure/resilient Retry", "open/resilient CircuitBreaker",
+              "concurrent/resilient pipeline", "`Retry(3)(fn)`"),
+    "ratelimit": ("resilient @RateLimiter", "hand-written GCRA (floor)"),
+    "observability": ("Retry(attempts=3) / prometheus", "piece: a clock read"),
+    "breakdown": ("4 pass-through layers", "full pipeline"),
+    "breaker_store": ("resilient RedisBreakerStore consecutive", "raw EVALSHA of a trivial script"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(QUICK_RUNS))
+def test_benchmark_quick_run(name: str, tmp_path: Path) -> None:
+    """
+    `benchmarks.<name> --quick` times every case it can build (peers that are not
+    installed are left out and named) and writes its region with resilient's rows.
+    """
+    report = tmp_path / "bench.md"
+    report.write_text("# Benchmarks\n\nkept\n")
+    output = run_module(
+        f"benchmarks.{name}", "--quick", "--rounds", "1", "--calls", "200",
+        "--md", str(report), timeout=120.0,
+    )  # fmt: skip
+    text = report.read_text()
+    assert text.startswith("# Benchmarks\n\nkept\n")
+    assert text.count(f"<!-- {name}:begin -->") == text.count(f"<!-- {name}:end -->") == 1
+    for row in QUICK_RUNS[name]:
+        assert row in text
+    assert QUICK_RUNS[name][0] in output
+
+
+def test_overload_benchmark_quick_run(tmp_path: Path) -> None:
+    """
+    `benchmarks.overload --quick` drives a real server process at 3x its capacity with
+    and without a limiter, and reports each client's goodput and latency with a chart.
+    """
+    report, chart = tmp_path / "overload.md", tmp_path / "overload.png"
+    output = run_module(
+        "benchmarks.overload", "--quick", "--only", "none", "vegas",
+        "--md", str(report), "--png", str(chart), timeout=60.0,
+    )  # fmt: skip
+    assert "AdaptiveConcurrency(), the default: Vegas()" in output
+    text = report.read_text()
+    assert text.count("<!-- overload-sim:begin -->") == 1
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows[1:]] == [
+        "| unloaded (30% of capacity, no limiter)",
+        "| no limiter",
+        "| AdaptiveConcurrency(), the default: Vegas()",
+    ]
+    assert chart.stat().st_size > 10_000
+
+
+def test_revisions_benchmark_compares_a_revision_with_this_tree() -> None:
+    """`benchmarks.revisions HEAD` builds each policy from git's HEAD and this tree."""
+    output = run_module("benchmarks.revisions", "HEAD", "--rounds", "1", "--calls", "200")
+    rows = [line for line in output.splitlines() if line.startswith(("retry/", "stack/"))]
+    assert len(rows) == 4  # Retry, Retry.call, the pipeline and Pipeline.call
+
+
+def test_report_figures_divide_overheads_of_the_same_run() -> None:
+    """A figure divides two overheads of one run, by the fastest of its denominators;
+    a missing case or a denominator within noise of zero gives no figure."""
+    run = {"bare": 1.0, "mine": 3.0, "peer": 5.0, "fast": 2.0, "noise": 1.0}
+    assert Figure("x", ("mine", "bare"), [("peer", "bare"), ("fast", "bare")]).value(run) == 2.0
+    assert Figure("x", ("mine", "bare"), [("bare", None)], percent=True).value(run) == 200.0
+    assert Figure("x", ("mine", "bare")).value(run) == 2.0
+    assert Figure("x", ("mine", "bare"), [("noise", "bare")]).value(run) is None
+    assert Figure("x", ("gone", "bare"), [("peer", "bare")]).value(run) is None
