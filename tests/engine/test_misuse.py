@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+import tenacity
 
 from resilient import (
     Bulkhead,
@@ -25,6 +26,7 @@ from resilient import (
     Instance,
     Policy,
     Retry,
+    SystemClock,
     Timeout,
     pipeline,
 )
@@ -299,3 +301,21 @@ async def test_endpoint_pool_call_with_a_coroutine_object_says_to_pass_the_funct
     assert pool.statistics().calls == 0
     with pytest.raises(TypeError, match=r"EndpointPool\.call\(fn=\.\.\.\): expected an async"):
         await pool.call(7)  # type: ignore[arg-type]  # the misuse under test
+
+
+def test_a_tenacity_strategy_where_exception_types_belong_is_refused() -> None:
+    """Only `Retry(on=...)` understands tenacity's ``retry_*`` strategies; a policy
+    taking exception types says so instead of matching nothing."""
+    with pytest.raises(TypeError, match=r"Fallback\(on=\.\.\.\): tenacity retry_\* strategies"):
+        Fallback(value=0, on=tenacity.retry_if_exception_type(ValueError))
+
+
+def test_a_pool_breaker_that_is_not_a_factory_is_refused() -> None:
+    """`EndpointPool(breaker=...)` takes a factory of breakers, named when it isn't one."""
+    with pytest.raises(TypeError, match=r"EndpointPool\(breaker=\.\.\.\): expected a factory"):
+        EndpointPool([Instance("svc", "a", "127.0.0.1", 1)], breaker=42)  # type: ignore[arg-type]
+
+
+def test_the_system_clock_shows_itself() -> None:
+    """The default clock's repr is how it is built."""
+    assert repr(SystemClock()) == "SystemClock()"

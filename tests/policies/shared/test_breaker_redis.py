@@ -845,3 +845,9 @@ async def test_a_switch_wins_over_the_store_until_it_has_landed(
     assert link is not None
     await until(lambda: not link._background)
     assert (await within(outcome(other))).startswith(expected)  # Redis has it now
+
+
+def test_the_store_shows_its_prefix() -> None:
+    """A store's repr names its key prefix (what tells two stores apart in logs)."""
+    client = redis.asyncio.Redis(host="127.0.0.1", port=9)  # never connected
+    assert repr(RedisBreakerStore(client, prefix="shop")) == "<RedisBreakerStore prefix='shop'>"
