@@ -26,6 +26,7 @@ __all__ = [
     "check_hooks",
     "check_int",
     "check_name",
+    "check_rate",
     "check_seconds",
     "error_matcher",
     "retryable_by_default",
@@ -47,16 +48,27 @@ def check_seconds(owner: str, param: str, value: object, *, allow_zero: bool = F
     """
     Return `value` as a float if it is a finite number of seconds > 0 (or >= 0).
     """
+    return _finite(owner, param, value, expected="seconds as a number", allow_zero=allow_zero)
+
+
+def check_rate(owner: str, param: str, value: object) -> float:
+    """
+    Return `value` as a float if it is a finite number > 0 (a rate or a cost, not seconds).
+    """
+    return _finite(owner, param, value, expected="a number", allow_zero=False)
+
+
+def _finite(owner: str, param: str, value: object, *, expected: str, allow_zero: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{owner}({param}=...): expected seconds as a number, got {value!r}")
+        raise TypeError(f"{owner}({param}=...): expected {expected}, got {value!r}")
     try:
-        seconds = float(value)
+        number = float(value)
     except OverflowError:  # an int beyond a float's range: as infinite
-        seconds = math.inf
-    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        number = math.inf
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{owner}({param}={value!r}): {param} must be finite and {bound}")
-    return seconds
+    return number
 
 
 def check_fraction(owner: str, param: str, value: object) -> float:

@@ -40,10 +40,10 @@ from .._engine.context import remaining_time
 from .._engine.errors import RateLimitedError
 from .._engine.events import Hook, Rejected, RejectionReason
 from .._engine.policy import Args, AsyncFn, Kwargs, Policy
-from .._engine.validate import check_int, check_seconds
+from .._engine.validate import check_int, check_rate, check_seconds
 from .priority import Priority, current_priority
 
-__all__ = ["RateLimiter", "RateLimiterStatistics", "check_rate", "permits_of"]
+__all__ = ["RateLimiter", "RateLimiterStatistics", "permits_of"]
 
 T = TypeVar("T")
 
@@ -264,21 +264,6 @@ class RateLimiter(Policy):
 
 async def _raise(error: BaseException) -> NoReturn:
     raise error
-
-
-def check_rate(owner: str, param: str, value: object) -> float:
-    """
-    Return `value` as a float if it is a finite number > 0 (a rate, not seconds).
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{owner}({param}=...): expected a number, got {value!r}")
-    try:
-        number = float(value)
-    except OverflowError:  # an int beyond a float's range: as infinite
-        number = math.inf
-    if not (math.isfinite(number) and number > 0):
-        raise ValueError(f"{owner}({param}={value!r}): {param} must be finite and > 0")
-    return number
 
 
 def _tolerance(owner: str, burst: int, interval: float) -> float:

@@ -69,7 +69,7 @@ INTERNAL = {
     "_engine.policy": {"Args", "AsyncFn", "Kwargs"},  # the shape of `_run`'s arguments
     "_engine.window": {"BUCKETS", "BucketedWindow"},  # RetryBudget's (and breakers') window
     "_engine.public": {"publish"},  # run by each public module on its own names
-    "_policies.rate_limit": {"check_rate", "permits_of"},  # shared with RedisRateLimiter
+    "_policies.rate_limit": {"permits_of"},  # shared with RedisRateLimiter
     "_policies.retry": {"set_instant_retries"},  # public as resilient.testing.set_instant_retries
     "_engine.validate": {
         "check_async_redis",
@@ -79,6 +79,7 @@ INTERNAL = {
         "check_hooks",
         "check_int",
         "check_name",
+        "check_rate",
         "check_seconds",
         "error_matcher",
         "retryable_by_default",
