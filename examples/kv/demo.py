@@ -152,6 +152,7 @@ async def _demo(cluster: LocalCluster, args: argparse.Namespace, seed: int) -> i
         for node in cluster.ids
     }
     state = DemoState(nodes, float(args.duration))
+    stop = _StopRequest()
     victim = random.Random(seed).choice(cluster.ids)  # noqa: S311  # a demo, not a secret
     plan = state.duration * _KILL_AT, state.duration * _RESTART_AT
     print(
@@ -165,28 +166,63 @@ async def _demo(cluster: LocalCluster, args: argparse.Namespace, seed: int) -> i
     events = ClientEvents(state, names)
     try:
         async with (
-            _cancelled_by_signals(),
+            _cancelled_by_signals(stop),
             KVClient([n.address for n in nodes.values()], timeout=2.0, hooks=[events]) as client,
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as session,
         ):
             scenario = _Scenario(cluster, state, client, Monitor(state, session), session, view)
-            outcome, workload = await scenario.run(victim, plan, float(args.rate), seed)
+            outcome, workload = await scenario.run(victim, plan, float(args.rate), seed, stop)
             view.refresh(state, workload.snapshot(asyncio.get_running_loop().time()))
     finally:
         view.close()
+    if stop.requested:  # the run ended anyway: it was still interrupted
+        raise asyncio.CancelledError
     view.print(summary_lines(state, workload, outcome))
     return EXIT_LOST if outcome.lost else 0
 
 
+class _StopRequest:
+    """
+    SIGTERM or SIGHUP during the run: cancel the main task and stop the workload.
+
+    Cancelling alone is not enough to stop promptly: a cancellation that meets a
+    timeout's own at the same moment may be absorbed below (a request that swallows it
+    would keep its worker, and so the demo, running to the end of ``--duration``).
+    So the workload is also told to stop, and the main task is cancelled again every
+    second while it is not being cancelled.
+    """
+
+    _AGAIN_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.workload: Workload | None = None
+
+    def request(self, main: asyncio.Task[object]) -> None:
+        if self.workload is not None:
+            self.workload.stop()
+        main.cancel()
+        if not self.requested:
+            self.requested = True
+            main.get_loop().call_later(self._AGAIN_SECONDS, self._again, main)
+
+    def _again(self, main: asyncio.Task[object]) -> None:
+        if main.done():
+            return
+        if main.cancelling() == 0:
+            main.cancel()
+        main.get_loop().call_later(self._AGAIN_SECONDS, self._again, main)
+
+
 @asynccontextmanager
-async def _cancelled_by_signals() -> AsyncIterator[None]:
+async def _cancelled_by_signals(stop: _StopRequest) -> AsyncIterator[None]:
     # SIGTERM and SIGHUP cancel the main task, as asyncio.run does for Ctrl-C, so that
     # everything unwinds before the nodes are stopped.
     loop, main = asyncio.get_running_loop(), asyncio.current_task()
     if main is None:  # asyncio.run always runs a task
         raise RuntimeError("the demo runs in asyncio.run")
     for signum in _STOP_SIGNALS:
-        loop.add_signal_handler(signum, main.cancel)
+        loop.add_signal_handler(signum, stop.request, main)
     try:
         yield
     finally:
@@ -213,13 +249,13 @@ class _Scenario:
         self.monitor, self.session, self.view = monitor, session, view
 
     async def run(
-        self, victim: str, plan: tuple[float, float], rate: float, seed: int
+        self, victim: str, plan: tuple[float, float], rate: float, seed: int, stop: _StopRequest
     ) -> tuple[Outcome, Workload]:
         """
         Run everything; what the summary needs.
         """
         loop = asyncio.get_running_loop()
-        workload = Workload(
+        workload = stop.workload = Workload(
             self.client, rate=rate, workers=_WORKERS, keys_per_worker=_KEYS_PER_WORKER, seed=seed
         )
         state = self.state

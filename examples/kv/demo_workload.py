@@ -140,6 +140,7 @@ class Workload:
         self._keys = keys_per_worker
         self._rng = random.Random(seed)  # noqa: S311  # a workload, not a secret
         self._next_slot = 0.0
+        self._stopped = False
         self.keys: dict[str, KeyState] = {}
         self.writes_acked = 0
         self.reads_served = 0
@@ -149,9 +150,15 @@ class Workload:
         self.read_latencies: list[float] = []
         self._recent: deque[tuple[float, float, bool]] = deque()  # (end, latency, ok)
 
+    def stop(self) -> None:
+        """
+        Stop sending: every worker returns after its request in flight, if any.
+        """
+        self._stopped = True
+
     async def run(self, until: float) -> None:
         """
-        Send requests until the loop's clock reaches `until`.
+        Send requests until the loop's clock reaches `until`, or `stop()`.
         """
         async with asyncio.TaskGroup() as group:
             for worker in range(self._workers):
@@ -163,9 +170,11 @@ class Workload:
         while True:
             now = loop.time()
             slot = self._next_slot = max(self._next_slot, now) + self._interval
-            if slot >= until:
+            if slot >= until or self._stopped:
                 return
             await asyncio.sleep(slot - now)
+            if self._stopped:
+                return
             key = f"demo-{worker}-{self._rng.randrange(self._keys)}"
             draw = self._rng.random()
             sequence += 1

@@ -18,9 +18,11 @@ from typing import cast
 import pytest
 
 from examples.kv import KVClient, KVError
+from examples.kv.demo import _StopRequest  # the demo's private stop
 from examples.kv.demo_monitor import READING_BACK, DemoState, NodeView, read_counters
 from examples.kv.demo_view import PlainView
 from examples.kv.demo_workload import KeyState, TrafficSnapshot, Workload
+from tests._aio import until, within
 from tests._servers import wait_until
 from tests.kv._kv import ROOT
 
@@ -281,3 +283,61 @@ async def test_plain_view_says_the_read_back_is_running_not_zero_traffic() -> No
     assert "0 req/s" in lines[0]
     assert lines[1].endswith(f"{READING_BACK} | nodes up 1/1")
     assert "req/s" not in lines[1]
+
+
+class SwallowingClient:
+    """A client whose requests absorb one cancellation, as a lost race with a timeout can."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def put(self, key: str, value: bytes | None = None) -> str:
+        self.requests += 1
+        try:
+            await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.01)  # swallowed: the worker goes on
+        return "v1"
+
+    get = delete = put
+
+
+async def test_a_stopped_workload_ends_though_a_request_swallowed_its_cancellation() -> None:
+    """SIGTERM's path: the run is cancelled and the workload stopped; a worker whose
+    request absorbed the cancellation still returns at its next turn, long before the
+    run's end (the demo once ran ~55 s past a SIGTERM on a loaded machine)."""
+    client = SwallowingClient()
+    workload = Workload(cast(KVClient, client), rate=2000, workers=4, keys_per_worker=5, seed=1)
+    loop = asyncio.get_running_loop()
+    run = asyncio.ensure_future(workload.run(loop.time() + 60.0))
+    await until(lambda: client.requests >= 8)
+    run.cancel()
+    workload.stop()
+    with pytest.raises(asyncio.CancelledError):
+        await within(run, 5.0)  # the TaskGroup returns once every worker has
+
+
+async def test_a_swallowed_stop_cancellation_is_asked_again() -> None:
+    """A main task that absorbs the stop's cancellation is cancelled again within the
+    re-ask period, and the stop is remembered (the demo then exits 130)."""
+    absorbed = 0
+
+    async def main() -> None:
+        nonlocal absorbed
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if absorbed:
+                    raise
+                absorbed += 1
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]  # in a task
+
+    task = asyncio.ensure_future(main())
+    await asyncio.sleep(0)
+    stop = _StopRequest()
+    stop.request(cast("asyncio.Task[object]", task))
+    with pytest.raises(asyncio.CancelledError):
+        await within(task, 5.0)
+    assert stop.requested
+    assert absorbed == 1
