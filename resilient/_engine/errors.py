@@ -25,7 +25,9 @@ than the timeout that cancelled its own scope.
 The rejections build their messages in ``__str__``, only when someone reads them: an
 open breaker, a full bulkhead or a limiter under load rejects far more calls than anybody
 logs, and formatting the message was a third of a rejection's cost. Their ``args`` hold
-the constructor's arguments (as ``__reduce__`` does); every attribute is set at once.
+the constructor's arguments (as ``__reduce__`` does); every attribute is set at once, but
+`CircuitOpenError`, the most frequent, keeps nothing but its ``args`` (its attributes
+read them) and takes its two arguments by position only.
 
 `PROGRAMMING_ERRORS` names the exceptions that mean the calling code is wrong rather
 than the dependency: policies don't retry them, breakers don't count them and fallbacks
@@ -72,16 +74,23 @@ class CircuitOpenError(RejectedError):
             all probe permits are taken).
     """
 
-    def __init__(self, name: str, retry_in: float) -> None:
-        super().__init__(name, retry_in)
-        self.name = name
-        self.retry_in = retry_in
+    # The most frequent rejection of all (every call while open): nothing is stored but
+    # the ``args`` BaseException keeps anyway, which also makes it picklable as it is.
+    __slots__ = ()
+
+    def __init__(self, name: str, retry_in: float, /) -> None:
+        pass  # BaseException.__new__ has stored (name, retry_in) in `args`
+
+    @property
+    def name(self) -> str:
+        return self.args[0]  # type: ignore[no-any-return]  # set by the constructor
+
+    @property
+    def retry_in(self) -> float:
+        return self.args[1]  # type: ignore[no-any-return]  # set by the constructor
 
     def __str__(self) -> str:
         return f"circuit {self.name!r} is open; next probe in {self.retry_in:.3f}s"
-
-    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, float]]:
-        return (type(self), (self.name, self.retry_in))
 
 
 class BulkheadFullError(RejectedError):

@@ -276,6 +276,18 @@ def test_errors_pickle_round_trip(error: ResilienceError) -> None:
     assert vars(copy) == vars(error)
 
 
+def test_circuit_open_error_reads_its_attributes_from_its_args() -> None:
+    """
+    The open breaker's error keeps only its ``args`` (it is raised for every call while
+    open): the attributes read them, and keywords fail loudly rather than leave them empty.
+    """
+    error = CircuitOpenError("inventory", 12.5)
+    assert (error.name, error.retry_in, error.args) == ("inventory", 12.5, ("inventory", 12.5))
+    assert str(error) == "circuit 'inventory' is open; next probe in 12.500s"
+    with pytest.raises(TypeError, match="positional-only"):
+        CircuitOpenError(name="inventory", retry_in=12.5)  # type: ignore[call-arg]
+
+
 def test_import_loads_no_optional_dependencies(tmp_path: Path) -> None:
     """
     In a fresh interpreter, ``import resilient`` and ``import resilient.testing`` load

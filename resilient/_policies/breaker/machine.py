@@ -46,6 +46,7 @@ T = TypeVar("T")
 
 _CLOSED = CircuitState.CLOSED
 _HALF_OPEN = CircuitState.HALF_OPEN
+_OPEN = CircuitState.OPEN
 _NOT_AN_OUTCOME: tuple[type[Exception], ...] = (RejectedError, *PROGRAMMING_ERRORS)
 
 
@@ -274,7 +275,21 @@ class CircuitBreaker(Policy):
     async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         if self._shared is not None:
             return await self._run_shared(self._shared, fn, args, kwargs)
-        probe = False if self._state is _CLOSED else self._admit()
+        state = self._state
+        if state is _CLOSED:
+            probe = False
+        elif (
+            state is _OPEN
+            and (wait := self._opened_at + self.reset_timeout - self._clock.monotonic()) > 0
+        ):
+            # `_admit`'s rejection, raised here: an open breaker rejects nearly every
+            # call, and each frame the exception leaves through adds to its cost.
+            self._rejections += 1
+            if self._listening(Rejected):
+                self._emit(Rejected, reason=RejectionReason.CIRCUIT_OPEN)
+            raise CircuitOpenError(self.name, wait)
+        else:
+            probe = self._admit()
         generation = self._generation
         started = self._clock.monotonic() if self._slow else 0.0
         try:
