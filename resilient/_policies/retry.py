@@ -84,6 +84,30 @@ class RetryStatistics:
     budget_rejections: int
 
 
+class _Rare:
+    """
+    The settings of a `Retry` that most policies never use, kept apart.
+
+    A `Retry` is made once per decorated function, and each slot of its own costs
+    every one of them.
+    """
+
+    __slots__ = ("budget", "budget_rejections", "on_result", "stop", "strategy")
+
+    def __init__(
+        self,
+        strategy: retry_base | None,
+        stop: Any,
+        on_result: Callable[[Any], bool] | None,
+        budget: RetryBudget | None,
+    ) -> None:
+        self.strategy = strategy
+        self.stop = stop
+        self.on_result = on_result
+        self.budget = budget
+        self.budget_rejections = 0
+
+
 class Retry(Policy):
     """
     Call again after a failure, waiting between attempts.
@@ -117,17 +141,12 @@ class Retry(Policy):
 
     kind = "retry"
     __slots__ = (
-        "_budget",
-        "_budget_rejections",
         "_calls",
         "_gave_up",
         "_on",
-        "_on_result",
-        "_reads_state",
+        "_rare",
         "_retries",
         "_retrying",
-        "_stop",
-        "_strategy",
         "_wait",
         "attempts",
         "retry_after_cap",
@@ -153,53 +172,51 @@ class Retry(Policy):
         self.attempts = (
             None if attempts is None else check_int("Retry", "attempts", attempts, minimum=1)
         )
-        self._strategy: retry_base | None = on if isinstance(on, retry_base) else None
+        strategy: retry_base | None = on if isinstance(on, retry_base) else None
         self._on = (
             retryable_by_default
-            if on is None or self._strategy
+            if on is None or strategy
             else error_matcher("Retry", "on", on, spare_programming_errors=True)
         )
-        if on_result is not None and self._strategy is not None:
+        if on_result is not None and strategy is not None:
             raise ValueError(
                 "Retry(on_result=...): a tenacity retry_* strategy in on= already decides on"
                 " results; use retry_if_result there or drop one of them"
             )
         if on_result is not None and not callable(on_result):
             raise TypeError(f"Retry(on_result=...): expected a predicate, got {on_result!r}")
-        self._on_result = on_result
         self._wait = _checked_strategy("wait", wait, wait_base) or _DEFAULT_WAIT
-        self._stop = _checked_strategy("stop", stop, stop_base)
+        checked_stop = _checked_strategy("stop", stop, stop_base)
         if budget is not None and not isinstance(budget, RetryBudget):
             raise TypeError(f"Retry(budget=...): expected a RetryBudget, got {budget!r}")
-        self._budget = budget
-        # A fixed wait reads no RetryCallState: with no retry_* or stop_* strategy
-        # either, a failing call builds none (nor its outcomes).
-        self._reads_state = not (
-            self._strategy is None and self._stop is None and type(self._wait) in _FIXED_WAITS
-        )
+        given = (strategy, checked_stop, on_result, budget)
+        self._rare = None if given == (None, None, None, None) else _Rare(*given)
         self.retry_after_cap = check_seconds(
             "Retry", "retry_after_cap", retry_after_cap, allow_zero=True
         )
         # Handed to strategies as retry_state.retry_object, for those that look at it;
         # built on the first failure (~1 KB, most policies never need it).
         self._retrying: tenacity.AsyncRetrying | None = None
-        self._calls = self._retries = self._gave_up = self._budget_rejections = 0
+        self._calls = self._retries = self._gave_up = 0
 
     async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         self._calls += 1
-        if self._budget is not None:
-            self._budget.deposit()
+        rare = self._rare
+        if rare is not None and rare.budget is not None:
+            rare.budget.deposit()
         started = self._clock.monotonic()
         error: Exception | None = None
         result: Any = None
         try:
             result = await fn(*args, **kwargs)
         except Exception as exc:
-            if self._strategy is None and not self._on(exc):
+            if (rare is None or rare.strategy is None) and not self._on(exc):
                 raise
             error = exc
         else:
-            if self._strategy is None and (self._on_result is None or not self._on_result(result)):
+            if rare is None or (
+                rare.strategy is None and (rare.on_result is None or not rare.on_result(result))
+            ):
                 return result  # type: ignore[no-any-return]  # the call's T
         # Retried outside the except block: later attempts must not run "during the
         # handling" of this error, or the error re-raised at the end gets it as context.
@@ -218,7 +235,13 @@ class Retry(Policy):
         error: Exception | None,
         result: Any,
     ) -> T:
-        state = self._new_state(started) if self._reads_state else None
+        rare = self._rare
+        # A fixed wait reads no RetryCallState: with no retry_* or stop_* strategy
+        # either, a failing call builds none (nor its outcomes).
+        reads_state = type(self._wait) not in _FIXED_WAITS or (
+            rare is not None and (rare.strategy is not None or rare.stop is not None)
+        )
+        state = self._new_state(started) if reads_state else None
         monotonic, attempt = self._clock.monotonic, 1
         # The system clock's sleep is asyncio.sleep: awaited directly, one coroutine less
         # per attempt (a subclass may sleep its own way).
@@ -227,7 +250,8 @@ class Retry(Policy):
             if state is not None:
                 _record(state, attempt, error, result, monotonic())
             # _run judged the first attempt already, unless a tenacity strategy decides.
-            again = state is None or self._strategy is None or bool(self._strategy(state))
+            strategy = None if rare is None else rare.strategy
+            again = state is None or strategy is None or bool(strategy(state))
             while again:
                 delay = self._next_delay(state, attempt, error)
                 if delay is None:
@@ -257,8 +281,9 @@ class Retry(Policy):
     def _new_state(self, started: float) -> tenacity.RetryCallState:
         retrying = self._retrying
         if retrying is None:
+            stop = None if self._rare is None else self._rare.stop
             retrying = self._retrying = tenacity.AsyncRetrying(
-                stop=self._stop or tenacity.stop_never, wait=self._wait, sleep=self._clock.sleep
+                stop=stop or tenacity.stop_never, wait=self._wait, sleep=self._clock.sleep
             )
         state = tenacity.RetryCallState(retrying, fn=None, args=(), kwargs={})
         state.start_time = started
@@ -267,11 +292,12 @@ class Retry(Policy):
     def _should_retry(
         self, state: tenacity.RetryCallState | None, error: Exception | None, result: Any
     ) -> bool:
-        if self._strategy is not None:
-            return bool(self._strategy(state))  # type: ignore[arg-type]  # a strategy: a state
+        rare = self._rare
+        if rare is not None and rare.strategy is not None:
+            return bool(rare.strategy(state))  # type: ignore[arg-type]  # a strategy: a state
         if error is not None:
             return self._on(error)
-        return self._on_result is not None and bool(self._on_result(result))
+        return rare is not None and rare.on_result is not None and bool(rare.on_result(result))
 
     def _next_delay(
         self, state: tenacity.RetryCallState | None, attempt: int, error: Exception | None
@@ -287,13 +313,14 @@ class Retry(Policy):
         delay = self._delay(state, error)
         if state is not None:
             state.upcoming_sleep = delay
-        if self._stop is not None and self._stop(state):
+        rare = self._rare
+        if rare is not None and rare.stop is not None and rare.stop(state):
             return None
         left = remaining_time()
         if left is not None and delay >= left:
             return None  # the next attempt could not start before the deadline
-        if self._budget is not None and not self._budget.try_withdraw():
-            self._budget_rejections += 1
+        if rare is not None and rare.budget is not None and not rare.budget.try_withdraw():
+            rare.budget_rejections += 1
             if self._listening(Rejected):
                 self._emit(Rejected, reason=RejectionReason.RETRY_BUDGET)
             return None
@@ -323,7 +350,7 @@ class Retry(Policy):
             calls=self._calls,
             retries=self._retries,
             gave_up=self._gave_up,
-            budget_rejections=self._budget_rejections,
+            budget_rejections=0 if self._rare is None else self._rare.budget_rejections,
         )
 
     def __repr__(self) -> str:

@@ -340,6 +340,23 @@ async def test_single_excluded_type_is_accepted() -> None:
     assert breaker.statistics().ignored == 1
 
 
+@pytest.mark.parametrize(
+    "make", [lambda: iter([Ignorable]), lambda: [Ignorable]], ids=["iterator", "list"]
+)
+async def test_excluded_types_given_as_an_iterable_are_read_once(make: Any) -> None:
+    """exclude= as an iterator or a list: its types are excluded (an iterator is not
+    consumed by validation before the breaker keeps it)."""
+    breaker = CircuitBreaker(failure_threshold=1, exclude=make(), clock=FakeClock())
+
+    async def ignorable() -> str:
+        raise Ignorable
+
+    with pytest.raises(Ignorable):
+        await breaker.call(ignorable)
+    assert breaker.state is CLOSED
+    assert breaker.statistics().ignored == 1
+
+
 async def test_exclude_predicate_decides_per_error() -> None:
     """A predicate excludes the errors it returns True for and counts the rest."""
     breaker = CircuitBreaker(

@@ -30,7 +30,7 @@ from ..._engine.clock import Clock
 from ..._engine.errors import PROGRAMMING_ERRORS, CircuitOpenError, RejectedError
 from ..._engine.events import Hook, Rejected, RejectionReason, StateChanged
 from ..._engine.policy import Args, AsyncFn, Kwargs, Policy
-from ..._engine.validate import check_int, check_seconds, error_matcher
+from ..._engine.validate import check_exception_types, check_int, check_seconds, error_matcher
 from .accounting import Accounting, Consecutive, WindowTotals
 from .link import StoreLink
 from .settings import BreakerStatistics, Rules, store_of, window_accounting
@@ -48,6 +48,10 @@ _CLOSED = CircuitState.CLOSED
 _HALF_OPEN = CircuitState.HALF_OPEN
 _OPEN = CircuitState.OPEN
 _NOT_AN_OUTCOME: tuple[type[Exception], ...] = (RejectedError, *PROGRAMMING_ERRORS)
+
+
+def _not_an_outcome(error: BaseException) -> bool:
+    return isinstance(error, _NOT_AN_OUTCOME)
 
 
 class CircuitBreaker(Policy):
@@ -194,12 +198,15 @@ class CircuitBreaker(Policy):
                 minimum=1,
             )
             self._accounting = Consecutive(self.failure_threshold)
-        user_excluded = error_matcher(owner, "exclude", exclude, allow_empty=True)
         # A rejection from an inner policy and a programming error say nothing about the
         # dependency's health: neither failure nor success (counted as ignored).
-        self._excluded: Callable[[BaseException], bool] = lambda error: (
-            isinstance(error, _NOT_AN_OUTCOME) or user_excluded(error)
-        )
+        self._excluded: Callable[[BaseException], bool] = _not_an_outcome
+        # Validated once (an iterator is read once): its types, or the predicate.
+        given = exclude if callable(exclude) else check_exception_types(owner, "exclude", exclude)
+        if given:
+            # Only then a closure: two are ~400 bytes, per breaker (one per endpoint).
+            user_excluded = error_matcher(owner, "exclude", given, allow_empty=True)
+            self._excluded = lambda error: _not_an_outcome(error) or user_excluded(error)
         self._state = _CLOSED
         self._generation = 0
         self._opened_at = 0.0
