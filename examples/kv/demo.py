@@ -47,7 +47,7 @@ _WORKERS = 16
 _KEYS_PER_WORKER = 50
 _KILL_AT, _RESTART_AT = 0.25, 0.55  # shares of --duration
 EXIT_LOST, EXIT_NO_CLUSTER, EXIT_INTERRUPTED = 1, 3, 130
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # SIGINT raises KeyboardInterrupt already
 
 
 def _bounded(kind: Callable[[str], float], low: float, high: float) -> Callable[[str], float]:
@@ -183,20 +183,23 @@ async def _demo(cluster: LocalCluster, args: argparse.Namespace, seed: int) -> i
 
 class _StopRequest:
     """
-    SIGTERM or SIGHUP during the run: cancel the main task and stop the workload.
+    Ctrl-C, SIGTERM or SIGHUP during the run: cancel the main task, stop the workload.
 
-    Cancelling alone is not enough to stop promptly: a cancellation that meets a
-    timeout's own at the same moment may be absorbed below (a request that swallows it
-    would keep its worker, and so the demo, running to the end of ``--duration``).
-    So the workload is also told to stop, and the main task is cancelled again every
-    second while it is not being cancelled.
+    Cancelling alone did not always stop the demo: on a loaded machine a Ctrl-C once
+    left it running to the end of ``--duration``, its workload untouched (asyncio.run's
+    own handler cancels the main task once). So the workload is told to stop as well,
+    the main task is cancelled again every second while it is not being cancelled, and
+    a stop that takes long says on stderr where the main task waits.
     """
 
     _AGAIN_SECONDS = 1.0
+    _SAY_AFTER_SECONDS = 10.0
 
     def __init__(self) -> None:
         self.requested = False
         self.workload: Workload | None = None
+        self._asked_at = 0.0
+        self._said = False
 
     def request(self, main: asyncio.Task[object]) -> None:
         if self.workload is not None:
@@ -204,28 +207,39 @@ class _StopRequest:
         main.cancel()
         if not self.requested:
             self.requested = True
-            main.get_loop().call_later(self._AGAIN_SECONDS, self._again, main)
+            loop = main.get_loop()
+            self._asked_at = loop.time()
+            loop.call_later(self._AGAIN_SECONDS, self._again, main)
 
     def _again(self, main: asyncio.Task[object]) -> None:
         if main.done():
             return
         if main.cancelling() == 0:
             main.cancel()
-        main.get_loop().call_later(self._AGAIN_SECONDS, self._again, main)
+        loop = main.get_loop()
+        waited = loop.time() - self._asked_at
+        if waited >= self._SAY_AFTER_SECONDS and not self._said:
+            self._said = True
+            where = " <- ".join(
+                f"{frame.f_code.co_name}:{frame.f_lineno}" for frame in main.get_stack()
+            )
+            print(f"kv demo: still stopping after {waited:.0f} s, in {where}", file=sys.stderr)
+        loop.call_later(self._AGAIN_SECONDS, self._again, main)
 
 
 @asynccontextmanager
 async def _cancelled_by_signals(stop: _StopRequest) -> AsyncIterator[None]:
-    # SIGTERM and SIGHUP cancel the main task, as asyncio.run does for Ctrl-C, so that
-    # everything unwinds before the nodes are stopped.
+    # Ctrl-C, SIGTERM and SIGHUP cancel the main task (asyncio.run's own Ctrl-C handler
+    # is replaced: see _StopRequest), so that everything unwinds before the nodes stop.
     loop, main = asyncio.get_running_loop(), asyncio.current_task()
     if main is None:  # asyncio.run always runs a task
         raise RuntimeError("the demo runs in asyncio.run")
-    for signum in _STOP_SIGNALS:
+    for signum in (signal.SIGINT, *_STOP_SIGNALS):
         loop.add_signal_handler(signum, stop.request, main)
     try:
         yield
     finally:
+        loop.remove_signal_handler(signal.SIGINT)  # back to KeyboardInterrupt
         for signum in _STOP_SIGNALS:
             loop.remove_signal_handler(signum)
             signal.signal(signum, _interrupt)

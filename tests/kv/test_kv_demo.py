@@ -341,3 +341,29 @@ async def test_a_swallowed_stop_cancellation_is_asked_again() -> None:
         await within(task, 5.0)
     assert stop.requested
     assert absorbed == 1
+
+
+async def test_a_stop_that_takes_long_says_where_the_demo_waits(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A stop still unfinished after the reporting delay names, once, on stderr, the
+    frames the main task waits in (so a stuck stop can be traced in CI's log)."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 2.5
+
+    async def stubborn() -> None:
+        while loop.time() < until:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]  # in a task
+
+    task = asyncio.ensure_future(stubborn())
+    await asyncio.sleep(0)
+    stop = _StopRequest()
+    stop._SAY_AFTER_SECONDS = 0.5  # the delay, shortened for the test
+    stop.request(cast("asyncio.Task[object]", task))
+    await within(task, 10.0)
+    err = capsys.readouterr().err
+    assert err.count("kv demo: still stopping after") == 1, err
+    assert "in stubborn:" in err
