@@ -28,6 +28,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from .callables import check_async, label
 from .events import Hook
+from .fusion import chained_layers, fusion_of
 from .hooks import global_hooks
 from .policy import Args, AsyncFn, Kwargs, Policy
 
@@ -50,7 +51,7 @@ class Pipeline(Policy):
     """
 
     kind = "pipeline"
-    __slots__ = ("_chains", "_inner", "_outer", "policies")
+    __slots__ = ("_chains", "_fusion", "_inner", "_outer", "policies")
 
     def __init__(self, *policies: Policy) -> None:
         flat = _flatten(policies)
@@ -58,8 +59,10 @@ class Pipeline(Policy):
         self.policies: tuple[Policy, ...] = flat
         self._outer = flat[0]
         self._inner = tuple(reversed(flat[1:]))
-        # `.call`'s layer chains by function, built on a function's first call.
+        # `.call`'s layer chains (or fused functions) by function, built on first call.
         self._chains: dict[Callable[..., Any], AsyncFn[Any]] = {}
+        # Built-in policies run a call in one frame (fusion.py); None: chained layers.
+        self._fusion = fusion_of(flat)
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """
@@ -76,8 +79,11 @@ class Pipeline(Policy):
         name = label(fn)
         for policy in self.policies:
             policy._name_after(fn, name)  # noqa: SLF001  # Policy's own protocol
-        guarded = self._outer._guard(self._chain(fn))  # noqa: SLF001  # Policy's own protocol
-        return functools.wraps(fn)(guarded)
+        if self._fusion is not None:
+            wrapper = self._fusion(fn, chained_layers(self.policies, fn))
+        else:
+            wrapper = self._outer._guard(self._chain(fn))  # noqa: SLF001  # Policy's own protocol
+        return functools.wraps(fn)(wrapper)
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """
@@ -93,6 +99,8 @@ class Pipeline(Policy):
         inner = self._chains.get(fn) if type(fn) is FunctionType else None
         if inner is None:
             inner = self._inner_chain(fn)
+        if self._fusion is not None:
+            return await inner(*args, **kwargs)  # type: ignore[no-any-return]  # fused: all of it
         outer = self._outer
         # The outer layer written out, as the decorator's wrapper does (`Policy._guard`).
         if outer._hooks or _GLOBAL_HOOKS:  # noqa: SLF001  # Policy's own protocol
@@ -100,9 +108,16 @@ class Pipeline(Policy):
         return await outer._run(inner, args, kwargs)  # noqa: SLF001
 
     def _inner_chain(self, fn: Callable[..., Awaitable[T]]) -> AsyncFn[T]:
-        chain = self._chain(self._vet(fn))
         # Kept only when holding it keeps nothing else alive (as `Policy._vet` says).
-        if type(fn) is FunctionType and fn.__closure__ is None and len(self._chains) < _MAX_CHAINS:
+        kept = (
+            type(fn) is FunctionType and fn.__closure__ is None and len(self._chains) < _MAX_CHAINS
+        )
+        vetted = self._vet(fn)
+        if self._fusion is None:
+            chain = self._chain(vetted)
+        else:  # the whole fused pipeline; its layers are built on a slow path if not kept
+            chain = self._fusion(vetted, chained_layers(self.policies, vetted) if kept else None)
+        if kept:
             self._chains[fn] = chain
         return chain
 

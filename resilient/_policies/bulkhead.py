@@ -37,12 +37,13 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import KW_ONLY, dataclass
 from types import TracebackType
-from typing import NoReturn, TypeVar
+from typing import Final, NoReturn, TypeVar
 
 from .._engine.clock import Clock, TimerHandle
 from .._engine.context import remaining_time
 from .._engine.errors import BulkheadFullError, PolicyMisuseError
 from .._engine.events import Hook, Rejected, RejectionReason
+from .._engine.fusion import NOT_NOW
 from .._engine.policy import Args, AsyncFn, Kwargs, Policy
 from .._engine.validate import check_int, check_seconds
 from .priority import current_priority
@@ -53,6 +54,7 @@ __all__ = ["Bulkhead", "BulkheadStatistics", "shedding"]
 T = TypeVar("T")
 
 _thread_id = threading.get_ident  # a global lookup on the hot path, not two
+_UNTIMED: Final = object()  # _open's token for a call that is no service-time sample
 _ADOPTING = threading.Lock()  # two loops taking a bulkhead over at once: one wins
 
 
@@ -118,6 +120,7 @@ class Bulkhead(Policy):
     """
 
     kind = "bulkhead"
+    _fusion = "step"  # runs inside a fused pipeline's frame (_engine/fusion.py)
     __slots__ = (
         "_accepted",
         "_expired",
@@ -181,6 +184,30 @@ class Bulkhead(Policy):
         return len(self._waiters)
 
     async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
+        token = self._open()
+        if token is NOT_NOW:
+            await self._wait_for_slot()
+            token = self._monotonic()  # it waited: a sample, as below
+        if token is _UNTIMED:
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                self._release()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as error:
+            self._close(token, error)
+            raise
+        self._close(token, None)
+        return result
+
+    def _open(self) -> object:
+        """
+        Take a free slot (`_run`, and a fused pipeline's step).
+
+        Its token: `_UNTIMED`, or the time when the call is a service-time sample;
+        `NOT_NOW` when it must queue.
+        """
         # The common case, `_take_free_slot` written out: no call, no await, no future.
         if (
             self._thread == _thread_id()
@@ -190,35 +217,27 @@ class Bulkhead(Policy):
             self._in_flight += 1
             self._accepted += 1
         elif not self._take_free_slot():  # (another thread's loop used it last)
-            await self._wait_for_slot()
-            return await self._timed(fn, args, kwargs)
+            return NOT_NOW
         if self._in_flight == self.max_concurrent:
-            # It took the last slot: saturated, so a sample (`_timed`). Were only queued
-            # calls samples, callers refused at the door for a stale, long service time
-            # would queue none, and the estimate would never be corrected.
-            return await self._timed(fn, args, kwargs)
-        try:
-            return await fn(*args, **kwargs)
-        finally:
-            self._release()
+            # It took the last slot: saturated, so a sample, as a call that waited is.
+            # Were only queued calls samples, callers refused at the door for a stale,
+            # long service time would queue none, and the estimate would never be
+            # corrected. (The rest of the free-slot path is not timed: two clock reads.)
+            return self._monotonic()
+        return _UNTIMED
 
-    async def _timed(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
-        # A call that waited for its slot, or took the last: the bulkhead is saturated,
-        # so its duration is a sample of the service time the deadline-aware queue
-        # compares with (the rest of the free-slot path is not timed: it stays two clock
-        # reads cheaper). A cancelled call's duration says nothing about the service:
-        # it is not a sample.
-        started = self._monotonic()
-        try:
-            result = await fn(*args, **kwargs)
-        except asyncio.CancelledError:
+    def _close(self, token: object, error: BaseException | None) -> BaseException | None:
+        """
+        Give the slot back; `error` is raised unchanged.
+
+        A timed call's duration is a sample of the service time the deadline-aware queue
+        compares with, unless it was cancelled (then it says nothing of the service).
+        """
+        if token is _UNTIMED or isinstance(error, asyncio.CancelledError):
             self._release()
-            raise
-        except BaseException:
-            self._sampled(started)
-            raise
-        self._sampled(started)
-        return result
+        else:
+            self._sampled(token)  # type: ignore[arg-type]  # a time: _open's other token
+        return error
 
     def _sampled(self, started: float) -> None:
         self._service_time = ewma(self._service_time, self._monotonic() - started)

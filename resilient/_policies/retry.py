@@ -140,6 +140,7 @@ class Retry(Policy):
     """
 
     kind = "retry"
+    _fusion = "retry"  # its first attempt runs in a fused pipeline's frame (_engine/fusion.py)
     __slots__ = (
         "_calls",
         "_gave_up",
@@ -200,11 +201,8 @@ class Retry(Policy):
         self._calls = self._retries = self._gave_up = 0
 
     async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
-        self._calls += 1
+        started = self._begin()
         rare = self._rare
-        if rare is not None and rare.budget is not None:
-            rare.budget.deposit()
-        started = self._clock.monotonic()
         error: Exception | None = None
         result: Any = None
         try:
@@ -225,6 +223,37 @@ class Retry(Policy):
         retrying = self._retry(fn, args, kwargs, started, error, result)
         del error, result
         return await retrying
+
+    def _begin(self) -> float:
+        """
+        Count a call in (its budget deposit too); when it started.
+        """
+        self._calls += 1
+        rare = self._rare
+        if rare is not None and rare.budget is not None:
+            rare.budget.deposit()
+        return self._clock.monotonic()
+
+    def _results_matter(self) -> bool:
+        """
+        Whether a result may be retried at all (a strategy, or `on_result`).
+        """
+        rare = self._rare
+        return rare is not None and (rare.strategy is not None or rare.on_result is not None)
+
+    def _retries_first(self, error: BaseException | None, result: object) -> bool:
+        """
+        Whether the first attempt's outcome is retried (`_run` decides it inline).
+        """
+        rare = self._rare
+        if error is not None:
+            if not isinstance(error, Exception):
+                return False  # cancellation is never retried
+            return (rare is not None and rare.strategy is not None) or self._on(error)
+        return rare is not None and (
+            rare.strategy is not None
+            or (rare.on_result is not None and bool(rare.on_result(result)))
+        )
 
     async def _retry(  # noqa: PLR0917  # the call plus the first attempt's outcome
         self,

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from .._engine.clock import Clock
-from .._engine.context import DEADLINE
+from .._engine.context import DEADLINE, Deadline
 from .._engine.errors import TimeoutExceeded
 from .._engine.events import Hook, TimedOut
 from .._engine.policy import Args, AsyncFn, Kwargs, Policy
@@ -46,24 +46,27 @@ class TimeoutStatistics:
     timeouts: int
 
 
-class _Scope:
+class _Scope(Deadline):
     """
     One guarded call: its task, deadline, context token, whether it expired.
 
-    Its watchdog may hold it a while after the call (until a firing or a compaction
-    drops it), so it lets go of the task and the token when the call ends.
+    It is also the deadline the call's context carries (`DEADLINE`). Its watchdog may
+    hold it a while after the call (until a firing or a compaction drops it), so it lets
+    go of the task and the token when the call ends.
     """
 
-    __slots__ = ("budget", "cancelling", "deadline", "fired", "live", "task", "token")
+    __slots__ = ("budget", "cancelling", "fired", "live", "task", "token")
 
-    def __init__(self, task: asyncio.Task[object], deadline: float, budget: float) -> None:
+    def __init__(
+        self, task: asyncio.Task[object], deadline: float, budget: float, clock: Clock
+    ) -> None:
+        super().__init__(deadline, clock)
         self.task: asyncio.Task[object] | None = task
-        self.deadline = deadline
         self.budget = budget
         self.cancelling = task.cancelling()
         self.fired = False
         self.live = False  # the watchdog's
-        self.token: Token[tuple[float, Clock] | None] | None = None
+        self.token: Token[Deadline | None] | None = None
 
     def expire(self) -> None:
         self.fired = True
@@ -88,6 +91,7 @@ class Timeout(Policy):
     """
 
     kind = "timeout"
+    _fusion = "step"  # runs inside a fused pipeline's frame (_engine/fusion.py)
     __slots__ = ("_calls", "_scopes", "_timeouts", "_watchdogs", "seconds")
 
     def __init__(
@@ -107,11 +111,7 @@ class Timeout(Policy):
         self._watchdogs = Watchdogs(self._clock)
 
     async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
-        scope = self._enter()
-        if scope.budget <= 0.0:
-            # An enclosing deadline is already spent: don't start work that can't finish.
-            self._exit(scope)
-            raise self._expired(scope)
+        scope = self._open()
         try:
             result = await fn(*args, **kwargs)
         except asyncio.CancelledError as cancelled:
@@ -123,6 +123,27 @@ class Timeout(Policy):
             raise
         self._exit(scope)
         return result
+
+    def _open(self) -> _Scope:
+        """
+        Start a guarded call's scope (`_run`, and a fused pipeline's step).
+        """
+        scope = self._enter()
+        if scope.budget <= 0.0:
+            # An enclosing deadline is already spent: don't start work that can't finish.
+            self._exit(scope)
+            raise self._expired(scope)
+        return scope
+
+    def _close(self, scope: _Scope, error: BaseException | None) -> BaseException | None:
+        """
+        End `scope` (a fused pipeline's step); the error to raise in place of `error`.
+        """
+        if self._exit(scope) and isinstance(error, asyncio.CancelledError):
+            expired = self._expired(scope)
+            expired.__cause__ = error  # as ``raise ... from``
+            return expired
+        return error
 
     def _enter(self) -> _Scope:
         dog = self._watchdogs.last
@@ -146,16 +167,16 @@ class Timeout(Policy):
         deadline = now + self.seconds
         outer = DEADLINE.get()
         if outer is not None:
-            outer_at, outer_clock = outer
+            outer_at, outer_clock = outer.deadline, outer.clock
             # Compare on our clock: an outer deadline set on another clock is converted.
             outer_here = (
                 outer_at if outer_clock is clock else now + outer_at - outer_clock.monotonic()
             )
             deadline = min(deadline, outer_here)
         self._calls += 1
-        scope = _Scope(task, deadline, max(0.0, deadline - now))
+        scope = _Scope(task, deadline, max(0.0, deadline - now), clock)
         dog.watch(scope)
-        scope.token = DEADLINE.set((deadline, clock))
+        scope.token = DEADLINE.set(scope)
         return scope
 
     def _exit(self, scope: _Scope) -> bool:
@@ -178,10 +199,7 @@ class Timeout(Policy):
         return TimeoutExceeded(self.name, scope.budget)
 
     async def __aenter__(self) -> Timeout:
-        scope = self._enter()
-        if scope.budget <= 0.0:
-            self._exit(scope)  # as in _run: a spent outer deadline fails before the body
-            raise self._expired(scope)
+        scope = self._open()  # as in _run: a spent outer deadline fails before the body
         self._scopes.setdefault(scope.task, []).append(scope)  # type: ignore[arg-type]  # set
         return self
 

@@ -54,7 +54,13 @@ CONTRACT = (
 # Names in a private module's `__all__` that deliberately stay out of `resilient.__all__`,
 # with the reason. A new public name must be exported or listed here.
 INTERNAL = {
-    "_engine.context": {"DEADLINE", "retries_allowed"},  # set by Timeout; read by Retry, Hedge
+    "_engine.context": {
+        "DEADLINE",
+        "Deadline",
+        "retries_allowed",
+    },  # set by Timeout; read by Retry, Hedge
+    # a pipeline of built-in policies in one frame; the steps' "not decided" token
+    "_engine.fusion": {"NOT_NOW", "Fusion", "chained_layers", "fusion_of"},
     # storage=pybreaker...Storage() and from_pybreaker(), behind the optional extra
     "_policies.breaker.pybreaker_store": {
         "STORAGE_WORKERS",

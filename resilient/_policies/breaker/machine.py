@@ -96,6 +96,7 @@ class CircuitBreaker(Policy):
     """
 
     kind = "circuit_breaker"
+    _fusion = "step"  # runs inside a fused pipeline's frame (_engine/fusion.py)
     __slots__ = (
         "_accounting",
         "_excluded",
@@ -315,6 +316,45 @@ class CircuitBreaker(Policy):
             if self._accounting.record(False, False):
                 self._transition(CircuitState.OPEN)
         return result
+
+    def _fuses(self) -> bool:
+        # A breaker sharing its state through a store awaits the store: no fused step.
+        return self._shared is None
+
+    def _open(self) -> object:
+        """
+        Admit a call (a fused pipeline's step, local state only).
+
+        Its token: the generation when closed and untimed, the nearly universal case;
+        else (generation, probe, start).
+
+        Raises:
+            CircuitOpenError: Open, or half-open with every probe permit taken.
+        """
+        state = self._state
+        if state is _CLOSED and not self._slow:
+            return self._generation
+        probe = False if state is _CLOSED else self._admit()
+        return self._generation, probe, self._clock.monotonic() if self._slow else 0.0
+
+    def _close(self, token: Any, error: BaseException | None) -> BaseException | None:
+        """
+        Record the outcome of a call `_open` admitted; `error` is raised unchanged.
+        """
+        if type(token) is int:
+            if error is None and token == self._generation:
+                self._successes += 1  # as in _run
+                if self._accounting.record(False, False):
+                    self._transition(CircuitState.OPEN)
+                return None
+            generation, probe, started = token, False, 0.0
+        else:
+            generation, probe, started = token
+        if error is None or isinstance(error, Exception):
+            self._finish(generation, probe, started, error)
+        else:  # cancelled (or another BaseException): neither success nor failure
+            self._finish(generation, probe, started, None, cancelled=True)
+        return error
 
     async def _run_shared(self, link: StoreLink, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         # The same machine, with the store deciding admission and outcomes; the local

@@ -1,0 +1,258 @@
+"""
+A pipeline of built-in policies runs a call in one frame (`_engine/fusion.py`): it must
+behave exactly as the same policies chained layer by layer.
+
+The chained twin of each policy is a trivial subclass: fusion is decided by a policy's
+exact class, so a subclass (which may override `_run`) is always chained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import tenacity
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from resilient import (
+    Bulkhead,
+    CircuitBreaker,
+    Event,
+    Hedge,
+    Policy,
+    Retry,
+    Timeout,
+    pipeline,
+)
+from resilient.testing import FakeClock
+from tests._aio import settle, within
+from tests.policies.test_breaker_store import DictStore
+
+
+class ChainedTimeout(Timeout):
+    """Timeout, never fused."""
+
+
+class ChainedRetry(Retry):
+    """Retry, never fused."""
+
+
+class ChainedBreaker(CircuitBreaker):
+    """CircuitBreaker, never fused."""
+
+
+class ChainedBulkhead(Bulkhead):
+    """Bulkhead, never fused."""
+
+
+@dataclass
+class Kinds:
+    """The policy classes a shape is built from: built-in (fused) or subclasses (chained)."""
+
+    timeout: type[Timeout]
+    retry: type[Retry]
+    breaker: type[CircuitBreaker]
+    bulkhead: type[Bulkhead]
+
+
+FUSED = Kinds(Timeout, Retry, CircuitBreaker, Bulkhead)
+CHAINED = Kinds(ChainedTimeout, ChainedRetry, ChainedBreaker, ChainedBulkhead)
+WAIT = tenacity.wait_fixed(0.1)  # deterministic sleeps, compared between the twins
+
+Shape = Callable[[Kinds, FakeClock], list[Policy]]
+SHAPES: dict[str, Shape] = {
+    "timeout, retry, breaker, bulkhead": lambda k, c: [
+        k.timeout(1.0, clock=c),
+        k.retry(3, wait=WAIT, clock=c),
+        k.breaker(failure_threshold=3, reset_timeout=10.0, clock=c),
+        k.bulkhead(1, max_queue=1, clock=c),
+    ],
+    "retry, timeout per attempt": lambda k, c: [
+        k.retry(2, wait=WAIT, clock=c),
+        k.timeout(0.5, clock=c),
+    ],
+    "breaker, bulkhead, timeout": lambda k, c: [
+        k.breaker(failure_threshold=2, reset_timeout=1.0, clock=c),
+        k.bulkhead(1, max_queue=2, clock=c),
+        k.timeout(1.0, clock=c),
+    ],
+    "timeout, bulkhead without a queue": lambda k, c: [
+        k.timeout(2.0, clock=c),
+        k.bulkhead(2, max_queue=0, clock=c),
+    ],
+    "queues outside and inside a retry": lambda k, c: [
+        k.bulkhead(2, max_queue=2, clock=c),
+        k.retry(2, wait=WAIT, clock=c),
+        k.bulkhead(1, max_queue=1, clock=c),
+        k.timeout(0.5, clock=c),
+    ],
+}
+
+OUTCOMES = ("ok", "fail", "bug", "slow")
+
+
+@dataclass
+class Run:
+    """What one twin did: each call's outcome, each policy's statistics, the sleeps."""
+
+    outcomes: list[tuple[object, ...]] = field(default_factory=list)
+    statistics: list[object] = field(default_factory=list)
+    sleeps: list[float] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+
+async def _scenario(
+    kinds: Kinds, shape: Shape, rounds: list[list[list[str]]], hooked_from: int | None
+) -> Run:
+    clock = FakeClock()
+    policies = shape(kinds, clock)
+    guarded = pipeline(*policies)
+    run = Run()
+    assert (guarded._fusion is not None) is (kinds is FUSED)  # what is compared
+
+    async def work(script: list[str]) -> str:
+        what = script.pop(0) if script else "ok"
+        await clock.sleep(0.01)
+        if what == "fail":
+            raise ConnectionError("down")
+        if what == "bug":
+            raise TypeError("a bug")
+        if what == "slow":
+            await clock.sleep(5.0)
+        return what
+
+    decorated = guarded(work)
+    for number, calls in enumerate(rounds):
+        if number == hooked_from:  # hooks added while in use: every call is observed
+            policies[-1].add_hook(lambda event: run.events.append(type(event).__name__))
+        # Odd rounds through .call, even ones through the decorator.
+        starts = [
+            guarded.call(work, list(script)) if number % 2 else decorated(list(script))
+            for script in calls
+        ]
+        done = await asyncio.gather(*starts, return_exceptions=True)
+        run.outcomes += [
+            (type(result).__name__,) if isinstance(result, BaseException) else ("ok", result)
+            for result in done
+        ]
+    run.statistics = [policy.statistics() for policy in policies]  # type: ignore[attr-defined]
+    run.sleeps = list(clock.sleeps)
+    return run
+
+
+scripts = st.lists(st.sampled_from(OUTCOMES), max_size=3)
+rounds_of_calls = st.lists(st.lists(scripts, min_size=1, max_size=3), min_size=1, max_size=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=st.sampled_from(sorted(SHAPES)),
+    rounds=rounds_of_calls,
+    hooked_from=st.none() | st.integers(0, 5),
+)
+def test_a_fused_pipeline_behaves_as_its_chained_twin(
+    shape: str, rounds: list[list[list[str]]], hooked_from: int | None
+) -> None:
+    """Same outcomes, same statistics of every policy, same sleeps and events, for any
+    mix of successes, retried failures, programming errors, timeouts, queueing and
+    rejections, concurrent or not, through the decorator and `.call`."""
+    fused = asyncio.run(_scenario(FUSED, SHAPES[shape], rounds, hooked_from))
+    chained = asyncio.run(_scenario(CHAINED, SHAPES[shape], rounds, hooked_from))
+    assert fused == chained
+
+
+def test_only_built_in_policies_fuse() -> None:
+    """Fused: built-in Timeout, Retry (one), CircuitBreaker, Bulkhead. Chained: a
+    subclass, a policy that awaits around the call (Hedge), two retries, a single
+    policy, a breaker sharing its state through a store."""
+    assert pipeline(Timeout(1), Retry(2), CircuitBreaker(), Bulkhead(2))._fusion is not None
+    assert pipeline(Timeout(1), Bulkhead(2))._fusion is not None
+    assert pipeline(ChainedTimeout(1), Bulkhead(2))._fusion is None
+    assert pipeline(Hedge(0.1), Timeout(1))._fusion is None
+    assert pipeline(Retry(2), Timeout(1), Retry(2))._fusion is None
+    assert pipeline(Timeout(1))._fusion is None
+    shared = CircuitBreaker(storage=DictStore(FakeClock()))
+    assert pipeline(Timeout(1), shared)._fusion is None
+
+
+async def test_a_fused_call_in_flight_is_one_frame_over_the_function() -> None:
+    """The point of fusion: a call suspended in the function has the fused frame and
+    the function's on its task's stack, not one frame per policy."""
+    release = asyncio.Event()
+
+    async def waiting() -> str:
+        await release.wait()
+        return "done"
+
+    fused = pipeline(Timeout(5), Retry(2), CircuitBreaker(), Bulkhead(4))(waiting)
+    chained = pipeline(ChainedTimeout(5), Retry(2), CircuitBreaker(), Bulkhead(4))(waiting)
+    calls = [asyncio.ensure_future(fused()), asyncio.ensure_future(chained())]
+    await settle()
+    names = [_awaiting(call.get_coro()) for call in calls]
+    assert names[0] == ["fused", "waiting", "wait"]  # the last one is asyncio.Event's
+    assert len(names[1]) == 7  # the wrapper, four layers, the function, Event.wait
+    release.set()
+    assert await within(asyncio.gather(*calls)) == ["done", "done"]
+
+
+async def test_cancelling_a_fused_call_is_never_swallowed() -> None:
+    """Cancelled from outside while inside every step: CancelledError comes out, every
+    slot and scope is given back, nothing counts as a failure or a timeout."""
+    started = asyncio.Event()
+    timeout, breaker, bulkhead = Timeout(5), CircuitBreaker(), Bulkhead(1)
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    call = asyncio.ensure_future(pipeline(timeout, Retry(3), breaker, bulkhead)(forever)())
+    await within(started.wait())
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await within(call)
+    assert bulkhead.in_flight == 0
+    assert timeout.statistics().timeouts == 0
+    assert breaker.statistics().failures == 0
+    assert timeout._watchdogs.watched() == 0  # the scope was closed
+
+
+def test_events_of_a_hooked_fused_pipeline_are_those_of_the_layers() -> None:
+    """With a hook, a fused pipeline takes the chained layers: every layer's call
+    events arrive, in the chained order."""
+
+    async def scenario(kinds: Kinds) -> list[str]:
+        seen: list[str] = []
+        clock = FakeClock()
+        policies = SHAPES["timeout, retry, breaker, bulkhead"](kinds, clock)
+        for policy in policies:
+            policy.add_hook(_recorder(seen, policy.kind))
+
+        async def ok() -> int:
+            return 1
+
+        assert await pipeline(*policies)(ok)() == 1
+        return seen
+
+    fused, chained = asyncio.run(scenario(FUSED)), asyncio.run(scenario(CHAINED))
+    assert fused == chained
+    assert "timeout:CallStarted" in fused
+
+
+def _recorder(seen: list[str], kind: str) -> Callable[[Event], None]:
+    def record(event: Event) -> None:
+        seen.append(f"{kind}:{type(event).__name__}")
+
+    return record
+
+
+def _awaiting(coroutine: Any) -> list[str]:
+    # The coroutines a suspended task is inside, outermost first.
+    names = []
+    while coroutine is not None and hasattr(coroutine, "cr_code"):
+        names.append(coroutine.cr_code.co_name)
+        coroutine = coroutine.cr_await
+    return names
