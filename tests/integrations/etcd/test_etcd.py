@@ -681,15 +681,28 @@ async def test_views_serve_stale_through_an_outage_and_heal_after_restart(
         assert healed < 20.0
         assert view.status().stale_since is None
         after = [registration.lease for registration in owner._registrations.values()]
-        if wipe:  # every lease was lost with the data: each instance has a new one
-            assert not set(after) & set(leases)
-        else:  # the leases survived the restart and were kept alive
+        if not wipe:  # the leases survived the restart and were kept alive
             assert after == leases
+        # Every lease held now is alive on the server. After a wipe, that proves each was
+        # granted anew: the wiped server knew none. (Not "no old id": a fresh etcd may
+        # hand out an id it gave before; a stressed run once saw one.)
+        ttls = [await _lease_ttl(endpoint, lease) for lease in after]
+        assert len(ttls) == 2 and min(ttls) > 0, (after, ttls)  # noqa: PT018
         # Past a full TTL after the restart the instances are still there: their
         # keepalives run again (a restored lease would otherwise expire by now).
         await asyncio.sleep(ttl + 0.5)
         assert ids(await watcher.instances("orders")) == ["orders-1", "orders-2"]
         assert ids(view.instances) == ["orders-1", "orders-2"]
+
+
+async def _lease_ttl(endpoint: str, lease: int) -> int:
+    # etcd's own view of a lease: its seconds left, -1 when it does not know it.
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{endpoint}/v3/lease/timetolive", json={"ID": str(lease)}) as answer,
+    ):
+        answer.raise_for_status()
+        return int((await answer.json())["TTL"])
 
 
 async def test_keepalive_repair_leaves_a_moved_registration_alone() -> None:
