@@ -190,13 +190,16 @@ if again:
 
 _SOURCE = """\
 def factory(everyone, fn, layers, opens, closes, begin, retries_first, results_matter, retry):
-    seen = [-1, False]  # [hooks generation seen, whether a policy was observed then]
+    # (hooks generation seen, whether a policy was observed then), replaced whole: a
+    # function decorated once may be called from loops in several threads.
+    seen = [(-1, False)]
 {unpack}
 
     async def fused(*args, **kwargs):
-        if _GENERATION[0] != seen[0]:
-            seen[0], seen[1] = _GENERATION[0], _observed(everyone)
-        if seen[1]:  # hooks were added: the chained layers build the call events
+        mark = seen[0]
+        if mark[0] != _GENERATION[0]:
+            mark = seen[0] = (_GENERATION[0], _observed(everyone))
+        if mark[1]:  # hooks were added: the chained layers build the call events
             return await _layer(everyone, 0, fn, layers)(*args, **kwargs)
         result = None
 {body}
