@@ -17,6 +17,10 @@ around the one awaited call, so a pipeline of them can do that work in one frame
   frame (``_begin``, ``_retries_first``) and hands a failure it retries to its own loop
   (``_retry``), around the chained layers below it.
 
+The fused function is generated once per shape (how many steps, where the retry is):
+unrolled, one nested ``try`` per step, which CPython 3.11+ enters at no cost, so a call
+pays no loop and no list.
+
 A policy fuses only when its exact class says so (``_fusion`` in the class's own
 namespace: a subclass may override `_run`) and the instance agrees (``_fuses()``, when
 defined: a breaker sharing its state through a store awaits it). A fused call takes the
@@ -26,35 +30,25 @@ per-call events are built there.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, Protocol, TypeAlias, TypeVar
 
 from .hooks import _GENERATION, global_hooks  # the engine's own counter
 from .policy import Args, AsyncFn, Kwargs, Policy
 
-__all__ = ["NOT_NOW", "Fusion", "chained_layers", "fusion_of"]
+__all__ = ["NOT_NOW", "Fusion", "fusion_of"]
 
 T = TypeVar("T")
 
 NOT_NOW: Final = object()
 """What `_open` returns when it can't decide synchronously: run the layers from here."""
 
-Fusion: TypeAlias = Callable[
-    [AsyncFn[Any], "Sequence[AsyncFn[Any]] | None"], Callable[..., Coroutine[Any, Any, Any]]
-]
-"""``fusion(fn, layers)``: the fused coroutine function around `fn`. `layers` are the
-chained layers around it if the caller keeps them (``layers[i]`` runs the policies from
-``i`` on), else None: they are built when a slow path needs them."""
+Fusion: TypeAlias = Callable[[AsyncFn[Any]], Callable[..., Coroutine[Any, Any, Any]]]
+"""``fusion(fn)``: the fused coroutine function around `fn` (its chained layers, for the
+slow paths, are made the first time one needs them)."""
 
 _GLOBAL_HOOKS = global_hooks()
 _STEP, _RETRY = "step", "retry"
-
-
-class _Step(Protocol):
-    def _open(self) -> object: ...
-
-    def _close(self, token: Any, error: BaseException | None) -> BaseException | None: ...
 
 
 class _Retry(Protocol):
@@ -84,46 +78,21 @@ def fusion_of(policies: Sequence[Policy]) -> Fusion | None:
         return None
     everyone = tuple(policies)
     at = kinds.index(_RETRY) if _RETRY in kinds else len(everyone)
-    return functools.partial(_fused, _Shape(everyone, at))
-
-
-class _Shape:
-    """
-    A fusable pipeline, taken apart once.
-
-    Its steps' bound methods in order, the retry left out: `at` steps are outside it.
-    """
-
-    __slots__ = (
-        "at", "begin", "closes", "everyone", "opens", "results_matter", "retries_first", "retry"
-    )  # fmt: skip
-
-    def __init__(self, everyone: tuple[Policy, ...], at: int) -> None:
-        self.everyone = everyone
-        self.at = at  # the retry's index (len(everyone) when there is none)
-        steps: tuple[_Step, ...] = everyone[:at] + everyone[at + 1 :]  # type: ignore[assignment]
-        self.opens = tuple(step._open for step in steps)  # noqa: SLF001  # the protocol
-        self.closes = tuple(step._close for step in steps)  # noqa: SLF001
-        retry: _Retry | None = everyone[at] if at < len(everyone) else None  # type: ignore[assignment]
-        self.retry = retry
-        self.begin = None if retry is None else retry._begin  # noqa: SLF001
-        self.retries_first = None if retry is None else retry._retries_first  # noqa: SLF001
-        # A retry's settings never change: whether a result can be retried is known now.
-        self.results_matter = retry is not None and retry._results_matter()  # noqa: SLF001
+    return _fusion(everyone, at)
 
 
 def _layer(
-    policies: tuple[Policy, ...], index: int, fn: AsyncFn[T], layers: Sequence[AsyncFn[T]] | None
+    policies: tuple[Policy, ...], index: int, fn: AsyncFn[T], built: list[Any]
 ) -> AsyncFn[T]:
-    # The chained layers of policies[index:] around fn: kept by the caller, or built now.
-    if layers is not None:
-        return layers[index] if index < len(layers) else fn
-    for policy in reversed(policies[index:]):
-        fn = policy._bind(fn)  # noqa: SLF001  # Policy's own protocol
-    return fn
+    # The chained layers of policies[index:] around fn, made once per function (kept in
+    # `built`) and only when a call first needs them.
+    layers = built[0]
+    if layers is None:
+        layers = built[0] = _chained_layers(policies, fn)
+    return layers[index] if index < len(layers) else fn
 
 
-def chained_layers(policies: Sequence[Policy], fn: AsyncFn[T]) -> list[AsyncFn[T]]:
+def _chained_layers(policies: Sequence[Policy], fn: AsyncFn[T]) -> list[AsyncFn[T]]:
     """
     ``layers[i]`` runs `fn` through ``policies[i:]`` as chained layers, events included.
     """
@@ -152,19 +121,19 @@ def _step_lines(step: int, at: int, count: int, core: list[str]) -> list[str]:
     policy = step if step < at else step + 1
     inner = ["    " * 2 + line for line in _step_lines(step + 1, at, count, core)]
     return [
-        f"t{step} = open{step}()",
+        f"t{step} = s{step}._open()",
         f"if t{step} is NOT_NOW:",
-        f"    result = await _layer(everyone, {policy}, fn, layers)(*args, **kwargs)",
+        f"    result = await _layer(everyone, {policy}, fn, built)(*args, **kwargs)",
         "else:",
         "    try:",
         *inner,
         f"    except BaseException as e{step}:",
-        f"        c{step} = close{step}(t{step}, e{step})",
+        f"        c{step} = s{step}._close(t{step}, e{step})",
         f"        if c{step} is None or c{step} is e{step}:",
         f"            del c{step}  # no cycle through this frame on the way out",
         "            raise",
         f"        raise c{step}  # its cause set by _close",
-        f"    close{step}(t{step}, None)",
+        f"    s{step}._close(t{step}, None)",
     ]
 
 
@@ -172,40 +141,47 @@ _CALL = ["result = await fn(*args, **kwargs)"]
 # The retry's first attempt runs here; a failure it retries goes to its loop, outside
 # the except block and with no frame still holding the first error (as Retry._run).
 _RETRY_BLOCK = """\
-started = begin()
+started = retry._begin()
 error = None
 try:
 {inner}
 except BaseException as raised:
-    if not retries_first(raised, None):
+    if not retry._retries_first(raised, None):
         raise
     error, again = raised, True
 else:
-    again = results_matter and retries_first(None, result)
+    again = results_matter and retry._retries_first(None, result)
 if again:
-    below = _layer(everyone, {below}, fn, layers)
+    below = _layer(everyone, {below}, fn, built)
     retrying = retry._retry(below, args, kwargs, started, error, result)
     error = result = None
     result = await retrying"""
 
 _SOURCE = """\
-def factory(everyone, fn, layers, opens, closes, begin, retries_first, results_matter, retry):
+def factory(everyone, steps, retry, results_matter):
+    # Once per pipeline: what its fused functions share, in cells they all hold.
     # (hooks generation seen, whether a policy was observed then), replaced whole: a
-    # function decorated once may be called from loops in several threads.
+    # pipeline may serve loops in several threads.
     seen = [(-1, False)]
 {unpack}
 
-    async def fused(*args, **kwargs):
-        mark = seen[0]
-        if mark[0] != _GENERATION[0]:
-            mark = seen[0] = (_GENERATION[0], _observed(everyone))
-        if mark[1]:  # hooks were added: the chained layers build the call events
-            return await _layer(everyone, 0, fn, layers)(*args, **kwargs)
-        result = None
-{body}
-        return result
+    def fuse(fn):
+        # Once per function: `built` holds its chained layers, made on a first slow path.
+        built = [None]
 
-    return fused
+        async def fused(*args, **kwargs):
+            mark = seen[0]
+            if mark[0] != _GENERATION[0]:
+                mark = seen[0] = (_GENERATION[0], _observed(everyone))
+            if mark[1]:  # hooks were added: the chained layers build the call events
+                return await _layer(everyone, 0, fn, built)(*args, **kwargs)
+            result = None
+{body}
+            return result
+
+        return fused
+
+    return fuse
 """
 
 _FACTORIES: dict[tuple[int, int, bool], Callable[..., Any]] = {}
@@ -226,9 +202,9 @@ def _factory(at: int, count: int, retried: bool) -> Callable[..., Any]:
             body = _step_lines(0, at, at, core)
         else:
             body = _step_lines(0, count, count, _CALL)
-        unpack = "".join(f"    open{i}, close{i} = opens[{i}], closes[{i}]\n" for i in range(count))
+        unpack = "".join(f"    s{i} = steps[{i}]\n" for i in range(count))
         source = _SOURCE.format(
-            body="\n".join(" " * 8 + line for line in body), unpack=unpack.rstrip("\n")
+            body="\n".join(" " * 12 + line for line in body), unpack=unpack.rstrip("\n")
         )
         namespace: dict[str, Any] = {
             "NOT_NOW": NOT_NOW, "_GENERATION": _GENERATION, "_layer": _layer,
@@ -240,13 +216,12 @@ def _factory(at: int, count: int, retried: bool) -> Callable[..., Any]:
     return factory
 
 
-def _fused(
-    shape: _Shape, fn: AsyncFn[T], layers: Sequence[AsyncFn[T]] | None
-) -> Callable[..., Coroutine[Any, Any, T]]:
-    retried = shape.begin is not None
-    factory = _factory(shape.at if retried else len(shape.opens), len(shape.opens), retried)
-    fused: Callable[..., Coroutine[Any, Any, T]] = factory(
-        shape.everyone, fn, layers, shape.opens, shape.closes, shape.begin,
-        shape.retries_first, shape.results_matter, shape.retry,
-    )  # fmt: skip
-    return fused
+def _fusion(everyone: tuple[Policy, ...], at: int) -> Fusion:
+    # The retry at `at` (none when at == len(everyone)); the steps are the others, in order.
+    retry: _Retry | None = everyone[at] if at < len(everyone) else None  # type: ignore[assignment]
+    steps = everyone[:at] + everyone[at + 1 :]
+    factory = _factory(at if retry is not None else len(steps), len(steps), retry is not None)
+    # A retry's settings never change: whether a result can be retried is known now.
+    results_matter = retry is not None and retry._results_matter()  # noqa: SLF001
+    fuse: Fusion = factory(everyone, steps, retry, results_matter)
+    return fuse

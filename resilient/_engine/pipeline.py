@@ -28,7 +28,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from .callables import check_async, label
 from .events import Hook
-from .fusion import chained_layers, fusion_of
+from .fusion import fusion_of
 from .hooks import global_hooks
 from .policy import Args, AsyncFn, Kwargs, Policy
 
@@ -80,7 +80,7 @@ class Pipeline(Policy):
         for policy in self.policies:
             policy._name_after(fn, name)  # noqa: SLF001  # Policy's own protocol
         if self._fusion is not None:
-            wrapper = self._fusion(fn, chained_layers(self.policies, fn))
+            wrapper = self._fusion(fn)
         else:
             wrapper = self._outer._guard(self._chain(fn))  # noqa: SLF001  # Policy's own protocol
         return functools.wraps(fn)(wrapper)
@@ -113,10 +113,8 @@ class Pipeline(Policy):
             type(fn) is FunctionType and fn.__closure__ is None and len(self._chains) < _MAX_CHAINS
         )
         vetted = self._vet(fn)
-        if self._fusion is None:
-            chain = self._chain(vetted)
-        else:  # the whole fused pipeline; its layers are built on a slow path if not kept
-            chain = self._fusion(vetted, chained_layers(self.policies, vetted) if kept else None)
+        # Fused: the whole pipeline in one function; else the layers under the outer one.
+        chain = self._chain(vetted) if self._fusion is None else self._fusion(vetted)
         if kept:
             self._chains[fn] = chain
         return chain

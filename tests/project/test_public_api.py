@@ -60,7 +60,7 @@ INTERNAL = {
         "retries_allowed",
     },  # set by Timeout; read by Retry, Hedge
     # a pipeline of built-in policies in one frame; the steps' "not decided" token
-    "_engine.fusion": {"NOT_NOW", "Fusion", "chained_layers", "fusion_of"},
+    "_engine.fusion": {"NOT_NOW", "Fusion", "fusion_of"},
     # storage=pybreaker...Storage() and from_pybreaker(), behind the optional extra
     "_policies.breaker.pybreaker_store": {
         "STORAGE_WORKERS",
