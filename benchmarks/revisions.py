@@ -3,6 +3,7 @@ Happy-path cost of this tree against an earlier revision, side by side in one pr
 
     python -m benchmarks.revisions 1825b3a              # 15 rounds x 20,000 calls, seed 1
     python -m benchmarks.revisions 1825b3a --seed 2 --rounds 30
+    python -m benchmarks.revisions 1825b3a --cpu         # CPU time: beside other work
 
 `resilient/` of the revision is taken from git (``git archive``) into a temporary folder
 as the package ``resilient_base`` (its imports are relative, so it loads beside this
@@ -28,6 +29,7 @@ from pathlib import Path
 from types import ModuleType
 
 import resilient
+from benchmarks import _perf
 from benchmarks._perf import Case, interleave
 from benchmarks.overhead import resilient_cases
 
@@ -68,7 +70,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--cpu", action="store_true", help="time process CPU, not wall time (a shared machine)"
+    )
     args = parser.parse_args()
+    _perf._use(argparse.Namespace(cpu=args.cpu, uvloop=False))  # noqa: SLF001  # the clock
     with tempfile.TemporaryDirectory(prefix="resilient-base-") as folder:
         cases = contenders(load_revision(args.revision, Path(folder)))
         samples = asyncio.run(interleave(cases, args.rounds + 2, args.calls, args.seed))

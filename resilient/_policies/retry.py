@@ -201,8 +201,12 @@ class Retry(Policy):
         self._calls = self._retries = self._gave_up = 0
 
     async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
-        started = self._begin()
+        # `_begin` written out: every decorated call pays it.
+        self._calls += 1
         rare = self._rare
+        if rare is not None and rare.budget is not None:
+            rare.budget.deposit()
+        started = self._clock.monotonic()
         error: Exception | None = None
         result: Any = None
         try:

@@ -60,7 +60,7 @@ class _Scope(Deadline):
     def __init__(
         self, task: asyncio.Task[object], deadline: float, budget: float, clock: Clock
     ) -> None:
-        super().__init__(deadline, clock)
+        self.deadline, self.clock = deadline, clock  # Deadline's, set here: one call less
         self.task: asyncio.Task[object] | None = task
         self.budget = budget
         self.cancelling = task.cancelling()
@@ -124,17 +124,6 @@ class Timeout(Policy):
         self._exit(scope)
         return result
 
-    def _open(self) -> _Scope:
-        """
-        Start a guarded call's scope (`_run`, and a fused pipeline's step).
-        """
-        scope = self._enter()
-        if scope.budget <= 0.0:
-            # An enclosing deadline is already spent: don't start work that can't finish.
-            self._exit(scope)
-            raise self._expired(scope)
-        return scope
-
     def _close(self, scope: _Scope, error: BaseException | None) -> BaseException | None:
         """
         End `scope` (a fused pipeline's step); the error to raise in place of `error`.
@@ -145,7 +134,14 @@ class Timeout(Policy):
             return expired
         return error
 
-    def _enter(self) -> _Scope:
+    def _open(self) -> _Scope:
+        """
+        Start a guarded call's scope (`_run`, ``async with``, a fused pipeline's step).
+
+        Raises:
+            TimeoutExceeded: An enclosing deadline is already spent: no work is started
+                that can't finish.
+        """
         dog = self._watchdogs.last
         loop = dog.loop
         if (
@@ -175,6 +171,8 @@ class Timeout(Policy):
             deadline = min(deadline, outer_here)
         self._calls += 1
         scope = _Scope(task, deadline, max(0.0, deadline - now), clock)
+        if scope.budget <= 0.0:  # not watched, no deadline set: nothing to undo
+            raise self._expired(scope)
         dog.watch(scope)
         scope.token = DEADLINE.set(scope)
         return scope
