@@ -301,7 +301,10 @@ class Retry(Policy):
                     result, error = None, exc
                 if state is not None:
                     _record(state, attempt, error, result, monotonic())
-                again = self._should_retry(state, error, result)
+                if rare is None:  # `_should_retry` with no strategy, no on_result: inlined
+                    again = error is not None and self._on(error)
+                else:
+                    again = self._should_retry(state, error, result)
             if error is not None:
                 raise error
             return result  # type: ignore[no-any-return]  # the last attempt's T
