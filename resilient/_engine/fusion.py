@@ -132,7 +132,10 @@ def _step_lines(step: int, at: int, count: int, core: list[str]) -> list[str]:
         f"        if c{step} is None or c{step} is e{step}:",
         f"            del c{step}  # no cycle through this frame on the way out",
         "            raise",
-        f"        raise c{step}  # its cause set by _close",
+        "        try:",
+        f"            raise c{step}  # its cause set by _close",
+        "        finally:",
+        f"            del c{step}  # its traceback holds this frame: no cycle either",
         f"    s{step}._close(t{step}, None)",
     ]
 
