@@ -13,8 +13,9 @@ from collections.abc import Callable
 import pytest
 import tenacity
 
-from resilient import Policy, TimeoutExceeded, pipeline
+from resilient import Policy, Retry, Timeout, TimeoutExceeded, pipeline
 from resilient.testing import FakeClock
+from tests._aio import promptly
 from tests.policies.test_fusion import CHAINED, FUSED, Kinds
 
 TWINS = pytest.mark.parametrize("kinds", [FUSED, CHAINED], ids=["fused", "chained"])
@@ -68,3 +69,21 @@ async def test_a_timed_out_call_leaves_no_reference_cycle(kinds: Kinds, shape: s
     assert attempts > 3  # every call ran and timed out
     assert "TimeoutExceeded" not in cycles
     assert "frame" not in cycles
+
+
+@pytest.mark.parametrize("count", [12, 19, 30, 60])
+@pytest.mark.parametrize("retried", [False, True], ids=["steps", "steps and a retry"])
+async def test_a_long_pipeline_of_built_in_policies_still_builds(count: int, retried: bool) -> None:
+    """Each fused step nests two blocks: past CPython's 20 statically nested blocks
+    (or 100 levels of indentation) the generated code was a SyntaxError raised by
+    `pipeline()` itself, where chained layers have no limit. A long pipeline is chained."""
+    policies: list[Policy] = [Timeout(10.0) for _ in range(count)]
+    if retried:
+        policies.insert(count // 2, Retry(2))
+
+    async def answer() -> int:
+        return 42
+
+    guarded = pipeline(*policies)
+    assert await promptly(guarded(answer)()) == 42
+    assert await promptly(guarded.call(answer)) == 42
