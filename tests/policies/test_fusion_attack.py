@@ -15,7 +15,7 @@ import tenacity
 
 from resilient import Policy, Retry, Timeout, TimeoutExceeded, pipeline
 from resilient.testing import FakeClock
-from tests._aio import promptly
+from tests._aio import promptly, settle, within
 from tests.policies.test_fusion import CHAINED, FUSED, Kinds
 
 TWINS = pytest.mark.parametrize("kinds", [FUSED, CHAINED], ids=["fused", "chained"])
@@ -87,3 +87,62 @@ async def test_a_long_pipeline_of_built_in_policies_still_builds(count: int, ret
     guarded = pipeline(*policies)
     assert await promptly(guarded(answer)()) == 42
     assert await promptly(guarded.call(answer)) == 42
+
+
+def _shape_with_a_queue(kinds: Kinds, clock: FakeClock) -> list[Policy]:
+    return [
+        kinds.timeout(5.0, clock=clock),
+        kinds.retry(3, wait=tenacity.wait_fixed(0.5), clock=clock),
+        kinds.breaker(failure_threshold=5, clock=clock),
+        kinds.bulkhead(1, max_queue=2, clock=clock),
+    ]
+
+
+async def _suspended_then(kinds: Kinds, where: str, how: str) -> list[object]:
+    # A call suspended in the function, in the bulkhead's queue (the NOT_NOW path) or
+    # in the retry's sleep, then closed or thrown into; what every policy says after.
+    clock = FakeClock(auto_advance=False)
+    policies = _shape_with_a_queue(kinds, clock)
+    guarded = pipeline(*policies)
+    release: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def work(mode: str) -> str:
+        if mode == "hold":
+            await release
+        if mode == "fail":
+            raise ConnectionError("down")
+        return mode
+
+    holder = None
+    if where == "queued":
+        holder = asyncio.ensure_future(guarded.call(work, "hold"))
+        await settle()
+    call = guarded.call(work, {"in the function": "hold", "queued": "ok", "asleep": "fail"}[where])
+    call.send(None)
+    seen: list[object] = []
+    try:
+        if how == "close":
+            call.close()
+        else:
+            call.throw({"cancel": asyncio.CancelledError, "interrupt": KeyboardInterrupt}[how])
+    except BaseException as error:  # what came out is compared
+        seen.append(type(error).__name__)
+    seen += [policy.statistics() for policy in policies]  # type: ignore[attr-defined]
+    if holder is not None:
+        release.set_result(None)
+        seen.append(await within(holder))
+        seen.append(policies[-1].statistics())  # type: ignore[attr-defined]
+    seen.append(policies[0]._watchdogs.watched())  # type: ignore[attr-defined]
+    return seen
+
+
+@pytest.mark.parametrize("how", ["close", "cancel", "interrupt"])
+@pytest.mark.parametrize("where", ["in the function", "queued", "asleep"])
+async def test_a_suspended_call_closed_or_thrown_into_ends_as_chained(where: str, how: str) -> None:
+    """GeneratorExit (`coro.close()`), CancelledError or KeyboardInterrupt thrown into
+    a call suspended at each of its await points: the same exception, every slot and
+    scope given back, the same counts as the chained layers."""
+    fused = await _suspended_then(FUSED, where, how)
+    chained = await _suspended_then(CHAINED, where, how)
+    assert fused == chained
+    assert fused[-1] == 0  # no deadline still watched
