@@ -25,7 +25,8 @@ A policy fuses only when its exact class says so (``_fusion`` in the class's own
 namespace: a subclass may override `_run`) and the instance agrees (``_fuses()``, when
 defined: a breaker sharing its state through a store awaits it). A fused call takes the
 chained layers whenever a policy of the pipeline has hooks, or global hooks are set: the
-per-call events are built there.
+per-call events are built there. A pipeline of more than `_MAX_FUSED` policies is chained
+(the generated code would nest more blocks than CPython compiles).
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ slow paths, are made the first time one needs them)."""
 
 _GLOBAL_HOOKS = global_hooks()
 _STEP, _RETRY = "step", "retry"
+# Policies fused at most: each step nests two blocks, and CPython refuses more than 20
+# statically nested blocks (SyntaxError) and 100 levels of indentation. A longer
+# pipeline, rare and not what fusion is for, runs as chained layers.
+_MAX_FUSED = 10
 
 
 class _Retry(Protocol):
@@ -74,7 +79,7 @@ def fusion_of(policies: Sequence[Policy]) -> Fusion | None:
     How to fuse `policies` (outermost first), or None when they don't all fuse.
     """
     kinds = [_fusion_of(policy) for policy in policies]
-    if len(kinds) < 2 or None in kinds or kinds.count(_RETRY) > 1:  # noqa: PLR2004
+    if not 2 <= len(kinds) <= _MAX_FUSED or None in kinds or kinds.count(_RETRY) > 1:  # noqa: PLR2004
         return None
     everyone = tuple(policies)
     at = kinds.index(_RETRY) if _RETRY in kinds else len(everyone)
@@ -132,7 +137,10 @@ def _step_lines(step: int, at: int, count: int, core: list[str]) -> list[str]:
         f"        if c{step} is None or c{step} is e{step}:",
         f"            del c{step}  # no cycle through this frame on the way out",
         "            raise",
-        f"        raise c{step}  # its cause set by _close",
+        "        try:",
+        f"            raise c{step}  # its cause set by _close",
+        "        finally:",
+        f"            del c{step}  # its traceback holds this frame: no cycle either",
         f"    s{step}._close(t{step}, None)",
     ]
 

@@ -1,0 +1,148 @@
+"""
+Attacks on fused pipelines (`_engine/fusion.py`): each test compares a fused pipeline
+with its chained twin (each policy trivially subclassed, as in test_fusion.py) where
+they once differed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Callable
+
+import pytest
+import tenacity
+
+from resilient import Policy, Retry, Timeout, TimeoutExceeded, pipeline
+from resilient.testing import FakeClock
+from tests._aio import promptly, settle, within
+from tests.policies.test_fusion import CHAINED, FUSED, Kinds
+
+TWINS = pytest.mark.parametrize("kinds", [FUSED, CHAINED], ids=["fused", "chained"])
+
+TimedOutShape = Callable[[Kinds, FakeClock], list[Policy]]
+TIMED_OUT_SHAPES: dict[str, TimedOutShape] = {
+    "timeout outside": lambda k, c: [
+        k.timeout(1.0, clock=c),
+        k.breaker(failure_threshold=50, clock=c),
+        k.bulkhead(2, clock=c),
+    ],
+    "timeout per attempt": lambda k, c: [
+        k.retry(3, wait=tenacity.wait_fixed(0.1), clock=c),
+        k.breaker(failure_threshold=50, clock=c),
+        k.timeout(1.0, clock=c),
+    ],
+}
+
+
+@TWINS
+@pytest.mark.parametrize("shape", sorted(TIMED_OUT_SHAPES))
+async def test_a_timed_out_call_leaves_no_reference_cycle(kinds: Kinds, shape: str) -> None:
+    """A `TimeoutExceeded` raised from the fused frame must not stay in one of its
+    locals: its traceback holds that frame, and the cycle (frames, tracebacks, scope,
+    the CancelledError) would wait for the gc, on every timed-out call, chained layers
+    leave none. Per attempt, even a call the retry then saves left one."""
+    clock = FakeClock()
+    attempts = 0
+
+    async def work() -> None:
+        nonlocal attempts
+        attempts += 1
+        await clock.sleep(5.0)  # past every budget
+
+    call = pipeline(*TIMED_OUT_SHAPES[shape](kinds, clock))(work)
+    with pytest.raises(TimeoutExceeded):
+        await call()  # warm: watchdogs, chained layers for the retries
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(3):
+            with pytest.raises(TimeoutExceeded):
+                await call()
+        gc.collect()
+        cycles = [type(found).__name__ for found in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert attempts > 3  # every call ran and timed out
+    assert "TimeoutExceeded" not in cycles
+    assert "frame" not in cycles
+
+
+@pytest.mark.parametrize("count", [12, 19, 30, 60])
+@pytest.mark.parametrize("retried", [False, True], ids=["steps", "steps and a retry"])
+async def test_a_long_pipeline_of_built_in_policies_still_builds(count: int, retried: bool) -> None:
+    """Each fused step nests two blocks: past CPython's 20 statically nested blocks
+    (or 100 levels of indentation) the generated code was a SyntaxError raised by
+    `pipeline()` itself, where chained layers have no limit. A long pipeline is chained."""
+    policies: list[Policy] = [Timeout(10.0) for _ in range(count)]
+    if retried:
+        policies.insert(count // 2, Retry(2))
+
+    async def answer() -> int:
+        return 42
+
+    guarded = pipeline(*policies)
+    assert await promptly(guarded(answer)()) == 42
+    assert await promptly(guarded.call(answer)) == 42
+
+
+def _shape_with_a_queue(kinds: Kinds, clock: FakeClock) -> list[Policy]:
+    return [
+        kinds.timeout(5.0, clock=clock),
+        kinds.retry(3, wait=tenacity.wait_fixed(0.5), clock=clock),
+        kinds.breaker(failure_threshold=5, clock=clock),
+        kinds.bulkhead(1, max_queue=2, clock=clock),
+    ]
+
+
+async def _suspended_then(kinds: Kinds, where: str, how: str) -> list[object]:
+    # A call suspended in the function, in the bulkhead's queue (the NOT_NOW path) or
+    # in the retry's sleep, then closed or thrown into; what every policy says after.
+    clock = FakeClock(auto_advance=False)
+    policies = _shape_with_a_queue(kinds, clock)
+    guarded = pipeline(*policies)
+    release: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def work(mode: str) -> str:
+        if mode == "hold":
+            await release
+        if mode == "fail":
+            raise ConnectionError("down")
+        return mode
+
+    holder = None
+    if where == "queued":
+        holder = asyncio.ensure_future(guarded.call(work, "hold"))
+        await settle()
+    call = guarded.call(work, {"in the function": "hold", "queued": "ok", "asleep": "fail"}[where])
+    call.send(None)
+    seen: list[object] = []
+    try:
+        if how == "close":
+            call.close()
+        else:
+            call.throw({"cancel": asyncio.CancelledError, "interrupt": KeyboardInterrupt}[how])
+    except BaseException as error:  # what came out is compared
+        seen.append(type(error).__name__)
+    seen += [policy.statistics() for policy in policies]  # type: ignore[attr-defined]
+    if holder is not None:
+        release.set_result(None)
+        seen.append(await within(holder))
+        seen.append(policies[-1].statistics())  # type: ignore[attr-defined]
+    seen.append(policies[0]._watchdogs.watched())  # type: ignore[attr-defined]
+    return seen
+
+
+@pytest.mark.parametrize("how", ["close", "cancel", "interrupt"])
+@pytest.mark.parametrize("where", ["in the function", "queued", "asleep"])
+async def test_a_suspended_call_closed_or_thrown_into_ends_as_chained(where: str, how: str) -> None:
+    """GeneratorExit (`coro.close()`), CancelledError or KeyboardInterrupt thrown into
+    a call suspended at each of its await points: the same exception, every slot and
+    scope given back, the same counts as the chained layers."""
+    fused = await _suspended_then(FUSED, where, how)
+    chained = await _suspended_then(CHAINED, where, how)
+    assert fused == chained
+    assert fused[-1] == 0  # no deadline still watched
