@@ -12,8 +12,9 @@ acknowledged value and prints a summary.
 
 Exit status: 0 when no acknowledged write was lost; 1 when one was (or a key could not
 be read back); 2 for a bad option; 3 when the cluster did not come up; 130 when
-interrupted (Ctrl-C, SIGTERM, SIGHUP). The node processes and the temporary directory
-are removed in every case.
+interrupted (Ctrl-C, SIGTERM, SIGHUP). On each of these exits the node processes and
+the temporary directory are removed; after a SIGKILL the nodes stop by themselves (their
+stdin closes) and the directory stays.
 """
 
 from __future__ import annotations
