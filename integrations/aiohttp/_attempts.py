@@ -43,7 +43,7 @@ import email.utils
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import ClientError, ClientResponse, FormData, payload
@@ -167,6 +167,7 @@ class Attempts(ABC):
         "_file_like",
         "_held",
         "_last_error",
+        "_one_shot",
         "_sending",
         "_sent",
     )
@@ -175,12 +176,17 @@ class Attempts(ABC):
         self._body = body
         self._failure_status = failure_status
         self._held: list[ClientResponse] = []  # received, not released yet
-        self._failed: list[ClientResponse] = []  # the held ones that failed
+        # The held ones that failed: a list once one does (most requests see none).
+        self._failed: list[ClientResponse] | tuple[()] = ()
         self._last_error: BaseException | None = None
         self._sent = 0
-        # A file-like body has one read position: its attempts must not overlap.
-        self._file_like = isinstance(body, IOBasePayload)
         self._sending = False
+        if body is None or type(body) is bytes:  # no body (b"" for aiohttp), or bytes
+            self._file_like = self._one_shot = False  # two ABC checks skipped per request
+        else:
+            # A file-like body has one read position: its attempts must not overlap.
+            self._file_like = isinstance(body, IOBasePayload)
+            self._one_shot = isinstance(body, AsyncIterablePayload)
 
     @abstractmethod
     def _attempt(self, *args: Any) -> Awaitable[ClientResponse]:
@@ -198,7 +204,7 @@ class Attempts(ABC):
         """
         Whether the body is a stream, read once: then the request runs once.
         """
-        return isinstance(self._body, AsyncIterablePayload)
+        return self._one_shot
 
     async def run(
         self, call: Callable[..., Awaitable[ClientResponse]], *args: Any, once: bool
@@ -215,60 +221,81 @@ class Attempts(ABC):
             Exception: What the policies raised, or what the request raised by the
                 caller's own error (`NotSent`), as without the policies.
         """
+        self._started()
         try:
-            if once or self.one_shot():
-                with no_retries():
+            try:
+                if once or self._one_shot:
+                    with no_retries():
+                        response = await call(*args)
+                else:
                     response = await call(*args)
-            else:
-                response = await call(*args)
-        except UnhealthyResponse as failed:
-            response = self.outcome_of(failed)  # no attempt left: the caller gets it
-        except CannotResend:
-            response = self.last_outcome()
-        except NotSent as not_sent:
-            self.release_all()
-            raise not_sent.error from not_sent.error.__cause__  # as if no policy
-        except BaseException:
-            self.release_all()
-            raise
+            except UnhealthyResponse as failed:
+                response = self.outcome_of(failed)  # no attempt left: the caller gets it
+            except CannotResend:
+                response = self.last_outcome()
+            except NotSent as not_sent:
+                self.release_all()
+                raise not_sent.error from not_sent.error.__cause__  # as if no policy
+            except BaseException:
+                self.release_all()
+                raise
+        finally:
+            self._ended()
         self.keep(response)
+        return self._checked(response)
+
+    def _started(self) -> None:  # noqa: B027  # a hook: most attempts need none
+        """
+        `run` begins (in its coroutine: a run never awaited never ends either).
+        """
+
+    def _ended(self) -> None:  # noqa: B027  # a hook: most attempts need none
+        """
+        `run` ends, however it ends.
+        """
+
+    def _checked(self, response: ClientResponse) -> ClientResponse:
+        """
+        What the caller gets: `response`, once it is known to be one.
+        """
         return response
 
     async def send(self, *args: Any) -> ClientResponse:
         """
         Send one attempt (the policies call this); raise `UnhealthyResponse` on a failure.
-        """
-        if not self._file_like:
-            return await self._send(args)
-        if self._sending:  # a hedge, while another attempt sends the body
-            raise CannotResend("another attempt is sending this file-like body")
-        self._sending = True
-        try:
-            return await self._send(args)
-        finally:
-            self._sending = False
 
-    async def _send(self, args: tuple[Any, ...]) -> ClientResponse:
-        if self._sent and self._spent():
-            raise CannotResend  # checked before releasing: the caller may get that response
-        if self._failed:
-            self._release(self._failed)
-        self._sent += 1
+        One coroutine, not one per step: every I/O wait of the attempt resumes through
+        each frame awaiting it.
+        """
+        alone = self._file_like
+        if alone:
+            if self._sending:  # a hedge, while another attempt sends the body
+                raise CannotResend("another attempt is sending this file-like body")
+            self._sending = True
         try:
-            # Inside the try: a header that can't be written, a URL aiohttp refuses, is
-            # the caller's error (NotSent), never an attempt that failed.
-            response = await self._attempt(*args)
-        except (ClientError, OSError, ResilienceError) as error:
-            self._last_error = error
-            raise  # the network, the server, or an inner policy: judged by the policies
-        except Exception as error:
-            # Kept too: when this was the last attempt and an earlier one's failed
-            # response is already released, the caller gets this, its own error.
-            self._last_error = error
-            raise NotSent(error) from error
+            if self._sent and self._spent():
+                raise CannotResend  # checked before releasing: the caller may get that response
+            if self._failed:
+                self._release(self._failed)
+            self._sent += 1
+            try:
+                # Inside the try: a header that can't be written, a URL aiohttp refuses, is
+                # the caller's error (NotSent), never an attempt that failed.
+                response = await self._attempt(*args)
+            except (ClientError, OSError, ResilienceError) as error:
+                self._last_error = error
+                raise  # the network, the server, or an inner policy: judged by the policies
+            except Exception as error:
+                # Kept too: when this was the last attempt and an earlier one's failed
+                # response is already released, the caller gets this, its own error.
+                self._last_error = error
+                raise NotSent(error) from error
+        finally:
+            if alone:
+                self._sending = False
         self._held.append(response)
         if self._failure_status(response.status):
-            self._failed.append(response)
+            self._failed = [*self._failed, response]
             raise UnhealthyResponse(response)
         return response
 
@@ -311,7 +338,7 @@ class Attempts(ABC):
         """
         self._release(list(self._held))
 
-    def _release(self, doomed: list[ClientResponse]) -> None:
+    def _release(self, doomed: Sequence[ClientResponse]) -> None:
         for response in doomed:
             response.release()
         self._held = [response for response in self._held if response not in doomed]

@@ -36,7 +36,7 @@ from resilient import CircuitBreaker, Policy, Retry, RetryBudget, Timeout, pipel
 from resilient.validation import check_seconds
 
 from ._attempts import Attempts, UnhealthyResponse, parse_retry_after
-from ._policies import DEFAULT_MAX_KEYS, PolicyCache
+from ._policies import DEFAULT_MAX_KEYS, PolicyCache, PolicyEntry
 from ._propagation import (
     DEADLINE_HEADER,
     PRIORITY_HEADER,
@@ -197,33 +197,30 @@ class ResilienceMiddleware:
         """
         return self._policies.get(key)
 
-    async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+    def __call__(
+        self, request: ClientRequest, handler: ClientHandlerType
+    ) -> Awaitable[ClientResponse]:
         """
-        Run one request through its key's policy (aiohttp calls this).
+        Run one request through its key's policy (aiohttp calls this and awaits it).
+
+        A plain function returning the request's coroutine, not a coroutine awaiting
+        it: every I/O wait of the request resumes through one frame less.
         """
-        entry = self._policies.enter(self._key(request))
+        entry = self._policies.get_entry(self._key(request))
         if entry is None:
             self._stamp(request)
-            return await handler(request)
-        attempts = _RequestAttempts(request, handler, self._stamp, self._failure_status)
-        try:
-            # The unbound `send`, not `attempts.send`: a policy remembers a plain function
-            # it has vetted, so the call skips that check (a bound method is new each time).
-            response = await attempts.run(
-                entry.policy.call,
-                _RequestAttempts.send,
-                attempts,
-                once=request.method not in self._retry_methods,
-            )
-        finally:
-            self._policies.leave(entry)
-        if not isinstance(response, ClientResponse):
-            raise TypeError(
-                f"ResilienceMiddleware: the policy for {request.url.origin()} returned"
-                f" {type(response).__name__}, not a response; put Fallback around your"
-                " request code, not in the middleware's policies"
-            )
-        return response
+            return handler(request)
+        attempts = _RequestAttempts(
+            request, handler, self._stamp, self._failure_status, self._policies, entry
+        )
+        # The unbound `send`, not `attempts.send`: a policy remembers a plain function it
+        # has vetted, so the call skips that check (a bound method is new each time).
+        return attempts.run(
+            entry.policy.call,
+            _RequestAttempts.send,
+            attempts,
+            once=request.method not in self._retry_methods,
+        )
 
     def _stamp_headers(self, request: ClientRequest) -> None:
         headers = request.headers
@@ -244,19 +241,38 @@ class _RequestAttempts(Attempts):
     The attempts of one request through the middleware: the same request, re-sent.
     """
 
-    __slots__ = ("_handler", "_request", "_stamp")
+    __slots__ = ("_cache", "_entry", "_handler", "_request", "_stamp")
 
-    def __init__(
+    def __init__(  # noqa: PLR0917  # one request's parts, from one caller
         self,
         request: ClientRequest,
         handler: ClientHandlerType,
         stamp: Callable[[ClientRequest], None],
         failure_status: Callable[[int], bool],
+        cache: PolicyCache,
+        entry: PolicyEntry,
     ) -> None:
         super().__init__(request.body, failure_status)
         self._request = request
         self._handler = handler
         self._stamp = stamp
+        self._cache = cache
+        self._entry = entry
+
+    def _started(self) -> None:
+        self._cache.enter(self._entry)  # in flight: the cache won't drop its policy
+
+    def _ended(self) -> None:
+        self._cache.leave(self._entry)
+
+    def _checked(self, response: ClientResponse) -> ClientResponse:
+        if not isinstance(response, ClientResponse):
+            raise TypeError(
+                f"ResilienceMiddleware: the policy for {self._request.url.origin()} returned"
+                f" {type(response).__name__}, not a response; put Fallback around your"
+                " request code, not in the middleware's policies"
+            )
+        return response
 
     def _spent(self) -> bool:
         # The request's body as it is now: a middleware inside ours may have replaced it.

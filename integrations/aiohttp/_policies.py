@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from resilient import CircuitBreaker, CircuitState, Pipeline, Policy
 from resilient.validation import check_int
 
-__all__ = ["DEFAULT_MAX_KEYS", "PolicyCache"]
+__all__ = ["DEFAULT_MAX_KEYS", "PolicyCache", "PolicyEntry"]
 
 DEFAULT_MAX_KEYS = 1000
 """Policies a middleware's factory keeps at most, idle ones dropped least recently used."""
@@ -32,7 +32,11 @@ DEFAULT_MAX_KEYS = 1000
 _SCAN = 16  # entries one shrinking pass looks at, beyond the room it must make
 
 
-class _Entry:
+class PolicyEntry:
+    """
+    A key's policy in the cache, and how many of its requests are in flight.
+    """
+
     __slots__ = ("in_flight", "policy")
 
     def __init__(self, policy: Policy) -> None:
@@ -55,7 +59,7 @@ def _settled(breaker: CircuitBreaker) -> bool:
     return breaker.state is not CircuitState.OPEN or not breaker.retry_in()
 
 
-def _idle(entry: _Entry) -> bool:
+def _idle(entry: PolicyEntry) -> bool:
     return entry.in_flight == 0 and all(_settled(b) for b in _breakers(entry.policy))
 
 
@@ -74,7 +78,15 @@ class PolicyCache:
         ValueError: `max_keys` < 1.
     """
 
-    __slots__ = ("_built", "_default", "_factory", "_fixed", "in_flight", "max_keys")
+    __slots__ = (
+        "_built",
+        "_default",
+        "_factory",
+        "_fixed",
+        "_newest",
+        "in_flight",
+        "max_keys",
+    )
 
     def __init__(
         self,
@@ -85,9 +97,10 @@ class PolicyCache:
     ) -> None:
         self.max_keys = check_int("ResilienceMiddleware", "max_keys", max_keys, minimum=1)
         self._factory = factory
-        self._fixed = {key: _Entry(policy) for key, policy in fixed.items()}
-        self._default = _Entry(default) if default is not None else None
-        self._built: OrderedDict[str, _Entry] = OrderedDict()
+        self._fixed = {key: PolicyEntry(policy) for key, policy in fixed.items()}
+        self._default = PolicyEntry(default) if default is not None else None
+        self._built: OrderedDict[str, PolicyEntry] = OrderedDict()
+        self._newest: str | None = None  # the key last moved to the end of `_built`
         self.in_flight = 0  # requests between enter() and leave()
 
     def __len__(self) -> int:
@@ -100,17 +113,23 @@ class PolicyCache:
         entry = self._entry(key)
         return entry.policy if entry is not None else None
 
-    def enter(self, key: str) -> _Entry | None:
+    def get_entry(self, key: str) -> PolicyEntry | None:
         """
-        A request of `key` starts: its entry, counted in flight until `leave`.
-        """
-        entry = self._entry(key)
-        if entry is not None:
-            entry.in_flight += 1
-            self.in_flight += 1
-        return entry
+        The entry of `key`, its policy built on first use (None: no policy).
 
-    def leave(self, entry: _Entry) -> None:
+        Count a request in flight with `enter` before it awaits anything, so the cache
+        keeps the policy while it runs.
+        """
+        return self._entry(key)
+
+    def enter(self, entry: PolicyEntry) -> None:
+        """
+        A request of `entry`'s key starts: counted in flight until `leave`.
+        """
+        entry.in_flight += 1
+        self.in_flight += 1
+
+    def leave(self, entry: PolicyEntry) -> None:
         """
         A request that `enter` counted has ended.
         """
@@ -119,17 +138,20 @@ class PolicyCache:
         if len(self._built) > self.max_keys:
             self._shrink()  # keys busy when the cache filled up may be idle now
 
-    def _entry(self, key: str) -> _Entry | None:
+    def _entry(self, key: str) -> PolicyEntry | None:
         entry = self._built.get(key)
         if entry is not None:
-            self._built.move_to_end(key)
+            if key is not self._newest:  # most requests go to the host of the one before
+                self._built.move_to_end(key)
+                self._newest = key
             return entry
         if self._factory is None:  # a mapping: fixed policies only
             return self._fixed.get(key, self._default)
-        entry = _Entry(self._factory(key))
+        entry = PolicyEntry(self._factory(key))
         if len(self._built) >= self.max_keys:
             self._shrink(room=1)  # before adding: the new key is never the one dropped
         self._built[key] = entry
+        self._newest = key
         return entry
 
     def _shrink(self, room: int = 0) -> None:
@@ -145,3 +167,4 @@ class PolicyCache:
                 del self._built[key]
             else:
                 self._built.move_to_end(key)
+                self._newest = key

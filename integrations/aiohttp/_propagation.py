@@ -16,7 +16,6 @@ priority, a fresh trace), never an error.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, MutableMapping
 
@@ -35,6 +34,7 @@ __all__ = [
 
 DEADLINE_HEADER = "X-Request-Timeout-Ms"
 MAX_DEADLINE_MS = 24 * 3600 * 1000  # a day: anything longer is not a deadline
+_MAX_DEADLINE_S = MAX_DEADLINE_MS / 1000
 _DIGITS = re.compile(r"[0-9]{1,9}")
 PRIORITY_HEADER = "X-Request-Priority"
 
@@ -48,9 +48,11 @@ def set_deadline_header(headers: MutableMapping[str, str], name: str = DEADLINE_
     """
     left = remaining_time()
     if left is not None:
-        # Capped before the multiplication: 1e306 s is an infinite number of ms.
-        millis = math.floor(min(left, MAX_DEADLINE_MS / 1000) * 1000)
-        headers[name] = str(max(1, millis))
+        # Capped before the multiplication: 1e306 s is an infinite number of ms. `left`
+        # is never negative, so int() floors it (every attempt of every request pays
+        # this: no min, max or floor calls).
+        millis = int(left * 1000) if left < _MAX_DEADLINE_S else MAX_DEADLINE_MS
+        headers[name] = str(millis) if millis >= 1 else "1"
 
 
 def set_priority_header(headers: MutableMapping[str, str], name: str = PRIORITY_HEADER) -> None:

@@ -85,22 +85,32 @@ class Pipeline(Policy):
             wrapper = self._outer._guard(self._chain(fn))  # noqa: SLF001  # Policy's own protocol
         return functools.wraps(fn)(wrapper)
 
-    async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    def call(  # the same call as an async def, one coroutine less (see below)
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, T]:
         """
         Run `fn(*args, **kwargs)` through every policy, outermost first.
+
+        Returns the coroutine to await, as an ``async def`` would. For a fused pipeline
+        it is the fused call itself, not a coroutine awaiting it: each suspension of the
+        call (every I/O wait of `fn`) passes one frame less.
 
         The layers around a plain function are chained on its first call and kept, so
         calling it again costs what a decorated call does; a bound method, a closure or
         another callable is chained on each call (the chain would keep it alive).
 
         Raises:
-            TypeError: As `Policy.call` says, when `fn` gives nothing to await.
+            TypeError: As `Policy.call` says, when `fn` gives nothing to await (raised
+                when the coroutine is awaited).
         """
         inner = self._chains.get(fn) if type(fn) is FunctionType else None
         if inner is None:
             inner = self._inner_chain(fn)
         if self._fusion is not None:
-            return await inner(*args, **kwargs)  # type: ignore[no-any-return]  # fused: all of it
+            return inner(*args, **kwargs)  # type: ignore[return-value]  # fused: a coroutine
+        return self._call_chained(inner, args, kwargs)
+
+    async def _call_chained(self, inner: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         outer = self._outer
         # The outer layer written out, as the decorator's wrapper does (`Policy._guard`).
         if outer._hooks or _GLOBAL_HOOKS:  # noqa: SLF001  # Policy's own protocol

@@ -114,21 +114,38 @@ class Timeout(Policy):
         scope = self._open()
         try:
             result = await fn(*args, **kwargs)
-        except asyncio.CancelledError as cancelled:
-            if self._exit(scope):
-                raise self._expired(scope) from cancelled
-            raise
-        except BaseException:
-            self._exit(scope)
-            raise
-        self._exit(scope)
+        except BaseException as error:
+            raised = self._close(scope, error)
+            if raised is error or raised is None:
+                raise
+            try:
+                raise raised  # our own expiry: TimeoutExceeded, caused by the cancellation
+            finally:
+                del raised  # its traceback holds this frame: no reference cycle
+        self._close(scope, None)
         return result
 
     def _close(self, scope: _Scope, error: BaseException | None) -> BaseException | None:
         """
-        End `scope` (a fused pipeline's step); the error to raise in place of `error`.
+        Leave `scope` (`_run`, ``async with``, a fused pipeline's step).
+
+        Returns the error to raise in place of `error`: `TimeoutExceeded` (its cause set)
+        when our own timer is why the call was cancelled, else `error` itself.
         """
-        if self._exit(scope) and isinstance(error, asyncio.CancelledError):
+        scope.live = False  # Watchdog.unwatch(scope), written out: every call pays it
+        token = scope.token
+        if token is not None:
+            DEADLINE.reset(token)
+            scope.token = None
+        # Withdraw our cancel request whatever happened, as asyncio.timeout does, so a
+        # call that swallowed it doesn't leave the task with a stray pending cancel.
+        task, scope.task = scope.task, None
+        if (
+            scope.fired
+            and task is not None
+            and task.uncancel() <= scope.cancelling
+            and isinstance(error, asyncio.CancelledError)
+        ):
             expired = self._expired(scope)
             expired.__cause__ = error  # as ``raise ... from``
             return expired
@@ -177,19 +194,6 @@ class Timeout(Policy):
         scope.token = DEADLINE.set(scope)
         return scope
 
-    def _exit(self, scope: _Scope) -> bool:
-        """
-        Leave the scope; True when our own timer is why the task was cancelled.
-        """
-        scope.live = False  # Watchdog.unwatch(scope), written out: every call pays it
-        if scope.token is not None:
-            DEADLINE.reset(scope.token)
-            scope.token = None
-        # Withdraw our cancel request whatever happened, as asyncio.timeout does, so a
-        # call that swallowed it doesn't leave the task with a stray pending cancel.
-        task, scope.task = scope.task, None
-        return scope.fired and task is not None and task.uncancel() <= scope.cancelling
-
     def _expired(self, scope: _Scope) -> TimeoutExceeded:
         self._timeouts += 1
         if self._listening():
@@ -214,8 +218,9 @@ class Timeout(Policy):
         scope = stack.pop()
         if not stack:
             del self._scopes[task]  # type: ignore[arg-type]  # the stack's, so not None
-        if self._exit(scope) and exc_type is asyncio.CancelledError:
-            raise self._expired(scope) from exc
+        raised = self._close(scope, exc)
+        if raised is not exc:
+            raise raised  # type: ignore[misc]  # TimeoutExceeded, its cause set by _close
 
     def statistics(self) -> TimeoutStatistics:
         """

@@ -199,6 +199,33 @@ async def test_a_fused_call_in_flight_is_one_frame_over_the_function() -> None:
     assert await within(asyncio.gather(*calls)) == ["done", "done"]
 
 
+async def test_pipeline_call_of_a_fused_pipeline_is_the_fused_coroutine_itself() -> None:
+    """`Pipeline.call` hands back the fused call to await, not a coroutine awaiting it:
+    nothing runs before it is awaited, and a call in flight is the same two frames as a
+    decorated one."""
+    release = asyncio.Event()
+    ran: list[int] = []
+
+    async def waiting(value: int) -> int:
+        ran.append(value)
+        await release.wait()
+        return value
+
+    policy = pipeline(Timeout(5), Retry(2), CircuitBreaker(), Bulkhead(4))
+    coroutine = policy.call(waiting, 7)
+    assert asyncio.iscoroutine(coroutine)
+    await settle()
+    assert ran == []  # not started: a coroutine, run when awaited
+    call = asyncio.ensure_future(coroutine)
+    await settle()
+    assert _awaiting(call.get_coro()) == ["fused", "waiting", "wait"]
+    release.set()
+    assert await within(call) == 7
+    # Chained (a subclass fuses nothing): a coroutine too, awaited the same way.
+    chained = pipeline(ChainedTimeout(5), Retry(2))
+    assert await within(chained.call(waiting, 8)) == 8
+
+
 async def test_cancelling_a_fused_call_is_never_swallowed() -> None:
     """Cancelled from outside while inside every step: CancelledError comes out, every
     slot and scope is given back, nothing counts as a failure or a timeout."""

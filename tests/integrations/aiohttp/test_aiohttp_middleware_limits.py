@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -16,7 +17,10 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
+import yarl
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
 from resilient import (
     CircuitBreaker,
@@ -26,6 +30,7 @@ from resilient import (
     Retry,
     Timeout,
     TimeoutExceeded,
+    deadline,
     pipeline,
 )
 from resilient._engine.policy import Args, AsyncFn, Kwargs
@@ -37,8 +42,9 @@ from resilient.integrations.aiohttp import (
 )
 from resilient.integrations.aiohttp import _client as client_module
 from resilient.integrations.aiohttp import _policies as policies_module
-from resilient.integrations.aiohttp._propagation import MAX_DEADLINE_MS
+from resilient.integrations.aiohttp._propagation import MAX_DEADLINE_MS, set_deadline_header
 from resilient.testing import FakeClock, instant_retries
+from tests._aio import within
 from tests._run import run_module
 from tests.integrations.aiohttp.test_aiohttp_client import (  # noqa: F401  # backend, backends: fixtures
     GUARD,
@@ -362,3 +368,59 @@ def test_keys_pinned_past_the_cap_cost_little_per_new_key(monkeypatch: pytest.Mo
     for n in range(pinned // 10):
         middleware.policy_for(f"http://up-{n}")
     assert held(middleware) == 10
+
+
+def test_the_least_recently_used_idle_key_is_dropped_first() -> None:
+    """Recency, not first use: a key used again moves to the back of the queue, and a
+    key used twice in a row stays there."""
+    built: list[str] = []
+
+    def factory(key: str) -> Retry:
+        built.append(key)
+        return Retry(2)
+
+    middleware = ResilienceMiddleware(factory, max_keys=2)
+    first_a = middleware.policy_for("a")
+    middleware.policy_for("b")
+    assert middleware.policy_for("a") is first_a  # a is the newest now
+    middleware.policy_for("c")  # drops b, the least recently used
+    assert middleware.policy_for("a") is first_a
+    assert built == ["a", "b", "c"]
+    middleware.policy_for("a")  # again: a stays the newest
+    middleware.policy_for("b")  # drops c
+    assert built == ["a", "b", "c", "b"]
+    assert middleware.policy_for("a") is first_a
+
+
+@given(seconds=st.floats(min_value=1e-9, max_value=1e306, allow_nan=False))
+def test_the_deadline_header_is_the_floor_of_what_is_left_in_ms(seconds: float) -> None:
+    """Whole milliseconds rounded down, at least 1 and at most a day."""
+    headers: dict[str, str] = {}
+    with deadline(seconds, clock=FakeClock()):
+        set_deadline_header(headers)
+    expected = max(1, math.floor(min(seconds, MAX_DEADLINE_MS / 1000) * 1000))
+    assert headers == {DEADLINE_HEADER: str(expected)}
+
+
+async def test_a_request_runs_only_once_awaited_and_counts_in_flight_while_it_runs() -> None:
+    """`__call__` hands aiohttp the request's coroutine: nothing is sent or counted
+    before it is awaited, so one never awaited leaves no request in flight behind."""
+    sent: list[aiohttp.ClientRequest] = []
+
+    async def handler(request: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
+        sent.append(request)
+        assert middleware._policies.in_flight == 1  # counted while it runs
+        raise aiohttp.ClientConnectionError("nobody home")
+
+    middleware = ResilienceMiddleware(lambda key: Retry(1))
+    request = aiohttp.ClientRequest(
+        "GET", yarl.URL("http://127.0.0.1:9/"), loop=asyncio.get_running_loop()
+    )
+    never = middleware(request, handler)
+    assert sent == []
+    never.close()  # type: ignore[attr-defined]  # a coroutine, dropped unawaited
+    assert middleware._policies.in_flight == 0
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await within(middleware(request, handler))
+    assert len(sent) == 1
+    assert middleware._policies.in_flight == 0
