@@ -197,13 +197,25 @@ def _quick(  # noqa: PLR0917  # main's parts, passed on
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--md", type=Path, help="report here (default: a temp dir)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="also write the rounds as pyperf JSON, for benchmarks.report (needs pyperf)",
+    )
     ns = parser.parse_args(argv)
     if ns.rounds < 1 or ns.calls < 1:
         parser.error("--rounds and --calls must be >= 1")
+    if ns.output is not None and ns.output.exists():
+        parser.error(f"-o {ns.output}: exists; pick a fresh name (as pyperf would)")
     samples = _run_loop(interleave(cases, ns.rounds, ns.calls, ns.seed))
     medians = {name: statistics.median(values) for name, values in samples.items()}
     for name, seconds in medians.items():
         print(f"{name:<56} {seconds * 1e9:>12,.0f} ns/call")
+    if ns.output is not None:
+        command = " ".join(["python -m", module, "--quick", *_variant_flags(variant), *argv])
+        _dump(ns.output, samples, variant, command)
+        print(f"wrote {ns.output}", file=sys.stderr)
     how = f"`--quick`: {ns.rounds} interleaved rounds of {ns.calls:,} calls, in one process"
     path = report_path(ns.md, quick=True, default=Path())
     machine = report.local_machine("uvloop" if "uvloop" in variant else "asyncio")
@@ -211,6 +223,32 @@ def _quick(  # noqa: PLR0917  # main's parts, passed on
     report.write(path, page, text, variant)
     print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _variant_flags(variant: str) -> list[str]:
+    return [f"--{flag}" for flag in variant.split("-") if flag]
+
+
+def _dump(path: Path, samples: dict[str, list[float]], variant: str, command: str) -> None:
+    """
+    Interleaved rounds as pyperf JSON: one run per case, a value per round.
+
+    `benchmarks.report` reads it as it reads a pyperf run (median of the values), and
+    takes `command` from its metadata for the region's "how".
+    """
+    import pyperf  # type: ignore[import-not-found, unused-ignore]
+
+    metadata = {
+        "loop": "uvloop" if "uvloop" in variant else "asyncio",
+        "clock": "process_time" if "cpu" in variant else "wall",
+        "command": command,
+        "loops": 1,
+    }
+    benchmarks = [
+        pyperf.Benchmark([pyperf.Run(values, metadata={**metadata, "name": name})])
+        for name, values in samples.items()
+    ]
+    pyperf.BenchmarkSuite(benchmarks).dump(str(path))
 
 
 _clock = time.perf_counter

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,54 @@ def full_pipeline(key: str) -> Policy:
         CircuitBreaker(name=key, failure_threshold=5, reset_timeout=30.0),
         Bulkhead(max_concurrent=10, name=key),
     )
+
+
+class _Floor:
+    """
+    A policy's happy-path work written by hand, as a middleware: the floor of doing it.
+
+    What a careful user would write without a library: a total `asyncio.timeout`, up to
+    three attempts, each under its own `asyncio.timeout` (or, for the full pipeline, a
+    `Semaphore` of 10), a breaker that is a consecutive-failure counter, and the
+    remaining deadline stamped on each attempt. No retry budget, no jitter, no events,
+    no metrics hooks, no trace context: less than the policies do, so the comparison
+    flatters the floor.
+    """
+
+    def __init__(self, total: float, per_attempt: float | None, bulkhead: bool) -> None:
+        self.total, self.per_attempt = total, per_attempt
+        self.slots = asyncio.Semaphore(10) if bulkhead else None
+        self.failures, self.opened_at = 0, 0.0
+
+    async def __call__(self, request: Any, handler: Any) -> Any:
+        async with asyncio.timeout(self.total) as total:
+            for attempt in range(3):
+                if self.failures >= 5 and time.monotonic() - self.opened_at < 30.0:
+                    raise RuntimeError("circuit open")
+                try:
+                    response = await self._attempt(request, handler, total)
+                except (aiohttp.ClientError, OSError):
+                    self.failures, self.opened_at = self.failures + 1, time.monotonic()
+                    if attempt == 2:
+                        raise
+                    continue
+                if response.status < 500 and response.status != 429:
+                    self.failures = 0
+                    return response
+                self.failures, self.opened_at = self.failures + 1, time.monotonic()
+                if attempt < 2:
+                    response.release()
+            return response
+
+    async def _attempt(self, request: Any, handler: Any, total: asyncio.Timeout) -> Any:
+        when = total.when()
+        left = 0.0 if when is None else when - asyncio.get_running_loop().time()
+        request.headers["X-Request-Timeout-Ms"] = str(max(1, int(left * 1000)))
+        if self.slots is not None:
+            async with self.slots:
+                return await handler(request)
+        async with asyncio.timeout(min(self.per_attempt or left, left)):
+            return await handler(request)
 
 
 def _url() -> str:
@@ -109,7 +158,24 @@ def cases() -> list[Case]:
              "ResilienceMiddleware(<same factory>, propagate=False)"),
         Case("aiohttp-retry RetryClient", _getter(_retry_client),
              "RetryClient(retry_options=ExponentialRetry(attempts=3))", ("aiohttp_retry",)),
+        Case(RETRY_ONLY,
+             _getter(lambda: session(middlewares=[
+                 ResilienceMiddleware(lambda _: Retry(attempts=3), propagate=False)])),
+             "ResilienceMiddleware(lambda key: Retry(3), propagate=False): RetryClient's job"),
+        Case(FLOOR_DEFAULT,
+             _getter(lambda: session(middlewares=[_Floor(30.0, 10.0, bulkhead=False)])),
+             "a middleware: asyncio.timeout(30), 3 attempts each under asyncio.timeout(10),"
+             " a consecutive-failure breaker, the deadline header"),
+        Case(FLOOR_FULL,
+             _getter(lambda: session(middlewares=[_Floor(TIMEOUT, None, bulkhead=True)])),
+             "a middleware: asyncio.timeout(10), 3 attempts each holding a Semaphore(10),"
+             " a consecutive-failure breaker, the deadline header"),
     ]  # fmt: skip
+
+
+RETRY_ONLY = "ResilienceMiddleware, Retry(3) only, propagate=False"
+FLOOR_DEFAULT = "hand-written floor: the default policy's work"
+FLOOR_FULL = "hand-written floor: the full pipeline's work"
 
 
 BARE = "bare ClientSession"
@@ -133,6 +199,16 @@ PAGE = Report(
         Figure("full pipeline / RetryClient (overheads)",
                ("ResilienceMiddleware, full pipeline per host", BARE),
                [("aiohttp-retry RetryClient", BARE)], 1.0),
+        Figure("Retry(3) only / RetryClient (overheads): the same retries",
+               (RETRY_ONLY, BARE), [("aiohttp-retry RetryClient", BARE)], 1.0),
+        Figure("hand-written floor of the default policy: overhead % of a bare GET",
+               (FLOOR_DEFAULT, BARE), [(BARE, None)], percent=True),
+        Figure("hand-written floor of the full pipeline: overhead % of a bare GET",
+               (FLOOR_FULL, BARE), [(BARE, None)], percent=True),
+        Figure("default policy / its hand-written floor (overheads)",
+               ("ResilienceMiddleware() (default policy)", BARE), [(FLOOR_DEFAULT, BARE)]),
+        Figure("full pipeline / its hand-written floor (overheads)",
+               ("ResilienceMiddleware, full pipeline per host", BARE), [(FLOOR_FULL, BARE)]),
     ],
     notes="The middleware's work per request: choosing the host's policy, running it, and"
     " stamping the deadline and trace headers (opentelemetry-api is installed and no span"

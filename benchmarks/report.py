@@ -198,8 +198,11 @@ def local_machine(loop: str) -> str:
     )
 
 
-def load(paths: Sequence[Path]) -> tuple[list[dict[str, float]], str, str]:
-    """Per run, each benchmark's median seconds per call; the machine; the variant."""
+def load(paths: Sequence[Path]) -> tuple[list[dict[str, float]], str, str, str | None]:
+    """
+    Per run, each benchmark's median seconds per call; the machine; the variant; the
+    command of an interleaved (``--quick -o``) run, None for a pyperf one.
+    """
     import pyperf  # type: ignore[import-not-found, unused-ignore]
 
     runs, meta = [], {}
@@ -216,7 +219,19 @@ def load(paths: Sequence[Path]) -> tuple[list[dict[str, float]], str, str]:
     variant = "uvloop" if meta.get("loop") == "uvloop" else ""
     if str(meta.get("clock", "")).startswith("process_time"):
         variant = "-".join(filter(None, [variant, "cpu"]))
-    return runs, machine, variant
+    command = meta.get("command")
+    return runs, machine, variant, None if command is None else str(command)
+
+
+def _without_output(command: str) -> str:
+    # The command as run, less its own `-o FILE` (the region says `-o RUN.json`) and
+    # `--seed N` (each run shuffles with its own).
+    words = command.split()
+    for flag in ("-o", "--output", "--seed"):
+        while flag in words:
+            at = words.index(flag)
+            del words[at : at + 2]
+    return " ".join(words)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,15 +242,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--md", type=Path, default=DOCS, help=f"default {DOCS}")
     args = parser.parse_args(argv)
     module: Any = importlib.import_module(f"benchmarks.{args.benchmark}")
-    runs, machine, variant = load(args.runs)
+    runs, machine, variant, command = load(args.runs)
     cases: list[Case] = [c for c in module.cases() if all(c.name in r for r in runs)]
     missing = sorted({c.name for c in module.cases()} - {c.name for c in cases})
-    how = (
-        f"{len(runs)} runs of `python -m benchmarks.{args.benchmark}"
-        + (" --uvloop" if "uvloop" in variant else "")
-        + (" --cpu" if "cpu" in variant else "")
-        + f" -o RUN.json`, then `python -m benchmarks.report {args.benchmark} RUN.json ...`"
-    )
+    if command is not None:  # interleaved rounds in one process, each run its own file
+        how = (
+            f"{len(runs)} runs of `{_without_output(command)} --seed N -o RUN.json` (N = 1,"
+            " 2, 3, ...; every case in one process, in interleaved rounds shuffled by the"
+            " seed; a case's figure per run is its median over the rounds), then"
+            f" `python -m benchmarks.report {args.benchmark} RUN.json ...`"
+        )
+    else:
+        how = (
+            f"{len(runs)} runs of `python -m benchmarks.{args.benchmark}"
+            + (" --uvloop" if "uvloop" in variant else "")
+            + (" --cpu" if "cpu" in variant else "")
+            + f" -o RUN.json`, then `python -m benchmarks.report {args.benchmark} RUN.json ...`"
+        )
     page: Report = module.PAGE
     chart = bool(page.chart) and not variant
     if chart:

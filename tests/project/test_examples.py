@@ -99,3 +99,32 @@ def test_report_figures_divide_overheads_of_the_same_run() -> None:
     assert Figure("x", ("mine", "bare")).value(run) == 2.0
     assert Figure("x", ("mine", "bare"), [("noise", "bare")]).value(run) is None
     assert Figure("x", ("gone", "bare"), [("peer", "bare")]).value(run) is None
+
+
+def test_interleaved_runs_make_a_region_through_the_report(tmp_path: Path) -> None:
+    """`--quick -o RUN.json` writes the interleaved rounds as pyperf JSON, which
+    `benchmarks.report` turns into the region (its command named, not pyperf's), and
+    an existing file is never overwritten."""
+    runs = [tmp_path / f"run{seed}.json" for seed in (1, 2, 3)]
+    for seed, run in enumerate(runs, start=1):
+        run_module(
+            "benchmarks.ratelimit", "--quick", "--cpu", "--rounds", "2", "--calls", "100",
+            "--seed", str(seed), "-o", str(run), "--md", str(tmp_path / "quick.md"),
+            timeout=120.0,
+        )  # fmt: skip
+        assert run.stat().st_size > 0
+    page = tmp_path / "bench.md"
+    page.write_text("# Benchmarks\n")
+    run_module("benchmarks.report", "ratelimit", *map(str, runs), "--md", str(page))
+    text = page.read_text()
+    assert text.count("<!-- ratelimit-cpu:begin -->") == 1
+    assert (
+        "3 runs of `python -m benchmarks.ratelimit --quick --cpu --rounds 2 --calls 100"
+        " --md" in text
+    )
+    assert "resilient @RateLimiter" in text
+    with pytest.raises(AssertionError, match="exists"):
+        run_module(
+            "benchmarks.ratelimit", "--quick", "--rounds", "1", "--calls", "10",
+            "-o", str(runs[0]),
+        )  # fmt: skip

@@ -1096,7 +1096,7 @@ async def test_custom_deadline_header(backend: Backend, clock: FakeClock) -> Non
 
 
 def test_middleware_benchmark_quick_run(tmp_path: Path) -> None:
-    """`benchmarks.middleware --quick` measures all three clients and writes its section."""
+    """`benchmarks.middleware --quick` measures every client and writes its section."""
     report = tmp_path / "benchmarks.md"
     report.write_text("# Benchmarks\n\nkept\n")
     done = subprocess.run(
@@ -1113,6 +1113,9 @@ def test_middleware_benchmark_quick_run(tmp_path: Path) -> None:
     assert "<!-- middleware:begin -->" in text
     assert "<!-- middleware:end -->" in text
     assert "full pipeline" in text
+    # The hand-written floors, measured beside the middleware, with their comparisons.
+    assert "hand-written floor: the default policy's work" in text
+    assert "default policy / its hand-written floor (overheads)" in text
 
 
 # -- review fixes --------------------------------------------------------------------------
