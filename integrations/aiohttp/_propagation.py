@@ -17,7 +17,9 @@ priority, a fresh trace), never an error.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
+from contextvars import ContextVar
+from typing import Any
 
 from resilient import Priority, current_priority, remaining_time
 
@@ -99,7 +101,7 @@ class _Otel:
 
         self.inject = propagate.inject
         self.extract = propagate.extract
-        self.get_current = context.get_current
+        self.get_current = _current_context_getter(context)
         self.textmap = propagate.get_global_textmap
         self._composite = CompositePropagator
         self._stock = (TraceContextTextMapPropagator, W3CBaggagePropagator)
@@ -128,6 +130,22 @@ class _Otel:
             parts = getattr(textmap, "_propagators", None)
             return parts is not None and all(type(p) in self._stock for p in parts)
         return type(textmap) in self._stock
+
+
+def _current_context_getter(context: Any) -> Callable[[], Any]:
+    """
+    `opentelemetry.context.get_current`, or the context variable's own ``get`` behind it.
+
+    The API's function is three Python calls deep (runtime context, then its variable);
+    every attempt of every request asks it. With the SDK's default runtime context the
+    variable's ``get`` answers the same in one C call. Anything else (another runtime
+    context, a future layout of the API) gets the API's function.
+    """
+    runtime = getattr(context, "_RUNTIME_CONTEXT", None)
+    variable = getattr(runtime, "_current_context", None)
+    if type(runtime).__name__ == "ContextVarsRuntimeContext" and isinstance(variable, ContextVar):
+        return variable.get
+    return context.get_current  # type: ignore[no-any-return]  # the API's own function
 
 
 def _load_otel() -> _Otel | None:

@@ -59,7 +59,8 @@ def remaining_time() -> float | None:
     current = DEADLINE.get()
     if current is None:
         return None
-    return max(0.0, current.deadline - current.clock.monotonic())
+    left = current.deadline - current.clock.monotonic()
+    return left if left > 0.0 else 0.0  # not max(): every stamped request asks
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from .._engine.errors import TimeoutExceeded
 from .._engine.events import Hook, TimedOut
 from .._engine.policy import Args, AsyncFn, Kwargs, Policy
 from .._engine.validate import check_seconds
-from .watchdog import FORKS, LOOKUP_PAYS_GETPID, Watchdogs
+from .watchdog import FORKS, LOOKUP_PAYS_GETPID, TASK_OF_LOOP, Watchdogs
 
 __all__ = ["Timeout", "TimeoutStatistics"]
 
@@ -166,7 +166,7 @@ class Timeout(Policy):
             and getattr(loop, "_thread_id", None) == get_ident()
             and dog.forks == FORKS[0]
         ):  # `loop` runs in this thread now: its task, without a syscall (see _watchdog)
-            task = current_task(loop)
+            task = TASK_OF_LOOP(loop)  # type: ignore[arg-type]  # running, so not None
         else:
             task = current_task()
             if task is not None and loop is not task.get_loop():
@@ -185,9 +185,11 @@ class Timeout(Policy):
             outer_here = (
                 outer_at if outer_clock is clock else now + outer_at - outer_clock.monotonic()
             )
-            deadline = min(deadline, outer_here)
+            if outer_here < deadline:  # noqa: PLR1730  # not min(): a call per Timeout call
+                deadline = outer_here
         self._calls += 1
-        scope = _Scope(task, deadline, max(0.0, deadline - now), clock)
+        budget = deadline - now
+        scope = _Scope(task, deadline, budget if budget > 0.0 else 0.0, clock)
         if scope.budget <= 0.0:  # not watched, no deadline set: nothing to undo
             raise self._expired(scope)
         dog.watch(scope)

@@ -29,11 +29,12 @@ import math
 import os
 import sys
 import threading
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from .._engine.clock import SYSTEM_CLOCK, Clock, TimerHandle
 
-__all__ = ["Watchdog", "Watchdogs", "Watched"]
+__all__ = ["TASK_OF_LOOP", "Watchdog", "Watchdogs", "Watched"]
 
 # Compaction happens when the queue holds more than this many entries (doubled after).
 _ROOM = 64
@@ -47,6 +48,20 @@ _ROOM = 64
 # child counts one more fork here, as 3.12's asyncio resets its running loop).
 LOOKUP_PAYS_GETPID = sys.version_info < (3, 12)
 FORKS = [0]
+
+
+def _task_of_loop() -> Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]:
+    # 3.11's `current_task(loop)` is a Python function around a dict lookup in the table
+    # asyncio keeps of each loop's running task: the table's own `get` is the same answer
+    # without the frame. (3.12 made `current_task` C; it is used as it is there.)
+    table = getattr(asyncio.tasks, "_current_tasks", None)
+    if LOOKUP_PAYS_GETPID and isinstance(table, dict):
+        return table.get
+    return asyncio.current_task
+
+
+TASK_OF_LOOP = _task_of_loop()
+"""``TASK_OF_LOOP(loop)``: the task running in `loop` (which must be running here)."""
 
 
 def _forked() -> None:

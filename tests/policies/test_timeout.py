@@ -595,16 +595,21 @@ async def test_timeout_finds_its_task_through_the_loop_it_knows() -> None:
     """On 3.11, after the first call a Timeout asks asyncio for the task of the loop it
     knows (no getpid() system call); after a fork (simulated) it asks the long way."""
     seen: list[tuple[object, ...]] = []
-    real = asyncio.current_task
+    real, by_loop = asyncio.current_task, watchdog_module.TASK_OF_LOOP
 
     def spy(*args: Any) -> Any:
         seen.append(args)
         return real(*args)
 
+    def spy_by_loop(loop: asyncio.AbstractEventLoop) -> Any:
+        seen.append((loop,))
+        return by_loop(loop)
+
     timeout = Timeout(10.0)
     loop = asyncio.get_running_loop()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(timeout_module, "current_task", spy)
+        patch.setattr(timeout_module, "TASK_OF_LOOP", spy_by_loop)
         for _ in range(3):
             assert await timeout.call(asyncio.sleep, 0, "ok") == "ok"
         watchdog_module._forked()
@@ -614,6 +619,19 @@ async def test_timeout_finds_its_task_through_the_loop_it_knows() -> None:
         assert seen == [(), (loop,), (loop,), (), (loop,)]
     else:
         assert seen == [(), (), (), (), ()]
+
+
+async def test_the_task_of_a_loop_is_asyncios_current_task() -> None:
+    """The lookup Timeout uses on 3.11 (asyncio's table of running tasks, no frame)
+    answers what `asyncio.current_task(loop)` does, in a task and in another task."""
+    loop = asyncio.get_running_loop()
+    assert watchdog_module.TASK_OF_LOOP(loop) is asyncio.current_task()
+
+    async def other() -> object:
+        return watchdog_module.TASK_OF_LOOP(loop)
+
+    task = asyncio.ensure_future(other())
+    assert await task is task
 
 
 def test_works_across_event_loops() -> None:

@@ -424,3 +424,28 @@ async def test_a_request_runs_only_once_awaited_and_counts_in_flight_while_it_ru
         await within(middleware(request, handler))
     assert len(sent) == 1
     assert middleware._policies.in_flight == 0
+
+
+def test_the_current_trace_context_is_read_as_the_api_reads_it() -> None:
+    """The stamping reads OpenTelemetry's context variable directly: the same context
+    as `opentelemetry.context.get_current()`, empty or not; another runtime context
+    gets the API's own function."""
+    from opentelemetry import baggage, context  # noqa: PLC0415  # the otel extra
+
+    from resilient.integrations.aiohttp import _propagation  # noqa: PLC0415
+
+    read = _propagation._current_context_getter(context)
+    assert read is not context.get_current  # the fast path is taken with the SDK's default
+    assert read() == context.get_current() == {}
+    token = context.attach(baggage.set_baggage("user", "42"))
+    try:
+        assert read() is context.get_current()
+        assert read()
+    finally:
+        context.detach(token)
+
+    class Elsewhere:
+        _RUNTIME_CONTEXT = object()  # not the contextvars runtime context
+        get_current = staticmethod(context.get_current)
+
+    assert _propagation._current_context_getter(Elsewhere) is context.get_current
