@@ -25,7 +25,15 @@ from contextvars import ContextVar
 from .clock import Clock
 from .validate import check_clock, check_seconds
 
-__all__ = ["DEADLINE", "Deadline", "deadline", "no_retries", "remaining_time", "retries_allowed"]
+__all__ = [
+    "DEADLINE",
+    "NO_RETRIES",
+    "Deadline",
+    "deadline",
+    "no_retries",
+    "remaining_time",
+    "retries_allowed",
+]
 
 
 class Deadline:
@@ -47,7 +55,8 @@ class Deadline:
 # it), read by everything else.
 DEADLINE: ContextVar[Deadline | None] = ContextVar("resilient_deadline", default=None)
 
-_OFF: ContextVar[bool] = ContextVar("resilient_no_retries", default=False)
+NO_RETRIES: ContextVar[bool] = ContextVar("resilient_no_retries", default=False)
+"""True inside `no_retries()` (read by `retries_allowed()`, and by `Retry` directly)."""
 
 
 def remaining_time() -> float | None:
@@ -97,15 +106,15 @@ def no_retries() -> Iterator[None]:
     Breakers, bulkheads, timeouts and fallbacks still apply, so the failure is counted
     and a fallback can still answer.
     """
-    token = _OFF.set(True)
+    token = NO_RETRIES.set(True)
     try:
         yield
     finally:
-        _OFF.reset(token)
+        NO_RETRIES.reset(token)
 
 
 def retries_allowed() -> bool:
     """
     False inside a `no_retries()` block.
     """
-    return not _OFF.get()
+    return not NO_RETRIES.get()

@@ -29,7 +29,7 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from .._engine.clock import Clock, SystemClock
-from .._engine.context import remaining_time, retries_allowed
+from .._engine.context import DEADLINE, NO_RETRIES
 from .._engine.events import Hook, Rejected, RejectionReason, RetryScheduled
 from .._engine.policy import Args, AsyncFn, Kwargs, Policy
 from .._engine.validate import check_int, check_seconds, error_matcher, retryable_by_default
@@ -343,7 +343,7 @@ class Retry(Policy):
         """
         if self.attempts is not None and attempt >= self.attempts:
             return None
-        if not retries_allowed():
+        if NO_RETRIES.get():  # retries_allowed(), inlined: every retry asks
             return None  # inside no_retries(): this call runs once
         # The wait before the stop strategy, as tenacity does: stop_before_delay reads it.
         delay = self._delay(state, error)
@@ -352,8 +352,8 @@ class Retry(Policy):
         rare = self._rare
         if rare is not None and rare.stop is not None and rare.stop(state):
             return None
-        left = remaining_time()
-        if left is not None and delay >= left:
+        current = DEADLINE.get()  # remaining_time(), inlined (and unclamped: delay >= 0)
+        if current is not None and delay >= current.deadline - current.clock.monotonic():
             return None  # the next attempt could not start before the deadline
         if rare is not None and rare.budget is not None and not rare.budget.try_withdraw():
             rare.budget_rejections += 1
