@@ -212,6 +212,8 @@ def _factory(at: int, count: int, retried: bool) -> Callable[..., Any]:
         exec(code, namespace)  # noqa: S102  # our own template, no outside text
         factory = _FACTORIES[(at, count, retried)] = namespace["factory"]
     return factory
+
+
 def _fusion(everyone: tuple[Policy, ...], at: int) -> Fusion:
     # The retry at `at` (none when at == len(everyone)); the steps are the others, in order.
     retry: _Retry | None = everyone[at] if at < len(everyone) else None  # type: ignore[assignment]

@@ -69,7 +69,8 @@ def _queued(step: int, policy: int, heard: bool) -> str:
     # A step that must await to decide: the chained layers from there (heard: the step's
     # own `_run`, its listener being called here, over the layers below it).
     if heard:
-        return f"result = await s{step}._run(_layer(everyone, {policy + 1}, fn, built), args, kwargs)"
+        below = f"_layer(everyone, {policy + 1}, fn, built)"
+        return f"result = await s{step}._run({below}, args, kwargs)"
     return f"result = await _layer(everyone, {policy}, fn, built)(*args, **kwargs)"
 
 
