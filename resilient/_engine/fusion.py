@@ -23,10 +23,16 @@ pays no loop and no list.
 
 A policy fuses only when its exact class says so (``_fusion`` in the class's own
 namespace: a subclass may override `_run`) and the instance agrees (``_fuses()``, when
-defined: a breaker sharing its state through a store awaits it). A fused call takes the
-chained layers whenever a policy of the pipeline has hooks, or global hooks are set: the
-per-call events are built there. A pipeline of more than `_MAX_FUSED` policies is chained
-(the generated code would nest more blocks than CPython compiles).
+defined: a breaker sharing its state through a store awaits it). An observed call (a
+policy of the pipeline has hooks, or global hooks are set) stays fused while each policy
+is heard by at most one call listener and no call-event hook, the common case of
+Prometheus or OpenTelemetry: a second coroutine, ``heard``, calls the listeners as
+`Policy._observe` would (fusion_source.py), where the chained layers cost two coroutines
+per policy. It is a coroutine of its own so that the unobserved call's frame stays as
+small as it was (inlined, its locals cost that call ~2%). Any other observer takes the
+chained layers: the per-call events are built there. A pipeline of more than
+`_MAX_FUSED` policies is chained (the generated code would nest more blocks than CPython
+compiles).
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, Protocol, TypeAlias, TypeVar
 
-from .hooks import _GENERATION, global_hooks  # the engine's own counter
+from .fusion_source import heard_lines, unheard_lines
+from .hooks import _GENERATION, global_hooks, log_listener_failure  # the engine's own counter
 from .policy import Args, AsyncFn, Kwargs, Policy
 
 __all__ = ["NOT_NOW", "Fusion", "fusion_of"]
@@ -50,6 +57,7 @@ slow paths, are made the first time one needs them)."""
 
 _GLOBAL_HOOKS = global_hooks()
 _STEP, _RETRY = "step", "retry"
+_CHAINED: Final = True  # `_observed`: the chained layers observe the call
 # Policies fused at most: each step nests two blocks, and CPython refuses more than 20
 # statically nested blocks (SyntaxError) and 100 levels of indentation. A longer
 # pipeline, rare and not what fusion is for, runs as chained layers.
@@ -109,67 +117,46 @@ def _chained_layers(policies: Sequence[Policy], fn: AsyncFn[T]) -> list[AsyncFn[
     return layers
 
 
-def _observed(policies: tuple[Policy, ...]) -> bool:
-    if _GLOBAL_HOOKS:
-        return True
-    for policy in policies:  # noqa: SIM110  # no generator object
-        if policy._hooks:  # noqa: SLF001  # the contract's own state
-            return True
-    return False
+def _observed(policies: tuple[Policy, ...]) -> bool | tuple[Any, ...]:
+    """
+    How a call of the fused `policies` is observed, for the hooks of now.
+
+    False: nobody hears their calls (decision hooks may be set: the policies emit
+    decisions themselves, and `_observe` would only run `_run`). `_CHAINED`: a policy
+    has several listeners or call-event hooks. Else the flat tuple ``(call_started,
+    call_ended)`` per policy, outermost first, (None, None) for one nobody hears: each
+    policy's plan read once, as `Policy._observe` reads its own once per call.
+    """
+    if not _GLOBAL_HOOKS and not any(policy._hooks for policy in policies):  # noqa: SLF001
+        return False
+    listeners: list[Any] = []
+    for policy in policies:
+        if not (policy._hooks or _GLOBAL_HOOKS):  # noqa: SLF001  # the contract's own state
+            listeners += (None, None)
+            continue
+        plan = policy._current_plan()  # noqa: SLF001  # a stale one is built now
+        if plan.sole_end is not None:
+            listeners += (plan.sole_start, plan.sole_end)
+        elif plan.any_call:
+            return _CHAINED
+        else:
+            listeners += (None, None)
+    return tuple(listeners) if any(listeners) else False
 
 
-def _step_lines(step: int, at: int, count: int, core: list[str]) -> list[str]:
-    # Steps `step`..`count`-1 nested around `core`, each closing with what came out of
-    # the ones inside it. Step indices skip the retry: policy index = step (+1 below it).
-    if step == count:
-        return core
-    policy = step if step < at else step + 1
-    inner = ["    " * 2 + line for line in _step_lines(step + 1, at, count, core)]
-    return [
-        f"t{step} = s{step}._open()",
-        f"if t{step} is NOT_NOW:",
-        f"    result = await _layer(everyone, {policy}, fn, built)(*args, **kwargs)",
-        "else:",
-        "    try:",
-        *inner,
-        f"    except BaseException as e{step}:",
-        f"        c{step} = s{step}._close(t{step}, e{step})",
-        f"        if c{step} is None or c{step} is e{step}:",
-        f"            del c{step}  # no cycle through this frame on the way out",
-        "            raise",
-        "        try:",
-        f"            raise c{step}  # its cause set by _close",
-        "        finally:",
-        f"            del c{step}  # its traceback holds this frame: no cycle either",
-        f"    s{step}._close(t{step}, None)",
-    ]
+def _ended(end: Any, token: Any, duration: float, error: BaseException) -> None:
+    # A fused call's failure told to a listener, from the handler of `error`.
+    try:
+        end(token, duration, error)
+    except Exception:  # noqa: BLE001  # observing a call must never break it
+        log_listener_failure(end, "call_ended")
 
-
-_CALL = ["result = await fn(*args, **kwargs)"]
-# The retry's first attempt runs here; a failure it retries goes to its loop, outside
-# the except block and with no frame still holding the first error (as Retry._run).
-_RETRY_BLOCK = """\
-started = retry._begin()
-error = None
-try:
-{inner}
-except BaseException as raised:
-    if not retry._retries_first(raised, None):
-        raise
-    error, again = raised, True
-else:
-    again = results_matter and retry._retries_first(None, result)
-if again:
-    below = _layer(everyone, {below}, fn, built)
-    retrying = retry._retry(below, args, kwargs, started, error, result)
-    error = result = None
-    result = await retrying"""
 
 _SOURCE = """\
 def factory(everyone, steps, retry, results_matter):
     # Once per pipeline: what its fused functions share, in cells they all hold.
-    # (hooks generation seen, whether a policy was observed then), replaced whole: a
-    # pipeline may serve loops in several threads.
+    # (hooks generation seen, how calls were observed then: _observed), replaced whole:
+    # a pipeline may serve loops in several threads.
     seen = [(-1, False)]
 {unpack}
 
@@ -177,12 +164,21 @@ def factory(everyone, steps, retry, results_matter):
         # Once per function: `built` holds its chained layers, made on a first slow path.
         built = [None]
 
+        async def heard(listeners, args, kwargs):
+            # A call each policy's one listener (if any) hears, from this frame.
+            {listeners} = listeners
+            result = None
+{heard}
+            return result
+
         async def fused(*args, **kwargs):
             mark = seen[0]
             if mark[0] != _GENERATION[0]:
                 mark = seen[0] = (_GENERATION[0], _observed(everyone))
-            if mark[1]:  # hooks were added: the chained layers build the call events
-                return await _layer(everyone, 0, fn, built)(*args, **kwargs)
+            if mark[1]:
+                if mark[1] is _CHAINED:  # the chained layers build the call events
+                    return await _layer(everyone, 0, fn, built)(*args, **kwargs)
+                return await heard(mark[1], args, kwargs)
             result = None
 {body}
             return result
@@ -204,19 +200,19 @@ def _factory(at: int, count: int, retried: bool) -> Callable[..., Any]:
     """
     factory = _FACTORIES.get((at, count, retried))
     if factory is None:
-        if retried:
-            inner = "\n".join("    " + line for line in _step_lines(at, at, count, _CALL))
-            core = _RETRY_BLOCK.format(inner=inner, below=at + 1).splitlines()
-            body = _step_lines(0, at, at, core)
-        else:
-            body = _step_lines(0, count, count, _CALL)
-        unpack = "".join(f"    s{i} = steps[{i}]\n" for i in range(count))
+        policies = count + retried
+        unpack = [f"    s{i} = steps[{i}]" for i in range(count)]
+        unpack += [f"    m{p} = everyone[{p}]._monotonic" for p in range(policies)]
         source = _SOURCE.format(
-            body="\n".join(" " * 12 + line for line in body), unpack=unpack.rstrip("\n")
+            body="\n".join(" " * 12 + line for line in unheard_lines(at, count, retried)),
+            heard="\n".join(" " * 12 + line for line in heard_lines(at, count, retried)),
+            listeners=", ".join(f"a{p}, z{p}" for p in range(policies)),
+            unpack="\n".join(unpack),
         )
         namespace: dict[str, Any] = {
             "NOT_NOW": NOT_NOW, "_GENERATION": _GENERATION, "_layer": _layer,
-            "_observed": _observed,
+            "_observed": _observed, "_CHAINED": _CHAINED, "_ended": _ended,
+            "_failed": log_listener_failure,
         }  # fmt: skip
         code = compile(source, f"<resilient fused pipeline: {at} of {count} steps>", "exec")
         exec(code, namespace)  # noqa: S102  # our own template, no outside text

@@ -16,7 +16,7 @@ import tenacity
 from resilient import Policy, Retry, Timeout, TimeoutExceeded, pipeline
 from resilient.testing import FakeClock
 from tests._aio import promptly, settle, within
-from tests.policies.test_fusion import CHAINED, FUSED, Kinds
+from tests.policies.test_fusion import CHAINED, FUSED, Kinds, listen
 
 TWINS = pytest.mark.parametrize("kinds", [FUSED, CHAINED], ids=["fused", "chained"])
 
@@ -98,11 +98,15 @@ def _shape_with_a_queue(kinds: Kinds, clock: FakeClock) -> list[Policy]:
     ]
 
 
-async def _suspended_then(kinds: Kinds, where: str, how: str) -> list[object]:
+async def _suspended_then(kinds: Kinds, where: str, how: str, listened: bool) -> list[object]:
     # A call suspended in the function, in the bulkhead's queue (the NOT_NOW path) or
-    # in the retry's sleep, then closed or thrown into; what every policy says after.
+    # in the retry's sleep, then closed or thrown into; what every policy says after
+    # (and, listened, what each policy's listener heard).
     clock = FakeClock(auto_advance=False)
     policies = _shape_with_a_queue(kinds, clock)
+    heard: list[tuple[object, ...]] = []
+    if listened:
+        listen(policies, ["start", "end only", "start None", "end raises"], heard)
     guarded = pipeline(*policies)
     release: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -132,17 +136,30 @@ async def _suspended_then(kinds: Kinds, where: str, how: str) -> list[object]:
         release.set_result(None)
         seen.append(await within(holder))
         seen.append(policies[-1].statistics())  # type: ignore[attr-defined]
+    seen.append(heard)
     seen.append(policies[0]._watchdogs.watched())  # type: ignore[attr-defined]
     return seen
 
 
+@pytest.mark.parametrize("listened", [False, True], ids=["unheard", "listeners on"])
 @pytest.mark.parametrize("how", ["close", "cancel", "interrupt"])
 @pytest.mark.parametrize("where", ["in the function", "queued", "asleep"])
-async def test_a_suspended_call_closed_or_thrown_into_ends_as_chained(where: str, how: str) -> None:
+async def test_a_suspended_call_closed_or_thrown_into_ends_as_chained(
+    where: str, how: str, listened: bool
+) -> None:
     """GeneratorExit (`coro.close()`), CancelledError or KeyboardInterrupt thrown into
     a call suspended at each of its await points: the same exception, every slot and
-    scope given back, the same counts as the chained layers."""
-    fused = await _suspended_then(FUSED, where, how)
-    chained = await _suspended_then(CHAINED, where, how)
+    scope given back, the same counts as the chained layers; with a listener on each
+    policy, the same starts and ends, each end hearing what was thrown."""
+    fused = await _suspended_then(FUSED, where, how, listened)
+    chained = await _suspended_then(CHAINED, where, how, listened)
     assert fused == chained
     assert fused[-1] == 0  # no deadline still watched
+    thrown = {
+        "close": "GeneratorExit",
+        "cancel": "CancelledError",
+        "interrupt": "KeyboardInterrupt",
+    }
+    heard: list[tuple[object, ...]] = fused[-2]  # type: ignore[assignment]  # see above
+    outermost = [entry[3] for entry in heard if entry[:2] == (0, "end")]
+    assert (thrown[how] in outermost) is listened  # the outer policy heard the call end so

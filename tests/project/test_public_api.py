@@ -61,6 +61,8 @@ INTERNAL = {
     },  # set by Timeout; read by Retry, Hedge
     # a pipeline of built-in policies in one frame; the steps' "not decided" token
     "_engine.fusion": {"NOT_NOW", "Fusion", "fusion_of"},
+    # the fused call's generated source, unobserved and heard by listeners
+    "_engine.fusion_source": {"heard_lines", "unheard_lines"},
     # storage=pybreaker...Storage() and from_pybreaker(), behind the optional extra
     "_policies.breaker.pybreaker_store": {
         "STORAGE_WORKERS",

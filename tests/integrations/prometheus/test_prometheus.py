@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from unittest.mock import patch
 
 import pytest
+import tenacity
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
@@ -51,6 +52,7 @@ from tests.integrations.prometheus._promql import (
     exported_names,
     metric_names_in,
 )
+from tests.policies.test_fusion import CHAINED, FUSED, Kinds
 
 
 @pytest.fixture
@@ -349,6 +351,67 @@ async def test_install_counts_every_policy_until_removed(
     finally:
         again()
     assert calls(registry, "retry", "global", "success") == 2
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def _counted_through(kinds: Kinds) -> Samples:
+    # One script of calls (successes, retried failures, timeouts, queueing, rejections)
+    # through Timeout, Retry, CircuitBreaker, Bulkhead under globally installed metrics.
+    registry = CollectorRegistry()
+    clock = FakeClock()
+    policy = pipeline(
+        kinds.timeout(1.0, name="t", clock=clock),
+        kinds.retry(3, wait=tenacity.wait_fixed(0.1), name="r", clock=clock),
+        kinds.breaker(failure_threshold=6, reset_timeout=10.0, name="b", clock=clock),
+        kinds.bulkhead(1, max_queue=1, name="k", clock=clock),
+    )
+    assert (policy._fusion is not None) is (kinds is FUSED)
+
+    async def work(what: str) -> str:
+        await clock.sleep(0.01)
+        if what == "fail":
+            raise ConnectionError("down")
+        if what == "slow":
+            await clock.sleep(5.0)
+        return what
+
+    remove = ResilienceMetrics(registry).install()
+    try:
+        for script in (["ok", "fail", "ok"], ["slow", "ok", "ok"], ["fail"] * 3, ["ok"]):
+            await asyncio.gather(
+                *(policy.call(work, what) for what in script), return_exceptions=True
+            )
+            await asyncio.gather(*(policy(work)(what) for what in script), return_exceptions=True)
+    finally:
+        remove()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+        if sample.name.startswith("resilient_")
+    }
+
+
+async def test_a_fused_pipeline_is_counted_as_its_chained_twin() -> None:
+    """Under `ResilienceMetrics` a fused pipeline calls each policy's listener from its
+    one frame: every policy's calls, outcomes and durations come out as those of the
+    same policies chained layer by layer."""
+    fused = await _counted_through(FUSED)
+    assert fused == await _counted_through(CHAINED)
+    outcomes = {
+        (dict(labels)["kind"], dict(labels)["outcome"])
+        for (name, labels), value in fused.items()
+        if name == "resilient_calls_total" and value
+    }
+    assert {("timeout", "timeout"), ("retry", "failure"), ("bulkhead", "rejected")} <= outcomes
+    assert {kind for kind, outcome in outcomes if outcome == "success"} == {
+        "timeout",
+        "retry",
+        "circuit_breaker",
+        "bulkhead",
+    }
 
 
 def test_events_it_does_not_count_are_ignored(
