@@ -21,7 +21,7 @@ import functools
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from types import FunctionType
+from types import CoroutineType, FunctionType
 from typing import Any, ClassVar, ParamSpec, TypeAlias, TypeVar
 
 from .callables import awaitable_checked, check_async, label
@@ -139,9 +139,15 @@ class Policy(ABC):
         self._name_after(fn)
         return functools.wraps(fn)(self._guard(fn))
 
-    async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    def call(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, T]:
         """
         Run `fn(*args, **kwargs)` through this policy and return its result.
+
+        Returns the coroutine to await, as an ``async def`` would: the policy's own when
+        it has one (no coroutine of `call` around it, so every I/O wait of `fn` resumes
+        through one frame less). Nothing runs until it is awaited.
 
         Raises:
             TypeError: `fn` is not callable, or returned something that can't be awaited
@@ -152,8 +158,14 @@ class Policy(ABC):
         if fn is not self._vetted:
             fn = self._vet(fn)
         if self._hooks or _GLOBAL_HOOKS:
-            return await self._observe(fn, args, kwargs)
-        return await self._run(fn, args, kwargs)
+            return self._observe(fn, args, kwargs)
+        try:
+            running = self._run(fn, args, kwargs)
+        except BaseException as error:  # noqa: BLE001  # raised at the await, as before
+            return _raising(error)
+        if type(running) is CoroutineType:
+            return running  # the policy's own coroutine
+        return _awaiting(running)
 
     def _vet(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         """
@@ -346,6 +358,21 @@ class Policy(ABC):
             deliver(plan.on_success, _new_succeeded(kind, name, now, now - began))
         _end(plan, tokens, now - began, None)
         return result
+
+
+async def _awaiting(awaitable: Awaitable[T]) -> T:
+    # A `_run` that returns an awaitable that is no coroutine (a future, say): `call`
+    # still returns a coroutine, for `asyncio.create_task` and its callers' types.
+    return await awaitable
+
+
+async def _raising(error: BaseException) -> Any:
+    # A plain `_run` that raised before returning its awaitable: raised when awaited,
+    # as from the coroutine of an ``async def call``.
+    try:
+        raise error
+    finally:
+        del error  # its traceback holds this frame
 
 
 def _start(start: Any) -> Any:

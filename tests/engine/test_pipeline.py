@@ -4,9 +4,11 @@ Tests for `pipeline()`: ordering, flattening, hooks and what each position guard
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import inspect
 import weakref
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import pytest
@@ -26,6 +28,7 @@ from resilient import (
 )
 from resilient._engine.policy import Args, AsyncFn, Kwargs
 from resilient.testing import FakeClock, capture_events
+from tests._aio import within
 
 T = TypeVar("T")
 
@@ -354,3 +357,61 @@ async def test_call_keeps_a_bounded_number_of_chains() -> None:
 
 async def _answer(value: int) -> int:
     return value
+
+
+async def test_policy_call_hands_back_the_policys_own_coroutine() -> None:
+    """`Policy.call` returns the policy's coroutine itself: nothing runs before it is
+    awaited, and a call suspended in the function is the policy's frame and the
+    function's, with no coroutine of `call` around them."""
+    release = asyncio.Event()
+    ran: list[int] = []
+
+    async def waiting(value: int) -> int:
+        ran.append(value)
+        await release.wait()
+        return value
+
+    coroutine = Retry(3).call(waiting, 5)
+    assert asyncio.iscoroutine(coroutine)
+    await asyncio.sleep(0)
+    assert ran == []
+    task = asyncio.ensure_future(coroutine)
+    await asyncio.sleep(0)
+    names = []
+    frame: Any = task.get_coro()
+    while frame is not None and hasattr(frame, "cr_code"):
+        names.append(frame.cr_code.co_name)
+        frame = frame.cr_await
+    assert names == ["_run", "waiting", "wait"]
+    release.set()
+    assert await within(task) == 5
+
+
+class _FutureGate(Policy):
+    """A user's policy whose `_run` is a plain function returning a future."""
+
+    kind = "future_gate"
+
+    def __init__(self, *, fail: bool = False) -> None:
+        super().__init__(name=None, clock=None, hooks=None)
+        self.fail = fail
+
+    def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> Awaitable[T]:
+        if self.fail:
+            raise LookupError("refused before any awaitable")
+        return asyncio.ensure_future(fn(*args, **kwargs))
+
+
+async def test_policy_call_of_a_plain_run_is_still_a_coroutine_raising_when_awaited() -> None:
+    """A `_run` returning a future still gives `call` a coroutine (create_task takes it);
+    one that raises at once raises when the call is awaited, as before, not when made."""
+
+    async def value() -> int:
+        return 3
+
+    called = _FutureGate().call(value)
+    assert asyncio.iscoroutine(called)
+    assert await within(asyncio.ensure_future(called)) == 3
+    refused = _FutureGate(fail=True).call(value)  # no raise here
+    with pytest.raises(LookupError, match="refused before any awaitable"):
+        await within(refused)
