@@ -359,34 +359,6 @@ async def _answer(value: int) -> int:
     return value
 
 
-async def test_policy_call_hands_back_the_policys_own_coroutine() -> None:
-    """`Policy.call` returns the policy's coroutine itself: nothing runs before it is
-    awaited, and a call suspended in the function is the policy's frame and the
-    function's, with no coroutine of `call` around them."""
-    release = asyncio.Event()
-    ran: list[int] = []
-
-    async def waiting(value: int) -> int:
-        ran.append(value)
-        await release.wait()
-        return value
-
-    coroutine = Retry(3).call(waiting, 5)
-    assert asyncio.iscoroutine(coroutine)
-    await asyncio.sleep(0)
-    assert ran == []
-    task = asyncio.ensure_future(coroutine)
-    await asyncio.sleep(0)
-    names = []
-    frame: Any = task.get_coro()
-    while frame is not None and hasattr(frame, "cr_code"):
-        names.append(frame.cr_code.co_name)
-        frame = frame.cr_await
-    assert names == ["_run", "waiting", "wait"]
-    release.set()
-    assert await within(task) == 5
-
-
 class _FutureGate(Policy):
     """A user's policy whose `_run` is a plain function returning a future."""
 

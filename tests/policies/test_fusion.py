@@ -313,10 +313,20 @@ async def test_a_fused_call_in_flight_is_one_frame_over_the_function() -> None:
     assert await within(asyncio.gather(*calls)) == ["done", "done"]
 
 
-async def test_pipeline_call_of_a_fused_pipeline_is_the_fused_coroutine_itself() -> None:
-    """`Pipeline.call` hands back the fused call to await, not a coroutine awaiting it:
-    nothing runs before it is awaited, and a call in flight is the same two frames as a
-    decorated one."""
+@pytest.mark.parametrize(
+    ("make", "frames"),
+    [
+        (lambda: pipeline(Timeout(5), Retry(2), CircuitBreaker(), Bulkhead(4)), "fused"),
+        (lambda: Retry(3), "_run"),
+    ],
+    ids=["fused pipeline", "one policy"],
+)
+async def test_call_hands_back_the_policys_own_coroutine(
+    make: Callable[[], Any], frames: str
+) -> None:
+    """`.call` returns the call to await, not a coroutine awaiting it: nothing runs
+    before it is awaited, and a call in flight is the same two frames as a decorated
+    one (the fused call's, or the policy's `_run`, then the function's)."""
     release = asyncio.Event()
     ran: list[int] = []
 
@@ -325,19 +335,24 @@ async def test_pipeline_call_of_a_fused_pipeline_is_the_fused_coroutine_itself()
         await release.wait()
         return value
 
-    policy = pipeline(Timeout(5), Retry(2), CircuitBreaker(), Bulkhead(4))
-    coroutine = policy.call(waiting, 7)
+    coroutine = make().call(waiting, 7)
     assert asyncio.iscoroutine(coroutine)
     await settle()
     assert ran == []  # not started: a coroutine, run when awaited
     call = asyncio.ensure_future(coroutine)
     await settle()
-    assert _awaiting(call.get_coro()) == ["fused", "waiting", "wait"]
+    assert _awaiting(call.get_coro()) == [frames, "waiting", "wait"]
     release.set()
     assert await within(call) == 7
-    # Chained (a subclass fuses nothing): a coroutine too, awaited the same way.
-    chained = pipeline(ChainedTimeout(5), Retry(2))
-    assert await within(chained.call(waiting, 8)) == 8
+
+
+async def test_call_of_a_chained_pipeline_is_awaited_the_same_way() -> None:
+    """A pipeline that fuses nothing (a subclass) hands back a coroutine too."""
+
+    async def value(number: int) -> int:
+        return number
+
+    assert await within(pipeline(ChainedTimeout(5), Retry(2)).call(value, 8)) == 8
 
 
 async def test_cancelling_a_fused_call_is_never_swallowed() -> None:
