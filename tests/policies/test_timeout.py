@@ -5,7 +5,6 @@ Tests for `Timeout`, `remaining_time()` and the watchdog that enforces deadlines
 from __future__ import annotations
 
 import asyncio
-import gc
 import inspect
 import math
 import time
@@ -26,6 +25,7 @@ from resilient._policies import watchdog as watchdog_module
 from resilient._policies.watchdog import Watchdog
 from resilient.testing import FakeClock, capture_events
 from tests._aio import result_of, settle
+from tests._gc import cycles
 
 T = TypeVar("T")
 
@@ -419,24 +419,15 @@ async def test_a_timed_out_block_leaves_no_reference_cycle(how: str) -> None:
     run = {"async with": block, "call": lambda: timeout.call(work), "decorated": timeout(work)}[how]
     with pytest.raises(TimeoutExceeded):
         await run()  # warm: the watchdog
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with cycles() as left:
         for _ in range(3):
             with pytest.raises(TimeoutExceeded) as info:
                 await run()
             assert isinstance(info.value.__cause__, asyncio.CancelledError)
             del info
-        gc.collect()
-        cycles = [type(found).__name__ for found in gc.garbage]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
     assert timeout.statistics().timeouts == 4
-    assert "TimeoutExceeded" not in cycles
-    assert "frame" not in cycles
+    assert "TimeoutExceeded" not in left
+    assert "frame" not in left
 
 
 async def test_async_with_nested() -> None:
