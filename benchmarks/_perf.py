@@ -213,7 +213,10 @@ def _quick(  # noqa: PLR0917  # main's parts, passed on
     for name, seconds in medians.items():
         print(f"{name:<56} {seconds * 1e9:>12,.0f} ns/call")
     if ns.output is not None:
-        command = " ".join(["python -m", module, "--quick", *_variant_flags(variant), *argv])
+        # What the figures depend on, spelled one way: not the seed, the files written
+        # (`benchmarks.report` adds ``--seed N -o RUN.json``) nor how argv spelled it.
+        flags = " ".join(["--quick", *_variant_flags(variant)])
+        command = f"python -m {module} {flags} --rounds {ns.rounds} --calls {ns.calls}"
         _dump(ns.output, samples, variant, command)
         print(f"wrote {ns.output}", file=sys.stderr)
     how = f"`--quick`: {ns.rounds} interleaved rounds of {ns.calls:,} calls, in one process"

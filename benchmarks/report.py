@@ -205,11 +205,20 @@ def load(paths: Sequence[Path]) -> tuple[list[dict[str, float]], str, str, str |
     """
     import pyperf  # type: ignore[import-not-found, unused-ignore]
 
-    runs, meta = [], {}
+    runs, meta, first = [], {}, None
     for path in paths:
         benches = pyperf.BenchmarkSuite.load(str(path)).get_benchmarks()
         runs.append({b.get_name(): b.median() for b in benches})
         meta = benches[0].get_metadata()
+        # The region names one command, loop and clock: runs of others don't compare.
+        how = tuple(str(meta.get(k)) for k in ("command", "loop", "clock"))
+        if first is None:
+            first = (path, how)
+        elif how != first[1]:
+            raise SystemExit(
+                f"benchmarks.report: {path} is a run of {_how(how)}, {first[0]} of"
+                f" {_how(first[1])}: give runs of one command"
+            )
     machine = (
         f"{meta.get('python_implementation', '?')} {meta.get('python_version', '?')} on"
         f" {meta.get('platform', platform.platform())}, {meta.get('cpu_count', '?')} CPUs,"
@@ -223,15 +232,13 @@ def load(paths: Sequence[Path]) -> tuple[list[dict[str, float]], str, str, str |
     return runs, machine, variant, None if command is None else str(command)
 
 
-def _without_output(command: str) -> str:
-    # The command as run, less its own `-o FILE` (the region says `-o RUN.json`) and
-    # `--seed N` (each run shuffles with its own).
-    words = command.split()
-    for flag in ("-o", "--output", "--seed"):
-        while flag in words:
-            at = words.index(flag)
-            del words[at : at + 2]
-    return " ".join(words)
+def _how(how: tuple[str, ...]) -> str:
+    command, loop, clock = how
+    return (
+        f"`{command}` ({loop} loop, {clock} clock)"
+        if command != "None"
+        else f"pyperf ({loop} loop, {clock} clock)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -247,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = sorted({c.name for c in module.cases()} - {c.name for c in cases})
     if command is not None:  # interleaved rounds in one process, each run its own file
         how = (
-            f"{len(runs)} runs of `{_without_output(command)} --seed N -o RUN.json` (N = 1,"
+            f"{len(runs)} runs of `{command} --seed N -o RUN.json` (N = 1,"
             " 2, 3, ...; every case in one process, in interleaved rounds shuffled by the"
             " seed; a case's figure per run is its median over the rounds), then"
             f" `python -m benchmarks.report {args.benchmark} RUN.json ...`"

@@ -221,7 +221,7 @@ class Attempts(ABC):
             Exception: What the policies raised, or what the request raised by the
                 caller's own error (`NotSent`), as without the policies.
         """
-        self._started()
+        call = self._started(call)
         try:
             try:
                 if once or self._one_shot:
@@ -244,10 +244,13 @@ class Attempts(ABC):
         self.keep(response)
         return self._checked(response)
 
-    def _started(self) -> None:  # noqa: B027  # a hook: most attempts need none
+    def _started(
+        self, call: Callable[..., Awaitable[ClientResponse]]
+    ) -> Callable[..., Awaitable[ClientResponse]]:
         """
-        `run` begins (in its coroutine: a run never awaited never ends either).
+        `run` begins (in its coroutine: a run never awaited never ends either); what to call.
         """
+        return call
 
     def _ended(self) -> None:  # noqa: B027  # a hook: most attempts need none
         """

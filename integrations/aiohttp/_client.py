@@ -259,8 +259,14 @@ class _RequestAttempts(Attempts):
         self._cache = cache
         self._entry = entry
 
-    def _started(self) -> None:
-        self._cache.enter(self._entry)  # in flight: the cache won't drop its policy
+    def _started(
+        self, call: Callable[..., Awaitable[ClientResponse]]
+    ) -> Callable[..., Awaitable[ClientResponse]]:
+        entry = self._entry
+        self._entry = self._cache.enter(entry)  # in flight: the cache won't drop its policy
+        # Dropped while this coroutine waited to be awaited: the key's policy now, not
+        # an orphan the next request to the host would never see.
+        return call if self._entry is entry else self._entry.policy.call
 
     def _ended(self) -> None:
         self._cache.leave(self._entry)

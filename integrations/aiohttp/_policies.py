@@ -37,11 +37,13 @@ class PolicyEntry:
     A key's policy in the cache, and how many of its requests are in flight.
     """
 
-    __slots__ = ("in_flight", "policy")
+    __slots__ = ("dropped", "in_flight", "key", "policy")
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, key: str) -> None:
         self.policy = policy
+        self.key = key
         self.in_flight = 0
+        self.dropped = False  # by the cache, for good: a key coming back builds a new one
 
 
 def _breakers(policy: Policy) -> Iterator[CircuitBreaker]:
@@ -97,8 +99,8 @@ class PolicyCache:
     ) -> None:
         self.max_keys = check_int("ResilienceMiddleware", "max_keys", max_keys, minimum=1)
         self._factory = factory
-        self._fixed = {key: PolicyEntry(policy) for key, policy in fixed.items()}
-        self._default = PolicyEntry(default) if default is not None else None
+        self._fixed = {key: PolicyEntry(policy, key) for key, policy in fixed.items()}
+        self._default = PolicyEntry(default, "") if default is not None else None  # never dropped
         self._built: OrderedDict[str, PolicyEntry] = OrderedDict()
         self._newest: str | None = None  # the key last moved to the end of `_built`
         self.in_flight = 0  # requests between enter() and leave()
@@ -122,12 +124,21 @@ class PolicyCache:
         """
         return self._entry(key)
 
-    def enter(self, entry: PolicyEntry) -> None:
+    def enter(self, entry: PolicyEntry) -> PolicyEntry:
         """
         A request of `entry`'s key starts: counted in flight until `leave`.
+
+        Returns the entry counted, the one to run under: `entry`, unless the cache
+        dropped it since `get_entry` (a request awaited later, when other requests
+        filled the cache meanwhile), then the key's entry now, built afresh if need be.
         """
+        if entry.dropped:
+            now = self._entry(entry.key)
+            assert now is not None  # noqa: S101  # only a factory's entries are dropped
+            entry = now
         entry.in_flight += 1
         self.in_flight += 1
+        return entry
 
     def leave(self, entry: PolicyEntry) -> None:
         """
@@ -147,7 +158,7 @@ class PolicyCache:
             return entry
         if self._factory is None:  # a mapping: fixed policies only
             return self._fixed.get(key, self._default)
-        entry = PolicyEntry(self._factory(key))
+        entry = PolicyEntry(self._factory(key), key)
         if len(self._built) >= self.max_keys:
             self._shrink(room=1)  # before adding: the new key is never the one dropped
         self._built[key] = entry
@@ -165,6 +176,7 @@ class PolicyCache:
             key, entry = next(iter(self._built.items()))
             if _idle(entry):
                 del self._built[key]
+                entry.dropped = True
             else:
                 self._built.move_to_end(key)
                 self._newest = key

@@ -222,7 +222,10 @@ class Timeout(Policy):
             del self._scopes[task]  # type: ignore[arg-type]  # the stack's, so not None
         raised = self._close(scope, exc)
         if raised is not exc:
-            raise raised  # type: ignore[misc]  # TimeoutExceeded, its cause set by _close
+            try:
+                raise raised  # type: ignore[misc]  # TimeoutExceeded, its cause set by _close
+            finally:
+                del raised  # its traceback holds this frame: no reference cycle, as in _run
 
     def statistics(self) -> TimeoutStatistics:
         """

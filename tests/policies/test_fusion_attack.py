@@ -7,7 +7,6 @@ they once differed.
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections.abc import Callable
 
 import pytest
@@ -16,6 +15,7 @@ import tenacity
 from resilient import Policy, Retry, Timeout, TimeoutExceeded, pipeline
 from resilient.testing import FakeClock
 from tests._aio import promptly, settle, within
+from tests._gc import cycles
 from tests.policies.test_fusion import CHAINED, FUSED, Kinds, listen
 
 TWINS = pytest.mark.parametrize("kinds", [FUSED, CHAINED], ids=["fused", "chained"])
@@ -53,22 +53,13 @@ async def test_a_timed_out_call_leaves_no_reference_cycle(kinds: Kinds, shape: s
     call = pipeline(*TIMED_OUT_SHAPES[shape](kinds, clock))(work)
     with pytest.raises(TimeoutExceeded):
         await call()  # warm: watchdogs, chained layers for the retries
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with cycles() as left:
         for _ in range(3):
             with pytest.raises(TimeoutExceeded):
                 await call()
-        gc.collect()
-        cycles = [type(found).__name__ for found in gc.garbage]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
     assert attempts > 3  # every call ran and timed out
-    assert "TimeoutExceeded" not in cycles
-    assert "frame" not in cycles
+    assert "TimeoutExceeded" not in left
+    assert "frame" not in left
 
 
 @pytest.mark.parametrize("count", [12, 19, 30, 60])

@@ -25,6 +25,7 @@ from resilient._policies import watchdog as watchdog_module
 from resilient._policies.watchdog import Watchdog
 from resilient.testing import FakeClock, capture_events
 from tests._aio import result_of, settle
+from tests._gc import cycles
 
 T = TypeVar("T")
 
@@ -397,6 +398,36 @@ async def test_async_with_overrun_and_in_time() -> None:
     assert timeout.statistics() == TimeoutStatistics(seconds=1.0, calls=2, timeouts=1)
     assert timeout._scopes == {}
     assert remaining_time() is None
+
+
+@pytest.mark.parametrize("how", ["async with", "call", "decorated"])
+async def test_a_timed_out_block_leaves_no_reference_cycle(how: str) -> None:
+    """The `TimeoutExceeded` raised on expiry must not stay in a local of the frame that
+    raised it (``__aexit__`` as `_run`): its traceback holds that frame, and the cycle
+    (frames, tracebacks, the scope, the CancelledError) would wait for the gc on every
+    timed-out block."""
+    clock = FakeClock()
+    timeout = Timeout(1.0, clock=clock)
+
+    async def work() -> None:
+        await clock.sleep(5.0)  # past the budget
+
+    async def block() -> None:
+        async with timeout:
+            await work()
+
+    run = {"async with": block, "call": lambda: timeout.call(work), "decorated": timeout(work)}[how]
+    with pytest.raises(TimeoutExceeded):
+        await run()  # warm: the watchdog
+    with cycles() as left:
+        for _ in range(3):
+            with pytest.raises(TimeoutExceeded) as info:
+                await run()
+            assert isinstance(info.value.__cause__, asyncio.CancelledError)
+            del info
+    assert timeout.statistics().timeouts == 4
+    assert "TimeoutExceeded" not in left
+    assert "frame" not in left
 
 
 async def test_async_with_nested() -> None:

@@ -120,7 +120,7 @@ def test_interleaved_runs_make_a_region_through_the_report(tmp_path: Path) -> No
     assert text.count("<!-- ratelimit-cpu:begin -->") == 1
     assert (
         "3 runs of `python -m benchmarks.ratelimit --quick --cpu --rounds 2 --calls 100"
-        " --md" in text
+        " --seed N -o RUN.json`" in text
     )
     assert "resilient @RateLimiter" in text
     with pytest.raises(AssertionError, match="exists"):
@@ -128,3 +128,33 @@ def test_interleaved_runs_make_a_region_through_the_report(tmp_path: Path) -> No
             "benchmarks.ratelimit", "--quick", "--rounds", "1", "--calls", "10",
             "-o", str(runs[0]),
         )  # fmt: skip
+
+
+def test_the_report_names_the_command_of_every_run_or_refuses(tmp_path: Path) -> None:
+    """The region's command is the one every run shares, whatever the spelling of its
+    flags (``--seed=2``, ``--output=FILE``: no run's own seed or file in the docs); runs
+    of different commands (rounds, calls, clocks) make no region: their medians don't
+    compare."""
+    runs = [tmp_path / "run1.json", tmp_path / "run2.json", tmp_path / "run3.json"]
+    spellings = [
+        ("--seed=1", f"--output={runs[0]}", "--rounds", "1"),
+        ("--seed", "2", f"-o{runs[1]}", "--rounds", "1"),
+        ("--seed", "3", "-o", str(runs[2]), "--rounds", "2"),  # another command
+    ]
+    for flags in spellings:
+        run_module(
+            "benchmarks.ratelimit", "--quick", "--cpu", "--calls", "50", *flags,
+            "--md", str(tmp_path / "quick.md"), timeout=120.0,
+        )  # fmt: skip
+    page = tmp_path / "bench.md"
+    page.write_text("# Benchmarks\n")
+    run_module("benchmarks.report", "ratelimit", str(runs[0]), str(runs[1]), "--md", str(page))
+    text = page.read_text()
+    assert (
+        "2 runs of `python -m benchmarks.ratelimit --quick --cpu --rounds 1 --calls 50"
+        " --seed N -o RUN.json`" in text
+    )
+    assert "--seed=" not in text
+    assert str(tmp_path) not in text
+    with pytest.raises(AssertionError, match="--rounds 2"):
+        run_module("benchmarks.report", "ratelimit", *map(str, runs), "--md", str(page))

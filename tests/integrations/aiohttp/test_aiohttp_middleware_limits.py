@@ -449,3 +449,31 @@ def test_the_current_trace_context_is_read_as_the_api_reads_it() -> None:
         get_current = staticmethod(context.get_current)
 
     assert _propagation._current_context_getter(Elsewhere) is context.get_current
+
+
+async def test_a_request_awaited_after_its_key_was_dropped_runs_under_the_keys_policy() -> None:
+    """Between `__call__` and the first await of the coroutine it returns (an outer layer
+    that wraps it in a task: `asyncio.shield`, `wait_for` on 3.11), other requests may
+    drop the key's idle policy from a full cache. The request must then run under the
+    policy the cache holds for its key, not an orphan: here a breaker that the failure
+    opens, which the next request to the host must find open."""
+
+    async def refused(request: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
+        raise aiohttp.ClientConnectionError("nobody home")
+
+    def request(path: str) -> aiohttp.ClientRequest:
+        url = yarl.URL(f"http://127.0.0.1:9{path}")
+        return aiohttp.ClientRequest("GET", url, loop=asyncio.get_running_loop())
+
+    middleware = ResilienceMiddleware(
+        lambda key: CircuitBreaker(name=key, failure_threshold=1), key=by_path, max_keys=1
+    )
+    first = middleware(request("/a"), refused)  # /a's policy built, nothing counted yet
+    other = middleware(request("/b"), refused)  # /b's built: /a's, idle, dropped
+    other.close()  # type: ignore[attr-defined]  # a coroutine, never awaited
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await within(first)
+    breaker = middleware.policy_for("/a")
+    assert isinstance(breaker, CircuitBreaker)
+    assert breaker.state is CircuitState.OPEN  # the breaker the failure opened is /a's
+    assert "in_flight=0" in repr(middleware)
