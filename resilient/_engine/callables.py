@@ -7,11 +7,54 @@ an awaitable, and says so clearly, on the first attempt, when one doesn't.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["awaitable_checked", "check_async", "label", "not_callable"]
+__all__ = [
+    "awaitable_checked",
+    "check_async",
+    "is_coroutine_callable",
+    "label",
+    "not_callable",
+    "returns_coroutine",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_RETURNS_COROUTINE = "_resilient_returns_coroutine"
+
+
+def returns_coroutine(fn: F) -> F:
+    """
+    Mark `fn`, a plain function that returns a coroutine, as a coroutine function.
+
+    `Policy.call` returns the policy's own coroutine rather than being an ``async def``
+    around it; it must still be taken for what it is where that is asked (a health
+    check of ``functools.partial(policy.call, probe)`` runs on the loop, not in a
+    thread). 3.12's `inspect.markcoroutinefunction` tells `inspect`; on 3.11 our own
+    mark tells `is_coroutine_callable`.
+    """
+    setattr(fn, _RETURNS_COROUTINE, True)
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    return mark(fn) if mark is not None else fn
+
+
+def is_coroutine_callable(fn: object) -> bool:
+    """
+    Whether calling `fn` returns a coroutine.
+
+    True for an ``async def``, an object whose ``__call__`` is one, a function marked
+    with `returns_coroutine` (a bound method of one too), and a `functools.partial` of
+    any of these.
+    """
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004  # the method itself, not callable()
+    ):
+        return True
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, _RETURNS_COROUTINE, False) is True
 
 
 def label(fn: object) -> str | None:

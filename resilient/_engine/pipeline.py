@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from types import FunctionType
 from typing import Any, ParamSpec, TypeVar
 
-from .callables import check_async, label
+from .callables import check_async, label, returns_coroutine
 from .events import Hook
 from .fusion import fusion_of
 from .hooks import global_hooks
@@ -85,6 +85,7 @@ class Pipeline(Policy):
             wrapper = self._outer._guard(self._chain(fn))  # noqa: SLF001  # Policy's own protocol
         return functools.wraps(fn)(wrapper)
 
+    @returns_coroutine
     def call(  # the same call as an async def, one coroutine less (see below)
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> Coroutine[Any, Any, T]:

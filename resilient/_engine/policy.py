@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from types import CoroutineType, FunctionType
 from typing import Any, ClassVar, ParamSpec, TypeAlias, TypeVar
 
-from .callables import awaitable_checked, check_async, label
+from .callables import awaitable_checked, check_async, label, returns_coroutine
 from .clock import Clock
 from .events import (
     CallCancelled,
@@ -139,6 +139,7 @@ class Policy(ABC):
         self._name_after(fn)
         return functools.wraps(fn)(self._guard(fn))
 
+    @returns_coroutine
     def call(
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> Coroutine[Any, Any, T]:

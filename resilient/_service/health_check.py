@@ -21,6 +21,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from .._engine.callables import is_coroutine_callable
 from .._engine.errors import TimeoutExceeded
 from .._policies.timeout import Timeout
 from .discovery import RegistryStatus
@@ -90,7 +91,7 @@ class CheckState:
         # A plain (not async) callable runs in a thread of its own, so a blocking check
         # can't stall the event loop; `worker` is its last run's thread, `running` the
         # answer of a threaded run in progress, which a concurrent run shares.
-        self.threaded = not is_async_callable(fn) if in_thread is None else bool(in_thread)
+        self.threaded = not is_coroutine_callable(fn) if in_thread is None else bool(in_thread)
         self.worker: threading.Thread | None = None
         # Set once the last threaded run's callable returned: its thread may live on for a
         # moment after handing the answer over, which is no "previous run still running".
@@ -167,18 +168,6 @@ async def run_check(check: CheckState) -> tuple[bool, str]:
 async def _invoke(fn: HealthCheck) -> object:
     result = fn()
     return await result if inspect.isawaitable(result) else result
-
-
-def is_async_callable(fn: object) -> bool:
-    """
-    Whether calling `fn` returns a coroutine.
-
-    True for an ``async def``, an object whose ``__call__`` is one, and a
-    `functools.partial` of either.
-    """
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004  # the method itself, not callable()
-    )
 
 
 class _StillRunning(Exception):  # a verdict, not an error users see

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import logging
 import threading
@@ -26,6 +27,10 @@ from resilient import (
     HealthStatus,
     InMemoryRegistry,
     Instance,
+    Policy,
+    Retry,
+    Timeout,
+    pipeline,
 )
 from resilient.testing import FakeClock
 from tests._aio import promptly, settle
@@ -220,6 +225,28 @@ async def test_a_lambda_returning_a_future_of_the_loop_is_a_check_on_the_loop() 
     )
     report = await monitor.check_now()
     assert report.checks["db"].healthy, report.checks["db"].detail
+
+
+@pytest.mark.parametrize(
+    "policy", [Retry(2), pipeline(Timeout(1), Retry(2))], ids=["policy", "pipeline"]
+)
+async def test_a_policys_call_is_a_check_on_the_loop(policy: Policy) -> None:
+    """``functools.partial(policy.call, probe)`` returns a coroutine (`.call` is no
+    ``async def`` of its own, but says it returns one): it runs on the loop, in the
+    monitor's task, not in a thread."""
+    threads: list[threading.Thread] = []
+
+    async def probe() -> bool:
+        threads.append(threading.current_thread())
+        return True
+
+    monitor = monitor_with(("db", functools.partial(policy.call, probe), {}))
+    report = await monitor.check_now()
+    assert report.checks["db"].healthy, report.checks["db"].detail
+    assert threads == [threading.current_thread()]
+    check = monitor._checks["db"]
+    assert not check.threaded  # no thread made per run to build the coroutine
+    assert check.worker is None
 
 
 async def test_a_check_needing_the_loop_in_a_thread_says_how_to_fix_it(
