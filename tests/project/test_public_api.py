@@ -56,6 +56,7 @@ CONTRACT = (
 INTERNAL = {
     "_engine.context": {
         "DEADLINE",
+        "NO_RETRIES",
         "Deadline",
         "retries_allowed",
     },  # set by Timeout; read by Retry, Hedge
@@ -92,7 +93,7 @@ INTERNAL = {
         "error_matcher",
         "retryable_by_default",
     },
-    "_policies.watchdog": {"Watched", "Watchdog", "Watchdogs"},  # the engine of Timeout
+    "_policies.watchdog": {"TASK_OF_LOOP", "Watched", "Watchdog", "Watchdogs"},  # Timeout's
     "_policies.bulkhead": {"shedding"},  # its repr's tail, shared with AdaptiveConcurrency
     # The bulkhead's priority queue, shared with AdaptiveConcurrency.
     "_policies.wait_queue": {
@@ -106,7 +107,14 @@ INTERNAL = {
         "leave",
         "why_left",
     },
-    "_engine.callables": {"awaitable_checked", "check_async", "label", "not_callable"},
+    "_engine.callables": {
+        "awaitable_checked",
+        "check_async",
+        "is_coroutine_callable",
+        "label",
+        "not_callable",
+        "returns_coroutine",
+    },
     # Behind Policy._emit; users configure the `resilient.<kind>` loggers, not these.
     "_engine.logging": {"DecisionLog", "decision_log", "level_of"},
 }
