@@ -124,23 +124,25 @@ def _observed(policies: tuple[Policy, ...]) -> bool | tuple[Any, ...]:
     False: nobody hears their calls (decision hooks may be set: the policies emit
     decisions themselves, and `_observe` would only run `_run`). `_CHAINED`: a policy
     has several listeners or call-event hooks. Else the flat tuple ``(call_started,
-    call_ended)`` per policy, outermost first, (None, None) for one nobody hears: each
-    policy's plan read once, as `Policy._observe` reads its own once per call.
+    call_ended, monotonic)`` per policy, outermost first, (None, None, None) for one
+    nobody hears: each policy's plan read once, as `Policy._observe` reads its own once
+    per call.
     """
     if not _GLOBAL_HOOKS and not any(policy._hooks for policy in policies):  # noqa: SLF001
         return False
     listeners: list[Any] = []
     for policy in policies:
         if not (policy._hooks or _GLOBAL_HOOKS):  # noqa: SLF001  # the contract's own state
-            listeners += (None, None)
+            listeners += (None, None, None)
             continue
         plan = policy._current_plan()  # noqa: SLF001  # a stale one is built now
         if plan.sole_end is not None:
-            listeners += (plan.sole_start, plan.sole_end)
+            # The clock read with it rides along: no cell per policy in every pipeline.
+            listeners += (plan.sole_start, plan.sole_end, policy._monotonic)  # noqa: SLF001
         elif plan.any_call:
             return _CHAINED
         else:
-            listeners += (None, None)
+            listeners += (None, None, None)
     return tuple(listeners) if any(listeners) else False
 
 
@@ -160,16 +162,17 @@ def factory(everyone, steps, retry, results_matter):
     seen = [(-1, False)]
 {unpack}
 
+    async def heard(fn, built, listeners, args, kwargs):
+        # A call each policy's one listener (if any) hears, from this frame. Once per
+        # pipeline, not per function: a fused function holds no second closure.
+        {listeners} = listeners
+        result = None
+{heard}
+        return result
+
     def fuse(fn):
         # Once per function: `built` holds its chained layers, made on a first slow path.
         built = [None]
-
-        async def heard(listeners, args, kwargs):
-            # A call each policy's one listener (if any) hears, from this frame.
-            {listeners} = listeners
-            result = None
-{heard}
-            return result
 
         async def fused(*args, **kwargs):
             mark = seen[0]
@@ -178,7 +181,7 @@ def factory(everyone, steps, retry, results_matter):
             if mark[1]:
                 if mark[1] is _CHAINED:  # the chained layers build the call events
                     return await _layer(everyone, 0, fn, built)(*args, **kwargs)
-                return await heard(mark[1], args, kwargs)
+                return await heard(fn, built, mark[1], args, kwargs)
             result = None
 {body}
             return result
@@ -202,11 +205,10 @@ def _factory(at: int, count: int, retried: bool) -> Callable[..., Any]:
     if factory is None:
         policies = count + retried
         unpack = [f"    s{i} = steps[{i}]" for i in range(count)]
-        unpack += [f"    m{p} = everyone[{p}]._monotonic" for p in range(policies)]
         source = _SOURCE.format(
             body="\n".join(" " * 12 + line for line in unheard_lines(at, count, retried)),
-            heard="\n".join(" " * 12 + line for line in heard_lines(at, count, retried)),
-            listeners=", ".join(f"a{p}, z{p}" for p in range(policies)),
+            heard="\n".join(" " * 8 + line for line in heard_lines(at, count, retried)),
+            listeners=", ".join(f"a{p}, z{p}, m{p}" for p in range(policies)),
             unpack="\n".join(unpack),
         )
         namespace: dict[str, Any] = {

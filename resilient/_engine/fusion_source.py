@@ -16,7 +16,7 @@ retry's retries (its listener hears all its attempts).
 Names in the generated code: ``s{i}`` the step i, ``t{i}`` its token; per policy p (steps
 skip the retry: p = i, or i + 1 below it) ``a{p}``/``z{p}`` its listener's call_started
 and call_ended (None when nobody hears it), ``k{p}`` the token, ``m{p}`` its clock's
-monotonic, ``b{p}`` when it began.
+monotonic (from `_observed`, with the listener), ``b{p}`` when it began.
 """
 
 from __future__ import annotations
