@@ -29,8 +29,11 @@ is heard by at most one call listener and no call-event hook, the common case of
 Prometheus or OpenTelemetry: a second coroutine, ``heard``, calls the listeners as
 `Policy._observe` would (fusion_source.py), where the chained layers cost two coroutines
 per policy. It is a coroutine of its own so that the unobserved call's frame stays as
-small as it was (inlined, its locals cost that call ~2%). Any other observer takes the
-chained layers: the per-call events are built there. A pipeline of more than
+small as it was (inlined, its locals cost that call ~2%). It reads the listeners once,
+up front; when hooks change before an inner policy's turn (an outer listener's
+``call_started`` or decision hook changed them), the chained layers run from that policy
+on, reading their plans then, as they would have. Any other observer takes the chained
+layers: the per-call events are built there. A pipeline of more than
 `_MAX_FUSED` policies is chained (the generated code would nest more blocks than CPython
 compiles).
 """
@@ -121,11 +124,12 @@ def _observed(policies: tuple[Policy, ...]) -> bool | tuple[Any, ...]:
     """
     How a call of the fused `policies` is observed, for the hooks of now.
 
-    False: nobody hears their calls (decision hooks may be set: the policies emit
-    decisions themselves, and `_observe` would only run `_run`). `_CHAINED`: a policy
-    has several listeners or call-event hooks. Else the flat tuple ``(call_started,
-    call_ended)`` per policy, outermost first, (None, None) for one nobody hears: each
-    policy's plan read once, as `Policy._observe` reads its own once per call.
+    False: no hooks at all. `_CHAINED`: a policy has several listeners or call-event
+    hooks. Else the flat tuple ``(call_started, call_ended)`` per policy, outermost
+    first, (None, None) for one nobody hears: each policy's plan read once, as
+    `Policy._observe` reads its own once per call. All None (decision hooks only) is
+    still `heard`: a decision hook of an outer policy may add a listener to an inner
+    one mid-call, which the chained layers would call.
     """
     if not _GLOBAL_HOOKS and not any(policy._hooks for policy in policies):  # noqa: SLF001
         return False
@@ -141,7 +145,7 @@ def _observed(policies: tuple[Policy, ...]) -> bool | tuple[Any, ...]:
             return _CHAINED
         else:
             listeners += (None, None)
-    return tuple(listeners) if any(listeners) else False
+    return tuple(listeners)
 
 
 def _ended(end: Any, token: Any, duration: float, error: BaseException) -> None:
@@ -164,8 +168,10 @@ def factory(everyone, steps, retry, results_matter):
         # Once per function: `built` holds its chained layers, made on a first slow path.
         built = [None]
 
-        async def heard(listeners, args, kwargs):
-            # A call each policy's one listener (if any) hears, from this frame.
+        async def heard(mark, args, kwargs):
+            # A call each policy's one listener (if any) hears, from this frame; `g`:
+            # the hooks generation its listeners were read under.
+            g, listeners = mark
             {listeners} = listeners
             result = None
 {heard}
@@ -178,7 +184,7 @@ def factory(everyone, steps, retry, results_matter):
             if mark[1]:
                 if mark[1] is _CHAINED:  # the chained layers build the call events
                     return await _layer(everyone, 0, fn, built)(*args, **kwargs)
-                return await heard(mark[1], args, kwargs)
+                return await heard(mark, args, kwargs)
             result = None
 {body}
             return result
