@@ -159,9 +159,11 @@ def _ended(end: Any, token: Any, duration: float, error: BaseException) -> None:
 _SOURCE = """\
 def factory(everyone, steps, retry, results_matter):
     # Once per pipeline: what its fused functions share, in cells they all hold.
-    # (hooks generation seen, how calls were observed then: _observed), replaced whole:
-    # a pipeline may serve loops in several threads.
-    seen = [(-1, False)]
+    # (hooks generation seen, how calls were observed then: _observed, the generation
+    # once they were read), replaced whole: a pipeline may serve loops in several
+    # threads. The two generations differ when reading them changed hooks (a hook's
+    # listen_calls did): the next call reads them again, as chained layers would.
+    seen = [(-1, False, -1)]
 {unpack}
 
     def fuse(fn):
@@ -171,7 +173,7 @@ def factory(everyone, steps, retry, results_matter):
         async def heard(mark, args, kwargs):
             # A call each policy's one listener (if any) hears, from this frame; `g`:
             # the hooks generation its listeners were read under.
-            g, listeners = mark
+            _, listeners, g = mark
             {listeners} = listeners
             result = None
 {heard}
@@ -180,7 +182,8 @@ def factory(everyone, steps, retry, results_matter):
         async def fused(*args, **kwargs):
             mark = seen[0]
             if mark[0] != _GENERATION[0]:
-                mark = seen[0] = (_GENERATION[0], _observed(everyone))
+                generation = _GENERATION[0]
+                mark = seen[0] = (generation, _observed(everyone), _GENERATION[0])
             if mark[1]:
                 if mark[1] is _CHAINED:  # the chained layers build the call events
                     return await _layer(everyone, 0, fn, built)(*args, **kwargs)

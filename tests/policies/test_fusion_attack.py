@@ -206,6 +206,20 @@ class _Probing:
                 change()
 
 
+class _Adding(Listening):
+    """A `Listening` whose first `listen_calls` runs `change` (while its plan is built)."""
+
+    def __init__(self, seen: list[tuple[object, ...]], change: Callable[[], object]) -> None:
+        super().__init__(seen, 2, "start")
+        self.change: Callable[[], object] | None = change
+
+    def listen_calls(self, policy: Policy) -> object:
+        change, self.change = self.change, None
+        if change is not None:
+            change()
+        return super().listen_calls(policy)
+
+
 async def _hooks_changed_by_the_call(kinds: Kinds, how: str) -> list[tuple[object, ...]]:
     # Timeout, retry, breaker, bulkhead; two calls, the hooks changed during the first
     # by the call itself: what every listener heard, and the statistics.
@@ -220,6 +234,9 @@ async def _hooks_changed_by_the_call(kinds: Kinds, how: str) -> list[tuple[objec
         if how.endswith("removes an inner listener"):
             change = functools.partial(policies[2].remove_hook, policies[2]._hooks[0])
         policies[0].add_hook(_Changing(seen, change))
+    elif how.startswith("a listen_calls"):  # the breaker's: a second one of its own
+        listen(policies, ["start", "start"], seen)
+        policies[2].add_hook(_Adding(seen, functools.partial(policies[2].add_hook, extra)))
     else:  # a half-opening breaker's decision hook adds a listener to the bulkhead
         if how.endswith(", heard"):
             policies[0].add_hook(Listening(seen, 0, "start"))
@@ -242,6 +259,7 @@ async def _hooks_changed_by_the_call(kinds: Kinds, how: str) -> list[tuple[objec
         "an outer call_started adds an inner listener",
         "a decision hook adds a listener, unheard",
         "a decision hook adds a listener, heard",
+        "a listen_calls adds a listener to its policy",
     ],
 )
 async def test_hooks_changed_by_the_call_between_two_policies_are_heard_as_chained(
@@ -251,12 +269,16 @@ async def test_hooks_changed_by_the_call_between_two_policies_are_heard_as_chain
     policy's listener or decision hook (nothing awaited) count from the next inner
     policy on: a removed listener hears nothing more, an added one hears the rest of the
     call. The fused frame read every listener up front, and called a removed one (start
-    and end) or missed an added one."""
+    and end) or missed an added one. (One added while a plan is built counts from the
+    next call, fused or not.)"""
     fused = await _hooks_changed_by_the_call(FUSED, how)
     assert fused == await _hooks_changed_by_the_call(CHAINED, how)
     first_call = fused[: fused.index((0, "end"))] if (0, "end") in fused else fused
     if "removes" in how:
         assert (2, "start") not in first_call
         assert (1, "start") in first_call
+    elif how.startswith("a listen_calls"):  # the breaker's plan was built without it
+        assert fused.count((33, "start")) == fused.count((33, "end")) == 1
+        assert fused.count((2, "start")) == 2
     else:  # added during the first call's start: heard from the bulkhead on, both calls
         assert fused.count((33, "start")) == fused.count((33, "end")) == 2
