@@ -29,8 +29,11 @@ is heard by at most one call listener and no call-event hook, the common case of
 Prometheus or OpenTelemetry: a second coroutine, ``heard``, calls the listeners as
 `Policy._observe` would (fusion_source.py), where the chained layers cost two coroutines
 per policy. It is a coroutine of its own so that the unobserved call's frame stays as
-small as it was (inlined, its locals cost that call ~2%). Any other observer takes the
-chained layers: the per-call events are built there. A pipeline of more than
+small as it was (inlined, its locals cost that call ~2%). It reads the listeners once,
+up front; when hooks change before an inner policy's turn (an outer listener's
+``call_started`` or decision hook changed them), the chained layers run from that policy
+on, reading their plans then, as they would have. Any other observer takes the chained
+layers: the per-call events are built there. A pipeline of more than
 `_MAX_FUSED` policies is chained (the generated code would nest more blocks than CPython
 compiles).
 """
@@ -121,12 +124,12 @@ def _observed(policies: tuple[Policy, ...]) -> bool | tuple[Any, ...]:
     """
     How a call of the fused `policies` is observed, for the hooks of now.
 
-    False: nobody hears their calls (decision hooks may be set: the policies emit
-    decisions themselves, and `_observe` would only run `_run`). `_CHAINED`: a policy
-    has several listeners or call-event hooks. Else the flat tuple ``(call_started,
-    call_ended, monotonic)`` per policy, outermost first, (None, None, None) for one
-    nobody hears: each policy's plan read once, as `Policy._observe` reads its own once
-    per call.
+    False: no hooks at all. `_CHAINED`: a policy has several listeners or call-event
+    hooks. Else the flat tuple ``(call_started, call_ended, monotonic)`` per policy,
+    outermost first, (None, None, None) for one nobody hears: each policy's plan read
+    once, as `Policy._observe` reads its own once per call. All None (decision hooks
+    only) is still `heard`: a decision hook of an outer policy may add a listener to an
+    inner one mid-call, which the chained layers would call.
     """
     if not _GLOBAL_HOOKS and not any(policy._hooks for policy in policies):  # noqa: SLF001
         return False
@@ -143,7 +146,7 @@ def _observed(policies: tuple[Policy, ...]) -> bool | tuple[Any, ...]:
             return _CHAINED
         else:
             listeners += (None, None, None)
-    return tuple(listeners) if any(listeners) else False
+    return tuple(listeners)
 
 
 def _ended(end: Any, token: Any, duration: float, error: BaseException) -> None:
@@ -157,14 +160,18 @@ def _ended(end: Any, token: Any, duration: float, error: BaseException) -> None:
 _SOURCE = """\
 def factory(everyone, steps, retry, results_matter):
     # Once per pipeline: what its fused functions share, in cells they all hold.
-    # (hooks generation seen, how calls were observed then: _observed), replaced whole:
-    # a pipeline may serve loops in several threads.
-    seen = [(-1, False)]
+    # (hooks generation seen, how calls were observed then: _observed, the generation
+    # once they were read), replaced whole: a pipeline may serve loops in several
+    # threads. The two generations differ when reading them changed hooks (a hook's
+    # listen_calls did): the next call reads them again, as chained layers would.
+    seen = [(-1, False, -1)]
 {unpack}
 
-    async def heard(fn, built, listeners, args, kwargs):
-        # A call each policy's one listener (if any) hears, from this frame. Once per
-        # pipeline, not per function: a fused function holds no second closure.
+    async def heard(fn, built, mark, args, kwargs):
+        # A call each policy's one listener (if any) hears, from this frame; `g`: the
+        # hooks generation its listeners were read under. Once per pipeline, not per
+        # function: a fused function holds no second closure.
+        _, listeners, g = mark
         {listeners} = listeners
         result = None
 {heard}
@@ -177,11 +184,12 @@ def factory(everyone, steps, retry, results_matter):
         async def fused(*args, **kwargs):
             mark = seen[0]
             if mark[0] != _GENERATION[0]:
-                mark = seen[0] = (_GENERATION[0], _observed(everyone))
+                generation = _GENERATION[0]
+                mark = seen[0] = (generation, _observed(everyone), _GENERATION[0])
             if mark[1]:
                 if mark[1] is _CHAINED:  # the chained layers build the call events
                     return await _layer(everyone, 0, fn, built)(*args, **kwargs)
-                return await heard(fn, built, mark[1], args, kwargs)
+                return await heard(fn, built, mark, args, kwargs)
             result = None
 {body}
             return result

@@ -11,7 +11,8 @@ the policy's work, then ``call_ended(token, monotonic() - began, error)`` with t
 that leaves the policy (after ``_close`` turned it into `TimeoutExceeded`, say), inner
 ends before outer ones. A bulkhead that must queue (`NOT_NOW`) runs its own `_run` under
 its listener, over the chained layers below it, which observe themselves; so do the
-retry's retries (its listener hears all its attempts).
+retry's retries (its listener hears all its attempts). Hooks changed since the call read
+its listeners (generation ``g``): the chained layers from the next policy on.
 
 Names in the generated code: ``s{i}`` the step i, ``t{i}`` its token; per policy p (steps
 skip the retry: p = i, or i + 1 below it) ``a{p}``/``z{p}`` its listener's call_started
@@ -130,11 +131,27 @@ def _succeeded(policy: int) -> list[str]:
     ]
 
 
+def _unchanged(policy: int, lines: list[str]) -> list[str]:
+    # `lines` (the policy's part of the call) while the hooks are those the call read
+    # its listeners under (generation `g`). Else (an outer policy's listener or decision
+    # hook changed them, or another thread did) the chained layers from this policy on,
+    # each reading its plan now, as it would have: a listener removed meanwhile hears
+    # nothing more of this call, one added hears it from here.
+    if policy == 0:
+        return lines  # `fused` read them just now
+    return [
+        "if _GENERATION[0] != g:",
+        f"    result = await _layer(everyone, {policy}, fn, built)(*args, **kwargs)",
+        "else:",
+        *_indented(lines),
+    ]
+
+
 def _heard_step(step: int, policy: int, inner: list[str]) -> list[str]:
     # The unobserved step with every way out of it reported: a rejection from _open,
     # the queued path, what _close raises in the error's place, a _close that raises.
     s, p = step, policy
-    return [
+    heard = [
         *_started(p),
         *_reported(p, [f"t{s} = s{s}._open()"]),
         f"if t{s} is NOT_NOW:",
@@ -147,6 +164,7 @@ def _heard_step(step: int, policy: int, inner: list[str]) -> list[str]:
         *_indented(_reported(p, [f"s{s}._close(t{s}, None)"])),
         *_succeeded(p),
     ]
+    return _unchanged(p, heard)
 
 
 def _steps(step: int, at: int, count: int, core: list[str], heard: bool) -> list[str]:
@@ -164,7 +182,7 @@ def _lines(at: int, count: int, retried: bool, heard: bool) -> list[str]:
     inner = "\n".join(_indented(_steps(at, at, count, _CALL, heard)))
     block = _RETRY_BLOCK.format(inner=inner, below=at + 1).splitlines()
     if heard:  # the retry's listener hears all its attempts
-        block = [*_started(at), *_reported(at, block), *_succeeded(at)]
+        block = _unchanged(at, [*_started(at), *_reported(at, block), *_succeeded(at)])
     return _steps(0, at, at, block, heard)
 
 

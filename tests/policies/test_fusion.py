@@ -428,15 +428,16 @@ class _Decisions:
     [
         ("one listener each", ["fused", "heard", "waiting", "wait"]),
         ("one listener on some", ["fused", "heard", "waiting", "wait"]),
-        ("decisions only", ["fused", "waiting", "wait"]),
+        ("decisions only", ["fused", "heard", "waiting", "wait"]),
         ("two listeners on one", ["fused", "_observe"]),
         ("a call-event hook on one", ["fused", "_observe"]),
     ],
 )
 async def test_which_observed_calls_stay_in_the_fused_frame(hooks: str, frames: list[str]) -> None:
     """One listener per policy at most: the fused frame calls them (one coroutine
-    more, not two per policy). Nobody hearing calls: the unobserved fused call. Several
-    listeners or call events on any policy: the chained layers."""
+    more, not two per policy). Decision hooks only: that frame too (one of them may add
+    a listener mid-call). Several listeners or call events on any policy: the chained
+    layers."""
     release = asyncio.Event()
 
     async def waiting() -> str:

@@ -7,16 +7,26 @@ they once differed.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 
 import pytest
 import tenacity
 
-from resilient import Policy, Retry, Timeout, TimeoutExceeded, pipeline
+from resilient import (
+    CircuitState,
+    Event,
+    Policy,
+    Retry,
+    StateChanged,
+    Timeout,
+    TimeoutExceeded,
+    pipeline,
+)
 from resilient.testing import FakeClock
 from tests._aio import promptly, settle, within
 from tests._gc import cycles
-from tests.policies.test_fusion import CHAINED, FUSED, Kinds, listen
+from tests.policies.test_fusion import CHAINED, FUSED, SHAPES, Kinds, Listening, listen
 
 TWINS = pytest.mark.parametrize("kinds", [FUSED, CHAINED], ids=["fused", "chained"])
 
@@ -154,3 +164,112 @@ async def test_a_suspended_call_closed_or_thrown_into_ends_as_chained(
     heard: list[tuple[object, ...]] = fused[-2]  # type: ignore[assignment]  # see above
     outermost = [entry[3] for entry in heard if entry[:2] == (0, "end")]
     assert (thrown[how] in outermost) is listened  # the outer policy heard the call end so
+
+
+class _Changing(Listening):
+    """A `Listening` whose first `call_started` runs `change`: hooks changed mid-call,
+    between the starts of two policies, with nothing awaited."""
+
+    def __init__(self, seen: list[tuple[object, ...]], change: Callable[[], object]) -> None:
+        super().__init__(seen, 0, "start")
+        self.change: Callable[[], object] | None = change
+
+    def call_started(self) -> object:
+        token = super().call_started()
+        change, self.change = self.change, None
+        if change is not None:
+            change()
+        return token
+
+
+class _Probing:
+    """A decision hook (no call events) that, when the breaker half-opens, runs `change`."""
+
+    event_types = frozenset({StateChanged})
+
+    def __init__(self, change: Callable[[], object]) -> None:
+        self.change: Callable[[], object] | None = change
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, StateChanged) and event.new is CircuitState.HALF_OPEN:
+            change, self.change = self.change, None
+            if change is not None:
+                change()
+
+
+class _Adding(Listening):
+    """A `Listening` whose first `listen_calls` runs `change` (while its plan is built)."""
+
+    def __init__(self, seen: list[tuple[object, ...]], change: Callable[[], object]) -> None:
+        super().__init__(seen, 2, "start")
+        self.change: Callable[[], object] | None = change
+
+    def listen_calls(self, policy: Policy) -> object:
+        change, self.change = self.change, None
+        if change is not None:
+            change()
+        return super().listen_calls(policy)
+
+
+async def _hooks_changed_by_the_call(kinds: Kinds, how: str) -> list[tuple[object, ...]]:
+    # Timeout, retry, breaker, bulkhead; two calls, the hooks changed during the first
+    # by the call itself: what every listener heard, and the statistics.
+    clock = FakeClock()
+    policies = SHAPES["timeout, retry, breaker, bulkhead"](kinds, clock)
+    seen: list[tuple[object, ...]] = []
+    extra = Listening(seen, 33, "start")
+    if how.startswith("an outer call_started"):
+        for index in (1, 2, 3):
+            policies[index].add_hook(Listening(seen, index, "start"))
+        change: Callable[[], object] = functools.partial(policies[3].add_hook, extra)
+        if how.endswith("removes an inner listener"):
+            change = functools.partial(policies[2].remove_hook, policies[2]._hooks[0])
+        policies[0].add_hook(_Changing(seen, change))
+    elif how.startswith("a listen_calls"):  # the breaker's: a second one of its own
+        listen(policies, ["start", "start"], seen)
+        policies[2].add_hook(_Adding(seen, functools.partial(policies[2].add_hook, extra)))
+    else:  # a half-opening breaker's decision hook adds a listener to the bulkhead
+        if how.endswith(", heard"):
+            policies[0].add_hook(Listening(seen, 0, "start"))
+        policies[2].add_hook(_Probing(functools.partial(policies[3].add_hook, extra)))
+        policies[2].trip()  # type: ignore[attr-defined]
+        await clock.sleep(10.0)  # its reset timeout: the next call probes
+
+    async def ok() -> str:
+        return "ok"
+
+    guarded = pipeline(*policies)(ok)
+    assert [await promptly(guarded()) for _ in range(2)] == ["ok", "ok"]
+    return [entry[:2] for entry in seen] + [policy.statistics() for policy in policies]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "an outer call_started removes an inner listener",
+        "an outer call_started adds an inner listener",
+        "a decision hook adds a listener, unheard",
+        "a decision hook adds a listener, heard",
+        "a listen_calls adds a listener to its policy",
+    ],
+)
+async def test_hooks_changed_by_the_call_between_two_policies_are_heard_as_chained(
+    how: str,
+) -> None:
+    """A chained layer reads its plan when its call starts, so hooks changed by an outer
+    policy's listener or decision hook (nothing awaited) count from the next inner
+    policy on: a removed listener hears nothing more, an added one hears the rest of the
+    call. The fused frame read every listener up front, and called a removed one (start
+    and end) or missed an added one. (One added while a plan is built counts from the
+    next call, fused or not.)"""
+    fused = await _hooks_changed_by_the_call(FUSED, how)
+    assert fused == await _hooks_changed_by_the_call(CHAINED, how)
+    first_call = fused[: fused.index((0, "end"))] if (0, "end") in fused else fused
+    if "removes" in how:
+        assert (2, "start") not in first_call
+        assert (1, "start") in first_call
+    elif how.startswith("a listen_calls"):  # the breaker's plan was built without it
+        assert fused.count((33, "start")) == fused.count((33, "end")) == 1
+        assert fused.count((2, "start")) == 2
+    else:  # added during the first call's start: heard from the bulkhead on, both calls
+        assert fused.count((33, "start")) == fused.count((33, "end")) == 2
