@@ -143,6 +143,7 @@ class Retry(Policy):
     _fusion = "retry"  # its first attempt runs in a fused pipeline's frame (_engine/fusion.py)
     __slots__ = (
         "_calls",
+        "_fixed_wait",
         "_gave_up",
         "_on",
         "_rare",
@@ -187,6 +188,13 @@ class Retry(Policy):
         if on_result is not None and not callable(on_result):
             raise TypeError(f"Retry(on_result=...): expected a predicate, got {on_result!r}")
         self._wait = _checked_strategy("wait", wait, wait_base) or _DEFAULT_WAIT
+        # wait_fixed / wait_none: the seconds themselves, read without calling tenacity.
+        wait_now = self._wait
+        self._fixed_wait: float | None = (
+            float(wait_now.wait_fixed)
+            if type(wait_now) in _FIXED_WAITS and isinstance(wait_now, tenacity.wait_fixed)
+            else None  # a subclass may compute its wait: it is asked each time
+        )
         checked_stop = _checked_strategy("stop", stop, stop_base)
         if budget is not None and not isinstance(budget, RetryBudget):
             raise TypeError(f"Retry(budget=...): expected a RetryBudget, got {budget!r}")
@@ -367,7 +375,8 @@ class Retry(Policy):
         return delay
 
     def _delay(self, state: tenacity.RetryCallState | None, error: Exception | None) -> float:
-        delay = float(self._wait(state))  # type: ignore[arg-type]  # None for a fixed wait
+        fixed = self._fixed_wait
+        delay = fixed if fixed is not None else float(self._wait(state))  # type: ignore[arg-type]
         hinted = getattr(error, "retry_after", None)
         if (
             hinted is not None

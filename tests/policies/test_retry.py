@@ -290,6 +290,25 @@ async def test_wait_fixed() -> None:
     assert clock.monotonic() == 6.0
 
 
+async def test_a_wait_fixed_subclass_that_computes_its_wait_is_asked_every_time() -> None:
+    """`wait_fixed` and `wait_none` are read once (their seconds); a subclass may
+    compute its wait, so it is called before each retry as tenacity would."""
+
+    class Growing(tenacity.wait_fixed):
+        def __init__(self) -> None:
+            super().__init__(1)
+            self.asked = 0
+
+        def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+            self.asked += 1
+            return float(self.asked)
+
+    clock = FakeClock()
+    with pytest.raises(ValueError, match="down"):
+        await Retry(attempts=4, wait=Growing(), clock=clock).call(Script(ValueError("down")))
+    assert clock.sleeps == [1.0, 2.0, 3.0]
+
+
 async def test_wait_exponential() -> None:
     """A tenacity `wait_exponential` strategy doubles the delay up to its max."""
     clock = FakeClock()
