@@ -143,7 +143,6 @@ class Retry(Policy):
     _fusion = "retry"  # its first attempt runs in a fused pipeline's frame (_engine/fusion.py)
     __slots__ = (
         "_calls",
-        "_fixed_wait",
         "_gave_up",
         "_on",
         "_rare",
@@ -187,13 +186,15 @@ class Retry(Policy):
             )
         if on_result is not None and not callable(on_result):
             raise TypeError(f"Retry(on_result=...): expected a predicate, got {on_result!r}")
-        self._wait = _checked_strategy("wait", wait, wait_base) or _DEFAULT_WAIT
-        # wait_fixed / wait_none: the seconds themselves, read without calling tenacity.
-        wait_now = self._wait
-        self._fixed_wait: float | None = (
-            float(wait_now.wait_fixed)
-            if type(wait_now) in _FIXED_WAITS and isinstance(wait_now, tenacity.wait_fixed)
-            else None  # a subclass may compute its wait: it is asked each time
+        strategy_of_wait = _checked_strategy("wait", wait, wait_base) or _DEFAULT_WAIT
+        # A wait_fixed / wait_none is kept as its seconds: read per retry without calling
+        # tenacity, and no slot more per policy. (Exact types: a subclass may compute its
+        # wait, and is asked each time.)
+        self._wait: float | Any = (
+            float(strategy_of_wait.wait_fixed)
+            if type(strategy_of_wait) in _FIXED_WAITS
+            and isinstance(strategy_of_wait, tenacity.wait_fixed)
+            else strategy_of_wait
         )
         checked_stop = _checked_strategy("stop", stop, stop_base)
         if budget is not None and not isinstance(budget, RetryBudget):
@@ -279,7 +280,7 @@ class Retry(Policy):
         rare = self._rare
         # A fixed wait reads no RetryCallState: with no retry_* or stop_* strategy
         # either, a failing call builds none (nor its outcomes).
-        reads_state = type(self._wait) not in _FIXED_WAITS or (
+        reads_state = type(self._wait) is not float or (
             rare is not None and (rare.strategy is not None or rare.stop is not None)
         )
         state = self._new_state(started) if reads_state else None
@@ -327,11 +328,19 @@ class Retry(Policy):
         if retrying is None:
             stop = None if self._rare is None else self._rare.stop
             retrying = self._retrying = tenacity.AsyncRetrying(
-                stop=stop or tenacity.stop_never, wait=self._wait, sleep=self._clock.sleep
+                stop=stop or tenacity.stop_never,
+                wait=self._wait_strategy(),
+                sleep=self._clock.sleep,
             )
         state = tenacity.RetryCallState(retrying, fn=None, args=(), kwargs={})
         state.start_time = started
         return state
+
+    def _wait_strategy(self) -> Any:
+        # The tenacity strategy tenacity's own objects are given (a fixed wait rebuilt
+        # from its seconds: `_new_state`, once per policy).
+        wait = self._wait
+        return tenacity.wait_fixed(wait) if type(wait) is float else wait
 
     def _should_retry(
         self, state: tenacity.RetryCallState | None, error: Exception | None, result: Any
@@ -375,8 +384,8 @@ class Retry(Policy):
         return delay
 
     def _delay(self, state: tenacity.RetryCallState | None, error: Exception | None) -> float:
-        fixed = self._fixed_wait
-        delay = fixed if fixed is not None else float(self._wait(state))  # type: ignore[arg-type]
+        wait = self._wait
+        delay = wait if type(wait) is float else float(wait(state))  # type: ignore[operator]
         hinted = getattr(error, "retry_after", None)
         if (
             hinted is not None
