@@ -20,9 +20,13 @@ def merge_region(
     begin: str,
     end: str,
     preamble: str = "# Benchmarks\n\n",
+    after: str | None = None,
 ) -> str:
     """
-    Replace the marked region of `existing`, or append it; keep everything else.
+    Replace the marked region of `existing`, or add it; keep everything else.
+
+    A new region goes right after the marker `after` when there is one (a ``-cpu`` region
+    beside its wall-time sibling), else at the end.
 
     Raises:
         ValueError: Only one of the markers is there, or they are out of order.
@@ -31,6 +35,10 @@ def merge_region(
         return preamble + region
     start, stop = existing.find(begin), existing.find(end)
     if start == -1 and stop == -1:
+        anchor = -1 if after is None else existing.find(after)
+        if anchor != -1:
+            cut = anchor + len(after)  # type: ignore[arg-type]  # found, so not None
+            return existing[:cut] + "\n\n" + region.rstrip("\n") + existing[cut:]
         return existing.rstrip("\n") + "\n\n" + region
     if start == -1 or stop == -1 or stop < start:
         raise ValueError(f"unbalanced {begin} / {end} markers")

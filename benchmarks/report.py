@@ -186,7 +186,9 @@ def write(path: Path, page: Report, text: str, variant: str = "") -> None:
     begin, end = page.markers(variant)
     existing = path.read_text() if path.exists() else None
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(merge_region(existing, text, begin=begin, end=end))
+    # A variant's region (-cpu, -uvloop), new on the page, goes beside the plain one.
+    after = page.markers("")[1] if variant else None
+    path.write_text(merge_region(existing, text, begin=begin, end=end, after=after))
 
 
 def local_machine(loop: str) -> str:
@@ -272,7 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         draw(args.md.parent / page.chart, page, runs, f"{page.title}, {len(runs)} runs")
     text = page.render(runs, cases, missing, how, machine, variant, chart)
     write(args.md, page, text, variant)
-    print(f"wrote the {args.benchmark} region of {args.md}", file=sys.stderr)
+    region = f"{args.benchmark}-{variant}" if variant else args.benchmark
+    print(f"wrote the {region} region of {args.md}", file=sys.stderr)
     return 0
 
 

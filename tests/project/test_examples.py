@@ -158,3 +158,24 @@ def test_the_report_names_the_command_of_every_run_or_refuses(tmp_path: Path) ->
     assert str(tmp_path) not in text
     with pytest.raises(AssertionError, match="--rounds 2"):
         run_module("benchmarks.report", "ratelimit", *map(str, runs), "--md", str(page))
+
+
+def test_a_new_variant_region_goes_beside_its_sibling() -> None:
+    """A region written for the first time lands after the marker it is told to follow
+    (a -cpu region beside its wall-time one), else at the end; an existing one is
+    replaced where it is."""
+    from benchmarks._docs import merge_region  # noqa: PLC0415  # the harness, not the package
+
+    page = "# B\n\n<!-- m:begin -->\nwall\n<!-- m:end -->\n\n## later\n"
+    cpu = "<!-- m-cpu:begin -->\ncpu\n<!-- m-cpu:end -->\n"
+    markers = {"begin": "<!-- m-cpu:begin -->", "end": "<!-- m-cpu:end -->"}
+    added = merge_region(page, cpu, **markers, after="<!-- m:end -->")
+    assert added == (
+        "# B\n\n<!-- m:begin -->\nwall\n<!-- m:end -->\n\n<!-- m-cpu:begin -->\ncpu\n"
+        "<!-- m-cpu:end -->\n\n## later\n"
+    )
+    again = merge_region(added, cpu.replace("cpu\n", "cpu 2\n"), **markers, after="<!-- m:end -->")
+    assert again == added.replace("cpu\n<!-- m-cpu:end", "cpu 2\n<!-- m-cpu:end")
+    assert merge_region(page, cpu, **markers, after="<!-- gone:end -->").endswith(
+        "## later\n\n" + cpu
+    )
