@@ -76,6 +76,9 @@ class Phase:
         generator_cpu: Share of one core the load generator used.
         tool: The generator (``wrk`` or ``python``).
         loadavg: The machine's 1-minute load average when the phase ended.
+        policy_events: What the peers' policies did in the phase, over the cluster's
+            nodes (from their /metrics): retries, timeouts, rejections, breaker
+            transitions and calls that failed; 0 for plain peers, which have none.
     """
 
     round: int
@@ -91,6 +94,7 @@ class Phase:
     generator_cpu: float
     tool: str
     loadavg: float
+    policy_events: int = 0
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -274,28 +278,71 @@ def _measure(  # noqa: PLR0917  # private, called once
     args: argparse.Namespace, number: int, name: str, op: str, nodes: list[str], pids: list[int]
 ) -> list[Phase]:
     shape = {"keys": args.keys, "value_bytes": args.value_bytes}
-    cpu = _cpu(pids)
+    cpu, events = _cpu(pids), policy_events(nodes)
     saturated = closed_loop(nodes, op, connections=args.connections, seconds=args.seconds, **shape)
-    between = _cpu(pids)
+    between, events_between = _cpu(pids), policy_events(nodes)
     target = saturated.rate / 2
     half = open_loop(nodes, op, rate=target, seconds=args.seconds, processes=args.generators,
                      **shape)  # fmt: skip
-    after = _cpu(pids)
+    after, events_after = _cpu(pids), policy_events(nodes)
     return [
-        _phase(number, name, op, "saturation", saturated, 0.0, between - cpu),
-        _phase(number, name, op, "half", half, target, after - between),
-    ]
+        _phase(number, name, op, "saturation", saturated, 0.0, between - cpu,
+               events_between - events),
+        _phase(number, name, op, "half", half, target, after - between,
+               events_after - events_between),
+    ]  # fmt: skip
+
+
+# The counters of what a policy did besides letting a call through (docs/metrics.md).
+_EVENT_COUNTERS = (
+    "resilient_retries_total",
+    "resilient_timeouts_total",
+    "resilient_rejections_total",
+    "resilient_circuit_transitions_total",
+)
+
+
+def policy_events(nodes: list[str]) -> int:
+    """
+    What the policies of `nodes` did so far, summed over their /metrics.
+
+    Retries, timeouts, rejections, breaker transitions and calls that failed: a phase's
+    are the difference of two readings.
+    """
+    total = 0.0
+    for node in nodes:
+        with urllib.request.urlopen(f"http://{node}/metrics", timeout=10.0) as answer:
+            total += count_policy_events(answer.read().decode())
+    return round(total)
+
+
+def count_policy_events(metrics: str) -> float:
+    """The policy events in one node's Prometheus text (see `policy_events`)."""
+    total = 0.0
+    for line in metrics.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        failed = name == "resilient_calls_total" and 'outcome="success"' not in line
+        if name in _EVENT_COUNTERS or failed:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def _phase(  # noqa: PLR0917  # private: a Phase's fields in order
-    number: int, name: str, op: str, load: str, result: LoadResult, target: float, cpu: float
+    number: int,
+    name: str,
+    op: str,
+    load: str,
+    result: LoadResult,
+    target: float,
+    cpu: float,
+    events: int = 0,
 ) -> Phase:
     return Phase(
         number, name, op, load, round(result.rate, 1), round(target, 1), result.errors,
         round(result.p50_ms, 2), round(result.p99_ms, 2),
         round(cpu / max(result.requests, 1) * 1e6, 1),
         round(result.generator_cpu / max(result.seconds, 1e-9), 3), result.tool,
-        os.getloadavg()[0],
+        os.getloadavg()[0], events,
     )  # fmt: skip
 
 
@@ -314,5 +361,5 @@ def _progress(phases: list[Phase]) -> str:
         f"round {sat.round} {sat.variant:9} {sat.op}: saturation {sat.rate:,.0f}/s"
         f" (p99 {sat.p99_ms:.1f} ms, {sat.node_cpu_us:.0f} us node CPU/req);"
         f" half {half.rate:,.0f}/s p50 {half.p50_ms:.1f} ms p99 {half.p99_ms:.1f} ms;"
-        f" load {sat.loadavg:.1f}"
+        f" policy events {sat.policy_events} / {half.policy_events}; load {sat.loadavg:.1f}"
     )

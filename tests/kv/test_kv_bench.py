@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from examples.kv.bench import Phase
+from examples.kv.bench import Phase, count_policy_events
 from examples.kv.bench_load import percentile
 from examples.kv.bench_report import BEGIN, END, median_interval, write_docs
 from tests.kv._kv import ROOT
@@ -52,6 +52,29 @@ def test_quick_bench_measures_both_clusters_without_errors(tmp_path: Path) -> No
         (p.variant, p.op, p.load, p.errors, p.rate) for p in phases
     ]
     assert b"resilient/plain" in done.stdout
+    assert b"policy events" in done.stdout  # what the peers' policies did, per phase
+    assert all(p.policy_events >= 0 for p in phases)
+    assert all(p.policy_events == 0 for p in phases if p.variant != "resilient")
+
+
+def test_policy_events_count_what_the_policies_did_but_successes() -> None:
+    """Retries, timeouts, rejections, transitions and failed calls count; successful
+    calls, gauges and other metrics don't."""
+    metrics = "\n".join(
+        [
+            "# HELP resilient_retries_total Retries",
+            'resilient_retries_total{kind="retry",name="peer-n2"} 3.0',
+            'resilient_timeouts_total{kind="timeout",name="peer-n2"} 1.0',
+            'resilient_rejections_total{kind="bulkhead",name="peer-n2",reason="full"} 2.0',
+            'resilient_circuit_transitions_total{name="peer-n3",to_state="open"} 1.0',
+            'resilient_calls_total{kind="retry",name="peer-n2",outcome="success"} 900.0',
+            'resilient_calls_total{kind="retry",name="peer-n2",outcome="failure"} 4.0',
+            'resilient_calls_total{kind="timeout",name="peer-n2",outcome="cancelled"} 1.0',
+            'resilient_bulkhead_in_flight{name="peer-n2"} 7.0',
+            'kv_requests_total{op="put",status="200"} 1000.0',
+        ]
+    )
+    assert count_policy_events(metrics) == 12.0
 
 
 def test_docs_region_is_rewritten_and_the_rest_kept(tmp_path: Path) -> None:
