@@ -117,10 +117,13 @@ class Report:
             lines += ["| figure | median | min-max over runs | target |", "|---|--:|--:|--:|"]
             lines += [self._figure_row(f, runs) for f in self.figures]
             lines.append("")
-        lines += [
-            "| case | ns/call | overhead ns | overhead min-max | how it is built |",
-            "|---|--:|--:|--:|---|",
-        ]
+        if self.base is None:  # no one baseline (a figure names its own): no overhead columns
+            lines += ["| case | ns/call | how it is built |", "|---|--:|---|"]
+        else:
+            lines += [
+                "| case | ns/call | overhead ns | overhead min-max | how it is built |",
+                "|---|--:|--:|--:|---|",
+            ]
         lines += [self._case_row(c, runs) for c in cases if all(c.name in r for r in runs)]
         if chart and self.chart:
             lines += ["", f"![{self.title}]({self.chart})"]
@@ -146,9 +149,10 @@ class Report:
 
     def _case_row(self, case: Case, runs: Sequence[Mapping[str, float]]) -> str:
         per_call = statistics.median(r[case.name] for r in runs) * 1e9
-        over = "" if self.base is None else "-"
-        spread = ""
-        if self.base is not None and case.name != self.base:
+        if self.base is None:
+            return f"| {case.name} | {per_call:,.0f} | `{case.api}` |"
+        over, spread = "-", ""
+        if case.name != self.base:
             added = [(r[case.name] - r[self.base]) * 1e9 for r in runs]
             over = f"{statistics.median(added):+,.0f}"
             spread = f"{min(added):+,.0f} .. {max(added):+,.0f}"

@@ -4,6 +4,7 @@ Smoke tests: the runnable example and the benchmark harness still work end to en
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,10 @@ def test_benchmark_quick_run(name: str, tmp_path: Path) -> None:
     for row in QUICK_RUNS[name]:
         assert row in text
     assert QUICK_RUNS[name][0] in output
+    # A page without one baseline (each figure names its own) has no overhead columns.
+    header = "| case | ns/call | how it is built |"
+    page = importlib.import_module(f"benchmarks.{name}").PAGE
+    assert (header in text) is (page.base is None)
 
 
 def test_overload_benchmark_quick_run(tmp_path: Path) -> None:
