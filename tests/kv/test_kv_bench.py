@@ -53,7 +53,6 @@ def test_quick_bench_measures_both_clusters_without_errors(tmp_path: Path) -> No
     ]
     assert b"resilient/plain" in done.stdout
     assert b"policy events" in done.stdout  # what the peers' policies did, per phase
-    assert all(p.policy_events >= 0 for p in phases)
     assert all(p.policy_events == 0 for p in phases if p.variant != "resilient")
 
 
