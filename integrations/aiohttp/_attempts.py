@@ -181,7 +181,7 @@ class Attempts(ABC):
         self._last_error: BaseException | None = None
         self._sent = 0
         self._sending = False
-        if body is None or type(body) is bytes:  # no body (b"" for aiohttp), or bytes
+        if body is None or type(body) is bytes:  # no body (aiohttp says b""; it wraps bytes)
             self._file_like = self._one_shot = False  # two ABC checks skipped per request
         else:
             # A file-like body has one read position: its attempts must not overlap.

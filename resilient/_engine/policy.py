@@ -21,7 +21,7 @@ import functools
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from types import CoroutineType, FunctionType
+from types import FunctionType
 from typing import Any, ClassVar, ParamSpec, TypeAlias, TypeVar
 
 from .callables import awaitable_checked, check_async, label, returns_coroutine
@@ -77,6 +77,7 @@ class Policy(ABC):
 
     kind: ClassVar[str] = "policy"
     _decisions: ClassVar[DecisionLog] = decision_log(kind)
+    _run_is_async: ClassVar[bool] = False
     __slots__ = (
         "__weakref__",
         "_clock",
@@ -91,6 +92,8 @@ class Policy(ABC):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._decisions = decision_log(cls.kind)  # per kind, found without a lookup
+        # Whether `_run` is an ``async def``: `call` then hands back its coroutine itself.
+        cls._run_is_async = inspect.iscoroutinefunction(cls._run)
 
     def __init__(
         self,
@@ -160,13 +163,14 @@ class Policy(ABC):
             fn = self._vet(fn)
         if self._hooks or _GLOBAL_HOOKS:
             return self._observe(fn, args, kwargs)
-        try:
-            running = self._run(fn, args, kwargs)
-        except BaseException as error:  # noqa: BLE001  # raised at the await, as before
-            return _raising(error)
-        if type(running) is CoroutineType:
-            return running  # the policy's own coroutine
-        return _awaiting(running)
+        if self._run_is_async:
+            return self._run(fn, args, kwargs)  # type: ignore[return-value]  # a coroutine
+        # A plain `_run` decides at call time (a rate limiter takes its permit): it runs
+        # when the call is awaited, as from an ``async def call``.
+        return self._run_awaited(fn, args, kwargs)
+
+    async def _run_awaited(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
+        return await self._run(fn, args, kwargs)
 
     def _vet(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         """
@@ -359,21 +363,6 @@ class Policy(ABC):
             deliver(plan.on_success, _new_succeeded(kind, name, now, now - began))
         _end(plan, tokens, now - began, None)
         return result
-
-
-async def _awaiting(awaitable: Awaitable[T]) -> T:
-    # A `_run` that returns an awaitable that is no coroutine (a future, say): `call`
-    # still returns a coroutine, for `asyncio.create_task` and its callers' types.
-    return await awaitable
-
-
-async def _raising(error: BaseException) -> Any:
-    # A plain `_run` that raised before returning its awaitable: raised when awaited,
-    # as from the coroutine of an ``async def call``.
-    try:
-        raise error
-    finally:
-        del error  # its traceback holds this frame
 
 
 def _start(start: Any) -> Any:

@@ -137,6 +137,19 @@ async def test_bucket_starts_full_then_refills_at_the_rate() -> None:
     )
 
 
+async def test_a_call_never_awaited_takes_no_permit() -> None:
+    """`.call` hands back a coroutine that decides when awaited: one dropped unawaited
+    takes nothing from the bucket (the limiter's `_run` decides at once when run)."""
+    clock = FakeClock()
+    limiter = RateLimiter(10, burst=1, clock=clock)
+    for _ in range(3):
+        limiter.call(ok).close()
+    assert limiter.statistics().available == 1
+    assert await limiter.call(ok) == 42
+    with pytest.raises(RateLimitedError):
+        await limiter.call(ok)
+
+
 async def test_default_burst_is_the_rate_rounded_up() -> None:
     """
     Without `burst`, a full period's permits pass at once (as aiolimiter).
