@@ -57,8 +57,20 @@ __all__ = [
     "NotSent",
     "UnhealthyResponse",
     "as_payload",
+    "is_failure_status",
     "parse_retry_after",
 ]
+
+
+_TOO_MANY_REQUESTS = 429
+_SERVER_ERROR = 500
+
+
+def is_failure_status(status: int) -> bool:
+    """
+    The default classification: 5xx and 429 are the dependency's failures.
+    """
+    return status >= _SERVER_ERROR or status == _TOO_MANY_REQUESTS
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -221,47 +233,46 @@ class Attempts(ABC):
             Exception: What the policies raised, or what the request raised by the
                 caller's own error (`NotSent`), as without the policies.
         """
-        call = self._started(call)
         try:
-            try:
-                if once or self._one_shot:
-                    with no_retries():
-                        response = await call(*args)
-                else:
+            if once or self._one_shot:
+                with no_retries():
                     response = await call(*args)
-            except UnhealthyResponse as failed:
-                response = self.outcome_of(failed)  # no attempt left: the caller gets it
-            except CannotResend:
-                response = self.last_outcome()
-            except NotSent as not_sent:
-                self.release_all()
-                raise not_sent.error from not_sent.error.__cause__  # as if no policy
-            except BaseException:
-                self.release_all()
+            else:
+                response = await call(*args)
+        except BaseException as error:
+            settled = self.settle(error)
+            if settled is None:
                 raise
-        finally:
-            self._ended()
-        self.keep(response)
-        return self._checked(response)
-
-    def _started(
-        self, call: Callable[..., Awaitable[ClientResponse]]
-    ) -> Callable[..., Awaitable[ClientResponse]]:
-        """
-        `run` begins (in its coroutine: a run never awaited never ends either); what to call.
-        """
-        return call
-
-    def _ended(self) -> None:  # noqa: B027  # a hook: most attempts need none
-        """
-        `run` ends, however it ends.
-        """
-
-    def _checked(self, response: ClientResponse) -> ClientResponse:
-        """
-        What the caller gets: `response`, once it is known to be one.
-        """
+            response = settled
+        self.hand(response)
         return response
+
+    def settle(self, error: BaseException) -> ClientResponse | None:
+        """
+        What the caller gets when the policies raised `error` (None: re-raise it).
+
+        A response when no attempt is left to make, else None with every response
+        released.
+
+        Raises:
+            Exception: The caller's own error a `NotSent` carries, as without the policies.
+        """
+        if isinstance(error, UnhealthyResponse):
+            return self.outcome_of(error)  # no attempt left: the caller gets it
+        if isinstance(error, CannotResend):
+            return self.last_outcome()
+        self.release_all()
+        if isinstance(error, NotSent):
+            raise error.error from error.error.__cause__  # as if no policy
+        return None
+
+    def hand(self, response: object) -> None:
+        """
+        Hand `response` to the caller; release every other one.
+        """
+        held = self._held
+        if not (len(held) == 1 and held[0] is response):  # most: one attempt that answered
+            self._release([other for other in held if other is not response])
 
     async def send(self, *args: Any) -> ClientResponse:
         """
@@ -297,7 +308,12 @@ class Attempts(ABC):
             if alone:
                 self._sending = False
         self._held.append(response)
-        if self._failure_status(response.status):
+        status, failure = response.status, self._failure_status
+        if (
+            (status >= _SERVER_ERROR or status == _TOO_MANY_REQUESTS)
+            if (failure is is_failure_status)
+            else failure(status)
+        ):  # the default, written out: every response pays it
             self._failed = [*self._failed, response]
             raise UnhealthyResponse(response)
         return response
@@ -323,17 +339,6 @@ class Attempts(ABC):
         self.release_all()
         assert self._last_error is not None  # noqa: S101  # an attempt was made
         raise self._last_error
-
-    def keep(self, response: object) -> None:
-        """
-        Hand `response` to the caller; release every other one.
-        """
-        held = self._held
-        if len(held) == 1 and held[0] is response:
-            return  # the common case, one attempt that answered: nothing to release
-        doomed = [other for other in held if other is not response]
-        if doomed:
-            self._release(doomed)
 
     def release_all(self) -> None:
         """

@@ -31,19 +31,14 @@ from typing import Literal
 
 from aiohttp import ClientRequest, ClientResponse
 from aiohttp.client_middlewares import ClientHandlerType
+from multidict import istr
 
-from resilient import CircuitBreaker, Policy, Retry, RetryBudget, Timeout, pipeline
+from resilient import CircuitBreaker, Policy, Retry, RetryBudget, Timeout, no_retries, pipeline
 from resilient.validation import check_seconds
 
-from ._attempts import Attempts, UnhealthyResponse, parse_retry_after
+from ._attempts import Attempts, UnhealthyResponse, is_failure_status, parse_retry_after
 from ._policies import DEFAULT_MAX_KEYS, PolicyCache, PolicyEntry
-from ._propagation import (
-    DEADLINE_HEADER,
-    PRIORITY_HEADER,
-    inject_trace_context,
-    set_deadline_header,
-    set_priority_header,
-)
+from ._propagation import DEADLINE_HEADER, PRIORITY_HEADER, stamp_headers
 
 __all__ = [
     "DEFAULT_MAX_KEYS",
@@ -56,15 +51,6 @@ __all__ = [
 ]
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-_TOO_MANY_REQUESTS = 429
-_SERVER_ERROR = 500
-
-
-def is_failure_status(status: int) -> bool:
-    """
-    The default classification: 5xx and 429 are the dependency's failures.
-    """
-    return status >= _SERVER_ERROR or status == _TOO_MANY_REQUESTS
 
 
 def default_policy(key: str, *, total: float = 30.0, per_attempt: float = 10.0) -> Policy:
@@ -175,12 +161,11 @@ class ResilienceMiddleware:
         self._key = _key_function(key)
         self._retry_methods = frozenset(m.upper() for m in retry_methods)
         self._failure_status = failure_status
-        self._deadline_header = deadline_header
-        self._priority_header = priority_header
-        # Chosen once: each attempt of each request calls it.
-        self._stamp: Callable[[ClientRequest], None] = (
-            self._stamp_headers if propagate else _stamp_nothing
-        )
+        # multidict's case-insensitive str: the headers take it without folding its case
+        # again on every attempt of every request.
+        self._deadline_header = istr(deadline_header)
+        self._priority_header = istr(priority_header)
+        self._propagate = propagate
 
     @property
     def max_keys(self) -> int:
@@ -206,27 +191,17 @@ class ResilienceMiddleware:
         A plain function returning the request's coroutine, not a coroutine awaiting
         it: every I/O wait of the request resumes through one frame less.
         """
-        entry = self._policies.get_entry(self._key(request))
-        if entry is None:
-            self._stamp(request)
-            return handler(request)
-        attempts = _RequestAttempts(
-            request, handler, self._stamp, self._failure_status, self._policies, entry
+        key = self._key(request)
+        entry = self._policies.last
+        if entry is None or entry.key is not key:  # most requests: the key of the one before
+            entry = self._policies.get_entry(key)
+            if entry is None:
+                if self._propagate:
+                    stamp_headers(request.headers, self._deadline_header, self._priority_header)
+                return handler(request)
+        return _RequestAttempts(request, handler, self, entry).respond(
+            entry.policy.call, request.method not in self._retry_methods
         )
-        # The unbound `send`, not `attempts.send`: a policy remembers a plain function it
-        # has vetted, so the call skips that check (a bound method is new each time).
-        return attempts.run(
-            entry.policy.call,
-            _RequestAttempts.send,
-            attempts,
-            once=request.method not in self._retry_methods,
-        )
-
-    def _stamp_headers(self, request: ClientRequest) -> None:
-        headers = request.headers
-        set_deadline_header(headers, self._deadline_header)
-        set_priority_header(headers, self._priority_header)
-        inject_trace_context(headers)
 
     def __repr__(self) -> str:
         policies = self._policies
@@ -241,37 +216,56 @@ class _RequestAttempts(Attempts):
     The attempts of one request through the middleware: the same request, re-sent.
     """
 
-    __slots__ = ("_cache", "_entry", "_handler", "_request", "_stamp")
+    __slots__ = ("_entry", "_handler", "_middleware", "_request")
 
-    def __init__(  # noqa: PLR0917  # one request's parts, from one caller
+    def __init__(
         self,
         request: ClientRequest,
         handler: ClientHandlerType,
-        stamp: Callable[[ClientRequest], None],
-        failure_status: Callable[[int], bool],
-        cache: PolicyCache,
+        middleware: ResilienceMiddleware,
         entry: PolicyEntry,
     ) -> None:
-        super().__init__(request.body, failure_status)
+        super().__init__(request.body, middleware._failure_status)  # noqa: SLF001  # its own module's
         self._request = request
         self._handler = handler
-        self._stamp = stamp
-        self._cache = cache
+        self._middleware = middleware
         self._entry = entry
 
-    def _started(
-        self, call: Callable[..., Awaitable[ClientResponse]]
-    ) -> Callable[..., Awaitable[ClientResponse]]:
-        entry = self._entry
-        self._entry = self._cache.enter(entry)  # in flight: the cache won't drop its policy
-        # Dropped while this coroutine waited to be awaited: the key's policy now, not
-        # an orphan the next request to the host would never see.
-        return call if self._entry is entry else self._entry.policy.call
+    async def respond(
+        self, call: Callable[..., Awaitable[ClientResponse]], once: bool
+    ) -> ClientResponse:
+        """
+        `run` for the middleware, its request counted in flight by the policy cache.
 
-    def _ended(self) -> None:
-        self._cache.leave(self._entry)
+        Counted from its start: a request never awaited never counts, nor ends.
 
-    def _checked(self, response: ClientResponse) -> ClientResponse:
+        Raises:
+            TypeError: The policy returned something else than a response.
+        """
+        cache = self._middleware._policies  # noqa: SLF001  # its own module's
+        entry = cache.enter(self._entry)  # in flight: the cache won't drop its policy
+        if entry is not self._entry:
+            # Dropped while this coroutine waited to be awaited: the key's policy now, not
+            # an orphan the next request to the host would never see.
+            self._entry, call = entry, entry.policy.call
+        # `run`, written out (one coroutine less). The unbound `send`, not `self.send`: a
+        # policy remembers a plain function it has vetted, so the call skips that check
+        # (a bound method is new each time).
+        send = _RequestAttempts.send
+        try:
+            if once or self._one_shot:
+                with no_retries():
+                    response = await call(send, self)
+            else:
+                response = await call(send, self)
+        except BaseException as error:
+            settled = self.settle(error)
+            if settled is None:
+                raise
+            response = settled
+        finally:
+            cache.leave(entry)
+        self.hand(response)
         if not isinstance(response, ClientResponse):
             raise TypeError(
                 f"ResilienceMiddleware: the policy for {self._request.url.origin()} returned"
@@ -285,12 +279,15 @@ class _RequestAttempts(Attempts):
         return bool(getattr(self._request.body, "consumed", False))
 
     def _attempt(self) -> Awaitable[ClientResponse]:
-        self._stamp(self._request)  # per attempt: the deadline left shrinks
-        return self._handler(self._request)
-
-
-def _stamp_nothing(_: ClientRequest) -> None:
-    pass
+        request, middleware = self._request, self._middleware
+        if middleware._propagate:  # noqa: SLF001  # its own module's
+            # Per attempt: the deadline left shrinks.
+            stamp_headers(
+                request.headers,
+                middleware._deadline_header,  # noqa: SLF001  # its own module's
+                middleware._priority_header,  # noqa: SLF001
+            )
+        return self._handler(request)
 
 
 def _key_function(key: object) -> Callable[[ClientRequest], str]:

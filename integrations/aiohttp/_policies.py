@@ -87,6 +87,7 @@ class PolicyCache:
         "_fixed",
         "_newest",
         "in_flight",
+        "last",
         "max_keys",
     )
 
@@ -103,6 +104,10 @@ class PolicyCache:
         self._default = PolicyEntry(default, "") if default is not None else None  # never dropped
         self._built: OrderedDict[str, PolicyEntry] = OrderedDict()
         self._newest: str | None = None  # the key last moved to the end of `_built`
+        # The entry `get_entry` returned last for its own key (a built or fixed one), while
+        # nothing moved in the LRU order since: the caller may reuse it for the same key
+        # object without asking (most requests go to the host of the one before).
+        self.last: PolicyEntry | None = None
         self.in_flight = 0  # requests between enter() and leave()
 
     def __len__(self) -> int:
@@ -155,14 +160,20 @@ class PolicyCache:
             if key is not self._newest:  # most requests go to the host of the one before
                 self._built.move_to_end(key)
                 self._newest = key
+            self.last = entry
             return entry
         if self._factory is None:  # a mapping: fixed policies only
-            return self._fixed.get(key, self._default)
+            fixed = self._fixed.get(key)
+            if fixed is None:
+                return self._default  # not `last`: its key is not the one asked for
+            self.last = fixed
+            return fixed
         entry = PolicyEntry(self._factory(key), key)
         if len(self._built) >= self.max_keys:
             self._shrink(room=1)  # before adding: the new key is never the one dropped
         self._built[key] = entry
         self._newest = key
+        self.last = entry
         return entry
 
     def _shrink(self, room: int = 0) -> None:
@@ -174,6 +185,7 @@ class PolicyCache:
             if len(self._built) + room <= self.max_keys:
                 return
             key, entry = next(iter(self._built.items()))
+            self.last = None  # the order changes: the next request asks again
             if _idle(entry):
                 del self._built[key]
                 entry.dropped = True

@@ -28,10 +28,8 @@ __all__ = [
     "MAX_DEADLINE_MS",
     "PRIORITY_HEADER",
     "extract_trace_context",
-    "inject_trace_context",
     "parse_deadline",
-    "set_deadline_header",
-    "set_priority_header",
+    "stamp_headers",
 ]
 
 DEADLINE_HEADER = "X-Request-Timeout-Ms"
@@ -41,29 +39,35 @@ _DIGITS = re.compile(r"[0-9]{1,9}")
 PRIORITY_HEADER = "X-Request-Priority"
 
 
-def set_deadline_header(headers: MutableMapping[str, str], name: str = DEADLINE_HEADER) -> None:
+def stamp_headers(
+    headers: MutableMapping[str, str],
+    deadline_name: str = DEADLINE_HEADER,
+    priority_name: str = PRIORITY_HEADER,
+) -> None:
     """
-    Send the caller's remaining deadline, if any, as whole milliseconds.
+    Stamp what an attempt carries: the deadline left, the priority, the trace context.
 
-    At least 1 and at most `MAX_DEADLINE_MS` (a day), the range `parse_deadline`
-    accepts: a longer deadline, ``Timeout(1e306)`` say, goes on the wire as a day.
+    - The caller's remaining deadline, if any, as whole milliseconds: at least 1 and at
+      most `MAX_DEADLINE_MS` (a day), the range `parse_deadline` accepts (a longer
+      deadline, ``Timeout(1e306)`` say, goes on the wire as a day).
+    - The current priority by name, unless it is the default (``critical``).
+    - The trace context, through the configured propagators (nothing without
+      opentelemetry; nothing asked with no span nor baggage and the stock propagators).
+
+    One function, not one per header: every attempt of every request pays its frames.
     """
     left = remaining_time()
     if left is not None:
         # Capped before the multiplication: 1e306 s is an infinite number of ms. `left`
-        # is never negative, so int() floors it (every attempt of every request pays
-        # this: no min, max or floor calls).
+        # is never negative, so int() floors it (no min, max or floor calls).
         millis = int(left * 1000) if left < _MAX_DEADLINE_S else MAX_DEADLINE_MS
-        headers[name] = str(millis) if millis >= 1 else "1"
-
-
-def set_priority_header(headers: MutableMapping[str, str], name: str = PRIORITY_HEADER) -> None:
-    """
-    Send the current priority by name, unless it is the default (``critical``).
-    """
+        headers[deadline_name] = str(millis) if millis >= 1 else "1"
     level = current_priority()
     if level is not Priority.CRITICAL:
-        headers[name] = level.name.lower()
+        headers[priority_name] = level.name.lower()
+    otel = _OTEL
+    if otel is not None and not otel.has_nothing_to_send():
+        otel.inject(headers)
 
 
 def parse_deadline(value: str | None) -> float | None:
@@ -156,18 +160,6 @@ def _load_otel() -> _Otel | None:
 
 
 _OTEL = _load_otel()
-
-
-def inject_trace_context(headers: MutableMapping[str, str]) -> None:
-    """
-    Write the current trace context into `headers` (no-op without opentelemetry).
-
-    With nothing to send (no span nor baggage, the default propagators) it writes
-    nothing without asking the propagators: this runs on every attempt of every request.
-    """
-    otel = _OTEL
-    if otel is not None and not otel.has_nothing_to_send():
-        otel.inject(headers)
 
 
 def extract_trace_context(headers: Mapping[str, str]) -> object | None:

@@ -61,7 +61,11 @@ class BucketedWindow:
         """
         Add `count` to `counter` in the current slice and in the totals.
         """
-        self.advance()[counter] += count
+        epoch = int(self._now() / self._width)
+        if epoch == self._epoch:  # most adds: still in the slice of the last visit
+            self._buckets[epoch % len(self._buckets)][counter] += count
+        else:
+            self.advance()[counter] += count
         self.sums[counter] += count
 
     def reset(self) -> None:

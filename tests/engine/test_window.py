@@ -5,6 +5,9 @@ breakers' time windows count in.
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from resilient._engine.window import BucketedWindow
 
 
@@ -70,3 +73,32 @@ def test_reset_forgets_every_count() -> None:
     now.t = 9.0
     window.advance()
     assert window.sums == [0, 1, 0]
+
+
+@given(
+    steps=st.lists(
+        st.tuples(st.floats(min_value=0.0, max_value=3.0), st.integers(0, 1), st.integers(1, 5)),
+        max_size=60,
+    )
+)
+def test_the_window_counts_what_a_list_of_every_add_would(
+    steps: list[tuple[float, int, int]],
+) -> None:
+    """
+    Against a model keeping every add with its slice: the totals are the adds of the
+    last `buckets` slices, whether an add lands in the slice of the one before (the
+    fast path) or moves the window on.
+    """
+    now = Now()
+    window = BucketedWindow(2.0, 2, now, buckets=4)  # slices of 0.5 s
+    adds: list[tuple[int, int, int]] = []  # (slice, counter, count)
+    for pause, counter, count in steps:
+        now.t += pause
+        window.add(counter, count)
+        current = int(now.t / 0.5)
+        adds.append((current, counter, count))
+        expected = [0, 0]
+        for slice_, which, n in adds:
+            if slice_ > current - 4:
+                expected[which] += n
+        assert window.sums == expected

@@ -42,7 +42,7 @@ from resilient.integrations.aiohttp import (
 )
 from resilient.integrations.aiohttp import _client as client_module
 from resilient.integrations.aiohttp import _policies as policies_module
-from resilient.integrations.aiohttp._propagation import MAX_DEADLINE_MS, set_deadline_header
+from resilient.integrations.aiohttp._propagation import MAX_DEADLINE_MS, stamp_headers
 from resilient.testing import FakeClock, instant_retries
 from tests._aio import within
 from tests._run import run_module
@@ -249,10 +249,10 @@ async def test_stamping_error_is_not_an_attempt(
     not retried, not counted by the breaker, nothing sent.
     """
 
-    def broken_propagator(_: object) -> None:
+    def broken_propagator(*_: object) -> None:
         raise RuntimeError("propagator bug")
 
-    monkeypatch.setattr(client_module, "inject_trace_context", broken_propagator)
+    monkeypatch.setattr(client_module, "stamp_headers", broken_propagator)
     clock = FakeClock()
     retry = Retry(3, clock=clock)
     breaker = CircuitBreaker(name="api", failure_threshold=1, clock=clock)
@@ -397,7 +397,7 @@ def test_the_deadline_header_is_the_floor_of_what_is_left_in_ms(seconds: float) 
     """Whole milliseconds rounded down, at least 1 and at most a day."""
     headers: dict[str, str] = {}
     with deadline(seconds, clock=FakeClock()):
-        set_deadline_header(headers)
+        stamp_headers(headers)  # no priority set, no span: the deadline alone
     expected = max(1, math.floor(min(seconds, MAX_DEADLINE_MS / 1000) * 1000))
     assert headers == {DEADLINE_HEADER: str(expected)}
 
@@ -477,3 +477,31 @@ async def test_a_request_awaited_after_its_key_was_dropped_runs_under_the_keys_p
     assert isinstance(breaker, CircuitBreaker)
     assert breaker.state is CircuitState.OPEN  # the breaker the failure opened is /a's
     assert "in_flight=0" in repr(middleware)
+
+
+def test_the_entry_reused_for_the_same_key_is_never_another_keys() -> None:
+    """
+    `PolicyCache.last` (the middleware skips the lookup when a request's key is the
+    very key object of the one before) is only ever an entry of its own key: never the
+    default policy (its key "" is not the caller's), never a dropped one.
+    """
+    fixed, fallback = Retry(2), Retry(3)
+    cache = policies_module.PolicyCache(None, {"": fixed}, fallback, 10)
+    entry = cache.get_entry("elsewhere")
+    assert entry is not None
+    assert entry.policy is fallback
+    assert cache.last is None  # a request keyed "" must not get the default's entry
+    entry = cache.get_entry("")
+    assert entry is not None
+    assert entry.policy is fixed
+    assert cache.last is entry
+
+    built = policies_module.PolicyCache(lambda key: Retry(2), {}, None, 1)
+    first = built.get_entry("a")
+    assert built.last is first
+    second = built.get_entry("b")  # drops a, the least recently used
+    assert first is not None
+    assert first.dropped
+    assert built.last is second
+    assert second is not None
+    assert not second.dropped
