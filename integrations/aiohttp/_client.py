@@ -199,9 +199,12 @@ class ResilienceMiddleware:
                 if self._propagate:
                     stamp_headers(request.headers, self._deadline_header, self._priority_header)
                 return handler(request)
-        return _RequestAttempts(request, handler, self, entry).respond(
-            entry.policy.call, request.method not in self._retry_methods
-        )
+        attempts = _RequestAttempts(request.body, self._failure_status)
+        attempts.request = request
+        attempts.handler = handler
+        attempts.middleware = self
+        attempts.entry = entry
+        return attempts.respond(entry.policy.call, request.method not in self._retry_methods)
 
     def __repr__(self) -> str:
         policies = self._policies
@@ -216,20 +219,14 @@ class _RequestAttempts(Attempts):
     The attempts of one request through the middleware: the same request, re-sent.
     """
 
-    __slots__ = ("_entry", "_handler", "_middleware", "_request")
+    # Set by the middleware right after construction (`Attempts.__init__` is the only
+    # frame: every request builds one of these).
+    __slots__ = ("entry", "handler", "middleware", "request")
 
-    def __init__(
-        self,
-        request: ClientRequest,
-        handler: ClientHandlerType,
-        middleware: ResilienceMiddleware,
-        entry: PolicyEntry,
-    ) -> None:
-        super().__init__(request.body, middleware._failure_status)  # noqa: SLF001  # its own module's
-        self._request = request
-        self._handler = handler
-        self._middleware = middleware
-        self._entry = entry
+    entry: PolicyEntry
+    handler: ClientHandlerType
+    middleware: ResilienceMiddleware
+    request: ClientRequest
 
     async def respond(
         self, call: Callable[..., Awaitable[ClientResponse]], once: bool
@@ -242,12 +239,12 @@ class _RequestAttempts(Attempts):
         Raises:
             TypeError: The policy returned something else than a response.
         """
-        cache = self._middleware._policies  # noqa: SLF001  # its own module's
-        entry = cache.enter(self._entry)  # in flight: the cache won't drop its policy
-        if entry is not self._entry:
+        cache = self.middleware._policies  # noqa: SLF001  # its own module's
+        entry = cache.enter(self.entry)  # in flight: the cache won't drop its policy
+        if entry is not self.entry:
             # Dropped while this coroutine waited to be awaited: the key's policy now, not
             # an orphan the next request to the host would never see.
-            self._entry, call = entry, entry.policy.call
+            self.entry, call = entry, entry.policy.call
         # `run`, written out (one coroutine less). The unbound `send`, not `self.send`: a
         # policy remembers a plain function it has vetted, so the call skips that check
         # (a bound method is new each time).
@@ -265,10 +262,12 @@ class _RequestAttempts(Attempts):
             response = settled
         finally:
             cache.leave(entry)
-        self.hand(response)
+        held = self._held
+        if not (len(held) == 1 and held[0] is response):  # `hand`'s own test, written out
+            self.hand(response)
         if not isinstance(response, ClientResponse):
             raise TypeError(
-                f"ResilienceMiddleware: the policy for {self._request.url.origin()} returned"
+                f"ResilienceMiddleware: the policy for {self.request.url.origin()} returned"
                 f" {type(response).__name__}, not a response; put Fallback around your"
                 " request code, not in the middleware's policies"
             )
@@ -276,10 +275,10 @@ class _RequestAttempts(Attempts):
 
     def _spent(self) -> bool:
         # The request's body as it is now: a middleware inside ours may have replaced it.
-        return bool(getattr(self._request.body, "consumed", False))
+        return bool(getattr(self.request.body, "consumed", False))
 
     def _attempt(self) -> Awaitable[ClientResponse]:
-        request, middleware = self._request, self._middleware
+        request, middleware = self.request, self.middleware
         if middleware._propagate:  # noqa: SLF001  # its own module's
             # Per attempt: the deadline left shrinks.
             stamp_headers(
@@ -287,7 +286,7 @@ class _RequestAttempts(Attempts):
                 middleware._deadline_header,  # noqa: SLF001  # its own module's
                 middleware._priority_header,  # noqa: SLF001
             )
-        return self._handler(request)
+        return self.handler(request)
 
 
 def _key_function(key: object) -> Callable[[ClientRequest], str]:
