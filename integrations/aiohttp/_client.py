@@ -130,7 +130,9 @@ class ResilienceMiddleware:
             built afresh if its key comes back.
 
     Raises:
-        TypeError: `policies` is neither callable nor a mapping, `key` is unknown,
+        TypeError: `policies` is neither callable nor a mapping, a policy in it or
+            `default` is not a `Policy` (nor one the factory returns, at the key's first
+            request), `default` comes with a factory, `key` is unknown,
             `failure_status` is not callable, `max_keys` is not an int, or a header
             name is not a str.
         ValueError: `max_keys` < 1, or a header name is not a valid HTTP header name.
@@ -155,7 +157,12 @@ class ResilienceMiddleware:
                 " `lambda key: pipeline(...)` (one policy per key) or a mapping"
             )
         if policies is None or callable(policies):
-            self._policies = PolicyCache(policies or default_policy, {}, default, max_keys)
+            if default is not None:  # else silently unused: every key gets the factory's
+                raise TypeError(
+                    "ResilienceMiddleware(default=...): the policy of keys missing from a"
+                    " mapping; with a factory every key gets the factory's policy"
+                )
+            self._policies = PolicyCache(policies or default_policy, {}, None, max_keys)
         elif isinstance(policies, Mapping):
             self._policies = PolicyCache(None, policies, default, max_keys)
         else:

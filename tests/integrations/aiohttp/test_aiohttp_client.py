@@ -960,6 +960,41 @@ def test_bad_arguments_are_type_errors() -> None:
 
 
 @pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"policies": {"http://a:1": None}}, r"policies\['http://a:1'\] is None, not a Policy"),
+        ({"policies": {}, "default": "strict"}, "default is 'strict', not a Policy"),
+        ({"default": Retry(2)}, "with a factory every key gets the factory's policy"),
+        ({"policies": lambda key: Retry(2), "default": Retry(2)}, "with a factory"),
+    ],
+)
+def test_policies_that_are_not_policies_fail_when_the_middleware_is_built(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    """A mapped or default policy that is not a `Policy` fails at construction, not as an
+    AttributeError in every request; a `default` next to a factory (which it would
+    never serve) too."""
+    with pytest.raises(TypeError, match=message):
+        ResilienceMiddleware(**kwargs)
+
+
+async def test_a_factory_returning_no_policy_fails_naming_the_key() -> None:
+    """A factory that returns something else than a `Policy` fails at the key's first
+    request with a TypeError naming the key, and builds nothing."""
+    middleware = ResilienceMiddleware(lambda key: None)  # type: ignore[arg-type,return-value]
+    request = aiohttp.ClientRequest(
+        "GET", URL("http://127.0.0.1:9/"), loop=asyncio.get_running_loop()
+    )
+
+    async def handler(_: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
+        raise AssertionError("not sent")
+
+    with pytest.raises(TypeError, match=r"policies\('http://127.0.0.1:9'\) is None"):
+        await within(middleware(request, handler))
+    assert "keys=0/" in repr(middleware)
+
+
+@pytest.mark.parametrize(
     ("name", "error"),
     [
         (None, TypeError),  # istr(None) would send a header named "None"
