@@ -135,7 +135,8 @@ class ResilienceMiddleware:
             request), `default` comes with a factory, `key` is unknown,
             `failure_status` is not callable, `max_keys` is not an int, or a header
             name is not a str.
-        ValueError: `max_keys` < 1, or a header name is not a valid HTTP header name.
+        ValueError: `max_keys` < 1, or a header name is not a valid HTTP header name
+            or names the other header.
     """
 
     def __init__(
@@ -183,6 +184,11 @@ class ResilienceMiddleware:
         # again on every attempt of every request.
         self._deadline_header = istr(_header_name("deadline_header", deadline_header))
         self._priority_header = istr(_header_name("priority_header", priority_header))
+        if self._deadline_header.lower() == self._priority_header.lower():
+            raise ValueError(
+                f"ResilienceMiddleware(deadline_header={deadline_header!r},"
+                f" priority_header={priority_header!r}): one header can't carry both"
+            )
         self._propagate = propagate
 
     @property

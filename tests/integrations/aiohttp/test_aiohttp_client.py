@@ -1015,6 +1015,12 @@ def test_header_names_are_checked_when_the_middleware_is_built(
         ResilienceMiddleware(**{param: name})  # type: ignore[arg-type]
 
 
+def test_the_deadline_and_the_priority_need_two_headers() -> None:
+    """One name for both (in any case) would send the priority over the deadline."""
+    with pytest.raises(ValueError, match="one header can't carry both"):
+        ResilienceMiddleware(deadline_header="X-Budget", priority_header="x-budget")
+
+
 # -- headers sent --------------------------------------------------------------------------
 
 
