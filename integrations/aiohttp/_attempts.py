@@ -129,10 +129,11 @@ class CannotResend(RejectedError):
 
 class NotSent(RejectedError):
     """
-    The request failed before reaching the dependency, by the caller's own error.
+    The request failed by the caller's own error, not the dependency's.
 
-    Say a header aiohttp refuses to send, or a trace propagator that raises. As a
-    `RejectedError` it is neither retried nor counted by breakers, like a 4xx; the
+    Say a header aiohttp refuses to send, a trace propagator that raises (the request
+    never reached the dependency), or a ``failure_status`` that raises on the answer. As
+    a `RejectedError` it is neither retried nor counted by breakers, like a 4xx; the
     middleware re-raises the original exception to the caller.
     """
 
@@ -309,11 +310,17 @@ class Attempts(ABC):
                 self._sending = False
         self._held.append(response)
         status, failure = response.status, self._failure_status
-        if (
-            (status >= _SERVER_ERROR or status == _TOO_MANY_REQUESTS)
-            if (failure is is_failure_status)
-            else failure(status)
-        ):  # the default, written out: every response pays it
+        if failure is is_failure_status:  # the default, written out: every response pays it
+            failed = status >= _SERVER_ERROR or status == _TOO_MANY_REQUESTS
+        else:
+            try:
+                failed = failure(status)
+            except Exception as error:
+                # The caller's classifier is broken, not the dependency: neither retried
+                # nor counted by a breaker, raised as is (the response released with the rest).
+                self._last_error = error
+                raise NotSent(error) from error
+        if failed:
             self._failed = [*self._failed, response]
             raise UnhealthyResponse(response)
         return response

@@ -26,6 +26,7 @@ carries the remaining deadline and the trace context.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Literal
 
@@ -51,6 +52,9 @@ __all__ = [
 ]
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# A header name is an RFC 9110 token: aiohttp sends any str as one, and a server answers
+# a malformed request line with a 400 (a success to the middleware) at every request.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def default_policy(key: str, *, total: float = 30.0, per_attempt: float = 10.0) -> Policy:
@@ -115,7 +119,8 @@ class ResilienceMiddleware:
             ``"route"`` (method, origin and path: beware of cardinality), or a function
             of the request returning the key.
         retry_methods: Methods that may be retried and hedged; others run once.
-        failure_status: Which statuses are failures (default: 5xx and 429).
+        failure_status: Which statuses are failures (default: 5xx and 429). One that
+            raises is the caller's error: raised as is, neither retried nor counted.
         propagate: Send the remaining deadline, the priority (when not the default) and
             the trace context with each attempt.
         deadline_header: The header carrying the remaining milliseconds.
@@ -125,9 +130,13 @@ class ResilienceMiddleware:
             built afresh if its key comes back.
 
     Raises:
-        TypeError: `policies` is neither callable nor a mapping, `key` is unknown, or
-            `max_keys` is not an int.
-        ValueError: `max_keys` < 1.
+        TypeError: `policies` is neither callable nor a mapping, a policy in it or
+            `default` is not a `Policy` (nor one the factory returns, at the key's first
+            request), `default` comes with a factory, `key` is unknown,
+            `failure_status` is not callable, `max_keys` is not an int, or a header
+            name is not a str.
+        ValueError: `max_keys` < 1, or a header name is not a valid HTTP header name
+            or names the other header.
     """
 
     def __init__(
@@ -149,7 +158,12 @@ class ResilienceMiddleware:
                 " `lambda key: pipeline(...)` (one policy per key) or a mapping"
             )
         if policies is None or callable(policies):
-            self._policies = PolicyCache(policies or default_policy, {}, default, max_keys)
+            if default is not None:  # else silently unused: every key gets the factory's
+                raise TypeError(
+                    "ResilienceMiddleware(default=...): the policy of keys missing from a"
+                    " mapping; with a factory every key gets the factory's policy"
+                )
+            self._policies = PolicyCache(policies or default_policy, {}, None, max_keys)
         elif isinstance(policies, Mapping):
             self._policies = PolicyCache(None, policies, default, max_keys)
         else:
@@ -160,11 +174,21 @@ class ResilienceMiddleware:
         self._key_name = key if isinstance(key, str) else getattr(key, "__name__", "function")
         self._key = _key_function(key)
         self._retry_methods = frozenset(m.upper() for m in retry_methods)
+        if not callable(failure_status):
+            raise TypeError(
+                f"ResilienceMiddleware(failure_status=...): expected a function of the"
+                f" status, got {failure_status!r}"
+            )
         self._failure_status = failure_status
         # multidict's case-insensitive str: the headers take it without folding its case
         # again on every attempt of every request.
-        self._deadline_header = istr(deadline_header)
-        self._priority_header = istr(priority_header)
+        self._deadline_header = istr(_header_name("deadline_header", deadline_header))
+        self._priority_header = istr(_header_name("priority_header", priority_header))
+        if self._deadline_header.lower() == self._priority_header.lower():
+            raise ValueError(
+                f"ResilienceMiddleware(deadline_header={deadline_header!r},"
+                f" priority_header={priority_header!r}): one header can't carry both"
+            )
         self._propagate = propagate
 
     @property
@@ -287,6 +311,15 @@ class _RequestAttempts(Attempts):
                 middleware._priority_header,  # noqa: SLF001
             )
         return self.handler(request)
+
+
+def _header_name(param: str, name: object) -> str:
+    # Checked here, not left to the wire: istr() turns None or bytes into their repr.
+    if not isinstance(name, str):
+        raise TypeError(f"ResilienceMiddleware({param}=...): expected a str, got {name!r}")
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"ResilienceMiddleware({param}={name!r}): not a valid HTTP header name")
+    return name
 
 
 def _key_function(key: object) -> Callable[[ClientRequest], str]:

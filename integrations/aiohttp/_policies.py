@@ -46,6 +46,13 @@ class PolicyEntry:
         self.dropped = False  # by the cache, for good: a key coming back builds a new one
 
 
+def _checked(policy: object, what: str) -> Policy:
+    # At construction (or a key's first use), not as an AttributeError in every request.
+    if not isinstance(policy, Policy):
+        raise TypeError(f"ResilienceMiddleware: {what} is {policy!r}, not a Policy")
+    return policy
+
+
 def _breakers(policy: Policy) -> Iterator[CircuitBreaker]:
     if isinstance(policy, CircuitBreaker):
         yield policy
@@ -76,7 +83,8 @@ class PolicyCache:
         max_keys: How many built policies to keep, >= 1.
 
     Raises:
-        TypeError: `max_keys` is not an int.
+        TypeError: `max_keys` is not an int, or a policy is not a `Policy` (also when
+            the factory returns one that is not, at the key's first use).
         ValueError: `max_keys` < 1.
     """
 
@@ -100,8 +108,13 @@ class PolicyCache:
     ) -> None:
         self.max_keys = check_int("ResilienceMiddleware", "max_keys", max_keys, minimum=1)
         self._factory = factory
-        self._fixed = {key: PolicyEntry(policy, key) for key, policy in fixed.items()}
-        self._default = PolicyEntry(default, "") if default is not None else None  # never dropped
+        self._fixed = {
+            key: PolicyEntry(_checked(policy, f"policies[{key!r}]"), key)
+            for key, policy in fixed.items()
+        }
+        self._default = (  # never dropped
+            PolicyEntry(_checked(default, "default"), "") if default is not None else None
+        )
         self._built: OrderedDict[str, PolicyEntry] = OrderedDict()
         self._newest: str | None = None  # the key last moved to the end of `_built`
         # The entry `get_entry` returned last for its own key (a built or fixed one), while
@@ -168,7 +181,7 @@ class PolicyCache:
                 return self._default  # not `last`: its key is not the one asked for
             self.last = fixed
             return fixed
-        entry = PolicyEntry(self._factory(key), key)
+        entry = PolicyEntry(_checked(self._factory(key), f"policies({key!r})"), key)
         if len(self._built) >= self.max_keys:
             self._shrink(room=1)  # before adding: the new key is never the one dropped
         self._built[key] = entry

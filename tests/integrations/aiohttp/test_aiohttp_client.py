@@ -43,12 +43,14 @@ from resilient import (
     Fallback,
     Hedge,
     Policy,
+    Priority,
     Retry,
     RetryScheduled,
     Timeout,
     TimeoutExceeded,
     no_retries,
     pipeline,
+    priority,
 )
 from resilient.integrations.aiohttp import (
     DEADLINE_HEADER,
@@ -678,6 +680,34 @@ async def test_custom_failure_status(backend: Backend, clock: FakeClock) -> None
     assert backend.attempts == 2
 
 
+async def test_a_failure_status_that_raises_is_the_callers_error(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """
+    A `failure_status` that raises is a bug of the caller's, not a failure of the host
+    that answered: its error reaches the caller as is, neither retried nor counted by
+    the breaker (which a few such requests would otherwise open for everyone), and the
+    response is released.
+    """
+    backend.forever(reply(200, "x" * 2**20))  # big enough that only release() frees it
+
+    def broken(status: int) -> bool:
+        raise LookupError(f"no rule for {status}")
+
+    connector = aiohttp.TCPConnector(limit=1)
+    middleware = ResilienceMiddleware(retry_then_breaker(clock), failure_status=broken)
+    async with asyncio.timeout(GUARD), session(middleware, connector=connector) as client:
+        for _ in range(5):
+            with pytest.raises(LookupError, match="no rule for 200"):
+                await get(client, backend.url())
+        assert acquired(connector) == 0
+    breaker = breaker_of(middleware, backend.origin)
+    assert breaker.state is CircuitState.CLOSED
+    assert breaker.statistics().failures == 0
+    assert clock.sleeps == []  # not retried
+    assert backend.attempts == 5
+
+
 # -- connections ---------------------------------------------------------------------------
 
 
@@ -925,6 +955,70 @@ def test_bad_arguments_are_type_errors() -> None:
         ResilienceMiddleware(42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="key"):
         ResilienceMiddleware(key="host")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="failure_status"):
+        ResilienceMiddleware(failure_status=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"policies": {"http://a:1": None}}, r"policies\['http://a:1'\] is None, not a Policy"),
+        ({"policies": {}, "default": "strict"}, "default is 'strict', not a Policy"),
+        ({"default": Retry(2)}, "with a factory every key gets the factory's policy"),
+        ({"policies": lambda key: Retry(2), "default": Retry(2)}, "with a factory"),
+    ],
+)
+def test_policies_that_are_not_policies_fail_when_the_middleware_is_built(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    """A mapped or default policy that is not a `Policy` fails at construction, not as an
+    AttributeError in every request; a `default` next to a factory (which it would
+    never serve) too."""
+    with pytest.raises(TypeError, match=message):
+        ResilienceMiddleware(**kwargs)
+
+
+async def test_a_factory_returning_no_policy_fails_naming_the_key() -> None:
+    """A factory that returns something else than a `Policy` fails at the key's first
+    request with a TypeError naming the key, and builds nothing."""
+    middleware = ResilienceMiddleware(lambda key: None)  # type: ignore[arg-type,return-value]
+    request = aiohttp.ClientRequest(
+        "GET", URL("http://127.0.0.1:9/"), loop=asyncio.get_running_loop()
+    )
+
+    async def handler(_: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
+        raise AssertionError("not sent")
+
+    with pytest.raises(TypeError, match=r"policies\('http://127.0.0.1:9'\) is None"):
+        await within(middleware(request, handler))
+    assert "keys=0/" in repr(middleware)
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        (None, TypeError),  # istr(None) would send a header named "None"
+        (b"X-Budget", TypeError),  # and this one "b'X-Budget'"
+        ("", ValueError),
+        ("X Budget", ValueError),  # aiohttp sends it; the server answers 400
+        ("X-Budget:", ValueError),
+        ("X-Budget\n", ValueError),
+    ],
+)
+@pytest.mark.parametrize("param", ["deadline_header", "priority_header"])
+def test_header_names_are_checked_when_the_middleware_is_built(
+    param: str, name: object, error: type[Exception]
+) -> None:
+    """A header name that is not an HTTP token fails at construction, naming the
+    parameter, not on the wire at every request."""
+    with pytest.raises(error, match=param):
+        ResilienceMiddleware(**{param: name})  # type: ignore[arg-type]
+
+
+def test_the_deadline_and_the_priority_need_two_headers() -> None:
+    """One name for both (in any case) would send the priority over the deadline."""
+    with pytest.raises(ValueError, match="one header can't carry both"):
+        ResilienceMiddleware(deadline_header="X-Budget", priority_header="x-budget")
 
 
 # -- headers sent --------------------------------------------------------------------------
@@ -1090,6 +1184,30 @@ async def test_custom_deadline_header(backend: Backend, clock: FakeClock) -> Non
         assert await get(client, backend.url()) == (200, "ok")
     assert backend.header("Grpc-Budget-Ms") == ["2000"]
     assert backend.header(DEADLINE_HEADER) == [None]
+
+
+async def test_custom_header_names_go_on_the_wire_as_written(clock: FakeClock) -> None:
+    """The header names keep the case the caller wrote (a case-insensitive `istr`
+    inside), and replace a value the caller set under another case."""
+    seen: list[list[tuple[str, str]]] = []
+
+    async def handler(request: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
+        seen.append([(k, v) for k, v in request.headers.items() if k.lower().startswith("x-")])
+        raise aiohttp.ClientConnectionError("nobody home")
+
+    middleware = ResilienceMiddleware(
+        retrying(clock, attempts=1), deadline_header="x-BUDGET-ms", priority_header="X-prio"
+    )
+    request = aiohttp.ClientRequest(
+        "GET",
+        URL("http://127.0.0.1:9/"),
+        headers={"X-Budget-MS": "999999"},
+        loop=asyncio.get_running_loop(),
+    )
+    with priority(Priority.SHEDDABLE), pytest.raises(aiohttp.ClientConnectionError):
+        async with Timeout(2.0, clock=clock):
+            await within(middleware(request, handler))
+    assert seen == [[("x-BUDGET-ms", "2000"), ("X-prio", "sheddable")]]
 
 
 # -- the benchmark still runs --------------------------------------------------------------

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import math
+import random
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -19,12 +21,14 @@ import aiohttp
 import pytest
 import yarl
 from aiohttp import web
+from aiohttp.client_middlewares import ClientHandlerType
 from hypothesis import given
 from hypothesis import strategies as st
 
 from resilient import (
     CircuitBreaker,
     CircuitState,
+    Hedge,
     Pipeline,
     Policy,
     Retry,
@@ -49,6 +53,7 @@ from tests._run import run_module
 from tests.integrations.aiohttp.test_aiohttp_client import (  # noqa: F401  # backend, backends: fixtures
     GUARD,
     Backend,
+    acquired,
     backend,
     backends,
     get,
@@ -505,3 +510,84 @@ def test_the_entry_reused_for_the_same_key_is_never_another_keys() -> None:
     assert built.last is second
     assert second is not None
     assert not second.dropped
+
+
+async def test_many_keys_hedged_and_cancelled_over_a_tiny_cache_leak_nothing(
+    backend: Backend,
+) -> None:
+    """
+    An adversarial mix: 150 concurrent requests over 12 keys with ``max_keys=2`` (policies
+    dropped while requests wait to be awaited or run), hedged and retried attempts
+    overlapping, a key function returning equal but never identical strings (the reuse
+    of the request before's entry must not be fooled), and a third of the requests
+    cancelled at random moments. Every request that finished got its own path's
+    answer, every cancellation reached its caller, and afterwards nothing is in flight,
+    no connection is held and the cache is back within its cap. The bodies are larger
+    than the client buffers, so only `release()` frees a response's connection, and a
+    middleware inside ours keeps every response alive, so garbage collection can't
+    quietly release what ours forgot. (aiohttp itself closes the newest response of a
+    request that fails, cancelled included: the older ones are ours to release.)
+    """
+    rng = random.Random(18)
+    served = itertools.count()
+
+    async def answer(_: Backend, request: web.Request) -> web.StreamResponse:
+        n = next(served)
+        if n % 4 == 0:
+            await asyncio.sleep(0.002)  # slow enough for a hedge to overlap it
+        return web.Response(status=500 if n % 3 == 0 else 200, text=body(request.path))
+
+    def body(path: str) -> str:
+        return path.ljust(2**18, ".")
+
+    def key(request: aiohttp.ClientRequest) -> str:
+        return "".join(["k", request.url.path])  # a new string object every time
+
+    kept: list[aiohttp.ClientResponse] = []
+
+    async def keep(
+        request: aiohttp.ClientRequest, handler: ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        response = await handler(request)
+        kept.append(response)
+        return response
+
+    backend.forever(answer)
+    connector = aiohttp.TCPConnector(limit=8)
+    middleware = ResilienceMiddleware(
+        # A real backoff (a few ms): a cancellation may land while a failed response is
+        # held for the next attempt.
+        lambda _: pipeline(
+            Retry(3, wait=lambda _: 0.003), Hedge(0.001, max_hedged=1), Timeout(GUARD)
+        ),
+        key=key,
+        max_keys=2,
+    )
+
+    async def one(path: str) -> tuple[int, str]:
+        return await get(client, backend.url(path))
+
+    paths = [f"/{rng.randrange(12)}" for _ in range(150)]
+    async with (
+        asyncio.timeout(GUARD),
+        aiohttp.ClientSession(middlewares=[middleware, keep], connector=connector) as client,
+    ):
+        tasks = [asyncio.create_task(one(path)) for path in paths]
+        cancelled = set()
+        for _ in range(50):
+            await asyncio.sleep(rng.random() * 0.002)
+            index = rng.randrange(len(tasks))
+            if tasks[index].cancel():
+                cancelled.add(index)
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for index, (path, outcome) in enumerate(zip(paths, outcomes, strict=True)):
+            if index in cancelled:
+                assert isinstance(outcome, asyncio.CancelledError), (path, outcome)
+            else:
+                assert outcome in {(200, body(path)), (500, body(path))}, (path, outcome)
+        assert len(cancelled) < len(paths)  # most ran
+        assert acquired(connector) == 0
+        assert "in_flight=0" in repr(middleware)
+        assert await get(client, backend.url("/last")) == (200, body("/last"))
+        assert held(middleware) <= 2
+    assert len(kept) > len(paths)  # retries and hedges happened

@@ -227,6 +227,39 @@ async def test_callers_mistakes_eject_no_instance(session: aiohttp.ClientSession
         await server.runner.cleanup()
 
 
+async def test_a_raising_failure_status_fails_over_nowhere_and_ejects_nothing() -> None:
+    """A `failure_status` that raises is the caller's bug: its error reaches the caller
+    as is after one instance answered, no other instance is tried, none is ejected, and
+    the response is released (a one-connection pool serves the next request)."""
+    registry = InMemoryRegistry()
+    servers = [await start_server("kv", f"kv-{n}", ok) for n in range(2)]
+    for server in servers:
+        await registry.register(server.instance)
+
+    def broken_rule(status: int) -> bool:
+        raise LookupError(f"no rule for {status}")
+
+    connector = aiohttp.TCPConnector(limit=1)
+    async with (
+        asyncio.timeout(60),
+        aiohttp.ClientSession(connector=connector) as session,
+        DiscoveryClient(
+            session,
+            registry,
+            failure_status=broken_rule,
+            breaker=lambda i: CircuitBreaker(name=i.id, failure_threshold=1),
+        ) as client,
+    ):
+        for _ in range(4):
+            with pytest.raises(LookupError, match="no rule for 200"):
+                await client.get("kv", "/")
+        assert len(connector._acquired) == 0
+        assert (await client.pool("kv")).statistics().ejected == ()
+    assert sum(len(s.hits) for s in servers) == 4  # one instance per request
+    for server in servers:
+        await server.runner.cleanup()
+
+
 async def test_one_shot_body_is_not_failed_over(session: aiohttp.ClientSession) -> None:
     """A PUT whose body is a generator goes to one instance only: it can't be resent."""
     registry = InMemoryRegistry()
