@@ -217,7 +217,7 @@ class ResilienceMiddleware:
         """
         key = self._key(request)
         entry = self._policies.last
-        if entry is None or entry.key is not key:  # most requests: the key of the one before
+        if entry is None or entry.key != key:  # most requests: the key of the one before
             entry = self._policies.get_entry(key)
             if entry is None:
                 if self._propagate:

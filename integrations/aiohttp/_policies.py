@@ -118,8 +118,8 @@ class PolicyCache:
         self._built: OrderedDict[str, PolicyEntry] = OrderedDict()
         self._newest: str | None = None  # the key last moved to the end of `_built`
         # The entry `get_entry` returned last for its own key (a built or fixed one), while
-        # nothing moved in the LRU order since: the caller may reuse it for the same key
-        # object without asking (most requests go to the host of the one before).
+        # nothing moved in the LRU order since: the caller may reuse it for an equal key
+        # without asking (most requests go to the host of the one before).
         self.last: PolicyEntry | None = None
         self.in_flight = 0  # requests between enter() and leave()
 
@@ -170,7 +170,7 @@ class PolicyCache:
     def _entry(self, key: str) -> PolicyEntry | None:
         entry = self._built.get(key)
         if entry is not None:
-            if key is not self._newest:  # most requests go to the host of the one before
+            if key != self._newest:  # most requests go to the host of the one before
                 self._built.move_to_end(key)
                 self._newest = key
             self.last = entry

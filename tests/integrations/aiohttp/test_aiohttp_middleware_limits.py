@@ -486,8 +486,8 @@ async def test_a_request_awaited_after_its_key_was_dropped_runs_under_the_keys_p
 
 def test_the_entry_reused_for_the_same_key_is_never_another_keys() -> None:
     """
-    `PolicyCache.last` (the middleware skips the lookup when a request's key is the
-    very key object of the one before) is only ever an entry of its own key: never the
+    `PolicyCache.last` (the middleware skips the lookup when a request's key equals
+    the key of the one before) is only ever an entry of its own key: never the
     default policy (its key "" is not the caller's), never a dropped one.
     """
     fixed, fallback = Retry(2), Retry(3)
