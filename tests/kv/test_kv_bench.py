@@ -10,10 +10,11 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from examples.kv.bench import Phase, count_policy_events
+from examples.kv.bench import Phase, count_policy_events, marks_between
 from examples.kv.bench_load import percentile
 from examples.kv.bench_report import BEGIN, END, median_interval, write_docs
 from tests.kv._kv import ROOT
@@ -53,7 +54,35 @@ def test_quick_bench_measures_both_clusters_without_errors(tmp_path: Path) -> No
     ]
     assert b"resilient/plain" in done.stdout
     assert b"policy events" in done.stdout  # what the peers' policies did, per phase
+    assert b"stalls" in done.stdout  # the nodes' event-loop stalls, per phase
+    assert all(set(p.stalls) == {"n1", "n2", "n3"} for p in phases if p.load != "pair"
+               and p.variant != "bare aiohttp")  # fmt: skip
     assert all(p.policy_events == 0 for p in phases if p.variant != "resilient")
+
+
+def _mark(
+    at: float, stalls: int, recent: list[list[float]], commits: int, hints: int
+) -> dict[str, Any]:
+    loop = {"stalls": stalls, "recent_stalls": recent}
+    return {"at": at, "loop": loop, "slow_commits": commits, "hints_written": hints}
+
+
+def test_a_phase_gets_the_stalls_commits_and_hints_between_its_two_readings() -> None:
+    """Counts are differences; the longest stall is the longest stamped inside the phase."""
+    before = {
+        "n1": _mark(10.0, 3, [[5.0, 300.0], [9.0, 40.0]], 7, 0),
+        "n2": _mark(10.0, 0, [], 1, 2),
+    }
+    after = {
+        "n1": _mark(20.0, 5, [[5.0, 300.0], [9.0, 40.0], [12.0, 25.0], [19.0, 80.0]], 9, 0),
+        "n2": _mark(20.0, 0, [], 4, 5),
+    }
+    assert marks_between(before, after) == {
+        "stalls": {"n1": 2, "n2": 0},
+        "longest_stall_ms": {"n1": 80.0, "n2": 0.0},  # the 300 ms one came before
+        "slow_commits": 5,
+        "hints_written": 3,
+    }
 
 
 def test_policy_events_count_what_the_policies_did_but_successes() -> None:
