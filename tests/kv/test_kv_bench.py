@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from examples.kv.bench import Phase, count_policy_events, marks_between
+from examples.kv.bench import Phase, count_policy_events, machine_use, marks_between
 from examples.kv.bench_load import percentile
 from examples.kv.bench_report import BEGIN, END, median_interval, write_docs
 from tests.kv._kv import ROOT
@@ -55,6 +56,8 @@ def test_quick_bench_measures_both_clusters_without_errors(tmp_path: Path) -> No
     assert b"resilient/plain" in done.stdout
     assert b"policy events" in done.stdout  # what the peers' policies did, per phase
     assert b"stalls" in done.stdout  # the nodes' event-loop stalls, per phase
+    assert all(0 < p.machine_busy <= 1 for p in phases if p.load in {"saturation", "half"}
+               and p.variant != "bare aiohttp")  # fmt: skip
     assert all(set(p.stalls) == {"n1", "n2", "n3"} for p in phases if p.load != "pair"
                and p.variant != "bare aiohttp")  # fmt: skip
     assert all(p.policy_events == 0 for p in phases if p.variant != "resilient")
@@ -83,6 +86,15 @@ def test_a_phase_gets_the_stalls_commits_and_hints_between_its_two_readings() ->
         "slow_commits": 5,
         "hints_written": 3,
     }
+
+
+def test_machine_use_says_how_busy_the_machine_was_and_who_else_used_it() -> None:
+    """Busy share of all CPU time, CPU pressure per wall second, other processes' cores."""
+    # 10 s on 2 CPUs: 18 CPU seconds busy, 7.5 s with a task waiting; ours used 15.
+    use = machine_use((100.0, 50.0, 80.0, 3.0), (110.0, 68.0, 100.0, 10.5), 15.0)
+    assert use == {"machine_busy": 0.9, "cpu_pressure": 0.75, "other_cpu": 0.3}
+    no_psi = machine_use((0.0, 0.0, 0.0, math.nan), (1.0, 1.0, 2.0, math.nan), 3.0)
+    assert no_psi == {"machine_busy": 0.5, "cpu_pressure": -1.0, "other_cpu": 0.0}
 
 
 def test_policy_events_count_what_the_policies_did_but_successes() -> None:
