@@ -10,6 +10,7 @@ import math
 import statistics
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,10 @@ def test_docs_region_is_rewritten_and_the_rest_kept(tmp_path: Path) -> None:
         _phase("resilient", "PUT", "half", 1550.0), _phase("plain", "PUT", "half", 1600.0),
         _phase("resilient", "GET", "half", 2500.0), _phase("plain", "GET", "half", 3000.0),
     ]  # fmt: skip
+    phases[4] = replace(
+        phases[4], p99_ms=60.0, machine_busy=0.98, cpu_pressure=0.75, other_cpu=0.5,
+        stalls={"n1": 2, "n2": 0, "n3": 1}, longest_stall_ms={"n1": 31.0, "n2": 0.0, "n3": 22.0},
+    )  # fmt: skip
     args = argparse.Namespace(rounds=1, seconds=5.0, keys=10, value_bytes=100, connections=96,
                               generators=2)  # fmt: skip
     write_docs(page, phases, ["bench"], began=0.0, args=args)
@@ -140,6 +145,13 @@ def test_docs_region_is_rewritten_and_the_rest_kept(tmp_path: Path) -> None:
     assert "`python -m examples.kv bench`" in text
     assert "PUT at saturation >= 3,000/s: 3,100/s (median), met" in text
     assert "GET at saturation >= 6,000/s: 5,000/s (median), **not met**" in text
+    # The worst half-saturation round is judged beside what the machine was doing.
+    assert (
+        "PUT p99 at half saturation < 50 ms: worst round 60.0 ms, **not met** (machine 98%"
+        " busy, CPU pressure 75%, other processes 0.50 cores, 3 event-loop stalls (longest"
+        " 31 ms), policy events 0)"
+    ) in text
+    assert "GET p99 at half saturation < 50 ms: worst round 4.0 ms, met (machine 0% busy" in text
     assert "resilient/plain 0.97 (median of 1 rounds; 0% interval 0.97-0.97), met" in text
     assert "resilient/plain 0.83 (median of 1 rounds; 0% interval 0.83-0.83), **not met**" in text
 
