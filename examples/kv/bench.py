@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import secrets
 import shutil
@@ -39,8 +40,9 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .._process import free_port
 from .bench_load import LoadResult, closed_loop, fill, open_loop
@@ -79,6 +81,16 @@ class Phase:
         policy_events: What the peers' policies did in the phase, over the cluster's
             nodes (from their /metrics): retries, timeouts, rejections, breaker
             transitions and calls that failed; 0 for plain peers, which have none.
+        stalls: Per node, its event loop's stalls in the phase (wake-ups at least 20
+            ms late, `looplag`); none for the floor.
+        longest_stall_ms: Per node, its longest stall in the phase (0: none).
+        slow_commits: Group commits of 20 ms or more in the phase, over the nodes.
+        hints_written: Hints the nodes stored in the phase (a replica missed a write).
+        machine_busy: Share of the machine's CPU time busy in the phase (/proc/stat).
+        cpu_pressure: Share of the phase some runnable task waited for a CPU
+            (/proc/pressure/cpu "some"; -1 where the kernel doesn't tell).
+        other_cpu: Cores used in the phase by everything but this cluster's nodes and
+            the load generator: other processes disturbing the measurement.
     """
 
     round: int
@@ -95,6 +107,13 @@ class Phase:
     tool: str
     loadavg: float
     policy_events: int = 0
+    stalls: dict[str, int] = field(default_factory=dict)
+    longest_stall_ms: dict[str, float] = field(default_factory=dict)
+    slow_commits: int = 0
+    hints_written: int = 0
+    machine_busy: float = 0.0
+    cpu_pressure: float = 0.0
+    other_cpu: float = 0.0
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -278,19 +297,107 @@ def _measure(  # noqa: PLR0917  # private, called once
     args: argparse.Namespace, number: int, name: str, op: str, nodes: list[str], pids: list[int]
 ) -> list[Phase]:
     shape = {"keys": args.keys, "value_bytes": args.value_bytes}
-    cpu, events = _cpu(pids), policy_events(nodes)
+    cpu, events, seen, machine = _cpu(pids), policy_events(nodes), node_marks(nodes), _machine()
     saturated = closed_loop(nodes, op, connections=args.connections, seconds=args.seconds, **shape)
     between, events_between = _cpu(pids), policy_events(nodes)
+    seen_between, machine_between = node_marks(nodes), _machine()
     target = saturated.rate / 2
     half = open_loop(nodes, op, rate=target, seconds=args.seconds, processes=args.generators,
                      **shape)  # fmt: skip
-    after, events_after = _cpu(pids), policy_events(nodes)
+    after, events_after, seen_after = _cpu(pids), policy_events(nodes), node_marks(nodes)
+    machine_after = _machine()
     return [
-        _phase(number, name, op, "saturation", saturated, 0.0, between - cpu,
-               events_between - events),
-        _phase(number, name, op, "half", half, target, after - between,
-               events_after - events_between),
+        replace(
+            _phase(number, name, op, "saturation", saturated, 0.0, between - cpu,
+                   events_between - events),
+            **marks_between(seen, seen_between),
+            **machine_use(machine, machine_between, between - cpu + saturated.generator_cpu),
+        ),
+        replace(
+            _phase(number, name, op, "half", half, target, after - between,
+                   events_after - events_between),
+            **marks_between(seen_between, seen_after),
+            **machine_use(machine_between, machine_after, after - between + half.generator_cpu),
+        ),
     ]  # fmt: skip
+
+
+def _machine() -> tuple[float, float, float, float]:
+    # (monotonic seconds, CPU seconds busy, CPU seconds in all, seconds some task waited
+    # for a CPU or NaN) so far, machine-wide.
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    try:
+        some = Path("/proc/pressure/cpu").read_text().split("\n", 1)[0]
+        waited = int(some.rsplit("total=", 1)[1]) / 1e6
+    except (OSError, IndexError, ValueError):  # no PSI in this kernel
+        waited = math.nan
+    return time.monotonic(), (sum(ticks) - idle) / _TICK, sum(ticks) / _TICK, waited
+
+
+def machine_use(
+    before: tuple[float, float, float, float],
+    after: tuple[float, float, float, float],
+    own_cpu: float,
+) -> dict[str, Any]:
+    """
+    `Phase`'s machine fields between two `_machine` readings.
+
+    `own_cpu` is the CPU seconds the cluster's nodes and the load generator used
+    meanwhile: the rest of the busy time is other processes'.
+    """
+    wall, busy, total, waited = (b - a for a, b in zip(before, after, strict=True))
+    if wall <= 0 or total <= 0:
+        return {"machine_busy": 0.0, "cpu_pressure": -1.0, "other_cpu": 0.0}
+    return {
+        "machine_busy": round(busy / total, 3),
+        "cpu_pressure": -1.0 if math.isnan(waited) else round(waited / wall, 3),
+        "other_cpu": round(max(0.0, busy - own_cpu) / wall, 2),
+    }
+
+
+def node_marks(nodes: list[str]) -> dict[str, dict[str, Any]]:
+    """
+    What each of `nodes` has seen so far (its GET /cluster), keyed by its ``node`` id.
+
+    A phase's stalls, slow commits and hints are the difference of two readings
+    (`marks_between`).
+    """
+    marks = {}
+    for node in nodes:
+        with urllib.request.urlopen(f"http://{node}/cluster", timeout=10.0) as answer:
+            view = json.load(answer)
+        marks[view["node"]] = {
+            "at": time.time(), "loop": view["loop"],
+            "slow_commits": view["storage"]["slow_commits"],
+            "hints_written": view["hints_written"],
+        }  # fmt: skip
+    return marks
+
+
+def marks_between(
+    before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """
+    The `Phase` fields of what the nodes saw between two `node_marks` readings.
+
+    The longest stall is the longest of the node's recent stalls stamped inside the
+    phase (those it keeps; a phase with more stalls than that has its early ones
+    left out of the longest, never of the count).
+    """
+    stalls, longest = {}, {}
+    for node, then in sorted(before.items()):
+        now = after[node]
+        stalls[node] = now["loop"]["stalls"] - then["loop"]["stalls"]
+        inside = [ms for at, ms in now["loop"]["recent_stalls"] if then["at"] <= at <= now["at"]]
+        longest[node] = max(inside, default=0.0)
+    return {
+        "stalls": stalls, "longest_stall_ms": longest,
+        "slow_commits": sum(after[n]["slow_commits"] - m["slow_commits"]
+                            for n, m in before.items()),
+        "hints_written": sum(after[n]["hints_written"] - m["hints_written"]
+                             for n, m in before.items()),
+    }  # fmt: skip
 
 
 # The counters of what a policy did besides letting a call through (docs/metrics.md).
@@ -361,5 +468,17 @@ def _progress(phases: list[Phase]) -> str:
         f"round {sat.round} {sat.variant:9} {sat.op}: saturation {sat.rate:,.0f}/s"
         f" (p99 {sat.p99_ms:.1f} ms, {sat.node_cpu_us:.0f} us node CPU/req);"
         f" half {half.rate:,.0f}/s p50 {half.p50_ms:.1f} ms p99 {half.p99_ms:.1f} ms;"
-        f" policy events {sat.policy_events} / {half.policy_events}; load {sat.loadavg:.1f}"
+        f" policy events {sat.policy_events} / {half.policy_events};"
+        f" stalls {_stalls(sat)} / {_stalls(half)};"
+        f" slow commits {sat.slow_commits} / {half.slow_commits};"
+        f" hints {sat.hints_written} / {half.hints_written}; load {sat.loadavg:.1f};"
+        f" half: machine {half.machine_busy:.0%} busy, CPU pressure {half.cpu_pressure:.0%},"
+        f" others {half.other_cpu:.2f} cores"
     )
+
+
+def _stalls(phase: Phase) -> str:
+    # "n1 2 (31 ms)" per node that stalled; "0" when none did.
+    stalled = [f"{n} {c} ({phase.longest_stall_ms[n]:.0f} ms)"
+               for n, c in phase.stalls.items() if c]  # fmt: skip
+    return ", ".join(stalled) or "0"

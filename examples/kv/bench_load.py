@@ -76,6 +76,8 @@ class LoadResult:
         latencies_ms: Per request (open loop) or [p50, p99] estimates (wrk).
         generator_cpu: CPU seconds the generator processes used.
         tool: ``wrk`` or ``python``.
+        sender_late_ms: Open loop: how late, at worst, a generator's sending loop woke
+            (its own stall; the requests due meanwhile count it in their latency).
     """
 
     requests: int
@@ -86,6 +88,7 @@ class LoadResult:
     tool: str = "python"
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    sender_late_ms: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -227,6 +230,7 @@ def _python_processes(
         result.errors += part["errors"]
         result.seconds = max(result.seconds, part["seconds"])
         result.latencies_ms += part["latencies_ms"]
+        result.sender_late_ms = max(result.sender_late_ms, part["sender_late_ms"])
     if mode[0] == "--connections":
         result.p50_ms = percentile(result.latencies_ms, 0.50)
         result.p99_ms = percentile(result.latencies_ms, 0.99)
@@ -243,6 +247,7 @@ class _Generator:
         self.latencies: list[float] = []
         self.requests = self.errors = 0
         self.in_flight = 0
+        self.sender_late = 0.0  # open loop: the sending loop's worst lateness, seconds
         self.random = random.Random()  # noqa: S311  # load spreading, not secrets
         self.backlog: list[collections.deque[tuple[bytes, float]]] = []
         self.growing: list[bool] = []
@@ -298,7 +303,10 @@ class _Generator:
                 self._drain(pool)
             # At least 1 ms: the loop's timers have millisecond resolution (libuv's), so
             # a shorter sleep returns at once and the generator would spin.
-            await asyncio.sleep(max(_TICK, start + sent / rate - time.perf_counter()))
+            pause = max(_TICK, start + sent / rate - time.perf_counter())
+            woken = time.perf_counter() + pause
+            await asyncio.sleep(pause)
+            self.sender_late = max(self.sender_late, time.perf_counter() - woken)
         stop = time.perf_counter() + 10.0
         while self.requests < total and time.perf_counter() < stop:
             for pool in range(count):
@@ -350,6 +358,7 @@ async def _generate(args: argparse.Namespace) -> dict[str, object]:
     return {
         "requests": generator.requests, "errors": generator.errors, "seconds": took,
         "latencies_ms": [round(x, 3) for x in generator.latencies],
+        "sender_late_ms": round(generator.sender_late * 1000, 2),
     }  # fmt: skip
 
 

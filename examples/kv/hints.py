@@ -83,6 +83,10 @@ class Hints:
     Args:
         data_dir: The node's data directory.
         max_bytes: The bound per peer, in `hint_size` units.
+
+    Attributes:
+        dropped: Hints refused because their peer's were at the bound.
+        written: Hints stored since start (a newer one replacing an older included).
     """
 
     def __init__(self, data_dir: Path, max_bytes: int = MAX_HINT_BYTES_PER_PEER) -> None:
@@ -93,6 +97,7 @@ class Hints:
         self._db.execute(_SCHEMA)
         self.max_bytes = max_bytes
         self.dropped = 0
+        self.written = 0
         self._sizes: dict[str, int] = dict(
             self._db.execute(
                 "SELECT target, sum(? + length(key) + coalesce(length(value), 0))"
@@ -123,6 +128,7 @@ class Hints:
         row = (target, record.key, version.wall, version.logical, version.node, record.value)
         self._db.execute(_UPSERT, row)
         self._sizes[target] = size
+        self.written += 1
         return True
 
     def pending(

@@ -21,6 +21,7 @@ from .coordinator import Coordinator
 from .gcpauses import GcPauses
 from .hints import GONE, HandoffLoop, Hints
 from .hlc import HybridClock
+from .looplag import LoopLag
 from .membership import EtcdMembership
 from .peers import Peers
 from .ring import Ring
@@ -141,6 +142,7 @@ class Node:
         self.keys_stored = KeyCount(self.storage.count_apart)
         self.ready = False
         self.gc_pauses = GcPauses()
+        self.loop_lag = LoopLag(self.registry)
         self.membership: EtcdMembership | None = None
         self._background: list[asyncio.Task[None]] = []
 
@@ -176,6 +178,7 @@ class Node:
         self._background = [
             loop.create_task(self._purge_tombstones()),
             loop.create_task(self.handoff.run()),
+            loop.create_task(self.loop_lag.run()),
         ]
         discovery = self.config.discovery
         if discovery is not None:
@@ -225,8 +228,9 @@ class Node:
             "repairs": self.coordinator.repairs,
             "replicating": self.coordinator.replicating,
             "batching": self.peers.batching(), "storage": self._storage_view(),
-            "gc": self.gc_pauses.view(),
-            "hints": self.hints.count(), "hints_dropped": self.hints.dropped + self.handoff.dropped,
+            "gc": self.gc_pauses.view(), "loop": self.loop_lag.view(),
+            "hints": self.hints.count(), "hints_written": self.hints.written,
+            "hints_dropped": self.hints.dropped + self.handoff.dropped,
             "handed_off": self.handoff.delivered,
         }  # fmt: skip
 
@@ -235,6 +239,7 @@ class Node:
         return {
             "commits": storage.commits, "writes": storage.writes,
             "slowest_commit_ms": round(storage.slowest_commit * 1000, 2),
+            "slow_commits": storage.slow_commits,
             "checkpoints": checkpointer.checkpoints, "wal_pages": checkpointer.wal_pages,
             "slowest_checkpoint_ms": round(checkpointer.slowest * 1000, 2),
         }  # fmt: skip

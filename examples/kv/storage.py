@@ -42,11 +42,13 @@ from pathlib import Path
 from .checkpoint import Checkpointer
 from .hlc import Version
 
-__all__ = ["TOMBSTONE_GRACE_MS", "Record", "Storage"]
+__all__ = ["SLOW_COMMIT", "TOMBSTONE_GRACE_MS", "Record", "Storage"]
 
 TOMBSTONE_GRACE_MS = 10 * 24 * 3600 * 1000
 """How long a tombstone is kept before `purge_tombstones` may drop it."""
 
+SLOW_COMMIT = 0.02
+"""A group commit at least this long (seconds) counts in `Storage.slow_commits`."""
 _MAX_GROUP = 2048  # writes per transaction: bounds the latency of the last in a group
 
 _SCHEMA = """
@@ -118,6 +120,7 @@ class Storage:
         commits: Transactions committed.
         writes: Records written.
         slowest_commit: The longest group commit so far, in seconds.
+        slow_commits: Group commits that took at least `SLOW_COMMIT`.
         checkpointer: The background checkpoints.
     """
 
@@ -145,6 +148,7 @@ class Storage:
         self.commits = 0
         self.writes = 0
         self.slowest_commit = 0.0
+        self.slow_commits = 0
         self._thread.start()
 
     def get(self, key: bytes) -> Record | None:
@@ -275,7 +279,9 @@ class Storage:
             return
         self.commits += 1
         _settle(list(zip(group, results, strict=True)))
-        self.slowest_commit = max(self.slowest_commit, time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self.slowest_commit = max(self.slowest_commit, took)
+        self.slow_commits += took >= SLOW_COMMIT
         self.checkpointer.poke()
 
     def _execute(self, cursor: sqlite3.Cursor, job: _Job) -> list[bool]:

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from examples.kv.bench import Phase, count_policy_events
+from examples.kv.bench import Phase, count_policy_events, machine_use, marks_between
 from examples.kv.bench_load import percentile
 from examples.kv.bench_report import BEGIN, END, median_interval, write_docs
 from tests.kv._kv import ROOT
@@ -53,7 +56,46 @@ def test_quick_bench_measures_both_clusters_without_errors(tmp_path: Path) -> No
     ]
     assert b"resilient/plain" in done.stdout
     assert b"policy events" in done.stdout  # what the peers' policies did, per phase
+    assert b"stalls" in done.stdout  # the nodes' event-loop stalls, per phase
+    assert all(0 < p.machine_busy <= 1 for p in phases if p.load in {"saturation", "half"}
+               and p.variant != "bare aiohttp")  # fmt: skip
+    assert all(set(p.stalls) == {"n1", "n2", "n3"} for p in phases if p.load != "pair"
+               and p.variant != "bare aiohttp")  # fmt: skip
     assert all(p.policy_events == 0 for p in phases if p.variant != "resilient")
+
+
+def _mark(
+    at: float, stalls: int, recent: list[list[float]], commits: int, hints: int
+) -> dict[str, Any]:
+    loop = {"stalls": stalls, "recent_stalls": recent}
+    return {"at": at, "loop": loop, "slow_commits": commits, "hints_written": hints}
+
+
+def test_a_phase_gets_the_stalls_commits_and_hints_between_its_two_readings() -> None:
+    """Counts are differences; the longest stall is the longest stamped inside the phase."""
+    before = {
+        "n1": _mark(10.0, 3, [[5.0, 300.0], [9.0, 40.0]], 7, 0),
+        "n2": _mark(10.0, 0, [], 1, 2),
+    }
+    after = {
+        "n1": _mark(20.0, 5, [[5.0, 300.0], [9.0, 40.0], [12.0, 25.0], [19.0, 80.0]], 9, 0),
+        "n2": _mark(20.0, 0, [], 4, 5),
+    }
+    assert marks_between(before, after) == {
+        "stalls": {"n1": 2, "n2": 0},
+        "longest_stall_ms": {"n1": 80.0, "n2": 0.0},  # the 300 ms one came before
+        "slow_commits": 5,
+        "hints_written": 3,
+    }
+
+
+def test_machine_use_says_how_busy_the_machine_was_and_who_else_used_it() -> None:
+    """Busy share of all CPU time, CPU pressure per wall second, other processes' cores."""
+    # 10 s on 2 CPUs: 18 CPU seconds busy, 7.5 s with a task waiting; ours used 15.
+    use = machine_use((100.0, 50.0, 80.0, 3.0), (110.0, 68.0, 100.0, 10.5), 15.0)
+    assert use == {"machine_busy": 0.9, "cpu_pressure": 0.75, "other_cpu": 0.3}
+    no_psi = machine_use((0.0, 0.0, 0.0, math.nan), (1.0, 1.0, 2.0, math.nan), 3.0)
+    assert no_psi == {"machine_busy": 0.5, "cpu_pressure": -1.0, "other_cpu": 0.0}
 
 
 def test_policy_events_count_what_the_policies_did_but_successes() -> None:
@@ -88,6 +130,10 @@ def test_docs_region_is_rewritten_and_the_rest_kept(tmp_path: Path) -> None:
         _phase("resilient", "PUT", "half", 1550.0), _phase("plain", "PUT", "half", 1600.0),
         _phase("resilient", "GET", "half", 2500.0), _phase("plain", "GET", "half", 3000.0),
     ]  # fmt: skip
+    phases[4] = replace(
+        phases[4], p99_ms=60.0, machine_busy=0.98, cpu_pressure=0.75, other_cpu=0.5,
+        stalls={"n1": 2, "n2": 0, "n3": 1}, longest_stall_ms={"n1": 31.0, "n2": 0.0, "n3": 22.0},
+    )  # fmt: skip
     args = argparse.Namespace(rounds=1, seconds=5.0, keys=10, value_bytes=100, connections=96,
                               generators=2)  # fmt: skip
     write_docs(page, phases, ["bench"], began=0.0, args=args)
@@ -99,6 +145,13 @@ def test_docs_region_is_rewritten_and_the_rest_kept(tmp_path: Path) -> None:
     assert "`python -m examples.kv bench`" in text
     assert "PUT at saturation >= 3,000/s: 3,100/s (median), met" in text
     assert "GET at saturation >= 6,000/s: 5,000/s (median), **not met**" in text
+    # The worst half-saturation round is judged beside what the machine was doing.
+    assert (
+        "PUT p99 at half saturation < 50 ms: worst round 60.0 ms, **not met** (machine 98%"
+        " busy, CPU pressure 75%, other processes 0.50 cores, 3 event-loop stalls (longest"
+        " 31 ms), policy events 0)"
+    ) in text
+    assert "GET p99 at half saturation < 50 ms: worst round 4.0 ms, met (machine 0% busy" in text
     assert "resilient/plain 0.97 (median of 1 rounds; 0% interval 0.97-0.97), met" in text
     assert "resilient/plain 0.83 (median of 1 rounds; 0% interval 0.83-0.83), **not met**" in text
 

@@ -118,6 +118,23 @@ def test_cluster_view_shows_what_stalls_a_node(cluster: KVCluster) -> None:
     assert collector["frozen_objects"] > 10_000  # modules and the app
     assert set(collector) >= {"full_collections", "slowest_full_ms", "full_ms_total"}
     assert view["hedges_refused"] >= 0
+    assert storage["slow_commits"] >= 0
+    assert view["hints_written"] == 0  # every replica up: nothing to hint
+
+
+def test_cluster_view_and_metrics_show_the_event_loop_lag(cluster: KVCluster) -> None:
+    """The lag monitor runs in a node: /cluster's ``loop`` and /metrics' lag histogram."""
+    deadline = time.monotonic() + 10.0
+    loop = cluster.request("n1", "GET", "/cluster").json()["loop"]
+    while loop["checks"] < 2 and time.monotonic() < deadline:  # checks every 10 ms
+        loop = cluster.request("n1", "GET", "/cluster").json()["loop"]
+    assert loop["checks"] >= 2
+    assert (loop["interval_ms"], loop["stall_threshold_ms"]) == (10.0, 20.0)
+    assert loop["stalls"] == len(loop["recent_stalls"]) or loop["stalls"] > 64
+    assert loop["longest_ms"] >= 0
+    text = cluster.request("n1", "GET", "/metrics").body.decode()
+    assert 'kv_loop_lag_seconds_bucket{le="0.02"}' in text
+    assert "kv_loop_stalls_total " in text
 
 
 def test_health_and_metrics(cluster: KVCluster) -> None:

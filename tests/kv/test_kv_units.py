@@ -16,6 +16,7 @@ from typing import cast
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from examples.kv.coalesce import Coalescer
 from examples.kv.codec import (
@@ -40,12 +41,13 @@ from examples.kv.config import (
 from examples.kv.coordinator import Coordinator, QuorumError
 from examples.kv.gcpauses import GcPauses
 from examples.kv.hlc import HybridClock, Version
+from examples.kv.looplag import LoopLag
 from examples.kv.node import KeyCount, peer_status
 from examples.kv.peers import PeerError, Peers
 from examples.kv.ring import Ring, ring_hash
 from examples.kv.storage import Record, Storage
 from resilient import RetryBudget
-from tests._aio import within
+from tests._aio import until, within
 
 node_ids = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
 versions = st.builds(Version, st.integers(0, 10**15 - 1), st.integers(0, 10**9 - 1), node_ids)
@@ -546,3 +548,55 @@ def test_gc_pauses_count_full_collections_only_while_installed() -> None:
     gc.collect()
     assert pauses.collections == 2
     assert pauses.view()["full_collections"] == 2
+
+
+def test_loop_lag_counts_only_lateness_at_the_threshold_as_a_stall() -> None:
+    """Lateness goes to the histogram; from the threshold on it is a stall, stamped."""
+    registry = CollectorRegistry()
+    walls = iter([100.0, 200.0])
+    lag = LoopLag(registry, interval=0.01, threshold=0.02, wall=lambda: next(walls))
+    for late in (0.001, 0.0199, 0.02, -0.003, 0.25):
+        lag.observe(late)
+    assert (lag.checks, lag.stalls) == (5, 2)
+    assert lag.longest == 0.25
+    assert lag.stalled == pytest.approx(0.27)
+    assert list(lag.recent) == [(100.0, 0.02), (200.0, 0.25)]
+    sample = registry.get_sample_value
+    assert sample("kv_loop_stalls_total") == 2
+    assert sample("kv_loop_lag_seconds_count") == 5
+    assert sample("kv_loop_lag_seconds_bucket", {"le": "0.001"}) == 2  # 0.001 and the -0.003
+    assert sample("kv_loop_lag_seconds_bucket", {"le": "0.1"}) == 4
+    view = lag.view()
+    assert (view["stalls"], view["longest_ms"], view["stalled_ms_total"]) == (2, 250.0, 270.0)
+    assert view["recent_stalls"] == [[100.0, 20.0], [200.0, 250.0]]
+
+
+@pytest.mark.parametrize(
+    ("interval", "threshold", "named"),
+    [(0.0, 0.02, "interval"), (0.01, -1.0, "threshold"), (float("nan"), 1.0, "interval")],
+)
+def test_loop_lag_refuses_a_period_or_threshold_that_is_not_positive(
+    interval: float, threshold: float, named: str
+) -> None:
+    """A zero or negative (or NaN) interval or threshold is an error naming it."""
+    with pytest.raises(ValueError, match=f"^{named} must be > 0"):
+        LoopLag(CollectorRegistry(), interval=interval, threshold=threshold)
+
+
+async def test_loop_lag_sees_the_loop_held() -> None:
+    """Holding the event loop 0.2 s shows as a stall of about that length, not before."""
+    lag = LoopLag(CollectorRegistry(), interval=0.01, threshold=0.1)
+    task = asyncio.get_running_loop().create_task(lag.run())
+    try:
+        await until(lambda: lag.checks >= 2)
+        before = lag.stalls
+        time.sleep(0.2)  # noqa: ASYNC251  # the stall under test: the loop held on purpose
+        checks = lag.checks
+        await until(lambda: lag.checks > checks)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await within(task)
+    assert lag.stalls > before
+    # Late by the hold less at most one interval; a loaded machine only adds to it.
+    assert max(late for _, late in lag.recent) >= 0.19
