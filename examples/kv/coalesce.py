@@ -15,6 +15,8 @@ import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from .loops import running_loop
+
 __all__ = ["Coalescer"]
 
 T = TypeVar("T")
@@ -50,6 +52,9 @@ class Coalescer(Generic[T, R]):
         self._pending: list[tuple[T, float, asyncio.Future[R]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._scheduled = False
+        # The loop of the last submit (one coalescer serves one loop): `_flush` and the
+        # batches run in fresh contexts, where `running_loop` would ask asyncio again.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
         self.items = 0
 
@@ -57,7 +62,7 @@ class Coalescer(Generic[T, R]):
         """
         Queue `item`, to be sent before `until` (the loop's clock); its answer's future.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop = running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, until, future))
         if not self._scheduled and len(self._tasks) < self._max_in_flight:
@@ -69,7 +74,7 @@ class Coalescer(Generic[T, R]):
 
     def _flush(self) -> None:
         self._scheduled = False
-        loop = asyncio.get_running_loop()
+        loop = self._loop or running_loop()  # submit's: this runs in a fresh context
         while self._pending and len(self._tasks) < self._max_in_flight:
             batch, size = [], 0
             while self._pending and size < self._max_batch:
@@ -88,7 +93,7 @@ class Coalescer(Generic[T, R]):
             self._flush()
 
     async def _send(self, batch: list[tuple[T, float, asyncio.Future[R]]]) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop or running_loop()
         batch = [entry for entry in batch if not entry[2].cancelled()]
         budget = max((until for _, until, _ in batch), default=0.0) - loop.time()
         try:

@@ -35,6 +35,7 @@ from resilient import RetryBudget
 
 from .hints import Hints
 from .hlc import HybridClock
+from .loops import running_loop
 from .peers import Peers
 from .ring import Ring
 from .storage import Record, Storage
@@ -121,7 +122,7 @@ class Coordinator:
             QuorumError: W replicas could not acknowledge within the budget.
         """
         record = Record(key, self.clock.now(), value)
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         until = loop.time() + budget
         targets = self.ring.preference_list(key, self.replicas)
         futures = [self._store(node, record, until) for node in targets]
@@ -164,7 +165,7 @@ class Coordinator:
         targets = self._read_order(self.ring.preference_list(key, self.replicas))
         answers: dict[str, Record | None] = {}
         pending: dict[asyncio.Future[Record | None], str] = {}
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         until = loop.time() + budget * (1 - _MARGIN)
         queue = list(targets)
         self.hedge_budget.deposit()
@@ -226,7 +227,7 @@ class Coordinator:
         return newest
 
     async def _repair(self, record: Record, nodes: list[str]) -> None:
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         until = loop.time() + 2.0
         self.repairs += len(nodes)
         results = [self._store(node, record, until) for node in nodes]
@@ -259,7 +260,7 @@ class _Quorum:
         self.acked = self.failed = 0
         self.needed = needed
         self.total = len(futures)
-        self.decided: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.decided: asyncio.Future[None] = running_loop().create_future()
         for future in futures:
             future.add_done_callback(self._answered)
 
@@ -283,7 +284,7 @@ async def _quorum(futures: list[asyncio.Future[object]], needed: int, within: fl
     Wait until `needed` futures succeed, all have answered, or `within` seconds pass.
     """
     quorum = _Quorum(futures, needed)
-    timer = asyncio.get_running_loop().call_later(within, quorum.decide)
+    timer = running_loop().call_later(within, quorum.decide)
     try:
         await quorum.decided
     finally:
@@ -297,7 +298,7 @@ async def _first_done(futures: Iterable[asyncio.Future[Any]], within: float) -> 
 
     `asyncio.wait`'s FIRST_COMPLETED, without building the done and pending sets.
     """
-    loop = asyncio.get_running_loop()
+    loop = running_loop()
     woken: asyncio.Future[None] = loop.create_future()
 
     def wake(_: object = None) -> None:

@@ -4,7 +4,6 @@ The HTTP API: client routes under ``/kv/``, node-to-node routes under ``/interna
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -15,6 +14,7 @@ from aiohttp import web
 from .codec import decode_keys, decode_traced, encode_acks, encode_found
 from .config import KEY_NOT_FOUND
 from .coordinator import QuorumError
+from .loops import running_loop
 from .node import Node
 from .validate import InputError, budget_of, error_response, key_of, quorum_of, read_value
 
@@ -120,9 +120,9 @@ async def _write(request: web.Request, *, delete: bool) -> web.StreamResponse:
     if not delete:
         # The deadline covers the body too: a client trickling it in can't hold a
         # handler (and a slot of the drain at SIGTERM) for longer than it asked for.
-        started = asyncio.get_running_loop().time()
+        started = running_loop().time()
         value = await read_value(request, budget)
-        budget -= asyncio.get_running_loop().time() - started
+        budget -= running_loop().time() - started
     else:
         value = None
     try:

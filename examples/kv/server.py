@@ -29,6 +29,7 @@ from resilient.integrations.otel import aiohttp_server_span_middleware
 from .._process import uvloop_factory
 from .config import NodeConfig
 from .handlers import NODE_KEY, node_middleware, routes
+from .loops import use_loop
 from .node import Node
 from .validate import MAX_BUDGET
 
@@ -71,6 +72,7 @@ async def serve(config: NodeConfig) -> None:
     """
     Run a node until SIGTERM or SIGINT, then stop gracefully.
     """
+    use_loop(asyncio.get_running_loop())  # before the app: its tasks inherit it
     node = Node(config)
     runner = web.AppRunner(
         build_app(node), access_log=None, handle_signals=False,

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from .checkpoint import Checkpointer
 from .hlc import Version
+from .loops import running_loop
 
 __all__ = ["SLOW_COMMIT", "TOMBSTONE_GRACE_MS", "Record", "Storage"]
 
@@ -230,7 +231,7 @@ class Storage:
         """
         if self._closed:
             raise RuntimeError(f"Storage({self.path}) is closed")
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         future: asyncio.Future[list[bool]] = loop.create_future()
         if not self._waiting:
             loop.call_soon(self._hand_over)

@@ -42,6 +42,7 @@ from examples.kv.coordinator import Coordinator, QuorumError
 from examples.kv.gcpauses import GcPauses
 from examples.kv.hlc import HybridClock, Version
 from examples.kv.looplag import LoopLag
+from examples.kv.loops import running_loop, use_loop
 from examples.kv.node import KeyCount, peer_status
 from examples.kv.peers import PeerError, Peers
 from examples.kv.ring import Ring, ring_hash
@@ -600,3 +601,31 @@ async def test_loop_lag_sees_the_loop_held() -> None:
     assert lag.stalls > before
     # Late by the hold less at most one interval; a loaded machine only adds to it.
     assert max(late for _, late in lag.recent) >= 0.19
+
+
+def test_running_loop_is_the_recorded_loop_where_it_was_recorded_and_asyncios_elsewhere() -> None:
+    """
+    `use_loop` records the loop for what the current task starts from then on; a task
+    of another run never sees it, and with no loop at all the error is asyncio's.
+    """
+
+    recorded_loop = asyncio.new_event_loop()  # never run: only `use_loop` makes it the answer
+
+    async def recorded() -> tuple[bool, bool]:
+        use_loop(recorded_loop)
+        child = await asyncio.get_running_loop().create_task(_answer())
+        return running_loop() is recorded_loop, child is recorded_loop
+
+    async def _answer() -> asyncio.AbstractEventLoop:
+        return running_loop()
+
+    async def fresh() -> bool:
+        return running_loop() is asyncio.get_running_loop()
+
+    try:
+        assert asyncio.run(recorded()) == (True, True)
+    finally:
+        recorded_loop.close()
+    assert asyncio.run(fresh())  # a task of another run never sees the recorded loop
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        running_loop()
