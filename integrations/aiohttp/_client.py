@@ -73,8 +73,17 @@ def default_policy(key: str, *, total: float = 30.0, per_attempt: float = 10.0) 
         per_attempt: Seconds for each attempt (capped by what is left of `total`).
 
     Raises:
-        ValueError: A timeout is not a finite number of seconds > 0.
+        TypeError: `key` is not a str.
+        ValueError: `key` is empty (a key function returned ""), or a timeout is not a
+            finite number of seconds > 0.
     """
+    if not isinstance(key, str):
+        raise TypeError(f"default_policy(key={key!r}): the request's key must be a str")
+    if not key:
+        raise ValueError(
+            "default_policy(key=''): the request's key is empty; a key function must"
+            " return a non-empty name (it names the key's policies in events and metrics)"
+        )
     total = check_seconds("default_policy", "total", total)
     per_attempt = check_seconds("default_policy", "per_attempt", per_attempt)
     return pipeline(

@@ -994,6 +994,23 @@ async def test_a_factory_returning_no_policy_fails_naming_the_key() -> None:
     assert "keys=0/" in repr(middleware)
 
 
+async def test_an_empty_key_with_the_default_policy_fails_saying_so() -> None:
+    """A key function returning "" under the default factory fails with an error about
+    the key, not about a `Timeout` name, and nothing is sent."""
+    middleware = ResilienceMiddleware(key=lambda _: "")
+    request = aiohttp.ClientRequest(
+        "GET", URL("http://127.0.0.1:9/"), loop=asyncio.get_running_loop()
+    )
+
+    async def handler(_: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
+        raise AssertionError("not sent")
+
+    with pytest.raises(ValueError, match="the request's key is empty"):
+        await within(middleware(request, handler))
+    with pytest.raises(TypeError, match="must be a str"):
+        default_policy(42)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("name", "error"),
     [
