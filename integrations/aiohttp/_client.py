@@ -295,9 +295,7 @@ class _RequestAttempts(Attempts):
             response = settled
         finally:
             cache.leave(entry)
-        held = self._held
-        if not (len(held) == 1 and held[0] is response):  # `hand`'s own test, written out
-            self.hand(response)
+        self.hand(response)
         if not isinstance(response, ClientResponse):
             raise TypeError(
                 f"ResilienceMiddleware: the policy for {self.request.url.origin()} returned"

@@ -93,7 +93,6 @@ class PolicyCache:
         "_default",
         "_factory",
         "_fixed",
-        "_newest",
         "in_flight",
         "last",
         "max_keys",
@@ -116,10 +115,10 @@ class PolicyCache:
             PolicyEntry(_checked(default, "default"), "") if default is not None else None
         )
         self._built: OrderedDict[str, PolicyEntry] = OrderedDict()
-        self._newest: str | None = None  # the key last moved to the end of `_built`
         # The entry `get_entry` returned last for its own key (a built or fixed one), while
-        # nothing moved in the LRU order since: the caller may reuse it for an equal key
-        # without asking (most requests go to the host of the one before).
+        # nothing moved in the LRU order since: a built one is at the end of `_built`, and
+        # the caller may reuse it for an equal key without asking (most requests go to the
+        # host of the one before).
         self.last: PolicyEntry | None = None
         self.in_flight = 0  # requests between enter() and leave()
 
@@ -170,10 +169,9 @@ class PolicyCache:
     def _entry(self, key: str) -> PolicyEntry | None:
         entry = self._built.get(key)
         if entry is not None:
-            if key != self._newest:  # most requests go to the host of the one before
+            if entry is not self.last:  # else at the end already (see `last`)
                 self._built.move_to_end(key)
-                self._newest = key
-            self.last = entry
+                self.last = entry
             return entry
         if self._factory is None:  # a mapping: fixed policies only
             fixed = self._fixed.get(key)
@@ -185,7 +183,6 @@ class PolicyCache:
         if len(self._built) >= self.max_keys:
             self._shrink(room=1)  # before adding: the new key is never the one dropped
         self._built[key] = entry
-        self._newest = key
         self.last = entry
         return entry
 
@@ -204,4 +201,3 @@ class PolicyCache:
                 entry.dropped = True
             else:
                 self._built.move_to_end(key)
-                self._newest = key
