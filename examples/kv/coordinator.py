@@ -284,7 +284,7 @@ async def _quorum(futures: list[asyncio.Future[object]], needed: int, within: fl
     Wait until `needed` futures succeed, all have answered, or `within` seconds pass.
     """
     quorum = _Quorum(futures, needed)
-    timer = running_loop().call_later(within, quorum.decide)
+    timer = quorum.decided.get_loop().call_later(within, quorum.decide)
     try:
         await quorum.decided
     finally:

@@ -120,9 +120,10 @@ async def _write(request: web.Request, *, delete: bool) -> web.StreamResponse:
     if not delete:
         # The deadline covers the body too: a client trickling it in can't hold a
         # handler (and a slot of the drain at SIGTERM) for longer than it asked for.
-        started = running_loop().time()
+        loop = running_loop()
+        started = loop.time()
         value = await read_value(request, budget)
-        budget -= running_loop().time() - started
+        budget -= loop.time() - started
     else:
         value = None
     try:
