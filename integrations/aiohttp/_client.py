@@ -115,6 +115,20 @@ def _route(request: ClientRequest) -> str:
     return f"{request.method} {request.url.origin()}{request.url.path}"
 
 
+def method_names(owner: str, retry_methods: Collection[str]) -> frozenset[str]:
+    """The upper-cased `retry_methods`, checked.
+
+    A single string fails: ``"GET"`` would be the methods G, E and T, and GET would
+    silently never be retried.
+    """
+    if isinstance(retry_methods, str) or not all(isinstance(m, str) for m in retry_methods):
+        raise TypeError(
+            f"{owner}(retry_methods={retry_methods!r}): expected a collection of"
+            " method names, e.g. {'GET', 'PUT'}"
+        )
+    return frozenset(m.upper() for m in retry_methods)
+
+
 class ResilienceMiddleware:
     """
     aiohttp client middleware applying a policy per host (or per route) to every request.
@@ -182,7 +196,7 @@ class ResilienceMiddleware:
             )
         self._key_name = key if isinstance(key, str) else getattr(key, "__name__", "function")
         self._key = _key_function(key)
-        self._retry_methods = frozenset(m.upper() for m in retry_methods)
+        self._retry_methods = method_names("ResilienceMiddleware", retry_methods)
         if not callable(failure_status):
             raise TypeError(
                 f"ResilienceMiddleware(failure_status=...): expected a function of the"

@@ -29,7 +29,7 @@ from resilient import Balancer, CircuitBreaker, EndpointPool, Instance, Registry
 from resilient.validation import check_int
 
 from ._attempts import Attempts, as_payload
-from ._client import IDEMPOTENT_METHODS, is_failure_status
+from ._client import IDEMPOTENT_METHODS, is_failure_status, method_names
 
 __all__ = ["DiscoveryClient", "DiscoveryRequest"]
 
@@ -128,17 +128,12 @@ class DiscoveryClient:
         for param, value in (("breaker", breaker), ("failure_status", failure_status)):
             if value is not None and not callable(value):
                 raise TypeError(f"{owner}({param}=...): expected a callable, got {value!r}")
-        if isinstance(retry_methods, str) or not all(isinstance(m, str) for m in retry_methods):
-            raise TypeError(
-                f"{owner}(retry_methods={retry_methods!r}): expected a collection of"
-                " method names, e.g. {'GET', 'PUT'}"
-            )
         self._session = session
         self._registry = registry
         self._balancer = _balancer_factory(balancer)
         self._breaker = breaker
         self._max_attempts = check_int(owner, "max_attempts", max_attempts, minimum=1)
-        self._retry_methods = frozenset(m.upper() for m in retry_methods)
+        self._retry_methods = method_names(owner, retry_methods)
         self._failure_status = failure_status
         self._views: dict[str, ServiceView] = {}
         self._pools: dict[str, EndpointPool] = {}

@@ -1038,6 +1038,14 @@ def test_the_deadline_and_the_priority_need_two_headers() -> None:
         ResilienceMiddleware(deadline_header="X-Budget", priority_header="x-budget")
 
 
+@pytest.mark.parametrize("methods", ["GET", ["GET", 1]])
+def test_retry_methods_must_be_a_collection_of_names(methods: object) -> None:
+    """``retry_methods="GET"`` would be the methods G, E and T: GET never retried, and
+    nothing said so. It fails when the middleware is built, as in `DiscoveryClient`."""
+    with pytest.raises(TypeError, match=r"retry_methods=.*expected a collection of method names"):
+        ResilienceMiddleware(retry_methods=methods)  # type: ignore[arg-type]
+
+
 # -- headers sent --------------------------------------------------------------------------
 
 
