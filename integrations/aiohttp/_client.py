@@ -116,10 +116,12 @@ def _route(request: ClientRequest) -> str:
 
 
 def method_names(owner: str, retry_methods: Collection[str]) -> frozenset[str]:
-    """The upper-cased `retry_methods`, checked.
+    """
+    The upper-cased `retry_methods`, checked.
 
-    A single string fails: ``"GET"`` would be the methods G, E and T, and GET would
-    silently never be retried.
+    Raises:
+        TypeError: A single string (``"GET"`` would be the methods G, E and T, and GET
+            silently never retried), or a name that is not a str.
     """
     if isinstance(retry_methods, str) or not all(isinstance(m, str) for m in retry_methods):
         raise TypeError(
