@@ -10,33 +10,53 @@ the app, so every task and callback started from there on (the request handlers,
 batches, the background tasks) reads it with one C call; anywhere else (unit tests, a
 loop of another thread) asks asyncio as before.
 
-Only for code running *on* the node's loop: a function handed to a worker thread
-inherits the context too, and must not take the loop it reads for a running one.
+A context is copied into worker threads (`asyncio.to_thread`) and survives a fork, so
+the record names the thread that recorded it and the fork it was made in: elsewhere
+(a worker thread, a loop run inside one, a forked child) asyncio answers, as 3.12 does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from contextvars import ContextVar
+from threading import get_ident
 
 __all__ = ["running_loop", "use_loop"]
 
-_LOOP: ContextVar[asyncio.AbstractEventLoop | None] = ContextVar("kv_loop", default=None)
+_Record = tuple[asyncio.AbstractEventLoop, int, int]  # the loop, its thread, the fork
+
+_LOOP: ContextVar[_Record | None] = ContextVar("kv_loop", default=None)
+
+_forks = 0  # bumped in a forked child: records made before the fork no longer match
+
+
+def _forked() -> None:
+    global _forks  # noqa: PLW0603  # one counter per process, bumped by the fork hook
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def use_loop(loop: asyncio.AbstractEventLoop) -> None:
     """
     Record `loop`, the running loop, for everything started from the current context on.
     """
-    _LOOP.set(loop)
+    _LOOP.set((loop, get_ident(), _forks))
 
 
 def running_loop() -> asyncio.AbstractEventLoop:
     """
     The running event loop: the one `use_loop` recorded, else asyncio's answer.
 
+    The record counts only in the thread and process that made it: a worker thread
+    that inherited the context (or runs a loop of its own) asks asyncio.
+
     Raises:
         RuntimeError: None recorded and no loop running (as `asyncio.get_running_loop`).
     """
-    loop = _LOOP.get()
-    return loop if loop is not None else asyncio.get_running_loop()
+    record = _LOOP.get()
+    if record is not None and record[1] == get_ident() and record[2] == _forks:
+        return record[0]
+    return asyncio.get_running_loop()

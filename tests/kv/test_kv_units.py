@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import threading
 import time
 from collections import Counter
@@ -629,3 +630,48 @@ def test_running_loop_is_the_recorded_loop_where_it_was_recorded_and_asyncios_el
     assert asyncio.run(fresh())  # a task of another run never sees the recorded loop
     with pytest.raises(RuntimeError, match="no running event loop"):
         running_loop()
+
+
+async def test_running_loop_in_a_worker_thread_is_not_the_recorded_loop() -> None:
+    """
+    `asyncio.to_thread` copies the context, record included: a worker thread must not
+    be handed the node's loop (a future made there would belong to another thread's
+    loop), nor a loop run inside the worker (`asyncio.run` in a thread) the node's one.
+    """
+    use_loop(asyncio.get_running_loop())  # this test's task context only
+
+    def bare() -> str:
+        with pytest.raises(RuntimeError, match="no running event loop"):
+            running_loop()
+        return "raised"
+
+    async def own() -> bool:
+        return running_loop() is asyncio.get_running_loop()
+
+    assert running_loop() is asyncio.get_running_loop()
+    assert await within(asyncio.to_thread(bare)) == "raised"
+    assert await within(asyncio.to_thread(asyncio.run, own()))
+
+
+def test_running_loop_in_a_forked_child_is_not_the_parents_loop() -> None:
+    """
+    A forked child inherits the record with the thread; the parent's loop is not
+    running there (3.11's `get_running_loop` checks the pid for that very reason).
+    """
+
+    async def fork() -> int:
+        use_loop(asyncio.get_running_loop())
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit status, run nothing else
+            try:
+                running_loop()
+            except RuntimeError:
+                os._exit(0)
+            except BaseException:  # any other outcome is a failure
+                os._exit(2)
+            os._exit(1)  # the parent's loop came back
+        return pid
+
+    pid = asyncio.run(fork())
+    _, status = os.waitpid(pid, 0)  # the child only reads a context variable and exits
+    assert os.waitstatus_to_exitcode(status) == 0
