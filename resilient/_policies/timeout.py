@@ -34,6 +34,8 @@ __all__ = ["Timeout", "TimeoutStatistics"]
 
 T = TypeVar("T")
 
+_NEW_SCOPE = object.__new__  # `_Scope`'s constructor (it has no __init__)
+
 
 @dataclass(frozen=True, slots=True)
 class TimeoutStatistics:
@@ -57,16 +59,14 @@ class _Scope(Deadline):
 
     __slots__ = ("budget", "cancelling", "fired", "live", "task", "token")
 
-    def __init__(
-        self, task: asyncio.Task[object], deadline: float, budget: float, clock: Clock
-    ) -> None:
-        self.deadline, self.clock = deadline, clock  # Deadline's, set here: one call less
-        self.task: asyncio.Task[object] | None = task
-        self.budget = budget
-        self.cancelling = task.cancelling()
-        self.fired = False
-        self.live = False  # the watchdog's
-        self.token: Token[Deadline | None] | None = None
+    # No __init__: `Timeout._open` builds each one field by field, in its own frame
+    # (every guarded call makes one).
+    budget: float  # seconds it had
+    cancelling: int  # its task's pending cancellations when it began
+    fired: bool  # expired: its timer cancelled the task
+    live: bool  # the watchdog's
+    task: asyncio.Task[object] | None  # let go when the call ends
+    token: Token[Deadline | None] | None  # its DEADLINE setting, until reset
 
     def expire(self) -> None:
         self.fired = True
@@ -189,9 +189,15 @@ class Timeout(Policy):
                 deadline = outer_here
         self._calls += 1
         budget = deadline - now
-        scope = _Scope(task, deadline, budget if budget > 0.0 else 0.0, clock)
-        if scope.budget <= 0.0:  # not watched, no deadline set: nothing to undo
+        scope = _NEW_SCOPE(_Scope)  # see _Scope: no __init__ frame
+        scope.deadline, scope.clock, scope.task = deadline, clock, task
+        scope.cancelling = task.cancelling()
+        scope.fired = scope.live = False
+        scope.token = None
+        if budget <= 0.0:  # not watched, no deadline set: nothing to undo
+            scope.budget = 0.0
             raise self._expired(scope)
+        scope.budget = budget
         dog.watch(scope)
         scope.token = DEADLINE.set(scope)
         return scope
