@@ -38,7 +38,7 @@ from resilient import CircuitBreaker, Policy, Retry, RetryBudget, Timeout, no_re
 from resilient.validation import check_seconds
 
 from ._attempts import Attempts, UnhealthyResponse, is_failure_status, parse_retry_after
-from ._policies import DEFAULT_MAX_KEYS, PolicyCache, PolicyEntry
+from ._policies import DEFAULT_MAX_KEYS, PolicyCache
 from ._propagation import DEADLINE_HEADER, PRIORITY_HEADER, stamp_headers
 
 __all__ = [
@@ -94,20 +94,22 @@ def default_policy(key: str, *, total: float = 30.0, per_attempt: float = 10.0) 
     )
 
 
-# Origin strings by (scheme, host, explicit port): building one costs a URL and its text,
-# and every request of a host needs the same. Cleared when full (a crawler's hosts).
-_ORIGINS: dict[tuple[str, str | None, int | None], str] = {}
+# Origin strings by scheme and the host and port the Host header carries (default port
+# left out, a trailing dot dropped: one origin however a URL spells it). The two parts are
+# cached on the URL once aiohttp writes the request; the string is built once per origin.
+# Cleared when full (a crawler's hosts).
+_ORIGINS: dict[tuple[str, str | None], str] = {}
 _MAX_ORIGINS = 1024
 
 
 def _origin(request: ClientRequest) -> str:
     url = request.url
-    key = (url.scheme, url.raw_host, url.explicit_port)
+    key = (url.scheme, url.host_port_subcomponent)
     origin = _ORIGINS.get(key)
     if origin is None:
         if len(_ORIGINS) >= _MAX_ORIGINS:
             _ORIGINS.clear()
-        origin = _ORIGINS[key] = str(url.origin())
+        origin = _ORIGINS[key] = f"{key[0]}://{key[1]}"
     return origin
 
 
@@ -231,35 +233,66 @@ class ResilienceMiddleware:
         """
         return self._policies.get(key)
 
-    def __call__(
-        self, request: ClientRequest, handler: ClientHandlerType
-    ) -> Awaitable[ClientResponse]:
+    async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         """
-        Run one request through its key's policy (aiohttp calls this and awaits it).
+        Run one request through its key's policy (aiohttp awaits this).
 
-        A plain function returning the request's coroutine, not a coroutine awaiting
-        it: every I/O wait of the request resumes through one frame less.
+        The request's whole run, written out in one frame: every I/O wait of the
+        request resumes through each frame awaiting it, and every request pays each
+        call made here.
+
+        Raises:
+            TypeError: The policy returned something else than a response.
         """
         key = self._key(request)
-        entry = self._policies.last
+        cache = self._policies
+        entry = cache.last
         if entry is None or entry.key != key:  # most requests: the key of the one before
-            entry = self._policies.get_entry(key)
+            entry = cache.get_entry(key)
             if entry is None:
                 if self._propagate:
                     stamp_headers(request.headers, self._deadline_header, self._priority_header)
-                return handler(request)
+                return await handler(request)
         attempts = _RequestAttempts(request.body, self._failure_status)
         attempts.request = request
         attempts.handler = handler
         attempts.middleware = self
-        attempts.entry = entry
-        return attempts.respond(entry.policy.call, request.method not in self._retry_methods)
+        # In flight, the cache won't drop the key's policy: counted with nothing awaited
+        # since the lookup, so the entry is still the key's.
+        entry.in_flight += 1
+        # The unbound `send`, not `attempts.send`: a policy remembers a plain function
+        # it has vetted, so the call skips that check (a bound method is new each time).
+        try:
+            if request.method not in self._retry_methods or attempts._one_shot:  # noqa: SLF001
+                with no_retries():
+                    response = await entry.policy.call(_RequestAttempts.send, attempts)
+            else:
+                response = await entry.policy.call(_RequestAttempts.send, attempts)
+        except BaseException as error:
+            settled = attempts.settle(error)
+            if settled is None:
+                raise
+            response = settled
+        finally:
+            entry.in_flight -= 1
+            if cache.overfull:
+                cache.shrink()  # keys busy when the cache filled up may be idle now
+        held = attempts._held  # noqa: SLF001  # `hand`'s test, inlined: most requests
+        if len(held) != 1 or held[0] is not response:  # made one attempt that answered
+            attempts.hand(response)
+        if not isinstance(response, ClientResponse):
+            raise TypeError(
+                f"ResilienceMiddleware: the policy for {request.url.origin()} returned"
+                f" {type(response).__name__}, not a response; put Fallback around your"
+                " request code, not in the middleware's policies"
+            )
+        return response
 
     def __repr__(self) -> str:
         policies = self._policies
         return (
             f"<ResilienceMiddleware key={self._key_name!r} keys={len(policies)}"
-            f"/{policies.max_keys} in_flight={policies.in_flight}>"
+            f"/{policies.max_keys} in_flight={policies.in_flight()}>"
         )
 
 
@@ -270,55 +303,11 @@ class _RequestAttempts(Attempts):
 
     # Set by the middleware right after construction (`Attempts.__init__` is the only
     # frame: every request builds one of these).
-    __slots__ = ("entry", "handler", "middleware", "request")
+    __slots__ = ("handler", "middleware", "request")
 
-    entry: PolicyEntry
     handler: ClientHandlerType
     middleware: ResilienceMiddleware
     request: ClientRequest
-
-    async def respond(
-        self, call: Callable[..., Awaitable[ClientResponse]], once: bool
-    ) -> ClientResponse:
-        """
-        `run` for the middleware, its request counted in flight by the policy cache.
-
-        Counted from its start: a request never awaited never counts, nor ends.
-
-        Raises:
-            TypeError: The policy returned something else than a response.
-        """
-        cache = self.middleware._policies  # noqa: SLF001  # its own module's
-        entry = cache.enter(self.entry)  # in flight: the cache won't drop its policy
-        if entry is not self.entry:
-            # Dropped while this coroutine waited to be awaited: the key's policy now, not
-            # an orphan the next request to the host would never see.
-            self.entry, call = entry, entry.policy.call
-        # `run`, written out (one coroutine less). The unbound `send`, not `self.send`: a
-        # policy remembers a plain function it has vetted, so the call skips that check
-        # (a bound method is new each time).
-        send = _RequestAttempts.send
-        try:
-            if once or self._one_shot:
-                with no_retries():
-                    response = await call(send, self)
-            else:
-                response = await call(send, self)
-        except BaseException as error:
-            settled = self.settle(error)
-            if settled is None:
-                raise
-            response = settled
-        finally:
-            cache.leave(entry)
-        self.hand(response)
-        if not isinstance(response, ClientResponse):
-            raise TypeError(
-                f"ResilienceMiddleware: the policy for {self.request.url.origin()} returned"
-                f" {type(response).__name__}, not a response; put Fallback around your"
-                " request code, not in the middleware's policies"
-            )
-        return response
 
     def _spent(self) -> bool:
         # The request's body as it is now: a middleware inside ours may have replaced it.

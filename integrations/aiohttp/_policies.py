@@ -35,15 +35,18 @@ _SCAN = 16  # entries one shrinking pass looks at, beyond the room it must make
 class PolicyEntry:
     """
     A key's policy in the cache, and how many of its requests are in flight.
+
+    The caller counts its requests in `in_flight` while they run (the cache keeps a
+    busy key's policy), from a lookup with nothing awaited since, and calls
+    `PolicyCache.shrink` after one ends while the cache is `overfull`.
     """
 
-    __slots__ = ("dropped", "in_flight", "key", "policy")
+    __slots__ = ("in_flight", "key", "policy")
 
     def __init__(self, policy: Policy, key: str) -> None:
         self.policy = policy
         self.key = key
         self.in_flight = 0
-        self.dropped = False  # by the cache, for good: a key coming back builds a new one
 
 
 def _checked(policy: object, what: str) -> Policy:
@@ -93,9 +96,9 @@ class PolicyCache:
         "_default",
         "_factory",
         "_fixed",
-        "in_flight",
         "last",
         "max_keys",
+        "overfull",
     )
 
     def __init__(
@@ -120,7 +123,9 @@ class PolicyCache:
         # the caller may reuse it for an equal key without asking (most requests go to the
         # host of the one before).
         self.last: PolicyEntry | None = None
-        self.in_flight = 0  # requests between enter() and leave()
+        # More built policies than `max_keys`: keys busy (or open) when the cache filled
+        # up, to drop once they settle.
+        self.overfull = False
 
     def __len__(self) -> int:
         return len(self._fixed) + len(self._built)
@@ -136,35 +141,25 @@ class PolicyCache:
         """
         The entry of `key`, its policy built on first use (None: no policy).
 
-        Count a request in flight with `enter` before it awaits anything, so the cache
-        keeps the policy while it runs.
+        Count a request in its `PolicyEntry.in_flight` before awaiting anything, so the
+        cache keeps the policy while it runs.
         """
         return self._entry(key)
 
-    def enter(self, entry: PolicyEntry) -> PolicyEntry:
+    def in_flight(self) -> int:
         """
-        A request of `entry`'s key starts: counted in flight until `leave`.
+        Requests in flight, all keys together.
+        """
+        entries = (*self._fixed.values(), *self._built.values())
+        default = () if self._default is None else (self._default,)
+        return sum(entry.in_flight for entry in (*entries, *default))
 
-        Returns the entry counted, the one to run under: `entry`, unless the cache
-        dropped it since `get_entry` (a request awaited later, when other requests
-        filled the cache meanwhile), then the key's entry now, built afresh if need be.
+    def shrink(self) -> None:
         """
-        if entry.dropped:
-            now = self._entry(entry.key)
-            assert now is not None  # noqa: S101  # only a factory's entries are dropped
-            entry = now
-        entry.in_flight += 1
-        self.in_flight += 1
-        return entry
-
-    def leave(self, entry: PolicyEntry) -> None:
+        Drop idle policies while there are more than `max_keys` (a request just ended).
         """
-        A request that `enter` counted has ended.
-        """
-        entry.in_flight -= 1
-        self.in_flight -= 1
-        if len(self._built) > self.max_keys:
-            self._shrink()  # keys busy when the cache filled up may be idle now
+        self._shrink()
+        self.overfull = len(self._built) > self.max_keys
 
     def _entry(self, key: str) -> PolicyEntry | None:
         entry = self._built.get(key)
@@ -184,6 +179,7 @@ class PolicyCache:
             self._shrink(room=1)  # before adding: the new key is never the one dropped
         self._built[key] = entry
         self.last = entry
+        self.overfull = len(self._built) > self.max_keys
         return entry
 
     def _shrink(self, room: int = 0) -> None:
@@ -198,6 +194,5 @@ class PolicyCache:
             self.last = None  # the order changes: the next request asks again
             if _idle(entry):
                 del self._built[key]
-                entry.dropped = True
             else:
                 self._built.move_to_end(key)

@@ -1190,6 +1190,24 @@ def test_origins_stay_right_past_the_cache_bound() -> None:
     assert len(client_module._ORIGINS) <= client_module._MAX_ORIGINS
 
 
+@pytest.mark.parametrize(
+    ("spellings", "origin"),
+    [
+        (["http://api.test/", "http://API.test:80/x", "http://api.test./y?q=1"], "http://api.test"),
+        (["https://u:p@api.test:443/", "https://api.test/"], "https://api.test"),
+        (["http://[::1]:80/", "http://[::1]/"], "http://[::1]"),
+        (["http://api.test:8080/", "http://u@api.test:8080/z"], "http://api.test:8080"),
+    ],
+)
+def test_one_host_is_one_origin_however_its_urls_spell_it(
+    spellings: list[str], origin: str
+) -> None:
+    """Default port, case, a trailing dot, credentials, path: one key for one host."""
+    client_module._ORIGINS.clear()  # spellings met earlier must not decide the string
+    for spelled in spellings:
+        assert client_module._origin(SimpleNamespace(url=URL(spelled))) == origin  # type: ignore[arg-type]
+
+
 async def test_propagate_false_sends_nothing(
     backend: Backend, clock: FakeClock, tracer: tuple[trace.Tracer, InMemorySpanExporter]
 ) -> None:
