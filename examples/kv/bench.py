@@ -54,6 +54,7 @@ IDS = ("n1", "n2", "n3")
 VARIANTS: dict[str, list[str]] = {"resilient": [], "plain": ["--plain-peers"]}
 OPERATIONS = ("PUT", "GET")
 FLOOR = "bare aiohttp"
+P99_TARGET_MS = 50.0  # issue #9: p99 under this at half saturation
 """The variant name of the floor: one bare aiohttp process (`bench_floor`), no cluster."""
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -91,6 +92,8 @@ class Phase:
             (/proc/pressure/cpu "some"; -1 where the kernel doesn't tell).
         other_cpu: Cores used in the phase by everything but this cluster's nodes and
             the load generator: other processes disturbing the measurement.
+        requests: Requests sent (open loop; 0 for a closed loop's phase).
+        slow: Of those, how many took `P99_TARGET_MS` or longer, or failed (open loop).
     """
 
     round: int
@@ -114,6 +117,8 @@ class Phase:
     machine_busy: float = 0.0
     cpu_pressure: float = 0.0
     other_cpu: float = 0.0
+    requests: int = 0
+    slow: int = 0
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -318,8 +323,20 @@ def _measure(  # noqa: PLR0917  # private, called once
                    events_after - events_between),
             **marks_between(seen_between, seen_after),
             **machine_use(machine_between, machine_after, after - between + half.generator_cpu),
+            requests=half.requests, slow=slow_requests(half),
         ),
     ]  # fmt: skip
+
+
+def slow_requests(result: LoadResult) -> int:
+    """
+    The open loop's requests that took `P99_TARGET_MS` or longer, or failed.
+
+    Every failed request counts (one never answered has no latency), so one answered
+    with a wrong status after `P99_TARGET_MS` counts twice: an upper bound.
+    """
+    late = sum(1 for ms in result.latencies_ms if ms >= P99_TARGET_MS)
+    return late + result.errors
 
 
 def _machine() -> tuple[float, float, float, float]:
@@ -467,7 +484,8 @@ def _progress(phases: list[Phase]) -> str:
     return (
         f"round {sat.round} {sat.variant:9} {sat.op}: saturation {sat.rate:,.0f}/s"
         f" (p99 {sat.p99_ms:.1f} ms, {sat.node_cpu_us:.0f} us node CPU/req);"
-        f" half {half.rate:,.0f}/s p50 {half.p50_ms:.1f} ms p99 {half.p99_ms:.1f} ms;"
+        f" half {half.rate:,.0f}/s p50 {half.p50_ms:.1f} ms p99 {half.p99_ms:.1f} ms"
+        f" ({half.slow:,} of {half.requests:,} at {P99_TARGET_MS:g} ms or more);"
         f" policy events {sat.policy_events} / {half.policy_events};"
         f" stalls {_stalls(sat)} / {_stalls(half)};"
         f" slow commits {sat.slow_commits} / {half.slow_commits};"

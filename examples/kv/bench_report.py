@@ -23,13 +23,12 @@ from pathlib import Path
 from benchmarks._docs import command_line, merge_region
 from benchmarks._report import machine_info, package_versions
 
-from .bench import FLOOR, OPERATIONS, VARIANTS, Phase
+from .bench import FLOOR, OPERATIONS, P99_TARGET_MS, VARIANTS, Phase
 
 __all__ = ["print_table", "region", "write_docs"]
 
 BEGIN, END = "<!-- kv:begin -->", "<!-- kv:end -->"
 TARGETS = {"PUT": 3000.0, "GET": 6000.0}
-P99_TARGET_MS = 50.0
 RESILIENT_COST_TARGET = 0.10
 
 
@@ -177,15 +176,34 @@ def _targets(phases: Sequence[Phase]) -> list[str]:
         )
         met = "met" if rate >= target else "**not met**"
         lines.append(f"- {op} at saturation >= {target:,.0f}/s: {rate:,.0f}/s (median), {met}")
-        worst = max(_select(phases, op=op, variant="resilient", load="half"),
-                    key=lambda p: p.p99_ms)  # fmt: skip
-        met = "met" if worst.p99_ms < P99_TARGET_MS else "**not met**"
-        lines.append(
-            f"- {op} p99 at half saturation < {P99_TARGET_MS:g} ms: worst round"
-            f" {worst.p99_ms:.1f} ms, {met} ({_context(worst)})"
-        )
+        lines.append(_tail_verdict(phases, op))
         lines.append(_cost_verdict(phases, op))
     return lines
+
+
+def _tail_verdict(phases: Sequence[Phase], op: str) -> str:
+    """
+    "p99 under 50 ms at half saturation", judged on every request sent at half saturation.
+
+    The p99 of all of them (every round's) is under the target exactly when fewer than
+    1% took that long. Judged so, not round by round: at ~4,000 requests/s one 50 ms
+    stall of the whole machine delays about 1% of a 5 s round, so a round's own p99
+    tells whether the machine stalled once in those 5 s; the worst round is shown too.
+    """
+    half = _select(phases, op=op, variant="resilient", load="half")
+    worst = max(half, key=lambda p: p.p99_ms)
+    sent, slow = sum(p.requests for p in half), sum(p.slow for p in half)
+    if not sent:  # phases recorded before the bench counted them
+        return f"- {op} p99 at half saturation < {P99_TARGET_MS:g} ms: not counted in this run"
+    share = slow / sent
+    met = "met" if share < 0.01 else "**not met**"  # noqa: PLR2004  # the 99th percentile
+    return (
+        f"- {op} p99 at half saturation < {P99_TARGET_MS:g} ms: {share:.2%} of the"
+        f" {sent:,} requests sent at half saturation ({len(half)} rounds) took"
+        f" {P99_TARGET_MS:g} ms or more or failed (under 1%: p99 under"
+        f" {P99_TARGET_MS:g} ms), {met}; worst round's own p99 {worst.p99_ms:.1f} ms"
+        f" ({_context(worst)})"
+    )
 
 
 def _context(phase: Phase) -> str:
