@@ -1,0 +1,73 @@
+"""`python -m benchmarks.instructions`: instructions per call from two valgrind runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.instructions import instructions_per_call, main, parse_total
+from tests._paths import REPO_ROOT as ROOT
+from tests._servers import require_binary
+
+SUMMARY = """\
+==4242== Cachegrind, a high-precision tracing profiler
+==4242== I   refs:      1,234,567,890
+"""
+
+
+def test_the_total_is_read_from_cachegrinds_summary() -> None:
+    assert parse_total(SUMMARY) == 1_234_567_890
+    with pytest.raises(ValueError, match="no 'I refs' line"):
+        parse_total("==1== valgrind: failed to start tool 'cachegrind'")
+
+
+def test_one_call_is_the_difference_over_the_difference_in_calls() -> None:
+    """Start-up and building, the same in both programs, cancel out."""
+    start_up, per_call = 50_000_000, 330
+    low, high = (1000, start_up + 1000 * per_call), (4000, start_up + 4000 * per_call)
+    assert instructions_per_call(low, high) == per_call
+    with pytest.raises(ValueError, match="different numbers of calls"):
+        instructions_per_call((10, 1), (10, 2))
+
+
+def test_bad_command_lines_say_what_is_wrong() -> None:
+    with pytest.raises(SystemExit, match="--low 5 must be >= 0 and below --high 5"):
+        main(["--low", "5", "--high", "5"])
+    with pytest.raises(SystemExit, match="--runs 0: at least 1"):
+        main(["--runs", "0"])
+
+
+def test_a_worker_makes_its_calls_outside_valgrind() -> None:
+    """The process valgrind runs: builds the case and makes its calls (here, unmeasured)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.instructions", "--worker", "benchmarks.middleware",
+         "ResilienceMiddleware, Retry(3) only, propagate=False", "20"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_an_unknown_case_is_named_with_the_known_ones() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.instructions", "--worker", "benchmarks.middleware",
+         "no such case", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "has no case 'no such case'" in done.stderr
+    assert "'bare ClientSession'" in done.stderr
+
+
+def test_a_short_measurement_counts_a_gets_instructions() -> None:
+    """Two tiny programs under valgrind: a local GET executes some 100k-1M instructions."""
+    require_binary("valgrind")  # tests/run installs it; CI fails rather than skip
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.instructions", "--case", "bare ClientSession",
+         "--runs", "1", "--low", "20", "--high", "60"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    per_call = int(done.stdout.splitlines()[1].split()[0].replace(",", ""))
+    assert 100_000 < per_call < 1_000_000, done.stdout
