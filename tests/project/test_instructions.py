@@ -39,22 +39,22 @@ def test_bad_command_lines_say_what_is_wrong() -> None:
         main(["--runs", "0"])
 
 
-def test_a_worker_makes_its_calls_outside_valgrind() -> None:
-    """The process valgrind runs: builds the case and makes its calls (here, unmeasured)."""
-    done = subprocess.run(
+def _worker(case: str, calls: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "benchmarks.instructions", "--worker", "benchmarks.middleware",
-         "ResilienceMiddleware, Retry(3) only, propagate=False", "20"],
+         case, str(calls)],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
+
+
+def test_a_worker_makes_its_calls_outside_valgrind() -> None:
+    """The process valgrind runs: builds the case and makes its calls (here, unmeasured)."""
+    done = _worker("ResilienceMiddleware, Retry(3) only, propagate=False", 20)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_an_unknown_case_is_named_with_the_known_ones() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.instructions", "--worker", "benchmarks.middleware",
-         "no such case", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    done = _worker("no such case", 1)
     assert done.returncode != 0
     assert "has no case 'no such case'" in done.stderr
     assert "'bare ClientSession'" in done.stderr
