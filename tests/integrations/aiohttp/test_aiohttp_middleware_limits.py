@@ -285,6 +285,48 @@ class _Twice(Policy):
             return await fn(*args, **kwargs)
 
 
+class _Swap(Policy):
+    """
+    A user-written policy (a cache, say) answering with another response than its
+    attempt's: it sends the attempt, then returns `other` instead.
+    """
+
+    kind = "swap"
+
+    def __init__(self, other: aiohttp.ClientResponse) -> None:
+        super().__init__(name=None, clock=None, hooks=None)
+        self.other = other
+
+    async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
+        await fn(*args, **kwargs)
+        return self.other  # type: ignore[return-value]  # a response, as fn's
+
+
+async def test_a_policy_answering_with_another_response_gets_it_and_the_sent_one_is_released(
+    backend: Backend,
+) -> None:
+    """A policy returning a response other than the one its single attempt got (the
+    middleware's common case, one attempt that answered, tested inline): the caller
+    gets the policy's, and the attempt's response, unread and too big for the client's
+    buffers, is released (its connection back in the pool), not leaked."""
+
+    async def by_path_answer(_: Backend, request: web.Request) -> web.StreamResponse:
+        return web.Response(text=request.path.ljust(2**18, "."))
+
+    backend.forever(by_path_answer)
+    connector = aiohttp.TCPConnector(limit=1)  # a leaked connection would hang the next
+    async with asyncio.timeout(GUARD), aiohttp.ClientSession() as plain:
+        other = await plain.get(backend.url("/other"))
+        middleware = ResilienceMiddleware({backend.origin: _Swap(other)})
+        async with aiohttp.ClientSession(middlewares=[middleware], connector=connector) as client:
+            for _ in range(3):
+                async with client.get(backend.url("/sent")) as response:
+                    assert response is other
+                    assert acquired(connector) == 0  # /sent's response released
+                    assert (await response.text()).startswith("/other.")
+        assert [seen.path for seen in backend.seen] == ["/other"] + ["/sent"] * 3
+
+
 async def test_a_spent_one_shot_body_is_never_resent_even_by_a_policy_that_insists(
     backend: Backend,
 ) -> None:
