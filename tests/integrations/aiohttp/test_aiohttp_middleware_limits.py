@@ -465,7 +465,7 @@ async def test_a_request_runs_only_once_awaited_and_counts_in_flight_while_it_ru
     )
     never = middleware(request, handler)
     assert sent == []
-    never.close()  # type: ignore[attr-defined]  # a coroutine, dropped unawaited
+    never.close()  # a coroutine, dropped unawaited
     assert middleware._policies.in_flight() == 0
     with pytest.raises(aiohttp.ClientConnectionError):
         await within(middleware(request, handler))
@@ -499,11 +499,11 @@ def test_the_current_trace_context_is_read_as_the_api_reads_it() -> None:
 
 
 async def test_a_request_awaited_after_its_key_was_dropped_runs_under_the_keys_policy() -> None:
-    """Between `__call__` and the first await of the coroutine it returns (an outer layer
-    that wraps it in a task: `asyncio.shield`, `wait_for` on 3.11), other requests may
-    drop the key's idle policy from a full cache. The request must then run under the
-    policy the cache holds for its key, not an orphan: here a breaker that the failure
-    opens, which the next request to the host must find open."""
+    """Between `__call__` and the first await of its coroutine (an outer layer that
+    wraps it in a task: `asyncio.shield`, `wait_for` on 3.11), other requests may fill
+    the cache. The request must then run under the policy the cache holds for its key
+    when it starts, not an orphan: here a breaker that the failure opens, which the
+    next request to the host must find open."""
 
     async def refused(request: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
         raise aiohttp.ClientConnectionError("nobody home")
@@ -515,9 +515,10 @@ async def test_a_request_awaited_after_its_key_was_dropped_runs_under_the_keys_p
     middleware = ResilienceMiddleware(
         lambda key: CircuitBreaker(name=key, failure_threshold=1), key=by_path, max_keys=1
     )
-    first = middleware(request("/a"), refused)  # /a's policy built, nothing counted yet
-    other = middleware(request("/b"), refused)  # /b's built: /a's, idle, dropped
-    other.close()  # type: ignore[attr-defined]  # a coroutine, never awaited
+    first = middleware(request("/a"), refused)  # nothing looked up or counted yet
+    assert middleware.policy_for("/b") is not None  # /b's built: /a's, if any, dropped
+    other = middleware(request("/b"), refused)
+    other.close()  # a coroutine, never awaited
     with pytest.raises(aiohttp.ClientConnectionError):
         await within(first)
     breaker = middleware.policy_for("/a")
