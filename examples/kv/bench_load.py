@@ -105,8 +105,17 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    rank = math.ceil(round(q * len(ordered), 9))  # rounded: 0.29 * 100 is 28.999...
-    return ordered[min(len(ordered) - 1, max(0, rank - 1))]
+    return ordered[min(len(ordered) - 1, max(0, nearest_rank(q, len(ordered)) - 1))]
+
+
+def nearest_rank(q: float, count: int) -> int:
+    """
+    The rank (1-based) of the `q` quantile among `count` sorted values (`percentile`'s).
+
+    The quantile is under a bound exactly when at most ``count - rank`` values are at or
+    over it.
+    """
+    return math.ceil(round(q * count, 9))  # rounded: 0.29 * 100 is 28.999...
 
 
 def _children_cpu() -> float:

@@ -94,22 +94,23 @@ def default_policy(key: str, *, total: float = 30.0, per_attempt: float = 10.0) 
     )
 
 
-# Origin strings by scheme and the host and port the Host header carries (default port
-# left out, a trailing dot dropped: one origin however a URL spells it). The two parts are
-# cached on the URL once aiohttp writes the request; the string is built once per origin.
-# Cleared when full (a crawler's hosts).
-_ORIGINS: dict[tuple[str, str | None], str] = {}
+# Origin strings by scheme, host and explicit port (the URL's own origin: default port
+# left out). The host as aiohttp connects to it, a trailing dot kept: `a.test.` is resolved
+# and pooled apart from `a.test` (another name under a search domain, or none at all), so
+# its failures must not open `a.test`'s breaker. Built once per origin; cleared when full
+# (a crawler's hosts).
+_ORIGINS: dict[tuple[str, str | None, int | None], str] = {}
 _MAX_ORIGINS = 1024
 
 
 def _origin(request: ClientRequest) -> str:
     url = request.url
-    key = (url.scheme, url.host_port_subcomponent)
+    key = (url.scheme, url.raw_host, url.explicit_port)
     origin = _ORIGINS.get(key)
     if origin is None:
         if len(_ORIGINS) >= _MAX_ORIGINS:
             _ORIGINS.clear()
-        origin = _ORIGINS[key] = f"{key[0]}://{key[1]}"
+        origin = _ORIGINS[key] = str(url.origin())
     return origin
 
 

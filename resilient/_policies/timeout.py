@@ -194,7 +194,9 @@ class Timeout(Policy):
         scope.cancelling = task.cancelling()
         scope.fired = scope.live = False
         scope.token = None
-        if budget <= 0.0:  # not watched, no deadline set: nothing to undo
+        # Not `budget <= 0.0`: a NaN budget (a clock reading NaN or infinity) is refused
+        # too, never watched (it would never expire).
+        if not budget > 0.0:  # not watched, no deadline set: nothing to undo
             scope.budget = 0.0
             raise self._expired(scope)
         scope.budget = budget

@@ -155,14 +155,16 @@ def test_docs_region_is_rewritten_and_the_rest_kept(tmp_path: Path) -> None:
     # Judged on every request sent at half saturation; the worst round is shown beside
     # what the machine was doing.
     assert (
-        "PUT p99 at half saturation < 50 ms: 1.03% of the 7,750 requests sent at half"
-        " saturation (1 rounds) took 50 ms or more or failed (under 1%: p99 under 50 ms),"
+        "PUT p99 at half saturation < 50 ms: 80 of the 7,750 requests sent at half"
+        " saturation (1.03%, 1 rounds) took 50 ms or more or failed (at most 1%: p99 under"
+        " 50 ms),"
         " **not met**; worst round's own p99 60.0 ms (machine 98% busy, CPU pressure 75%,"
         " other processes 0.50 cores, 3 event-loop stalls (longest 31 ms), policy events 0)"
     ) in text
     assert (
-        "GET p99 at half saturation < 50 ms: 0.99% of the 12,500 requests sent at half"
-        " saturation (1 rounds) took 50 ms or more or failed (under 1%: p99 under 50 ms),"
+        "GET p99 at half saturation < 50 ms: 124 of the 12,500 requests sent at half"
+        " saturation (0.99%, 1 rounds) took 50 ms or more or failed (at most 1%: p99 under"
+        " 50 ms),"
         " met; worst round's own p99 4.0 ms (machine 0% busy"
     ) in text
     assert "resilient/plain 0.97 (median of 1 rounds; 0% interval 0.97-0.97), met" in text
@@ -179,14 +181,29 @@ def test_the_tail_target_is_judged_on_every_request_at_half_saturation(tmp_path:
     ]  # fmt: skip
     verdict = bench_report._tail_verdict(rounds, "PUT")  # the judgment itself
     assert verdict.startswith(
-        "- PUT p99 at half saturation < 50 ms: 0.48% of the 60,000 requests sent at half"
-        " saturation (3 rounds) took 50 ms or more or failed (under 1%: p99 under 50 ms),"
+        "- PUT p99 at half saturation < 50 ms: 290 of the 60,000 requests sent at half"
+        " saturation (0.48%, 3 rounds) took 50 ms or more or failed (at most 1%: p99 under"
+        " 50 ms),"
         " met; worst round's own p99 55.0 ms"
     )
-    heavy = [replace(p, slow=700) for p in rounds]  # 1.17% of all of them
+    heavy = [replace(p, slow=700) for p in rounds]  # 3.5% of all of them
     assert "**not met**" in bench_report._tail_verdict(heavy, "PUT")
     unrecorded = [replace(p, requests=0, slow=0) for p in rounds]  # an old --json file
     assert bench_report._tail_verdict(unrecorded, "PUT").endswith("not counted in this run")
+
+
+@pytest.mark.parametrize(("sent", "slow"), [(10_000, 100), (10_000, 101), (250, 2), (250, 3)])
+def test_the_tail_verdict_is_the_p99_of_the_requests_at_the_boundary(sent: int, slow: int) -> None:
+    """Met exactly when the bench's own p99 (nearest rank) of those requests is under
+    50 ms: with exactly 1% of them slow (100 of 10,000) the p99 is the slowest of the
+    fast ones, so the target is met; one more, and it is not."""
+    result = LoadResult(sent, 0, 1.0, latencies_ms=[1.0] * (sent - slow) + [60.0] * slow)
+    half = replace(_phase("resilient", "PUT", "half", 4000.0), requests=sent,
+                   slow=bench.slow_requests(result))  # fmt: skip
+    p99_met = percentile(result.latencies_ms, 0.99) < bench.P99_TARGET_MS
+    verdict = bench_report._tail_verdict([half], "PUT")
+    assert ("**not met**" not in verdict) is p99_met, verdict
+    assert f"{slow:,} of the {sent:,} requests" in verdict  # the count, not only a rounded share
 
 
 def test_slow_requests_counts_the_late_and_the_failed() -> None:

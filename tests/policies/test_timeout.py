@@ -292,6 +292,34 @@ async def test_spent_outer_deadline_fails_async_with_before_the_body() -> None:
     assert current_task().cancelling() == 0
 
 
+class _BrokenClock(FakeClock):
+    """A clock that reads `reading` (NaN, infinity): a broken time source."""
+
+    def __init__(self, reading: float) -> None:
+        super().__init__(auto_advance=False)
+        self.reading = reading
+
+    def monotonic(self) -> float:
+        return self.reading
+
+
+@pytest.mark.parametrize("reading", [math.nan, math.inf])
+async def test_a_budget_that_is_not_a_number_fails_closed(reading: float) -> None:
+    """A clock reading NaN or infinity leaves no measurable budget (inf - inf is NaN):
+    the call is refused at once, as a spent deadline, never run unbounded."""
+    timeout = Timeout(0.01, name="broken", clock=_BrokenClock(reading))
+    called: list[str] = []
+
+    async def fn() -> None:
+        called.append("called")
+
+    with pytest.raises(TimeoutExceeded) as info:
+        await timeout.call(fn)
+    assert called == []
+    assert (info.value.name, info.value.timeout) == ("broken", 0.0)
+    assert current_task().cancelling() == 0
+
+
 async def test_deadline_from_another_clock_is_converted() -> None:
     """An outer deadline on another clock caps the inner one by its time left."""
     outer_clock = FakeClock(start=100.0, auto_advance=False)

@@ -14,6 +14,7 @@ import asyncio
 import email.utils
 import itertools
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -1193,7 +1194,8 @@ def test_origins_stay_right_past_the_cache_bound() -> None:
 @pytest.mark.parametrize(
     ("spellings", "origin"),
     [
-        (["http://api.test/", "http://API.test:80/x", "http://api.test./y?q=1"], "http://api.test"),
+        (["http://api.test/", "http://API.test:80/x", "http://api.test/y?q=1"], "http://api.test"),
+        (["http://api.test./", "http://API.test.:80/x"], "http://api.test."),
         (["https://u:p@api.test:443/", "https://api.test/"], "https://api.test"),
         (["http://[::1]:80/", "http://[::1]/"], "http://[::1]"),
         (["http://api.test:8080/", "http://u@api.test:8080/z"], "http://api.test:8080"),
@@ -1202,10 +1204,54 @@ def test_origins_stay_right_past_the_cache_bound() -> None:
 def test_one_host_is_one_origin_however_its_urls_spell_it(
     spellings: list[str], origin: str
 ) -> None:
-    """Default port, case, a trailing dot, credentials, path: one key for one host."""
+    """Default port, case, credentials, path: one key for one host."""
     client_module._ORIGINS.clear()  # spellings met earlier must not decide the string
     for spelled in spellings:
         assert client_module._origin(SimpleNamespace(url=URL(spelled))) == origin  # type: ignore[arg-type]
+
+
+class _Resolver(aiohttp.abc.AbstractResolver):
+    """Resolves the names it knows to the loopback backend; any other is unknown."""
+
+    def __init__(self, known: set[str]) -> None:
+        self.known = known
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        if host not in self.known:
+            raise OSError(socket.EAI_NONAME, f"unknown host {host!r}")
+        return [
+            {"hostname": host, "host": LOCALHOST, "port": port, "family": socket.AF_INET,
+             "proto": 0, "flags": socket.AI_NUMERICHOST}
+        ]  # fmt: skip
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("other", ["api.test.", "api.test.."])
+async def test_a_host_spelled_with_trailing_dots_never_opens_the_plain_hosts_breaker(
+    backend: Backend, other: str
+) -> None:
+    """
+    aiohttp resolves and pools ``api.test.`` apart from ``api.test`` (under a DNS search
+    domain they are different hosts; here only the plain name resolves): failing to
+    connect to one opens its own breaker, not the other's.
+    """
+    backend.forever(200)
+    port = backend.url().port
+    plain, dotted = URL(f"http://api.test:{port}/"), URL(f"http://{other}:{port}/")
+    middleware = ResilienceMiddleware(
+        lambda key: CircuitBreaker(name=key, failure_threshold=1, reset_timeout=60.0)
+    )
+    connector = aiohttp.TCPConnector(resolver=_Resolver({"api.test"}), use_dns_cache=False)
+    async with session(middleware, connector=connector) as client:
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await within(get(client, dotted))
+        with pytest.raises(CircuitOpenError):
+            await within(get(client, dotted))  # its own breaker opened
+        assert await within(get(client, plain)) == (200, "200")
 
 
 async def test_propagate_false_sends_nothing(

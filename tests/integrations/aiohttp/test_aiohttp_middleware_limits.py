@@ -285,6 +285,48 @@ class _Twice(Policy):
             return await fn(*args, **kwargs)
 
 
+class _Swap(Policy):
+    """
+    A user-written policy (a cache, say) answering with another response than its
+    attempt's: it sends the attempt, then returns `other` instead.
+    """
+
+    kind = "swap"
+
+    def __init__(self, other: aiohttp.ClientResponse) -> None:
+        super().__init__(name=None, clock=None, hooks=None)
+        self.other = other
+
+    async def _run(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
+        await fn(*args, **kwargs)
+        return self.other  # type: ignore[return-value]  # a response, as fn's
+
+
+async def test_a_policy_answering_with_another_response_gets_it_and_the_sent_one_is_released(
+    backend: Backend,
+) -> None:
+    """A policy returning a response other than the one its single attempt got (the
+    middleware's common case, one attempt that answered, tested inline): the caller
+    gets the policy's, and the attempt's response, unread and too big for the client's
+    buffers, is released (its connection back in the pool), not leaked."""
+
+    async def by_path_answer(_: Backend, request: web.Request) -> web.StreamResponse:
+        return web.Response(text=request.path.ljust(2**18, "."))
+
+    backend.forever(by_path_answer)
+    connector = aiohttp.TCPConnector(limit=1)  # a leaked connection would hang the next
+    async with asyncio.timeout(GUARD), aiohttp.ClientSession() as plain:
+        other = await plain.get(backend.url("/other"))
+        middleware = ResilienceMiddleware({backend.origin: _Swap(other)})
+        async with aiohttp.ClientSession(middlewares=[middleware], connector=connector) as client:
+            for _ in range(3):
+                async with client.get(backend.url("/sent")) as response:
+                    assert response is other
+                    assert acquired(connector) == 0  # /sent's response released
+                    assert (await response.text()).startswith("/other.")
+        assert [seen.path for seen in backend.seen] == ["/other"] + ["/sent"] * 3
+
+
 async def test_a_spent_one_shot_body_is_never_resent_even_by_a_policy_that_insists(
     backend: Backend,
 ) -> None:
@@ -423,7 +465,7 @@ async def test_a_request_runs_only_once_awaited_and_counts_in_flight_while_it_ru
     )
     never = middleware(request, handler)
     assert sent == []
-    never.close()  # type: ignore[attr-defined]  # a coroutine, dropped unawaited
+    never.close()  # a coroutine, dropped unawaited
     assert middleware._policies.in_flight() == 0
     with pytest.raises(aiohttp.ClientConnectionError):
         await within(middleware(request, handler))
@@ -457,11 +499,11 @@ def test_the_current_trace_context_is_read_as_the_api_reads_it() -> None:
 
 
 async def test_a_request_awaited_after_its_key_was_dropped_runs_under_the_keys_policy() -> None:
-    """Between `__call__` and the first await of the coroutine it returns (an outer layer
-    that wraps it in a task: `asyncio.shield`, `wait_for` on 3.11), other requests may
-    drop the key's idle policy from a full cache. The request must then run under the
-    policy the cache holds for its key, not an orphan: here a breaker that the failure
-    opens, which the next request to the host must find open."""
+    """Between `__call__` and the first await of its coroutine (an outer layer that
+    wraps it in a task: `asyncio.shield`, `wait_for` on 3.11), other requests may fill
+    the cache. The request must then run under the policy the cache holds for its key
+    when it starts, not an orphan: here a breaker that the failure opens, which the
+    next request to the host must find open."""
 
     async def refused(request: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
         raise aiohttp.ClientConnectionError("nobody home")
@@ -473,9 +515,10 @@ async def test_a_request_awaited_after_its_key_was_dropped_runs_under_the_keys_p
     middleware = ResilienceMiddleware(
         lambda key: CircuitBreaker(name=key, failure_threshold=1), key=by_path, max_keys=1
     )
-    first = middleware(request("/a"), refused)  # /a's policy built, nothing counted yet
-    other = middleware(request("/b"), refused)  # /b's built: /a's, idle, dropped
-    other.close()  # type: ignore[attr-defined]  # a coroutine, never awaited
+    first = middleware(request("/a"), refused)  # nothing looked up or counted yet
+    assert middleware.policy_for("/b") is not None  # /b's built: /a's, if any, dropped
+    other = middleware(request("/b"), refused)
+    other.close()  # a coroutine, never awaited
     with pytest.raises(aiohttp.ClientConnectionError):
         await within(first)
     breaker = middleware.policy_for("/a")
