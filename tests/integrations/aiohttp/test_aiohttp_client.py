@@ -978,6 +978,34 @@ def test_policies_that_are_not_policies_fail_when_the_middleware_is_built(
         ResilienceMiddleware(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("key", "spelled"),
+    [
+        ("http://api:80", "http://api"),  # a default port: requests are keyed without it
+        ("https://api:443/", "https://api"),
+        ("http://api./", "http://api"),  # a trailing dot and a slash
+        ("HTTP://API:8080", "http://api:8080"),
+        ("http://api:8080/items", "http://api:8080"),  # a path
+    ],
+)
+def test_a_mapped_origin_no_request_is_keyed_by_fails_naming_its_spelling(
+    key: str, spelled: str
+) -> None:
+    """Under ``key="origin"`` a mapping's key spelled otherwise than requests' origins
+    (which would silently serve no request) is a ValueError naming the right spelling."""
+    with pytest.raises(ValueError, match=rf"{key!r}.*write {spelled!r}"):
+        ResilienceMiddleware({key: Retry(2)})
+    ResilienceMiddleware({spelled: Retry(2)})  # as requests are keyed: accepted
+    ResilienceMiddleware({key: Retry(2)}, key="route")  # other keys: not origins
+
+
+@pytest.mark.parametrize("key", ["api", "", "/items", "http://"])
+def test_a_mapped_origin_that_names_no_origin_fails(key: str) -> None:
+    """Under ``key="origin"`` a mapping's key with no scheme and host is a ValueError."""
+    with pytest.raises(ValueError, match="scheme://host"):
+        ResilienceMiddleware({key: Retry(2)})
+
+
 async def test_a_factory_returning_no_policy_fails_naming_the_key() -> None:
     """A factory that returns something else than a `Policy` fails at the key's first
     request with a TypeError naming the key, and builds nothing."""
