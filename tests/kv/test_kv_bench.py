@@ -243,6 +243,31 @@ def test_the_cost_target_is_judged_on_the_pairs_with_an_interval(
     assert "8 pairs per operation of 2 s saturation phases" in text
 
 
+def test_stdout_gives_every_targets_verdict(capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    Without the docs region (``--no-docs``, ``--quick``) stdout still says, per
+    operation, the saturation, tail and cost verdicts, in plain text; a --quick run says
+    that its verdicts judge nothing.
+    """
+    phases = [
+        replace(_phase(variant, op, load, 1000.0 if load == "saturation" else 500.0),
+                requests=2_500, slow=5)
+        for variant in ("resilient", "plain") for op in ("PUT", "GET")
+        for load in ("saturation", "half")
+    ] + [_phase(variant, op, "pair", rate, number) for number in (1, 2)
+         for op in ("PUT", "GET")
+         for variant, rate in (("resilient", 880.0), ("plain", 1000.0))]  # fmt: skip
+    bench_report.print_table(phases)
+    out = capsys.readouterr().out
+    assert "- PUT at saturation >= 3,000/s: 1,000/s (median), not met" in out
+    assert "- GET p99 at half saturation < 50 ms: 0.20% of the 2,500 requests" in out
+    assert "- GET: `resilient` costs at most 10% of throughput: resilient/plain 0.88" in out
+    assert "**" not in out
+    assert "judge nothing" not in out
+    bench_report.print_table(phases, quick=True)
+    assert "a --quick run: its verdicts judge nothing" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(("n", "coverage"), [(5, 0.9375), (8, 0.9296875), (10, 0.978515625)])
 def test_median_interval_is_the_narrowest_with_the_coverage(n: int, coverage: float) -> None:
     """Order statistics around the median, as narrow as the 90% coverage allows."""
