@@ -156,13 +156,13 @@ def test_docs_region_is_rewritten_and_the_rest_kept(tmp_path: Path) -> None:
     # what the machine was doing.
     assert (
         "PUT p99 at half saturation < 50 ms: 1.03% of the 7,750 requests sent at half"
-        " saturation (1 rounds) took 50 ms or more or failed (under 1%: p99 under 50 ms),"
+        " saturation (1 round) took 50 ms or more or failed (under 1%: p99 under 50 ms),"
         " **not met**; worst round's own p99 60.0 ms (machine 98% busy, CPU pressure 75%,"
         " other processes 0.50 cores, 3 event-loop stalls (longest 31 ms), policy events 0)"
     ) in text
     assert (
         "GET p99 at half saturation < 50 ms: 0.99% of the 12,500 requests sent at half"
-        " saturation (1 rounds) took 50 ms or more or failed (under 1%: p99 under 50 ms),"
+        " saturation (1 round) took 50 ms or more or failed (under 1%: p99 under 50 ms),"
         " met; worst round's own p99 4.0 ms (machine 0% busy"
     ) in text
     assert "resilient/plain 0.97 (median of 1 rounds; 0% interval 0.97-0.97), met" in text
