@@ -140,7 +140,8 @@ def _check_origins(policies: Mapping[str, Policy]) -> None:
 
 
 def _route(request: ClientRequest) -> str:
-    return f"{request.method} {request.url.origin()}{request.url.path}"
+    # The origin as `_origin` spells it: yarl's `origin()` keeps a trailing dot.
+    return f"{request.method} {_origin(request)}{request.url.path}"
 
 
 def method_names(owner: str, retry_methods: Collection[str]) -> frozenset[str]:

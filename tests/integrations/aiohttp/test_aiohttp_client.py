@@ -880,6 +880,28 @@ async def test_route_keys(backend: Backend, clock: FakeClock) -> None:
     assert breaker_of(middleware, f"DELETE {origin}/a").state is CircuitState.CLOSED
 
 
+async def test_route_keys_spell_the_origin_as_origin_keys_do() -> None:
+    """``key="route"`` spells its origin as ``"origin"`` does (default port left out, a
+    trailing dot on the host dropped): one route gets one policy however it is spelled."""
+    built: list[str] = []
+
+    def factory(key: str) -> Policy:
+        built.append(key)
+        return Retry(1, name="route")
+
+    middleware = ResilienceMiddleware(factory, key="route")
+
+    async def handler(_: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
+        raise aiohttp.ClientConnectionError("not sent")
+
+    for url in ("http://api.:8080/items/7", "http://api:8080/items/7?x=1",
+                "HTTP://API:80/items/7", "http://api./items/7"):  # fmt: skip
+        request = aiohttp.ClientRequest("GET", URL(url), loop=asyncio.get_running_loop())
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await within(middleware(request, handler))
+    assert built == ["GET http://api:8080/items/7", "GET http://api/items/7"]
+
+
 async def test_key_function(backend: Backend, clock: FakeClock) -> None:
     """A key function groups requests as it likes (here: by the first path segment)."""
     backend.forever(500)
