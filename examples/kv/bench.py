@@ -198,7 +198,7 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
     # Imported here: bench_report imports this module (and the repo's benchmarks/ package).
     from .bench_report import internals_line, print_table, write_docs  # noqa: PLC0415
 
-    print_table(phases)
+    print_table(phases, quick=args.quick)
     print(internals_line(internals))
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(p) for p in phases], indent=1))

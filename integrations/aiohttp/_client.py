@@ -33,6 +33,7 @@ from typing import Literal
 from aiohttp import ClientRequest, ClientResponse
 from aiohttp.client_middlewares import ClientHandlerType
 from multidict import istr
+from yarl import URL
 
 from resilient import CircuitBreaker, Policy, Retry, RetryBudget, Timeout, no_retries, pipeline
 from resilient.validation import check_seconds
@@ -114,8 +115,33 @@ def _origin(request: ClientRequest) -> str:
     return origin
 
 
+def _spelled_origin(text: str) -> str | None:
+    # The origin `_origin` gives a request for the URL `text` (None: `text` names none).
+    try:
+        url = URL(text)
+        return str(url.origin()) if url.absolute and url.raw_host else None
+    except ValueError:
+        return None
+
+
+def _check_origins(policies: Mapping[str, Policy]) -> None:
+    # A mapping's key spelled otherwise than `_origin` spells origins matches no request,
+    # and its host would go without a policy, silently.
+    for key in policies:
+        if not isinstance(key, str):
+            raise TypeError(f"ResilienceMiddleware(policies=...): the key {key!r} is not a str")
+        origin = _spelled_origin(key)
+        if origin != key:
+            fix = f"write {origin!r}" if origin else "expected 'scheme://host[:port]'"
+            raise ValueError(
+                f"ResilienceMiddleware(policies=...): the key {key!r} is no request's origin;"
+                f" {fix} (lower case, no path, no default port)"
+            )
+
+
 def _route(request: ClientRequest) -> str:
-    return f"{request.method} {request.url.origin()}{request.url.path}"
+    # The origin as `_origin` spells it (its cache saves building a URL per request).
+    return f"{request.method} {_origin(request)}{request.url.path}"
 
 
 def method_names(owner: str, retry_methods: Collection[str]) -> frozenset[str]:
@@ -162,9 +188,10 @@ class ResilienceMiddleware:
             `default` is not a `Policy` (nor one the factory returns, at the key's first
             request), `default` comes with a factory, `key` is unknown,
             `failure_status` is not callable, `max_keys` is not an int, or a header
-            name is not a str.
-        ValueError: `max_keys` < 1, or a header name is not a valid HTTP header name
-            or names the other header.
+            name or (with ``key="origin"``) a mapping's key is not a str.
+        ValueError: `max_keys` < 1, a header name is not a valid HTTP header name
+            or names the other header, or with ``key="origin"`` a mapping's key is not
+            spelled as requests' origins are (``http://api``, not ``http://api:80/``).
     """
 
     def __init__(
@@ -193,6 +220,8 @@ class ResilienceMiddleware:
                 )
             self._policies = PolicyCache(policies or default_policy, {}, None, max_keys)
         elif isinstance(policies, Mapping):
+            if key == "origin":
+                _check_origins(policies)
             self._policies = PolicyCache(None, policies, default, max_keys)
         else:
             raise TypeError(

@@ -156,14 +156,14 @@ def test_docs_region_is_rewritten_and_the_rest_kept(tmp_path: Path) -> None:
     # what the machine was doing.
     assert (
         "PUT p99 at half saturation < 50 ms: 80 of the 7,750 requests sent at half"
-        " saturation (1.03%, 1 rounds) took 50 ms or more or failed (at most 1%: p99 under"
+        " saturation (1.03%, 1 round) took 50 ms or more or failed (at most 1%: p99 under"
         " 50 ms),"
         " **not met**; worst round's own p99 60.0 ms (machine 98% busy, CPU pressure 75%,"
         " other processes 0.50 cores, 3 event-loop stalls (longest 31 ms), policy events 0)"
     ) in text
     assert (
         "GET p99 at half saturation < 50 ms: 124 of the 12,500 requests sent at half"
-        " saturation (0.99%, 1 rounds) took 50 ms or more or failed (at most 1%: p99 under"
+        " saturation (0.99%, 1 round) took 50 ms or more or failed (at most 1%: p99 under"
         " 50 ms),"
         " met; worst round's own p99 4.0 ms (machine 0% busy"
     ) in text
@@ -258,6 +258,31 @@ def test_the_cost_target_is_judged_on_the_pairs_with_an_interval(
         f" {statistics.median(ratios):.2f} {verdict}" in text
     )
     assert "8 pairs per operation of 2 s saturation phases" in text
+
+
+def test_stdout_gives_every_targets_verdict(capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    Without the docs region (``--no-docs``, ``--quick``) stdout still says, per
+    operation, the saturation, tail and cost verdicts, in plain text; a --quick run says
+    that its verdicts judge nothing.
+    """
+    phases = [
+        replace(_phase(variant, op, load, 1000.0 if load == "saturation" else 500.0),
+                requests=2_500, slow=5)
+        for variant in ("resilient", "plain") for op in ("PUT", "GET")
+        for load in ("saturation", "half")
+    ] + [_phase(variant, op, "pair", rate, number) for number in (1, 2)
+         for op in ("PUT", "GET")
+         for variant, rate in (("resilient", 880.0), ("plain", 1000.0))]  # fmt: skip
+    bench_report.print_table(phases)
+    out = capsys.readouterr().out
+    assert "- PUT at saturation >= 3,000/s: 1,000/s (median), not met" in out
+    assert "- GET p99 at half saturation < 50 ms: 5 of the 2,500 requests sent at half" in out
+    assert "- GET: `resilient` costs at most 10% of throughput: resilient/plain 0.88" in out
+    assert "**" not in out
+    assert "judge nothing" not in out
+    bench_report.print_table(phases, quick=True)
+    assert "a --quick run: its verdicts judge nothing" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("n", "coverage"), [(5, 0.9375), (8, 0.9296875), (10, 0.978515625)])

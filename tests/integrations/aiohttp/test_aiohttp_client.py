@@ -881,6 +881,31 @@ async def test_route_keys(backend: Backend, clock: FakeClock) -> None:
     assert breaker_of(middleware, f"DELETE {origin}/a").state is CircuitState.CLOSED
 
 
+async def test_route_keys_spell_the_origin_as_origin_keys_do() -> None:
+    """``key="route"`` spells its origin as ``"origin"`` does: default port left out, case
+    folded, a trailing dot kept (aiohttp resolves and pools ``api.`` apart from ``api``)."""
+    built: list[str] = []
+
+    def factory(key: str) -> Policy:
+        built.append(key)
+        return Retry(1, name="route")
+
+    middleware = ResilienceMiddleware(factory, key="route")
+
+    async def handler(_: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
+        raise aiohttp.ClientConnectionError("not sent")
+
+    for url in ("http://api.:8080/items/7", "http://api:8080/items/7?x=1",
+                "HTTP://API:80/items/7", "http://api./items/7"):  # fmt: skip
+        request = aiohttp.ClientRequest("GET", URL(url), loop=asyncio.get_running_loop())
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await within(middleware(request, handler))
+    assert built == [
+        "GET http://api.:8080/items/7", "GET http://api:8080/items/7", "GET http://api/items/7",
+        "GET http://api./items/7",
+    ]  # fmt: skip
+
+
 async def test_key_function(backend: Backend, clock: FakeClock) -> None:
     """A key function groups requests as it likes (here: by the first path segment)."""
     backend.forever(500)
@@ -977,6 +1002,34 @@ def test_policies_that_are_not_policies_fail_when_the_middleware_is_built(
     never serve) too."""
     with pytest.raises(TypeError, match=message):
         ResilienceMiddleware(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("key", "spelled"),
+    [
+        ("http://api:80", "http://api"),  # a default port: requests are keyed without it
+        ("https://api:443/", "https://api"),
+        ("http://api./", "http://api."),  # a slash (the trailing dot is another host)
+        ("HTTP://API:8080", "http://api:8080"),
+        ("http://api:8080/items", "http://api:8080"),  # a path
+    ],
+)
+def test_a_mapped_origin_no_request_is_keyed_by_fails_naming_its_spelling(
+    key: str, spelled: str
+) -> None:
+    """Under ``key="origin"`` a mapping's key spelled otherwise than requests' origins
+    (which would silently serve no request) is a ValueError naming the right spelling."""
+    with pytest.raises(ValueError, match=rf"{key!r}.*write {spelled!r}"):
+        ResilienceMiddleware({key: Retry(2)})
+    ResilienceMiddleware({spelled: Retry(2)})  # as requests are keyed: accepted
+    ResilienceMiddleware({key: Retry(2)}, key="route")  # other keys: not origins
+
+
+@pytest.mark.parametrize("key", ["api", "", "/items", "http://"])
+def test_a_mapped_origin_that_names_no_origin_fails(key: str) -> None:
+    """Under ``key="origin"`` a mapping's key with no scheme and host is a ValueError."""
+    with pytest.raises(ValueError, match="scheme://host"):
+        ResilienceMiddleware({key: Retry(2)})
 
 
 async def test_a_factory_returning_no_policy_fails_naming_the_key() -> None:
