@@ -213,12 +213,6 @@ class Attempts(ABC):
         """
         return bool(getattr(self._body, "consumed", False))
 
-    def one_shot(self) -> bool:
-        """
-        Whether the body is a stream, read once: then the request runs once.
-        """
-        return self._one_shot
-
     async def run(
         self, call: Callable[..., Awaitable[ClientResponse]], *args: Any, once: bool
     ) -> ClientResponse:
