@@ -156,7 +156,8 @@ def print_table(phases: Sequence[Phase], *, quick: bool = False) -> None:
     The summary table, the resilient/plain ratios and the targets' verdicts, on stdout.
 
     The verdicts are those of the docs region, so a run with ``--no-docs`` shows them
-    too; a ``--quick`` run (12 connections, 1 s phases, 2 pairs) says they judge nothing.
+    too; a ``--quick`` run (a smoke run's short phases and few pairs) says they judge
+    nothing.
     """
     table = [HEADER, *rows(phases)]
     widths = [max(len(row[i]) for row in table) for i in range(len(HEADER))]
@@ -172,8 +173,7 @@ def print_table(phases: Sequence[Phase], *, quick: bool = False) -> None:
     print(f"load generator CPU: {_spread(generator, '.2f')} cores (median, range)")
     print(
         "Targets (issue #9)"
-        + (": a --quick run: its verdicts judge nothing (12 connections, 1 s phases, 2 pairs)"
-           if quick else ":")
+        + (": a --quick run: its verdicts judge nothing" if quick else ":")
     )  # fmt: skip
     for line in _targets(phases):
         print(line.replace("**", ""))  # the region's Markdown emphasis, not for a terminal
