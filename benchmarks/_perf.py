@@ -127,6 +127,12 @@ def close_at_end(close: Callable[[], Awaitable[object]]) -> None:
     _closers.append(close)
 
 
+async def close_all() -> None:
+    """Await every `close_at_end` callback (the cases' sessions), once."""
+    while _closers:
+        await _closers.pop(0)()
+
+
 async def interleave(
     cases: Sequence[Case], rounds: int, calls: int, seed: int
 ) -> dict[str, list[float]]:
@@ -144,8 +150,7 @@ async def interleave(
                 elapsed = await timed(case, fns[case.name], loops)
                 samples[case.name].append(elapsed / (loops * case.inner))
     finally:
-        for close in _closers:
-            await close()
+        await close_all()
     return samples
 
 

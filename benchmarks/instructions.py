@@ -76,11 +76,12 @@ def _case(module: str, name: str) -> Case:
 
 
 async def _calls(case: Case, count: int) -> None:
-    fn = await _perf.built(case)
-    for _ in range(count):
-        await fn()
-    for close in _perf._closers:  # noqa: SLF001  # the harness's own sessions
-        await close()
+    try:
+        fn = await _perf.built(case)
+        for _ in range(count):
+            await fn()
+    finally:
+        await _perf.close_all()
 
 
 def _worker(module: str, name: str, count: int) -> None:
