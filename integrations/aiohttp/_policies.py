@@ -150,9 +150,10 @@ class PolicyCache:
         """
         Requests in flight, all keys together.
         """
-        entries = (*self._fixed.values(), *self._built.values())
-        default = () if self._default is None else (self._default,)
-        return sum(entry.in_flight for entry in (*entries, *default))
+        entries = [*self._fixed.values(), *self._built.values()]
+        if self._default is not None:
+            entries.append(self._default)
+        return sum(entry.in_flight for entry in entries)
 
     def shrink(self) -> None:
         """
