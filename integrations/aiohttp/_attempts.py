@@ -59,6 +59,7 @@ __all__ = [
     "as_payload",
     "is_failure_status",
     "parse_retry_after",
+    "resend_rules",
 ]
 
 
@@ -161,6 +162,16 @@ def as_payload(data: Any) -> Payload | None:
         return FormData(data)()
 
 
+def resend_rules(body: object) -> tuple[bool, bool]:
+    """
+    How the attempts may send `body`: (file-like, one-shot).
+
+    A file-like body has one read position: its attempts must not overlap. A one-shot
+    body (a stream) is sent by one attempt only.
+    """
+    return isinstance(body, IOBasePayload), isinstance(body, AsyncIterablePayload)
+
+
 class Attempts(ABC):
     """
     The attempts of one request: sends each, releases every response but the caller's.
@@ -197,9 +208,7 @@ class Attempts(ABC):
         if body is None or type(body) is bytes:  # no body (aiohttp says b""; it wraps bytes)
             self._file_like = self._one_shot = False  # two ABC checks skipped per request
         else:
-            # A file-like body has one read position: its attempts must not overlap.
-            self._file_like = isinstance(body, IOBasePayload)
-            self._one_shot = isinstance(body, AsyncIterablePayload)
+            self._file_like, self._one_shot = resend_rules(body)
 
     @abstractmethod
     def _attempt(self, *args: Any) -> Awaitable[ClientResponse]:

@@ -38,7 +38,13 @@ from yarl import URL
 from resilient import CircuitBreaker, Policy, Retry, RetryBudget, Timeout, no_retries, pipeline
 from resilient.validation import check_seconds
 
-from ._attempts import Attempts, UnhealthyResponse, is_failure_status, parse_retry_after
+from ._attempts import (
+    Attempts,
+    UnhealthyResponse,
+    is_failure_status,
+    parse_retry_after,
+    resend_rules,
+)
 from ._policies import DEFAULT_MAX_KEYS, PolicyCache
 from ._propagation import DEADLINE_HEADER, PRIORITY_HEADER, stamp_headers
 
@@ -102,6 +108,9 @@ def default_policy(key: str, *, total: float = 30.0, per_attempt: float = 10.0) 
 # (a crawler's hosts).
 _ORIGINS: dict[tuple[str, str | None, int | None], str] = {}
 _MAX_ORIGINS = 1024
+
+
+_IN_MEMORY = (False, False)  # `resend_rules` of bytes: not file-like, not one-shot
 
 
 def _origin(request: ClientRequest) -> str:
@@ -274,7 +283,10 @@ class ResilienceMiddleware:
         Raises:
             TypeError: The policy returned something else than a response.
         """
-        key = self._key(request)
+        key_of, url = self._key, request.url
+        # The default key's cache hit written out (every request pays it), else the call.
+        origin = (url.scheme, url.raw_host, url.explicit_port) if key_of is _origin else None
+        key = _ORIGINS.get(origin) or key_of(request)  # type: ignore[arg-type]  # None: a miss
         cache = self._policies
         entry = cache.last
         if entry is None or entry.key != key:  # most requests: the key of the one before
@@ -283,7 +295,18 @@ class ResilienceMiddleware:
                 if self._propagate:
                     stamp_headers(request.headers, self._deadline_header, self._priority_header)
                 return await handler(request)
-        attempts = _RequestAttempts(request.body, self._failure_status)
+        # `Attempts.__init__`'s fields set here, one by one: calling a class's Python
+        # `__init__` costs more than all of them, and every request builds one.
+        attempts = _RequestAttempts.__new__(_RequestAttempts)
+        attempts._failure_status = self._failure_status  # noqa: SLF001
+        attempts._held = []  # noqa: SLF001
+        attempts._failed = ()  # noqa: SLF001
+        attempts._last_error = None  # noqa: SLF001
+        attempts._sent = 0  # noqa: SLF001
+        attempts._sending = False  # noqa: SLF001
+        body = request.body  # aiohttp's b"" when there is none
+        rules = _IN_MEMORY if type(body) is bytes else resend_rules(body)
+        attempts._file_like, attempts._one_shot = rules  # noqa: SLF001
         attempts.request = request
         attempts.handler = handler
         attempts.middleware = self
@@ -331,8 +354,8 @@ class _RequestAttempts(Attempts):
     The attempts of one request through the middleware: the same request, re-sent.
     """
 
-    # Set by the middleware right after construction (`Attempts.__init__` is the only
-    # frame: every request builds one of these).
+    # Built by the middleware field by field, with these three, and no ``_body``: the
+    # body is the request's own, read anew before each re-send (`_spent`).
     __slots__ = ("handler", "middleware", "request")
 
     handler: ClientHandlerType
