@@ -224,6 +224,8 @@ def _internals(cluster: LocalCluster) -> dict[str, float]:
         "slowest_full_gc_ms": max(v["gc"]["slowest_full_ms"] for v in views),
         "hedges": sum(v["hedges"] for v in views),
         "hedges_refused": sum(v["hedges_refused"] for v in views),
+        "repairs": sum(v["repairs"] for v in views),
+        "hints_written": sum(v["hints_written"] for v in views),
         "keys_per_read_batch": sum(b["keys"] for b in batching)
         / max(1, sum(b["read_batches"] for b in batching)),
         "records_per_write_batch": sum(b["records"] for b in batching)

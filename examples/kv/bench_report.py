@@ -146,6 +146,7 @@ def internals_line(internals: dict[str, dict[str, float]]) -> str:
         f" {both('slowest_checkpoint_ms', '.1f')} ms, full GCs {both('full_gcs', '.0f')}"
         f" (slowest {both('slowest_full_gc_ms', '.1f')} ms), hedged reads"
         f" {both('hedges', ',.0f')} (refused by the budget {both('hedges_refused', ',.0f')}),"
+        f" read repairs {both('repairs', ',.0f')}, hinted writes {both('hints_written', ',.0f')},"
         f" keys per read batch {both('keys_per_read_batch', '.1f')}, records per write"
         f" batch {both('records_per_write_batch', '.1f')}"
     )

@@ -243,6 +243,7 @@ def test_the_cost_target_is_judged_on_the_pairs_with_an_interval(
     internals = {
         variant: {"slowest_commit_ms": 12.5, "slowest_checkpoint_ms": 3.0, "full_gcs": 4,
                   "slowest_full_gc_ms": 9.0, "hedges": 1200, "hedges_refused": 30,
+                  "repairs": 7, "hints_written": 2_500,
                   "keys_per_read_batch": 8.25, "records_per_write_batch": 13.0}
         for variant in ("resilient", "plain")
     }  # fmt: skip
@@ -251,7 +252,8 @@ def test_the_cost_target_is_judged_on_the_pairs_with_an_interval(
     assert (
         "slowest group commit 12.5 / 12.5 ms, slowest background WAL checkpoint 3.0 / 3.0 ms,"
         " full GCs 4 / 4 (slowest 9.0 / 9.0 ms), hedged reads 1,200 / 1,200 (refused by the"
-        " budget 30 / 30), keys per read batch 8.2 / 8.2" in text
+        " budget 30 / 30), read repairs 7 / 7, hinted writes 2,500 / 2,500, keys per read"
+        " batch 8.2 / 8.2" in text
     )
     assert (
         "- GET: `resilient` costs at most 10% of throughput: resilient/plain"
