@@ -9,11 +9,16 @@ Each case of a timing benchmark (its module's ``cases()``) runs in a process of 
 under ``valgrind --tool=cachegrind --cache-sim=no``, twice: once making `--low` calls after
 building the case, once `--high`. The difference of the two programs' instruction counts
 over the difference of their calls is what one call executes; start-up, imports, the
-case's own server and its building cancel out. Two runs agree within a few hundred
-instructions of a ~330,000-instruction local GET, where a timing's run-to-run noise is a
-few percent: a change of 1% in what a call executes shows. Instructions are not time (a
-cache miss costs more than an add; the timings stay the figures the targets judge), but
-they rank changes to Python code well: each bytecode executed costs tens of them.
+case's own server and its building cancel out. Run N runs every program with
+``PYTHONHASHSEED=N``: string hashes, and with them the layout of every dict and set,
+are then the same in a case's two programs (start-up cancels exactly) and in every case
+of that run (cases are compared on equal terms); left random, they moved a case's count
+by a thousand instructions or more from one invocation to the next. Runs agree within
+a few hundred instructions of a ~330,000-instruction local GET, where a timing's
+run-to-run noise is a few percent: a change of 1% in what a call executes shows.
+Instructions are not time (a cache miss costs more than an add; the timings stay the
+figures the targets judge), but they rank changes to Python code well: each bytecode
+executed costs tens of them.
 
 Needs valgrind (``apt-get install valgrind``); a run of the middleware's eight cases takes
 about 5 minutes.
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import re
 import shutil
 import statistics
@@ -34,7 +40,7 @@ from collections.abc import Sequence
 from benchmarks import _perf
 from benchmarks._perf import Case
 
-__all__ = ["instructions_per_call", "main", "parse_total"]
+__all__ = ["instructions_per_call", "main", "parse_total", "worker_environment"]
 
 # cachegrind's summary line: "==123== I   refs:      1,234,567"
 _TOTAL = re.compile(r"I\s+refs:\s+([\d,]+)")
@@ -88,12 +94,21 @@ def _worker(module: str, name: str, count: int) -> None:
     asyncio.run(_calls(_case(module, name), count))
 
 
-def _count(valgrind: str, module: str, name: str, calls: int) -> int:
+def worker_environment(run: int) -> dict[str, str]:
+    """
+    The environment of run `run`'s programs: this one's, string hashing seeded with `run`.
+    """
+    return {**os.environ, "PYTHONHASHSEED": str(run)}
+
+
+def _count(valgrind: str, module: str, name: str, calls: int, run: int) -> int:
     argv = [
         valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
         sys.executable, "-m", "benchmarks.instructions", "--worker", module, name, str(calls),
     ]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, check=False, env=worker_environment(run)
+    )
     if done.returncode != 0:
         raise SystemExit(f"benchmarks.instructions: {name!r} failed:\n{done.stderr[-2000:]}")
     return parse_total(done.stderr)
@@ -121,10 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(args.module)
     names = args.case or [case.name for case in _perf.available(module.cases())[0]]
     per_call: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(args.runs):
+    for run in range(1, args.runs + 1):
         for name in names:  # one case after another: nothing here depends on the load
-            low = (args.low, _count(valgrind, args.module, name, args.low))
-            high = (args.high, _count(valgrind, args.module, name, args.high))
+            low = (args.low, _count(valgrind, args.module, name, args.low, run))
+            high = (args.high, _count(valgrind, args.module, name, args.high, run))
             per_call[name].append(instructions_per_call(low, high))
     base = per_call[names[0]]
     print(f"instructions per call, median (min-max) of {args.runs} runs;"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from benchmarks.instructions import instructions_per_call, main, parse_total
+from benchmarks.instructions import instructions_per_call, main, parse_total, worker_environment
 from tests._paths import REPO_ROOT as ROOT
 from tests._servers import require_binary
 
@@ -30,6 +30,15 @@ def test_one_call_is_the_difference_over_the_difference_in_calls() -> None:
     assert instructions_per_call(low, high) == per_call
     with pytest.raises(ValueError, match="different numbers of calls"):
         instructions_per_call((10, 1), (10, 2))
+
+
+def test_each_run_seeds_string_hashing_with_its_number() -> None:
+    """
+    Dict and set layouts then match in a case's two programs and across the run's cases;
+    left random, a count moved by a thousand instructions between invocations.
+    """
+    assert worker_environment(2)["PYTHONHASHSEED"] == "2"
+    assert worker_environment(1)["PATH"]  # the rest of the environment is kept
 
 
 def test_bad_command_lines_say_what_is_wrong() -> None:
