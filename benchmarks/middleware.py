@@ -105,6 +105,11 @@ class _Floor:
             return await handler(request)
 
 
+async def _pass_through(request: Any, handler: Any) -> Any:
+    """A client middleware that only awaits its handler: what any middleware costs."""
+    return await handler(request)
+
+
 def _url() -> str:
     """The server's URL; the server starts on first use and stops when this process exits."""
     if not _SERVER:
@@ -158,6 +163,9 @@ def cases() -> list[Case]:
              "ResilienceMiddleware(<same factory>, propagate=False)"),
         Case("aiohttp-retry RetryClient", _getter(_retry_client),
              "RetryClient(retry_options=ExponentialRetry(attempts=3))", ("aiohttp_retry",)),
+        Case(PASS_THROUGH, _getter(lambda: session(middlewares=[_pass_through])),
+             "ClientSession(middlewares=[handler_only]): aiohttp's per-request cost of any"
+             " middleware"),
         Case(RETRY_ONLY,
              _getter(lambda: session(middlewares=[
                  ResilienceMiddleware(lambda _: Retry(attempts=3), propagate=False)])),
@@ -174,6 +182,7 @@ def cases() -> list[Case]:
 
 
 RETRY_ONLY = "ResilienceMiddleware, Retry(3) only, propagate=False"
+PASS_THROUGH = "a middleware that only awaits its handler"
 FLOOR_DEFAULT = "hand-written floor: the default policy's work"
 FLOOR_FULL = "hand-written floor: the full pipeline's work"
 
@@ -201,6 +210,8 @@ PAGE = Report(
                [("aiohttp-retry RetryClient", BARE)], 1.0),
         Figure("Retry(3) only / RetryClient (overheads): the same retries",
                (RETRY_ONLY, BARE), [("aiohttp-retry RetryClient", BARE)], 1.0),
+        Figure("a middleware that only awaits its handler: overhead % of a bare GET",
+               (PASS_THROUGH, BARE), [(BARE, None)], percent=True),
         Figure("hand-written floor of the default policy: overhead % of a bare GET",
                (FLOOR_DEFAULT, BARE), [(BARE, None)], percent=True),
         Figure("hand-written floor of the full pipeline: overhead % of a bare GET",
