@@ -95,6 +95,8 @@ class Phase:
             the load generator: other processes disturbing the measurement.
         requests: Requests sent (open loop; 0 for a closed loop's phase).
         slow: Of those, how many took `P99_TARGET_MS` or longer, or failed (open loop).
+        writes_per_commit: Writes per group commit in the phase, over the nodes (0: no
+            commit): smaller groups cost more CPU per write, whatever the peers run.
     """
 
     round: int
@@ -120,6 +122,7 @@ class Phase:
     other_cpu: float = 0.0
     requests: int = 0
     slow: int = 0
+    writes_per_commit: float = 0.0
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -275,17 +278,19 @@ def _pairs(
         for number in range(1, args.pairs + 1):
             for name in names if number % 2 else names[::-1]:
                 pids = [p.pid for p in clusters[name].processes.values()]
-                cpu = _cpu(pids)
+                seen, cpu = node_marks(addresses[name]), _cpu(pids)
                 result = closed_loop(
                     addresses[name], op, connections=args.connections,
                     seconds=args.pair_seconds, keys=args.keys, value_bytes=args.value_bytes,
                 )  # fmt: skip
-                phases.append(_phase(number, name, op, "pair", result, 0.0, _cpu(pids) - cpu))
+                phase = _phase(number, name, op, "pair", result, 0.0, _cpu(pids) - cpu)
+                phases.append(replace(phase, **marks_between(seen, node_marks(addresses[name]))))
             resilient, plain = (next(p for p in phases[-2:] if p.variant == n) for n in names)
             print(
                 f"pair {number} {op}: resilient/plain throughput"
                 f" {resilient.rate / max(plain.rate, 1e-9):.2f}, node CPU per request"
-                f" {resilient.node_cpu_us / max(plain.node_cpu_us, 1e-9):.2f}",
+                f" {resilient.node_cpu_us / max(plain.node_cpu_us, 1e-9):.2f}, writes per"
+                f" group commit {resilient.writes_per_commit:.1f} / {plain.writes_per_commit:.1f}",
                 flush=True,
             )
     return phases
@@ -390,6 +395,7 @@ def node_marks(nodes: list[str]) -> dict[str, dict[str, Any]]:
         marks[view["node"]] = {
             "at": time.time(), "loop": view["loop"],
             "slow_commits": view["storage"]["slow_commits"],
+            "commits": view["storage"]["commits"], "writes": view["storage"]["writes"],
             "hints_written": view["hints_written"],
         }  # fmt: skip
     return marks
@@ -406,6 +412,8 @@ def marks_between(
     left out of the longest, never of the count).
     """
     stalls, longest = {}, {}
+    commits = sum(after[n]["commits"] - m["commits"] for n, m in before.items())
+    writes = sum(after[n]["writes"] - m["writes"] for n, m in before.items())
     for node, then in sorted(before.items()):
         now = after[node]
         stalls[node] = now["loop"]["stalls"] - then["loop"]["stalls"]
@@ -417,6 +425,7 @@ def marks_between(
                             for n, m in before.items()),
         "hints_written": sum(after[n]["hints_written"] - m["hints_written"]
                              for n, m in before.items()),
+        "writes_per_commit": round(writes / commits, 2) if commits else 0.0,
     }  # fmt: skip
 
 
