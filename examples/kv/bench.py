@@ -14,9 +14,13 @@ each cluster and operation a round measures:
 2. half of it: an open loop at half that round's saturation rate, p50/p99 measured from
    when each request was due.
 
-After the rounds, ``--pairs`` pairs of short saturation phases per operation load the
-two clusters back to back (in ABBA order, so a linear drift of the machine cancels
-out): the resilient/plain throughput ratio is judged on the median of those pairs, with
+After the rounds, ``--pairs`` pairs of short saturation phases per operation judge the
+resilient/plain throughput ratio: a pair loads one cluster twice back to back, its
+nodes' peer calls switched between the two modes (``PUT /internal/peer-calls``) in ABBA
+order, so a linear drift of the machine cancels out and nothing but the calls' path
+differs (same processes, same data: a cluster's own slow-varying state, its WAL, heap
+and layout, once made one run's clusters differ by more than the 10% judged); the two
+clusters take turns, pair by pair. The ratio is judged on the median of the pairs, with
 a distribution-free interval, since a round's ratio alone is noisier than the 10% it
 judges on a shared machine.
 
@@ -271,29 +275,54 @@ def _rounds(
 def _pairs(
     args: argparse.Namespace, clusters: dict[str, LocalCluster], addresses: dict[str, list[str]]
 ) -> list[Phase]:
-    # Short saturation phases, the two clusters back to back, ABBA: what judges the ratio.
+    # Short saturation phases judging the ratio: each pair on one cluster, its nodes'
+    # peer calls switched between the two modes (nothing else differs: same processes,
+    # same data, same moment), in ABBA order; the clusters take turns, pair by pair.
     phases: list[Phase] = []
     names = list(clusters)
     for op in OPERATIONS:
         for number in range(1, args.pairs + 1):
-            for name in names if number % 2 else names[::-1]:
-                pids = [p.pid for p in clusters[name].processes.values()]
-                seen, cpu = node_marks(addresses[name]), _cpu(pids)
+            host = names[(number - 1) % len(names)]
+            cluster, nodes = clusters[host], addresses[host]
+            pids = [p.pid for p in cluster.processes.values()]
+            for mode in names if number % 2 else names[::-1]:
+                switch_peer_calls(nodes, cluster.token, resilient=mode == "resilient")
+                seen, cpu = node_marks(nodes), _cpu(pids)
                 result = closed_loop(
-                    addresses[name], op, connections=args.connections,
-                    seconds=args.pair_seconds, keys=args.keys, value_bytes=args.value_bytes,
+                    nodes, op, connections=args.connections, seconds=args.pair_seconds,
+                    keys=args.keys, value_bytes=args.value_bytes,
                 )  # fmt: skip
-                phase = _phase(number, name, op, "pair", result, 0.0, _cpu(pids) - cpu)
-                phases.append(replace(phase, **marks_between(seen, node_marks(addresses[name]))))
+                phase = _phase(number, mode, op, "pair", result, 0.0, _cpu(pids) - cpu)
+                phases.append(replace(phase, **marks_between(seen, node_marks(nodes))))
+            switch_peer_calls(nodes, cluster.token, resilient=host == "resilient")  # as started
             resilient, plain = (next(p for p in phases[-2:] if p.variant == n) for n in names)
             print(
-                f"pair {number} {op}: resilient/plain throughput"
+                f"pair {number} {op} (on the {host} cluster): resilient/plain throughput"
                 f" {resilient.rate / max(plain.rate, 1e-9):.2f}, node CPU per request"
                 f" {resilient.node_cpu_us / max(plain.node_cpu_us, 1e-9):.2f}, writes per"
                 f" group commit {resilient.writes_per_commit:.1f} / {plain.writes_per_commit:.1f}",
                 flush=True,
             )
     return phases
+
+
+def switch_peer_calls(nodes: list[str], token: str, *, resilient: bool) -> None:
+    """
+    Make each of `nodes` call its peers with policies or without (plain aiohttp).
+
+    Raises:
+        ClusterStartError: A node did not confirm the mode.
+    """
+    body = json.dumps({"resilient": resilient}).encode()
+    for node in nodes:
+        request = urllib.request.Request(
+            f"http://{node}/internal/peer-calls", data=body, method="PUT",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10.0) as answer:  # noqa: S310  # our nodes
+            now = json.load(answer)["resilient"]
+        if now is not resilient:
+            raise ClusterStartError(f"{node} did not switch its peer calls (resilient={now})")
 
 
 def _measure_floor(args: argparse.Namespace, number: int, op: str, pid: int, address: str) -> Phase:

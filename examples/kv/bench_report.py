@@ -4,7 +4,8 @@ The bench's figures: a table on stdout and the ``kv`` region of docs/benchmarks.
 Each figure is the median over rounds with its range (min-max); the resilient/plain
 ratio is taken round by round (each round loads both clusters back to back), then
 summarised the same way. The 10% target is judged on the pairs of short back-to-back
-saturation phases (``--pairs``): their median ratio and a distribution-free interval
+saturation phases (``--pairs``, each on one cluster switched between the two modes of
+peer calls): their median ratio and a distribution-free interval
 for it (order statistics of the binomial, no assumption on the noise's shape), "met"
 only when the whole interval clears 0.90, "not met" only when it lies below, and "not
 resolved" when the noise is too wide to tell.
@@ -49,7 +50,8 @@ def _select(phases: Sequence[Phase], **match: object) -> list[Phase]:
 def _ratios(
     phases: Sequence[Phase], op: str, field: str = "rate", load: str = "saturation"
 ) -> list[float]:
-    # Round by round (or pair by pair): both clusters were loaded back to back.
+    # Round by round (both clusters loaded back to back), or pair by pair (one cluster
+    # loaded in both modes back to back).
     ratios = []
     for number in sorted({p.round for p in phases}):
         pair = {
@@ -267,8 +269,9 @@ def region(phases: Sequence[Phase], argv: list[str], *, began: float,
         " worst node's percentile."
         + (
             f" Then {args.pairs} pairs per operation of {args.pair_seconds:g} s saturation"
-            " phases, the two clusters back to back in ABBA order: these judge the 10%"
-            " target."
+            " phases, each on one cluster (the two take turns) loaded back to back with"
+            " its nodes' peer calls switched to `resilient` and to plain aiohttp"
+            " (`PUT /internal/peer-calls`), in ABBA order: these judge the 10% target."
             if getattr(args, "pairs", 0)
             else ""
         ),

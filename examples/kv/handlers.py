@@ -212,6 +212,28 @@ async def internal_key(request: web.Request) -> web.StreamResponse:
     return web.Response(body=record.value or b"", headers=headers)
 
 
+async def internal_peer_calls(request: web.Request) -> web.StreamResponse:
+    """
+    ``PUT /internal/peer-calls``: this node's calls to its peers, with or without policies.
+
+    Body ``{"resilient": true}`` or ``{"resilient": false}`` (plain aiohttp, as with
+    ``--plain-peers``); answers the mode now in force. For benchmarks: one set of
+    processes measured both ways, so nothing but the calls' path differs.
+    """
+    node = request.app[NODE_KEY]
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, or nested too deep
+        return error_response(400, 'body: expected JSON {"resilient": true|false}')
+    if not isinstance(body, dict) or set(body) != {"resilient"}:
+        return error_response(400, 'body: expected exactly one field, {"resilient": true|false}')
+    resilient = body["resilient"]
+    if not isinstance(resilient, bool):
+        return error_response(400, f"resilient: expected true or false, got {resilient!r:.40}")
+    node.peers.switch(plain=not resilient)
+    return web.json_response({"node": node.id, "resilient": not node.peers.plain})
+
+
 async def cluster(request: web.Request) -> web.StreamResponse:
     """
     ``GET /cluster``: members, status as seen from here, ring ownership.
@@ -243,6 +265,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/internal/replicate", internal_replicate),
         web.post("/internal/read", internal_read),
         web.get("/internal/kv/{key:[\\s\\S]*}", internal_key),
+        web.put("/internal/peer-calls", internal_peer_calls),
         web.get("/cluster", cluster),
         web.get("/health", health),
     ]

@@ -78,7 +78,8 @@ class Peers:
         hooks: Event hooks for every peer policy (metrics).
         tracing: When set, each record carries its writer's ``traceparent``.
         plain: No policies: plain aiohttp with a total timeout per call, the baseline
-            that benchmarks compare `resilient` against (``--plain-peers``).
+            that benchmarks compare `resilient` against (``--plain-peers``). Switched
+            at run time by `switch` (``PUT /internal/peer-calls``).
     """
 
     def __init__(
@@ -94,7 +95,7 @@ class Peers:
         plain: bool = False,
     ) -> None:
         self._tracing = tracing
-        self.plain = plain
+        self._plain = plain
         self._hooks = tuple(hooks)
         self._attempt_timeout = attempt_timeout
         self._max_in_flight = max_in_flight
@@ -106,8 +107,26 @@ class Peers:
         self._by_origin: dict[str, str] = {}  # origin -> node id
         self._writers: dict[str, Coalescer[tuple[Record, str | None], bool]] = {}
         self._readers: dict[str, Coalescer[bytes, Record | None]] = {}
-        self._session: aiohttp.ClientSession | None = None
+        # One session per mode, made on first use: with and without the middleware.
+        self._sessions: dict[bool, aiohttp.ClientSession] = {}
         self.update(addresses)
+
+    @property
+    def plain(self) -> bool:
+        """
+        Whether node-to-node calls run without policies (plain aiohttp) right now.
+        """
+        return self._plain
+
+    def switch(self, *, plain: bool) -> None:
+        """
+        Run the calls made from now on with policies (`plain` False) or without.
+
+        For benchmarks: the same processes, with the same data, measured both ways.
+        Calls on the wire finish as they started. A breaker stays as it was while plain
+        calls run (they don't feed it).
+        """
+        self._plain = plain
 
     def update(self, addresses: dict[str, str]) -> None:
         """
@@ -169,24 +188,25 @@ class Peers:
     @property
     def session(self) -> aiohttp.ClientSession:
         """
-        The one session for all node-to-node calls (created on first use).
+        The session for node-to-node calls in the current mode (created on first use).
         """
-        if self._session is None:
+        session = self._sessions.get(self._plain)
+        if session is None:
             middleware = ResilienceMiddleware(
                 self._policy_for_origin,
                 retry_methods={"GET", "POST"},  # replication is idempotent
             )
-            self._session = aiohttp.ClientSession(
-                middlewares=[] if self.plain else [middleware],
+            session = self._sessions[self._plain] = aiohttp.ClientSession(
+                middlewares=[] if self._plain else [middleware],
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=256),
                 headers={"Authorization": f"Bearer {self._token}"},
                 timeout=_UNBOUNDED,  # the policies bound each call
             )
-        return self._session
+        return session
 
     def _timeout(self, budget: float) -> aiohttp.ClientTimeout:
         # The policies bound each call; without them (plain) nothing else would.
-        return aiohttp.ClientTimeout(total=budget) if self.plain else _UNBOUNDED
+        return aiohttp.ClientTimeout(total=budget) if self._plain else _UNBOUNDED
 
     def batching(self) -> dict[str, int]:
         """
@@ -205,7 +225,7 @@ class Peers:
         Whether `node`'s breaker rejects calls right now (never, with `plain`).
         """
         breaker = self.breakers.get(node)
-        return not self.plain and breaker is not None and breaker.state is CircuitState.OPEN
+        return not self._plain and breaker is not None and breaker.state is CircuitState.OPEN
 
     def replicate(self, node: str, record: Record, until: float) -> asyncio.Future[bool]:
         """
@@ -284,5 +304,5 @@ class Peers:
         """
         for writer in self._writers.values():
             await writer.drain()
-        if self._session is not None:
-            await self._session.close()
+        for session in self._sessions.values():
+            await session.close()

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from examples.kv.ring import Ring
 from tests._servers import wait_until
-from tests.kv._kv import ROOT, TOKEN, KVCluster, running_cluster
+from tests.kv._kv import ROOT, TOKEN, KVCluster, Response, running_cluster
 
 IDS = ["n1", "n2", "n3", "n4"]
 FUZZ = settings(
@@ -150,11 +150,68 @@ def test_health_and_metrics(cluster: KVCluster) -> None:
 def test_internal_routes_need_the_cluster_token(cluster: KVCluster, token: str | None) -> None:
     """Without the token 401, with a wrong one 403, on every /internal/ route."""
     headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-    for method, path in (("GET", "/internal/kv/x"), ("POST", "/internal/replicate")):
+    routes = (("GET", "/internal/kv/x"), ("POST", "/internal/replicate"),
+              ("PUT", "/internal/peer-calls"))  # fmt: skip
+    for method, path in routes:
         answer = cluster.request("n1", method, path, b"", headers)
         assert answer.status == (401 if token is None else 403)
         assert "KV_CLUSTER_TOKEN" in answer.json()["error"]  # which token, never its value
         assert TOKEN not in answer.body.decode()
+
+
+def _peer_calls(cluster: KVCluster, node: str, body: bytes) -> Response:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    return cluster.request(node, "PUT", "/internal/peer-calls", body, headers)
+
+
+def _retry_calls(cluster: KVCluster, node: str) -> float:
+    # n1's calls through its Retry layers to every peer, from its /metrics.
+    text = cluster.request(node, "GET", "/metrics").body.decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('resilient_calls_total{kind="retry"'))  # fmt: skip
+
+
+def test_peer_calls_switch_between_resilient_and_plain_at_run_time(cluster: KVCluster) -> None:
+    """
+    PUT /internal/peer-calls: the same node's writes replicate through its policies or
+    around them (the bench measures one set of processes both ways); /cluster says which.
+    """
+    try:
+        answer = _peer_calls(cluster, "n1", b'{"resilient": false}')
+        assert (answer.status, answer.json()) == (200, {"node": "n1", "resilient": False})
+        view = cluster.request("n1", "GET", "/cluster").json()
+        assert view["resilient_peers"] is False
+        before = _retry_calls(cluster, "n1")
+        assert cluster.request("n1", "PUT", "/kv/switched?w=3", b"plain").status == 204
+        assert _retry_calls(cluster, "n1") == before  # around the policies
+        assert cluster.request("n2", "GET", "/kv/switched").body == b"plain"
+    finally:
+        answer = _peer_calls(cluster, "n1", b'{"resilient": true}')
+    assert (answer.status, answer.json()["resilient"]) == (200, True)
+    assert cluster.request("n1", "GET", "/cluster").json()["resilient_peers"] is True
+    assert cluster.request("n1", "PUT", "/kv/switched?w=3", b"back").status == 204
+    assert _retry_calls(cluster, "n1") > before  # through them again
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"", "expected JSON"),
+        (b"\xff\xfe", "expected JSON"),
+        (b"[" * 100_000, "expected JSON"),
+        (b'{"resilient": 1}', "resilient: expected true or false, got 1"),
+        (b'{"resilient": "false"}', "resilient: expected true or false"),
+        (b'{"resilient": false, "also": 1}', "exactly one field"),
+        (b"true", "exactly one field"),
+    ],
+)
+def test_peer_calls_refuses_a_bad_body_and_keeps_its_mode(
+    cluster: KVCluster, body: bytes, says: str
+) -> None:
+    answer = _peer_calls(cluster, "n1", body)
+    assert answer.status == 400
+    assert says in answer.json()["error"]
+    assert cluster.request("n1", "GET", "/cluster").json()["resilient_peers"] is True
 
 
 def test_internal_replicate_refuses_a_garbage_batch(cluster: KVCluster) -> None:
