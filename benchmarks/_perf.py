@@ -184,7 +184,12 @@ def main(module: str, cases: Callable[[], Sequence[Case]], page: report.Report) 
 
 
 def _flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="smoke run here, without pyperf")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="interleaved rounds in this process, without pyperf's workers"
+        " (--quick --help lists its own options: --rounds, --calls, --seed, --md, -o)",
+    )
     parser.add_argument("--uvloop", action="store_true", help="time on uvloop's event loop")
     parser.add_argument("--cpu", action="store_true", help="time process CPU, not wall time")
 
@@ -198,9 +203,9 @@ def _quick(  # noqa: PLR0917  # main's parts, passed on
     variant: str,
 ) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {module} --quick")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--calls", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every case (3)")
+    parser.add_argument("--calls", type=int, default=500, help="calls per case and round (500)")
+    parser.add_argument("--seed", type=int, default=1, help="shuffles the rounds' case order (1)")
     parser.add_argument("--md", type=Path, help="report here (default: a temp dir)")
     parser.add_argument(
         "-o",

@@ -148,6 +148,22 @@ def _check_origins(policies: Mapping[str, Policy]) -> None:
             )
 
 
+def _default_without_mapping(no_policies: bool) -> str:
+    # `default=` only serves a mapping's missing keys: say what to write instead, since
+    # `ResilienceMiddleware(default=policy)` reads naturally and would be silently unused.
+    instead = (
+        "no mapping was given (without one each key gets default_policy(key))"
+        if no_policies
+        else "with a factory every key gets the factory's policy"
+    )
+    return (
+        f"ResilienceMiddleware(default=...): default= serves the keys missing from a"
+        f" mapping, and {instead}; for a policy of its own per key pass a factory"
+        f" (`lambda key: pipeline(...)`), for one policy shared by every key"
+        f" `ResilienceMiddleware({{}}, default=policy)`"
+    )
+
+
 def _route(request: ClientRequest) -> str:
     # The origin as `_origin` spells it (its cache saves building a URL per request).
     return f"{request.method} {_origin(request)}{request.url.path}"
@@ -223,10 +239,7 @@ class ResilienceMiddleware:
             )
         if policies is None or callable(policies):
             if default is not None:  # else silently unused: every key gets the factory's
-                raise TypeError(
-                    "ResilienceMiddleware(default=...): the policy of keys missing from a"
-                    " mapping; with a factory every key gets the factory's policy"
-                )
+                raise TypeError(_default_without_mapping(policies is None))
             self._policies = PolicyCache(policies or default_policy, {}, None, max_keys)
         elif isinstance(policies, Mapping):
             if key == "origin":

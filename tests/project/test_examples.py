@@ -66,6 +66,21 @@ def test_benchmark_quick_run(name: str, tmp_path: Path) -> None:
     assert (header in text) is (page.base is None)
 
 
+def test_a_benchmarks_help_leads_to_the_quick_runs_options() -> None:
+    """
+    ``--help`` is pyperf's and lists only ``--quick``, whose options (the ones the docs'
+    commands use) a second parser reads: the flag says where they are, and they have help.
+    """
+
+    def words(*args: str) -> str:  # argparse wraps help at the terminal's width
+        return " ".join(run_module("benchmarks.middleware", *args).split())
+
+    assert "(--quick --help lists its own options: --rounds" in words("--help")
+    quick = words("--quick", "--help")
+    for option in ("--rounds ROUNDS rounds of", "--calls CALLS calls", "--seed SEED shuffles"):
+        assert option in quick
+
+
 def test_overload_benchmark_quick_run(tmp_path: Path) -> None:
     """
     `benchmarks.overload --quick` drives a real server process at 3x its capacity with

@@ -43,6 +43,7 @@ from resilient import (
     CircuitState,
     Fallback,
     Hedge,
+    Pipeline,
     Policy,
     Priority,
     Retry,
@@ -533,6 +534,29 @@ async def test_reset_on_every_attempt_raises_the_aiohttp_error(
     assert retry.statistics().gave_up == 2
 
 
+async def test_one_get_resent_by_aiohttp_opens_the_default_policys_breaker(
+    backend: Backend,
+) -> None:
+    """
+    Under the default policy one GET to a server resetting every connection opens the
+    host's breaker, as docs/aiohttp.md says: aiohttp runs the policy a second time
+    (above), and the fifth of its up to six attempts reaches ``failure_threshold=5``, so
+    the sixth is refused and the caller gets `CircuitOpenError`, not the aiohttp error.
+    """
+    backend.forever(abort)
+    middleware = ResilienceMiddleware()
+    with instant_retries():
+        async with session(middleware) as client:
+            with pytest.raises(CircuitOpenError):
+                await get(client, backend.url())
+    assert backend.attempts == 5
+    policy = middleware.policy_for(backend.origin)
+    assert isinstance(policy, Pipeline)
+    breaker = policy.policies[2]
+    assert isinstance(breaker, CircuitBreaker)
+    assert breaker.state is CircuitState.OPEN
+
+
 async def test_body_cut_after_the_headers_is_the_callers_to_handle(
     backend: Backend, clock: FakeClock
 ) -> None:
@@ -990,7 +1014,7 @@ def test_bad_arguments_are_type_errors() -> None:
     [
         ({"policies": {"http://a:1": None}}, r"policies\['http://a:1'\] is None, not a Policy"),
         ({"policies": {}, "default": "strict"}, "default is 'strict', not a Policy"),
-        ({"default": Retry(2)}, "with a factory every key gets the factory's policy"),
+        ({"default": Retry(2)}, "no mapping was given"),
         ({"policies": lambda key: Retry(2), "default": Retry(2)}, "with a factory"),
     ],
 )
@@ -1002,6 +1026,20 @@ def test_policies_that_are_not_policies_fail_when_the_middleware_is_built(
     never serve) too."""
     with pytest.raises(TypeError, match=message):
         ResilienceMiddleware(**kwargs)
+
+
+def test_default_without_a_mapping_says_what_to_write_instead() -> None:
+    """``ResilienceMiddleware(default=policy)`` (no mapping, so ``default=`` would serve no
+    key) names both ways to say what was meant, and the shared one it suggests works."""
+    shared = Retry(2)
+    with pytest.raises(TypeError) as raised:
+        ResilienceMiddleware(default=shared)
+    message = str(raised.value)
+    assert "no mapping was given" in message
+    assert "`lambda key: pipeline(...)`" in message
+    assert "`ResilienceMiddleware({}, default=policy)`" in message
+    suggested = ResilienceMiddleware({}, default=shared)
+    assert suggested.policy_for("http://a") is suggested.policy_for("http://b") is shared
 
 
 @pytest.mark.parametrize(
