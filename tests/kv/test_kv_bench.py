@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -62,6 +63,8 @@ def test_quick_bench_measures_both_clusters_without_errors(tmp_path: Path) -> No
     assert b"resilient/plain" in done.stdout
     assert b"policy events" in done.stdout  # what the peers' policies did, per phase
     assert b"stalls" in done.stdout  # the nodes' event-loop stalls, per phase
+    # Every field the internals line reads is in both clusters' nodes' /cluster view.
+    assert re.search(rb"read repairs [\d,]+ / [\d,]+, hinted writes [\d,]+ / [\d,]+,", done.stdout)
     assert all(0 < p.machine_busy <= 1 for p in phases if p.load in {"saturation", "half"}
                and p.variant != "bare aiohttp")  # fmt: skip
     assert all(set(p.stalls) == {"n1", "n2", "n3"} for p in phases

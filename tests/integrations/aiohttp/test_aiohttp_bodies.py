@@ -33,6 +33,8 @@ from resilient import (
     pipeline,
 )
 from resilient.integrations.aiohttp import DiscoveryClient, ResilienceMiddleware
+from resilient.integrations.aiohttp._attempts import Attempts
+from resilient.integrations.aiohttp._client import _RequestAttempts
 from resilient.testing import FakeClock
 from tests._aio import settle, until, within
 from tests.integrations.aiohttp.test_aiohttp_client import acquired
@@ -296,3 +298,96 @@ async def test_a_hedge_never_sends_a_file_like_body_another_attempt_is_sending()
             assert acquired(connector) == 0
     finally:
         await within(runner.cleanup())
+
+
+_MISSING = "<not set>"
+
+
+def _fields(attempts: object) -> dict[str, object]:
+    # Every slot of the middleware's attempts (theirs and `Attempts`'), read or marked unset.
+    # Lists copied: the attempts go on to fill them.
+    names = [*Attempts.__slots__, *_RequestAttempts.__slots__]
+    fields = {name: getattr(attempts, name, _MISSING) for name in names if name != "_body"}
+    return {name: v[:] if isinstance(v, list) else v for name, v in fields.items()}
+
+
+class Snapshot(Policy):
+    """
+    A user-written policy that sees the middleware's attempts before the first is sent.
+    """
+
+    kind = "snapshot"
+
+    def __init__(self) -> None:
+        super().__init__(name="snapshot", clock=None, hooks=None)
+        self.seen: list[tuple[dict[str, object], dict[str, object]]] = []
+
+    async def _run(
+        self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        (attempts,) = args
+        # What `Attempts.__init__` makes of the same request and classifier.
+        built = _RequestAttempts(attempts.request.body, attempts._failure_status)
+        built.request, built.handler = attempts.request, attempts.handler
+        built.middleware = attempts.middleware
+        self.seen.append((_fields(attempts), _fields(built)))
+        return await fn(*args, **kwargs)
+
+
+BODY_KINDS: dict[str, Callable[[Path], Any]] = {
+    "no body": lambda _: None,
+    "empty bytes": lambda _: b"",
+    "bytes": lambda _: VALUE,
+    "text": lambda _: "text",
+    "a form": lambda _: {"key": "value"},
+    "FormData": lambda _: aiohttp.FormData({"key": "value"}),
+    "multipart": lambda _: multipart_form(),
+    "a BytesIO": lambda _: io.BytesIO(VALUE),
+    "a generator": lambda _: generated(),
+    "a payload": lambda _: aiohttp.payload.BytesPayload(VALUE),
+}
+
+
+@pytest.mark.parametrize("kind", BODY_KINDS)
+async def test_the_middleware_builds_its_attempts_as_attempts_init_would(
+    recorder: Recorder, kind: str, tmp_path: Path
+) -> None:
+    """
+    The middleware sets the attempts' fields one by one instead of calling
+    `Attempts.__init__` (a frame less per request): every field the constructor sets
+    (bar ``_body``, read from the request instead) must be set, to the same value, for
+    every kind of body, or a path reading the unset one fails with an AttributeError.
+    """
+    snapshot = Snapshot()
+
+    def failing(status: int) -> bool:
+        return status >= 500
+
+    middleware = ResilienceMiddleware(lambda key: snapshot, failure_status=failing)
+    async with (
+        aiohttp.ClientSession(middlewares=[middleware]) as session,
+        session.put(recorder.url, data=BODY_KINDS[kind](tmp_path)) as response,
+    ):
+        assert response.status == 503  # one attempt: nothing here retries
+    ((fields, expected),) = snapshot.seen
+    assert _MISSING not in fields.values()
+    assert fields == expected
+    assert fields["_failure_status"] is failing
+
+
+async def test_the_middleware_builds_a_files_attempts_as_attempts_init_would(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    """A file body too: file-like (no overlapping attempts), every field set."""
+    snapshot = Snapshot()
+    middleware = ResilienceMiddleware(lambda key: snapshot)
+    with opened(tmp_path) as file:
+        async with (
+            aiohttp.ClientSession(middlewares=[middleware]) as session,
+            session.put(recorder.url, data=file) as response,
+        ):
+            assert response.status == 503
+    ((fields, expected),) = snapshot.seen
+    assert fields == expected
+    assert fields["_file_like"] is True
+    assert fields["_one_shot"] is False

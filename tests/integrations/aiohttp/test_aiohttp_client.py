@@ -930,6 +930,102 @@ async def test_route_keys_spell_the_origin_as_origin_keys_do() -> None:
     ]  # fmt: skip
 
 
+class KeyRecorder(Policy):
+    """
+    A user-written policy, one per key, noting its key for each request it runs.
+    """
+
+    kind = "key recorder"
+
+    def __init__(self, key: str, keys: list[str]) -> None:
+        super().__init__(name="key recorder", clock=None, hooks=None)
+        self.key, self.keys = key, keys
+
+    async def _run(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        self.keys.append(self.key)
+        return await fn(*args, **kwargs)
+
+
+async def not_sent(_: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
+    raise aiohttp.ClientConnectionError("not sent")
+
+
+async def test_the_origin_key_read_from_the_cache_is_the_origin_across_clears(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    The middleware reads the default key's cache itself (a hit costs no call): each
+    request's key is still its URL's origin, however the host is spelled, whether the
+    cache holds it or not, and when the cache is cleared between requests (here every
+    3 origins).
+    """
+    monkeypatch.setattr(client_module, "_MAX_ORIGINS", 3)
+    client_module._ORIGINS.clear()
+    keys: list[str] = []
+    middleware = ResilienceMiddleware(lambda key: KeyRecorder(key, keys), max_keys=10_000)
+    spellings = [
+        "http://api.test/", "HTTP://API.TEST:80/x", "http://api.test./", "http://api.test..:80/",
+        "https://u:p@api.test:443/", "https://api.test:80/", "http://[::1]/", "http://[0::1]:80/",
+        "http://[::1]:8080/", "http://B\u00dcCHER.test/", "http://xn--bcher-kva.test:81/",
+        "http://127.0.0.1:9/", "ws://api.test/",
+    ]  # fmt: skip
+    urls = [URL(spelled) for spelled in spellings * 3]  # misses, hits, and hits after a clear
+    urls += [URL(f"http://host-{n % 7}.test:{8000 + n % 2}/") for n in range(40)]
+    for url in urls:
+        request = aiohttp.ClientRequest("GET", url, loop=asyncio.get_running_loop())
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await within(middleware(request, not_sent))
+    assert keys == [str(url.origin()) for url in urls]
+    assert len(client_module._ORIGINS) <= 3
+
+
+async def test_a_key_function_is_called_once_per_request() -> None:
+    """A key function runs once per request, however many attempts the policy makes."""
+    asked: list[URL] = []
+
+    def by_host(request: aiohttp.ClientRequest) -> str:
+        asked.append(request.url)
+        return request.url.host or "?"
+
+    attempts: list[aiohttp.ClientRequest] = []
+
+    async def refused(request: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
+        attempts.append(request)
+        raise aiohttp.ClientConnectionError("nobody home")
+
+    middleware = ResilienceMiddleware(
+        lambda key: Retry(3, clock=FakeClock(), name=key), key=by_host
+    )
+    url = URL("http://127.0.0.1:9/")
+    for _ in range(2):
+        request = aiohttp.ClientRequest("GET", url, loop=asyncio.get_running_loop())
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await within(middleware(request, refused))
+    assert asked == [url, url]
+    assert len(attempts) == 6
+
+
+async def test_a_key_function_that_raises_fails_the_request_unsent() -> None:
+    """A key function's error is the caller's, raised as is: nothing sent, nothing in flight."""
+
+    def broken(request: aiohttp.ClientRequest) -> str:
+        raise LookupError("no tenant header")
+
+    async def handler(_: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
+        raise AssertionError("not sent")
+
+    middleware = ResilienceMiddleware(lambda key: Retry(3, name=key), key=broken)
+    request = aiohttp.ClientRequest(
+        "GET", URL("http://127.0.0.1:9/"), loop=asyncio.get_running_loop()
+    )
+    with pytest.raises(LookupError, match="no tenant header"):
+        await within(middleware(request, handler))
+    assert "keys=0/" in repr(middleware)
+    assert "in_flight=0" in repr(middleware)
+
+
 async def test_key_function(backend: Backend, clock: FakeClock) -> None:
     """A key function groups requests as it likes (here: by the first path segment)."""
     backend.forever(500)
