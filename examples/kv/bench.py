@@ -193,7 +193,7 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
                 cluster.wait_healthy(node)
         _wait_floor(floor, floor_port)
         phases = _rounds(args, clusters, (floor.pid, f"127.0.0.1:{floor_port}"))
-        internals = {name: _internals(cluster) for name, cluster in clusters.items()}
+        internals = _all_internals(clusters)
     except ClusterStartError as error:
         print(f"kv bench: a cluster did not start: {error}", file=sys.stderr)
         return 3
@@ -207,13 +207,24 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
     from .bench_report import internals_line, print_table, write_docs  # noqa: PLC0415
 
     print_table(phases, quick=args.quick)
-    print(internals_line(internals))
+    if internals:
+        print(internals_line(internals))
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(p) for p in phases], indent=1))
     if not args.no_docs:
         write_docs(args.docs, phases, argv, began=began, args=args, internals=internals)
         print(f"kv bench: wrote the kv region of {args.docs}")
     return 0
+
+
+def _all_internals(clusters: dict[str, LocalCluster]) -> dict[str, dict[str, float]]:
+    # Read after the last phase: a node that doesn't answer then costs the run its
+    # internals line, not its figures.
+    try:
+        return {name: _internals(cluster) for name, cluster in clusters.items()}
+    except (OSError, ValueError, KeyError) as error:
+        print(f"kv bench: no internals line, a node's /cluster failed: {error!r}", file=sys.stderr)
+        return {}
 
 
 def _internals(cluster: LocalCluster) -> dict[str, float]:

@@ -21,6 +21,7 @@ from examples.kv import bench, bench_report
 from examples.kv.bench import Phase, count_policy_events, machine_use, marks_between
 from examples.kv.bench_load import LoadResult, percentile
 from examples.kv.bench_report import BEGIN, END, median_interval, write_docs
+from examples.kv.launch import LocalCluster
 from tests.kv._kv import ROOT
 
 
@@ -338,3 +339,13 @@ def test_peer_call_comparison_prints_both_sides_and_the_difference() -> None:
     lines = done.stdout.decode().splitlines()
     assert [line.split()[0] for line in lines] == ["resilient", "plain", "resilient"]
     assert all(" us (" in line for line in lines)
+
+
+def test_a_node_silent_at_the_end_costs_the_internals_line_not_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After the last phase the nodes' /cluster is read; a node that doesn't answer
+    leaves the line out, with a note, instead of losing the run's table and docs."""
+    silent = LocalCluster(tmp_path, ["n1"], "token")  # never launched: nothing listens
+    assert bench._all_internals({"resilient": silent}) == {}
+    assert "no internals line, a node's /cluster failed" in capsys.readouterr().err
