@@ -298,12 +298,13 @@ def _pairs(
             pids = [p.pid for p in cluster.processes.values()]
             for mode in names if number % 2 else names[::-1]:
                 switch_peer_calls(nodes, cluster.token, resilient=mode == "resilient")
-                seen, cpu = node_marks(nodes), _cpu(pids)
+                seen, events, cpu = node_marks(nodes), policy_events(nodes), _cpu(pids)
                 result = closed_loop(
                     nodes, op, connections=args.connections, seconds=args.pair_seconds,
                     keys=args.keys, value_bytes=args.value_bytes,
                 )  # fmt: skip
-                phase = _phase(number, mode, op, "pair", result, 0.0, _cpu(pids) - cpu)
+                cpu, events = _cpu(pids) - cpu, policy_events(nodes) - events
+                phase = _phase(number, mode, op, "pair", result, 0.0, cpu, events)
                 phases.append(replace(phase, **marks_between(seen, node_marks(nodes))))
             switch_peer_calls(nodes, cluster.token, resilient=host == "resilient")  # as started
             resilient, plain = (next(p for p in phases[-2:] if p.variant == n) for n in names)
@@ -311,7 +312,8 @@ def _pairs(
                 f"pair {number} {op} (on the {host} cluster): resilient/plain throughput"
                 f" {resilient.rate / max(plain.rate, 1e-9):.2f}, node CPU per request"
                 f" {resilient.node_cpu_us / max(plain.node_cpu_us, 1e-9):.2f}, writes per"
-                f" group commit {resilient.writes_per_commit:.1f} / {plain.writes_per_commit:.1f}",
+                f" group commit {resilient.writes_per_commit:.1f} / {plain.writes_per_commit:.1f},"
+                f" policy events {resilient.policy_events}",
                 flush=True,
             )
     return phases
