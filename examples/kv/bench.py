@@ -20,9 +20,10 @@ nodes' peer calls switched between the two modes (``PUT /internal/peer-calls``) 
 order, so a linear drift of the machine cancels out and nothing but the calls' path
 differs (same processes, same data: a cluster's own slow-varying state, its WAL, heap
 and layout, once made one run's clusters differ by more than the 10% judged); the two
-clusters take turns, pair by pair. The ratio is judged on the median of the pairs, with
-a distribution-free interval, since a round's ratio alone is noisier than the 10% it
-judges on a shared machine.
+clusters take turns, pair by pair, and each phase starts after ``--pair-rest`` idle
+seconds, so a phase doesn't pay for the background work the one before left. The
+ratio is judged on the median of the pairs, with a distribution-free interval, since a
+round's ratio alone is noisier than the 10% it judges on a shared machine.
 
 Node CPU per request (``/proc/<pid>/stat``, summed over the three nodes) and the
 generator's own CPU are recorded for every phase: what bounds the cluster, and whether
@@ -145,6 +146,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="resilient/plain saturation pairs per operation")  # fmt: skip
     parser.add_argument("--pair-seconds", type=_positive(float), default=2.0,
                         help="per phase of a pair")  # fmt: skip
+    parser.add_argument("--pair-rest", type=_positive(float), default=1.0,
+                        help="idle seconds before each phase of a pair")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every phase as JSON here")
     parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"),
                         help="the page whose kv region is rewritten")  # fmt: skip
@@ -170,7 +173,7 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
     """
     if args.quick:
         args.rounds, args.seconds, args.keys, args.connections = 1, 1.0, 100, 12
-        args.generators, args.pairs, args.pair_seconds = 1, 2, 1.0
+        args.generators, args.pairs, args.pair_seconds, args.pair_rest = 1, 2, 1.0, 0.2
         args.no_docs = True
     root = Path(tempfile.mkdtemp(prefix="kv-bench-"))
     token = secrets.token_hex(16)
@@ -298,6 +301,9 @@ def _pairs(
             pids = [p.pid for p in cluster.processes.values()]
             for mode in names if number % 2 else names[::-1]:
                 switch_peer_calls(nodes, cluster.token, resilient=mode == "resilient")
+                # Idle first: what the phase before left to do in the background (WAL
+                # checkpoints, the kernel's writeback) is done before this one, not in it.
+                time.sleep(args.pair_rest)
                 seen, events, cpu = node_marks(nodes), policy_events(nodes), _cpu(pids)
                 result = closed_loop(
                     nodes, op, connections=args.connections, seconds=args.pair_seconds,

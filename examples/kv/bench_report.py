@@ -271,7 +271,8 @@ def region(phases: Sequence[Phase], argv: list[str], *, began: float,
             f" Then {args.pairs} pairs per operation of {args.pair_seconds:g} s saturation"
             " phases, each on one cluster (the two take turns) loaded back to back with"
             " its nodes' peer calls switched to `resilient` and to plain aiohttp"
-            " (`PUT /internal/peer-calls`), in ABBA order: these judge the 10% target."
+            f" (`PUT /internal/peer-calls`), in ABBA order, each phase after"
+            f" {getattr(args, 'pair_rest', 0.0):g} s idle: these judge the 10% target."
             if getattr(args, "pairs", 0)
             else ""
         ),
