@@ -142,7 +142,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--value-bytes", type=_positive(int), default=100)
     parser.add_argument("--generators", type=_positive(int), default=2,
                         help="open-loop generator processes")  # fmt: skip
-    parser.add_argument("--pairs", type=_positive(int), default=8,
+    parser.add_argument("--pairs", type=_positive(int), default=16,
                         help="resilient/plain saturation pairs per operation")  # fmt: skip
     parser.add_argument("--pair-seconds", type=_positive(float), default=2.0,
                         help="per phase of a pair")  # fmt: skip
