@@ -169,7 +169,7 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 
 def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
     """
-    Run the bench; the exit code (0, or 3 when a cluster did not start).
+    Run the bench; the exit code (0, or 3 when a cluster did not start or stopped answering).
     """
     if args.quick:
         args.rounds, args.seconds, args.keys, args.connections = 1, 1.0, 100, 12
@@ -198,7 +198,7 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
         phases = _rounds(args, clusters, (floor.pid, f"127.0.0.1:{floor_port}"))
         internals = _all_internals(clusters)
     except ClusterStartError as error:
-        print(f"kv bench: a cluster did not start: {error}", file=sys.stderr)
+        print(f"kv bench: a cluster failed: {error}", file=sys.stderr)
         return 3
     finally:
         floor.kill()
@@ -330,7 +330,7 @@ def switch_peer_calls(nodes: list[str], token: str, *, resilient: bool) -> None:
     Make each of `nodes` call its peers with policies or without (plain aiohttp).
 
     Raises:
-        ClusterStartError: A node did not confirm the mode.
+        ClusterStartError: A node did not answer, or did not confirm the mode.
     """
     body = json.dumps({"resilient": resilient}).encode()
     for node in nodes:
@@ -338,8 +338,11 @@ def switch_peer_calls(nodes: list[str], token: str, *, resilient: bool) -> None:
             f"http://{node}/internal/peer-calls", data=body, method="PUT",
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )  # fmt: skip
-        with urllib.request.urlopen(request, timeout=10.0) as answer:  # noqa: S310  # our nodes
-            now = json.load(answer)["resilient"]
+        try:
+            with urllib.request.urlopen(request, timeout=10.0) as answer:  # noqa: S310  # ours
+                now = json.load(answer)["resilient"]
+        except (OSError, ValueError, KeyError) as error:
+            raise ClusterStartError(f"{node} did not switch its peer calls: {error!r}") from error
         if now is not resilient:
             raise ClusterStartError(f"{node} did not switch its peer calls (resilient={now})")
 

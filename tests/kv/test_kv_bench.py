@@ -21,7 +21,7 @@ from examples.kv import bench, bench_report
 from examples.kv.bench import Phase, count_policy_events, machine_use, marks_between
 from examples.kv.bench_load import LoadResult, percentile
 from examples.kv.bench_report import BEGIN, END, median_interval, write_docs
-from examples.kv.launch import LocalCluster
+from examples.kv.launch import ClusterStartError, LocalCluster
 from tests.kv._kv import ROOT
 
 
@@ -349,3 +349,12 @@ def test_a_node_silent_at_the_end_costs_the_internals_line_not_the_run(
     silent = LocalCluster(tmp_path, ["n1"], "token")  # never launched: nothing listens
     assert bench._all_internals({"resilient": silent}) == {}
     assert "no internals line, a node's /cluster failed" in capsys.readouterr().err
+
+
+def test_a_node_that_does_not_switch_its_peer_calls_is_named() -> None:
+    """The pairs switch every node's peer calls first; one not answering ends the run
+    with the cluster error (exit 3, a line naming the node), not a traceback."""
+    silent = LocalCluster(Path("/nonexistent"), ["n1"], "token")  # nothing listens
+    node = silent.address("n1")
+    with pytest.raises(ClusterStartError, match=f"{node} did not switch its peer calls"):
+        bench.switch_peer_calls([node], "token", resilient=False)
