@@ -1512,6 +1512,11 @@ def test_middleware_benchmark_quick_run(tmp_path: Path) -> None:
     assert "default policy / its hand-written floor (overheads)" in text
     # And what any middleware costs, the share of ours that is aiohttp's.
     assert "a middleware that only awaits its handler: overhead % of a bare GET" in text
+    # RetryClient judged against the GET it makes (entered and left its way), with
+    # Retry(3) alone measured over the same GET.
+    assert "Retry(3) only, GET entered and left as RetryClient does" in text
+    assert "the same retries, the same GET" in text
+    assert "bare GET entered and left as RetryClient does: overhead %" in text
 
 
 # -- review fixes --------------------------------------------------------------------------
