@@ -81,6 +81,17 @@ def _case(module: str, name: str) -> Case:
     raise SystemExit(f"benchmarks.instructions: {module} has no case {name!r} (it has {known})")
 
 
+def _check_names(module: str, names: Sequence[str]) -> None:
+    """
+    Every name a case of `module`, before anything runs under valgrind.
+
+    Checked here, not only in the worker: a misspelt later name would otherwise end the
+    run after the cases before it had taken minutes, its error inside valgrind's output.
+    """
+    for name in names:
+        _case(module, name)
+
+
 async def _calls(case: Case, count: int) -> None:
     try:
         fn = await _perf.built(case)
@@ -135,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--runs {args.runs}: at least 1")
     module = importlib.import_module(args.module)
     names = args.case or [case.name for case in _perf.available(module.cases())[0]]
+    _check_names(args.module, names)
     per_call: dict[str, list[float]] = {name: [] for name in names}
     for run in range(1, args.runs + 1):
         for name in names:  # one case after another: nothing here depends on the load

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from benchmarks import instructions
 from benchmarks.instructions import instructions_per_call, main, parse_total, worker_environment
 from tests._paths import REPO_ROOT as ROOT
 from tests._servers import require_binary
@@ -46,6 +47,24 @@ def test_bad_command_lines_say_what_is_wrong() -> None:
         main(["--low", "5", "--high", "5"])
     with pytest.raises(SystemExit, match="--runs 0: at least 1"):
         main(["--runs", "0"])
+
+
+def test_an_unknown_case_fails_before_valgrind_runs_anything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    A name that is no case (a typo, or a name copied with its line break from a wrapped
+    command in the docs) is refused at once, naming the known ones, not after the cases
+    before it ran for minutes and inside valgrind's output.
+    """
+
+    def valgrind_ran(*args: object) -> int:
+        raise AssertionError(f"valgrind ran {args[2]!r} before the names were checked")
+
+    monkeypatch.setattr(instructions, "_count", valgrind_ran)
+    with pytest.raises(SystemExit, match=r"has no case 'bare\\nClientSession'") as raised:
+        main(["--case", "bare ClientSession", "--case", "bare\nClientSession"])
+    assert "'aiohttp-retry RetryClient'" in str(raised.value)
 
 
 def _worker(case: str, calls: int) -> subprocess.CompletedProcess[str]:
