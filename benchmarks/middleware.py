@@ -13,11 +13,12 @@ body read. Happy path only: no retry, backoff or breaker transition happens.
 
 `RetryClient` doesn't enter aiohttp's response context: it awaits the request and, on
 leaving, closes the response only if it is still open, where ``async with
-session.get(...)`` releases it and waits for it to close (about 17,000 instructions of
-a ~330,000-instruction GET). So its figure as users write it is its retries' cost minus
-that. Two more cases enter and leave a GET the way `RetryClient` does, a bare session's
-and ours with `Retry(3)` alone, so that what each adds over the same GET is the cost of
-the same retries and nothing else.
+session.get(...)`` enters the response's context and on leaving it releases the response
+and waits for it to close (in and out, about 17,000 instructions of a ~330,000-instruction
+GET). So its figure as users write it is its retries' cost minus that. Two more cases
+enter and leave a GET the way `RetryClient` does, a bare session's and ours with
+`Retry(3)` alone, so that what each adds over the same GET is the cost of the same
+retries and nothing else.
 """
 
 from __future__ import annotations

@@ -141,10 +141,18 @@ class Report:
         if not values:
             return f"| {figure.label} | n/a | | |"
         mid, low, high = statistics.median(values), min(values), max(values)
-        target = "" if figure.target is None else f"<= {figure.show(figure.target)}"
-        if figure.target is not None:
-            target += " met" if high <= figure.target else " **missed**"
         spread = f"{figure.show(low)} .. {figure.show(high)}"
+        # A run without a value (a denominator within noise of zero) is said, and a
+        # target is judged over every run or not at all: judging it over the runs that
+        # are left would judge a ratio of small differences on its kindest runs.
+        undefined = len(runs) - len(values)
+        if undefined:
+            spread += f" (undefined in {undefined} of {len(runs)} runs)"
+        target = "" if figure.target is None else f"<= {figure.show(figure.target)}"
+        if figure.target is not None and undefined:
+            target += " **not judged**"
+        elif figure.target is not None:
+            target += " met" if high <= figure.target else " **missed**"
         return f"| {figure.label} | {figure.show(mid)} | {spread} | {target} |"
 
     def _case_row(self, case: Case, runs: Sequence[Mapping[str, float]]) -> str:

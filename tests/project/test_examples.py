@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.report import Figure
+from benchmarks.report import Figure, Report
 from tests._run import run_module
 
 
@@ -119,6 +119,29 @@ def test_report_figures_divide_overheads_of_the_same_run() -> None:
     assert Figure("x", ("mine", "bare")).value(run) == 2.0
     assert Figure("x", ("mine", "bare"), [("noise", "bare")]).value(run) is None
     assert Figure("x", ("gone", "bare"), [("peer", "bare")]).value(run) is None
+
+
+def test_a_targeted_figure_undefined_in_some_run_is_not_met() -> None:
+    """A run whose denominator is within noise of zero gives that figure no value; the
+    row says in how many runs, and the target isn't met on the runs that are left. (A
+    peer adding nothing in one run while we add something is that run's miss, not a run
+    to leave out: dropping it judged a ratio of small differences on its kindest runs.)"""
+    figure = Figure("mine / peer (overheads)", ("mine", "bare"), [("peer", "bare")], 1.0)
+    runs = [
+        {"bare": 1.0, "mine": 1.5, "peer": 2.0},  # 0.5x
+        {"bare": 1.0, "mine": 1.6, "peer": 2.0},  # 0.6x
+        {"bare": 1.0, "mine": 1.5, "peer": 1.0},  # the peer added nothing: undefined
+    ]
+    page = Report("x", "x", "bare", [figure])
+    text = page.render(runs, [], [], "how", "machine")
+    row = next(line for line in text.splitlines() if line.startswith("| mine / peer"))
+    assert "undefined in 1 of 3 runs" in row
+    assert " met" not in row
+    assert "**not judged**" in row
+    # Defined in every run: judged as before.
+    text = page.render(runs[:2], [], [], "how", "machine")
+    row = next(line for line in text.splitlines() if line.startswith("| mine / peer"))
+    assert row == "| mine / peer (overheads) | 0.55x | 0.50x .. 0.60x | <= 1.00x met |"
 
 
 def test_interleaved_runs_make_a_region_through_the_report(tmp_path: Path) -> None:
