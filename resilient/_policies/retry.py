@@ -31,6 +31,7 @@ from tenacity.wait import wait_base
 from .._engine.clock import Clock, SystemClock
 from .._engine.context import DEADLINE, NO_RETRIES
 from .._engine.events import Hook, Rejected, RejectionReason, RetryScheduled
+from .._engine.hooks import global_hooks
 from .._engine.policy import Args, AsyncFn, Kwargs, Policy
 from .._engine.validate import check_int, check_seconds, error_matcher, retryable_by_default
 from .budget import RetryBudget
@@ -46,6 +47,7 @@ _DEFAULT_WAIT = tenacity.wait_random_exponential(multiplier=0.1, max=10.0)
 # Waits that read nothing of the RetryCallState they are given (exact types: a subclass
 # may read it).
 _FIXED_WAITS = (tenacity.wait_fixed, tenacity.wait_none)
+_GLOBAL_HOOKS = global_hooks()  # the engine's own list, read in place
 
 
 def set_instant_retries(enabled: bool) -> None:
@@ -363,7 +365,12 @@ class Retry(Policy):
         if NO_RETRIES.get():  # retries_allowed(), inlined: every retry asks
             return None  # inside no_retries(): this call runs once
         # The wait before the stop strategy, as tenacity does: stop_before_delay reads it.
-        delay = self._delay(state, error)
+        # `_delay` for a fixed wait and no server hint, written out: every retry pays it.
+        wait = self._wait
+        if type(wait) is float and getattr(error, "retry_after", None) is None:
+            delay = wait if wait > 0.0 else 0.0
+        else:
+            delay = self._delay(state, error)
         if state is not None:
             state.upcoming_sleep = delay
         rare = self._rare
@@ -377,7 +384,8 @@ class Retry(Policy):
             if self._listening(Rejected):
                 self._emit(Rejected, reason=RejectionReason.RETRY_BUDGET)
             return None
-        if self._listening(RetryScheduled):
+        log = self._decisions  # `_listening(RetryScheduled)`, inlined: every retry asks
+        if self._hooks or _GLOBAL_HOOKS or log.enabled(log.levels.get(RetryScheduled, log.loudest)):
             self._emit(RetryScheduled, attempt=attempt, delay=delay, error=error)
         if state is not None:
             state.idle_for += delay
