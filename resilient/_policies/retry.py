@@ -296,8 +296,14 @@ class Retry(Policy):
             # _run judged the first attempt already, unless a tenacity strategy decides.
             strategy = None if rare is None else rare.strategy
             again = state is None or strategy is None or bool(strategy(state))
+            limit = self.attempts
             while again:
-                delay = self._next_delay(state, attempt, error)
+                # The attempt limit asked here: the call's last failure needs nothing else.
+                delay = (
+                    None
+                    if limit is not None and attempt >= limit
+                    else self._next_delay(state, attempt, error)
+                )
                 if delay is None:
                     self._gave_up += 1
                     break
@@ -359,9 +365,9 @@ class Retry(Policy):
     ) -> float | None:
         """
         The wait before the next attempt; None when no next attempt may be made.
+
+        The caller (`_retry`) has checked the attempt limit.
         """
-        if self.attempts is not None and attempt >= self.attempts:
-            return None
         if NO_RETRIES.get():  # retries_allowed(), inlined: every retry asks
             return None  # inside no_retries(): this call runs once
         # The wait before the stop strategy, as tenacity does: stop_before_delay reads it.
