@@ -131,8 +131,14 @@ def _url() -> str:
 _SERVER: list[ServerProcess] = []
 
 
-def _getter(session: Callable[[], Any]) -> Callable[[], Any]:
-    """A builder: opens `session()` in the loop; each call GETs / and reads the body."""
+def _getter(session: Callable[[], Any], *, awaited: bool = False) -> Callable[[], Any]:
+    """
+    A builder: opens `session()` in the loop; each call GETs / and reads the body.
+
+    With `awaited`, each GET is entered and left as `RetryClient` does with its own:
+    awaited, not ``async with``, and on the way out the response is closed only if still
+    open (aiohttp-retry's ``_RequestContext.__aexit__``), not released and waited for.
+    """
 
     async def build() -> Callable[[], Any]:
         client, url = session(), _url()
@@ -143,24 +149,7 @@ def _getter(session: Callable[[], Any]) -> Callable[[], Any]:
                 body = await response.read()
             return 42 if response.status == 200 and body == b"ok" else response.status
 
-        return get
-
-    return build
-
-
-def _awaited_getter(session: Callable[[], Any]) -> Callable[[], Any]:
-    """
-    As `_getter`, but each GET entered and left as `RetryClient` does with its own.
-
-    Awaited, not ``async with``; on the way out the response is closed only if still
-    open (aiohttp-retry's ``_RequestContext.__aexit__``), not released and waited for.
-    """
-
-    async def build() -> Callable[[], Any]:
-        client, url = session(), _url()
-        _perf.close_at_end(client.close)
-
-        async def get() -> int:
+        async def get_awaited() -> int:
             response = await client.get(url)
             try:
                 body = await response.read()
@@ -169,7 +158,7 @@ def _awaited_getter(session: Callable[[], Any]) -> Callable[[], Any]:
                     response.close()
             return 42 if response.status == 200 and body == b"ok" else response.status
 
-        return get
+        return get_awaited if awaited else get
 
     return build
 
@@ -205,12 +194,13 @@ def cases() -> list[Case]:
              _getter(lambda: session(middlewares=[
                  ResilienceMiddleware(lambda _: Retry(attempts=3), propagate=False)])),
              "ResilienceMiddleware(lambda key: Retry(3), propagate=False): RetryClient's job"),
-        Case(BARE_AWAITED, _awaited_getter(session),
+        Case(BARE_AWAITED, _getter(session, awaited=True),
              "aiohttp.ClientSession(), each GET awaited and closed if still open, as"
              " RetryClient handles its own"),
         Case(RETRY_ONLY_AWAITED,
-             _awaited_getter(lambda: session(middlewares=[
-                 ResilienceMiddleware(lambda _: Retry(attempts=3), propagate=False)])),
+             _getter(lambda: session(middlewares=[
+                 ResilienceMiddleware(lambda _: Retry(attempts=3), propagate=False)]),
+                 awaited=True),
              "ResilienceMiddleware(lambda key: Retry(3), propagate=False), each GET as"
              " RetryClient handles its own"),
         Case(FLOOR_DEFAULT,
