@@ -296,9 +296,10 @@ class Retry(Policy):
             # _run judged the first attempt already, unless a tenacity strategy decides.
             strategy = None if rare is None else rare.strategy
             again = state is None or strategy is None or bool(strategy(state))
-            limit = self.attempts
             while again:
                 # The attempt limit asked here: the call's last failure needs nothing else.
+                # Read per retry, not once per call: `attempts` may be lowered meanwhile.
+                limit = self.attempts
                 delay = (
                     None
                     if limit is not None and attempt >= limit
@@ -371,12 +372,14 @@ class Retry(Policy):
         if NO_RETRIES.get():  # retries_allowed(), inlined: every retry asks
             return None  # inside no_retries(): this call runs once
         # The wait before the stop strategy, as tenacity does: stop_before_delay reads it.
-        # `_delay` for a fixed wait and no server hint, written out: every retry pays it.
+        # The strategy's wait is asked before the hint is read, and the hint read once (a
+        # property may compute it, or hand it out only once); `_granted` only for a hint.
         wait = self._wait
-        if type(wait) is float and getattr(error, "retry_after", None) is None:
-            delay = wait if wait > 0.0 else 0.0
-        else:
-            delay = self._delay(state, error)
+        if type(wait) is not float:
+            wait = float(wait(state))  # type: ignore[operator]  # a strategy: not a float
+        hinted = getattr(error, "retry_after", None)
+        # No hint: max(0.0, wait) written out (NaN and -0.0 too).
+        delay = (wait if wait > 0.0 else 0.0) if hinted is None else self._granted(wait, hinted)
         if state is not None:
             state.upcoming_sleep = delay
         rare = self._rare
@@ -397,13 +400,10 @@ class Retry(Policy):
             state.idle_for += delay
         return delay
 
-    def _delay(self, state: tenacity.RetryCallState | None, error: Exception | None) -> float:
-        wait = self._wait
-        delay = wait if type(wait) is float else float(wait(state))  # type: ignore[operator]
-        hinted = getattr(error, "retry_after", None)
+    def _granted(self, delay: float, hinted: object) -> float:
+        # The wait `delay`, lengthened to a server's usable hint (capped); never negative.
         if (
-            hinted is not None
-            and isinstance(hinted, int | float)
+            isinstance(hinted, int | float)
             and not isinstance(hinted, bool)
             and math.isfinite(hinted)
         ):

@@ -392,6 +392,30 @@ async def test_unlimited_attempts_with_stop() -> None:
     assert script.calls == 21
 
 
+@pytest.mark.parametrize("attempts", [5, None])
+async def test_attempts_lowered_during_a_call_apply_to_its_next_retry(
+    attempts: int | None,
+) -> None:
+    """`attempts` is read before each retry: lowered mid-call, the call gives up at once."""
+    retry = Retry(attempts=attempts, stop=tenacity.stop_after_attempt(5), clock=FakeClock())
+    errors = [ValueError(str(i)) for i in range(5)]
+    calls = 0
+
+    async def fn() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            retry.attempts = 2
+        raise errors[calls - 1]
+
+    with capture_events(RetryScheduled) as events, pytest.raises(ValueError) as info:
+        await retry.call(fn)
+    assert info.value is errors[1]
+    assert calls == 2
+    assert len(events) == 1
+    assert retry.statistics() == RetryStatistics(calls=1, retries=1, gave_up=1, budget_rejections=0)
+
+
 def test_unlimited_attempts_require_stop() -> None:
     """`attempts=None` without `stop=` is a ValueError naming `attempts`."""
     with pytest.raises(ValueError, match="attempts"):
@@ -433,6 +457,37 @@ async def test_unusable_retry_after_ignored(hint: object) -> None:
     script = Script(Throttled(hint), "ok")
     assert await Retry(wait=tenacity.wait_fixed(0.5), clock=clock).call(script) == "ok"
     assert clock.sleeps == [0.5]
+
+
+class OneShotHint(Exception):
+    """
+    An error whose `retry_after` is computed when read, and read once counts: a second
+    read finds nothing (a hint taken from a response consumed as it is read).
+    """
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("throttled")
+        self._hint: float | None = retry_after
+        self.reads = 0
+
+    @property
+    def retry_after(self) -> float | None:
+        self.reads += 1
+        hint, self._hint = self._hint, None
+        return hint
+
+
+@pytest.mark.parametrize("wait", [tenacity.wait_fixed(0.5), tenacity.wait_none(), None])
+async def test_retry_after_read_once_per_retry(wait: Any) -> None:
+    """A retry reads its error's `retry_after` once: a hint gone on a second read is kept."""
+    clock = FakeClock()
+    error = OneShotHint(7)
+    retry = Retry(wait=wait, retry_after_cap=30, clock=clock) if wait else Retry(clock=clock)
+    with capture_events(RetryScheduled) as events:
+        assert await retry.call(Script(error, "ok")) == "ok"
+    assert error.reads == 1
+    assert clock.sleeps == [7.0]
+    assert [e.delay for e in events if isinstance(e, RetryScheduled)] == [7.0]
 
 
 # -- deadlines -----------------------------------------------------------------------
