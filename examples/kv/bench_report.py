@@ -27,7 +27,7 @@ from benchmarks._report import machine_info, package_versions
 from .bench import FLOOR, OPERATIONS, P99_TARGET_MS, VARIANTS, Phase
 from .bench_load import nearest_rank
 
-__all__ = ["print_table", "region", "write_docs"]
+__all__ = ["floor_lines", "print_table", "region", "write_docs"]
 
 BEGIN, END = "<!-- kv:begin -->", "<!-- kv:end -->"
 TARGETS = {"PUT": 3000.0, "GET": 6000.0}
@@ -48,7 +48,13 @@ def _select(phases: Sequence[Phase], **match: object) -> list[Phase]:
 
 
 def _ratios(
-    phases: Sequence[Phase], op: str, field: str = "rate", load: str = "saturation"
+    phases: Sequence[Phase],
+    op: str,
+    field: str = "rate",
+    load: str = "saturation",
+    *,
+    of: str = "resilient",
+    over: str = "plain",
 ) -> list[float]:
     # Round by round (both clusters loaded back to back), or pair by pair (one cluster
     # loaded in both modes back to back).
@@ -58,9 +64,31 @@ def _ratios(
             p.variant: float(getattr(p, field))
             for p in _select(phases, round=number, op=op, load=load)
         }
-        if pair.get("plain"):
-            ratios.append(pair.get("resilient", 0.0) / pair["plain"])
+        if pair.get(over):
+            ratios.append(pair.get(of, 0.0) / pair[over])
     return ratios
+
+
+def floor_lines(phases: Sequence[Phase]) -> list[str]:
+    """
+    Each cluster's saturation rate as a share of the bare aiohttp floor's in its round.
+
+    The absolute rates scale with the machine's speed (the floor itself moved by a
+    factor of two between machines of one kind); these shares are what another machine
+    should reproduce.
+    """
+    lines = []
+    for op in OPERATIONS:
+        shares = {v: _ratios(phases, op, of=v, over=FLOOR) for v in VARIANTS}
+        if not all(shares.values()):
+            continue
+        floors = [p.rate for p in _select(phases, op=op, variant=FLOOR, load="saturation")]
+        lines.append(
+            f"{op} at saturation as a share of the bare aiohttp floor's rate in the same"
+            f" round ({_spread(floors)}/s): "
+            + ", ".join(f"{v} {_spread(shares[v], '.2f')}" for v in VARIANTS)
+        )
+    return lines
 
 
 def median_interval(values: Sequence[float], coverage: float = 0.9) -> tuple[float, float, float]:
@@ -172,6 +200,8 @@ def print_table(phases: Sequence[Phase], *, quick: bool = False) -> None:
             f" {_spread(_ratios(phases, op), '.2f')}, node CPU per request"
             f" {_spread(_ratios(phases, op, 'node_cpu_us'), '.2f')}"
         )
+    for line in floor_lines(phases):
+        print(line)
     generator = [p.generator_cpu for p in phases]
     print(f"load generator CPU: {_spread(generator, '.2f')} cores (median, range)")
     print(
@@ -297,6 +327,7 @@ def region(phases: Sequence[Phase], argv: list[str], *, began: float,
             for op in OPERATIONS
             if _ratios(phases, op, load="pair")
         ),
+        *(f"- {line}" for line in floor_lines(phases)),
         *([f"- {internals_line(internals)}"] if internals else []),
         "",
         "Targets (issue #9):",

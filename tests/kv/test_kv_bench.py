@@ -358,3 +358,31 @@ def test_a_node_that_does_not_switch_its_peer_calls_is_named() -> None:
     node = silent.address("n1")
     with pytest.raises(ClusterStartError, match=f"{node} did not switch its peer calls"):
         bench.switch_peer_calls([node], "token", resilient=False)
+
+
+def test_each_cluster_is_also_given_as_a_share_of_the_floor_round_by_round() -> None:
+    """The absolute rates move with the machine's speed; each round's rate over the bare
+    aiohttp floor's rate in that round is what another machine can reproduce."""
+    phases = [
+        _phase(variant, "PUT", "saturation", rate, number)
+        for number, rates in ((1, (3000.0, 3300.0, 10_000.0)), (2, (6000.0, 6000.0, 20_000.0)),
+                              (3, (2800.0, 3500.0, 10_000.0)))
+        for variant, rate in zip(("resilient", "plain", bench.FLOOR), rates, strict=True)
+    ]  # fmt: skip
+    lines = bench_report.floor_lines(phases)
+    assert lines == [
+        "PUT at saturation as a share of the bare aiohttp floor's rate in the same round"
+        " (10,000 (10,000-20,000)/s): resilient 0.30 (0.28-0.30), plain 0.33 (0.30-0.35)"
+    ]
+    full = phases + [
+        _phase(variant, op, load, 1000.0)
+        for variant in ("resilient", "plain") for op in ("PUT", "GET")
+        for load in ("saturation", "half") if (op, load) != ("PUT", "saturation")
+    ]  # fmt: skip
+    region = bench_report.region(
+        full, ["bench"], began=0.0,
+        args=argparse.Namespace(rounds=3, seconds=5.0, keys=10, value_bytes=100,
+                                connections=96, generators=2),
+    )  # fmt: skip
+    assert f"- {lines[0]}" in region
+    assert bench_report.floor_lines([p for p in phases if p.variant != bench.FLOOR]) == []
