@@ -386,3 +386,35 @@ def test_each_cluster_is_also_given_as_a_share_of_the_floor_round_by_round() -> 
     )  # fmt: skip
     assert f"- {lines[0]}" in region
     assert bench_report.floor_lines([p for p in phases if p.variant != bench.FLOOR]) == []
+
+
+def test_cpu_per_request_at_fixed_rates_for_the_floor_and_a_cluster() -> None:
+    """bench_rates loads the bare floor and a real 3-node cluster at each offered rate and
+    prints the CPU their processes used per request, per target and rate."""
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.kv.bench_rates", "--rates", "100,200",
+         "--seconds", "0.5", "--repeats", "2"],
+        cwd=ROOT, capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    summary = done.stdout.decode().split("of 2 phases:\n", 1)[1].splitlines()
+    assert [line.split()[:3] for line in summary] == [
+        ["floor", "at", "100"], ["floor", "at", "200"],
+        ["cluster", "at", "100"], ["cluster", "at", "200"],
+    ]  # fmt: skip
+    for line in summary:
+        cpu = float(line.split("CPU ")[1].split()[0].replace(",", ""))
+        assert cpu > 0, line  # the processes' own CPU, read from /proc
+
+
+@pytest.mark.parametrize("rates", ["", "abc", "100,-5", "0"])
+def test_bench_rates_refuses_rates_that_are_not_positive_numbers(
+    rates: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad --rates is a usage error naming the value, before anything is started."""
+    from examples.kv import bench_rates  # noqa: PLC0415  # only this test needs it
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench_rates.main(["--rates", rates])
+    assert exit_info.value.code == 2
+    assert f"--rates: {rates!r}:" in capsys.readouterr().err
