@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from pathlib import Path
 from .._process import LOCALHOST, free_port
 from .bench import _cpu, _wait_floor
 from .bench_load import fill, open_loop
-from .launch import ROOT, LocalCluster
+from .launch import ROOT, ClusterStartError, LocalCluster
 
 __all__ = ["Sample", "main"]
 
@@ -107,6 +108,8 @@ def report(samples: Sequence[Sample]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """
     Load the floor and a 3-node cluster at each rate; print CPU per request.
+
+    Returns 0, or 3 when a server did not start (said on stderr).
     """
     parser = argparse.ArgumentParser(prog="python -m examples.kv.bench_rates")
     parser.add_argument(
@@ -143,10 +146,14 @@ def main(argv: list[str] | None = None) -> int:
                 for target in order:
                     samples.append(_load(target, *targets[target], rate, args.seconds))
                     print(report(samples[-1:])[0], flush=True)
+    except ClusterStartError as error:
+        print(f"kv bench_rates: a server failed to start: {error}", file=sys.stderr)
+        return 3
     finally:
-        floor.terminate()
-        floor.wait(10)
+        floor.kill()
+        floor.wait()
         cluster.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
     print(f"CPU per request at fixed PUT rates, median (min-max) of {args.repeats} phases:")
     for line in report(samples):
         print(line)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import statistics
 import subprocess
@@ -388,14 +389,17 @@ def test_each_cluster_is_also_given_as_a_share_of_the_floor_round_by_round() -> 
     assert bench_report.floor_lines([p for p in phases if p.variant != bench.FLOOR]) == []
 
 
-def test_cpu_per_request_at_fixed_rates_for_the_floor_and_a_cluster() -> None:
+def test_cpu_per_request_at_fixed_rates_for_the_floor_and_a_cluster(tmp_path: Path) -> None:
     """bench_rates loads the bare floor and a real 3-node cluster at each offered rate and
-    prints the CPU their processes used per request, per target and rate."""
+    prints the CPU their processes used per request, per target and rate; the nodes' data
+    is gone afterwards."""
     done = subprocess.run(
         [sys.executable, "-m", "examples.kv.bench_rates", "--rates", "100,200",
          "--seconds", "0.5", "--repeats", "2"],
         cwd=ROOT, capture_output=True, timeout=120, check=False,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     summary = done.stdout.decode().split("of 2 phases:\n", 1)[1].splitlines()
     assert [line.split()[:3] for line in summary] == [
