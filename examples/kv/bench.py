@@ -34,6 +34,7 @@ the generator was a bottleneck. Results go to stdout, ``--json`` and (unless
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -44,7 +45,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from .._process import free_port
 from .bench_load import LoadResult, closed_loop, fill, open_loop
 from .launch import ROOT, ClusterStartError, LocalCluster
 
-__all__ = ["Phase", "add_bench_arguments", "run_bench"]
+__all__ = ["Phase", "add_bench_arguments", "floor_and_clusters", "run_bench", "wait_floor"]
 
 IDS = ("n1", "n2", "n3")
 VARIANTS: dict[str, list[str]] = {"resilient": [], "plain": ["--plain-peers"]}
@@ -182,30 +183,20 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
         for name, extra in VARIANTS.items()
     }
     began = time.time()
-    floor_port = free_port()
-    floor = subprocess.Popen(  # noqa: S603  # argv built here, no shell
-        [sys.executable, "-m", "examples.kv.bench_floor", str(floor_port)], cwd=ROOT,
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        for cluster in clusters.values():  # all six start at once, then each is awaited
-            for node in cluster.ids:
-                cluster.launch(node)
-        for cluster in clusters.values():
-            for node in cluster.ids:
-                cluster.wait_healthy(node)
-        _wait_floor(floor, floor_port)
-        phases = _rounds(args, clusters, (floor.pid, f"127.0.0.1:{floor_port}"))
-        internals = _all_internals(clusters)
-    except ClusterStartError as error:
-        print(f"kv bench: a cluster failed: {error}", file=sys.stderr)
-        return 3
-    finally:
-        floor.kill()
-        floor.wait()
-        for cluster in clusters.values():
-            cluster.stop_all()
-        shutil.rmtree(root, ignore_errors=True)
+    with floor_and_clusters(root, clusters.values()) as (floor, floor_port):
+        try:
+            for cluster in clusters.values():  # all six start at once, then each is awaited
+                for node in cluster.ids:
+                    cluster.launch(node)
+            for cluster in clusters.values():
+                for node in cluster.ids:
+                    cluster.wait_healthy(node)
+            wait_floor(floor, floor_port)
+            phases = _rounds(args, clusters, (floor.pid, f"127.0.0.1:{floor_port}"))
+            internals = _all_internals(clusters)
+        except ClusterStartError as error:
+            print(f"kv bench: a cluster failed: {error}", file=sys.stderr)
+            return 3
     # Imported here: bench_report imports this module (and the repo's benchmarks/ package).
     from .bench_report import internals_line, print_table, write_docs  # noqa: PLC0415
 
@@ -254,7 +245,38 @@ def _internals(cluster: LocalCluster) -> dict[str, float]:
     }
 
 
-def _wait_floor(process: subprocess.Popen[bytes], port: int) -> None:
+@contextlib.contextmanager
+def floor_and_clusters(
+    root: Path, clusters: Iterable[LocalCluster]
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """
+    Start the bare aiohttp floor (`bench_floor`) on a free port, not awaited (`wait_floor`).
+
+    On leaving: the floor is killed, every one of `clusters` stopped and `root`, where
+    their data lives, removed.
+    """
+    port = free_port()
+    floor = subprocess.Popen(  # noqa: S603  # argv built here, no shell
+        [sys.executable, "-m", "examples.kv.bench_floor", str(port)], cwd=ROOT,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield floor, port
+    finally:
+        floor.kill()
+        floor.wait()
+        for cluster in clusters:
+            cluster.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_floor(process: subprocess.Popen[bytes], port: int) -> None:
+    """
+    Return once the floor answers ``/health``.
+
+    Raises:
+        ClusterStartError: It exited or did not answer within 20 s.
+    """
     deadline = time.monotonic() + 20.0
     while time.monotonic() < deadline and process.poll() is None:
         try:

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,10 +26,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._process import LOCALHOST, free_port
-from .bench import _cpu, _wait_floor
+from .._process import LOCALHOST
+from .bench import _cpu, floor_and_clusters, wait_floor
 from .bench_load import fill, open_loop
-from .launch import ROOT, ClusterStartError, LocalCluster
+from .launch import ClusterStartError, LocalCluster
 
 __all__ = ["Sample", "main"]
 
@@ -125,15 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seconds must be > 0 and --repeats >= 1")
     root = Path(tempfile.mkdtemp(prefix="kv-rates-"))
     cluster = LocalCluster(root, ["n1", "n2", "n3"], secrets.token_hex(16))
-    port = free_port()
-    floor = subprocess.Popen(  # noqa: S603  # argv built here, no shell
-        [sys.executable, "-m", "examples.kv.bench_floor", str(port)], cwd=ROOT,
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     samples: list[Sample] = []
-    try:
-        cluster.start()
-        _wait_floor(floor, port)
+    with floor_and_clusters(root, [cluster]) as (floor, port):
+        try:
+            cluster.start()
+            wait_floor(floor, port)
+        except ClusterStartError as error:
+            print(f"kv bench_rates: a server failed to start: {error}", file=sys.stderr)
+            return 3
         nodes = [cluster.address(node) for node in cluster.ids]
         fill(nodes, _KEYS, _VALUE_BYTES)
         targets = {
@@ -146,14 +143,6 @@ def main(argv: list[str] | None = None) -> int:
                 for target in order:
                     samples.append(_load(target, *targets[target], rate, args.seconds))
                     print(report(samples[-1:])[0], flush=True)
-    except ClusterStartError as error:
-        print(f"kv bench_rates: a server failed to start: {error}", file=sys.stderr)
-        return 3
-    finally:
-        floor.kill()
-        floor.wait()
-        cluster.stop_all()
-        shutil.rmtree(root, ignore_errors=True)
     print(f"CPU per request at fixed PUT rates, median (min-max) of {args.repeats} phases:")
     for line in report(samples):
         print(line)
