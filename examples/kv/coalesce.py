@@ -75,12 +75,17 @@ class Coalescer(Generic[T, R]):
     def _flush(self) -> None:
         self._scheduled = False
         loop = self._loop or running_loop()  # submit's: this runs in a fresh context
-        while self._pending and len(self._tasks) < self._max_in_flight:
-            batch, size = [], 0
-            while self._pending and size < self._max_batch:
-                entry = self._pending.pop(0)
-                batch.append(entry)
-                size += self._size(entry[0])
+        pending = self._pending
+        while pending and len(self._tasks) < self._max_in_flight:
+            # Items up to `max_batch` (the last may cross it), cut off the queue in one
+            # slice: popping each from the front would cost a move of the whole queue
+            # per item, quadratic in a backlog of thousands.
+            taken, size = 0, 0
+            while taken < len(pending) and size < self._max_batch:
+                size += self._size(pending[taken][0])
+                taken += 1
+            batch = pending[:taken]
+            del pending[:taken]
             self.batches += 1
             self.items += len(batch)
             task = loop.create_task(self._send(batch), context=contextvars.Context())

@@ -391,6 +391,30 @@ async def test_coalescer_gathers_while_batches_are_in_flight() -> None:
     await coalescer.drain()
 
 
+async def test_coalescer_cuts_a_backlog_into_batches_of_max_batch_in_order() -> None:
+    """A backlog leaves in submission order, each batch closed by the item that reaches
+    max_batch (in `size` units), each item answered by its own batch."""
+    gate = asyncio.Event()
+    batches: list[list[int]] = []
+
+    async def ship(items: list[int], budget: float) -> list[int]:
+        batches.append(items)
+        await gate.wait()
+        return [-item for item in items]
+
+    coalescer: Coalescer[int, int] = Coalescer(ship, size=lambda item: item, max_in_flight=1,
+                                               max_batch=10)  # fmt: skip
+    until = asyncio.get_running_loop().time() + 5
+    first = coalescer.submit(1, until)
+    await asyncio.sleep(0)  # the first batch leaves; the rest queue behind it
+    backlog = [4, 4, 4, 3, 9, 1, 1, 12, 2]
+    rest = [coalescer.submit(item, until) for item in backlog]
+    gate.set()
+    assert await asyncio.gather(first, *rest) == [-1] + [-item for item in backlog]
+    assert batches == [[1], [4, 4, 4], [3, 9], [1, 1, 12], [2]]
+    assert (coalescer.batches, coalescer.items) == (5, 10)
+
+
 async def test_coalescer_hands_each_caller_the_batch_error() -> None:
     """A failed batch fails every item's future with the error; a spent deadline too."""
 
