@@ -109,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns 0, or 3 when a server did not start (said on stderr).
     """
-    parser = argparse.ArgumentParser(prog="python -m examples.kv.bench_rates")
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.kv.bench_rates",
+        description="CPU per request at fixed offered PUT rates: a 3-node cluster (resilient"
+        " between nodes) against the bare aiohttp floor, on loopback.",
+    )
     parser.add_argument(
         "--rates",
         type=_rates,
@@ -117,10 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         help="offered PUT rates, comma-separated (default 300,1000,3000)",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="per phase (default 5)")
-    parser.add_argument("--repeats", type=int, default=3, help="phases per rate and target")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="phases per rate and target (default 3)"
+    )
     args = parser.parse_args(argv)
-    if not args.seconds > 0 or args.repeats < 1:
-        parser.error("--seconds must be > 0 and --repeats >= 1")
+    if not args.seconds > 0:
+        parser.error(f"--seconds {args.seconds!r}: must be > 0")
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats!r}: must be >= 1")
     root = Path(tempfile.mkdtemp(prefix="kv-rates-"))
     cluster = LocalCluster(root, ["n1", "n2", "n3"], secrets.token_hex(16))
     samples: list[Sample] = []

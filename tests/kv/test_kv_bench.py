@@ -422,3 +422,20 @@ def test_bench_rates_refuses_rates_that_are_not_positive_numbers(
         bench_rates.main(["--rates", rates])
     assert exit_info.value.code == 2
     assert f"--rates: {rates!r}:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [(["--seconds", "0"], "--seconds 0.0"), (["--seconds", "nan"], "--seconds nan"),
+     (["--repeats", "0"], "--repeats 0")],
+)  # fmt: skip
+def test_bench_rates_refuses_a_bad_phase_length_or_count(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--seconds and --repeats out of range are usage errors naming the option and value."""
+    from examples.kv import bench_rates  # noqa: PLC0415  # only these tests need it
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench_rates.main(argv)
+    assert exit_info.value.code == 2
+    assert f"{named}: must be" in capsys.readouterr().err
