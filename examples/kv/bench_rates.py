@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +29,7 @@ from pathlib import Path
 from .._process import LOCALHOST
 from .bench import _cpu, floor_and_clusters, wait_floor
 from .bench_load import fill, open_loop
+from .bench_report import _spread
 from .launch import ClusterStartError, LocalCluster
 
 __all__ = ["Sample", "main"]
@@ -79,10 +80,6 @@ def _load(
     )  # fmt: skip
 
 
-def _spread(values: Sequence[float], fmt: str) -> str:
-    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
-
-
 def report(samples: Sequence[Sample]) -> list[str]:
     """
     One line per target and rate: median (min-max) over the repeats.
@@ -101,6 +98,15 @@ def report(samples: Sequence[Sample]) -> list[str]:
                 f" {of(lambda s: s.p50_ms, '.1f')} ms, p99 {of(lambda s: s.p99_ms, '.1f')} ms"
             )
     return lines
+
+
+def _start(cluster: LocalCluster, floor: subprocess.Popen[bytes], port: int) -> None:
+    # The cluster and the floor answering, the cluster holding the keys the load writes.
+    cluster.start()
+    wait_floor(floor, port)
+    filled = fill([cluster.address(node) for node in cluster.ids], _KEYS, _VALUE_BYTES)
+    if filled.errors:
+        raise ClusterStartError(f"{filled.errors} of {_KEYS} fill writes failed")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,14 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     cluster = LocalCluster(root, ["n1", "n2", "n3"], secrets.token_hex(16))
     samples: list[Sample] = []
     with floor_and_clusters(root, [cluster]) as (floor, port):
+        nodes = [cluster.address(node) for node in cluster.ids]
         try:
-            cluster.start()
-            wait_floor(floor, port)
+            _start(cluster, floor, port)
         except ClusterStartError as error:
             print(f"kv bench_rates: a server failed to start: {error}", file=sys.stderr)
             return 3
-        nodes = [cluster.address(node) for node in cluster.ids]
-        fill(nodes, _KEYS, _VALUE_BYTES)
         targets = {
             "floor": ([floor.pid], [f"{LOCALHOST}:{port}"]),
             "cluster": ([cluster.processes[node].pid for node in cluster.ids], nodes),
