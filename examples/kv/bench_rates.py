@@ -6,8 +6,11 @@ request rises as the rate falls. This measures how much, for a 3-node cluster (P
 `resilient` between nodes) and for the bare aiohttp floor (`bench_floor`: no storage,
 no peers, no batching), at each of ``--rates`` in turn (open loop, the bench's Python
 generator), ``--repeats`` times in alternating order. Prints, per target and rate, the
-CPU the server processes used per request (utime + stime from /proc, summed over the
-nodes), the cores they used and the latency: median over the repeats (min-max).
+CPU the server processes used per request answered (utime + stime from /proc, summed
+over the nodes), the cores they used (that CPU over the phase's wall time, the
+generator's start-up included), the latency and the rate answered (below the
+offered one when the target fell behind): median over the repeats (min-max). Needs no
+wrk; takes about 2 s per phase more than ``--seconds`` (defaults: about 2 minutes).
 
 Where the floor's CPU per request rises as steeply as the cluster's, what rises is the
 machine's cost of waking a process for little work (cold caches, the scheduler, the
@@ -50,6 +53,9 @@ class Sample:
     cores: float
     p50_ms: float
     p99_ms: float
+    answered: float
+    """Requests answered without error per second: below `rate` when the target fell
+    behind (then latency, not the rate, is what grew)."""
 
 
 def _rates(text: str) -> list[float]:
@@ -77,6 +83,7 @@ def _load(
     return Sample(
         target, rate, result.requests, used / answered * 1e6, used / took,
         result.p50_ms, result.p99_ms,
+        (result.requests - result.errors) / result.seconds if result.seconds > 0 else 0.0,
     )  # fmt: skip
 
 
@@ -94,8 +101,9 @@ def report(samples: Sequence[Sample]) -> list[str]:
 
             lines.append(
                 f"{target:>8} at {rate:>7,.0f} PUT/s: CPU {of(lambda s: s.cpu_us, ',.0f')} us"
-                f" per request, {of(lambda s: s.cores, '.2f')} cores, p50"
-                f" {of(lambda s: s.p50_ms, '.1f')} ms, p99 {of(lambda s: s.p99_ms, '.1f')} ms"
+                f" per request answered, {of(lambda s: s.cores, '.2f')} cores, p50"
+                f" {of(lambda s: s.p50_ms, '.1f')} ms, p99 {of(lambda s: s.p99_ms, '.1f')} ms,"
+                f" answered {of(lambda s: s.answered, ',.0f')}/s"
             )
     return lines
 

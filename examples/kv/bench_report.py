@@ -84,9 +84,10 @@ def floor_lines(phases: Sequence[Phase]) -> list[str]:
             continue
         floors = [p.rate for p in _select(phases, op=op, variant=FLOOR, load="saturation")]
         lines.append(
-            f"{op} at saturation as a share of the bare aiohttp floor's rate in the same"
-            f" round ({_spread(floors)}/s): "
+            f"{op} at saturation as a share of the bare aiohttp floor's rate, round by round"
+            " (each round's rate over the floor's in that round; median, min-max): "
             + ", ".join(f"{v} {_spread(shares[v], '.2f')}" for v in VARIANTS)
+            + f"; the floor {_spread(floors)}/s"
         )
     return lines
 
@@ -200,8 +201,9 @@ def print_table(phases: Sequence[Phase], *, quick: bool = False) -> None:
             f" {_spread(_ratios(phases, op), '.2f')}, node CPU per request"
             f" {_spread(_ratios(phases, op, 'node_cpu_us'), '.2f')}"
         )
-    for line in floor_lines(phases):
-        print(line)
+    if not quick:  # a --quick run's few connections saturate the floor, not the clusters
+        for line in floor_lines(phases):
+            print(line)
     generator = [p.generator_cpu for p in phases]
     print(f"load generator CPU: {_spread(generator, '.2f')} cores (median, range)")
     print(
