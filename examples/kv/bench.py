@@ -40,6 +40,7 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -256,18 +257,28 @@ def floor_and_clusters(
     their data lives, removed.
     """
     port = free_port()
+    # Its stdin a pipe from here, as the nodes': it stops when this process dies, a
+    # SIGKILL included. A SIGTERM here becomes SystemExit, so the clean-up below runs.
     floor = subprocess.Popen(  # noqa: S603  # argv built here, no shell
-        [sys.executable, "-m", "examples.kv.bench_floor", str(port)], cwd=ROOT,
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "examples.kv.bench_floor", str(port), "--stop-on-stdin-eof"],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         yield floor, port
     finally:
         floor.kill()
         floor.wait()
+        if floor.stdin is not None:
+            floor.stdin.close()
         for cluster in clusters:
             cluster.stop_all()
         shutil.rmtree(root, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def wait_floor(process: subprocess.Popen[bytes], port: int) -> None:

@@ -15,6 +15,7 @@ import sys
 from aiohttp import web
 
 from .._process import uvloop_factory
+from .server import _watch_stdin
 
 __all__ = ["main"]
 
@@ -34,7 +35,7 @@ async def _health(_: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-async def _serve(port: int) -> None:
+async def _serve(port: int, *, stop_on_stdin_eof: bool = False) -> None:
     app = web.Application()
     app.add_routes([
         web.put("/kv/{key}", _put), web.get("/kv/{key}", _get), web.get("/health", _health)
@@ -42,16 +43,21 @@ async def _serve(port: int) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
-    await asyncio.Event().wait()  # until killed
+    stop = asyncio.Event()  # set by nothing but the stdin watch: otherwise until killed
+    if stop_on_stdin_eof:  # the bench's pipe: gone when the bench dies, however it dies
+        _watch_stdin(asyncio.get_running_loop(), stop)
+    await stop.wait()
+    await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
     """
-    Serve on 127.0.0.1:PORT until killed.
+    Serve on 127.0.0.1:PORT until killed (``PORT --stop-on-stdin-eof``: or stdin closes).
     """
-    port = int((sys.argv[1:] if argv is None else argv)[0])
+    args = sys.argv[1:] if argv is None else argv
+    port = int(args[0])
     with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
-        runner.run(_serve(port))
+        runner.run(_serve(port, stop_on_stdin_eof="--stop-on-stdin-eof" in args[1:]))
     return 0
 
 

@@ -20,6 +20,7 @@ hypervisor), not batching in the cluster.
 from __future__ import annotations
 
 import argparse
+import math
 import secrets
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from .launch import ClusterStartError, LocalCluster
 __all__ = ["Sample", "main"]
 
 _KEYS, _VALUE_BYTES = 2000, 100
+_LEAST_RATE = 0.01
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,12 @@ def _rates(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(
             f"{text!r}: give rates as numbers, e.g. 300,1000"
         ) from None
-    if not rates or not all(rate > 0 for rate in rates):
-        raise argparse.ArgumentTypeError(f"{text!r}: every rate must be > 0")
-    return rates
+    # The generator takes a rate to three decimals, and 0 means closed loop to it.
+    if not all(math.isfinite(rate) and rate >= _LEAST_RATE for rate in rates):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: every rate must be a finite number of at least {_LEAST_RATE}"
+        )
+    return list(dict.fromkeys(rates))  # a rate given twice is one rate
 
 
 def _load(
@@ -139,8 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=3, help="phases per rate and target (default 3)"
     )
     args = parser.parse_args(argv)
-    if not args.seconds > 0:
-        parser.error(f"--seconds {args.seconds!r}: must be > 0")
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        parser.error(f"--seconds {args.seconds!r}: must be > 0 and finite")
+    if min(args.rates) * args.seconds < 1:
+        parser.error(
+            f"--seconds {args.seconds!r}: too short for a request at {min(args.rates):g}/s"
+            " (each phase must send at least one)"
+        )
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats!r}: must be >= 1")
     root = Path(tempfile.mkdtemp(prefix="kv-rates-"))

@@ -11,6 +11,7 @@ Each item still gets its own future and its own answer.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
@@ -35,6 +36,11 @@ class Coalescer(Generic[T, R]):
         size: The size of an item, to cap batches at `max_batch` (default: 1 each).
         max_in_flight: Batches on the wire at once.
         max_batch: Largest batch, in `size` units.
+
+    An item whose `size` raises is not sent: its caller's future gets the error.
+
+    Raises:
+        ValueError: `max_in_flight` or `max_batch` below 1.
     """
 
     def __init__(
@@ -45,11 +51,16 @@ class Coalescer(Generic[T, R]):
         max_in_flight: int = 4,
         max_batch: int = 4 << 20,
     ) -> None:
+        if max_in_flight < 1 or max_batch < 1:
+            raise ValueError(
+                f"Coalescer(max_in_flight={max_in_flight!r}, max_batch={max_batch!r}):"
+                " both must be >= 1"
+            )
         self._ship = ship
         self._size = size
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
-        self._pending: list[tuple[T, float, asyncio.Future[R]]] = []
+        self._pending: collections.deque[tuple[T, float, asyncio.Future[R]]] = collections.deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._scheduled = False
         # The loop of the last submit (one coalescer serves one loop): `_flush` and the
@@ -77,15 +88,21 @@ class Coalescer(Generic[T, R]):
         loop = self._loop or running_loop()  # submit's: this runs in a fresh context
         pending = self._pending
         while pending and len(self._tasks) < self._max_in_flight:
-            # Items up to `max_batch` (the last may cross it), cut off the queue in one
-            # slice: popping each from the front would cost a move of the whole queue
-            # per item, quadratic in a backlog of thousands.
-            taken, size = 0, 0
-            while taken < len(pending) and size < self._max_batch:
-                size += self._size(pending[taken][0])
-                taken += 1
-            batch = pending[:taken]
-            del pending[:taken]
+            # Items up to `max_batch` (the last may cross it), from a deque: popping
+            # the front of a list moves the whole queue, quadratic in a backlog.
+            batch: list[tuple[T, float, asyncio.Future[R]]] = []
+            size = 0
+            while pending and size < self._max_batch:
+                entry = pending.popleft()
+                try:
+                    size += self._size(entry[0])
+                except Exception as error:  # noqa: BLE001  # that item's caller gets it
+                    if not entry[2].done():
+                        entry[2].set_exception(error)
+                    continue
+                batch.append(entry)
+            if not batch:
+                continue
             self.batches += 1
             self.items += len(batch)
             task = loop.create_task(self._send(batch), context=contextvars.Context())

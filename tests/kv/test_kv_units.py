@@ -415,6 +415,42 @@ async def test_coalescer_cuts_a_backlog_into_batches_of_max_batch_in_order() -> 
     assert (coalescer.batches, coalescer.items) == (5, 10)
 
 
+async def test_coalescer_fails_only_the_item_whose_size_raises() -> None:
+    """An item whose size() raises gets that error; the items around it still leave
+    (adversary adv23: the bad item used to stay at the head and block the rest)."""
+    sent: list[list[int]] = []
+
+    async def ship(items: list[int], budget: float) -> list[int]:
+        sent.append(items)
+        return items
+
+    def size(item: int) -> int:
+        if item == 2:
+            raise ValueError("no size for 2")
+        return 1
+
+    coalescer: Coalescer[int, int] = Coalescer(ship, size=size)
+    until = asyncio.get_running_loop().time() + 5
+    futures = [coalescer.submit(i, until) for i in range(1, 5)]
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert outcomes[0] == 1
+    assert isinstance(outcomes[1], ValueError)
+    assert outcomes[2:] == [3, 4]
+    assert sent == [[1, 3, 4]]
+    await coalescer.drain()
+
+
+@pytest.mark.parametrize(("in_flight", "batch"), [(0, 10), (1, 0), (2, -1)])
+def test_coalescer_refuses_limits_below_one(in_flight: int, batch: int) -> None:
+    """max_in_flight or max_batch below 1 would never send (a busy loop of empty batches)."""
+
+    async def ship(items: list[int], budget: float) -> list[int]:
+        return items
+
+    with pytest.raises(ValueError, match="must be >= 1"):
+        Coalescer(ship, max_in_flight=in_flight, max_batch=batch)
+
+
 async def test_coalescer_hands_each_caller_the_batch_error() -> None:
     """A failed batch fails every item's future with the error; a spent deadline too."""
 
