@@ -95,17 +95,20 @@ class Watchdog:
     Used only from the thread running `loop`.
     """
 
+    # `queue`, `tail`, `limit` and `armed_at` are public for `Timeout._open`, which
+    # writes out `watch`'s common case (in order, no compaction, no re-arming): every
+    # guarded call pays it.
     __slots__ = (
-        "_armed_at",
         "_clock",
         "_handle",
         "_head",
         "_late",
-        "_limit",
-        "_queue",
-        "_tail",
+        "armed_at",
         "forks",
+        "limit",
         "loop",
+        "queue",
+        "tail",
     )
 
     def __init__(self, clock: Clock, loop: asyncio.AbstractEventLoop | None) -> None:
@@ -114,13 +117,13 @@ class Watchdog:
         self.forks = FORKS[0]  # which process it was made in (see LOOKUP_PAYS_GETPID)
         # Deadlines in order from _head on (a list, not a ~760-byte deque); dead ones
         # dropped lazily.
-        self._queue: list[Watched] = []
+        self.queue: list[Watched] = []
         self._head = 0
-        self._tail = -math.inf  # the deadline last queued
+        self.tail = -math.inf  # the deadline last queued
         self._late: list[tuple[float, int, Watched]] = []  # a heap of out-of-order ones
-        self._limit = _ROOM
+        self.limit = _ROOM
         self._handle: TimerHandle | None = None
-        self._armed_at = math.inf
+        self.armed_at = math.inf
 
     def watch(self, item: Watched) -> None:
         """
@@ -128,15 +131,15 @@ class Watchdog:
         """
         item.live = True
         deadline = item.deadline
-        if deadline >= self._tail:
-            queue = self._queue
+        if deadline >= self.tail:
+            queue = self.queue
             queue.append(item)
-            self._tail = deadline
-            if len(queue) > self._limit:
+            self.tail = deadline
+            if len(queue) > self.limit:
                 self._compact()
         else:  # id(item): no two items compared, and no two live ones share it
             heapq.heappush(self._late, (deadline, id(item), item))
-        if deadline < self._armed_at:
+        if deadline < self.armed_at:
             self._arm(deadline)
 
     def unwatch(self, item: Watched) -> None:
@@ -146,34 +149,34 @@ class Watchdog:
         item.live = False
 
     def __len__(self) -> int:
-        queued = self._queue[self._head :]
+        queued = self.queue[self._head :]
         return sum(item.live for item in queued) + sum(e[2].live for e in self._late)
 
     def _compact(self) -> None:
-        self._queue = [item for item in self._queue[self._head :] if item.live]
+        self.queue = [item for item in self.queue[self._head :] if item.live]
         self._head = 0
         self._late = [entry for entry in self._late if entry[2].live]
         heapq.heapify(self._late)
-        self._limit = 2 * (len(self._queue) + len(self._late)) + _ROOM
+        self.limit = 2 * (len(self.queue) + len(self._late)) + _ROOM
 
     def _arm(self, at: float) -> None:
         if self._handle is not None:
             self._handle.cancel()
-        self._armed_at = at
+        self.armed_at = at
         self._handle = self._clock.call_at(at, self._fire)
 
     def _fire(self) -> None:
         self._handle = None
-        self._armed_at = math.inf
+        self.armed_at = math.inf
         now = self._clock.monotonic()
-        queue, late, head = self._queue, self._late, self._head
+        queue, late, head = self.queue, self._late, self._head
         while head < len(queue) and not (queue[head].live and queue[head].deadline > now):
             _expire(queue[head])
             head += 1
         if head == len(queue):
             queue.clear()
             head = 0
-            self._tail = -math.inf  # any deadline may queue again
+            self.tail = -math.inf  # any deadline may queue again
         elif head > _ROOM and 2 * head > len(queue):
             del queue[:head]  # the popped front, in one go
             head = 0

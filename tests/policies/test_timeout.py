@@ -645,8 +645,8 @@ async def test_watchdog_holds_a_bounded_number_of_ended_calls() -> None:
     for _ in range(5_000):
         assert await timeout.call(asyncio.sleep, 0, "done") == "done"
     dog = timeout._watchdogs.last
-    assert len(dog._queue) <= 200
-    assert all(entry.task is None for entry in dog._queue)  # type: ignore[attr-defined]
+    assert len(dog.queue) <= 200
+    assert all(entry.task is None for entry in dog.queue)  # type: ignore[attr-defined]
     assert timeout._watchdogs.watched() == 0
 
 
