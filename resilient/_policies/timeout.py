@@ -28,13 +28,11 @@ from .._engine.errors import TimeoutExceeded
 from .._engine.events import Hook, TimedOut
 from .._engine.policy import Args, AsyncFn, Kwargs, Policy
 from .._engine.validate import check_seconds
-from .watchdog import FORKS, LOOKUP_PAYS_GETPID, TASK_OF_LOOP, Watchdogs
+from .watchdog import FORKS, TASK_OF_LOOP, Watchdogs
 
 __all__ = ["Timeout", "TimeoutStatistics"]
 
 T = TypeVar("T")
-
-_NEW_SCOPE = object.__new__  # `_Scope`'s constructor (it has no __init__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +57,10 @@ class _Scope(Deadline):
 
     __slots__ = ("budget", "cancelling", "fired", "live", "task", "token")
 
-    # No __init__: `Timeout._open` builds each one field by field, in its own frame
-    # (every guarded call makes one).
+    # `Timeout._open` builds each one field by field, in its own frame (every guarded
+    # call makes one): `_Scope()` runs C code only, without `Deadline.__init__`'s frame
+    # (and cheaper than `object.__new__(_Scope)`, which builds an argument tuple).
+    __init__ = object.__init__  # no fields: _open sets them
     budget: float  # seconds it had
     cancelling: int  # its task's pending cancellations when it began
     fired: bool  # expired: its timer cancelled the task
@@ -162,8 +162,8 @@ class Timeout(Policy):
         dog = self._watchdogs.last
         loop = dog.loop
         if (
-            LOOKUP_PAYS_GETPID
-            and getattr(loop, "_thread_id", None) == get_ident()
+            dog.threaded
+            and loop._thread_id == get_ident()  # type: ignore[union-attr]  # noqa: SLF001  # see `threaded`
             and dog.forks == FORKS[0]
         ):  # `loop` runs in this thread now: its task, without a syscall (see _watchdog)
             task = TASK_OF_LOOP(loop)  # type: ignore[arg-type]  # running, so not None
@@ -189,7 +189,7 @@ class Timeout(Policy):
                 deadline = outer_here
         self._calls += 1
         budget = deadline - now
-        scope = _NEW_SCOPE(_Scope)  # see _Scope: no __init__ frame
+        scope: _Scope = _Scope()  # see _Scope: no __init__ frame
         # Not `budget <= 0.0`: a NaN budget (a clock reading NaN or infinity) is refused
         # too, never watched (it would never expire).
         if not budget > 0.0:  # not watched, no deadline set: nothing to undo

@@ -109,12 +109,17 @@ class Watchdog:
         "loop",
         "queue",
         "tail",
+        "threaded",
     )
 
     def __init__(self, clock: Clock, loop: asyncio.AbstractEventLoop | None) -> None:
         self._clock = clock
         self.loop = loop
         self.forks = FORKS[0]  # which process it was made in (see LOOKUP_PAYS_GETPID)
+        # Whether `loop` records the thread running it (asyncio's own loops do, in
+        # `_thread_id`; uvloop's don't): then a policy may look its task up directly
+        # (LOOKUP_PAYS_GETPID), reading the attribute without getattr's default.
+        self.threaded = LOOKUP_PAYS_GETPID and hasattr(loop, "_thread_id")
         # Deadlines in order from _head on (a list, not a ~760-byte deque); dead ones
         # dropped lazily.
         self.queue: list[Watched] = []
