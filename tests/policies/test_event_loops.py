@@ -136,6 +136,82 @@ def test_timeout_shared_by_two_loops_times_out_exactly_the_slow_calls() -> None:
     assert timeout.statistics().timeouts == 20
 
 
+def test_timeout_shared_by_asyncio_and_uvloop_loops_times_out_exactly_the_slow_calls() -> None:
+    """One Timeout, an asyncio loop and a uvloop loop at once, then in turn: each loop's
+    slow calls, and only those, time out. (asyncio's loops record their thread and take
+    the task lookup without a syscall on 3.11; uvloop's don't and take the long way.)"""
+    import uvloop  # noqa: PLC0415  # a dev dependency (the KV node's loop), Linux only
+
+    timeout = Timeout(0.5)
+    start = threading.Barrier(2, timeout=BOUND)
+
+    async def calls(wait: bool = True) -> list[str]:
+        if wait:
+            start.wait()  # both loops running before either calls
+
+        async def one(i: int) -> str:
+            try:
+                return await timeout.call(asyncio.sleep, 0 if i % 2 else 5, "done")
+            except TimeoutExceeded:
+                return "timed out"
+
+        return await asyncio.gather(*(one(i) for i in range(10)))
+
+    def on_uvloop(wait: bool) -> list[str]:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(calls(wait))
+
+    expected = ["timed out", "done"] * 5
+    outcome: Future[list[str]] = Future()
+    threading.Thread(
+        target=lambda: outcome.set_result(on_uvloop(True)), name="uvloop", daemon=True
+    ).start()
+    assert asyncio.run(calls()) == expected
+    assert outcome.result(BOUND) == expected
+    # In turn, in this thread: uvloop after asyncio after uvloop.
+    assert on_uvloop(False) == expected
+    assert asyncio.run(calls(False)) == expected
+    assert timeout.statistics().timeouts == 20
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_timeout_outside_a_task_is_refused_on_either_kind_of_loop(loop_kind: str) -> None:
+    """A Timeout entered from a plain callback of a running loop (no task to cancel)
+    raises RuntimeError, on a loop that records its thread and on one that doesn't,
+    also once the Timeout served a task of that loop."""
+    factory = asyncio.new_event_loop
+    if loop_kind == "uvloop":
+        import uvloop  # noqa: PLC0415  # a dev dependency (the KV node's loop), Linux only
+
+        factory = uvloop.new_event_loop
+    timeout = Timeout(1.0)
+
+    async def main() -> None:
+        assert await timeout.call(asyncio.sleep, 0, "ok") == "ok"  # the task's path first
+        refused: Future[BaseException | None] = Future()
+
+        def callback() -> None:
+            # A coroutine stepped by hand from a callback: running, but in no task.
+            call = timeout.call(asyncio.sleep, 0)
+            try:
+                call.send(None)
+            except BaseException as error:  # handed to the test to check
+                refused.set_result(error)
+            else:
+                refused.set_result(None)
+            finally:
+                call.close()
+
+        asyncio.get_running_loop().call_soon(callback)
+        await asyncio.sleep(0.01)
+        error = refused.result(0)
+        assert isinstance(error, RuntimeError)
+        assert "inside an asyncio task" in str(error)
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
+
+
 # -- Bulkhead: one loop at a time ---------------------------------------------------------
 
 
