@@ -131,6 +131,8 @@ class FakeClock:
         Raises:
             ValueError: `seconds` is negative, infinite or NaN.
             TypeError: `seconds` is not a number.
+            RuntimeError: A timer would come due and no event loop runs in this thread
+                to run it (time is left as it was: advance from inside the loop).
         """
         if isinstance(seconds, bool) or not isinstance(seconds, int | float):
             raise TypeError(f"FakeClock.advance(seconds=...): expected a number, got {seconds!r}")
@@ -139,15 +141,30 @@ class FakeClock:
         if seconds > _LARGEST or not math.isfinite(seconds):  # an int may exceed any float
             # nan would freeze every comparison with the timers; inf would fire them all.
             raise ValueError(f"FakeClock.advance(seconds={seconds!r}): seconds must be finite")
-        self._now += seconds
+        now = self._now + seconds
+        timers = self._timers
+        while timers and timers[0][2].cancelled:
+            heapq.heappop(timers)  # cancelled: nothing to run, whenever it was due
+        if timers and timers[0][0] <= now and not _loop_running():
+            # Checked before anything moves: a timer popped here would be lost, and the
+            # policy that armed it would wait for it forever (a Timeout never firing).
+            raise RuntimeError(
+                f"FakeClock.advance({seconds!r}): a timer comes due and no event loop is"
+                " running in this thread to run it; advance from inside the loop (in the"
+                " test's coroutine)"
+            )
+        self._now = now
         self._fire_due()
 
     def _fire_due(self) -> None:
+        loop = None
         while self._timers and self._timers[0][0] <= self._now:
+            if loop is None:  # asked before the first pop: a RuntimeError loses no timer
+                loop = asyncio.get_running_loop()
             _, _, timer = heapq.heappop(self._timers)
             if not timer.cancelled:
                 # Through the loop, as real timers run: never inside the caller's frame.
-                asyncio.get_running_loop().call_soon(_run_timer, timer)
+                loop.call_soon(_run_timer, timer)
 
     @property
     def pending_timers(self) -> int:
@@ -158,6 +175,14 @@ class FakeClock:
 
     def __repr__(self) -> str:
         return f"<FakeClock t={self._now:g} pending_timers={self.pending_timers}>"
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _run_timer(timer: _FakeTimer) -> None:

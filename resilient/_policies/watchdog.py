@@ -14,7 +14,7 @@ heap; a call that ends only marks its entry dead, and a firing pops entries from
 front until it meets a live deadline still ahead, so each entry is looked at once on its
 way out however often the timer fires (calls ending just before their deadlines make it
 fire once per call). Dead entries held between firings are bounded by compacting when
-the queue doubles.
+the queue or the heap doubles.
 
 A timer belongs to one event loop, so a policy keeps one `Watchdog` per loop in
 `Watchdogs`: a policy shared by loops in several threads enforces every loop's deadlines
@@ -143,7 +143,12 @@ class Watchdog:
             if len(queue) > self.limit:
                 self._compact()
         else:  # id(item): no two items compared, and no two live ones share it
-            heapq.heappush(self._late, (deadline, id(item), item))
+            late = self._late
+            heapq.heappush(late, (deadline, id(item), item))
+            # Bounded like the queue: calls capped by an enclosing deadline may all come
+            # here, and ended ones would otherwise stay until the next firing.
+            if len(late) > self.limit:
+                self._compact()
         if deadline < self.armed_at:
             self._arm(deadline)
 

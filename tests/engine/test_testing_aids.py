@@ -153,6 +153,52 @@ def test_negative_advance_raises() -> None:
     assert clock.monotonic() == 3.0
 
 
+def test_a_fake_timer_due_outside_a_loop_is_not_lost() -> None:
+    """advance() outside a running loop, with a timer coming due, is refused before
+    anything moves: the timer stays, the Timeout that armed it still fires later
+    (adversary adv24: the timer was popped, then get_running_loop() raised, and the
+    watchdog, still believing itself armed, never enforced another deadline)."""
+    clock = FakeClock(auto_advance=False)
+    timeout = Timeout(1.0, clock=clock)
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(timeout.call(asyncio.sleep, 0, "ok")) == "ok"
+        assert clock.pending_timers == 1  # the watchdog's, for the ended call
+        with pytest.raises(RuntimeError, match="no event loop is running"):
+            clock.advance(2.0)
+        assert clock.monotonic() == 0.0  # refused whole: time did not move either
+        assert clock.pending_timers == 1
+
+        async def overrun() -> str:
+            task = asyncio.ensure_future(timeout.call(asyncio.Event().wait))
+            await asyncio.sleep(0)
+            clock.advance(5.0)  # well past its deadline (1.0)
+            for _ in range(5):
+                await asyncio.sleep(0)
+            if not task.done():
+                task.cancel()
+                return "still running"
+            return type(task.exception()).__name__
+
+        assert loop.run_until_complete(overrun()) == "TimeoutExceeded"
+    finally:
+        loop.close()
+
+
+def test_advance_outside_a_loop_is_fine_when_no_live_timer_comes_due() -> None:
+    """No timer due (or only cancelled ones): advance() needs no loop, as a breaker's
+    reset_timeout test advancing time in plain code expects."""
+    clock = FakeClock(auto_advance=False)
+    clock.advance(3.0)
+    cancelled = clock.call_at(4.0, lambda: None)
+    cancelled.cancel()
+    later = clock.call_at(100.0, lambda: None)
+    clock.advance(10.0)
+    assert clock.monotonic() == 13.0
+    assert clock.pending_timers == 1
+    later.cancel()
+
+
 def test_repr() -> None:
     """The repr shows the time and pending timers."""
     clock = FakeClock(start=2.5)
