@@ -79,6 +79,20 @@ async def until(event: threading.Event) -> None:
 # -- Timeout: a watchdog per loop ---------------------------------------------------------
 
 
+async def slow_and_fast_calls(policy: Timeout, count: int) -> list[str]:
+    """
+    `count` calls through `policy` at once, alternately too slow (5 s) and instant.
+    """
+
+    async def one(i: int) -> str:
+        try:
+            return await policy.call(asyncio.sleep, 0 if i % 2 else 5, "done")
+        except TimeoutExceeded:
+            return "timed out"
+
+    return await asyncio.gather(*(one(i) for i in range(count)))
+
+
 def test_timeout_fires_on_one_loop_while_another_loop_uses_it() -> None:
     """A Timeout(0.2) on loop A still fires while loop B keeps calling the same Timeout,
     for a call A started before B's calls and for one started between them."""
@@ -120,14 +134,7 @@ def test_timeout_shared_by_two_loops_times_out_exactly_the_slow_calls() -> None:
 
     async def calls() -> list[str]:
         start.wait()  # both loops running before either calls
-
-        async def one(i: int) -> str:
-            try:
-                return await timeout.call(asyncio.sleep, 0 if i % 2 else 5, "done")
-            except TimeoutExceeded:
-                return "timed out"
-
-        return await asyncio.gather(*(one(i) for i in range(20)))
+        return await slow_and_fast_calls(timeout, 20)
 
     other = in_thread(calls)
     expected = ["timed out", "done"] * 10
@@ -148,14 +155,7 @@ def test_timeout_shared_by_asyncio_and_uvloop_loops_times_out_exactly_the_slow_c
     async def calls(wait: bool = True) -> list[str]:
         if wait:
             start.wait()  # both loops running before either calls
-
-        async def one(i: int) -> str:
-            try:
-                return await timeout.call(asyncio.sleep, 0 if i % 2 else 5, "done")
-            except TimeoutExceeded:
-                return "timed out"
-
-        return await asyncio.gather(*(one(i) for i in range(10)))
+        return await slow_and_fast_calls(timeout, 10)
 
     def on_uvloop(wait: bool) -> list[str]:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
