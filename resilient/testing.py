@@ -117,7 +117,16 @@ class FakeClock:
     def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandle:
         """
         Run `callback` from the event loop once fake time reaches `when`.
+
+        Raises:
+            RuntimeError: `when` has come and no event loop runs in this thread to run
+                the callback (nothing is scheduled).
         """
+        if when <= self._now and not _loop_running():
+            raise RuntimeError(
+                f"FakeClock.call_at({when!r}, ...): the timer is due now (t={self._now:g})"
+                " and no event loop is running in this thread to run it"
+            )
         timer = _FakeTimer(when, callback)
         heapq.heappush(self._timers, (when, next(self._order), timer))
         if when <= self._now:

@@ -199,6 +199,17 @@ def test_advance_outside_a_loop_is_fine_when_no_live_timer_comes_due() -> None:
     later.cancel()
 
 
+def test_a_timer_due_at_once_outside_a_loop_is_refused_and_not_scheduled() -> None:
+    """call_at() for a time already reached needs the loop to run it: refused, not
+    half-done (no handle returned yet a timer queued)."""
+    clock = FakeClock(auto_advance=False)
+    clock.advance(5.0)
+    with pytest.raises(RuntimeError, match="no event loop is running"):
+        clock.call_at(5.0, lambda: None)
+    assert clock.pending_timers == 0
+    clock.call_at(6.0, lambda: None).cancel()  # a future time needs no loop yet
+
+
 def test_repr() -> None:
     """The repr shows the time and pending timers."""
     clock = FakeClock(start=2.5)
