@@ -16,6 +16,8 @@ from .hlc import Version
 from .storage import Record
 
 __all__ = [
+    "HELD_BACK",
+    "HeldBack",
     "decode_acks",
     "decode_found",
     "decode_keys",
@@ -32,6 +34,7 @@ _HEADER = struct.Struct("!IBBI")  # key length, version length, flags, value len
 _TOMBSTONE = 1
 _TRACED = 4  # the record carries its writer's traceparent (u8 length, then ASCII)
 _ABSENT = 2  # in a lookup's answer: the node holds no record of this key
+_HELD_BACK = 8  # in a lookup's answer: not sent (the answer's size cap): ask again
 _KEY = struct.Struct("!I")
 
 
@@ -157,20 +160,37 @@ def decode_keys(data: bytes) -> list[bytes]:
     return keys
 
 
-def encode_found(keys: Sequence[bytes], found: Sequence[Record | None]) -> bytes:
+class HeldBack:
     """
-    Encode a lookup's answer: each key's record, or a marker that there is none.
+    The type of `HELD_BACK`: a key a lookup's answer left out, to be asked again.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "HELD_BACK"
+
+
+HELD_BACK = HeldBack()
+"""In a lookup's answer: the key's record was not sent (the answer reached its size cap)."""
+
+
+def encode_found(keys: Sequence[bytes], found: Sequence[Record | HeldBack | None]) -> bytes:
+    """
+    Encode a lookup's answer: per key its record, or a marker (none here, held back).
     """
     parts = [_COUNT.pack(len(keys))]
     for key, record in zip(keys, found, strict=True):
         if record is None:
             parts += (_HEADER.pack(len(key), 0, _ABSENT, 0), key)
+        elif isinstance(record, HeldBack):
+            parts += (_HEADER.pack(len(key), 0, _HELD_BACK, 0), key)
         else:
             parts.append(encode_records([record])[_COUNT.size :])
     return b"".join(parts)
 
 
-def decode_found(data: bytes, expected: int) -> list[Record | None]:
+def decode_found(data: bytes, expected: int) -> list[Record | HeldBack | None]:
     """
     Decode `encode_found` output for a lookup of `expected` keys.
 
@@ -184,7 +204,7 @@ def decode_found(data: bytes, expected: int) -> list[Record | None]:
         raise ValueError(f"answer truncated: {error}") from error
     if count != expected:
         raise ValueError(f"expected {expected} records, got {count}")
-    offset, found = _COUNT.size, list[Record | None]()
+    offset, found = _COUNT.size, list[Record | HeldBack | None]()
     for _ in range(count):
         try:
             key_len, version_len, flags, value_len = _HEADER.unpack_from(view, offset)
@@ -193,6 +213,8 @@ def decode_found(data: bytes, expected: int) -> list[Record | None]:
         end = offset + _HEADER.size + key_len + version_len + value_len
         if flags & _ABSENT:
             found.append(None)
+        elif flags & _HELD_BACK:
+            found.append(HELD_BACK)
         else:
             found.extend(decode_records(_COUNT.pack(1) + bytes(view[offset:end])))
         offset = end

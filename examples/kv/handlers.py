@@ -11,16 +11,20 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .codec import decode_keys, decode_traced, encode_acks, encode_found
+from .codec import HELD_BACK, HeldBack, decode_keys, decode_traced, encode_acks, encode_found
 from .config import KEY_NOT_FOUND
 from .coordinator import QuorumError
 from .loops import running_loop
 from .node import Node
+from .storage import Record
 from .validate import InputError, budget_of, error_response, key_of, quorum_of, read_value
 
-__all__ = ["NODE_KEY", "node_middleware", "routes"]
+__all__ = ["NODE_KEY", "READ_ANSWER_BYTES", "node_middleware", "routes"]
 
 NODE_KEY = web.AppKey("node", Node)
+
+READ_ANSWER_BYTES = 8 << 20
+"""Keys and values one ``/internal/read`` answer carries at most (plus one record)."""
 VERSION_HEADER = "X-KV-Version"
 _NEEDS_CLUSTER = "send the cluster token (the nodes' KV_CLUSTER_TOKEN)"
 _NEEDS_CLIENT = "send the client token (the nodes' KV_CLIENT_TOKEN)"
@@ -191,7 +195,20 @@ async def internal_read(request: web.Request) -> web.StreamResponse:
         keys = decode_keys(await request.read())
     except ValueError as error:
         return error_response(400, f"bad batch: {error}")
-    found = [node.storage.get(key) for key in keys]
+    found: list[Record | HeldBack | None] = []
+    size = 0
+    for key in keys:
+        # Capped in bytes, not only in keys: 1,024 keys of 1 MiB values would be a 1 GiB
+        # answer built here and held by the coordinator. The keys past the cap are held
+        # back (the coordinator asks again); the first is always sent, so each answer
+        # makes progress.
+        if size >= READ_ANSWER_BYTES:
+            found.append(HELD_BACK)
+            continue
+        record = node.storage.get(key)
+        found.append(record)
+        if record is not None:
+            size += len(key) + len(record.value or b"")
     return web.Response(body=encode_found(keys, found), content_type="application/octet-stream")
 
 

@@ -41,7 +41,7 @@ from resilient import (
 from resilient.integrations.aiohttp import ResilienceMiddleware
 
 from .coalesce import Coalescer
-from .codec import decode_acks, decode_found, encode_keys, encode_records
+from .codec import HeldBack, decode_acks, decode_found, encode_keys, encode_records
 from .storage import Record
 from .tracing import Tracing
 
@@ -276,15 +276,43 @@ class Peers:
 
     async def read_batch(self, node: str, keys: list[bytes], budget: float) -> list[Record | None]:
         """
-        `node`'s own records of `keys` (None where it holds none), in one request.
+        `node`'s own records of `keys` (None where it holds none).
 
-        No retry: the coordinator asks the next replica instead (hedging), which is
-        faster than backing off and asking the same one again.
+        One request, or more when the peer holds keys back to keep its answer under
+        its size cap (large values): the rest is asked again, within `budget`. No retry:
+        the coordinator asks the next replica instead (hedging), which is faster than
+        backing off and asking the same one again.
 
         Raises:
-            PeerError: The peer answered something unexpected, or is not a member.
+            PeerError: The peer answered something unexpected (an answer holding every
+                key back included), or is not a member.
             resilient.ResilienceError, aiohttp.ClientError: The call failed.
+            TimeoutError: `budget` ran out between two requests.
         """
+        loop = asyncio.get_running_loop()
+        until = loop.time() + budget
+        records: list[Record | None] = [None] * len(keys)
+        pending = list(range(len(keys)))
+        while True:
+            answer = await self._read_once(node, [keys[i] for i in pending], budget)
+            held = []
+            for i, record in zip(pending, answer, strict=True):
+                if isinstance(record, HeldBack):
+                    held.append(i)
+                else:
+                    records[i] = record
+            if not held:
+                return records
+            if len(held) == len(pending):
+                raise PeerError(f"{node} held back every one of {len(held)} keys")
+            budget = until - loop.time()
+            if budget <= 0:
+                raise TimeoutError(f"{len(held)} keys held back by {node} and no time left")
+            pending = held
+
+    async def _read_once(
+        self, node: str, keys: list[bytes], budget: float
+    ) -> list[Record | HeldBack | None]:
         url = self._url(node, "/internal/read")
         with deadline(budget), no_retries():
             response = await self.session.post(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -63,6 +64,23 @@ def test_a_write_on_one_node_reads_back_on_every_node(cluster: KVCluster) -> Non
             got = cluster.request(reader, "GET", f"/kv/round-{writer}")
             assert (got.status, got.body) == (200, value)
             assert got.headers["X-KV-Version"] == version
+
+
+def test_concurrent_reads_of_1_mib_values_come_back_whole(cluster: KVCluster) -> None:
+    """Sixteen 1 MiB values read at once through one coordinator (its reads to each peer
+    batched, an answer capped at 8 MiB and the rest asked again): every value exact,
+    twice over."""
+    values = {f"big-{i}": bytes([i]) * (1 << 20) for i in range(16)}
+    for key, value in values.items():
+        assert cluster.request("n2", "PUT", f"/kv/{key}", value, timeout=30).status == 204
+
+    def read(key: str) -> Response:
+        return cluster.request("n1", "GET", f"/kv/{key}", timeout=30)
+
+    with ThreadPoolExecutor(max_workers=len(values)) as pool:
+        for _ in range(2):
+            got = list(pool.map(read, values))
+            assert [(r.status, r.body) for r in got] == [(200, v) for v in values.values()]
 
 
 def test_delete_makes_later_reads_404_on_every_node(cluster: KVCluster) -> None:
