@@ -36,6 +36,9 @@ class Coalescer(Generic[T, R]):
         size: The size of an item, to cap batches at `max_batch` (default: 1 each).
         max_in_flight: Batches on the wire at once.
         max_batch: Largest batch, in `size` units.
+        again: Whether an answer means "not now": its item goes back in the queue, for
+            a later batch, its caller still waiting (until its deadline passes, then a
+            TimeoutError). None: every answer is final.
 
     An item whose `size` raises is not sent: its caller's future gets the error.
 
@@ -50,6 +53,7 @@ class Coalescer(Generic[T, R]):
         size: Callable[[T], int] = lambda _: 1,
         max_in_flight: int = 4,
         max_batch: int = 4 << 20,
+        again: Callable[[R], bool] | None = None,
     ) -> None:
         if max_in_flight < 1 or max_batch < 1:
             raise ValueError(
@@ -60,6 +64,7 @@ class Coalescer(Generic[T, R]):
         self._size = size
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
+        self._again = again
         self._pending: collections.deque[tuple[T, float, asyncio.Future[R]]] = collections.deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._scheduled = False
@@ -131,9 +136,17 @@ class Coalescer(Generic[T, R]):
                 if not future.done():
                     future.set_exception(error)
             return
-        for (_, _, future), answer in zip(batch, answers, strict=True):
-            if not future.done():
+        again = self._again
+        for entry, answer in zip(batch, answers, strict=True):
+            future = entry[2]
+            if future.done():
+                continue
+            if again is None or not again(answer):
                 future.set_result(answer)
+            elif entry[1] <= loop.time():
+                future.set_exception(TimeoutError("the deadline passed before it was answered"))
+            else:
+                self._pending.append(entry)  # sent by the next flush (`_done`)
 
     async def drain(self) -> None:
         """

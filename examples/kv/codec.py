@@ -17,6 +17,8 @@ from .storage import Record
 
 __all__ = [
     "HELD_BACK",
+    "HELD_BACK_HEADER",
+    "READ_ANSWER_BYTES",
     "HeldBack",
     "decode_acks",
     "decode_found",
@@ -174,6 +176,17 @@ class HeldBack:
 HELD_BACK = HeldBack()
 """In a lookup's answer: the key's record was not sent (the answer reached its size cap)."""
 
+READ_ANSWER_BYTES = 8 << 20
+"""
+Keys and values a lookup's answer carries before it holds the other keys back.
+
+Only for a coordinator that says it reads `HELD_BACK` (`HELD_BACK_HEADER`): an older one
+gets the whole answer, as before. An answer holding keys back carries at least this much.
+"""
+
+HELD_BACK_HEADER = "X-KV-Held-Back"
+"""Sent by a coordinator that reads `HELD_BACK` markers: the replica may cap its answer."""
+
 
 def encode_found(keys: Sequence[bytes], found: Sequence[Record | HeldBack | None]) -> bytes:
     """
@@ -190,30 +203,38 @@ def encode_found(keys: Sequence[bytes], found: Sequence[Record | HeldBack | None
     return b"".join(parts)
 
 
-def decode_found(data: bytes, expected: int) -> list[Record | HeldBack | None]:
+def decode_found(data: bytes, keys: Sequence[bytes]) -> list[Record | HeldBack | None]:
     """
-    Decode `encode_found` output for a lookup of `expected` keys.
+    Decode `encode_found` output for a lookup of `keys`, checking each entry is its key's.
 
     Raises:
-        ValueError: Malformed, or the count does not match.
+        ValueError: Malformed: truncated, trailing bytes, the wrong count, an entry for
+            another key (or out of order), or a marker with contradictory flags or a
+            version or value.
     """
     view = memoryview(data)
     try:
         (count,) = _COUNT.unpack_from(view, 0)
     except struct.error as error:
         raise ValueError(f"answer truncated: {error}") from error
-    if count != expected:
-        raise ValueError(f"expected {expected} records, got {count}")
+    if count != len(keys):
+        raise ValueError(f"expected {len(keys)} records, got {count}")
     offset, found = _COUNT.size, list[Record | HeldBack | None]()
-    for _ in range(count):
+    for index, asked in enumerate(keys):
         try:
             key_len, version_len, flags, value_len = _HEADER.unpack_from(view, offset)
         except struct.error as error:
             raise ValueError(f"answer truncated: {error}") from error
-        end = offset + _HEADER.size + key_len + version_len + value_len
-        if flags & _ABSENT:
+        start = offset + _HEADER.size
+        end = start + key_len + version_len + value_len
+        if view[start : start + key_len] != asked:
+            raise ValueError(f"entry {index} is not the record of the key asked")
+        marker = flags & (_ABSENT | _HELD_BACK)
+        if marker and (marker == _ABSENT | _HELD_BACK or version_len or value_len):
+            raise ValueError(f"entry {index}: a marker with flags {flags} and a record")
+        if marker == _ABSENT:
             found.append(None)
-        elif flags & _HELD_BACK:
+        elif marker == _HELD_BACK:
             found.append(HELD_BACK)
         else:
             found.extend(decode_records(_COUNT.pack(1) + bytes(view[offset:end])))

@@ -11,7 +11,16 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .codec import HELD_BACK, HeldBack, decode_keys, decode_traced, encode_acks, encode_found
+from .codec import (
+    HELD_BACK,
+    HELD_BACK_HEADER,
+    READ_ANSWER_BYTES,
+    HeldBack,
+    decode_keys,
+    decode_traced,
+    encode_acks,
+    encode_found,
+)
 from .config import KEY_NOT_FOUND
 from .coordinator import QuorumError
 from .loops import running_loop
@@ -19,12 +28,9 @@ from .node import Node
 from .storage import Record
 from .validate import InputError, budget_of, error_response, key_of, quorum_of, read_value
 
-__all__ = ["NODE_KEY", "READ_ANSWER_BYTES", "node_middleware", "routes"]
+__all__ = ["NODE_KEY", "node_middleware", "routes"]
 
 NODE_KEY = web.AppKey("node", Node)
-
-READ_ANSWER_BYTES = 8 << 20
-"""Keys and values one ``/internal/read`` answer carries at most (plus one record)."""
 VERSION_HEADER = "X-KV-Version"
 _NEEDS_CLUSTER = "send the cluster token (the nodes' KV_CLUSTER_TOKEN)"
 _NEEDS_CLIENT = "send the client token (the nodes' KV_CLIENT_TOKEN)"
@@ -189,6 +195,10 @@ async def internal_replicate(request: web.Request) -> web.StreamResponse:
 async def internal_read(request: web.Request) -> web.StreamResponse:
     """
     ``POST /internal/read``: this node's own records of a batch of keys.
+
+    With the ``X-KV-Held-Back`` header (from a coordinator that reads the marker) the
+    answer stops once it carries `READ_ANSWER_BYTES` of keys and values, and marks the
+    other keys `HELD_BACK`.
     """
     node = request.app[NODE_KEY]
     try:
@@ -197,12 +207,14 @@ async def internal_read(request: web.Request) -> web.StreamResponse:
         return error_response(400, f"bad batch: {error}")
     found: list[Record | HeldBack | None] = []
     size = 0
+    # Capped in bytes, not only in keys: 1,024 keys of 1 MiB values would be a 1 GiB
+    # answer built here and held by the coordinator. The keys past the cap are held back
+    # (the coordinator asks again); the first is always sent, so each answer makes
+    # progress. Only for a coordinator that reads the marker: an older one would take
+    # it for a malformed record and fail the whole batch.
+    cap = READ_ANSWER_BYTES if HELD_BACK_HEADER in request.headers else None
     for key in keys:
-        # Capped in bytes, not only in keys: 1,024 keys of 1 MiB values would be a 1 GiB
-        # answer built here and held by the coordinator. The keys past the cap are held
-        # back (the coordinator asks again); the first is always sent, so each answer
-        # makes progress.
-        if size >= READ_ANSWER_BYTES:
+        if cap is not None and size >= cap:
             found.append(HELD_BACK)
             continue
         record = node.storage.get(key)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Iterable
+from typing import cast
 
 import aiohttp
 
@@ -41,7 +42,16 @@ from resilient import (
 from resilient.integrations.aiohttp import ResilienceMiddleware
 
 from .coalesce import Coalescer
-from .codec import HeldBack, decode_acks, decode_found, encode_keys, encode_records
+from .codec import (
+    HELD_BACK,
+    HELD_BACK_HEADER,
+    READ_ANSWER_BYTES,
+    HeldBack,
+    decode_acks,
+    decode_found,
+    encode_keys,
+    encode_records,
+)
 from .storage import Record
 from .tracing import Tracing
 
@@ -49,6 +59,13 @@ __all__ = ["PeerError", "Peers"]
 
 _MAX_BATCH_BYTES = 4 << 20  # a batch stops growing here; the rest goes in the next one
 _MAX_KEYS = 1024  # keys per batched read
+_READS_HELD_BACK = {HELD_BACK_HEADER: "1"}  # we read HELD_BACK: the peer may cap its answer
+
+
+def _held_back(answer: Record | HeldBack | None) -> bool:
+    return answer is HELD_BACK
+
+
 _UNBOUNDED = aiohttp.ClientTimeout(total=None)  # made once: this is on every peer call
 
 
@@ -106,7 +123,7 @@ class Peers:
         self.breakers: dict[str, CircuitBreaker] = {}
         self._by_origin: dict[str, str] = {}  # origin -> node id
         self._writers: dict[str, Coalescer[tuple[Record, str | None], bool]] = {}
-        self._readers: dict[str, Coalescer[bytes, Record | None]] = {}
+        self._readers: dict[str, Coalescer[bytes, Record | HeldBack | None]] = {}
         # One session per mode, made on first use: with and without the middleware.
         self._sessions: dict[bool, aiohttp.ClientSession] = {}
         self.update(addresses)
@@ -162,6 +179,7 @@ class Peers:
                 functools.partial(self.read_batch, node),
                 max_in_flight=self._max_reads_in_flight,
                 max_batch=_MAX_KEYS,
+                again=_held_back,  # asked again in a later batch
             )
 
     def _policy(self, node: str) -> Policy:
@@ -248,7 +266,8 @@ class Peers:
             key: The key.
             until: The caller's deadline, on the loop's clock.
         """
-        return self._readers[node].submit(key, until)
+        # A held-back answer never settles the future: the coalescer asks again (`again`).
+        return cast("asyncio.Future[Record | None]", self._readers[node].submit(key, until))
 
     def _url(self, node: str, path: str) -> str:
         address = self.addresses.get(node)
@@ -274,57 +293,49 @@ class Peers:
                     raise PeerError(f"{node} answered {response.status} to replicate")
                 return decode_acks(await response.read(), len(items))
 
-    async def read_batch(self, node: str, keys: list[bytes], budget: float) -> list[Record | None]:
-        """
-        `node`'s own records of `keys` (None where it holds none).
-
-        One request, or more when the peer holds keys back to keep its answer under
-        its size cap (large values): the rest is asked again, within `budget`. No retry:
-        the coordinator asks the next replica instead (hedging), which is faster than
-        backing off and asking the same one again.
-
-        Raises:
-            PeerError: The peer answered something unexpected (an answer holding every
-                key back included), or is not a member.
-            resilient.ResilienceError, aiohttp.ClientError: The call failed.
-            TimeoutError: `budget` ran out between two requests.
-        """
-        loop = asyncio.get_running_loop()
-        until = loop.time() + budget
-        records: list[Record | None] = [None] * len(keys)
-        pending = list(range(len(keys)))
-        while True:
-            answer = await self._read_once(node, [keys[i] for i in pending], budget)
-            held = []
-            for i, record in zip(pending, answer, strict=True):
-                if isinstance(record, HeldBack):
-                    held.append(i)
-                else:
-                    records[i] = record
-            if not held:
-                return records
-            if len(held) == len(pending):
-                raise PeerError(f"{node} held back every one of {len(held)} keys")
-            budget = until - loop.time()
-            if budget <= 0:
-                raise TimeoutError(f"{len(held)} keys held back by {node} and no time left")
-            pending = held
-
-    async def _read_once(
+    async def read_batch(
         self, node: str, keys: list[bytes], budget: float
     ) -> list[Record | HeldBack | None]:
+        """
+        `node`'s own records of `keys` (None where it holds none), in one request.
+
+        A key the peer held back, its answer full (`READ_ANSWER_BYTES`), is `HELD_BACK`:
+        the reader coalescer sends it again in a later batch. No retry: the coordinator
+        asks the next replica instead (hedging), which is faster than backing off and
+        asking the same one again.
+
+        Raises:
+            PeerError: The peer answered something unexpected (an entry that is not the
+                key's, or keys held back from an answer that was not full), or is not a
+                member.
+            resilient.ResilienceError, aiohttp.ClientError: The call failed.
+        """
         url = self._url(node, "/internal/read")
         with deadline(budget), no_retries():
             response = await self.session.post(
-                url, data=encode_keys(keys), timeout=self._timeout(budget)
+                url,
+                data=encode_keys(keys),
+                headers=_READS_HELD_BACK,
+                timeout=self._timeout(budget),
             )
         async with response:
             if response.status != 200:  # noqa: PLR2004
                 raise PeerError(f"{node} answered {response.status} to read")
             try:
-                return decode_found(await response.read(), len(keys))
+                found = decode_found(await response.read(), keys)
             except ValueError as error:
                 raise PeerError(f"{node} sent a malformed answer: {error}") from error
+        if any(record is HELD_BACK for record in found):
+            # Only from a full answer: else a peer could send one small record a round
+            # and be asked again for the rest, round after round.
+            sent = sum(
+                len(record.key) + len(record.value or b"")
+                for record in found
+                if isinstance(record, Record)
+            )
+            if sent < READ_ANSWER_BYTES:
+                raise PeerError(f"{node} held keys back from an answer of {sent} bytes")
+        return found
 
     async def close(self) -> None:
         """
