@@ -64,8 +64,8 @@ def _ratios(
             p.variant: float(getattr(p, field))
             for p in _select(phases, round=number, op=op, load=load)
         }
-        if pair.get(over):
-            ratios.append(pair.get(of, 0.0) / pair[over])
+        if pair.get(over) and of in pair:  # a round missing either has no ratio, not 0
+            ratios.append(pair[of] / pair[over])
     return ratios
 
 

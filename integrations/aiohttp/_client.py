@@ -81,8 +81,9 @@ def default_policy(key: str, *, total: float = 30.0, per_attempt: float = 10.0) 
 
     Raises:
         TypeError: `key` is not a str.
-        ValueError: `key` is empty (a key function returned ""), or a timeout is not a
-            finite number of seconds > 0.
+        ValueError: `key` is empty (a key function returned ""), a timeout is not a
+            finite number of seconds > 0, or `per_attempt` is longer than `total` (the
+            attempt's timeout could never fire first: most likely the two swapped).
     """
     if not isinstance(key, str):
         raise TypeError(f"default_policy(key={key!r}): the request's key must be a str")
@@ -93,6 +94,12 @@ def default_policy(key: str, *, total: float = 30.0, per_attempt: float = 10.0) 
         )
     total = check_seconds("default_policy", "total", total)
     per_attempt = check_seconds("default_policy", "per_attempt", per_attempt)
+    if per_attempt > total:
+        raise ValueError(
+            f"default_policy(total={total!r}, per_attempt={per_attempt!r}): per_attempt is"
+            " longer than total, so it would never end an attempt; give each attempt less"
+            " than the whole call (e.g. total=30, per_attempt=10)"
+        )
     return pipeline(
         Timeout(total, name=key),
         Retry(attempts=3, budget=RetryBudget(0.1), name=key),

@@ -198,6 +198,19 @@ def test_docs_region_is_rewritten_and_the_rest_kept(tmp_path: Path) -> None:
     assert "resilient/plain 0.83 (median of 1 rounds; 0% interval 0.83-0.83), **not met**" in text
 
 
+def test_a_round_missing_one_cluster_gives_no_ratio_rather_than_zero() -> None:
+    """A round where only the plain cluster was measured (a phase lost) is left out of
+    the resilient/plain ratios; it used to count as 0, dragging the median down."""
+    phases = [
+        _phase("resilient", "PUT", "saturation", 900.0, 1),
+        _phase("plain", "PUT", "saturation", 1000.0, 1),
+        _phase("plain", "PUT", "saturation", 1000.0, 2),
+        _phase("resilient", "PUT", "saturation", 1100.0, 3),
+        _phase("plain", "PUT", "saturation", 1000.0, 3),
+    ]
+    assert bench_report._ratios(phases, "PUT") == [0.9, 1.1]
+
+
 def test_the_tail_target_is_judged_on_every_request_at_half_saturation(tmp_path: Path) -> None:
     """One round over 50 ms (a machine-wide stall of its 5 s) among others under it: the
     p99 of all half-saturation requests is what the target names, and the round is shown."""

@@ -218,6 +218,15 @@ def test_default_policy_timeouts_are_validated(param: str) -> None:
         default_policy("k", **{param: 0})
 
 
+def test_default_policy_refuses_an_attempt_longer_than_the_call() -> None:
+    """per_attempt > total (the two swapped, most likely) is refused naming both; equal
+    is allowed (no separate limit per attempt)."""
+    with pytest.raises(ValueError, match=r"default_policy\(total=1.0, per_attempt=5.0\)"):
+        default_policy("k", total=1, per_attempt=5)
+    equal = default_policy("k", total=2, per_attempt=2)
+    assert isinstance(equal, Pipeline)
+
+
 async def test_hung_server_costs_the_timeouts_not_aiohttps_300_s(backend: Backend) -> None:
     """
     Against a server that never answers, each attempt ends at `per_attempt`, the call at
