@@ -36,9 +36,9 @@ class Coalescer(Generic[T, R]):
         size: The size of an item, to cap batches at `max_batch` (default: 1 each).
         max_in_flight: Batches on the wire at once.
         max_batch: Largest batch, in `size` units.
-        again: Whether an answer means "not now": its item goes back in the queue, for
-            a later batch, its caller still waiting (until its deadline passes, then a
-            TimeoutError). None: every answer is final.
+        again: The answer that means "not now" (compared by identity): its item goes
+            back in the queue for a later batch, its caller still waiting (until its
+            deadline passes, then a TimeoutError). None: every answer is final.
 
     An item whose `size` raises is not sent: its caller's future gets the error.
 
@@ -53,7 +53,7 @@ class Coalescer(Generic[T, R]):
         size: Callable[[T], int] = lambda _: 1,
         max_in_flight: int = 4,
         max_batch: int = 4 << 20,
-        again: Callable[[R], bool] | None = None,
+        again: object = None,
     ) -> None:
         if max_in_flight < 1 or max_batch < 1:
             raise ValueError(
@@ -141,7 +141,7 @@ class Coalescer(Generic[T, R]):
             future = entry[2]
             if future.done():
                 continue
-            if again is None or not again(answer):
+            if again is None or answer is not again:
                 future.set_result(answer)
             elif entry[1] <= loop.time():
                 future.set_exception(TimeoutError("the deadline passed before it was answered"))

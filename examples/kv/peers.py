@@ -60,12 +60,6 @@ __all__ = ["PeerError", "Peers"]
 _MAX_BATCH_BYTES = 4 << 20  # a batch stops growing here; the rest goes in the next one
 _MAX_KEYS = 1024  # keys per batched read
 _READS_HELD_BACK = {HELD_BACK_HEADER: "1"}  # we read HELD_BACK: the peer may cap its answer
-
-
-def _held_back(answer: Record | HeldBack | None) -> bool:
-    return answer is HELD_BACK
-
-
 _UNBOUNDED = aiohttp.ClientTimeout(total=None)  # made once: this is on every peer call
 
 
@@ -179,7 +173,7 @@ class Peers:
                 functools.partial(self.read_batch, node),
                 max_in_flight=self._max_reads_in_flight,
                 max_batch=_MAX_KEYS,
-                again=_held_back,  # asked again in a later batch
+                again=HELD_BACK,  # asked again in a later batch
             )
 
     def _policy(self, node: str) -> Policy:
@@ -325,7 +319,7 @@ class Peers:
                 found = decode_found(await response.read(), keys)
             except ValueError as error:
                 raise PeerError(f"{node} sent a malformed answer: {error}") from error
-        if any(record is HELD_BACK for record in found):
+        if HELD_BACK in found:  # identity first: Record never equals it
             # Only from a full answer: else a peer could send one small record a round
             # and be asked again for the rest, round after round.
             sent = sum(
