@@ -37,8 +37,8 @@ class Coalescer(Generic[T, R]):
         max_in_flight: Batches on the wire at once.
         max_batch: Largest batch, in `size` units.
         again: The answer that means "not now" (compared by identity): its item goes
-            back in the queue for a later batch, its caller still waiting (until its
-            deadline passes, then a TimeoutError). None: every answer is final.
+            back to the front of the queue for the next batch, its caller still waiting
+            (until its deadline passes, then a TimeoutError). None: every answer is final.
 
     An item whose `size` raises is not sent: its caller's future gets the error.
 
@@ -136,7 +136,7 @@ class Coalescer(Generic[T, R]):
                 if not future.done():
                     future.set_exception(error)
             return
-        again = self._again
+        again, requeued = self._again, []
         for entry, answer in zip(batch, answers, strict=True):
             future = entry[2]
             if future.done():
@@ -146,7 +146,10 @@ class Coalescer(Generic[T, R]):
             elif entry[1] <= loop.time():
                 future.set_exception(TimeoutError("the deadline passed before it was answered"))
             else:
-                self._pending.append(entry)  # sent by the next flush (`_done`)
+                requeued.append(entry)
+        # At the front, in their order, for the next flush (`_done`): behind the items
+        # that arrived meanwhile, they could be held back again round after round.
+        self._pending.extendleft(reversed(requeued))
 
     async def drain(self) -> None:
         """

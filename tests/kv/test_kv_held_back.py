@@ -220,3 +220,46 @@ async def test_a_key_held_back_past_its_deadline_times_out_alone() -> None:
     assert long.result() == _record(b"a", READ_ANSWER_BYTES)
     assert isinstance(short.exception(), TimeoutError)
     assert calls == [[b"a", b"b"]]
+
+
+async def test_a_held_back_read_is_not_overtaken_by_later_reads() -> None:
+    """A key held back from a full answer goes back to the front of the reader's queue:
+    under a steady flow of new 1 MiB reads (eight per round trip, a capped answer's
+    worth), behind them it would be held back every round and time out (adversary
+    adv26)."""
+    version = Version(1, 0, "n2")
+    keys = [b"k%d" % i for i in range(8)]
+    records = {key: Record(key, version, b"x" * MIB) for key in [*keys, b"old"]}
+    peers: Peers | None = None
+    later: list[asyncio.Future[Record | None]] = []
+    old: asyncio.Future[Record | None] | None = None
+    rounds = 0
+
+    async def busy(request: web.Request) -> web.StreamResponse:
+        # While this batch is on the wire, eight more callers ask (steady load).
+        nonlocal rounds
+        rounds += 1
+        assert peers is not None
+        assert old is not None
+        if not old.done() and rounds < 400:
+            until = asyncio.get_running_loop().time() + 30.0
+            later.extend(peers.read("n2", key, until) for key in keys)
+        return await internal_read(request)
+
+    runner, address = await _serve(busy, records)
+    peers = Peers({"n2": address}, "token")
+    try:
+        now = asyncio.get_running_loop().time()
+        first = [peers.read("n2", key, now + 30.0) for key in keys]
+        old = peers.read("n2", b"old", now + 1.5)  # ninth: held back from the first answer
+        await within(asyncio.gather(old, return_exceptions=True), 60.0)
+        await within(asyncio.gather(*first, *later, return_exceptions=True), 60.0)
+    finally:
+        await peers.close()
+        await runner.cleanup()
+    answered_later = sum(1 for f in later if not f.cancelled() and f.exception() is None)
+    assert old.exception() is None, (
+        f"the read queued first got {old.exception()!r} after {rounds} rounds, while"
+        f" {answered_later} reads submitted after it were answered"
+    )
+    assert old.result() == records[b"old"]
