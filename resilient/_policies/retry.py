@@ -29,7 +29,7 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from .._engine.clock import Clock, SystemClock
-from .._engine.context import DEADLINE, NO_RETRIES
+from .._engine.context import deadline_in_force, no_retries_in_force
 from .._engine.events import Hook, Rejected, RejectionReason, RetryScheduled
 from .._engine.hooks import global_hooks
 from .._engine.policy import Args, AsyncFn, Kwargs, Policy
@@ -369,7 +369,7 @@ class Retry(Policy):
 
         The caller (`_retry`) has checked the attempt limit.
         """
-        if NO_RETRIES.get():  # retries_allowed(), inlined: every retry asks
+        if no_retries_in_force():  # retries_allowed(), inlined: every retry asks
             return None  # inside no_retries(): this call runs once
         # The wait before the stop strategy, as tenacity does: stop_before_delay reads it.
         # The strategy's wait is asked before the hint is read, and the hint read once (a
@@ -385,7 +385,7 @@ class Retry(Policy):
         rare = self._rare
         if rare is not None and rare.stop is not None and rare.stop(state):
             return None
-        current = DEADLINE.get()  # remaining_time(), inlined (and unclamped: delay >= 0)
+        current = deadline_in_force()  # remaining_time(), inlined (and unclamped: delay >= 0)
         if current is not None and delay >= current.deadline - current.clock.monotonic():
             return None  # the next attempt could not start before the deadline
         if rare is not None and rare.budget is not None and not rare.budget.try_withdraw():

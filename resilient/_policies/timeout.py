@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from .._engine.clock import Clock
-from .._engine.context import DEADLINE, Deadline
+from .._engine.context import Deadline, deadline_in_force, reset_deadline, set_deadline
 from .._engine.errors import TimeoutExceeded
 from .._engine.events import Hook, TimedOut
 from .._engine.policy import Args, AsyncFn, Kwargs, Policy
@@ -135,7 +135,7 @@ class Timeout(Policy):
         scope.live = False  # Watchdog.unwatch(scope), written out: every call pays it
         token = scope.token
         if token is not None:
-            DEADLINE.reset(token)
+            reset_deadline(token)
             scope.token = None
         # Withdraw our cancel request whatever happened, as asyncio.timeout does, so a
         # call that swallowed it doesn't leave the task with a stray pending cancel.
@@ -178,7 +178,7 @@ class Timeout(Policy):
         clock = self._clock
         now = clock.monotonic()
         deadline = now + self.seconds
-        outer = DEADLINE.get()
+        outer = deadline_in_force()
         if outer is not None:
             outer_at, outer_clock = outer.deadline, outer.clock
             # Compare on our clock: an outer deadline set on another clock is converted.
@@ -208,7 +208,7 @@ class Timeout(Policy):
             dog.tail = deadline
         else:
             dog.watch(scope)
-        scope.token = DEADLINE.set(scope)
+        scope.token = set_deadline(scope)
         return scope
 
     def _expired(self, scope: _Scope) -> TimeoutExceeded:

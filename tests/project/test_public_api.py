@@ -59,7 +59,9 @@ INTERNAL = {
         "NO_RETRIES",
         "Deadline",
         "retries_allowed",
-    },  # set by Timeout; read by Retry, Hedge
+    }  # set by Timeout; read by Retry, Hedge
+    # the variables' methods bound once, for Timeout's and Retry's per-call paths
+    | {"deadline_in_force", "no_retries_in_force", "reset_deadline", "set_deadline"},
     # a pipeline of built-in policies in one frame; the steps' "not decided" token
     "_engine.fusion": {"NOT_NOW", "Fusion", "fusion_of"},
     # the fused call's generated source, unobserved and heard by listeners
