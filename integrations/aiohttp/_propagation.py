@@ -60,7 +60,7 @@ def stamp_headers(
     if left is not None:
         # Capped before the multiplication: 1e306 s is an infinite number of ms. `left`
         # is never negative, so int() floors it (no min, max or floor calls).
-        millis = int(left * 1000) if left < _MAX_DEADLINE_S else MAX_DEADLINE_MS
+        millis = int(left * 1000.0) if left < _MAX_DEADLINE_S else MAX_DEADLINE_MS
         headers[deadline_name] = str(millis) if millis >= 1 else "1"
     level = current_priority()
     if level is not Priority.CRITICAL:
