@@ -12,44 +12,44 @@ them out of every module's functions.
 
 from __future__ import annotations
 
-import ast
 import dis
 import importlib
 import pkgutil
 import types
+from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
 
 import resilient
 
 
-def _imported_names(tree: ast.Module) -> set[str]:
-    return {
-        alias.asname or alias.name
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom)
-        for alias in node.names
-    }
+def _codes(code: types.CodeType) -> Iterator[types.CodeType]:
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _codes(const)
 
 
-def calls_on_imported_context_variables(
-    tree: ast.Module, namespace: dict[str, object]
-) -> list[str]:
+def bound_method_loads(module_code: types.CodeType, namespace: dict[str, object]) -> list[str]:
     """
-    ``NAME.method(...)`` inside a function of `tree`, NAME imported and a `ContextVar`.
+    Where a function (or lambda) of the module loads a `ContextVar`'s method as a plain
+    attribute: a global context variable, then LOAD_ATTR without the method-call form
+    (3.11's LOAD_METHOD, 3.12+'s ``NULL|self``), which builds a bound method.
     """
-    imported = _imported_names(tree)
-    return [
-        f"{function.name}:{node.lineno} {node.func.value.id}.{node.func.attr}"
-        for function in ast.walk(tree)
-        if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
-        for node in ast.walk(function)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and isinstance(node.func.value, ast.Name)
-        and node.func.value.id in imported
-        and isinstance(namespace.get(node.func.value.id), ContextVar)
-    ]
+    found = []
+    for code in _codes(module_code):
+        previous = None
+        for instruction in dis.get_instructions(code):
+            if (
+                instruction.opname == "LOAD_ATTR"
+                and "NULL|self" not in instruction.argrepr
+                and previous is not None
+                and previous.opname == "LOAD_GLOBAL"
+                and isinstance(namespace.get(previous.argval), ContextVar)
+            ):
+                found.append(f"{code.co_name}:{previous.argval}.{instruction.argval}")
+            previous = instruction
+    return found
 
 
 def test_the_check_finds_such_a_call_and_it_compiles_to_an_attribute_load() -> None:
@@ -64,8 +64,11 @@ def test_the_check_finds_such_a_call_and_it_compiles_to_an_attribute_load() -> N
     )
     namespace: dict[str, object] = {}
     exec(compile(source, "<sample>", "exec"), namespace)  # noqa: S102  # our own sample
-    assert calls_on_imported_context_variables(ast.parse(source), namespace) == [
-        "imported:5 DEADLINE.get"
+    code = compile(source, "<sample>", "exec")
+    assert bound_method_loads(code, namespace) == ["imported:DEADLINE.get"]
+    lambdas = "from resilient._engine.context import DEADLINE\nf = lambda: DEADLINE.set(None)\n"
+    assert bound_method_loads(compile(lambdas, "<sample>", "exec"), namespace) == [
+        "<lambda>:DEADLINE.set"
     ]
     imported, local = namespace["imported"], namespace["local"]
     assert isinstance(imported, types.FunctionType)
@@ -90,11 +93,8 @@ def test_no_module_calls_a_method_of_an_imported_context_variable() -> None:
         module = importlib.import_module(info.name)
         if module.__file__ is None:
             continue
-        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
-        offenders += [
-            f"{info.name}.{where}"
-            for where in calls_on_imported_context_variables(tree, vars(module))
-        ]
+        code = compile(Path(module.__file__).read_text(encoding="utf-8"), module.__file__, "exec")
+        offenders += [f"{info.name}.{where}" for where in bound_method_loads(code, vars(module))]
     assert offenders == [], (
         "call the engine's bound functions instead (resilient._engine.context:"
         " deadline_in_force, set_deadline, reset_deadline, no_retries_in_force)"
