@@ -20,6 +20,7 @@ __all__ = [
     "HELD_BACK_HEADER",
     "READ_ANSWER_BYTES",
     "HeldBack",
+    "answer_bytes",
     "decode_acks",
     "decode_found",
     "decode_keys",
@@ -186,6 +187,16 @@ gets the whole answer, as before. An answer holding keys back carries at least t
 
 HELD_BACK_HEADER = "X-KV-Held-Back"
 """Sent by a coordinator that reads `HELD_BACK` markers: the replica may cap its answer."""
+
+
+def answer_bytes(record: Record) -> int:
+    """
+    What `record` counts toward `READ_ANSWER_BYTES`: its key and value.
+
+    The replica caps its answer with it and the coordinator checks a held-back answer
+    with it: both must count alike.
+    """
+    return len(record.key) + len(record.value or b"")
 
 
 def encode_found(keys: Sequence[bytes], found: Sequence[Record | HeldBack | None]) -> bytes:

@@ -16,6 +16,7 @@ from .codec import (
     HELD_BACK_HEADER,
     READ_ANSWER_BYTES,
     HeldBack,
+    answer_bytes,
     decode_keys,
     decode_traced,
     encode_acks,
@@ -220,7 +221,7 @@ async def internal_read(request: web.Request) -> web.StreamResponse:
         record = node.storage.get(key)
         found.append(record)
         if record is not None:
-            size += len(key) + len(record.value or b"")
+            size += answer_bytes(record)
     return web.Response(body=encode_found(keys, found), content_type="application/octet-stream")
 
 

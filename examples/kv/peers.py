@@ -47,6 +47,7 @@ from .codec import (
     HELD_BACK_HEADER,
     READ_ANSWER_BYTES,
     HeldBack,
+    answer_bytes,
     decode_acks,
     decode_found,
     encode_keys,
@@ -322,11 +323,7 @@ class Peers:
         if HELD_BACK in found:  # identity first: Record never equals it
             # Only from a full answer: else a peer could send one small record a round
             # and be asked again for the rest, round after round.
-            sent = sum(
-                len(record.key) + len(record.value or b"")
-                for record in found
-                if isinstance(record, Record)
-            )
+            sent = sum(answer_bytes(r) for r in found if isinstance(r, Record))
             if sent < READ_ANSWER_BYTES:
                 raise PeerError(f"{node} held keys back from an answer of {sent} bytes")
         return found
