@@ -99,6 +99,9 @@ def cases() -> list[Case]:
         Case("pipeline", _stack, "pipeline(Timeout, Retry, CircuitBreaker, Bulkhead)"),
         Case("pipeline + OpenTelemetryHooks", lambda: _stack(OpenTelemetryHooks(_provider())),
              "the same pipeline, .add_hook(OpenTelemetryHooks(tracer_provider=sdk))"),
+        Case("pipeline + OpenTelemetryHooks(name_attribute=True)",
+             lambda: _stack(OpenTelemetryHooks(_provider(), name_attribute=True)),
+             "the same, every span starting with resilient.policy.name"),
     ]  # fmt: skip
 
 
@@ -114,6 +117,8 @@ PAGE = Report(
                ("pipeline + OpenTelemetryHooks", "pipeline"), SPAN, 1.2),
         Figure("of which the core reporting start and end / one span",
                ("Retry + a do-nothing listener", "Retry"), SPAN),
+        Figure("hooks with name_attribute=True on the pipeline / one span",
+               ("pipeline + OpenTelemetryHooks(name_attribute=True)", "pipeline"), SPAN),
         Figure("SDK span with 4 attributes / one span", ("SDK span, 4 attributes", "bare"), SPAN),
         Figure("hooks with no SDK configured / one span",
                ("Retry + OpenTelemetryHooks, no SDK", "Retry"), SPAN),
@@ -122,11 +127,12 @@ PAGE = Report(
     ],
     notes="Happy path: every call succeeds at once. Per call the policy reports the start"
     " and the end to the hooks' `CallListener` (two method calls, no event objects); they"
-    " start a span with one attribute (the policy's name; outcome and attempts are only"
-    " written when they aren't a plain success), make it current, then restore the"
-    " context and end the span. On the pipeline the three inner policies fold into the"
-    " outer policy's span. The SDK validates attributes on every span, which is why a"
-    " plain success carries one.",
+    " start a span with no attribute (its name says the policy's kind and name; name,"
+    " outcome and attempts are only written when the call wasn't a plain success), make"
+    " it current, then restore the context and end the span. On the pipeline the three"
+    " inner policies fold into the outer policy's span. The SDK validates the attributes"
+    " a span starts with on every call, which is why a plain success carries none unless"
+    " `name_attribute=True` asks for the name.",
 )
 # fmt: on
 

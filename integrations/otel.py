@@ -12,9 +12,9 @@ OpenTelemetry tracing: one span per protected call, each decision a span event.
 Needs the ``otel`` extra, ``pip install 'resilient[otel]'``: the OpenTelemetry API only,
 as OpenTelemetry asks of libraries. Without an SDK configured every span is a no-op.
 
-What a call looks like: a span ``resilient <kind> <name>`` (kind INTERNAL) with
-``resilient.policy.name``, plus ``resilient.attempts`` and ``resilient.outcome`` (success,
-fallback, failure, rejected, timeout, cancelled) unless it was a plain success; the policies'
+What a call looks like: a span ``resilient <kind> <name>`` (kind INTERNAL), bare when the
+call was a plain success, else with ``resilient.policy.name``, ``resilient.attempts`` and
+``resilient.outcome`` (success, fallback, failure, rejected, timeout, cancelled); the policies'
 decisions as span events (``resilient.retry_scheduled``, ``resilient.rejected``,
 ``resilient.timed_out``, ``resilient.hedge_sent``, ``resilient.fallback_used``,
 ``resilient.state_changed``, ``resilient.cancelled``), each naming the policy that made
@@ -140,17 +140,33 @@ class OpenTelemetryHooks:
     Args:
         tracer_provider: Where spans go; default: the global provider, through the
             API's proxy (a no-op until an SDK is configured).
+        name_attribute: Give every span ``resilient.policy.name`` from its start, where
+            samplers see it. By default the span's name carries the policy's kind and
+            name, and the attribute is written only on the spans of calls that were not
+            a plain success (with the outcome): the SDK validates each attribute a span
+            starts with on every call, which alone costs a few microseconds, a fifth of
+            the span (docs/benchmarks.md).
+
+    Raises:
+        TypeError: `name_attribute` is not a bool.
     """
 
-    __slots__ = ("__weakref__", "_handlers", "_tracer")
+    __slots__ = ("__weakref__", "_handlers", "_name_attribute", "_tracer")
 
     # Calls are heard through `listen_calls`; only decisions arrive as events.
     event_types: Final = frozenset(
         {RetryScheduled, Rejected, TimedOut, HedgeSent, FallbackUsed, StateChanged}
     )
 
-    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+    def __init__(
+        self, tracer_provider: trace.TracerProvider | None = None, *, name_attribute: bool = False
+    ) -> None:
+        if not isinstance(name_attribute, bool):
+            raise TypeError(
+                f"OpenTelemetryHooks(name_attribute={name_attribute!r}): expected True or False"
+            )
         self._tracer = tracer_for(tracer_provider)
+        self._name_attribute = name_attribute
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
             RetryScheduled: _retry_scheduled,
             Rejected: _rejected,
@@ -193,7 +209,8 @@ class OpenTelemetryHooks:
         remove_hook(self)
 
     def __repr__(self) -> str:
-        return f"<OpenTelemetryHooks tracer={self._tracer!r}>"
+        named = " name_attribute=True" if self._name_attribute else ""
+        return f"<OpenTelemetryHooks tracer={self._tracer!r}{named}>"
 
 
 class PolicySpans:
@@ -205,16 +222,23 @@ class PolicySpans:
     span with the call's outcome. The policy calls both in the task of the call.
     """
 
-    __slots__ = ("_attributes", "_owner", "_title")
+    __slots__ = ("_attributes", "_name", "_owner", "_title")
 
     def __init__(self, owner: OpenTelemetryHooks, kind: str, name: str) -> None:
         self._owner = owner
+        self._name = name
         self._title = f"resilient {kind}" if name == kind else f"resilient {kind} {name}"
-        # One attribute at the start, the name (the span's name says the kind too): the
-        # SDK validates every attribute of every span, ~1 us each. Outcome and attempts
-        # are written at the end, and only when they aren't the plain success of one
+        # No attribute at the start unless asked for: the span's name says the kind and
+        # the name, and the SDK validates what a span starts with on every call, through
+        # the sampler's read-only copy (a mappingproxy: CPython checks it against
+        # `Mapping` in Python code each time, as it never caches a class registered
+        # directly with an ABC). On the slower machine that one attribute cost more than
+        # the rest of the hooks (docs/benchmarks.md). Name, outcome and attempts are
+        # written at the end, and only when the call was not the plain success of one
         # attempt (their absence says that).
-        self._attributes: dict[str, str | int] = {NAME: name}
+        self._attributes: dict[str, str | int] | None = (
+            {NAME: name} if owner._name_attribute else None  # noqa: SLF001  # its owner's
+        )
 
     def call_started(self) -> _Call | None:
         """
@@ -256,27 +280,31 @@ class PolicySpans:
         try:
             if error is None:
                 if call.fallback:
-                    span.set_attributes({ATTEMPTS: call.attempts, OUTCOME: "fallback"})
+                    span.set_attributes(self._ended(call, "fallback"))
                 elif call.attempts != 1:
                     # A success after retries says so; the plain success stays bare.
-                    span.set_attributes({ATTEMPTS: call.attempts, OUTCOME: "success"})
+                    span.set_attributes(self._ended(call, "success"))
             elif isinstance(error, asyncio.CancelledError):
                 # Cancellation is the caller's decision, not an error of the call (as
                 # asyncio and the OpenTelemetry HTTP instrumentations treat it): status
                 # stays unset.
                 span.add_event("resilient.cancelled")
-                span.set_attributes({ATTEMPTS: call.attempts, OUTCOME: "cancelled"})
+                span.set_attributes(self._ended(call, "cancelled"))
             else:
-                span.set_attributes(
-                    {
-                        ATTEMPTS: call.attempts,
-                        OUTCOME: _outcome(error),
-                        ERROR_TYPE: error_type(error),
-                    }
-                )
+                attributes = self._ended(call, _outcome(error))
+                attributes[ERROR_TYPE] = error_type(error)
+                span.set_attributes(attributes)
                 fail(span, error)
         finally:
             span.end()
+
+    def _ended(self, call: _Call, outcome: str) -> dict[str, str | int]:
+        # What a call that was not a plain success ends with; the name too unless the
+        # span started with it.
+        attributes: dict[str, str | int] = {ATTEMPTS: call.attempts, OUTCOME: outcome}
+        if self._attributes is None:
+            attributes[NAME] = self._name
+        return attributes
 
 
 def _outcome(error: BaseException) -> str:

@@ -148,7 +148,8 @@ def spans() -> Iterator[tuple[OpenTelemetryHooks, InMemorySpanExporter]]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield OpenTelemetryHooks(tracer_provider=provider), exporter
+    # name_attribute=True: a plain success carries the name as an attribute too.
+    yield OpenTelemetryHooks(tracer_provider=provider, name_attribute=True), exporter
     provider.shutdown()
 
 
@@ -156,7 +157,7 @@ async def test_otel_spans_per_function(
     spans: tuple[OpenTelemetryHooks, InMemorySpanExporter],
 ) -> None:
     """Through the real OpenTelemetry integration: each function's span is named after
-    it and carries its name as ``resilient.policy.name``."""
+    it and (with ``name_attribute=True``) carries its name as ``resilient.policy.name``."""
     hooks, exporter = spans
     item = Fallback(value="none", hooks=[hooks])(get_item)
     price = Fallback(value="none", hooks=[hooks])(get_price)

@@ -26,7 +26,9 @@ from opentelemetry import context, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind, StatusCode, TraceState
+from opentelemetry.util.types import Attributes
 
 from resilient import (
     Bulkhead,
@@ -185,7 +187,7 @@ async def test_a_successful_call_is_one_internal_span_under_the_caller(
 ) -> None:
     """
     A call makes one INTERNAL span ``resilient <kind>``, a child of the caller's span,
-    with the policy's kind and name, one attempt, outcome success, status unset.
+    with no attribute (a plain success), status unset.
     """
     with tracer.start_as_current_span("caller") as caller:
         assert await retry(hooks).call(succeed) == "ok"
@@ -193,12 +195,66 @@ async def test_a_successful_call_is_one_internal_span_under_the_caller(
     assert span.name == "resilient retry"
     assert span.kind is SpanKind.INTERNAL
     assert parent_id(span) == span_id(caller)
-    # The happy path carries the name only (the span's name says the kind): no outcome
-    # means success, no attempts means one (every attribute costs the SDK a validation
-    # on every call).
-    assert dict(span.attributes or {}) == {"resilient.policy.name": "retry"}
+    # The happy path is bare (the span's name says the kind and the name): no outcome
+    # means success, no attempts means one (the SDK validates every attribute a span
+    # starts with, on every call).
+    assert dict(span.attributes or {}) == {}
     assert span.status.status_code is StatusCode.UNSET
     assert span.events == ()
+
+
+async def test_name_attribute_puts_the_name_on_every_span_where_samplers_see_it(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """
+    With ``name_attribute=True`` a plain success carries ``resilient.policy.name`` from
+    the span's start (a sampler is given it), and an eventful call keeps it once.
+    """
+    seen: list[dict[str, Any]] = []
+
+    class Watching(Sampler):
+        """Samples everything, noting the attributes each span starts with."""
+
+        def should_sample(  # noqa: PLR0917  # the SDK's signature
+            self,
+            parent_context: context.Context | None,
+            trace_id: int,
+            name: str,
+            kind: SpanKind | None = None,
+            attributes: Attributes = None,
+            links: Sequence[Link] | None = None,
+            trace_state: TraceState | None = None,
+        ) -> SamplingResult:
+            seen.append(dict(attributes or {}))
+            return ALWAYS_ON.should_sample(
+                parent_context, trace_id, name, kind, attributes, links, trace_state
+            )
+
+        def get_description(self) -> str:
+            return "Watching"
+
+    provider = TracerProvider(sampler=Watching())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    hooks = OpenTelemetryHooks(tracer_provider=provider, name_attribute=True)
+    policy = Retry(3, wait=tenacity.wait_none(), name="inventory", hooks=[hooks])
+    assert await policy.call(succeed) == "ok"
+    assert await policy.call(failing(1)) == "ok"
+    plain, retried = ours(exporter)
+    assert seen == [{"resilient.policy.name": "inventory"}] * 2
+    assert dict(plain.attributes or {}) == {"resilient.policy.name": "inventory"}
+    assert dict(retried.attributes or {}) == {
+        "resilient.policy.name": "inventory",
+        "resilient.attempts": 2,
+        "resilient.outcome": "success",
+    }
+    assert "name_attribute=True" in repr(hooks)
+
+
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_name_attribute_must_be_a_bool(value: object) -> None:
+    """A truthy non-bool is refused, naming the parameter (not taken as True)."""
+    with pytest.raises(TypeError, match=r"name_attribute=.*expected True or False"):
+        OpenTelemetryHooks(name_attribute=value)  # type: ignore[arg-type]  # the misuse
 
 
 async def test_a_named_policy_names_its_span(
@@ -239,6 +295,7 @@ async def test_a_failure_is_recorded_with_status_error(
     assert span.attributes is not None
     assert span.attributes["resilient.outcome"] == "failure"
     assert span.attributes["error.type"] == "ValueError"
+    assert span.attributes["resilient.policy.name"] == "retry"  # an eventful span's
 
 
 async def test_retries_are_span_events_numbered_by_attempt(
