@@ -132,7 +132,9 @@ PAGE = Report(
     " it current, then restore the context and end the span. On the pipeline the three"
     " inner policies fold into the outer policy's span. The SDK validates the attributes"
     " a span starts with on every call, which is why a plain success carries none unless"
-    " `name_attribute=True` asks for the name.",
+    " `name_attribute=True` asks for the name. pyperf times the cases one after another:"
+    " on a host whose speed swings, judge the 1.2x target by `--quick` runs, which"
+    " interleave them (docs/benchmarks.md, \"The OpenTelemetry gap, found\").",
 )
 # fmt: on
 
