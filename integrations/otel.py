@@ -149,7 +149,8 @@ class OpenTelemetryHooks:
             (docs/benchmarks.md, "The OpenTelemetry gap, found").
 
     Raises:
-        TypeError: `name_attribute` is not a bool.
+        TypeError: `tracer_provider` has no ``get_tracer`` (not a provider), or
+            `name_attribute` is not a bool.
     """
 
     __slots__ = ("__weakref__", "_handlers", "_name_attribute", "_tracer")
@@ -165,6 +166,13 @@ class OpenTelemetryHooks:
         if not isinstance(name_attribute, bool):
             raise TypeError(
                 f"OpenTelemetryHooks(name_attribute={name_attribute!r}): expected True or False"
+            )
+        if tracer_provider is not None and not callable(
+            getattr(tracer_provider, "get_tracer", None)
+        ):
+            raise TypeError(
+                f"OpenTelemetryHooks(tracer_provider={tracer_provider!r}): expected an"
+                " OpenTelemetry TracerProvider (or None for the global one)"
             )
         self._tracer = tracer_for(tracer_provider)
         self._name_attribute = name_attribute
@@ -289,8 +297,10 @@ class PolicySpans:
                 # Cancellation is the caller's decision, not an error of the call (as
                 # asyncio and the OpenTelemetry HTTP instrumentations treat it): status
                 # stays unset.
-                span.add_event("resilient.cancelled")
+                # Attributes first: should the event fail, the span still says cancelled
+                # (no attribute would read as a plain success).
                 span.set_attributes(self._ended(call, "cancelled"))
+                span.add_event("resilient.cancelled")
             else:
                 attributes = self._ended(call, _outcome(error))
                 attributes[ERROR_TYPE] = error_type(error)

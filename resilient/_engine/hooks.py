@@ -185,11 +185,22 @@ def plan_of(policy: Policy) -> Plan:
     with _LOCK:
         generation = _GENERATION[0]
         _PLANNED.add(policy)
-    plan = Plan((*policy._hooks, *_GLOBAL_HOOKS), policy)  # noqa: SLF001  # see STALE
+    plan = Plan(_distinct((*policy._hooks, *_GLOBAL_HOOKS)), policy)  # noqa: SLF001  # see STALE
     with _LOCK:
         if generation == _GENERATION[0]:
             policy._plan = plan  # noqa: SLF001
     return plan
+
+
+def _distinct(hooks: tuple[Hook, ...]) -> tuple[Hook, ...]:
+    # A hook given twice (the policy's own and installed too, or added twice) hears each
+    # event once: heard twice, a tracer would count every retry twice. Equal hooks are
+    # one, as `remove_hook` takes them (`obj.method` is a new bound method each time).
+    kept: list[Hook] = []
+    for hook in hooks:
+        if hook not in kept:
+            kept.append(hook)
+    return hooks if len(kept) == len(hooks) else tuple(kept)
 
 
 def forget_plan(policy: Policy) -> None:

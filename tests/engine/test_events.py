@@ -334,3 +334,25 @@ def test_events_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         event.duration = 2.0  # type: ignore[misc]  # the mistake under test
     assert event == CallSucceeded(kind="retry", name="r", time=1.0, duration=0.5)
+
+
+async def test_a_hook_given_twice_hears_each_event_once() -> None:
+    """
+    The same hook on the policy twice, or on the policy and globally, hears each event
+    once (heard twice, a tracer would count every retry twice); removing it stops it.
+    """
+    seen: list[Event] = []
+    retry = Retry(2, on=ValueError, wait=tenacity.wait_none(), hooks=[seen.append])
+    retry.add_hook(seen.append)  # a new bound method, equal to the first
+    remove = add_hook(seen.append)
+    try:
+        with pytest.raises(ValueError, match="boom"):
+            await retry.call(fail)
+    finally:
+        remove()
+    assert [type(e) for e in seen] == [CallStarted, RetryScheduled, CallFailed]
+    retry.remove_hook(seen.append)
+    seen.clear()
+    with pytest.raises(ValueError, match="boom"):
+        await retry.call(fail)
+    assert seen == []

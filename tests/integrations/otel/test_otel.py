@@ -257,6 +257,97 @@ def test_name_attribute_must_be_a_bool(value: object) -> None:
         OpenTelemetryHooks(name_attribute=value)  # type: ignore[arg-type]  # the misuse
 
 
+def test_a_provider_that_is_not_one_is_refused() -> None:
+    """
+    ``OpenTelemetryHooks(True)`` (the flag given in the provider's place) says so, not
+    an AttributeError from deep inside the API.
+    """
+    with pytest.raises(TypeError, match=r"tracer_provider=True.*TracerProvider"):
+        OpenTelemetryHooks(True)  # type: ignore[arg-type]  # the misuse
+
+
+@pytest.mark.parametrize("name_attribute", [False, True])
+async def test_the_name_is_the_outermost_policys_whatever_the_outcome(
+    provider: TracerProvider, exporter: InMemorySpanExporter, name_attribute: bool
+) -> None:
+    """
+    Layers named apart: every span names the outermost policy, never an inner one; a
+    plain success carries the name only with ``name_attribute=True``, any other call
+    always, once (retried, failure, rejected).
+    """
+    hooks = OpenTelemetryHooks(provider, name_attribute=name_attribute)
+    breaker = CircuitBreaker(name="inner", failure_threshold=100)
+    policy = pipeline(
+        Timeout(5.0, name="outer"), Retry(2, wait=tenacity.wait_none(), name="middle"), breaker
+    )
+    policy.add_hook(hooks)
+    assert await policy.call(succeed) == "ok"
+    assert await policy.call(failing(1)) == "ok"
+    assert await outcome(policy.call(failing(5))) is ConnectionError
+    breaker.trip()
+    assert await outcome(policy.call(succeed)) is CircuitOpenError
+    plain, *others = ours(exporter)
+    assert {s.name for s in ours(exporter)} == {"resilient timeout outer"}
+    assert (plain.attributes or {}).get("resilient.policy.name") == (
+        "outer" if name_attribute else None
+    )
+    assert [(s.attributes or {}).get("resilient.policy.name") for s in others] == ["outer"] * 3
+    assert [(s.attributes or {}).get("resilient.outcome") for s in others] == [
+        "success",
+        "failure",
+        "rejected",
+    ]
+
+
+async def test_one_instance_given_twice_counts_each_retry_once(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """
+    The same hooks installed and on the policy too (or added twice) make one span with
+    one event per retry and the true attempt count.
+    """
+    hooks = OpenTelemetryHooks(provider)
+    policy = retry(hooks)
+    policy.add_hook(hooks)
+    remove = hooks.install()
+    try:
+        assert await policy.call(failing(1)) == "ok"
+    finally:
+        remove()
+    span = only(exporter)
+    assert span.attributes is not None
+    assert span.attributes["resilient.attempts"] == 2
+    assert len(events(span, "resilient.retry_scheduled")) == 1
+
+
+async def test_a_cancelled_span_says_so_even_if_its_event_fails(
+    hooks: OpenTelemetryHooks, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The outcome is written before the ``resilient.cancelled`` event: a span whose
+    add_event raises still reads cancelled, not a bare plain success.
+    """
+    from opentelemetry.sdk.trace import Span as SdkSpan  # noqa: PLC0415  # this test's
+
+    def broken(self: SdkSpan, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("add_event broke")
+
+    monkeypatch.setattr(SdkSpan, "add_event", broken)
+    entered = asyncio.Event()
+
+    async def hang() -> str:
+        entered.set()
+        return await hang_until_cancelled()
+
+    task = asyncio.create_task(retry(hooks).call(hang))
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    attributes = only(exporter).attributes or {}
+    assert attributes.get("resilient.outcome") == "cancelled"
+
+
 async def test_a_named_policy_names_its_span(
     hooks: OpenTelemetryHooks, exporter: InMemorySpanExporter
 ) -> None:
