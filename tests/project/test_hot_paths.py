@@ -67,8 +67,8 @@ def test_the_check_finds_such_a_call_and_it_compiles_to_an_attribute_load() -> N
         "def local():\n    return LOCAL.get()\n"
     )
     namespace: dict[str, object] = {}
-    exec(compile(source, "<sample>", "exec"), namespace)  # noqa: S102  # our own sample
     code = compile(source, "<sample>", "exec")
+    exec(code, namespace)  # noqa: S102  # our own sample
     assert bound_method_loads(code, namespace) == ["imported:DEADLINE.get"]
     lambdas = "from resilient._engine.context import DEADLINE\nf = lambda: DEADLINE.set(None)\n"
     assert bound_method_loads(compile(lambdas, "<sample>", "exec"), namespace) == [
