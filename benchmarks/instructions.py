@@ -4,6 +4,7 @@ Instructions per call under valgrind: a measure that doesn't move with the machi
     python -m benchmarks.instructions benchmarks.middleware             # every case, 3 runs
     python -m benchmarks.instructions benchmarks.middleware --case "bare ClientSession" \\
         --case "aiohttp-retry RetryClient" --runs 3 --low 1000 --high 4000
+    python -m benchmarks.instructions benchmarks.middleware --cache-sim   # and L2 misses
 
 Each case of a timing benchmark (its module's ``cases()``) runs in a process of its own
 under ``valgrind --tool=cachegrind --cache-sim=no``, twice: once making `--low` calls after
@@ -19,6 +20,14 @@ run-to-run noise is a few percent: a change of 1% in what a call executes shows.
 Instructions are not time (a cache miss costs more than an add; the timings stay the
 figures the targets judge), but they rank changes to Python code well: each bytecode
 executed costs tens of them.
+
+With ``--cache-sim`` cachegrind also simulates this machine's caches (32 KiB L1 for
+instructions and for data, a 512 KiB L2 as the last level) and each case gets a second
+figure: its L2 misses per call, instructions and data alike. They explain what instructions
+don't: a request's overhead costs more per instruction than the GET it wraps, because
+between two requests the GET's own work evicts the middleware's code and objects from L2,
+and each line read again from L3 or memory costs tens of nanoseconds
+(docs/benchmarks.md, "What a request's overhead is made of"). About twice as slow.
 
 Needs valgrind (``apt-get install valgrind``); a run of the middleware's eleven cases takes
 about 6 minutes.
@@ -40,10 +49,16 @@ from collections.abc import Sequence
 from benchmarks import _perf
 from benchmarks._perf import Case
 
-__all__ = ["instructions_per_call", "main", "parse_total", "worker_environment"]
+__all__ = ["instructions_per_call", "main", "parse_misses", "parse_total", "worker_environment"]
 
 # cachegrind's summary line: "==123== I   refs:      1,234,567"
 _TOTAL = re.compile(r"I\s+refs:\s+([\d,]+)")
+# With --cache-sim=yes: "==123== LL misses:      12,345  ( 10,000 rd + 2,345 wr)"
+_LL_MISSES = re.compile(r"LL misses:\s+([\d,]+)")
+# This machine's caches (AMD EPYC): L1i and L1d 32 KiB 8-way, L2 512 KiB 8-way per core,
+# 64-byte lines. The L2 is simulated as the last level: the L3 is shared with the
+# server process and other tenants.
+_CACHES = ("--I1=32768,8,64", "--D1=32768,8,64", "--LL=524288,8,64")
 
 
 def parse_total(summary: str) -> int:
@@ -56,6 +71,19 @@ def parse_total(summary: str) -> int:
     match = _TOTAL.search(summary)
     if match is None:
         raise ValueError(f"no 'I refs' line in valgrind's output: {summary[-500:]!r}")
+    return int(match.group(1).replace(",", ""))
+
+
+def parse_misses(summary: str) -> int:
+    """
+    The program's last-level cache misses from cachegrind's summary (``--cache-sim=yes``).
+
+    Raises:
+        ValueError: No "LL misses" line in `summary` (the caches weren't simulated).
+    """
+    match = _LL_MISSES.search(summary)
+    if match is None:
+        raise ValueError(f"no 'LL misses' line in valgrind's output: {summary[-500:]!r}")
     return int(match.group(1).replace(",", ""))
 
 
@@ -112,9 +140,13 @@ def worker_environment(run: int) -> dict[str, str]:
     return {**os.environ, "PYTHONHASHSEED": str(run)}
 
 
-def _count(valgrind: str, module: str, name: str, calls: int, run: int) -> int:
+def _count(  # noqa: PLR0917  # one program's whole description
+    valgrind: str, module: str, name: str, calls: int, run: int, cache_sim: bool = False
+) -> tuple[int, int | None]:
+    # (instructions, L2 misses or None without --cache-sim) of one program.
+    caches = ["--cache-sim=yes", *_CACHES] if cache_sim else ["--cache-sim=no"]
     argv = [
-        valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+        valgrind, "--tool=cachegrind", *caches, "--cachegrind-out-file=/dev/null",
         sys.executable, "-m", "benchmarks.instructions", "--worker", module, name, str(calls),
     ]  # fmt: skip
     done = subprocess.run(
@@ -122,7 +154,7 @@ def _count(valgrind: str, module: str, name: str, calls: int, run: int) -> int:
     )
     if done.returncode != 0:
         raise SystemExit(f"benchmarks.instructions: {name!r} failed:\n{done.stderr[-2000:]}")
-    return parse_total(done.stderr)
+    return parse_total(done.stderr), parse_misses(done.stderr) if cache_sim else None
 
 
 def _spread(values: Sequence[float]) -> str:
@@ -148,21 +180,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = args.case or [case.name for case in _perf.available(module.cases())[0]]
     _check_names(args.module, names)
     per_call: dict[str, list[float]] = {name: [] for name in names}
+    misses: dict[str, list[float]] = {name: [] for name in names}
     for run in range(1, args.runs + 1):
         for name in names:  # one case after another: nothing here depends on the load
-            low = (args.low, _count(valgrind, args.module, name, args.low, run))
-            high = (args.high, _count(valgrind, args.module, name, args.high, run))
-            per_call[name].append(instructions_per_call(low, high))
-    base = per_call[names[0]]
-    print(f"instructions per call, median (min-max) of {args.runs} runs;"
-          f" overhead against {names[0]!r}")  # fmt: skip
+            low = _count(valgrind, args.module, name, args.low, run, args.cache_sim)
+            high = _count(valgrind, args.module, name, args.high, run, args.cache_sim)
+            per_call[name].append(instructions_per_call((args.low, low[0]), (args.high, high[0])))
+            if low[1] is not None and high[1] is not None:
+                misses[name].append(instructions_per_call((args.low, low[1]), (args.high, high[1])))
+    _table("instructions", per_call, args.runs, names[0])
+    if args.cache_sim:
+        _table("L2 misses", misses, args.runs, names[0])
+    return 0
+
+
+def _table(what: str, per_call: dict[str, list[float]], runs: int, base_name: str) -> None:
+    base = per_call[base_name]
+    print(f"{what} per call, median (min-max) of {runs} runs; overhead against {base_name!r}")
     for name, values in per_call.items():
         extra = [v - b for v, b in zip(values, base, strict=True)]
         line = f"{_spread(values):>32}"
-        if name != names[0]:
+        if name != base_name:
             line += f"  {'+' + _spread(extra):>28}"
         print(f"{line}  {name}")
-    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -180,6 +220,11 @@ def _parser() -> argparse.ArgumentParser:
         "--case",
         action="append",
         help="a case's name (repeatable; default: all; the first is the base)",
+    )
+    parser.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="also simulate this machine's caches: L2 misses per call (about twice as slow)",
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--low", type=int, default=1000, help="calls of the shorter program")

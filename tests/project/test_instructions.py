@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 from benchmarks import instructions
-from benchmarks.instructions import instructions_per_call, main, parse_total, worker_environment
+from benchmarks.instructions import (
+    instructions_per_call,
+    main,
+    parse_misses,
+    parse_total,
+    worker_environment,
+)
 from tests._paths import REPO_ROOT as ROOT
 from tests._servers import require_binary
 
@@ -99,3 +106,42 @@ def test_a_short_measurement_counts_a_gets_instructions() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     per_call = int(done.stdout.splitlines()[1].split()[0].replace(",", ""))
     assert 100_000 < per_call < 1_000_000, done.stdout
+
+
+CACHE_SUMMARY = """\
+==4242== I   refs:      1,234,567,890
+==4242== LL refs:          68,867,120  ( 65,401,966 rd   +   3,465,154 wr)
+==4242== LL misses:        11,506,087  ( 10,606,238 rd   +     899,849 wr)
+==4242== LL miss rate:            0.3% (        0.3%     +         0.3%  )
+"""
+
+
+def test_the_l2_misses_are_read_from_cachegrinds_summary() -> None:
+    """With --cache-sim, the last level simulated (this machine's L2) misses this often."""
+    assert parse_misses(CACHE_SUMMARY) == 11_506_087
+    with pytest.raises(ValueError, match="no 'LL misses' line"):
+        parse_misses(SUMMARY)  # --cache-sim=no: no cache figures
+
+
+def test_cache_sim_prints_a_second_table_of_misses(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each case's L2 misses per call, from the same two programs as its instructions."""
+    counts = {"bare ClientSession": (300, 1000), "aiohttp-retry RetryClient": (330, 1200)}
+    simulated: list[bool] = []
+
+    def count(*program: Any) -> Any:  # valgrind, module, name, calls, run, cache_sim
+        name, calls, cache_sim = program[2], program[3], program[5]
+        simulated.append(cache_sim)
+        instructions, misses = counts[name]
+        return 10_000 + calls * instructions, 500 + calls * misses
+
+    monkeypatch.setattr(instructions, "_count", count)
+    monkeypatch.setattr("shutil.which", lambda _: "/usr/bin/valgrind")
+    main(["--cache-sim", "--runs", "1", "--low", "1", "--high", "3",
+          "--case", "bare ClientSession", "--case", "aiohttp-retry RetryClient"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert simulated == [True] * 4
+    assert "L2 misses per call" in out
+    assert "+200 (200-200)  aiohttp-retry RetryClient" in out
+    assert "+30 (30-30)  aiohttp-retry RetryClient" in out
