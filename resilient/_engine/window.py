@@ -30,7 +30,7 @@ class BucketedWindow:
     or `reset()`; read it after one of those.
     """
 
-    __slots__ = ("_buckets", "_epoch", "_now", "_width", "sums")
+    __slots__ = ("_buckets", "_current", "_epoch", "_now", "_until", "_width", "sums")
 
     def __init__(
         self, span: float, counters: int, now: Callable[[], float], buckets: int = BUCKETS
@@ -40,6 +40,9 @@ class BucketedWindow:
         self._buckets = [[0] * counters for _ in range(buckets)]
         self.sums = [0] * counters
         self._epoch = int(now() / self._width)
+        # The slice of the last visit and when it ends: `add`'s test, without a division.
+        self._current = self._buckets[self._epoch % buckets]
+        self._until = (self._epoch + 1) * self._width
 
     def advance(self) -> list[int]:
         """
@@ -55,15 +58,16 @@ class BucketedWindow:
                     sums[i] -= count
                     bucket[i] = 0
             self._epoch = epoch
-        return buckets[epoch % len(buckets)]
+            self._current = buckets[epoch % len(buckets)]
+            self._until = (epoch + 1) * self._width
+        return self._current
 
     def add(self, counter: int, count: int = 1) -> None:
         """
         Add `count` to `counter` in the current slice and in the totals.
         """
-        epoch = int(self._now() / self._width)
-        if epoch == self._epoch:  # most adds: still in the slice of the last visit
-            self._buckets[epoch % len(self._buckets)][counter] += count
+        if self._now() < self._until:  # most adds: still in the slice of the last visit
+            self._current[counter] += count
         else:
             self.advance()[counter] += count
         self.sums[counter] += count

@@ -102,3 +102,20 @@ def test_the_window_counts_what_a_list_of_every_add_would(
             if slice_ > current - 4:
                 expected[which] += n
         assert window.sums == expected
+
+
+def test_an_add_at_a_slices_end_counts_in_the_next_slice() -> None:
+    """`add` tells slices apart by the current one's end, not by a division: at exactly
+    that end a count is the next slice's, and leaves the window a slice later."""
+    now = Now()
+    window = BucketedWindow(10.0, 1, now)  # ten slices of one second
+    now.t = 0.999
+    window.add(0)  # slice [0, 1)
+    now.t = 1.0
+    window.add(0)  # slice [1, 2), at its very start
+    now.t = 10.5  # [0, 1) fell out, [1, 2) did not
+    window.advance()
+    assert window.sums == [1]
+    now.t = 11.0  # now [1, 2) falls out too
+    window.advance()
+    assert window.sums == [0]
