@@ -313,7 +313,11 @@ class CircuitBreaker(Policy):
         else:
             # The closed-state success, inlined: it is nearly every call.
             self._successes += 1
-            if self._accounting.record(False, False):
+            accounting = self._accounting
+            # In a run of successes, consecutive mode has nothing to record: no call.
+            if (type(accounting) is not Consecutive or accounting.failures) and accounting.record(
+                False, False
+            ):
                 self._transition(CircuitState.OPEN)
         return result
 
@@ -344,7 +348,10 @@ class CircuitBreaker(Policy):
         if type(token) is int:
             if error is None and token == self._generation:
                 self._successes += 1  # as in _run
-                if self._accounting.record(False, False):
+                accounting = self._accounting
+                if (
+                    type(accounting) is not Consecutive or accounting.failures
+                ) and accounting.record(False, False):
                     self._transition(CircuitState.OPEN)
                 return None
             generation, probe, started = token, False, 0.0
