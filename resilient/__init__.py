@@ -64,7 +64,12 @@ from ._policies.bulkhead import Bulkhead, BulkheadStatistics
 from ._policies.fallback import Fallback, FallbackStatistics
 from ._policies.hedge import Hedge, HedgeStatistics
 from ._policies.limit_algorithms import AIMD, Gradient2, LimitAlgorithm
-from ._policies.priority import Priority, current_priority, priority
+from ._policies.priority import (
+    Priority,
+    current_priority,
+    priority,
+    remaining_time_and_priority,
+)
 from ._policies.rate_limit import RateLimiter, RateLimiterStatistics
 from ._policies.rate_limit_redis import RedisRateLimiter
 from ._policies.retry import Retry, RetryStatistics
@@ -176,6 +181,7 @@ __all__ = [
     "pipeline",
     "priority",
     "remaining_time",
+    "remaining_time_and_priority",
     "remove_hook",
 ]
 

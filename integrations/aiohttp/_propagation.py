@@ -16,12 +16,13 @@ priority, a fresh trace), never an error.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
-from resilient import Priority, current_priority, remaining_time
+from resilient import Priority, remaining_time_and_priority
 
 __all__ = [
     "DEADLINE_HEADER",
@@ -56,18 +57,20 @@ def stamp_headers(
 
     One function, not one per header: every attempt of every request pays its frames.
     """
-    left = remaining_time()
+    left, level = remaining_time_and_priority()
     if left is not None:
         # Capped before the multiplication: 1e306 s is an infinite number of ms. `left`
         # is never negative, so int() floors it (no min, max or floor calls).
         millis = int(left * 1000.0) if left < _MAX_DEADLINE_S else MAX_DEADLINE_MS
         headers[deadline_name] = str(millis) if millis >= 1 else "1"
-    level = current_priority()
     if level is not Priority.CRITICAL:
         headers[priority_name] = level.name.lower()
     otel = _OTEL
-    if otel is not None and not otel.has_nothing_to_send():
-        otel.inject(headers)
+    # `_Otel.has_nothing_to_send`'s common answer written out, in C calls only: every
+    # attempt of every request asks it, and each Python frame more costs it microseconds
+    # when its caches are cold, as they are after the request before it.
+    if otel is not None and (otel.get_current() or otel.textmap() is not otel.quiet):
+        otel.inject_unless_quiet(headers)
 
 
 def parse_deadline(value: str | None) -> float | None:
@@ -106,11 +109,13 @@ class _Otel:
         self.inject = propagate.inject
         self.extract = propagate.extract
         self.get_current = _current_context_getter(context)
-        self.textmap = propagate.get_global_textmap
+        self.textmap = _global_textmap_getter(propagate)
         self._composite = CompositePropagator
         self._stock = (TraceContextTextMapPropagator, W3CBaggagePropagator)
-        self._judged: object = None  # the last global propagator judged, and its verdict
-        self._quiet = False
+        self._judged: object = None  # the last global propagator judged
+        # The global propagator when it is known to write nothing from an empty context
+        # (stock ones only), else None: `stamp_headers` skips `inject` on seeing it.
+        self.quiet: object = None
 
     def has_nothing_to_send(self) -> bool:
         """
@@ -124,9 +129,16 @@ class _Otel:
             return False
         textmap = self.textmap()
         if textmap is not self._judged:  # the user set another propagator: judge it once
-            self._quiet = self._stock_only(textmap)
+            self.quiet = textmap if self._stock_only(textmap) else None
             self._judged = textmap
-        return self._quiet
+        return self.quiet is textmap
+
+    def inject_unless_quiet(self, headers: MutableMapping[str, str]) -> None:
+        """
+        Inject the trace context into `headers`, unless there is nothing to send.
+        """
+        if not self.has_nothing_to_send():
+            self.inject(headers)
 
     def _stock_only(self, textmap: object) -> bool:
         if type(textmap) is self._composite:
@@ -150,6 +162,24 @@ def _current_context_getter(context: Any) -> Callable[[], Any]:
     if type(runtime).__name__ == "ContextVarsRuntimeContext" and isinstance(variable, ContextVar):
         return variable.get
     return context.get_current  # type: ignore[no-any-return]  # the API's own function
+
+
+def _global_textmap_getter(propagate: Any) -> Callable[[], object]:
+    """
+    `opentelemetry.propagate.get_global_textmap`, or a C call giving the same answer.
+
+    The API's function is a Python frame returning a module global; when that global is
+    where the function finds it (it is in every release so far), the module dictionary's
+    own ``get`` answers the same without a frame. Anything else gets the API's function.
+    """
+    get_global = propagate.get_global_textmap
+    namespace = vars(propagate)
+    if namespace.get("_HTTP_TEXT_FORMAT", _MISSING) is get_global():
+        return functools.partial(namespace.get, "_HTTP_TEXT_FORMAT")
+    return get_global  # type: ignore[no-any-return]  # the API's own function
+
+
+_MISSING = object()
 
 
 def _load_otel() -> _Otel | None:

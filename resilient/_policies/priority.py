@@ -25,7 +25,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-__all__ = ["Priority", "current_priority", "priority"]
+from .._engine.context import deadline_in_force
+
+__all__ = ["Priority", "current_priority", "priority", "remaining_time_and_priority"]
 
 
 class Priority(enum.IntEnum):
@@ -64,6 +66,23 @@ def current_priority() -> Priority:
     The priority of the calls made now (``Priority.CRITICAL`` unless set).
     """
     return _PRIORITY.get()
+
+
+def remaining_time_and_priority() -> tuple[float | None, Priority]:
+    """
+    `remaining_time()` and `current_priority()` in one call: what goes to the next hop.
+
+    For integrations stamping every outgoing request (the aiohttp middleware's
+    ``X-Request-Timeout-Ms`` and ``X-Request-Priority``): one Python call where two
+    would cost each request a frame more, which is microseconds when the caches are
+    cold between requests.
+    """
+    level = _PRIORITY.get()
+    current = deadline_in_force()
+    if current is None:
+        return None, level
+    left = current.deadline - current.clock.monotonic()  # as remaining_time() says
+    return (left if left > 0.0 else 0.0), level
 
 
 @contextmanager

@@ -27,6 +27,8 @@ from resilient import (
     current_priority,
     deadline,
     priority,
+    remaining_time,
+    remaining_time_and_priority,
 )
 from resilient._policies.wait_queue import Waiter, enqueue
 from resilient.testing import FakeClock, capture_events
@@ -564,3 +566,15 @@ async def test_a_critical_plus_call_waits_for_a_permit_and_a_shed_one_says_its_c
 
 async def _ok() -> str:
     return "ok"
+
+
+async def test_remaining_time_and_priority_is_both_in_one_call() -> None:
+    """What an outgoing request carries, read at once: as the two functions say it."""
+    clock = FakeClock()
+    assert remaining_time_and_priority() == (None, Priority.CRITICAL)
+    with deadline(4.0, clock=clock), priority(Priority.SHEDDABLE):
+        clock.advance(1.5)
+        assert remaining_time_and_priority() == (remaining_time(), current_priority())
+        assert remaining_time_and_priority() == (2.5, Priority.SHEDDABLE)
+        clock.advance(10.0)
+        assert remaining_time_and_priority() == (0.0, Priority.SHEDDABLE)  # never negative
