@@ -225,7 +225,16 @@ def capture_events(kind: type[Event] = Event) -> Iterator[list[Event]]:
 
     Yields:
         The list the events are appended to, in the order emitted.
+
+    Raises:
+        TypeError: `kind` is not an event class (a policy, say: the block captures
+            every policy's events, and would otherwise fail in each hook call).
     """
+    if not (isinstance(kind, type) and issubclass(kind, Event)):
+        raise TypeError(
+            f"capture_events(kind={kind!r}): expected an event class such as"
+            " resilient.CallFailed; the block captures the events of every policy"
+        )
     captured: list[Event] = []
 
     def keep(event: Event) -> None:
