@@ -333,14 +333,17 @@ class ResilienceMiddleware:
         # In flight, the cache won't drop the key's policy: counted with nothing awaited
         # since the lookup, so the entry is still the key's.
         entry.in_flight += 1
-        # The unbound `send`, not `attempts.send`: a policy remembers a plain function
-        # it has vetted, so the call skips that check (a bound method is new each time).
+        # The unbound `send`, run through the key's policy by a function made once per
+        # key (a fused pipeline's own: no `.call` frame per request).
+        run = entry.run
+        if run is None:
+            run = entry.run = entry.policy.runner(_RequestAttempts.send)
         try:
             if request.method not in self._retry_methods or attempts._one_shot:  # noqa: SLF001
                 with no_retries():
-                    response = await entry.policy.call(_RequestAttempts.send, attempts)
+                    response = await run(attempts)
             else:
-                response = await entry.policy.call(_RequestAttempts.send, attempts)
+                response = await run(attempts)
         except BaseException as error:
             settled = attempts.settle(error)
             if settled is None:

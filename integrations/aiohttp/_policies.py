@@ -18,7 +18,8 @@ Policies from a mapping are fixed: never dropped.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any
 
 from resilient import CircuitBreaker, CircuitState, Pipeline, Policy
 from resilient.validation import check_int
@@ -41,12 +42,14 @@ class PolicyEntry:
     `PolicyCache.shrink` after one ends while the cache is `overfull`.
     """
 
-    __slots__ = ("in_flight", "key", "policy")
+    __slots__ = ("in_flight", "key", "policy", "run")
 
     def __init__(self, policy: Policy, key: str) -> None:
         self.policy = policy
         self.key = key
         self.in_flight = 0
+        # The caller's `policy.runner(...)`, made on the key's first request.
+        self.run: Callable[..., Awaitable[Any]] | None = None
 
 
 def _checked(policy: object, what: str) -> Policy:

@@ -111,6 +111,32 @@ class Pipeline(Policy):
             return inner(*args, **kwargs)  # type: ignore[return-value]  # fused: a coroutine
         return self._call_chained(inner, args, kwargs)
 
+    def runner(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        """
+        Return a function running `fn` through every policy, as `.call` would.
+
+        ``runner(*args)`` is ``pipeline.call(fn, *args)``.
+
+        Its layers are chained (or fused) once, here, and held by the function returned,
+        whatever `fn` is; a fused pipeline returns its fused function itself, so a call
+        costs what a decorated one does. Unlike decorating `fn`, it names no policy.
+
+        Raises:
+            TypeError: `fn` is not callable.
+        """
+        if not callable(fn):
+            raise TypeError(f"Pipeline.runner(fn={fn!r}): expected a callable")
+        vetted = self._vet(fn)
+        if self._fusion is not None:
+            return self._fusion(vetted)
+        inner = self._chain(vetted)
+        call_chained = self._call_chained
+
+        def run(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
+            return call_chained(inner, args, kwargs)
+
+        return run
+
     async def _call_chained(self, inner: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         outer = self._outer
         # The outer layer written out, as the decorator's wrapper does (`Policy._guard`).

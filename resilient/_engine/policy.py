@@ -169,6 +169,23 @@ class Policy(ABC):
         # when the call is awaited, as from an ``async def call``.
         return self._run_awaited(fn, args, kwargs)
 
+    def runner(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        """
+        Return a function running `fn` through this policy, as `.call` would.
+
+        ``runner(*args)`` is ``policy.call(fn, *args)``.
+
+        For a caller that runs the same function through a policy call after call (the
+        aiohttp middleware does for every request), with what `.call` does per function
+        done once. Unlike decorating `fn`, it names no policy after `fn`.
+
+        Raises:
+            TypeError: `fn` is not callable.
+        """
+        if not callable(fn):
+            raise TypeError(f"{type(self).__name__}.runner(fn={fn!r}): expected a callable")
+        return functools.partial(self.call, fn)
+
     async def _run_awaited(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
         return await self._run(fn, args, kwargs)
 

@@ -387,3 +387,70 @@ async def test_policy_call_of_a_plain_run_is_still_a_coroutine_raising_when_awai
     refused = _FutureGate(fail=True).call(value)  # no raise here
     with pytest.raises(LookupError, match="refused before any awaitable"):
         await within(refused)
+
+
+# -- runner ----------------------------------------------------------------------------
+
+
+async def _echo(value: int) -> int:
+    return value
+
+
+async def _refuse(value: int) -> int:
+    raise LookupError(value)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda log: pipeline(Timeout(5.0), Retry(attempts=2)), id="fused"),
+        pytest.param(lambda log: pipeline(Timeout(5.0), *recorders(log, "r")), id="chained"),
+        pytest.param(lambda log: Timeout(5.0), id="one policy"),
+    ],
+)
+async def test_a_runner_runs_as_call_does(make: Any) -> None:
+    """`runner(fn)(*args)` answers, fails and is observed as `.call(fn, *args)` is, and
+    names no policy after `fn` (decorating would)."""
+    log: list[str] = []
+    policy = make(log)
+    run = policy.runner(_echo)
+    assert await run(7) == await policy.call(_echo, 7) == 7
+    with pytest.raises(LookupError):
+        await policy.runner(_refuse)(1)
+    members = policy.policies if isinstance(policy, Pipeline) else (policy,)
+    assert [p.name for p in members if not isinstance(p, Recording)] == [
+        p.kind for p in members if not isinstance(p, Recording)
+    ]
+    with capture_events() as events:  # hooks added after the runner was made
+        assert await run(3) == 3
+    assert any(isinstance(e, CallSucceeded) for e in events)
+
+
+async def test_a_fused_runner_is_the_fused_call_itself() -> None:
+    """A fused pipeline's runner is its fused function: a call is one frame over `fn`,
+    with no `.call` frame before it."""
+    policy = pipeline(Timeout(5.0), Retry(attempts=2))
+    coroutine = policy.runner(_echo)(1)
+    try:
+        assert coroutine.cr_code.co_name == "fused"
+    finally:
+        coroutine.close()
+
+
+def test_a_runner_of_something_not_callable_is_a_type_error() -> None:
+    """Misuse fails when the runner is made, naming what was given."""
+    with pytest.raises(TypeError, match=r"Pipeline\.runner\(fn=42\)"):
+        pipeline(Timeout(1.0), Retry()).runner(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Timeout\.runner\(fn='x'\)"):
+        Timeout(1.0).runner("x")  # type: ignore[arg-type]
+
+
+def test_capture_events_of_something_not_an_event_class_is_a_type_error() -> None:
+    """A policy passed as the kind fails at once, not in every hook call after."""
+    with (
+        pytest.raises(TypeError, match=r"capture_events\(kind=<Timeout"),
+        capture_events(
+            Timeout(1.0)  # type: ignore[arg-type]
+        ),
+    ):
+        pass
