@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from types import FunctionType
 from typing import Any, ParamSpec, TypeVar
 
-from .callables import check_async, label, returns_coroutine
+from .callables import check_async, label, not_callable, returns_coroutine
 from .events import Hook
 from .fusion import fusion_of
 from .hooks import global_hooks
@@ -115,17 +115,21 @@ class Pipeline(Policy):
         """
         Return a function running `fn` through every policy, as `.call` would.
 
-        ``runner(*args)`` is ``pipeline.call(fn, *args)``.
-
-        Its layers are chained (or fused) once, here, and held by the function returned,
-        whatever `fn` is; a fused pipeline returns its fused function itself, so a call
-        costs what a decorated one does. Unlike decorating `fn`, it names no policy.
+        ``run = pipeline.runner(fn)``, then ``await run(*args)`` is ``await
+        pipeline.call(fn, *args)``. `fn` is vetted and the layers chained (or fused)
+        once, here, whatever `fn` is (`.call` keeps them for plain functions only), and
+        held by the function returned; a fused pipeline returns its fused function
+        itself, so a call costs what a decorated one does. Unlike decorating `fn`, it
+        names no policy.
 
         Raises:
-            TypeError: `fn` is not callable.
+            TypeError: `fn` is not callable (a coroutine object, ``fetch(x)`` where
+                ``fetch`` was meant, is closed and the message shows the right call).
         """
         if not callable(fn):
-            raise TypeError(f"Pipeline.runner(fn={fn!r}): expected a callable")
+            raise not_callable(
+                "Pipeline.runner(fn=...)", fn, "pipeline.runner({0}), not pipeline.runner({0}(...))"
+            )
         vetted = self._vet(fn)
         if self._fusion is not None:
             return self._fusion(vetted)

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from types import FunctionType
 from typing import Any, ClassVar, ParamSpec, TypeAlias, TypeVar
 
-from .callables import awaitable_checked, check_async, label, returns_coroutine
+from .callables import awaitable_checked, check_async, label, not_callable, returns_coroutine
 from .clock import Clock
 from .events import (
     CallCancelled,
@@ -173,17 +173,22 @@ class Policy(ABC):
         """
         Return a function running `fn` through this policy, as `.call` would.
 
-        ``runner(*args)`` is ``policy.call(fn, *args)``.
-
-        For a caller that runs the same function through a policy call after call (the
-        aiohttp middleware does for every request), with what `.call` does per function
-        done once. Unlike decorating `fn`, it names no policy after `fn`.
+        ``run = policy.runner(fn)``, then ``await run(*args)`` is ``await policy.call(fn,
+        *args)``: for a caller running one function call after call (the aiohttp
+        middleware does for every request). For a single policy it is `.call` with `fn`
+        bound; a pipeline's (`Pipeline.runner`) also does `.call`'s per-function work
+        once. Unlike decorating `fn`, it names no policy after `fn`.
 
         Raises:
-            TypeError: `fn` is not callable.
+            TypeError: `fn` is not callable (a coroutine object, ``fetch(x)`` where
+                ``fetch`` was meant, is closed and the message shows the right call).
         """
         if not callable(fn):
-            raise TypeError(f"{type(self).__name__}.runner(fn={fn!r}): expected a callable")
+            raise not_callable(
+                f"{type(self).__name__}.runner(fn=...)",
+                fn,
+                "policy.runner({0}), not policy.runner({0}(...))",
+            )
         return functools.partial(self.call, fn)
 
     async def _run_awaited(self, fn: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:

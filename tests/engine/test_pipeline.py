@@ -432,21 +432,52 @@ async def test_a_fused_runner_is_the_fused_call_itself() -> None:
     policy = pipeline(Timeout(5.0), Retry(attempts=2))
     coroutine = policy.runner(_echo)(1)
     try:
-        assert coroutine.cr_code.co_name == "fused"
+        assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED
+        assert coroutine.cr_code.co_name == "fused"  # type: ignore[attr-defined]
     finally:
         coroutine.close()
 
 
 def test_a_runner_of_something_not_callable_is_a_type_error() -> None:
     """Misuse fails when the runner is made, naming what was given."""
-    with pytest.raises(TypeError, match=r"Pipeline\.runner\(fn=42\)"):
+    with pytest.raises(TypeError, match=r"Pipeline\.runner\(fn=\.\.\.\): .* got 42"):
         pipeline(Timeout(1.0), Retry()).runner(42)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"Timeout\.runner\(fn='x'\)"):
+    with pytest.raises(TypeError, match=r"Timeout\.runner\(fn=\.\.\.\): .* got 'x'"):
         Timeout(1.0).runner("x")  # type: ignore[arg-type]
 
 
-def test_capture_events_of_something_not_an_event_class_is_a_type_error() -> None:
-    """A policy passed as the kind fails at once, not in every hook call after."""
+@pytest.mark.parametrize("policy", [pipeline(Timeout(1.0), Retry()), Timeout(1.0)], ids=repr)
+def test_a_runner_of_a_called_function_shows_the_right_call_and_closes_it(policy: Any) -> None:
+    """``runner(fetch(x))``, the function called where it should be passed: the message
+    shows ``runner(_echo)``, and the coroutine is closed (no "never awaited" warning)."""
+    mistake = _echo(1)
+    with pytest.raises(TypeError, match=r"pass the function, not its call: .*runner\(_echo\)"):
+        policy.runner(mistake)
+    assert inspect.getcoroutinestate(mistake) == inspect.CORO_CLOSED
+
+
+@pytest.mark.parametrize("kind", [Timeout(1.0), "retry", None, (), (CallSucceeded, "x")])
+def test_capture_events_of_something_not_an_event_class_is_a_type_error(kind: Any) -> None:
+    """A policy (or its kind, or nothing) passed as the kind fails at once, saying how to
+    keep one policy's events, not in every hook call after."""
+    with (
+        pytest.raises(
+            TypeError, match=r"expected an event class .* filter the list on event\.name"
+        ),
+        capture_events(kind),
+    ):
+        pass
+
+
+async def test_capture_events_keeps_the_classes_of_a_tuple() -> None:
+    """Several event classes at once, as ``isinstance`` takes them."""
+    with capture_events((CallStarted, CallSucceeded)) as events:
+        await Timeout(1.0).call(_echo, 1)
+    assert [type(e) for e in events] == [CallStarted, CallSucceeded]
+
+
+def test_capture_events_of_a_policy_names_it() -> None:
+    """The message shows what was passed."""
     with (
         pytest.raises(TypeError, match=r"capture_events\(kind=<Timeout"),
         capture_events(
