@@ -216,24 +216,31 @@ def instant_retries() -> Iterator[None]:
 
 
 @contextmanager
-def capture_events(kind: type[Event] = Event) -> Iterator[list[Event]]:
+def capture_events(
+    kind: type[Event] | tuple[type[Event], ...] = Event,
+) -> Iterator[list[Event]]:
     """
     Collect the events every policy emits within the block.
 
     Args:
-        kind: Only keep events of this type (default: all).
+        kind: Only keep events of this class, or of one of a tuple of classes (default:
+            all). Every policy's events are captured: to keep one policy's, filter the
+            list on ``event.name``.
 
     Yields:
         The list the events are appended to, in the order emitted.
 
     Raises:
-        TypeError: `kind` is not an event class (a policy, say: the block captures
-            every policy's events, and would otherwise fail in each hook call).
+        TypeError: `kind` is not an event class nor a tuple of them (a policy, or a
+            policy kind such as ``"retry"``: it would otherwise fail in each hook call).
     """
-    if not (isinstance(kind, type) and issubclass(kind, Event)):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not kinds or not all(isinstance(k, type) and issubclass(k, Event) for k in kinds):
         raise TypeError(
             f"capture_events(kind={kind!r}): expected an event class such as"
-            " resilient.CallFailed; the block captures the events of every policy"
+            " resilient.CallFailed, or a tuple of them (default: resilient.Event, every"
+            " event); the block captures every policy's events: to keep one policy's,"
+            " filter the list on event.name"
         )
     captured: list[Event] = []
 
