@@ -10,7 +10,8 @@ Each case of a timing benchmark (its module's ``cases()``) runs in a process of 
 under ``valgrind --tool=cachegrind --cache-sim=no``, twice: once making `--low` calls after
 building the case, once `--high`. The difference of the two programs' instruction counts
 over the difference of their calls is what one call executes; start-up, imports, the
-case's own server and its building cancel out. Run N runs every program with
+case's own server and its building cancel out. The first case named is the base the
+others' overheads are taken against. In run N (of `--runs`) every program gets
 ``PYTHONHASHSEED=N``: string hashes, and with them the layout of every dict and set,
 are then the same in a case's two programs (start-up cancels exactly) and in every case
 of that run (cases are compared on equal terms); left random, they moved a case's count
@@ -21,16 +22,20 @@ Instructions are not time (a cache miss costs more than an add; the timings stay
 figures the targets judge), but they rank changes to Python code well: each bytecode
 executed costs tens of them.
 
-With ``--cache-sim`` cachegrind also simulates this machine's caches (32 KiB L1 for
-instructions and for data, a 512 KiB L2 as the last level) and each case gets a second
+With ``--cache-sim`` cachegrind also simulates caches of fixed sizes, those of the machines
+the figures in docs/benchmarks.md come from (AMD EPYC: 32 KiB L1 for instructions and for
+data, a 512 KiB L2 per core, simulated as the last level), and each case gets a second
 figure: its L2 misses per call, instructions and data alike. They explain what instructions
 don't: a request's overhead costs more per instruction than the GET it wraps, because
 between two requests the GET's own work evicts the middleware's code and objects from L2,
 and each line read again from L3 or memory costs tens of nanoseconds
-(docs/benchmarks.md, "What a request's overhead is made of"). About twice as slow.
+(docs/benchmarks.md, "What a request's overhead is made of").
 
-Needs valgrind (``apt-get install valgrind``); a run of the middleware's eleven cases takes
-about 6 minutes.
+Needs valgrind (``apt-get install valgrind``). Each program takes 20-60 s on this kind of
+machine, most of it start-up under valgrind, and a case runs two per run: the defaults
+(3 runs, 1,000 and 4,000 calls) take 2-5 minutes per case on an idle machine, ``--cache-sim``
+about twice that, so the middleware's eleven cases take most of an hour; name the cases
+you need. A line on stderr says which program runs.
 """
 
 from __future__ import annotations
@@ -149,6 +154,7 @@ def _count(  # noqa: PLR0917  # one program's whole description
         valgrind, "--tool=cachegrind", *caches, "--cachegrind-out-file=/dev/null",
         sys.executable, "-m", "benchmarks.instructions", "--worker", module, name, str(calls),
     ]  # fmt: skip
+    print(f"run {run}: {name!r}, {calls} calls", file=sys.stderr, flush=True)
     done = subprocess.run(
         argv, capture_output=True, text=True, check=False, env=worker_environment(run)
     )
@@ -226,9 +232,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also simulate this machine's caches: L2 misses per call (about twice as slow)",
     )
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--low", type=int, default=1000, help="calls of the shorter program")
-    parser.add_argument("--high", type=int, default=4000, help="calls of the longer program")
+    parser.add_argument(
+        "--runs", type=int, default=3, help="runs, each seeding string hashing (default: 3)"
+    )
+    parser.add_argument(
+        "--low", type=int, default=1000, help="calls of the shorter program (default: 1000)"
+    )
+    parser.add_argument(
+        "--high", type=int, default=4000, help="calls of the longer program (default: 4000)"
+    )
     parser.add_argument(
         "--worker", nargs=3, metavar=("MODULE", "CASE", "CALLS"), help=argparse.SUPPRESS
     )
