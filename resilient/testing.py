@@ -21,6 +21,8 @@ import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import UnionType
+from typing import get_args
 
 from ._engine.clock import TimerHandle
 from ._engine.events import Event
@@ -223,9 +225,9 @@ def capture_events(
     Collect the events every policy emits within the block.
 
     Args:
-        kind: Only keep events of this class, or of one of a tuple of classes (default:
-            all). Every policy's events are captured: to keep one policy's, filter the
-            list on ``event.name``.
+        kind: Only keep events of this class, or of one of a tuple (or ``A | B`` union)
+            of classes (default: all). Every policy's events are captured: to keep one
+            policy's, filter the list on ``event.name``.
 
     Yields:
         The list the events are appended to, in the order emitted.
@@ -234,7 +236,9 @@ def capture_events(
         TypeError: `kind` is not an event class nor a tuple of them (a policy, or a
             policy kind such as ``"retry"``: it would otherwise fail in each hook call).
     """
-    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # A tuple or a union of event classes is an `isinstance` filter as well.
+    given: object = get_args(kind) if isinstance(kind, UnionType) else kind
+    kinds = given if isinstance(given, tuple) else (given,)
     if not kinds or not all(isinstance(k, type) and issubclass(k, Event) for k in kinds):
         raise TypeError(
             f"capture_events(kind={kind!r}): expected an event class such as"

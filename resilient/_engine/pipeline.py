@@ -109,18 +109,19 @@ class Pipeline(Policy):
             inner = self._inner_chain(fn)
         if self._fusion is not None:
             return inner(*args, **kwargs)  # type: ignore[return-value]  # fused: a coroutine
-        return self._call_chained(inner, args, kwargs)
+        return self._run_chained(inner, *args, **kwargs)
 
     def runner(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """
         Return a function running `fn` through every policy, as `.call` would.
 
         ``run = pipeline.runner(fn)``, then ``await run(*args)`` is ``await
-        pipeline.call(fn, *args)``. `fn` is vetted and the layers chained (or fused)
-        once, here, whatever `fn` is (`.call` keeps them for plain functions only), and
-        held by the function returned; a fused pipeline returns its fused function
-        itself, so a call costs what a decorated one does. Unlike decorating `fn`, it
-        names no policy.
+        pipeline.call(fn, *args)``, and `run` is a coroutine function. For an ``async
+        def`` (a bound method or a closure too; `.call` keeps chains for plain
+        functions only) the layers are chained (or fused) once, here, and held by
+        `run`; a fused pipeline returns its fused function itself, so a call costs what
+        a decorated one does. Another callable is checked on each call, as `.call`
+        checks it. Unlike decorating `fn`, it names no policy.
 
         Raises:
             TypeError: `fn` is not callable (a coroutine object, ``fetch(x)`` where
@@ -131,17 +132,18 @@ class Pipeline(Policy):
                 "Pipeline.runner(fn=...)", fn, "pipeline.runner({0}), not pipeline.runner({0}(...))"
             )
         vetted = self._vet(fn)
+        if vetted is not fn:
+            # Not an `async def`: the check of what it returns remembers a misuse for the
+            # rest of its call (no attempt calls it again), so each call gets its own, as
+            # from `.call`; one held by the runner would fail every later call at once.
+            return functools.partial(self.call, fn)
         if self._fusion is not None:
             return self._fusion(vetted)
-        inner = self._chain(vetted)
-        call_chained = self._call_chained
+        # A coroutine function, as the fused one is: a policy can decorate the runner,
+        # and a health check of it runs on the loop.
+        return functools.partial(self._run_chained, self._chain(vetted))
 
-        def run(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
-            return call_chained(inner, args, kwargs)
-
-        return run
-
-    async def _call_chained(self, inner: AsyncFn[T], args: Args, kwargs: Kwargs) -> T:
+    async def _run_chained(self, inner: AsyncFn[T], /, *args: Any, **kwargs: Any) -> T:
         outer = self._outer
         # The outer layer written out, as the decorator's wrapper does (`Policy._guard`).
         if outer._hooks or _GLOBAL_HOOKS:  # noqa: SLF001  # Policy's own protocol
@@ -149,11 +151,16 @@ class Pipeline(Policy):
         return await outer._run(inner, args, kwargs)  # noqa: SLF001
 
     def _inner_chain(self, fn: Callable[..., Awaitable[T]]) -> AsyncFn[T]:
-        # Kept only when holding it keeps nothing else alive (as `Policy._vet` says).
-        kept = (
-            type(fn) is FunctionType and fn.__closure__ is None and len(self._chains) < _MAX_CHAINS
-        )
         vetted = self._vet(fn)
+        # Kept only when holding it keeps nothing else alive (as `Policy._vet` says), and
+        # only for an `async def`: a wrapper checking what `fn` returns remembers a misuse
+        # for the rest of its call, not for every call after.
+        kept = (
+            vetted is fn
+            and type(fn) is FunctionType
+            and fn.__closure__ is None
+            and len(self._chains) < _MAX_CHAINS
+        )
         # Fused: the whole pipeline in one function; else the layers under the outer one.
         chain = self._chain(vetted) if self._fusion is None else self._fusion(vetted)
         if kept:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .._engine.clock import Clock
 from .._engine.validate import check_clock, check_fraction, check_seconds
@@ -73,7 +74,10 @@ class RetryBudget:
         # The window's own `add`, not a method calling it: every call of every `Retry`
         # sharing the budget deposits, and a Python frame more costs it microseconds
         # when its caches are cold (as they are between two requests of a client).
-        self.deposit = functools.partial(self._window.add, _CALLS)
+        # Set through the slot itself, not by name: a subclass's own `deposit` method stays
+        # the one called (an attribute set by name would shadow it, or fail without a
+        # __dict__), and its ``super().deposit()`` is this.
+        _DEPOSIT_SLOT.__set__(self, functools.partial(self._window.add, _CALLS))
 
     def _available(self) -> float:
         calls, retries = self._window.sums
@@ -110,3 +114,6 @@ class RetryBudget:
             f" ttl={self.ttl:g}s calls={stats.calls} retries={stats.retries}"
             f" available={stats.available:.1f}>"
         )
+
+
+_DEPOSIT_SLOT: Any = RetryBudget.__dict__["deposit"]  # the slot's descriptor

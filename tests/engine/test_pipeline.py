@@ -26,6 +26,7 @@ from resilient import (
     TimeoutExceeded,
     pipeline,
 )
+from resilient._engine.callables import is_coroutine_callable
 from resilient._engine.policy import Args, AsyncFn, Kwargs
 from resilient.testing import FakeClock, capture_events
 from tests._aio import within
@@ -485,3 +486,71 @@ def test_capture_events_of_a_policy_names_it() -> None:
         ),
     ):
         pass
+
+
+class _SometimesNotAsync:
+    """A plain callable returning a coroutine, but nothing awaitable on its first call."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def fetch(self, value: int) -> Any:
+        self.calls += 1
+        return "not awaitable" if self.calls == 1 else _echo(value)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: pipeline(Timeout(5.0), Retry(attempts=2)), id="fused"),
+        pytest.param(
+            lambda: pipeline(Fallback(value=-1, on=LookupError), Timeout(5.0)), id="chained"
+        ),
+    ],
+)
+async def test_a_runner_of_a_plain_callable_checks_each_call_anew(make: Any) -> None:
+    """What a non-async `fn` returned is judged per call, as `.call` judges it: one call's
+    misuse is not raised again, without calling `fn`, by every call after it (the same
+    TypeError re-raised, its traceback growing by a call's frames each time)."""
+    source = _SometimesNotAsync()
+    run = make().runner(source.fetch)
+    with pytest.raises(TypeError, match="can't be awaited"):
+        await run(1)
+    assert await run(2) == 2
+    assert await run(3) == 3
+    assert source.calls == 3
+
+
+_plain_calls: list[int] = []
+
+
+def _plain_sometimes(value: int) -> Any:  # a module-level def: `.call` keeps its chain
+    _plain_calls.append(value)
+    return "not awaitable" if len(_plain_calls) == 1 else _echo(value)
+
+
+async def test_call_of_a_plain_function_judges_each_call_anew() -> None:
+    """A kept chain holds no check of what a plain function returned: a misuse in one
+    `.call` is not every later call's."""
+    _plain_calls.clear()
+    policy = pipeline(Timeout(5.0), Retry(attempts=2))
+    with pytest.raises(TypeError, match="can't be awaited"):
+        await policy.call(_plain_sometimes, 1)
+    assert await policy.call(_plain_sometimes, 2) == 2
+    assert _plain_calls == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: pipeline(Timeout(5.0), Retry(attempts=2)), id="fused"),
+        pytest.param(lambda: pipeline(Fallback(value=-1), Timeout(5.0)), id="chained"),
+        pytest.param(lambda: Timeout(5.0), id="one policy"),
+    ],
+)
+async def test_a_runner_is_a_coroutine_function(make: Any) -> None:
+    """Whatever the pipeline, a runner is taken for the coroutine function it is: a
+    policy decorates it, and a health check of it runs on the loop, not in a thread."""
+    run = make().runner(_echo)
+    assert is_coroutine_callable(run)
+    assert await Timeout(5.0)(run)(4) == 4

@@ -320,3 +320,22 @@ async def test_capture_events_unregisters_on_exit() -> None:
     with pytest.raises(RuntimeError), capture_events():
         raise RuntimeError
     assert global_hooks() == before
+
+
+async def test_capture_events_takes_a_tuple_or_union_of_kinds() -> None:
+    """Several event classes at once, as `isinstance` takes them, still filter; only
+    what is no event class is refused."""
+    retry = Retry(attempts=2, wait=tenacity.wait_fixed(1), clock=FakeClock())
+    with (
+        capture_events((RetryScheduled, CallStarted)) as as_tuple,
+        capture_events(RetryScheduled | CallStarted) as as_union,  # type: ignore[arg-type]
+        pytest.raises(ValueError, match="boom"),
+    ):
+        await retry.call(fail)
+    assert [type(e) for e in as_tuple] == [CallStarted, RetryScheduled]
+    assert [type(e) for e in as_union] == [CallStarted, RetryScheduled]
+    with (
+        pytest.raises(TypeError, match="expected an event class"),
+        capture_events((RetryScheduled, 1)),  # type: ignore[arg-type]
+    ):
+        pass

@@ -252,3 +252,37 @@ def test_misconfiguration_names_parameter(
     """A bad parameter fails at construction with an error naming it."""
     with pytest.raises(error, match=rf"\b{param}\b"):
         RetryBudget(**kwargs)
+
+
+class _CountingBudget(RetryBudget):
+    """A user's budget counting its deposits (with a __dict__)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.deposits = 0
+
+    def deposit(self) -> None:
+        self.deposits += 1
+        super().deposit()
+
+
+class _SlottedBudget(RetryBudget):
+    """A user's budget overriding `deposit`, without a __dict__."""
+
+    __slots__ = ()
+
+    def deposit(self) -> None:
+        super().deposit()
+        super().deposit()
+
+
+async def test_a_subclass_deposit_is_the_one_called() -> None:
+    """`deposit` overridden by a subclass is what `Retry` calls, and its `super()` counts
+    the call: the fast deposit the budget sets for itself shadows no override."""
+    counting = _CountingBudget(clock=FakeClock())
+    assert await Retry(budget=counting).call(succeed) == "ok"
+    assert counting.deposits == 1
+    assert counting.statistics().calls == 1
+    slotted = _SlottedBudget(clock=FakeClock())
+    assert await Retry(budget=slotted).call(succeed) == "ok"
+    assert slotted.statistics().calls == 2
