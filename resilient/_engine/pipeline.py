@@ -96,9 +96,10 @@ class Pipeline(Policy):
         it is the fused call itself, not a coroutine awaiting it: each suspension of the
         call (every I/O wait of `fn`) passes one frame less.
 
-        The layers around a plain function are chained on its first call and kept, so
-        calling it again costs what a decorated call does; a bound method, a closure or
-        another callable is chained on each call (the chain would keep it alive).
+        The layers around a module-level ``async def`` are chained on its first call
+        and kept, so calling it again costs what a decorated call does; a bound method,
+        a closure or another callable is chained on each call (the chain would keep it
+        alive, or the check of what a non-async one returns would outlive its call).
 
         Raises:
             TypeError: As `Policy.call` says, when `fn` gives nothing to await (raised
