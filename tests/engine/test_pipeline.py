@@ -457,37 +457,6 @@ def test_a_runner_of_a_called_function_shows_the_right_call_and_closes_it(policy
     assert inspect.getcoroutinestate(mistake) == inspect.CORO_CLOSED
 
 
-@pytest.mark.parametrize("kind", [Timeout(1.0), "retry", None, (), (CallSucceeded, "x")])
-def test_capture_events_of_something_not_an_event_class_is_a_type_error(kind: Any) -> None:
-    """A policy (or its kind, or nothing) passed as the kind fails at once, saying how to
-    keep one policy's events, not in every hook call after."""
-    with (
-        pytest.raises(
-            TypeError, match=r"expected an event class .* filter the list on event\.name"
-        ),
-        capture_events(kind),
-    ):
-        pass
-
-
-async def test_capture_events_keeps_the_classes_of_a_tuple() -> None:
-    """Several event classes at once, as ``isinstance`` takes them."""
-    with capture_events((CallStarted, CallSucceeded)) as events:
-        await Timeout(1.0).call(_echo, 1)
-    assert [type(e) for e in events] == [CallStarted, CallSucceeded]
-
-
-def test_capture_events_of_a_policy_names_it() -> None:
-    """The message shows what was passed."""
-    with (
-        pytest.raises(TypeError, match=r"capture_events\(kind=<Timeout"),
-        capture_events(
-            Timeout(1.0)  # type: ignore[arg-type]
-        ),
-    ):
-        pass
-
-
 class _SometimesNotAsync:
     """A plain callable returning a coroutine, but nothing awaitable on its first call."""
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import tenacity
 
 from resilient import (
     CallStarted,
+    CallSucceeded,
     Clock,
     Event,
     Fallback,
@@ -337,5 +338,29 @@ async def test_capture_events_takes_a_tuple_or_union_of_kinds() -> None:
     with (
         pytest.raises(TypeError, match="expected an event class"),
         capture_events((RetryScheduled, 1)),  # type: ignore[arg-type]
+    ):
+        pass
+
+
+@pytest.mark.parametrize("kind", [Timeout(1.0), "retry", None, (), (CallSucceeded, "x")])
+def test_capture_events_of_something_not_an_event_class_is_a_type_error(kind: Any) -> None:
+    """A policy (or its kind, or nothing) passed as the kind fails at once, saying how to
+    keep one policy's events, not in every hook call after."""
+    with (
+        pytest.raises(
+            TypeError, match=r"expected an event class .* filter the list on event\.name"
+        ),
+        capture_events(kind),
+    ):
+        pass
+
+
+def test_capture_events_of_a_policy_names_it() -> None:
+    """The message shows what was passed."""
+    with (
+        pytest.raises(TypeError, match=r"capture_events\(kind=<Timeout"),
+        capture_events(
+            Timeout(1.0)  # type: ignore[arg-type]
+        ),
     ):
         pass
