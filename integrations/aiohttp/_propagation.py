@@ -66,7 +66,7 @@ def stamp_headers(
     if level is not Priority.CRITICAL:
         headers[priority_name] = level.name.lower()
     otel = _OTEL
-    # `_Otel.has_nothing_to_send`'s common answer written out, in C calls only: every
+    # `_Otel.inject_unless_quiet`'s common answer written out, in C calls only: every
     # attempt of every request asks it, and each Python frame more costs it microseconds
     # when its caches are cold, as they are after the request before it.
     if otel is not None and (otel.get_current() or otel.textmap() is not otel.quiet):
@@ -117,28 +117,22 @@ class _Otel:
         # (stock ones only), else None: `stamp_headers` skips `inject` on seeing it.
         self.quiet: object = None
 
-    def has_nothing_to_send(self) -> bool:
+    def inject_unless_quiet(self, headers: MutableMapping[str, str]) -> None:
         """
-        Whether `inject` would write nothing: an empty context, stock propagators.
+        Inject the trace context into `headers`, unless it would write nothing.
 
         W3C trace context and baggage (the default propagators) write nothing from a
         context holding no span and no baggage. Any other propagator is asked every
         time: it may write something from an empty context.
         """
-        if self.get_current():
-            return False
-        textmap = self.textmap()
-        if textmap is not self._judged:  # the user set another propagator: judge it once
-            self.quiet = textmap if self._stock_only(textmap) else None
-            self._judged = textmap
-        return self.quiet is textmap
-
-    def inject_unless_quiet(self, headers: MutableMapping[str, str]) -> None:
-        """
-        Inject the trace context into `headers`, unless there is nothing to send.
-        """
-        if not self.has_nothing_to_send():
-            self.inject(headers)
+        if not self.get_current():
+            textmap = self.textmap()
+            if textmap is not self._judged:  # the user set another propagator: judge it once
+                self.quiet = textmap if self._stock_only(textmap) else None
+                self._judged = textmap
+            if self.quiet is textmap:
+                return
+        self.inject(headers)
 
     def _stock_only(self, textmap: object) -> bool:
         if type(textmap) is self._composite:
