@@ -141,12 +141,15 @@ def resilience_middleware(  # keyword-only knobs, each with a default
 
 
 _NO_PRIORITY = contextlib.nullcontext()
+# Read once: on CPython 3.11 every attribute read on an enum class (`Priority.parse`)
+# runs `EnumType`'s `__getattr__` hook, and every request asks it.
+_parse_priority = Priority.parse
 
 
 def _caller_priority(
     request: web.Request, header: str | None, ceiling: Priority
 ) -> AbstractContextManager[Any]:
-    level = None if header is None else Priority.parse(request.headers.get(header))
+    level = None if header is None else _parse_priority(request.headers.get(header))
     return _NO_PRIORITY if level is None else priority(min(level, ceiling))
 
 

@@ -27,6 +27,9 @@ __all__ = ["EndpointPool", "PoolStatistics"]
 
 T = TypeVar("T")
 InstanceSource = ServiceView | Callable[[], Sequence[Instance]] | Sequence[Instance]
+# Read once: on CPython 3.11 every `CircuitState.OPEN` runs `EnumType`'s `__getattr__`
+# hook, and each call asks it of every instance (`eligible`).
+_OPEN = CircuitState.OPEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +159,7 @@ class EndpointPool:
         True while `instance`'s breaker is open and not yet ready to probe.
         """
         breaker = self.breaker_for(instance)
-        return breaker.state is CircuitState.OPEN and breaker.retry_in() > 0
+        return breaker.state is _OPEN and breaker.retry_in() > 0
 
     def eligible(self) -> list[Instance]:
         """
