@@ -18,6 +18,10 @@ from resilient import remaining_time
 
 from ._otel_common import ERROR_TYPE, error_type, fail, tracer_for
 
+# Read once: on CPython 3.11 every attribute read on an enum class runs `EnumType`'s
+# `__getattr__` hook, and every request starts a span of this kind.
+_SERVER_KIND = SpanKind.SERVER
+
 if TYPE_CHECKING:
     from aiohttp import web
     from aiohttp.typedefs import Middleware
@@ -71,7 +75,7 @@ def aiohttp_server_span_middleware(
         span = tracer.start_span(
             f"{request.method} {route}" if route else request.method,
             context=parent,
-            kind=SpanKind.SERVER,
+            kind=_SERVER_KIND,
             attributes=_request_attributes(request, route),
         )
         token = otel_context.attach(trace.set_span_in_context(span, parent))

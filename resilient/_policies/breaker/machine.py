@@ -318,7 +318,7 @@ class CircuitBreaker(Policy):
             if (type(accounting) is not Consecutive or accounting.failures) and accounting.record(
                 False, False
             ):
-                self._transition(CircuitState.OPEN)
+                self._transition(_OPEN)
         return result
 
     def _fuses(self) -> bool:
@@ -352,7 +352,7 @@ class CircuitBreaker(Policy):
                 if (
                     type(accounting) is not Consecutive or accounting.failures
                 ) and accounting.record(False, False):
-                    self._transition(CircuitState.OPEN)
+                    self._transition(_OPEN)
                 return None
             generation, probe, started = token, False, 0.0
         else:
@@ -439,7 +439,7 @@ class CircuitBreaker(Policy):
         Take the store's state as this process's own (events fire as usual).
         """
         self._transition(state)
-        if state is CircuitState.OPEN:
+        if state is _OPEN:
             # The store's opening time, in this clock: it may have opened elsewhere.
             self._opened_at = self._clock.monotonic() + retry_in - self.reset_timeout
         if totals is not None and isinstance(self._accounting, Consecutive):
@@ -450,11 +450,11 @@ class CircuitBreaker(Policy):
         """
         Decide on a call while not closed; True when it runs as a half-open probe.
         """
-        if self._state is CircuitState.OPEN:
+        if self._state is _OPEN:
             wait = self._opened_at + self.reset_timeout - self._clock.monotonic()
             if wait > 0:
                 self._reject(wait)
-            self._transition(CircuitState.HALF_OPEN)
+            self._transition(_HALF_OPEN)
         if self._probes >= self.half_open_max_calls:
             self._reject(0.0)
         self._probes += 1
@@ -498,9 +498,9 @@ class CircuitBreaker(Policy):
     def _judge(self, probe: bool, bad_probe: bool, slow: bool, failed: bool) -> None:
         if not probe:
             if self._accounting.record(failed, slow):
-                self._transition(CircuitState.OPEN)
+                self._transition(_OPEN)
         elif bad_probe:
-            self._transition(CircuitState.OPEN)
+            self._transition(_OPEN)
         else:
             self._probe_successes += 1
             if self._probe_successes >= self.success_threshold:
@@ -513,7 +513,7 @@ class CircuitBreaker(Policy):
         self._state = new
         self._generation += 1
         self._probes = self._probe_successes = 0
-        if new is CircuitState.OPEN:
+        if new is _OPEN:
             self._opened += 1
             self._opened_at = self._clock.monotonic()
         elif new is _CLOSED:
@@ -525,7 +525,7 @@ class CircuitBreaker(Policy):
         """
         Seconds until an open breaker lets a probe through; 0 when not open.
         """
-        if self._state is not CircuitState.OPEN:
+        if self._state is not _OPEN:
             return 0.0
         return max(0.0, self._opened_at + self.reset_timeout - self._clock.monotonic())
 
@@ -534,8 +534,8 @@ class CircuitBreaker(Policy):
         Open the breaker now, whatever the counts say (e.g. from an operator's switch).
         """
         if self._shared is not None:
-            self._shared.force(CircuitState.OPEN)
-        self._transition(CircuitState.OPEN)
+            self._shared.force(_OPEN)
+        self._transition(_OPEN)
 
     def reset(self) -> None:
         """
