@@ -27,11 +27,12 @@ from pathlib import Path
 import resilient
 
 
-def _codes(code: types.CodeType) -> Iterator[types.CodeType]:
+def code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
+    """`code` and every code object nested in it (functions, lambdas, comprehensions)."""
     yield code
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            yield from _codes(const)
+            yield from code_objects(const)
 
 
 def bound_method_loads(module_code: types.CodeType, namespace: dict[str, object]) -> list[str]:
@@ -41,7 +42,7 @@ def bound_method_loads(module_code: types.CodeType, namespace: dict[str, object]
     (3.11's LOAD_METHOD, 3.12+'s ``NULL|self``), which builds a bound method.
     """
     found = []
-    for code in _codes(module_code):
+    for code in code_objects(module_code):
         previous = None
         for instruction in dis.get_instructions(code):
             if (
